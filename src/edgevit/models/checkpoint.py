@@ -1,0 +1,75 @@
+"""Read, convert and write EdgeViT checkpoints (this project's layout or the authors')."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Union
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from .edgevit import checkpoint_filter_fn
+
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or does not fit the model."""
+
+
+def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
+    """Tensors of a `.safetensors` or `.pth/.pt/.bin` file (read with weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, pickled code, wrong format: one message naming the file
+        raise CheckpointError(f"checkpoint {path}: cannot be read as "
+                              f"{'safetensors' if path.suffix == '.safetensors' else 'a torch file'} ({e})") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path}: expected a state_dict (a dict of tensors), got {type(obj).__name__}")
+    return obj
+
+
+def fit_report(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> str:
+    """Empty string if `state_dict` fits `model` exactly, else what does not fit."""
+    target = model.state_dict()
+    missing = sorted(set(target) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(target))
+    shapes = [f"{k}: checkpoint {list(state_dict[k].shape)} vs model {list(target[k].shape)}"
+              for k in sorted(set(target) & set(state_dict)) if state_dict[k].shape != target[k].shape]
+    lines = []
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape conflicts", shapes)):
+        if items:
+            shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
+            lines.append(f"{title} ({len(items)}): {shown}")
+    return "; ".join(lines)
+
+
+def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True) -> nn.Module:
+    """Load an authors'-format or this project's checkpoint (fp16 or fp32, optionally wrapped in
+    {"model": ...}) into an EdgeViT. Raises CheckpointError listing every key or shape that does not fit."""
+    state_dict = checkpoint_filter_fn(read_state_dict(path), model)
+    problems = fit_report(model, state_dict)
+    if problems and (strict or "shape" in problems):
+        raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: {problems}")
+    model.load_state_dict(state_dict, strict=strict)
+    return model
+
+
+def save_checkpoint(model: nn.Module, path: PathLike) -> Path:
+    """Write the model's weights in this project's layout (safetensors; `.pth` if the name says so)."""
+    from ..utils.io import atomic_path
+
+    path = Path(path)
+    state_dict = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            save_file(state_dict, str(tmp))
+        else:
+            torch.save(state_dict, tmp)
+    return path

@@ -1,0 +1,509 @@
+"""EdgeViT: Local-Global-Local vision transformers for mobile devices.
+
+Pan et al., "EdgeViTs: Competing Light-weight CNNs on Mobile Devices with Vision Transformers",
+ECCV 2022 (https://arxiv.org/abs/2205.03436).  Defaults follow the authors' *released* code
+(saic-fi/edgevit, commit df3d070), which differs from the paper's Table 1 text; see the README.
+
+One LGL block (paper Eq. 1), as implemented here:
+
+    X   = LocalAgg(Norm(X_in)) + X_in               -> LocalAgg.forward, lines marked (1a)
+    Y   = FFN(Norm(X)) + X                          -> LocalAgg.forward, (1b)
+    Z   = LocalProp(GlobalSparseAttn(Norm(Y))) + Y  -> GlobalBlock.forward, (1c)
+    Out = FFN(Norm(Z)) + Z                          -> GlobalBlock.forward, (1d)
+
+The release adds a depthwise 3x3 conditional position encoding (CPE) residual before each half,
+normalises LocalAgg with BatchNorm and the global half with LayerNorm, and applies a LayerNorm
+after LocalProp, before the output projection.
+
+Module names differ from the authors' (`blocks1.0.LocalAgg.conv1` -> `stages.0.blocks.0.local_agg.pw1`);
+`checkpoint_filter_fn` converts their checkpoints.
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, Mlp, trunc_normal_, use_fused_attn
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+from timm.models.twins import LocallyGroupedAttn
+
+__all__ = ["EdgeViT", "checkpoint_filter_fn", "LOCAL_AGG", "SAMPLERS", "LOCAL_PROPS"]
+
+LOCAL_AGG = ("conv", "lsa", "none")
+SAMPLERS = ("corner", "center", "avg", "max")
+LOCAL_PROPS = ("deconv", "bilinear", "none")
+
+# Twins' LSA window (Chu et al. 2021 use 7); used only by the local_agg="lsa" ablation.
+LSA_WINDOW = 7
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {list(choices)}")
+    return value
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping strided conv, then LayerNorm over channels (release: eps 1e-5)."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chs, out_chs, kernel_size=stride, stride=stride)
+        self.norm = nn.LayerNorm(out_chs, eps=1e-5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class LocalAgg(nn.Module):
+    """Local aggregation: depthwise conv over each token's neighbourhood (Eq. 1a, 1b)."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0, kernel_size: int = 5, drop_path: float = 0.0,
+                 act_layer=nn.GELU):
+        super().__init__()
+        self.cpe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm1 = nn.BatchNorm2d(dim)
+        self.pw1 = nn.Conv2d(dim, dim, 1)
+        self.dw = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.pw2 = nn.Conv2d(dim, dim, 1)
+        self.norm2 = nn.BatchNorm2d(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, use_conv=True)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.cpe(x)
+        x = x + self.drop_path(self.pw2(self.dw(self.pw1(self.norm1(x)))))  # (1a)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))  # (1b)
+        return x
+
+
+class LocalAggLSA(nn.Module):
+    """Ablation (Table 4): Twins' locally-grouped self-attention in place of the depthwise conv."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, window: int = LSA_WINDOW,
+                 drop_path: float = 0.0, act_layer=nn.GELU):
+        super().__init__()
+        self.cpe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = LocallyGroupedAttn(dim, num_heads=num_heads, ws=window)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.cpe(x)
+        B, C, H, W = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        t = t + self.drop_path(self.attn(self.norm1(t), (H, W)))
+        t = t + self.drop_path(self.mlp(self.norm2(t)))
+        return t.transpose(1, 2).reshape(B, C, H, W)
+
+
+class GlobalSparseAttn(nn.Module):
+    """Self-attention over one delegate token per r x r window, propagated back (Eq. 1c).
+
+    sampler   picks the delegates: "corner" = AvgPool2d(1, r), the top-left token of each window (the
+              release; the paper calls it the centre), "center" = the true middle token, "avg"/"max" =
+              pooling over the window.
+    local_prop spreads the delegates back: "deconv" = depthwise ConvTranspose2d(k=r, s=r) (release),
+              "bilinear" = parameter-free bilinear upsampling, "none" = no propagation: every token
+              queries the subsampled keys/values (PVTv2's spatial-reduction attention).
+    """
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int = 1, qkv_bias: bool = True,
+                 sampler: str = "corner", local_prop: str = "deconv", attn_drop: float = 0.0,
+                 proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.sr_ratio = sr_ratio
+        self.sampler_kind = _check_choice("sampler", sampler, SAMPLERS)
+        self.local_prop_kind = _check_choice("local_prop", local_prop, LOCAL_PROPS)
+        self.fused_attn = use_fused_attn()
+
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        if sr_ratio > 1:
+            if local_prop == "deconv":
+                self.local_prop = nn.ConvTranspose2d(dim, dim, sr_ratio, stride=sr_ratio, groups=dim)
+            # LayerNorm after propagation (release); with SRA it normalises the reduced keys/values (PVTv2).
+            self.norm = nn.LayerNorm(dim, eps=1e-5)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> delegates [B, C, H/r, W/r]."""
+        r = self.sr_ratio
+        if self.sampler_kind == "corner":
+            return x[:, :, ::r, ::r]  # == AvgPool2d(kernel_size=1, stride=r) of the release
+        if self.sampler_kind == "center":
+            return x[:, :, r // 2::r, r // 2::r]
+        if self.sampler_kind == "avg":
+            return F.avg_pool2d(x, r, r)
+        return F.max_pool2d(x, r, r)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.fused_attn:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        return self.attn_drop(attn.softmax(dim=-1)) @ v
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, N, C = t.shape
+        return t.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """x: tokens [B, H*W, C] (already normalised) -> [B, H*W, C]."""
+        B, N, C = x.shape
+        H, W = size
+        r = self.sr_ratio
+        if r > 1 and self.local_prop_kind == "none":  # PVTv2 SRA: all queries, reduced keys/values
+            q_w, kv_w = self.qkv.weight.split([C, 2 * C])
+            q_b, kv_b = self.qkv.bias.split([C, 2 * C]) if self.qkv.bias is not None else (None, None)
+            d = self.sample(x.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2)
+            k, v = F.linear(self.norm(d), kv_w, kv_b).chunk(2, dim=-1)
+            x = self._attend(self._heads(F.linear(x, q_w, q_b)), self._heads(k), self._heads(v))
+            return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+
+        if r > 1:  # one delegate per r x r window
+            x = self.sample(x.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        x = self._attend(self._heads(q), self._heads(k), self._heads(v))
+        x = x.transpose(1, 2).reshape(B, -1, C)
+        if r > 1:  # LocalProp: delegates -> their r x r windows
+            x = x.transpose(1, 2).reshape(B, C, H // r, W // r)
+            if self.local_prop_kind == "deconv":
+                x = self.local_prop(x)
+            else:
+                x = F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
+            x = self.norm(x.flatten(2).transpose(1, 2))
+        return self.proj_drop(self.proj(x))
+
+
+class GlobalBlock(nn.Module):
+    """The global half of an LGL block: sparse attention + FFN on tokens (Eq. 1c, 1d)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, sr_ratio: int = 1,
+                 qkv_bias: bool = True, sampler: str = "corner", local_prop: str = "deconv",
+                 proj_drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, act_layer=nn.GELU):
+        super().__init__()
+        self.cpe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = GlobalSparseAttn(dim, num_heads, sr_ratio, qkv_bias, sampler, local_prop, attn_drop, proj_drop)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.cpe(x)
+        B, C, H, W = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        t = t + self.drop_path(self.attn(self.norm1(t), (H, W)))  # (1c)
+        t = t + self.drop_path(self.mlp(self.norm2(t)))  # (1d)
+        return t.transpose(1, 2).reshape(B, C, H, W)
+
+
+class LGLBlock(nn.Module):
+    """Local-Global-Local bottleneck. Stages with r = 1 (full attention) have no LocalAgg."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, sr_ratio: int = 1,
+                 qkv_bias: bool = True, local_agg: str = "conv", sampler: str = "corner",
+                 local_prop: str = "deconv", local_kernel: int = 5, proj_drop: float = 0.0,
+                 attn_drop: float = 0.0, drop_path: float = 0.0):
+        super().__init__()
+        if sr_ratio > 1 and local_agg == "conv":
+            self.local_agg = LocalAgg(dim, mlp_ratio, local_kernel, drop_path)
+        elif sr_ratio > 1 and local_agg == "lsa":
+            self.local_agg = LocalAggLSA(dim, num_heads, mlp_ratio, drop_path=drop_path)
+        else:
+            self.local_agg = nn.Identity()
+        self.global_attn = GlobalBlock(dim, num_heads, mlp_ratio, sr_ratio, qkv_bias, sampler, local_prop,
+                                       proj_drop, attn_drop, drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.global_attn(self.local_agg(x))
+
+
+class EdgeViTStage(nn.Module):
+    def __init__(self, in_chs: int, dim: int, depth: int, stride: int, num_heads: int,
+                 drop_path: Sequence[float], **block_kwargs):
+        super().__init__()
+        self.downsample = PatchEmbed(in_chs, dim, stride)
+        self.blocks = nn.Sequential(*[
+            LGLBlock(dim, num_heads, drop_path=drop_path[i], **block_kwargs) for i in range(depth)])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class EdgeViT(nn.Module):
+    """EdgeViT. Input H and W must be multiples of 32 (the total stride)."""
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = "avg",
+            embed_dims: Sequence[int] = (48, 96, 240, 384),
+            depths: Sequence[int] = (1, 2, 5, 3),
+            head_dim: int = 48,
+            mlp_ratio: float = 4.0,
+            sr_ratios: Sequence[int] = (4, 2, 2, 1),
+            qkv_bias: bool = True,
+            local_agg: str = "conv",
+            sampler: str = "corner",
+            local_prop: str = "deconv",
+            local_kernel: int = 5,
+            drop_rate: float = 0.0,
+            proj_drop_rate: float = 0.0,
+            attn_drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        if len(embed_dims) != 4 or len(depths) != 4 or len(sr_ratios) != 4:
+            raise ValueError("embed_dims, depths and sr_ratios each need 4 values (one per stage)")
+        _check_choice("local_agg", local_agg, LOCAL_AGG)
+        _check_choice("sampler", sampler, SAMPLERS)
+        _check_choice("local_prop", local_prop, LOCAL_PROPS)
+        if local_kernel < 1 or local_kernel % 2 == 0:
+            raise ValueError(f"local_kernel={local_kernel} must be a positive odd number")
+        for i, (dim, r) in enumerate(zip(embed_dims, sr_ratios)):
+            if dim % head_dim:
+                raise ValueError(f"embed_dims[{i}]={dim} is not a multiple of head_dim={head_dim}")
+            # stage i sees H/2^(i+2), a multiple of 2^(3-i) for H a multiple of 32
+            if r < 1 or (2 ** (3 - i)) % r:
+                raise ValueError(f"sr_ratios[{i}]={r} must divide {2 ** (3 - i)} so windows tile every valid input")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.in_chans = in_chans
+        self.embed_dims = tuple(embed_dims)
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
+        stages, in_chs, self.feature_info = [], in_chans, []
+        for i in range(4):
+            stride = 4 if i == 0 else 2
+            stages.append(EdgeViTStage(
+                in_chs, embed_dims[i], depths[i], stride, embed_dims[i] // head_dim, dpr[i],
+                mlp_ratio=mlp_ratio, sr_ratio=sr_ratios[i], qkv_bias=qkv_bias, local_agg=local_agg,
+                sampler=sampler, local_prop=local_prop, local_kernel=local_kernel,
+                proj_drop=proj_drop_rate, attn_drop=attn_drop_rate))
+            in_chs = embed_dims[i]
+            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=2 ** (i + 2), module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.norm = nn.BatchNorm2d(self.num_features)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # As the release: trunc-normal linears, zero biases, unit LayerNorm; convs keep PyTorch's init.
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # ---- timm model API -------------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return set()  # timm already exempts 1-d params (norms, biases); CPE kernels are 4-d and decay
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        return dict(stem=r"^stages\.0\.downsample",
+                    blocks=r"^stages\.(\d+)" if coarse else [
+                        (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                        (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool={global_pool!r}: EdgeViT supports 'avg' or '' (none)")
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected input [B, {self.in_chans}, H, W], got {list(x.shape)}")
+        H, W = x.shape[-2:]
+        if H % 32 or W % 32:
+            raise ValueError(f"input H and W must be multiples of 32 (EdgeViT's total stride), got {H}x{W}")
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs (strides 4, 8, 16, 32). `norm` applies the final BN to the last one."""
+        if output_fmt != "NCHW":
+            raise ValueError("EdgeViT intermediates are NCHW only")
+        self.check_input(x)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        intermediates = []
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+        last = len(self.stages) - 1
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm and i == last else x)
+        if intermediates_only:
+            return intermediates
+        if len(stages) == len(self.stages):
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.norm(self.stages(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x.mean((2, 3))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ---- authors' checkpoints ---------------------------------------------------------------------
+_AUTHOR_RULES = [  # (authors' key pattern, ours)
+    (r"^patch_embed(\d)\.", lambda m: f"stages.{int(m[1]) - 1}.downsample."),
+    (r"^blocks(\d)\.(\d+)\.LocalAgg\.", lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}.local_agg."),
+    (r"^blocks(\d)\.(\d+)\.SelfAttn\.", lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}.global_attn."),
+]
+_AUTHOR_LEAVES = {  # leaf renames inside a block
+    "local_agg.pos_embed.": "local_agg.cpe.", "local_agg.conv1.": "local_agg.pw1.",
+    "local_agg.attn.": "local_agg.dw.", "local_agg.conv2.": "local_agg.pw2.",
+    "global_attn.pos_embed.": "global_attn.cpe.", "global_attn.attn.LocalProp.": "global_attn.attn.local_prop.",
+}
+
+
+def is_authors_layout(state_dict: Dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith(("patch_embed1.", "blocks1.")) for k in state_dict)
+
+
+def convert_authors_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename the authors' keys (saic-fi/edgevit) to this module's; values are not touched."""
+    out = {}
+    for k, v in state_dict.items():
+        for pattern, repl in _AUTHOR_RULES:
+            m = re.match(pattern, k)
+            if m:
+                k = repl(m) + k[m.end():]
+                for old, new in _AUTHOR_LEAVES.items():
+                    k = k.replace(old, new)
+                break
+        out[k] = v
+    return out
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EdgeViT) -> Dict[str, torch.Tensor]:
+    """timm hook: accept a `{"model": ...}` / `{"state_dict": ...}` wrapper, the authors' layout or ours."""
+    for wrapper in ("model", "state_dict", "model_ema"):
+        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
+            state_dict = state_dict[wrapper]
+            break
+    state_dict = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    if is_authors_layout(state_dict):
+        state_dict = convert_authors_state_dict(state_dict)
+    target = model.state_dict()
+    return {k: v.to(target[k].dtype) if k in target and v.is_floating_point() else v for k, v in state_dict.items()}
+
+
+# ---- variants ---------------------------------------------------------------------------------
+def _cfg(**kwargs):
+    return {
+        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.875, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stages.0.downsample.proj", "classifier": "head",
+        "paper_ids": "arXiv:2205.03436", "paper_name": "EdgeViTs: Competing Light-weight CNNs on Mobile "
+                                                      "Devices with Vision Transformers",
+        "origin_url": "https://github.com/saic-fi/edgevit", "license": "apache-2.0", **kwargs,
+    }
+
+
+# No trained weights exist anywhere: the authors never released any.  Load your own with
+# `pretrained=True, pretrained_cfg_overlay=dict(file=PATH)`.
+default_cfgs = generate_default_cfgs({
+    "edgevit_xxs.untrained": _cfg(),
+    "edgevit_xs.untrained": _cfg(),
+    "edgevit_s.untrained": _cfg(),
+})
+
+# The authors' release (the configuration that reproduces the paper's Table 1 params/GMACs).
+MODEL_ARGS = {
+    "edgevit_xxs": dict(embed_dims=(36, 72, 144, 288), depths=(1, 1, 3, 2), head_dim=36),
+    "edgevit_xs": dict(embed_dims=(48, 96, 240, 384), depths=(1, 1, 3, 1), head_dim=48),
+    "edgevit_s": dict(embed_dims=(48, 96, 240, 384), depths=(1, 2, 5, 3), head_dim=48),
+}
+
+
+def _create_edgevit(variant: str, pretrained: bool = False, **kwargs) -> EdgeViT:
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(
+        EdgeViT, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
+        **kwargs,
+    )
+
+
+@register_model
+def edgevit_xxs(pretrained: bool = False, **kwargs) -> EdgeViT:
+    return _create_edgevit("edgevit_xxs", pretrained, **dict(MODEL_ARGS["edgevit_xxs"], **kwargs))
+
+
+@register_model
+def edgevit_xs(pretrained: bool = False, **kwargs) -> EdgeViT:
+    return _create_edgevit("edgevit_xs", pretrained, **dict(MODEL_ARGS["edgevit_xs"], **kwargs))
+
+
+@register_model
+def edgevit_s(pretrained: bool = False, **kwargs) -> EdgeViT:
+    return _create_edgevit("edgevit_s", pretrained, **dict(MODEL_ARGS["edgevit_s"], **kwargs))

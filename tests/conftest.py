@@ -1,0 +1,23 @@
+import os
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("EDGEVIT_REFERENCE", REPO.parent / "shared" / "reference"))
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not (REFERENCE / "edgevit_xxs_s0.official.safetensors").is_file():
+        pytest.fail(f"parity reference not found at {REFERENCE} (set EDGEVIT_REFERENCE)")
+    return REFERENCE
