@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Dict, Union
 
@@ -27,9 +28,12 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, pickled code, wrong format: one message naming the file
-        raise CheckpointError(f"checkpoint {path}: cannot be read as "
-                              f"{'safetensors' if path.suffix == '.safetensors' else 'a torch file'} ({e})") from e
+    except pickle.UnpicklingError as e:  # corrupt, or objects that weights_only=True refuses to unpickle
+        raise CheckpointError(f"checkpoint {path}: not a readable weights-only torch file (corrupt, or it "
+                              f"holds pickled objects other than tensors and plain containers)") from e
+    except Exception as e:  # truncated file, wrong format: one message naming the file
+        kind = "safetensors" if path.suffix == ".safetensors" else "a torch file"
+        raise CheckpointError(f"checkpoint {path}: cannot be read as {kind} ({str(e).splitlines()[0][:200]})") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path}: expected a state_dict (a dict of tensors), got {type(obj).__name__}")
     return obj

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 import torch.nn as nn
@@ -17,7 +18,9 @@ def count_gmacs(model: nn.Module, img_size: int | tuple[int, int] = 224, in_chan
 
     fvcore is what the EdgeViT authors (and DeiT/PVT) used, so the numbers compare directly with the
     paper's Table 1 (XXS 0.557, XS 1.136, S 1.923 with the release configs)."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore's import calls the deprecated torch.jit.script
+        warnings.simplefilter("ignore", FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     was_training = model.training

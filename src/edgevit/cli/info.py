@@ -1,0 +1,102 @@
+"""`edgevit info`: parameters and GMACs of each variant beside the paper's Table 1 and the release."""
+from __future__ import annotations
+
+import argparse
+
+import timm
+
+from ..models import MODEL_ARGS, VARIANTS
+from ..models.complexity import count_gmacs, count_params
+from ..utils.io import print_json
+
+# Paper, Table 1 (params M, GMACs at 224) and the configurations its text gives.
+PAPER_TABLE1 = {
+    "edgevit_xxs": dict(params_m=4.1, gmacs=0.56, depths=(1, 1, 3, 2), embed_dims=(36, 72, 144, 288)),
+    "edgevit_xs": dict(params_m=6.7, gmacs=1.1, depths=(1, 1, 2, 2), embed_dims=(48, 96, 240, 384)),
+    "edgevit_s": dict(params_m=11.1, gmacs=1.9, depths=(1, 2, 3, 2), embed_dims=(48, 96, 240, 384)),
+}
+PAPER_LOCAL_KERNEL = 3  # the paper's text: 3x3 depthwise local aggregation; the release uses 5x5
+# Measured from the authors' released code (saic-fi/edgevit df3d070) with fvcore at 224x224.
+RELEASE = {
+    "edgevit_xxs": dict(params_m=4.068, gmacs=0.557),
+    "edgevit_xs": dict(params_m=6.770, gmacs=1.136),
+    "edgevit_s": dict(params_m=13.108, gmacs=1.923),
+}
+
+
+def variant_info(name: str, img_size: int = 224) -> dict:
+    """Ours (release config), the paper's Table 1 figures, the release's, and the paper's text config as built."""
+    ours = timm.create_model(name)
+    paper = PAPER_TABLE1[name]
+    text_cfg = dict(MODEL_ARGS[name], depths=paper["depths"], embed_dims=paper["embed_dims"],
+                    local_kernel=PAPER_LOCAL_KERNEL)
+    as_written = timm.create_model(name, **text_cfg)
+    return {
+        "model": name,
+        "img_size": img_size,
+        "depths": list(MODEL_ARGS[name]["depths"]),
+        "embed_dims": list(MODEL_ARGS[name]["embed_dims"]),
+        "num_heads": [d // MODEL_ARGS[name]["head_dim"] for d in MODEL_ARGS[name]["embed_dims"]],
+        "params_m": round(count_params(ours), 3),
+        "gmacs": round(count_gmacs(ours, img_size), 3),
+        "paper_table1": {"params_m": paper["params_m"], "gmacs": paper["gmacs"]},
+        "release": RELEASE[name] if img_size == 224 else None,
+        "paper_text_config": {"depths": list(paper["depths"]), "local_kernel": PAPER_LOCAL_KERNEL,
+                              "params_m": round(count_params(as_written), 3),
+                              "gmacs": round(count_gmacs(as_written, img_size), 3)},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.img_size <= 0 or args.img_size % 32:
+        raise ValueError(f"--img-size {args.img_size}: must be a positive multiple of 32")
+    if args.dense:
+        from ..dense.complexity import dense_info
+
+        rows = dense_info()
+        if args.json:
+            print_json(rows)
+        else:
+            _print_table(rows)
+        return 0
+    rows = [variant_info(v, args.img_size) for v in VARIANTS]
+    if args.json:
+        print_json(rows)
+        return 0
+    print(f"EdgeViT at {args.img_size}x{args.img_size} (GMACs = multiply-adds, fvcore, as the paper's FLOPs)")
+    header = f"{'model':<12} {'depths':<13} {'ours M':>7} {'ours G':>7} {'release M':>10} {'release G':>10} " \
+             f"{'paper M':>8} {'paper G':>8} {'paper-text cfg M/G':>19}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        rel = r["release"] or {"params_m": float("nan"), "gmacs": float("nan")}
+        t = r["paper_text_config"]
+        print(f"{r['model']:<12} {str(r['depths']):<13} {r['params_m']:>7.3f} {r['gmacs']:>7.3f} "
+              f"{rel['params_m']:>10.3f} {rel['gmacs']:>10.3f} {r['paper_table1']['params_m']:>8.1f} "
+              f"{r['paper_table1']['gmacs']:>8.2f} {t['params_m']:>9.3f}/{t['gmacs']:.3f}")
+    print("paper-text cfg: the depths and 3x3 local kernel of the paper's Table 1 text, built and counted.")
+    return 0
+
+
+def _print_table(rows: list[dict]) -> None:
+    if not rows:
+        return
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(_fmt(r.get(k))) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys))
+    for r in rows:
+        print("  ".join(_fmt(r.get(k)).ljust(widths[k]) for k in keys))
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="params and GMACs per variant beside the paper and the release",
+                       description=__doc__)
+    p.add_argument("--img-size", type=int, default=224, help="square input size (multiple of 32)")
+    p.add_argument("--dense", action="store_true",
+                   help="detection/segmentation models (RetinaNet, Mask R-CNN, Semantic FPN) vs the paper")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
