@@ -1,0 +1,412 @@
+"""`edgevit report`: latency (edgevit bench), energy (edgevit energy) and accuracy (the paper's numbers and/or
+`edgevit eval`) in one markdown report with accuracy-latency / accuracy-energy Pareto plots (Fig. 1 / Fig. 5
+of the paper: front drawn, EdgeViTs highlighted, labels that do not overlap), PNG and SVG.
+
+    from edgevit.bench.report import make_report
+    make_report(out_dir="out/demo/report", bench=["out/demo/bench.json"])
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from importlib import resources
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ..utils.io import atomic_path, write_text_atomic
+from .energy import load_energy_json
+from .pareto import add_efficiency, pareto_front
+
+PAPER_FORMAT = "edgevit-paper-results/1"
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _read_json(path: os.PathLike | str, flag: str):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path}: no such file")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag} {path}: not valid JSON ({e})")
+
+
+def default_paper_path() -> Path:
+    return Path(str(resources.files("edgevit") / "data" / "paper_results.json"))
+
+
+def load_paper_results(path: os.PathLike | str | None = None) -> dict:
+    """The paper's numbers shipped with the package (or `path`): every table must name its `source`."""
+    path = Path(path) if path else default_paper_path()
+    data = _read_json(path, "--paper")
+    if not isinstance(data, dict) or not isinstance(data.get("tables"), dict) or "citation" not in data:
+        raise ValueError(f"--paper {path}: expected {{'format': '{PAPER_FORMAT}', 'citation', 'tables': {{...}}}}")
+    for key, table in data["tables"].items():
+        if not table.get("source"):
+            raise ValueError(f"--paper {path}: table {key!r} has no 'source' (every number must cite one)")
+        for i, row in enumerate(table.get("rows", [])):
+            if "model" not in row or "top1" not in row:
+                raise ValueError(f"--paper {path}: table {key!r} row {i} needs 'model' and 'top1'")
+    data["_path"] = str(path)
+    return data
+
+
+def paper_rows(paper: dict) -> List[dict]:
+    """One dict per model in the paper data: model, name, top1, params_m, gflops, latency_ms?, energy_mj?."""
+    out: Dict[str, dict] = {}
+    for key, table in paper["tables"].items():
+        for row in table.get("rows", []):
+            r = out.setdefault(row["model"], {"model": row["model"], "tables": []})
+            r.update({k: v for k, v in row.items() if v is not None})
+            r["tables"].append(key)
+    return list(out.values())
+
+
+def load_bench_json(path: os.PathLike | str) -> dict:
+    """An `edgevit bench --json FILE` result: {"meta": {...}, "results": [{"model", "runtime", "mean_ms", ...}]}."""
+    data = _read_json(path, "--bench")
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise ValueError(f"--bench {path}: expected an `edgevit bench --json` file "
+                         "({'meta': {...}, 'results': [...]})")
+    for i, r in enumerate(data["results"]):
+        missing = [k for k in ("model", "runtime", "mean_ms") if k not in r]
+        if missing:
+            raise ValueError(f"--bench {path}: result {i} lacks {', '.join(missing)}")
+    return data
+
+
+def load_accuracy_json(path: os.PathLike | str) -> List[dict]:
+    """`edgevit eval --json` output(s): one object or a list, each with at least model and top1."""
+    data = _read_json(path, "--accuracy")
+    items = data if isinstance(data, list) else [data]
+    for i, it in enumerate(items):
+        if not isinstance(it, dict) or "model" not in it or "top1" not in it:
+            raise ValueError(f"--accuracy {path}: item {i} needs 'model' and 'top1' (an `edgevit eval --json` "
+                             "result)")
+        try:
+            float(it["top1"])
+        except (TypeError, ValueError):
+            raise ValueError(f"--accuracy {path}: item {i} ({it.get('model')}): top1 {it['top1']!r} is not a number")
+    return items
+
+
+# --------------------------------------------------------------------------------------------------
+# Joining
+
+
+def _is_edgevit(model: Optional[str]) -> bool:
+    return bool(model) and str(model).startswith("edgevit")
+
+
+def build_rows(bench: Sequence[dict] = (), energy: Sequence[dict] = (),
+               accuracy: Sequence[Tuple[str, dict]] = (), paper: Optional[dict] = None
+               ) -> Tuple[List[dict], List[str]]:
+    """Rows (one per measured model/runtime, plus accuracy-only ones) and warnings.
+
+    bench: loaded bench files; energy: energy results; accuracy: (file, eval result) pairs; paper: the
+    paper data (accuracy for the models it knows). A user's eval top-1 wins over the paper's."""
+    warnings: List[str] = []
+    paper_by_model = {r["model"]: r for r in paper_rows(paper)} if paper else {}
+    acc: Dict[str, Tuple[float, str]] = {m: (float(r["top1"]), "paper") for m, r in paper_by_model.items()}
+    user_acc: Dict[str, Tuple[float, str]] = {}
+    for file, item in accuracy:
+        user_acc[item["model"]] = (float(item["top1"]), f"eval ({Path(file).name})")
+    acc.update(user_acc)
+
+    rows: List[dict] = []
+    by_key: Dict[tuple, dict] = {}
+    for b in bench:
+        for r in b["results"]:
+            row = {"name": r.get("label") or r["model"], "model": r["model"], "runtime": r["runtime"],
+                   "fused": r.get("fused"), "img_size": r.get("img_size"), "params_m": r.get("params_m"),
+                   "gmacs": r.get("gmacs"), "latency_ms": float(r["mean_ms"]), "latency_std_ms": r.get("std_ms"),
+                   "machine": (b.get("meta") or {}).get("machine")}
+            rows.append(row)
+            by_key[(row["name"], row["runtime"])] = row
+            by_key.setdefault((row["model"], row["runtime"]), row)
+    for e in energy:
+        model, runtime = e.get("model"), e.get("runtime")
+        name = e.get("label") or model or f"trace {Path(str(e.get('source', {}).get('trace', '?'))).name}"
+        row = by_key.get((name, runtime)) or (by_key.get((model, runtime)) if model else None)
+        if row is None:
+            row = {"name": name, "model": model, "runtime": runtime, "params_m": None, "gmacs": None,
+                   "latency_ms": None, "latency_std_ms": None}
+            rows.append(row)
+            by_key[(name, runtime)] = row
+        row.update({"energy_mj": float(e["energy_mj_mean"]), "energy_std_mj": e.get("energy_mj_std"),
+                    "power_w": e.get("power_w_mean"), "idle_power_w": e.get("idle_power_w"),
+                    "energy_method": e.get("method")})
+    measured_models = {r["model"] for r in rows if r.get("model")}
+    for file, item in accuracy:
+        m = item["model"]
+        if m not in measured_models:
+            known = m in paper_by_model
+            warnings.append(f"accuracy file {file}: model {m!r} has no latency or energy result"
+                            + ("" if known else " and is not a model the paper data knows")
+                            + "; listed in the table without them")
+            rows.append({"name": m, "model": m, "runtime": None, "params_m": None, "gmacs": None,
+                         "latency_ms": None, "latency_std_ms": None})
+            measured_models.add(m)
+    for row in rows:
+        a = acc.get(row.get("model"))
+        row["top1"], row["top1_source"] = (a if a else (None, None))
+        row["edgevit"] = _is_edgevit(row.get("model"))
+    no_acc = sorted({r["name"] for r in rows if r["top1"] is None})
+    if no_acc:
+        warnings.append(f"no top-1 accuracy for {', '.join(no_acc)} (not in the paper data; pass "
+                        "--accuracy FILE from `edgevit eval --json`): left out of the Pareto plots")
+    return add_efficiency(rows), warnings
+
+
+def _groups(rows: Iterable[dict], key: str, by: str) -> Dict[str, List[dict]]:
+    g: Dict[str, List[dict]] = defaultdict(list)
+    for r in rows:
+        if r.get(key) is not None and r.get("top1") is not None:
+            g[str(r.get(by) or "-")].append(r)
+    return dict(g)
+
+
+def mark_pareto(rows: List[dict]) -> Dict[str, Dict[str, List[str]]]:
+    """Set row['pareto_latency'] / row['pareto_energy'] (within each runtime / energy method); return
+    the Pareto sets by group."""
+    sets: Dict[str, Dict[str, List[str]]] = {"accuracy_latency": {}, "accuracy_energy": {}}
+    for key, flag, by, tag in (("latency_ms", "pareto_latency", "runtime", "accuracy_latency"),
+                               ("energy_mj", "pareto_energy", "energy_method", "accuracy_energy")):
+        for r in rows:
+            r[flag] = None if r.get(key) is None or r.get("top1") is None else False
+        for group, rs in _groups(rows, key, by).items():
+            idx = pareto_front([r[key] for r in rs], [r["top1"] for r in rs])
+            for i in idx:
+                rs[i][flag] = True
+            sets[tag][group] = [rs[i]["name"] for i in idx]
+    return sets
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots
+
+
+def text_extent(annotation, renderer):
+    """The window box of an annotation's text alone (matplotlib's includes the arrow)."""
+    from matplotlib.text import Text
+    annotation.update_positions(renderer)
+    return Text.get_window_extent(annotation, renderer)
+
+
+def place_labels(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str],
+                 bold: Sequence[bool] = (), fontsize: float = 8) -> list:
+    """Annotate each point with a label placed so that no two labels (nor a label and a marker) overlap.
+
+    Greedy: points in order, each label tries offsets around its point at growing distances and takes
+    the first whose box overlaps nothing placed so far and stays inside the axes (else the least bad).
+    Written here because adjustText is not a dependency and matplotlib has no label placer."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax_box = ax.get_window_extent(renderer)
+    pts = ax.transData.transform(list(zip(xs, ys)))
+    r = 4.0 * fig.dpi / 72.0  # marker half-size in pixels
+    occupied = [(px - r, py - r, px + r, py + r) for px, py in pts]
+
+    def overlap(a, b):
+        return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+    dirs = [(1, 1, "left", "bottom"), (1, -1, "left", "top"), (-1, 1, "right", "bottom"),
+            (-1, -1, "right", "top"), (0, 1, "center", "bottom"), (0, -1, "center", "top"),
+            (1, 0, "left", "center"), (-1, 0, "right", "center")]
+    texts: list = [None] * len(labels)
+    order = sorted(range(len(labels)), key=lambda i: (not (bold[i] if bold else False), i))
+    for i in order:
+        best = None
+        for dist in (5, 12, 20, 30, 42, 56, 72):
+            for dx, dy, ha, va in dirs:
+                t = ax.annotate(labels[i], (xs[i], ys[i]), xytext=(dx * dist, dy * dist),
+                                textcoords="offset points", ha=ha, va=va, fontsize=fontsize,
+                                fontweight="bold" if bold and bold[i] else "normal",
+                                arrowprops=dict(arrowstyle="-", lw=0.5, color="0.5") if dist > 12 else None)
+                bb = text_extent(t, renderer)
+                box = (bb.x0, bb.y0, bb.x1, bb.y1)
+                outside = (box[0] < ax_box.x0) or (box[2] > ax_box.x1) or (box[1] < ax_box.y0) \
+                    or (box[3] > ax_box.y1)
+                own = occupied[i]
+                score = sum(overlap(box, o) for j, o in enumerate(occupied) if o is not own) + \
+                    (1e6 if outside else 0.0)
+                if best is None or score < best[0]:
+                    if best is not None:
+                        best[1].remove()
+                    best = (score, t, box)
+                else:
+                    t.remove()
+                if score == 0:
+                    break
+            if best[0] == 0:
+                break
+        occupied.append(best[2])
+        texts[i] = best[1]
+    return texts
+
+
+def plot_tradeoff(rows: Sequence[dict], cost_key: str, xlabel: str, title: str, out_stem: Path,
+                  err_key: Optional[str] = None) -> List[Path]:
+    """Accuracy vs cost scatter with the Pareto front (EdgeViTs highlighted) -> out_stem.png and .svg."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get(cost_key) is not None and r.get("top1") is not None]
+    if not rows:
+        return []
+    xs = [float(r[cost_key]) for r in rows]
+    ys = [float(r["top1"]) for r in rows]
+    front = pareto_front(xs, ys)
+    fig, ax = plt.subplots(figsize=(7.0, 4.8), dpi=110)
+    others = [i for i, r in enumerate(rows) if not r["edgevit"]]
+    edge = [i for i, r in enumerate(rows) if r["edgevit"]]
+    if err_key:
+        for i in range(len(rows)):
+            e = rows[i].get(err_key)
+            if e:
+                ax.errorbar(xs[i], ys[i], xerr=float(e), fmt="none", ecolor="0.6", lw=0.8, zorder=1)
+    ax.scatter([xs[i] for i in others], [ys[i] for i in others], s=36, c="#6b7b8c", label="other models",
+               zorder=3)
+    ax.scatter([xs[i] for i in edge], [ys[i] for i in edge], s=110, marker="*", c="#d62728", label="EdgeViT",
+               zorder=4)
+    fx, fy = [xs[i] for i in front], [ys[i] for i in front]
+    ax.step(fx, fy, where="post", color="#d62728", lw=1.0, ls="--", alpha=0.7, label="Pareto front", zorder=2)
+    ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="#d62728", lw=0.8, zorder=2)
+    span_x = (max(xs) - min(xs)) or max(xs) or 1.0
+    span_y = (max(ys) - min(ys)) or 1.0
+    ax.set_xlim(min(xs) - 0.12 * span_x, max(xs) + 0.25 * span_x)
+    ax.set_ylim(min(ys) - 0.15 * span_y, max(ys) + 0.2 * span_y)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("ImageNet top-1 (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    place_labels(ax, xs, ys, [r["name"] for r in rows], bold=[r["edgevit"] for r in rows])
+    paths = []
+    for ext in ("png", "svg"):
+        path = out_stem.with_suffix(f".{ext}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _fmt(v, std=None, digits=1) -> str:
+    if v is None:
+        return "—"
+    s = f"{v:.{digits}f}"
+    if std:
+        s += f" ± {std:.{digits}f}"
+    return s
+
+
+def _table(rows: Sequence[dict]) -> List[str]:
+    out = ["| model | runtime | top-1 % | params (M) | GMACs | latency (ms) | energy (mJ) | top-1 %/mJ | "
+           "Pareto lat. | Pareto energy |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name = f"**{r['name']}**" if r["edgevit"] else r["name"]
+        src = f" ({r['top1_source']})" if r.get("top1_source") else ""
+        mark = {True: "✔", False: "", None: "—"}
+        out.append(f"| {name} | {r.get('runtime') or '—'} | {_fmt(r.get('top1'))}{src} | "
+                   f"{_fmt(r.get('params_m'), digits=2)} | {_fmt(r.get('gmacs'), digits=3)} | "
+                   f"{_fmt(r.get('latency_ms'), r.get('latency_std_ms'), 2)} | "
+                   f"{_fmt(r.get('energy_mj'), r.get('energy_std_mj'), 2)} | {_fmt(r.get('efficiency'), digits=2)} | "
+                   f"{mark[r.get('pareto_latency')]} | {mark[r.get('pareto_energy')]} |")
+    return out
+
+
+def _meta_lines(bench: Sequence[dict], bench_files: Sequence[str]) -> List[str]:
+    lines = []
+    for f, b in zip(bench_files, bench):
+        m = b.get("meta") or {}
+        bits = [f"{k}: {m[k]}" for k in ("machine", "cpu", "torch", "threads", "runs", "dtype", "created")
+                if m.get(k) is not None]
+        lines.append(f"- `{f}` — " + ("; ".join(bits) if bits else "no meta"))
+    return lines
+
+
+def make_report(out_dir: os.PathLike | str, bench: Sequence[str] = (), energy: Sequence[str] = (),
+                accuracy: Sequence[str] = (), paper: bool | str = True, title: str = "EdgeViT efficiency report"
+                ) -> dict:
+    """Write report.md, report.json and the Pareto plots (PNG + SVG) into `out_dir`; return the summary.
+
+    bench / energy / accuracy: files from `edgevit bench --json`, `edgevit energy -o`, `edgevit eval --json`.
+    paper: True for the shipped paper data, a path for another file, False for none."""
+    out = Path(out_dir)
+    bench_data = [load_bench_json(f) for f in bench]
+    energy_data = [e for f in energy for e in load_energy_json(f)]
+    acc_data = [(str(f), it) for f in accuracy for it in load_accuracy_json(f)]
+    paper_data = load_paper_results(None if paper is True else paper) if paper else None
+    rows, warnings = build_rows(bench_data, energy_data, acc_data, paper_data)
+    for e in energy_data:
+        for w in e.get("warnings") or []:
+            warnings.append(f"energy ({e.get('label') or e.get('model') or e.get('method')}): {w}")
+    sets = mark_pareto(rows)
+    out.mkdir(parents=True, exist_ok=True)
+
+    plots: List[Path] = []
+    for runtime, rs in sorted(_groups(rows, "latency_ms", "runtime").items()):
+        machine = next((r.get("machine") for r in rs if r.get("machine")), None)
+        plots += plot_tradeoff(rs, "latency_ms", "latency per image, batch 1 (ms)",
+                               f"Accuracy vs latency — {runtime}" + (f" on {machine}" if machine else ""),
+                               out / f"pareto_latency_{runtime}", err_key="latency_std_ms")
+    for method, rs in sorted(_groups(rows, "energy_mj", "energy_method").items()):
+        plots += plot_tradeoff(rs, "energy_mj", "energy per inference (mJ)", f"Accuracy vs energy ({method})",
+                               out / f"pareto_energy_{method}", err_key="energy_std_mj")
+    paper_plot_rows = []
+    if paper_data:
+        for r in paper_rows(paper_data):
+            paper_plot_rows.append({**r, "name": r.get("name", r["model"]), "edgevit": _is_edgevit(r["model"])})
+        for key, label, stem in (("latency_ms", "latency on the paper's phone (ms)", "paper_latency"),
+                                 ("energy_mj", "energy per inference on the paper's phone (mJ)", "paper_energy")):
+            plots += plot_tradeoff(paper_plot_rows, key, label, f"Pan et al. 2022 — accuracy vs {key.split('_')[0]}",
+                                   out / stem)
+
+    md = [f"# {title}", ""]
+    if bench_data:
+        md += ["Latency measured with `edgevit bench` (batch 1, fp32):", ""] + _meta_lines(bench_data, bench) + [""]
+    if energy_data:
+        md += ["Energy measured with `edgevit energy` (" +
+               ", ".join(sorted({str(e.get("method")) for e in energy_data})) + "); net of idle power.", ""]
+    md += ["Top-1 accuracy: `eval` = measured here with `edgevit eval`; `paper` = published ImageNet-1K top-1 "
+           "from the shipped paper data (see below). Pareto flags are within each runtime (latency) / "
+           "measurement method (energy); — means the numbers needed are missing.", ""]
+    md += _table(rows) + [""]
+    for tag, title_ in (("accuracy_latency", "Accuracy–latency"), ("accuracy_energy", "Accuracy–energy")):
+        for group, names in sets[tag].items():
+            md.append(f"- {title_} Pareto set ({group}): {', '.join(names)}")
+    md.append("")
+    for p in plots:
+        if p.suffix == ".png":
+            md += [f"![{p.stem}]({p.name})", ""]
+    if paper_data:
+        md += ["## Paper data", "", f"{paper_data['citation']}", "", paper_data.get("note", ""), ""]
+        for key, table in paper_data["tables"].items():
+            md.append(f"- `{key}`: {table.get('description', '')} — source: {table['source']}")
+        md += ["", "| model | name | top-1 % | params (M) | GFLOPs | latency (ms) | energy (mJ) |",
+               "|---|---|---|---|---|---|---|"]
+        for r in paper_plot_rows:
+            md.append(f"| {r['model']} | {r['name']} | {_fmt(r.get('top1'))} | {_fmt(r.get('params_m'))} | "
+                      f"{_fmt(r.get('gflops'))} | {_fmt(r.get('latency_ms'))} | {_fmt(r.get('energy_mj'))} |")
+        md.append("")
+    if warnings:
+        md += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+    write_text_atomic(out / "report.md", "\n".join(md))
+    summary = {"out_dir": str(out), "report": str(out / "report.md"), "plots": [str(p) for p in plots],
+               "pareto": sets, "warnings": warnings,
+               "rows": [{k: v for k, v in r.items()} for r in rows]}
+    write_text_atomic(out / "report.json", json.dumps(summary, indent=2, default=str) + "\n")
+    return summary

@@ -1,0 +1,134 @@
+"""`edgevit report`: joins bench / energy / accuracy files, writes markdown + PNG/SVG, warns on unknown models."""
+import json
+from pathlib import Path
+
+import pytest
+
+from edgevit.bench.report import (build_rows, load_paper_results, make_report, mark_pareto, place_labels,
+                                  text_extent)
+from edgevit.cli.main import main
+
+META = {"created": "2026-11-23T22:00:00Z", "machine": "ci-vm", "cpu": "x86_64", "torch": "2.14.1",
+        "timm": "1.0.31", "runtime_versions": {}, "threads": 2, "runs": 20, "batch": 1, "dtype": "fp32"}
+
+
+def _res(model, runtime, ms, label=None, fused=None):
+    return {"model": model, "label": label or model, "fused": fused, "runtime": runtime, "img_size": 224,
+            "params_m": 1.0, "gmacs": 0.5, "mean_ms": ms, "std_ms": 0.1 * ms, "median_ms": ms, "runs": 20}
+
+
+@pytest.fixture
+def files(tmp_path):
+    bench = {"meta": META, "results": [
+        _res("edgevit_xxs", "eager", 20.0, "edgevit_xxs (fused)", True),
+        _res("edgevit_xs", "eager", 33.0, "edgevit_xs (fused)", True),
+        _res("edgevit_s", "eager", 52.0, "edgevit_s (fused)", True),
+        _res("mobilenetv2_100", "eager", 12.0),
+        _res("mobilevit_xs", "eager", 30.0),       # 74.8 @ 30 ms: dominated by efficientnet_b0 below
+        _res("efficientnet_b0", "eager", 21.0),
+        _res("resnet18", "eager", 25.0),           # no accuracy known: listed, not plotted
+    ]}
+    energy = [{"format": "edgevit-energy/1", "method": "trace", "n": 50, "model": "edgevit_xxs",
+               "label": "edgevit_xxs (fused)", "runtime": "eager", "energy_mj_mean": 80.0, "energy_mj_std": 1.0,
+               "power_w_mean": 3.5, "power_w_std": 0.1, "idle_power_w": 1.5, "warnings": []},
+              {"format": "edgevit-energy/1", "method": "trace", "n": 50, "model": "mobilevit_xs",
+               "runtime": "eager", "energy_mj_mean": 95.0, "energy_mj_std": 2.0, "power_w_mean": 3.0,
+               "power_w_std": 0.1, "idle_power_w": 1.5, "warnings": []}]
+    acc = [{"model": "edgevit_xxs", "top1": 74.1, "top5": 92.0}, {"model": "foonet_9000", "top1": 50.0}]
+    paths = {}
+    for name, obj in (("bench", bench), ("energy", energy), ("acc", acc)):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(obj))
+    return paths
+
+
+def test_rows_accuracy_precedence_and_pareto(files):
+    bench = json.loads(files["bench"].read_text())
+    acc = [(str(files["acc"]), a) for a in json.loads(files["acc"].read_text())]
+    rows, warnings = build_rows([bench], json.loads(files["energy"].read_text()), acc, load_paper_results())
+    by = {r["name"]: r for r in rows}
+    assert by["edgevit_xxs (fused)"]["top1"] == 74.1 and by["edgevit_xxs (fused)"]["top1_source"].startswith("eval")
+    assert by["edgevit_s (fused)"]["top1"] == 81.0 and by["edgevit_s (fused)"]["top1_source"] == "paper"
+    assert by["edgevit_xxs (fused)"]["efficiency"] == pytest.approx(74.1 / 80.0)
+    assert by["resnet18"]["top1"] is None
+    assert "foonet_9000" in by  # accuracy-only row, not dropped
+    assert any("foonet_9000" in w and "acc.json" in w for w in warnings)
+    assert any("resnet18" in w for w in warnings)
+    sets = mark_pareto(rows)
+    assert sets["accuracy_latency"]["eager"] == ["mobilenetv2_100", "edgevit_xxs (fused)", "efficientnet_b0",
+                                                 "edgevit_xs (fused)", "edgevit_s (fused)"]
+    assert sets["accuracy_energy"]["trace"] == ["edgevit_xxs (fused)", "mobilevit_xs"]
+    assert by["mobilevit_xs"]["pareto_latency"] is False and by["resnet18"]["pareto_latency"] is None
+
+
+def test_report_writes_markdown_png_svg(files, tmp_path):
+    out = tmp_path / "report"
+    s = make_report(out, bench=[files["bench"]], energy=[files["energy"]], accuracy=[files["acc"]])
+    names = sorted(Path(p).name for p in s["plots"])
+    assert names == ["pareto_energy_trace.png", "pareto_energy_trace.svg",
+                     "pareto_latency_eager.png", "pareto_latency_eager.svg"]
+    for p in s["plots"]:
+        data = Path(p).read_bytes()
+        assert len(data) > 5000
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" if p.endswith(".png") else b"<svg" in data
+    md = (out / "report.md").read_text()
+    assert "| **edgevit_xxs (fused)** | eager | 74.1 (eval (acc.json))" in md
+    assert "![pareto_latency_eager](pareto_latency_eager.png)" in md
+    assert "arXiv:2205.03436" in md and "foonet_9000" in md and "ci-vm" in md
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["pareto"]["accuracy_energy"]["trace"] == ["edgevit_xxs (fused)", "mobilevit_xs"]
+
+
+def test_labels_do_not_overlap():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    xs = [10, 10.3, 10.6, 11, 11.2, 20, 20.2, 30]
+    ys = [74, 74.1, 74.0, 74.2, 73.9, 77, 77.1, 81]
+    labels = [f"model_{i}_long_name" for i in range(len(xs))]
+    fig, ax = plt.subplots(figsize=(7, 4.8), dpi=100)
+    ax.scatter(xs, ys)
+    ax.set_xlim(5, 40)
+    ax.set_ylim(72, 83)
+    texts = place_labels(ax, xs, ys, labels, bold=[i < 2 for i in range(len(xs))])
+    r = fig.canvas.get_renderer()
+    boxes = [text_extent(t, r) for t in texts]
+    assert len(boxes) == len(xs)
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j]), (labels[i], labels[j])
+    plt.close(fig)
+
+
+def test_report_cli_and_bad_input(files, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["report", "--bench", str(files["bench"]), "--out", str(out), "--no-paper", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["pareto"]["accuracy_latency"] == {}  # no accuracies at all without the paper data
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"results": [{"model": "x"}]}))
+    before = (out / "report.md").read_text()
+    assert main(["report", "--bench", str(bad), "--out", str(out)]) == 2
+    assert "lacks runtime, mean_ms" in capsys.readouterr().err
+    assert main(["report", "--accuracy", str(tmp_path / "nope.json"), "--out", str(out)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert (out / "report.md").read_text() == before  # nothing already written is lost
+
+
+def test_paper_file_with_phone_numbers_gets_its_own_plots(tmp_path):
+    """A paper-data copy with on-device latency/energy rows (toy numbers here, not the paper's) is plotted
+    as paper_latency / paper_energy; a table without a source is refused."""
+    paper = {"format": "edgevit-paper-results/1", "citation": "toy", "tables": {"t": {
+        "source": "test fixture", "rows": [
+            {"model": "edgevit_xxs", "top1": 74.0, "latency_ms": 30.0, "energy_mj": 60.0},
+            {"model": "other_a", "top1": 73.0, "latency_ms": 35.0, "energy_mj": 50.0},
+            {"model": "other_b", "top1": 72.0, "latency_ms": 40.0, "energy_mj": 70.0}]}}}
+    f = tmp_path / "paper.json"
+    f.write_text(json.dumps(paper))
+    s = make_report(tmp_path / "r", paper=str(f))
+    assert sorted(Path(p).name for p in s["plots"]) == ["paper_energy.png", "paper_energy.svg",
+                                                        "paper_latency.png", "paper_latency.svg"]
+    del paper["tables"]["t"]["source"]
+    f.write_text(json.dumps(paper))
+    with pytest.raises(ValueError, match="no 'source'"):
+        make_report(tmp_path / "r2", paper=str(f))
