@@ -1,0 +1,59 @@
+"""`edgevit eval`: top-1/top-5 of a checkpoint on an ImageFolder with the standard center crop."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .common import add_json_arg
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="top-1/top-5 of a checkpoint on an ImageFolder (e.g. ImageNet val)",
+        description="Resize to img_size/crop_pct, center-crop img_size, ImageNet mean/std. Works with this "
+                    "project's checkpoints (training state or weights) and the authors' .pth. Options not "
+                    "given come from the training config stored in the checkpoint.")
+    p.add_argument("--data", required=True, help="ImageFolder directory (DIR/val: one folder per class)")
+    p.add_argument("--checkpoint", required=True, help="last.pth/best.pth/model.safetensors or the authors' .pth")
+    p.add_argument("--model", default=None, help="model name (default: from the checkpoint, else edgevit_xxs)")
+    p.add_argument("--model-kwargs", type=json.loads, default=None,
+                   help="model constructor kwargs as JSON (default: from the checkpoint's training config)")
+    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
+    p.add_argument("--img-size", type=int, default=None, help="crop size (default: checkpoint's, else 224)")
+    p.add_argument("--crop-pct", type=float, default=None, help="center-crop fraction (default 0.875)")
+    p.add_argument("--interpolation", default=None, help="resize interpolation (default bicubic)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train.data import UnreadableImageError, unreadable_image_message
+    from ..train.distributed import cleanup_distributed, init_distributed
+    from ..train.evaluate import evaluate_checkpoint
+    from ..utils.io import print_json
+
+    info = init_distributed(args.device)
+    try:
+        result = evaluate_checkpoint(args.data, args.checkpoint, args.model, args.img_size, args.crop_pct,
+                                     args.interpolation, args.batch_size, args.workers, info.device, args.ema,
+                                     progress=args.progress, model_kwargs=args.model_kwargs, rank=info.rank,
+                                     world_size=info.world_size)
+    except UnreadableImageError as e:
+        raise ValueError(unreadable_image_message(e)) from None
+    finally:
+        cleanup_distributed()
+    if not info.is_main:
+        return 0
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{result['model']} on {result['data']} ({result['num_images']} images, {result['img_size']} px, "
+              f"crop {result['crop_pct']}): top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+              f"loss {result['loss']:.4f}", file=sys.stdout)
+    return 0

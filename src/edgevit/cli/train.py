@@ -1,0 +1,44 @@
+"""`edgevit train`: the paper's (DeiT) ImageNet recipe on an ImageFolder; one process or torchrun."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import add_json_arg
+
+
+def register(subparsers) -> None:
+    from ..train.recipe import add_recipe_args
+
+    p = subparsers.add_parser(
+        "train", help="train an EdgeViT (DeiT recipe; torchrun for several GPUs/nodes)",
+        description="Train on DIR/train, evaluate on DIR/val every epoch. Defaults are the paper's recipe; "
+                    "every option can be set in a --config YAML (same names, underscores) and overridden by "
+                    "flags. Under torchrun each process uses one GPU (NCCL) or CPU (gloo).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_recipe_args(p)
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train.data import UnreadableImageError, unreadable_image_message
+    from ..train.guard import NonFiniteLossError
+    from ..train.loop import train
+    from ..train.recipe import resolve_config
+    from ..utils.io import print_json
+
+    as_json = args.json
+    cfg = resolve_config({k: v for k, v in vars(args).items() if k not in ("func", "command", "json")})
+    try:
+        summary = train(cfg)
+    except UnreadableImageError as e:  # re-raised by a DataLoader worker with its traceback in the message
+        raise ValueError(unreadable_image_message(e)) from None
+    except NonFiniteLossError as e:
+        print(f"edgevit train: error: {e}", file=sys.stderr)
+        return 3
+    if as_json:
+        print_json(summary)
+    if summary.get("stopped") == "signal":
+        return 128 + summary.get("signal", 15)
+    return 0

@@ -1,0 +1,218 @@
+"""ImageFolder datasets and loaders for training and evaluation (timm transforms, torch samplers)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import auto_augment as _auto_augment
+from timm.data.distributed_sampler import RepeatAugSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, SequentialSampler
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+__all__ = ["UnreadableImageError", "CheckedImageFolder", "check_split_dir", "check_data_root",
+           "train_transform", "eval_transform", "build_train_loader", "build_eval_loader", "ShardSampler",
+           "SkipSampler", "unreadable_image_message"]
+
+
+def _posterize_any_bits(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """timm's RandAugment asks PosterizeIncreasing for 0 bits at magnitude 10, which rand-m9-mstd0.5 reaches
+    (9 + noise, clipped at 10). Pillow >= 11 rejects bits < 1 with a ValueError that would end the run;
+    older Pillow returned the all-zero image that keeping 0 bits means, so that is what this returns."""
+    if bits_to_keep < 1:
+        return Image.new(img.mode, img.size)
+    return _timm_posterize(img, bits_to_keep, **kwargs)
+
+
+_timm_posterize = _auto_augment.posterize
+for _name, _op in list(_auto_augment.NAME_TO_OP.items()):
+    if _op is _timm_posterize:
+        _auto_augment.NAME_TO_OP[_name] = _posterize_any_bits
+
+
+class UnreadableImageError(ValueError):
+    """An image file PIL cannot decode; the message names the file."""
+
+
+def unreadable_image_message(e: BaseException) -> str:
+    """One line naming the file, also for an error re-raised by a DataLoader worker (whose message carries
+    the worker's whole traceback)."""
+    for line in reversed(str(e).strip().splitlines()):
+        if "cannot read image" in line:
+            return line.split("UnreadableImageError: ", 1)[-1].strip()
+    return str(e)
+
+
+def _load_rgb(path: str) -> Image.Image:
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except Exception as e:  # truncated, corrupt or not an image: name the file instead of a PIL traceback
+        raise UnreadableImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+
+
+class CheckedImageFolder(ImageFolder):
+    """torchvision ImageFolder whose loader names the file it cannot read."""
+
+    def __init__(self, root: str | Path, transform=None, classes: Optional[Sequence[str]] = None):
+        self._fixed_classes = list(classes) if classes is not None else None
+        super().__init__(str(root), transform=transform, loader=_load_rgb)
+
+    def find_classes(self, directory: str) -> Tuple[List[str], dict]:
+        classes, _ = super().find_classes(directory)
+        if self._fixed_classes is not None:
+            classes = self._fixed_classes  # e.g. eval with the training class list
+        return classes, {c: i for i, c in enumerate(classes)}
+
+
+def _class_dirs(d: Path) -> List[str]:
+    return sorted(e.name for e in d.iterdir() if e.is_dir() and not e.name.startswith("."))
+
+
+def check_split_dir(d: Path, what: str) -> List[str]:
+    """The class folder names of an ImageFolder directory, or a clear error if it is missing or empty."""
+    d = Path(d)
+    if not d.is_dir():
+        raise FileNotFoundError(f"{what} {d}: no such directory (expected ImageFolder layout: {d}/<class>/<image>)")
+    classes = _class_dirs(d)
+    if not classes:
+        raise ValueError(f"{what} {d}: no class folders inside (expected ImageFolder layout: {d}/<class>/<image>)")
+    exts = tuple(IMG_EXTENSIONS)
+    for c in classes:
+        if not any(f.is_file() and f.name.lower().endswith(exts) for f in (d / c).iterdir()):
+            raise ValueError(f"{what} {d}: class folder {c!r} holds no images ({', '.join(exts)})")
+    return classes
+
+
+def check_data_root(root: str | Path) -> Tuple[Path, Path, List[str]]:
+    """root/train and root/val with the same class folders; returns (train_dir, val_dir, classes)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data {root}: no such directory (expected {root}/train and {root}/val)")
+    train_classes = check_split_dir(root / "train", "--data train split")
+    val_classes = check_split_dir(root / "val", "--data val split")
+    if train_classes != val_classes:
+        only_t = sorted(set(train_classes) - set(val_classes))
+        only_v = sorted(set(val_classes) - set(train_classes))
+        raise ValueError(f"--data {root}: train/ and val/ have different class folders "
+                         f"(only in train: {only_t[:10]}, only in val: {only_v[:10]})")
+    return root / "train", root / "val", train_classes
+
+
+def train_transform(cfg: dict, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
+    return create_transform(
+        cfg["img_size"], is_training=True, scale=tuple(cfg["scale"]), ratio=tuple(cfg["ratio"]),
+        hflip=cfg["hflip"], color_jitter=cfg["color_jitter"], auto_augment=cfg["aa"],
+        interpolation=cfg["train_interpolation"], mean=mean, std=std,
+        re_prob=cfg["reprob"], re_mode=cfg["remode"], re_count=cfg["recount"])
+
+
+def eval_transform(img_size: int, crop_pct: float = 0.875, interpolation: str = "bicubic",
+                   mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
+    """The standard center crop: resize the short side to img_size / crop_pct, crop img_size."""
+    return create_transform(img_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation,
+                            mean=mean, std=std)
+
+
+class ShardSampler(Sampler[int]):
+    """Indices rank, rank + world, ... of a dataset, in order and without padding.
+
+    Written by hand because torch's DistributedSampler pads with duplicates, which would change the
+    reported accuracy; here every image is evaluated exactly once across processes."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, n, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class SkipSampler(Sampler[int]):
+    """Wraps an epoch sampler and drops its first `skip` indices: resuming mid-epoch (after SIGTERM) continues
+    with the next batch of the same epoch order instead of reading the skipped images again.
+    (No torch/timm sampler can start part-way; `set_epoch` is forwarded so the order is the epoch's.)"""
+
+    def __init__(self, sampler: Sampler, skip: int = 0):
+        self.sampler, self.skip = sampler, skip
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        it = iter(self.sampler)
+        for _ in range(self.skip):
+            next(it, None)
+        return it
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+
+def _loader_kwargs(workers: int, device: torch.device) -> dict:
+    kw = dict(num_workers=workers, pin_memory=device.type == "cuda")
+    if workers > 0:
+        # Fresh workers each epoch: their seeds are drawn from the (checkpointed) main RNG when the epoch starts,
+        # so a resumed run augments exactly like a straight one. Starting workers is cheap next to an epoch.
+        kw["persistent_workers"] = False
+    return kw
+
+
+def build_train_sampler(dataset, cfg: dict, rank: int, world_size: int, seed: int) -> Sampler:
+    if cfg["repeated_aug"]:
+        # timm's repeated augmentation (DeiT): each image 3x per epoch on different processes, epoch length
+        # kept at len(dataset). selected_round=256 as DeiT unless the dataset is too small for it.
+        rounding = 256 if len(dataset) >= 256 * world_size else 0
+        return RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                selected_round=rounding)
+    if world_size > 1:
+        return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                  drop_last=True)
+    return _EpochRandomSampler(dataset, seed)
+
+
+class _EpochRandomSampler(Sampler[int]):
+    """Single-process shuffling that depends only on (seed, epoch), like DistributedSampler: a resumed run
+    sees the same order as a straight one."""
+
+    def __init__(self, dataset, seed: int):
+        self.n, self.seed, self.epoch = len(dataset), seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def build_train_loader(dataset, sampler: Sampler, cfg: dict, device: torch.device, skip_batches: int = 0):
+    skip = SkipSampler(sampler, skip_batches * cfg["batch_size"])
+    if len(skip) < cfg["batch_size"] and skip_batches == 0:
+        raise ValueError(f"--data: the train split has {len(dataset)} images, fewer per process than "
+                         f"--batch-size {cfg['batch_size']}; lower --batch-size")
+    return DataLoader(dataset, batch_size=cfg["batch_size"], sampler=skip, drop_last=True,
+                      **_loader_kwargs(cfg["workers"], device))
+
+
+def build_eval_loader(dataset, batch_size: int, workers: int, device: torch.device, rank: int = 0,
+                      world_size: int = 1) -> DataLoader:
+    sampler = ShardSampler(len(dataset), rank, world_size) if world_size > 1 else SequentialSampler(dataset)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
+                      **_loader_kwargs(workers, device))
+
+
+def steps_per_epoch(sampler: Sampler, batch_size: int) -> int:
+    return len(sampler) // batch_size
+

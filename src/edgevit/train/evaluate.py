@@ -1,0 +1,117 @@
+"""Top-1/top-5 evaluation with the standard center crop, for this project's and the authors' checkpoints."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import timm
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..models import VARIANTS, fit_report, read_state_dict
+from ..models.edgevit import checkpoint_filter_fn
+from .data import CheckedImageFolder, build_eval_loader, check_split_dir, eval_transform
+from .distributed import all_reduce_sum
+
+__all__ = ["evaluate", "checkpoint_weights", "evaluate_checkpoint"]
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
+             channels_last: bool = False, progress: bool = False, desc: str = "eval") -> Dict[str, float]:
+    """Top-1, top-5 (%) and mean cross-entropy over every image of `loader`, summed across processes."""
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # n, top1 hits, top5 hits, loss sum
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    for images, target in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        images = images.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            logits = model(images)
+        logits = logits.float()
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices
+        hits = topk.eq(target[:, None])
+        sums += torch.stack([
+            torch.tensor(float(target.numel()), dtype=torch.float64, device=device),
+            hits[:, :1].sum().double(), hits.sum().double(),
+            F.cross_entropy(logits, target, reduction="sum").double()])
+    all_reduce_sum(sums)
+    n = max(sums[0].item(), 1.0)
+    return {"num_images": int(sums[0].item()), "top1": 100.0 * sums[1].item() / n,
+            "top5": 100.0 * sums[2].item() / n, "loss": sums[3].item() / n}
+
+
+def checkpoint_weights(path: str | Path, ema: bool = False) -> Dict[str, Any]:
+    """Weights and metadata of a checkpoint: ours (training state or bare weights) or the authors'.
+
+    Returns {"state_dict", "config" (training config or None), "classes" (or None)}."""
+    raw = read_state_dict(path)  # .pth with weights_only=True, or .safetensors; names the file on error
+    config = raw.get("config") if isinstance(raw.get("config"), dict) else None
+    classes = raw.get("classes") if isinstance(raw.get("classes"), list) else None
+    if ema:
+        if not isinstance(raw.get("model_ema"), dict):
+            raise ValueError(f"--ema: checkpoint {path} holds no EMA weights (train with --model-ema)")
+        sd = raw["model_ema"]
+    else:
+        sd = raw
+    return {"state_dict": sd, "config": config, "classes": classes}
+
+
+def _num_classes(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
+    for key in ("head.weight", "head.fc.weight", "fc.weight", "classifier.weight"):
+        if key in state_dict and state_dict[key].ndim == 2:
+            return int(state_dict[key].shape[0])
+    return None
+
+
+def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Optional[str] = None,
+                        img_size: Optional[int] = None, crop_pct: Optional[float] = None,
+                        interpolation: Optional[str] = None, batch_size: int = 100, workers: int = 2,
+                        device: Optional[torch.device] = None, ema: bool = False, progress: bool = True,
+                        model_kwargs: Optional[dict] = None, rank: int = 0, world_size: int = 1) -> Dict[str, Any]:
+    """Evaluate `checkpoint` on the ImageFolder `data` (e.g. DIR/val). Options not given come from the
+    training config stored in the checkpoint, then the recipe's defaults (224, crop 0.875, bicubic)."""
+    device = device or torch.device("cpu")
+    folder_classes = check_split_dir(Path(data), "--data")
+    w = checkpoint_weights(checkpoint, ema=ema)
+    cfg = w["config"] or {}
+    model_name = model_name or cfg.get("model") or "edgevit_xxs"
+    if not timm.is_model(model_name):
+        raise ValueError(f"--model {model_name!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)}")
+    kwargs = dict(cfg.get("model_kwargs") or {}) if model_kwargs is None else dict(model_kwargs)
+    img_size = int(img_size or cfg.get("img_size") or 224)
+    crop_pct = float(crop_pct or cfg.get("crop_pct") or 0.875)
+    interpolation = interpolation or cfg.get("eval_interpolation") or "bicubic"
+
+    probe = timm.create_model(model_name, num_classes=1, **kwargs)
+    state_dict = checkpoint_filter_fn(w["state_dict"], probe) if model_name in VARIANTS else w["state_dict"]
+    num_classes = _num_classes(state_dict)
+    if num_classes is None:
+        raise ValueError(f"checkpoint {checkpoint}: no classifier head found (head.weight)")
+    classes = w["classes"]
+    if classes is not None and sorted(classes) != folder_classes:
+        raise ValueError(f"--data {data}: class folders differ from the {len(classes)} classes the checkpoint "
+                         f"was trained on (only in data: {sorted(set(folder_classes) - set(classes))[:10]}, "
+                         f"missing: {sorted(set(classes) - set(folder_classes))[:10]})")
+    if num_classes != len(folder_classes):
+        raise ValueError(f"checkpoint {checkpoint} has a {num_classes}-class head but --data {data} has "
+                         f"{len(folder_classes)} class folders")
+    model = timm.create_model(model_name, num_classes=num_classes, **kwargs)
+    problems = fit_report(model, state_dict)
+    if problems:
+        raise ValueError(f"checkpoint {checkpoint} does not fit {model_name}: {problems}")
+    model.load_state_dict(state_dict)
+    model.to(device).eval()
+
+    dataset = CheckedImageFolder(data, eval_transform(img_size, crop_pct, interpolation), classes=classes)
+    loader = build_eval_loader(dataset, batch_size, workers, device, rank, world_size)
+    metrics = evaluate(model, loader, device, progress=progress and rank == 0)
+    return {"model": model_name, "checkpoint": str(checkpoint), "data": str(data), "ema": ema,
+            "img_size": img_size, "crop_pct": crop_pct, **metrics}
+
+

@@ -1,0 +1,60 @@
+"""Guards for long runs: stop cleanly on SIGTERM/SIGINT, stop loudly on a non-finite loss."""
+from __future__ import annotations
+
+import math
+import signal
+import threading
+
+import torch
+
+__all__ = ["GracefulStop", "NonFiniteLossError", "check_finite"]
+
+
+class GracefulStop:
+    """Context manager: SIGTERM/SIGINT set `.requested = True` instead of killing the process.
+
+    The training loop checks `.requested` after each step, saves a checkpoint and exits; a second
+    signal of the same kind while a stop is pending falls back to the default behaviour (kill)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:  # impatient user: second Ctrl-C really interrupts
+            handler = self._old.get(signum)
+            if callable(handler):
+                handler(signum, frame)
+            else:
+                raise KeyboardInterrupt
+            return
+        self.requested = True
+        self.signum = signum
+
+    def __enter__(self) -> "GracefulStop":
+        # signal handlers can only be installed from the main thread (e.g. not inside a test worker thread)
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old.clear()
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; training stops and the last good checkpoint stays on disk."""
+
+
+def check_finite(loss: torch.Tensor, step: int, epoch: int) -> None:
+    value = float(loss.detach().float().item())
+    if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f"loss is {value} at epoch {epoch}, step {step}: training stopped. The last good checkpoint "
+            "(last.pth in the run directory, written at the end of the previous epoch) is kept; "
+            "lower --lr, add --clip-grad, or use --amp-dtype bfloat16 instead of float16, then --resume auto.")

@@ -1,0 +1,356 @@
+"""`edgevit train`: the DeiT/EdgeViT ImageNet recipe assembled from timm's pieces, one process or torchrun.
+
+Read top to bottom: setup (processes, data, model, optimiser, schedule, EMA), resume, then the epoch loop
+(train one epoch, evaluate, log, checkpoint). The shared machinery (distributed, state, guard, logging) is
+also used by the dense-prediction trainer.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Dict
+
+import timm
+import torch
+import torch.distributed as dist
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3, dispatch_clip_grad
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..models import VARIANTS, fit_report, read_state_dict, save_checkpoint
+from ..models.edgevit import checkpoint_filter_fn
+from .data import (CheckedImageFolder, build_eval_loader, build_train_loader, build_train_sampler,
+                   check_data_root, eval_transform, train_transform)
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from .evaluate import evaluate
+from .guard import GracefulStop, check_finite
+from .logging import MetricsLogger
+from .recipe import amp_dtype, scaled_lr
+from .state import (CheckpointManager, capture_rng_state, load_training_state, restore_rng_state, save_config,
+                    set_determinism)
+
+__all__ = ["train"]
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _log(info: DistInfo, msg: str) -> None:
+    if info.is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _head_keys(model: torch.nn.Module) -> set:
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)] for p in head.parameters()} if head is not None else set()
+
+
+def _filtered(model, sd: Dict[str, torch.Tensor], name: str) -> Dict[str, torch.Tensor]:
+    return checkpoint_filter_fn(sd, model) if name in VARIANTS else sd
+
+
+def load_pretrained(model: torch.nn.Module, path: str, model_name: str) -> None:
+    """Fine-tuning: every weight from `path` (ours or the authors' layout) except the classifier head,
+    which keeps its fresh initialisation."""
+    sd = _filtered(model, read_state_dict(path), model_name)
+    head = _head_keys(model)
+    sd = {k: v for k, v in sd.items() if k not in head}
+    problems = fit_report(model, {**sd, **{k: model.state_dict()[k] for k in head}})
+    if problems:
+        raise ValueError(f"--pretrained {path} does not fit {model_name} (apart from the head): {problems}")
+    model.load_state_dict(sd, strict=False)
+
+
+def _load_model_weights(model, sd, path, cfg) -> None:
+    """Resume: the checkpoint must fit exactly; a head of another class count gets a fine-tuning hint."""
+    sd = _filtered(model, sd, cfg["model"])
+    problems = fit_report(model, sd)
+    if problems:
+        target = model.state_dict()
+        conflicts = {k for k in sd if k in target and sd[k].shape != target[k].shape}
+        if conflicts and conflicts <= _head_keys(model):
+            raise ValueError(f"checkpoint {path}: its classifier head does not fit {cfg['num_classes']} classes "
+                             f"({problems}); to fine-tune it on new classes use --pretrained {path} "
+                             f"--num-classes {cfg['num_classes']} with a new --output directory")
+        raise ValueError(f"checkpoint {path} does not fit {cfg['model']}: {problems}")
+    model.load_state_dict(sd)
+
+
+def _gather_rng(info: DistInfo) -> list:
+    """Every process's RNG state (rank order), so a resumed DDP run continues each stream."""
+    mine = capture_rng_state()
+    if not info.distributed:
+        return [mine]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, mine)
+    return out
+
+
+def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Run (or continue) a training run described by a resolved config (see recipe.resolve_config)."""
+    info = init_distributed(cfg["device"])
+    try:
+        return _train(cfg, info)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
+    device = info.device
+    run_dir = Path(cfg["output"])
+    set_determinism(cfg["seed"] + info.rank, cfg["deterministic"])
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+
+    if not cfg["resume"] and (run_dir / "last.pth").exists():  # never overwrite a run by accident
+        raise ValueError(f"--output {run_dir} already holds a run (last.pth): continue it with --resume auto "
+                         "or choose a new --output")
+
+    # ---- data ---------------------------------------------------------------------------------------
+    train_dir, val_dir, classes = check_data_root(cfg["data"])
+    num_classes = cfg["num_classes"] or len(classes)
+    if cfg["num_classes"] and cfg["num_classes"] != len(classes):
+        raise ValueError(f"--num-classes {cfg['num_classes']} but --data {cfg['data']} has {len(classes)} "
+                         "class folders")
+    cfg = {**cfg, "num_classes": num_classes}
+    train_set = CheckedImageFolder(train_dir, train_transform(cfg))
+    val_set = CheckedImageFolder(val_dir, eval_transform(cfg["img_size"], cfg["crop_pct"],
+                                                         cfg["eval_interpolation"]), classes=classes)
+    sampler = build_train_sampler(train_set, cfg, info.rank, info.world_size, cfg["seed"])
+    steps = len(sampler) // cfg["batch_size"]
+    updates_per_epoch = steps // cfg["accum_steps"]
+    if updates_per_epoch < 1:
+        raise ValueError(f"--data {cfg['data']}: {len(sampler)} training images per process give no full "
+                         f"optimizer step at --batch-size {cfg['batch_size']} x --accum-steps {cfg['accum_steps']}")
+    steps = updates_per_epoch * cfg["accum_steps"]
+    eval_bs = cfg["eval_batch_size"] or max(1, int(1.5 * cfg["batch_size"]))
+    val_loader = build_eval_loader(val_set, eval_bs, cfg["workers"], device, info.rank, info.world_size)
+
+    mixup_on = cfg["mixup"] > 0 or cfg["cutmix"] > 0
+    mixup_fn = Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], prob=cfg["mixup_prob"],
+                     switch_prob=cfg["mixup_switch_prob"], mode=cfg["mixup_mode"],
+                     label_smoothing=cfg["smoothing"], num_classes=num_classes) if mixup_on else None
+    if mixup_on and cfg["batch_size"] % 2:
+        raise ValueError(f"--batch-size {cfg['batch_size']}: mixup/cutmix need an even batch per process")
+    if mixup_on:
+        criterion = SoftTargetCrossEntropy()  # smoothing is inside the mixed targets
+    elif cfg["smoothing"] > 0:
+        criterion = LabelSmoothingCrossEntropy(smoothing=cfg["smoothing"])
+    else:
+        criterion = torch.nn.CrossEntropyLoss()
+
+    # ---- model, optimiser, schedule, EMA ------------------------------------------------------------
+    if not timm.is_model(cfg["model"]):
+        raise ValueError(f"--model {cfg['model']!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)}")
+    model = timm.create_model(cfg["model"], num_classes=num_classes, drop_rate=cfg["drop"],
+                              drop_path_rate=cfg["drop_path"], **cfg["model_kwargs"])
+    if cfg["pretrained"]:
+        load_pretrained(model, cfg["pretrained"], cfg["model"])
+    channels_last = cfg["channels_last"] if cfg["channels_last"] is not None else device.type == "cuda"
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    dtype_name = amp_dtype(cfg, device.type)
+    autocast_dtype = _DTYPES.get(dtype_name) if dtype_name else None
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
+
+    lr = scaled_lr(cfg, info.world_size)
+    opt_kwargs = {"eps": cfg["opt_eps"]}
+    if cfg["opt_betas"]:
+        opt_kwargs["betas"] = tuple(cfg["opt_betas"])
+    optimizer = create_optimizer_v2(model, opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
+                                    momentum=cfg["momentum"], **opt_kwargs)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=cfg["sched"], num_epochs=cfg["epochs"] - cfg["cooldown_epochs"],
+        warmup_epochs=cfg["warmup_epochs"], warmup_lr=cfg["warmup_lr"], min_lr=cfg["min_lr"],
+        cooldown_epochs=cfg["cooldown_epochs"], step_on_epochs=not cfg["sched_on_updates"],
+        updates_per_epoch=updates_per_epoch)
+    ema = ModelEmaV3(model, decay=cfg["model_ema_decay"]) if cfg["model_ema"] else None
+
+    ddp_model = model
+    if cfg["compile"]:
+        ddp_model = torch.compile(ddp_model)
+    if info.distributed:
+        # Depthwise kernels [C, 1, k, k] get gradients whose stride on the size-1 dim differs from the bucket's;
+        # the layouts are the same memory order, so DDP's warning about it says nothing useful.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        ddp_model = DistributedDataParallel(ddp_model, device_ids=[device.index] if device.type == "cuda" else None,
+                                            gradient_as_bucket_view=True)
+
+    # ---- resume -------------------------------------------------------------------------------------
+    ckpt = CheckpointManager(run_dir, info.is_main)
+    start_epoch, skip_steps, num_updates = 0, 0, 0
+    resume_from = ckpt.resume_path(cfg["resume"])
+    if resume_from is not None:
+        state = load_training_state(resume_from)
+        _load_model_weights(model, state["model"], resume_from, cfg)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("model_ema") is not None:
+            ema.module.load_state_dict(state["model_ema"])
+        ckpt.restore(state)
+        start_epoch, skip_steps = int(state["epoch"]), int(state.get("step_in_epoch", 0))
+        num_updates = int(state["num_updates"])
+        rngs = state["rng"]
+        if len(rngs) == info.world_size:
+            restore_rng_state(rngs[info.rank])
+        else:  # another process count: new streams, but still seeded and distinct per rank
+            set_determinism(cfg["seed"] + info.rank + 1000 * start_epoch, cfg["deterministic"])
+        _log(info, f"resumed from {resume_from}: epoch {start_epoch}" + (f", step {skip_steps}" if skip_steps else ""))
+    elif cfg["resume"] == "auto":
+        _log(info, f"--resume auto: no {ckpt.last_path}, starting a new run")
+
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run_dir, {**cfg, "lr": lr, "world_size": info.world_size,
+                              "global_batch": cfg["batch_size"] * info.world_size * cfg["accum_steps"]})
+    metrics_log = MetricsLogger(run_dir, info.is_main, tensorboard=cfg["tensorboard"])
+    _log(info, f"training {cfg['model']} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on "
+               f"{len(train_set)} images / {num_classes} classes, {info.world_size} process(es) on {device.type}, "
+               f"global batch {cfg['batch_size'] * info.world_size * cfg['accum_steps']}, lr {lr:.3g}, "
+               f"amp {dtype_name or 'off'}, epochs {start_epoch}->{cfg['epochs']}")
+
+    def training_state(epoch: int, step_in_epoch: int, metrics: Dict[str, Any]) -> Dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "model_ema": ema.module.state_dict() if ema is not None else None,
+                "epoch": epoch, "step_in_epoch": step_in_epoch, "num_updates": num_updates,
+                "rng": _gather_rng(info), "config": _plain_cfg(cfg), "classes": list(classes),
+                "metrics": metrics}
+
+    # ---- epochs -------------------------------------------------------------------------------------
+    summary: Dict[str, Any] = {"run_dir": str(run_dir), "stopped": None}
+    epochs_done = 0
+    with GracefulStop() as stop:
+        for epoch in range(start_epoch, cfg["epochs"]):
+            sampler.set_epoch(epoch)
+            loader = build_train_loader(train_set, sampler, cfg, device, skip_batches=skip_steps)
+            ddp_model.train()
+            t0 = time.time()
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            n_steps, interrupted = 0, False
+            total = steps - skip_steps
+            bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not (
+                cfg["progress"] and info.is_main), dynamic_ncols=True, file=sys.stderr)
+            for i, (images, target) in enumerate(loader):
+                if i >= total:
+                    break
+                step = skip_steps + i
+                images = images.to(device, non_blocking=True)
+                target = target.to(device, non_blocking=True)
+                if mixup_fn is not None:
+                    images, target = mixup_fn(images, target)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                last_micro = (step + 1) % cfg["accum_steps"] == 0
+                sync = nullcontext() if (last_micro or not info.distributed) else ddp_model.no_sync()
+                with sync:
+                    with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
+                        loss = criterion(ddp_model(images), target)
+                    # one all-reduce carries the loss and a stop request, so every process stops at the same step
+                    flags = torch.stack([loss.detach().float(), torch.tensor(float(stop.requested), device=device)])
+                    all_reduce_sum(flags)
+                    check_finite(flags[0], step=step, epoch=epoch)
+                    scaled = loss / cfg["accum_steps"]
+                    (scaler.scale(scaled) if scaler else scaled).backward()
+                if last_micro:
+                    if scaler is not None:
+                        if cfg["clip_grad"]:
+                            scaler.unscale_(optimizer)
+                            dispatch_clip_grad(model.parameters(), cfg["clip_grad"])
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        if cfg["clip_grad"]:
+                            dispatch_clip_grad(model.parameters(), cfg["clip_grad"])
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    num_updates += 1
+                    if ema is not None:
+                        ema.update(model, step=num_updates)
+                    scheduler.step_update(num_updates)
+                loss_sum += flags[0].item() / info.world_size
+                n_steps += 1
+                lr_now = optimizer.param_groups[0]["lr"]
+                ips = (n_steps * cfg["batch_size"] * info.world_size) / max(time.time() - t0, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{flags[0].item() / info.world_size:.4f}", lr=f"{lr_now:.3g}",
+                                img_s=f"{ips:.1f}")
+                if last_micro and flags[1].item() > 0:
+                    interrupted = True
+                    break
+            bar.close()
+            epoch_time = time.time() - t0
+
+            if interrupted:  # SIGTERM/SIGINT: save where we are, exit; --resume auto continues from this step
+                ckpt.save(training_state(epoch, skip_steps + n_steps, {"interrupted": True}))
+                barrier()
+                _log(info, f"stopped by signal at epoch {epoch + 1}, step {skip_steps + n_steps}; saved "
+                           f"{ckpt.last_path}; continue with --resume auto")
+                summary["stopped"] = "signal"
+                summary["signal"] = int(stop.signum or 0)
+                break
+
+            skip_steps = 0
+            scheduler.step(epoch + 1)
+            amp_eval = autocast_dtype if device.type == "cuda" else None
+            show = cfg["progress"] and info.is_main
+            val = evaluate(model, val_loader, device, amp_eval, channels_last, progress=show, desc="val")
+            record: Dict[str, Any] = {
+                "epoch": epoch + 1, "train_loss": loss_sum.item() / max(n_steps, 1),
+                "lr": optimizer.param_groups[0]["lr"], "val_top1": val["top1"], "val_top5": val["top5"],
+                "val_loss": val["loss"], "val_images": val["num_images"], "epoch_time_s": epoch_time,
+                "images_per_s": n_steps * cfg["batch_size"] * info.world_size / max(epoch_time, 1e-9)}
+            if ema is not None:
+                ev = evaluate(ema.module, val_loader, device, amp_eval, channels_last, desc="val ema")
+                record.update(ema_val_top1=ev["top1"], ema_val_top5=ev["top5"])
+            ckpt.save(training_state(epoch + 1, 0, record), metric=val["top1"], higher_is_better=True)
+            metrics_log.log(record)
+            barrier()
+            _log(info, f"epoch {epoch + 1}/{cfg['epochs']}: train loss {record['train_loss']:.4f}, val top-1 "
+                       f"{val['top1']:.2f}%, top-5 {val['top5']:.2f}%"
+                       + (f", EMA top-1 {record['ema_val_top1']:.2f}%" if ema is not None else "")
+                       + f", {record['images_per_s']:.1f} img/s")
+            summary.update(last=record)
+            epochs_done += 1
+            if cfg["stop_after_epochs"] and epochs_done >= cfg["stop_after_epochs"] and epoch + 1 < cfg["epochs"]:
+                summary["stopped"] = "stop_after_epochs"
+                _log(info, f"stopping after {epochs_done} epoch(s) (--stop-after-epochs); continue with --resume auto")
+                break
+            stop_now = all_reduce_sum(torch.tensor(float(stop.requested), device=device)).item() > 0
+            if stop_now and epoch + 1 < cfg["epochs"]:  # signal during evaluation: the epoch is already saved
+                summary["stopped"], summary["signal"] = "signal", int(stop.signum or 0)
+                _log(info, f"stopped by signal after epoch {epoch + 1}; continue with --resume auto")
+                break
+    metrics_log.close()
+
+    if summary["stopped"] is None and info.is_main:
+        save_checkpoint(model, run_dir / "model.safetensors")
+        if ema is not None:
+            save_checkpoint(ema.module, run_dir / "model_ema.safetensors")
+    summary.update(best_val_top1=ckpt.best, epochs_completed=epochs_done,
+                   checkpoint=str(ckpt.last_path),
+                   best_checkpoint=str(ckpt.best_path) if ckpt.best is not None else None)
+    return summary
+
+
+def _plain_cfg(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The config with only str/number/bool/None/list/dict values (readable with weights_only=True)."""
+    def plain(v):
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if v is None or isinstance(v, (str, int, float, bool)):
+            return v
+        return str(v)
+    return plain(cfg)

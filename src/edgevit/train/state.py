@@ -1,0 +1,160 @@
+"""Training state on disk: atomic checkpoints, RNG capture/restore, determinism, the resolved config.
+
+Everything saved here is tensors, numbers, strings and containers of them, so it is read back with
+`torch.load(..., weights_only=True)` (no pickled code runs when a checkpoint is loaded)."""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import yaml
+
+from ..utils.io import atomic_path, write_text_atomic
+
+__all__ = ["capture_rng_state", "restore_rng_state", "save_training_state", "load_training_state",
+           "CheckpointManager", "set_determinism", "save_config", "load_config"]
+
+
+# ---------------------------------------------------------------- RNG
+def capture_rng_state() -> Dict[str, Any]:
+    """RNG states of python `random`, numpy, torch CPU and every CUDA device, as tensors/ints/floats."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": {"version": int(py_version), "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss": py_gauss},  # float or None
+        "numpy": {"name": str(np_name), "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(d: Dict[str, Any]) -> None:
+    py = d["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    n = d["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(d["torch"].cpu())
+    if "cuda" in d and torch.cuda.is_available():
+        states = list(d["cuda"])[: torch.cuda.device_count()]
+        for i, s in enumerate(states):
+            torch.cuda.set_rng_state(s.cpu(), i)
+
+
+def set_determinism(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch (all devices); with `deterministic`, also force deterministic kernels.
+
+    On CPU, deterministic mode makes "N epochs straight" and "k epochs, kill, --resume auto, N-k epochs"
+    produce identical weights."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds CUDA too
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+# ---------------------------------------------------------------- files
+def save_training_state(path: os.PathLike | str, state: Dict[str, Any]) -> Path:
+    """`torch.save` through a temp file beside `path`, fsync, rename: a crash never leaves half a file."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_training_state(path: os.PathLike | str) -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt, or containing pickled code
+        raise ValueError(f"checkpoint {path}: cannot be read as a training checkpoint ({e})") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"checkpoint {path}: expected a dict, got {type(obj).__name__}")
+    return obj
+
+
+class CheckpointManager:
+    """`last.pth` after every save, copied to `best.pth` whenever the metric improves. Only rank 0 writes.
+
+    The best metric so far travels inside the checkpoint (`best_metric`), so a resumed run keeps
+    comparing against it; call `.restore(state)` after loading."""
+
+    def __init__(self, run_dir: os.PathLike | str, is_main: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.is_main = is_main
+        self.best: Optional[float] = None
+        self.last_path = self.run_dir / "last.pth"
+        self.best_path = self.run_dir / "best.pth"
+
+    def _improves(self, metric: float, higher_is_better: bool) -> bool:
+        if self.best is None:
+            return True
+        return metric > self.best if higher_is_better else metric < self.best
+
+    def save(self, state: Dict[str, Any], metric: float | None = None, higher_is_better: bool = True) -> None:
+        improved = metric is not None and self._improves(float(metric), higher_is_better)
+        if improved:
+            self.best = float(metric)
+        if not self.is_main:
+            return
+        save_training_state(self.last_path, {**state, "best_metric": self.best})
+        if improved:
+            with atomic_path(self.best_path) as tmp:
+                shutil.copyfile(self.last_path, tmp)
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        best = state.get("best_metric")
+        self.best = None if best is None else float(best)
+
+    def resume_path(self, resume: str | None) -> Optional[Path]:
+        """`None`/"" -> None; "auto" -> last.pth if present, else None; a path -> that path (must exist)."""
+        if not resume:
+            return None
+        if resume == "auto":
+            return self.last_path if self.last_path.is_file() else None
+        p = Path(resume)
+        if not p.is_file():
+            raise FileNotFoundError(f"--resume {resume}: no such checkpoint file")
+        return p
+
+
+# ---------------------------------------------------------------- config
+def save_config(run_dir: os.PathLike | str, cfg: Dict[str, Any]) -> Path:
+    """Write the resolved config to RUN_DIR/config.yaml (atomically; keys in insertion order)."""
+    return write_text_atomic(Path(run_dir) / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
+
+
+def load_config(path: os.PathLike | str) -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"--config {path}: not valid YAML ({e})") from e
+    if not isinstance(cfg, dict):
+        raise ValueError(f"--config {path}: expected a mapping of option: value, got {type(cfg).__name__}")
+    return cfg
+
+
+def _plain(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {str(k): _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_plain(v) for v in o]
+    if isinstance(o, Path):
+        return str(o)
+    return o
