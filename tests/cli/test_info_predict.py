@@ -3,6 +3,7 @@ import json
 
 import pytest
 import timm
+import torch
 from PIL import Image
 
 import edgevit
@@ -50,10 +51,30 @@ def test_predict_with_authors_checkpoint(repo_cwd, reference_dir, capsys):
 
 def test_predict_own_checkpoint_with_labels(tmp_path, repo_cwd, capsys):
     edgevit.save_checkpoint(timm.create_model("edgevit_xxs", num_classes=3), tmp_path / "best.safetensors")
-    (tmp_path / "classes.txt").write_text("cat\ndog\nbird\n")
-    assert main(["predict", SAMPLE, "--checkpoint", str(tmp_path / "best.safetensors"), "--json"]) == 0
+    (tmp_path / "names.txt").write_text("cat\ndog\nbird\n")
+    args = ["predict", SAMPLE, "--checkpoint", str(tmp_path / "best.safetensors"), "--json"]
+    assert main(args + ["--labels", str(tmp_path / "names.txt")]) == 0
     top = json.loads(capsys.readouterr().out)["top"]
     assert len(top) == 3 and {t["label"] for t in top} == {"cat", "dog", "bird"}
+    (tmp_path / "two.txt").write_text("cat\ndog\n")
+    assert main(args + ["--labels", str(tmp_path / "two.txt")]) == 2
+    assert "2 names for a model with 3 classes" in capsys.readouterr().err
+
+
+def test_predict_training_checkpoint_uses_its_classes_and_size(tmp_path, repo_cwd, capsys):
+    model = timm.create_model("edgevit_xxs", num_classes=2, embed_dims=(32, 64, 128, 256), head_dim=32)
+    torch.save({"model": model.state_dict(), "classes": ["no", "yes"],
+                "config": {"model": "edgevit_xxs", "img_size": 64, "crop_pct": 1.0,
+                           "model_kwargs": {"embed_dims": [32, 64, 128, 256], "head_dim": 32}}},
+               tmp_path / "last.pth")
+    assert main(["predict", SAMPLE, "--checkpoint", str(tmp_path / "last.pth"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["img_size"] == 64 and out["crop_pct"] == 1.0
+    assert sorted(t["label"] for t in out["top"]) == ["no", "yes"]
+    from edgevit.cli.predict import load_image, predict
+    idx, probs = predict(model.eval(), load_image(SAMPLE), 2, img_size=64, crop_pct=1.0)
+    assert [t["index"] for t in out["top"]] == idx
+    assert out["top"][0]["prob"] == pytest.approx(probs[0], abs=1e-6)
 
 
 def test_predict_bad_inputs(tmp_path, repo_cwd, capsys):

@@ -1,4 +1,7 @@
-"""`edgevit predict IMAGE`: top-k classes of one image with the standard evaluation transform."""
+"""`edgevit predict IMAGE`: top-k classes of one image with the standard evaluation transform.
+
+With a training checkpoint of this project, the model name, class names, image size and crop come
+from the checkpoint; otherwise ImageNet's 1000 names, 224 px and crop 0.875 (timm's defaults)."""
 from __future__ import annotations
 
 import argparse
@@ -9,12 +12,14 @@ from pathlib import Path
 import timm
 import torch
 from PIL import Image, UnidentifiedImageError
-from timm.data import ImageNetInfo, create_transform, resolve_data_config
+from timm.data import ImageNetInfo
 
-from ..models import read_state_dict
+from ..models import VARIANTS, fit_report
 from ..models.edgevit import checkpoint_filter_fn
+from ..train.data import eval_transform
+from ..train.evaluate import checkpoint_weights, head_classes
 from ..utils.io import print_json
-from .common import add_json_arg, add_model_args, create_model
+from .common import add_json_arg, create_model
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -28,38 +33,40 @@ def load_image(path: str | Path) -> Image.Image:
         raise ValueError(f"image {path}: not a readable image ({e})") from e
 
 
-def checkpoint_num_classes(path: str) -> int | None:
-    """Classes of a checkpoint's head (None if it has no head)."""
-    sd = checkpoint_filter_fn(read_state_dict(path), timm.create_model("edgevit_xxs", num_classes=0))
-    w = sd.get("head.weight")
-    return int(w.shape[0]) if w is not None else None
+def read_labels(path: str | Path, num_classes: int) -> list[str]:
+    """Class names from a text file (one per line) or a JSON list."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--labels {path}: no such file")
+    text = path.read_text()
+    names = json.loads(text) if path.suffix == ".json" else [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(names) != num_classes:
+        raise ValueError(f"--labels {path}: {len(names)} names for a model with {num_classes} classes")
+    return names
 
 
-def class_names(num_classes: int, labels: str | None, checkpoint: str | None) -> list[str]:
-    """--labels file (one per line, or a JSON list); else `classes.txt` beside the checkpoint;
-    else ImageNet's names for 1000 classes; else class indices."""
-    candidates = [Path(labels)] if labels else []
-    if checkpoint and not labels:
-        candidates.append(Path(checkpoint).with_name("classes.txt"))
-    for path in candidates:
-        if not path.is_file():
-            if labels:
-                raise FileNotFoundError(f"--labels {path}: no such file")
-            continue
-        text = path.read_text()
-        names = json.loads(text) if path.suffix == ".json" else [ln.strip() for ln in text.splitlines() if ln.strip()]
-        if len(names) != num_classes:
-            raise ValueError(f"labels {path}: {len(names)} names for a model with {num_classes} classes")
-        return names
-    if num_classes == 1000:
-        info = ImageNetInfo()
-        return [info.index_to_description(i) for i in range(1000)]
-    return [str(i) for i in range(num_classes)]
+def load_for_predict(model_name: str | None, checkpoint: str | None) -> tuple[torch.nn.Module, list[str] | None, dict]:
+    """(eval-mode model, class names stored in the checkpoint or None, training config or {})."""
+    if not checkpoint:
+        return create_model(model_name or "edgevit_xxs"), None, {}
+    w = checkpoint_weights(checkpoint)
+    cfg = w["config"] or {}
+    name = model_name or cfg.get("model") or "edgevit_xxs"
+    kwargs = dict(cfg.get("model_kwargs") or {})
+    probe = create_model(name, num_classes=1, **kwargs)
+    state_dict = checkpoint_filter_fn(w["state_dict"], probe) if name in VARIANTS else w["state_dict"]
+    num_classes = head_classes(state_dict) or 1000
+    model = create_model(name, num_classes=num_classes, **kwargs)
+    problems = fit_report(model, state_dict)
+    if problems:
+        raise ValueError(f"checkpoint {checkpoint} does not fit {name}: {problems}")
+    model.load_state_dict(state_dict)
+    return model.eval(), w["classes"], cfg
 
 
-def predict(model: torch.nn.Module, image: Image.Image, topk: int = 5) -> tuple[list[int], list[float]]:
-    cfg = resolve_data_config(model=model)
-    x = create_transform(**cfg)(image).unsqueeze(0)
+def predict(model: torch.nn.Module, image: Image.Image, topk: int = 5, img_size: int = 224,
+            crop_pct: float = 0.875, interpolation: str = "bicubic") -> tuple[list[int], list[float]]:
+    x = eval_transform(img_size, crop_pct, interpolation)(image).unsqueeze(0)
     with torch.no_grad():
         probs = model(x).softmax(-1)[0]
     p, idx = probs.topk(min(topk, probs.numel()))
@@ -70,14 +77,20 @@ def run(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise ValueError(f"--topk {args.topk}: must be at least 1")
     image = load_image(args.image)
-    num_classes = checkpoint_num_classes(args.checkpoint) if args.checkpoint else 1000
-    model = create_model(args.model, args.checkpoint, num_classes=num_classes or 1000)
+    model, names, cfg = load_for_predict(args.model, args.checkpoint)
     if not args.checkpoint:
         print("edgevit predict: no --checkpoint given: random weights (no trained EdgeViT weights are "
               "published), so these classes are meaningless", file=sys.stderr)
-    names = class_names(model.num_classes, args.labels, args.checkpoint)
-    idx, probs = predict(model, image, args.topk)
-    result = {"image": str(args.image), "model": args.model, "checkpoint": args.checkpoint,
+    if args.labels:
+        names = read_labels(args.labels, model.num_classes)
+    elif names is None:
+        names = ([ImageNetInfo().index_to_description(i) for i in range(1000)] if model.num_classes == 1000
+                 else [str(i) for i in range(model.num_classes)])
+    img_size = args.img_size or int(cfg.get("img_size") or 224)
+    crop_pct = args.crop_pct or float(cfg.get("crop_pct") or 0.875)
+    idx, probs = predict(model, image, args.topk, img_size, crop_pct, cfg.get("eval_interpolation") or "bicubic")
+    result = {"image": str(args.image), "model": cfg.get("model") or args.model or "edgevit_xxs",
+              "checkpoint": args.checkpoint, "img_size": img_size, "crop_pct": crop_pct,
               "top": [{"index": i, "label": names[i], "prob": p} for i, p in zip(idx, probs)]}
     if args.json:
         print_json(result)
@@ -88,10 +101,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="top-k classes of an image", description=__doc__)
+    p = sub.add_parser("predict", help="top-k classes of an image", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", help="image file (any format PIL reads)")
-    add_model_args(p)
+    p.add_argument("--model", default=None,
+                   help=f"{', '.join(VARIANTS)} or any timm model (default: the checkpoint's, else edgevit_xxs)")
+    p.add_argument("--checkpoint", default=None, help="weights: this project's or the authors' .pth/.safetensors")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--labels", default=None, help="class names: text file (one per line) or JSON list")
+    p.add_argument("--img-size", type=int, default=None, help="default: the checkpoint's training size, else 224")
+    p.add_argument("--crop-pct", type=float, default=None, help="default: the checkpoint's, else 0.875")
     add_json_arg(p)
     p.set_defaults(func=run)

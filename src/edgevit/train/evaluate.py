@@ -15,7 +15,7 @@ from ..models.edgevit import checkpoint_filter_fn
 from .data import CheckedImageFolder, build_eval_loader, check_split_dir, eval_transform
 from .distributed import all_reduce_sum
 
-__all__ = ["evaluate", "checkpoint_weights", "evaluate_checkpoint"]
+__all__ = ["evaluate", "checkpoint_weights", "evaluate_checkpoint", "head_classes"]
 
 
 @torch.no_grad()
@@ -62,7 +62,7 @@ def checkpoint_weights(path: str | Path, ema: bool = False) -> Dict[str, Any]:
     return {"state_dict": sd, "config": config, "classes": classes}
 
 
-def _num_classes(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
+def head_classes(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
     for key in ("head.weight", "head.fc.weight", "fc.weight", "classifier.weight"):
         if key in state_dict and state_dict[key].ndim == 2:
             return int(state_dict[key].shape[0])
@@ -90,7 +90,7 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
 
     probe = timm.create_model(model_name, num_classes=1, **kwargs)
     state_dict = checkpoint_filter_fn(w["state_dict"], probe) if model_name in VARIANTS else w["state_dict"]
-    num_classes = _num_classes(state_dict)
+    num_classes = head_classes(state_dict)
     if num_classes is None:
         raise ValueError(f"checkpoint {checkpoint}: no classifier head found (head.weight)")
     classes = w["classes"]
