@@ -61,6 +61,12 @@ class PatchEmbed(nn.Module):
         x = self.proj(x)
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """Inference copy: LayerNorm over channels on the NCHW map (edgevit.deploy.fused)."""
+        from ..deploy.fused import FusedPatchEmbed
+        return FusedPatchEmbed(self).eval()
+
 
 class LocalAgg(nn.Module):
     """Local aggregation: depthwise conv over each token's neighbourhood (Eq. 1a, 1b)."""
@@ -82,6 +88,12 @@ class LocalAgg(nn.Module):
         x = x + self.drop_path(self.pw2(self.dw(self.pw1(self.norm1(x)))))  # (1a)
         x = x + self.drop_path(self.mlp(self.norm2(x)))  # (1b)
         return x
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """Inference copy: BNs folded into pw1/fc1, CPE merged into its kernel (edgevit.deploy.fused)."""
+        from ..deploy.fused import FusedLocalAgg
+        return FusedLocalAgg(self).eval()
 
 
 class LocalAggLSA(nn.Module):
@@ -212,6 +224,12 @@ class GlobalBlock(nn.Module):
         t = t + self.drop_path(self.mlp(self.norm2(t)))  # (1d)
         return t.transpose(1, 2).reshape(B, C, H, W)
 
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """Inference copy on NCHW maps: CPE merged, LayerNorm affines folded, q/k/v split (edgevit.deploy.fused)."""
+        from ..deploy.fused import FusedGlobalBlock
+        return FusedGlobalBlock(self).eval()
+
 
 class LGLBlock(nn.Module):
     """Local-Global-Local bottleneck. Stages with r = 1 (full attention) have no LocalAgg."""
@@ -232,6 +250,11 @@ class LGLBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.global_attn(self.local_agg(x))
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        from ..deploy.fused import FusedLGLBlock
+        return FusedLGLBlock(self).eval()
 
 
 class EdgeViTStage(nn.Module):
@@ -409,6 +432,12 @@ class EdgeViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    @torch.no_grad()
+    def fuse(self, backend: str = "eager") -> nn.Module:
+        """The exact inference graph (edgevit.deploy.fuse); this release-layout model is left unchanged."""
+        from ..deploy import fuse
+        return fuse(self, backend)
 
 
 # ---- authors' checkpoints ---------------------------------------------------------------------

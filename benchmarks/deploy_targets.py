@@ -1,0 +1,102 @@
+"""Issue #3 performance targets, measured as ratios within one run (not a timed test).
+
+    .venv/bin/python benchmarks/deploy_targets.py --runs 50 --threads 2 --json out/deploy_targets.json
+
+For each runtime, every session (EdgeViT XXS/XS/S fused and unfused, MobileNetV2) is built and warmed up
+first, then the timed passes are interleaved round-robin, so that load from other processes on a shared
+machine hits every model alike and the ratios stay meaningful even when absolute times do not.
+
+Targets (2 threads, batch 1, fp32, mean of the runs):
+  executorch   fused XXS >= 1.5x faster than unfused, and <= 1.6x MobileNetV2's latency
+  onnxruntime  fused XXS >= 1.15x faster than unfused, and <= 1.8x MobileNetV2's latency
+  XS and S: fused faster than unfused in both runtimes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from edgevit.bench.bench import meta
+from edgevit.bench.runners import build_runner
+from edgevit.utils.io import write_text_atomic
+
+TARGETS = {"executorch": (1.5, 1.6), "onnxruntime": (1.15, 1.8)}  # (min speed-up, max x MobileNetV2)
+BASELINE = "mobilenetv2_100"
+
+
+def measure(runtime: str, variants, runs: int, warmup: int, threads: int) -> dict:
+    sessions = {}
+    for v in variants:
+        for fused in (True, False):
+            r = build_runner(f"edgevit_{v}", runtime, threads=threads, fused=fused)
+            sessions[r.label] = r
+            print(f"[{runtime}] built {r.label} {r.info or ''}", file=sys.stderr, flush=True)
+    sessions[BASELINE] = build_runner(BASELINE, runtime, threads=threads)
+    for r in sessions.values():
+        for _ in range(warmup):
+            r()
+    times = {k: [] for k in sessions}
+    for _ in tqdm(range(runs), desc=f"{runtime} (interleaved)", file=sys.stderr):
+        for k, r in sessions.items():
+            t0 = time.perf_counter()
+            r()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    stats = {k: {"mean_ms": statistics.fmean(t), "std_ms": statistics.pstdev(t), "median_ms": statistics.median(t),
+                 **({"partitions": sessions[k].info} if sessions[k].info else {})} for k, t in times.items()}
+    return stats
+
+
+def verdict(runtime: str, variants, stats: dict) -> list:
+    rows = []
+    base = stats[BASELINE]
+    for v in variants:
+        f, u = stats[f"edgevit_{v} (fused)"], stats[f"edgevit_{v} (unfused)"]
+        row = {"runtime": runtime, "variant": f"edgevit_{v}"}
+        for key in ("mean_ms", "median_ms"):
+            row[f"speedup_{key[:-3]}"] = u[key] / f[key]
+            row[f"vs_mnv2_{key[:-3]}"] = f[key] / base[key]
+        if v == "xxs" and runtime in TARGETS:
+            lo, hi = TARGETS[runtime]
+            row["target"] = f"speed-up >= {lo}, <= {hi}x MobileNetV2"
+            row["met"] = row["speedup_mean"] >= lo and row["vs_mnv2_mean"] <= hi
+        else:
+            row["target"] = "fused faster than unfused"
+            row["met"] = row["speedup_mean"] > 1.0
+        rows.append(row)
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runtimes", nargs="+", default=["executorch", "onnxruntime"])
+    p.add_argument("--variants", nargs="+", default=["xxs", "xs", "s"], choices=["xxs", "xs", "s"])
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None, help="write stats and verdicts to this file")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    out = {"meta": meta(args.threads, args.runs), "stats": {}, "verdicts": []}
+    for rt in args.runtimes:
+        out["stats"][rt] = measure(rt, args.variants, args.runs, args.warmup, args.threads)
+        out["verdicts"] += verdict(rt, args.variants, out["stats"][rt])
+        for k, s in out["stats"][rt].items():
+            print(f"{rt:<12} {k:<26} mean {s['mean_ms']:8.2f} ± {s['std_ms']:6.2f} ms  median {s['median_ms']:8.2f}")
+    print()
+    for r in out["verdicts"]:
+        print(f"{r['runtime']:<12} {r['variant']:<12} fused speed-up x{r['speedup_mean']:.2f} (median "
+              f"x{r['speedup_median']:.2f}); fused / MobileNetV2 {r['vs_mnv2_mean']:.2f} (median "
+              f"{r['vs_mnv2_median']:.2f}); target: {r['target']} -> {'MET' if r['met'] else 'MISSED'}")
+    if args.json:
+        write_text_atomic(args.json, json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

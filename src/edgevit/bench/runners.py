@@ -1,0 +1,170 @@
+"""One warm inference session per (model, runtime): what `edgevit bench` and the energy meter time.
+
+    runner = build_runner("edgevit_xxs", "executorch", threads=2)
+    runner()            # one batch-1 fp32 forward pass on a fixed random input
+
+Every runtime runs the same module: the fused EdgeViT (`fused=True`, see `edgevit.deploy.fuse`) or the
+release-layout one, or a timm baseline in its deploy form (timm's `reparameterize_model`: RepViT,
+FastViT, MobileOne... fold their train-time branches, as their users ship them).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+RUNTIMES = ("eager", "torchscript", "ptl", "onnxruntime", "executorch")
+
+# The Python package each runtime needs (named in the ImportError when missing).
+RUNTIME_PACKAGES = {"eager": "torch", "torchscript": "torch", "ptl": "torch", "onnxruntime": "onnxruntime",
+                    "executorch": "executorch"}
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime not in RUNTIMES:
+        raise ValueError(f"--runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    return runtime
+
+
+def require_package(runtime: str) -> None:
+    """ImportError naming the package when `runtime` is not installed."""
+    pkg = RUNTIME_PACKAGES[check_runtime(runtime)]
+    import importlib.util
+    if importlib.util.find_spec(pkg) is None:
+        raise ImportError(f"runtime {runtime!r} needs the Python package {pkg!r}: pip install {pkg} "
+                          "(see requirements.txt for the pinned version)")
+
+
+def default_img_size(model: nn.Module) -> int:
+    """The input size the model's card uses (MobileViT: 256, as in the paper; most others 224)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size", (3, 224, 224))
+    return int(size[-1])
+
+
+def load_model(model: str, fused: bool = True, checkpoint: Optional[str] = None, runtime: str = "eager",
+               **model_kwargs) -> nn.Module:
+    """An eval-mode model ready for inference.  EdgeViT: fused (in `runtime`'s fastest exact form) or
+    release layout.  Others: timm's deploy form."""
+    from ..cli.common import create_model
+    from ..models import VARIANTS
+
+    net = create_model(model, checkpoint, **model_kwargs)
+    if model in VARIANTS:
+        if fused:
+            from ..deploy import fuse
+            net = fuse(net, runtime)
+    else:
+        from timm.utils.model import reparameterize_model
+        net = reparameterize_model(net)
+    return net.eval()
+
+
+class Runner:
+    """One warm, ready-to-run inference session on a fixed random batch-1 fp32 input."""
+
+    name: str
+    runtime: str
+    img_size: int
+
+    def __init__(self, name: str, runtime: str, img_size: int, fn: Callable[[], object], threads: int,
+                 model: nn.Module, fused: Optional[bool], info: Optional[dict] = None, tmpdir=None):
+        self.name, self.runtime, self.img_size = name, runtime, img_size
+        self.threads, self.model, self.fused = threads, model, fused
+        self.info = info or {}  # e.g. ExecuTorch partition counts
+        self._fn = fn
+        self._tmpdir = tmpdir  # keeps exported files alive as long as the session
+
+    @property
+    def label(self) -> str:
+        tag = {True: " (fused)", False: " (unfused)", None: ""}[self.fused]
+        return f"{self.name}{tag}"
+
+    def __call__(self) -> None:
+        self._fn()
+
+    def output(self) -> torch.Tensor:
+        """The last forward pass's result as a torch tensor (for parity checks)."""
+        return _to_tensor(self._fn())
+
+    def __repr__(self) -> str:
+        return f"Runner({self.label}, runtime={self.runtime}, img_size={self.img_size}, threads={self.threads})"
+
+
+def _to_tensor(out) -> torch.Tensor:
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    return out if isinstance(out, torch.Tensor) else torch.from_numpy(out)
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def build_runner(model: str, runtime: str = "eager", img_size: int | None = None, threads: int = 2,
+                 fused: bool = True, checkpoint: str | None = None, **model_kwargs) -> Runner:
+    """A warm session for `model` in `runtime` (one of RUNTIMES) at `img_size` (default: the model's).
+
+    Unknown model/runtime -> ValueError listing the choices; runtime package missing -> ImportError."""
+    from ..deploy import export as ex
+    from ..models import VARIANTS
+
+    check_runtime(runtime)
+    require_package(runtime)
+    if threads < 1:
+        raise ValueError(f"--threads {threads} must be >= 1")
+    set_threads(threads)
+    net = load_model(model, fused=fused, checkpoint=checkpoint, runtime=runtime, **model_kwargs)
+    size = int(img_size or default_img_size(net))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, size, size, generator=gen)
+    if hasattr(net, "check_input"):
+        net.check_input(x)  # EdgeViT: sizes not multiples of 32 -> the model's error, before exporting
+    is_edgevit = model in VARIANTS
+    info: dict = {}
+    tmp = None
+
+    if runtime == "eager":
+        def fn():
+            with torch.inference_mode():
+                return net(x)
+    elif runtime == "torchscript":
+        mod = ex.to_torchscript(net, x)
+
+        def fn():
+            with torch.inference_mode():
+                return mod(x)
+    elif runtime == "ptl":
+        tmp = tempfile.TemporaryDirectory(prefix="edgevit-ptl-")
+        path = Path(tmp.name) / "model.ptl"
+        info = ex.save_ptl(net, x, path)
+        mod = ex.load_ptl(path)
+
+        def fn():
+            with torch.inference_mode():
+                return mod(x)
+    elif runtime == "onnxruntime":
+        tmp = tempfile.TemporaryDirectory(prefix="edgevit-onnx-")
+        path = Path(tmp.name) / "model.onnx"
+        ex.save_onnx(net, x, path)
+        sess = ex.onnx_session(path, threads)
+        feed = {sess.get_inputs()[0].name: x.numpy()}
+
+        def fn():
+            return sess.run(None, feed)[0]
+    else:  # executorch
+        tmp = tempfile.TemporaryDirectory(prefix="edgevit-pte-")
+        path = Path(tmp.name) / "model.pte"
+        info = ex.save_pte(net, x, path)
+        method = ex.executorch_method(path, threads)
+        args = (x,)
+
+        def fn():
+            return method.execute(args)[0]
+
+    fn()  # first call: loads/plans, allocates
+    return Runner(model, runtime, size, fn, threads, net, fused if is_edgevit else None, info, tmp)

@@ -1,0 +1,189 @@
+"""Export a (fused) model to ExecuTorch (.pte, XNNPACK), ONNX, TorchScript lite (.ptl) or TorchScript,
+then run the file in its own runtime and compare with PyTorch.
+
+Each format is written through the maintained exporter (torch.export + ExecuTorch's XNNPACK partitioner,
+torch.onnx, torch.jit + optimize_for_mobile); this module only chains them and checks the result.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from ..utils.io import atomic_path
+
+FORMATS = ("pte", "onnx", "ptl", "torchscript")
+FORMAT_RUNTIME = {"pte": "executorch", "onnx": "onnxruntime", "ptl": "ptl", "torchscript": "torchscript"}
+TOLERANCE = 1e-3
+
+
+def _require(module: str, package: str) -> None:
+    import importlib.util
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"this format needs the Python package {package!r}: pip install {package} "
+                          "(pinned in requirements.txt)")
+
+
+# ---- TorchScript / lite interpreter --------------------------------------------------------------
+def to_torchscript(model: nn.Module, x: torch.Tensor) -> torch.jit.ScriptModule:
+    """Traced and frozen (constants folded, conv+bn folded for the baselines) for the JIT runtime."""
+    with torch.no_grad():
+        traced = torch.jit.trace(model.eval(), x, check_trace=False)
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+
+
+def save_torchscript(model: nn.Module, x: torch.Tensor, path: Path) -> None:
+    with torch.no_grad():
+        traced = torch.jit.freeze(torch.jit.trace(model.eval(), x, check_trace=False))
+    torch.jit.save(traced, str(path))
+
+
+def save_ptl(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
+    """The paper's runtime: trace -> optimize_for_mobile -> lite-interpreter bytecode.
+
+    optimize_for_mobile needs a torch built with USE_XNNPACK=1; the x86 CPU wheels of torch 2.14 are not
+    ("Mobile optimization only available with XNNPACK at the moment"), so there the traced graph is
+    frozen instead (constants folded, no XNNPACK prepacking) and saved for the same lite interpreter."""
+    from torch.utils.mobile_optimizer import optimize_for_mobile
+    with torch.no_grad():
+        traced = torch.jit.trace(model.eval(), x, check_trace=False)
+        try:
+            optimize_for_mobile(traced)._save_for_lite_interpreter(str(path))
+            return {"mobile_optimized": True}
+        except RuntimeError as e:
+            if "XNNPACK is not enabled" not in str(e):
+                raise
+        torch.jit.freeze(traced)._save_for_lite_interpreter(str(path))
+        return {"mobile_optimized": False}
+
+
+def load_ptl(path: Path):
+    from torch.jit.mobile import _load_for_lite_interpreter
+    return _load_for_lite_interpreter(str(path))
+
+
+# ---- ONNX ----------------------------------------------------------------------------------------
+def save_onnx(model: nn.Module, x: torch.Tensor, path: Path, opset: int = 18) -> None:
+    _require("onnx", "onnx")
+    with torch.no_grad():
+        # the dynamo exporter (torch's default) with constant folding; one file, weights embedded
+        prog = torch.onnx.export(model.eval(), (x,), dynamo=True, opset_version=opset, optimize=True,
+                                 verbose=False)
+        prog.save(str(path), external_data=False)
+
+
+def onnx_session(path: Path, threads: int = 2):
+    _require("onnxruntime", "onnxruntime")
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    # no busy-waiting between ops: spinning threads only burn the cores that a phone (or a shared
+    # machine) needs for the other thread; it changes no result
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+# ---- ExecuTorch + XNNPACK ------------------------------------------------------------------------
+def lower_executorch(model: nn.Module, x: torch.Tensor):
+    """torch.export -> edge dialect with the XNNPACK partitioner -> (ExecuTorch program, partition report)."""
+    _require("executorch", "executorch")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with torch.no_grad():
+        ep = torch.export.export(model.eval(), (x,))
+    edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+    report = partition_report(edge.exported_program().graph_module)
+    return edge.to_executorch(), report
+
+
+def partition_report(gm: torch.fx.GraphModule) -> Dict[str, object]:
+    """Delegate partitions (executorch_call_delegate nodes) and the ops left to portable kernels."""
+    delegates, others = 0, {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "__name__", str(node.target))
+        if "call_delegate" in name:
+            delegates += 1
+        elif name != "getitem":
+            others[name] = others.get(name, 0) + 1
+    return {"delegate_partitions": delegates, "non_delegated_ops": sum(others.values()),
+            "non_delegated": dict(sorted(others.items()))}
+
+
+def save_pte(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
+    prog, report = lower_executorch(model, x)
+    with open(path, "wb") as f:
+        prog.write_to_file(f)
+    return report
+
+
+def executorch_method(path: Path, threads: int = 2):
+    """A loaded 'forward' method; XNNPACK's threadpool set to `threads`."""
+    _require("executorch", "executorch")
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    portable_lib._unsafe_reset_threadpool(threads)
+    program = Runtime.get().load_program(Path(path))
+    return program.load_method("forward")
+
+
+# ---- one call: fuse, export, verify ----------------------------------------------------------------
+def run_file(fmt: str, path: Path, x: torch.Tensor, threads: int = 2) -> torch.Tensor:
+    """Run an exported file in its runtime on `x` (the check that the file works on its own)."""
+    if fmt == "pte":
+        return executorch_method(path, threads).execute((x,))[0]
+    if fmt == "onnx":
+        sess = onnx_session(path, threads)
+        return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    if fmt == "ptl":
+        with torch.no_grad():
+            return load_ptl(path)(x)
+    with torch.no_grad():
+        return torch.jit.load(str(path))(x)
+
+
+def export_model(model: nn.Module, fmt: str, output: os.PathLike | str, img_size: int = 224,
+                 threads: int = 2, check_x: Optional[torch.Tensor] = None) -> Dict[str, object]:
+    """Export `model` (already fused/eval) to `output` in `fmt`; verify it in its runtime.
+
+    The file is written beside `output` and renamed over it only after the check passes, so an existing
+    file survives any failure.  Returns a report (max_abs_diff, size, partition counts for pte)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    torch.set_num_threads(threads)
+    x = torch.randn(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    if hasattr(model, "check_input"):
+        model.check_input(x)
+    check_x = x if check_x is None else check_x
+    model = model.eval()
+    with torch.no_grad():
+        expected = model(check_x)
+    report: Dict[str, object] = {"format": fmt, "runtime": FORMAT_RUNTIME[fmt], "output": str(output),
+                                 "img_size": img_size}
+    with atomic_path(output) as tmp:
+        if fmt == "pte":
+            report.update(save_pte(model, x, tmp))
+        elif fmt == "onnx":
+            save_onnx(model, x, tmp)
+        elif fmt == "ptl":
+            report.update(save_ptl(model, x, tmp))
+        else:
+            save_torchscript(model, x, tmp)
+        got = run_file(fmt, tmp, check_x, threads)
+        diff = (got.float() - expected).abs().max().item()
+        report["max_abs_diff"] = diff
+        if not diff <= TOLERANCE:
+            raise ValueError(f"{fmt} export of {output} disagrees with PyTorch: max |diff| {diff:.3g} > "
+                             f"{TOLERANCE} (file not written)")
+        report["bytes"] = tmp.stat().st_size
+    return report

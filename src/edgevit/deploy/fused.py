@@ -1,0 +1,366 @@
+"""The inference graph of an EdgeViT: same outputs, fewer and cheaper ops, one layout (NCHW) throughout.
+
+What `fuse` folds (all exact up to float rounding; checked against the authors' outputs in tests/deploy):
+
+* BatchNorm into its neighbour: LocalAgg's norm1/norm2 sit *before* a 1x1 conv (pw1 / mlp.fc1), the
+  final BN sits before the average pool and the head: y = W(s*x + t) + b = (W*s) x + (W t + b).
+* Each CPE residual x + dwconv3x3(x) into the depthwise kernel (+1 at its centre tap).
+* Every LayerNorm that feeds a linear layer loses its affine (gamma, beta) to that layer (q/k/v, proj,
+  mlp.fc1); the normalisation itself runs over the channels of the NCHW map, so the token-layout
+  flatten/transpose round trips of the release graph disappear.
+* qkv is split into three 1x1 convs (no chunk/select copies), the softmax scale is folded into q, and the
+  attention is two explicit 3-D bmm's, which every backend lowers (no 4-D matmul expand copies).
+* The r x r corner sampler (release: AvgPool2d(1, r)) is a strided slice, or for XNNPACK (whose slice
+  takes stride 1 only) the release's 1x1 average pool with stride r; LocalProp's depthwise
+  ConvTranspose2d(k=r, s=r) stays a deconv or becomes its exact pixel-shuffle form (a per-channel 1x1 conv
+  to C*r^2 channels + depth-to-space), whichever the backend runs faster (`set_backend`).
+* LayerNorm over channels is written per backend: `mean` (reduce over C; eager/TorchScript) or `conv`
+  (the channel mean as a 1x1 conv with weights 1/C: XNNPACK's mean only reduces H, W, so this keeps the
+  whole network inside one XNNPACK partition; ONNX Runtime also runs it faster than ReduceMean over C,
+  its 1x1 convs staying in MLAS's blocked layout) or `native` (permute + layer_norm).
+
+timm's repvit/fastvit do the same with `fuse()` / `reparameterize()` on each module; these classes are
+inference-only (no training, no checkpoint loading: the release-layout EdgeViT does that).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LN_IMPLS = ("mean", "conv", "native")
+PROP_IMPLS = ("deconv", "shuffle")
+SAMPLE_IMPLS = ("slice", "pool")
+# backend -> (LayerNorm form, LocalProp form, sampler form); chosen by measurement, see docs/deploy.md
+BACKENDS = {
+    "eager": ("mean", "deconv", "slice"),
+    "torchscript": ("mean", "deconv", "slice"),
+    "ptl": ("mean", "deconv", "slice"),
+    "onnxruntime": ("conv", "deconv", "slice"),
+    "executorch": ("conv", "shuffle", "pool"),
+}
+
+
+# ---- folding helpers (float64 so that folding adds no error of its own) ---------------------------
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    return s, bn.bias.double() - bn.running_mean.double() * s
+
+
+def _fold_input_affine(weight: torch.Tensor, bias: Optional[torch.Tensor], s: torch.Tensor,
+                       t: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """W(s*x + t) + b for a linear/1x1-conv weight [O, I(,1,1)] -> (W', b')."""
+    w = weight.double().reshape(weight.shape[0], -1)
+    b = bias.double() if bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    if t is not None:
+        b = b + w @ t.double()
+    return (w * s.double()[None, :]).reshape(weight.shape), b
+
+
+def _conv1x1(weight: torch.Tensor, bias: torch.Tensor, dtype) -> nn.Conv2d:
+    w = weight.reshape(weight.shape[0], -1, 1, 1)
+    conv = nn.Conv2d(w.shape[1], w.shape[0], 1)
+    conv.weight.data.copy_(w.to(dtype))
+    conv.bias.data.copy_(bias.to(dtype))
+    return conv
+
+
+def _merge_cpe(cpe: nn.Conv2d) -> nn.Conv2d:
+    """x + dwconv(x) == dwconv'(x) with 1 added to the centre tap (kernel 3, padding 1, groups=C)."""
+    k = cpe.kernel_size[0]
+    conv = nn.Conv2d(cpe.in_channels, cpe.out_channels, k, padding=k // 2, groups=cpe.groups)
+    w = cpe.weight.detach().double().clone()
+    w[:, 0, k // 2, k // 2] += 1.0
+    conv.weight.data.copy_(w.to(cpe.weight.dtype))
+    conv.bias.data.copy_(cpe.bias.detach())
+    return conv
+
+
+def _copy_conv(m: nn.Conv2d) -> nn.Conv2d:
+    new = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                    m.bias is not None)
+    new.load_state_dict(m.state_dict())
+    return new
+
+
+# ---- modules ------------------------------------------------------------------------------------
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of an NCHW map; affine optional (None when folded downstream)."""
+
+    def __init__(self, dim: int, eps: float, weight: Optional[torch.Tensor] = None,
+                 bias: Optional[torch.Tensor] = None, impl: str = "mean"):
+        super().__init__()
+        self.dim, self.eps, self.impl = dim, eps, impl
+        self.register_buffer("avg", torch.full((1, dim, 1, 1), 1.0 / dim), persistent=False)
+        if weight is not None:
+            self.weight = nn.Parameter(weight.detach().clone())
+            self.bias = nn.Parameter(bias.detach().clone())
+        else:
+            self.weight = self.bias = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.impl == "native":
+            x = F.layer_norm(x.permute(0, 2, 3, 1), (self.dim,), self.weight, self.bias, self.eps)
+            return x.permute(0, 3, 1, 2)
+        if self.impl == "conv":  # channel mean as a GEMM: XNNPACK runs it inside the same partition
+            d = x - F.conv2d(x, self.avg)
+            y = d * torch.rsqrt(F.conv2d(d * d, self.avg) + self.eps)
+        else:
+            d = x - x.mean(1, keepdim=True)
+            y = d * torch.rsqrt((d * d).mean(1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}, impl={self.impl}, affine={self.weight is not None}"
+
+
+class FusedPatchEmbed(nn.Module):
+    def __init__(self, pe: nn.Module):
+        super().__init__()
+        self.proj = _copy_conv(pe.proj)
+        self.norm = ChannelNorm(pe.norm.normalized_shape[0], pe.norm.eps, pe.norm.weight, pe.norm.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x))
+
+
+class FusedLocalAgg(nn.Module):
+    """LocalAgg with both BNs folded into the 1x1 convs after them and the CPE merged."""
+
+    def __init__(self, la: nn.Module):
+        super().__init__()
+        self.cpe = _merge_cpe(la.cpe)
+        dtype = la.pw1.weight.dtype
+        s, t = _bn_scale_shift(la.norm1)
+        self.pw1 = _conv1x1(*_fold_input_affine(la.pw1.weight, la.pw1.bias, s, t), dtype)
+        self.dw = _copy_conv(la.dw)
+        self.pw2 = _copy_conv(la.pw2)
+        s, t = _bn_scale_shift(la.norm2)
+        self.fc1 = _conv1x1(*_fold_input_affine(la.mlp.fc1.weight, la.mlp.fc1.bias, s, t), dtype)
+        self.act = la.mlp.act
+        self.fc2 = _copy_conv(la.mlp.fc2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.cpe(x)
+        x = x + self.pw2(self.dw(self.pw1(x)))
+        return x + self.fc2(self.act(self.fc1(x)))
+
+
+class FusedLocalAggLSA(nn.Module):
+    """The LSA ablation: only its CPE is merged (Twins' attention has nothing to fold); tokens as released."""
+
+    def __init__(self, la: nn.Module):
+        super().__init__()
+        self.cpe = _merge_cpe(la.cpe)
+        self.norm1, self.attn, self.norm2, self.mlp = la.norm1, la.attn, la.norm2, la.mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.cpe(x)
+        B, C, H, W = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        t = t + self.attn(self.norm1(t), (H, W))
+        t = t + self.mlp(self.norm2(t))
+        return t.transpose(1, 2).reshape(B, C, H, W)
+
+
+class FusedGlobalBlock(nn.Module):
+    """CPE + sparse global attention + FFN, on NCHW maps (Eq. 1c, 1d)."""
+
+    def __init__(self, gb: nn.Module):
+        super().__init__()
+        a = gb.attn
+        C = gb.cpe.in_channels
+        dtype = a.qkv.weight.dtype
+        self.num_heads, self.head_dim, self.r = a.num_heads, a.head_dim, a.sr_ratio
+        self.sampler, self.prop_kind = a.sampler_kind, a.local_prop_kind
+        self.sra = self.r > 1 and self.prop_kind == "none"
+        self.cpe = _merge_cpe(gb.cpe)
+
+        g, beta = gb.norm1.weight.detach(), gb.norm1.bias.detach()
+        wq, wk, wv = a.qkv.weight.detach().split(C)
+        bq, bk, bv = a.qkv.bias.detach().split(C) if a.qkv.bias is not None else (None,) * 3
+        scale = a.head_dim ** -0.5
+        if self.sra:  # q sees norm1(x); k, v see LN(sample(norm1(x))): norm1 keeps its affine
+            self.norm1 = ChannelNorm(C, gb.norm1.eps, g, beta)
+            self.q = _conv1x1(*_fold_input_affine(wq * scale, None if bq is None else bq * scale,
+                                                  torch.ones(C), None), dtype)
+            g, beta = a.norm.weight.detach(), a.norm.bias.detach()  # k/v's LayerNorm folds into k, v
+            self.kv_norm = ChannelNorm(C, a.norm.eps)
+        elif self.sampler == "max":  # max pooling commutes with neither the norm nor a negative gamma
+            self.norm1 = ChannelNorm(C, gb.norm1.eps, g, beta)
+            g, beta = torch.ones(C), None
+            self.q = _conv1x1(*_fold_input_affine(wq * scale, None if bq is None else bq * scale, g, beta), dtype)
+        else:  # corner/centre pick tokens: the per-token norm commutes, so sample first (r*r fewer tokens to
+            # normalise); avg pooling commutes only with the norm's affine. Either way the affine goes to q/k/v.
+            self.norm1 = ChannelNorm(C, gb.norm1.eps)
+            self.q = _conv1x1(*_fold_input_affine(wq * scale, None if bq is None else bq * scale, g, beta), dtype)
+        self.k = _conv1x1(*_fold_input_affine(wk, bk, g, beta), dtype)
+        self.v = _conv1x1(*_fold_input_affine(wv, bv, g, beta), dtype)
+
+        pw, pb = a.proj.weight.detach(), a.proj.bias.detach()
+        self.prop_impl, self.sample_impl = "deconv", "slice"
+        if self.r > 1 and not self.sra:
+            if self.prop_kind == "deconv":
+                lp = a.local_prop
+                self.local_prop = nn.ConvTranspose2d(C, C, self.r, stride=self.r, groups=C)
+                self.local_prop.load_state_dict(lp.state_dict())
+                # the same map as a per-channel 1x1 conv to C*r*r channels, then depth-to-space
+                self.prop_shuffle = nn.Conv2d(C, C * self.r ** 2, 1, groups=C)
+                self.prop_shuffle.weight.data.copy_(lp.weight.detach().reshape(C * self.r ** 2, 1, 1, 1))
+                self.prop_shuffle.bias.data.copy_(lp.bias.detach().repeat_interleave(self.r ** 2))
+            self.prop_norm = ChannelNorm(C, a.norm.eps)  # the release's LayerNorm after LocalProp
+            pw, pb = _fold_input_affine(pw, pb, a.norm.weight.detach(), a.norm.bias.detach())
+        self.proj = _conv1x1(pw, pb, dtype)
+
+        self.norm2 = ChannelNorm(C, gb.norm2.eps)
+        self.fc1 = _conv1x1(*_fold_input_affine(gb.mlp.fc1.weight, gb.mlp.fc1.bias, gb.norm2.weight.detach(),
+                                                gb.norm2.bias.detach()), dtype)
+        self.act = gb.mlp.act
+        self.fc2 = _conv1x1(gb.mlp.fc2.weight.detach(), gb.mlp.fc2.bias.detach(), dtype)
+
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.r
+        if self.sampler in ("corner", "center"):
+            o = 0 if self.sampler == "corner" else r // 2
+            if self.sample_impl == "pool":  # a 1x1 pool with stride r picks the same tokens
+                return F.avg_pool2d(x[:, :, o:, o:] if o else x, 1, r)
+            return x[:, :, o::r, o::r]
+        if self.sampler == "avg":
+            return F.avg_pool2d(x, r, r)
+        return F.max_pool2d(x, r, r)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [B, C, h, w], k/v [B, C, h', w'] -> [B, C, h, w]; heads are channel groups, scale is in q."""
+        B, C, h, w = q.shape
+        n = k.shape[2] * k.shape[3]
+        q = q.reshape(B * self.num_heads, self.head_dim, h * w)
+        k = k.reshape(B * self.num_heads, self.head_dim, n)
+        v = v.reshape(B * self.num_heads, self.head_dim, n)
+        attn = torch.bmm(q.transpose(1, 2), k).softmax(dim=-1)  # [B*heads, hw, n]
+        return torch.bmm(v, attn.transpose(1, 2)).reshape(B, C, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.cpe(x)
+        r = self.r
+        if self.sra:
+            n = self.norm1(x)
+            d = self.kv_norm(self.sample(n))
+            a = self.attend(self.q(n), self.k(d), self.v(d))
+        else:
+            if r == 1:
+                s = self.norm1(x)
+            elif self.sampler in ("corner", "center"):
+                s = self.norm1(self.sample(x))
+            else:
+                s = self.sample(self.norm1(x))
+            a = self.attend(self.q(s), self.k(s), self.v(s))
+            if r > 1:
+                if self.prop_kind == "bilinear":
+                    a = F.interpolate(a, size=x.shape[-2:], mode="bilinear", align_corners=False)
+                elif self.prop_impl == "shuffle":
+                    a = F.pixel_shuffle(self.prop_shuffle(a), r)
+                else:
+                    a = self.local_prop(a)
+                a = self.prop_norm(a)
+        x = x + self.proj(a)
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class FusedLGLBlock(nn.Module):
+    def __init__(self, blk: nn.Module):
+        super().__init__()
+        from ..models.edgevit import LocalAgg, LocalAggLSA
+        if isinstance(blk.local_agg, LocalAgg):
+            self.local_agg = FusedLocalAgg(blk.local_agg)
+        elif isinstance(blk.local_agg, LocalAggLSA):
+            self.local_agg = FusedLocalAggLSA(blk.local_agg)
+        else:
+            self.local_agg = nn.Identity()
+        self.global_attn = FusedGlobalBlock(blk.global_attn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.global_attn(self.local_agg(x))
+
+
+class FusedEdgeViT(nn.Module):
+    """Inference-only EdgeViT.  forward(x) == EdgeViT.forward(x); `stage_outputs(x)` == its intermediates."""
+
+    def __init__(self, model: nn.Module, backend: str = "eager"):
+        super().__init__()
+        self.in_chans, self.num_classes = model.in_chans, model.num_classes
+        self.embed_dims, self.num_features = model.embed_dims, model.num_features
+        self.pretrained_cfg = getattr(model, "pretrained_cfg", {})
+        self.stages = nn.ModuleList(
+            nn.Sequential(FusedPatchEmbed(s.downsample), *[FusedLGLBlock(b) for b in s.blocks])
+            for s in model.stages)
+        self.pool = model.global_pool == "avg"
+        head = model.head
+        if isinstance(head, nn.Linear) and self.pool:  # final BN -> head (pooling is linear, commutes)
+            s, t = _bn_scale_shift(model.norm)
+            w, b = _fold_input_affine(head.weight.detach(), head.bias.detach() if head.bias is not None else None,
+                                      s, t)
+            self.norm = nn.Identity()
+            self.head = nn.Linear(head.in_features, head.out_features)
+            self.head.weight.data.copy_(w.to(head.weight.dtype))
+            self.head.bias.data.copy_(b.to(head.weight.dtype))
+        else:  # no linear head to absorb it: keep the BN (eval: one scale and shift)
+            self.norm, self.head = model.norm, head
+        set_backend(self, backend)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected input [B, {self.in_chans}, H, W], got {list(x.shape)}")
+        if x.shape[-2] % 32 or x.shape[-1] % 32:
+            raise ValueError(f"input H and W must be multiples of 32 (EdgeViT's total stride), "
+                             f"got {x.shape[-2]}x{x.shape[-1]}")
+
+    def stage_outputs(self, x: torch.Tensor) -> List[torch.Tensor]:
+        outs = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        x = self.norm(x)
+        if self.pool:
+            x = x.mean((2, 3), keepdim=True).flatten(1)  # keepdim: XNNPACK's global-average-pool form
+        return self.head(x)
+
+
+def set_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Pick the LayerNorm / LocalProp forms that `backend` runs fastest (same outputs)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    ln, prop, sample = BACKENDS[backend]
+    return set_impl(model, ln=ln, prop=prop, sample=sample)
+
+
+def set_impl(model: nn.Module, ln: Optional[str] = None, prop: Optional[str] = None,
+             sample: Optional[str] = None) -> nn.Module:
+    """Switch the exact alternative forms: LayerNorm (LN_IMPLS), LocalProp (PROP_IMPLS), sampler."""
+    if ln is not None and ln not in LN_IMPLS:
+        raise ValueError(f"ln={ln!r} is not one of {LN_IMPLS}")
+    if prop is not None and prop not in PROP_IMPLS:
+        raise ValueError(f"prop={prop!r} is not one of {PROP_IMPLS}")
+    if sample is not None and sample not in SAMPLE_IMPLS:
+        raise ValueError(f"sample={sample!r} is not one of {SAMPLE_IMPLS}")
+    for m in model.modules():
+        if isinstance(m, ChannelNorm) and ln is not None:
+            m.impl = ln
+        if isinstance(m, FusedGlobalBlock):
+            m.prop_impl = prop or m.prop_impl
+            m.sample_impl = sample or m.sample_impl
+    return model
+
+
+@torch.no_grad()
+def fuse_edgevit(model: nn.Module, backend: str = "eager") -> FusedEdgeViT:
+    """The fused inference copy of a release-layout EdgeViT (which is left untouched)."""
+    return FusedEdgeViT(model, backend).eval()

@@ -1,0 +1,68 @@
+"""`edgevit bench` end to end: two small models, --runs 2, a valid results file (JSON and CSV)."""
+import csv
+import json
+
+import pytest
+
+from edgevit.bench.bench import ABLATIONS, Entry, format_table, plan, time_runner
+from edgevit.cli.main import main
+
+ROW = {"model", "label", "fused", "runtime", "img_size", "params_m", "gmacs", "mean_ms", "std_ms", "median_ms",
+       "runs"}
+META = {"created", "machine", "cpu", "torch", "timm", "runtime_versions", "threads", "runs", "batch", "dtype"}
+
+
+def test_bench_end_to_end(tmp_path, capsys):
+    runtime = "eager"  # (every runtime's session is checked in test_runners.py)
+    js, cs = tmp_path / "r.json", tmp_path / "r.csv"
+    assert main(["bench", "--models", "edgevit_xxs", "mobilenetv2_100", "--runtime", runtime, "--runs", "2",
+                 "--warmup", "1", "--img-size", "64", "--json", str(js), "--csv", str(cs)]) == 0
+    doc = json.loads(js.read_text())
+    assert set(doc["meta"]) >= META
+    assert doc["meta"]["runs"] == 2 and doc["meta"]["batch"] == 1 and doc["meta"]["dtype"] == "fp32"
+    assert doc["meta"]["threads"] == 2
+    rows = doc["results"]
+    assert [r["label"] for r in rows] == ["edgevit_xxs (fused)", "edgevit_xxs (unfused)", "mobilenetv2_100"]
+    assert [r["fused"] for r in rows] == [True, False, None]
+    for r in rows:
+        assert set(r) == ROW and r["runtime"] == runtime and r["img_size"] == 64 and r["runs"] == 2
+        assert 0 < r["mean_ms"] < 60_000 and r["std_ms"] >= 0 and r["median_ms"] > 0
+    # complexity: fvcore at 64x64 = (64/224)^2 of the 224 counts, params independent of size
+    assert rows[1]["params_m"] == pytest.approx(4.07, abs=0.01)
+    assert rows[1]["gmacs"] == pytest.approx(0.557 * (64 / 224) ** 2, rel=0.05)
+    assert rows[0]["gmacs"] < rows[1]["gmacs"]  # the fused graph is cheaper
+    assert rows[2]["params_m"] == pytest.approx(3.50, abs=0.01)
+    with open(cs) as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [r["label"] for r in csv_rows] == [r["label"] for r in rows]
+    assert float(csv_rows[0]["mean_ms"]) == pytest.approx(rows[0]["mean_ms"])
+    assert "edgevit_xxs (unfused)" in capsys.readouterr().out  # the table
+
+
+def test_bench_bad_input(tmp_path, capsys):
+    out = tmp_path / "keep.json"
+    out.write_text("old")
+    assert main(["bench", "--models", "edgevit_xxs", "--runtime", "tflite", "--json", str(out)]) == 2
+    assert "executorch" in capsys.readouterr().err
+    assert main(["bench", "--models", "nope_net", "--json", str(out)]) == 2
+    assert "mobilenetv2_100" in capsys.readouterr().err
+    assert main(["bench", "--models", "edgevit_xxs", "--runs", "1", "--img-size", "100", "--json", str(out)]) == 2
+    assert "multiples of 32" in capsys.readouterr().err
+    assert out.read_text() == "old"
+
+
+def test_plan_and_ablations():
+    rows = plan(["edgevit_s", "deit_tiny_patch16_224"], "fused", ablations=True)
+    assert rows[0] == Entry("edgevit_s", True) and rows[1] == Entry("deit_tiny_patch16_224", None)
+    assert [e.tag for e in rows[2:]] == list(ABLATIONS)
+    assert rows[2].label == "edgevit_xxs[local_agg=lsa] (fused)"
+    with pytest.raises(ValueError, match="fused, unfused, both"):
+        plan(["edgevit_s"], "half")
+
+
+def test_time_runner_counts_calls():
+    calls = []
+    times = time_runner(lambda: calls.append(1), runs=4, warmup=3)
+    assert len(times) == 4 and len(calls) == 7 and all(t >= 0 for t in times)
+    doc = {"results": [], "meta": {"threads": 2, "runs": 4, "cpu": "x", "torch": "t", "runtime_versions": {}}}
+    assert "mean ms" in format_table(doc)

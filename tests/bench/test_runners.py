@@ -1,0 +1,43 @@
+"""`build_runner`: one warm session per runtime, all computing the model's outputs."""
+import importlib.util
+
+import pytest
+import torch
+
+from edgevit.bench.runners import RUNTIMES, build_runner
+
+TINY = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), head_dim=16, num_classes=5)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_every_runtime_matches_eager(runtime):
+    torch.manual_seed(0)  # both runners build the same random weights
+    ref = build_runner("edgevit_xxs", "eager", img_size=64, fused=False, **TINY)
+    torch.manual_seed(0)
+    r = build_runner("edgevit_xxs", runtime, img_size=64, threads=2, fused=True, **TINY)
+    assert (r.name, r.runtime, r.img_size, r.label) == ("edgevit_xxs", runtime, 64, "edgevit_xxs (fused)")
+    r()  # the timed call returns nothing useful; output() is the parity hook
+    out, expected = r.output(), ref.output()
+    assert out.shape == expected.shape == (1, 5)
+    assert (out - expected).abs().max().item() <= 1e-4
+    if runtime == "executorch":
+        assert r.info["delegate_partitions"] == 1 and r.info["non_delegated_ops"] == 0
+
+
+def test_baseline_default_size_and_label():
+    r = build_runner("mobilevit_xxs", "eager", num_classes=3)
+    assert r.img_size == 256 and r.label == "mobilevit_xxs" and r.fused is None
+    assert r.output().shape == (1, 3)
+
+
+def test_bad_input(monkeypatch):
+    with pytest.raises(ValueError, match="eager, torchscript, ptl, onnxruntime, executorch"):
+        build_runner("edgevit_xxs", "tflite")
+    with pytest.raises(ValueError, match="edgevit_xxs"):
+        build_runner("edgevit_xxxxl")
+    with pytest.raises(ValueError, match="multiples of 32"):
+        build_runner("edgevit_xxs", img_size=100, **TINY)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "executorch" else real(n, *a))
+    with pytest.raises(ImportError, match="'executorch'"):
+        build_runner("edgevit_xxs", "executorch", **TINY)

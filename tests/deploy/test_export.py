@@ -1,0 +1,73 @@
+"""Every export format round-trips: the file, run in its own runtime, gives the PyTorch outputs."""
+import pytest
+import torch
+
+from edgevit.cli.main import main
+from edgevit.deploy import fuse
+from edgevit.deploy import export as ex
+
+
+@pytest.fixture
+def tiny(make_tiny):
+    return make_tiny()
+
+
+@pytest.mark.parametrize("fmt", ex.FORMATS)
+def test_export_round_trip(fmt, tiny, tmp_path):
+    fused = fuse(tiny, ex.FORMAT_RUNTIME[fmt])
+    out = tmp_path / f"m.{fmt}"
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    report = ex.export_model(fused, fmt, out, img_size=64, check_x=x)
+    assert out.is_file() and out.stat().st_size == report["bytes"] > 10_000
+    assert report["max_abs_diff"] <= 1e-4
+    # independent check: load the file again and compare with the *release* model
+    got = ex.run_file(fmt, out, x)
+    with torch.no_grad():
+        ref = tiny(x)
+    assert got.shape == ref.shape == (1, 7)
+    assert (got - ref).abs().max().item() <= 1e-4
+    if fmt == "pte":  # the fused graph lowers to XNNPACK whole
+        assert report["delegate_partitions"] == 1
+        assert report["non_delegated_ops"] == 0, report["non_delegated"]
+    assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind
+
+
+def test_failed_export_keeps_existing_file(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"old")
+    monkeypatch.setattr(ex, "TOLERANCE", -1.0)  # any difference now fails the check
+    with pytest.raises(ValueError, match="disagrees with PyTorch"):
+        ex.export_model(fuse(tiny), "onnx", out, img_size=64)
+    assert out.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_cli_export_json(tmp_path, capsys):
+    out = tmp_path / "xxs.pt"
+    assert main(["export", "--model", "edgevit_xxs", "--format", "torchscript", "--img-size", "64",
+                 "-o", str(out), "--json"]) == 0
+    import json
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["fused"] is True and rep["format"] == "torchscript" and rep["max_abs_diff"] <= 1e-3
+    assert out.stat().st_size == rep["bytes"]
+
+
+def test_cli_export_bad_input(tmp_path, capsys):
+    out = tmp_path / "keep.onnx"
+    out.write_bytes(b"old")
+    assert main(["export", "--model", "edgevit_xxs", "--format", "onnx", "--img-size", "100", "-o", str(out)]) == 2
+    assert "multiples of 32" in capsys.readouterr().err
+    assert main(["export", "--model", "edgevit_xxxl", "--format", "onnx", "-o", str(out)]) == 2
+    assert "edgevit_xxs" in capsys.readouterr().err  # the error lists the choices
+    assert out.read_bytes() == b"old"
+    with pytest.raises(SystemExit):
+        main(["export", "--model", "edgevit_xxs", "--format", "tflite", "-o", str(out)])
+    assert "pte" in capsys.readouterr().err
+
+
+def test_missing_runtime_package_is_named(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))
+    with pytest.raises(ImportError, match="onnxruntime"):
+        ex.onnx_session("unused.onnx")
