@@ -1,0 +1,169 @@
+"""`edgevit segment train|eval|predict|shapes`: Semantic FPN with an EdgeViT backbone (ADE20K layout).
+
+Defaults are the paper's ADE20K recipe (PVT's mmseg Semantic FPN): 512x512 random crops of the
+(2048, 512) scale x0.5-2.0, AdamW lr 1e-4 (weight decay 1e-4), batch 16, 80k iterations, poly decay.
+Multi-GPU: `torchrun --nproc-per-node N -m edgevit.cli.main segment train ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..utils.io import print_json
+from .common import add_json_arg
+from .detect import (add_shapes_parser, add_train_common, config_of, default_out, load_image, positive, require,
+                     setup_run, with_config)
+
+
+def _scale(text: str):
+    try:
+        vals = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 2 or min(vals) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LONG,SHORT (e.g. 2048,512)")
+    return vals
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes after reduce-zero-label (default: lines of ROOT/classes.txt, else 150)")
+    p.add_argument("--no-reduce-zero-label", dest="reduce_zero_label", action="store_false",
+                   help="labels are already 0..N-1 (255 = ignore) instead of ADE20K's 0 = other, 1..N")
+
+
+def register(subparsers) -> None:
+    seg = subparsers.add_parser("segment", help="semantic segmentation (Semantic FPN)")
+    sub = seg.add_subparsers(dest="segment_command", metavar="ACTION", required=True)
+
+    t = sub.add_parser("train", help="train on an ADE20K-layout data set")
+    add_train_common(t)
+    _add_data_args(t)
+    t.add_argument("--train-split", default="training")
+    t.add_argument("--val-split", default="validation")
+    t.add_argument("--iters", type=int, default=80000)
+    t.add_argument("--crop-size", type=int, default=512)
+    t.add_argument("--scale", type=_scale, default=[2048, 512], help="LONG,SHORT resize scale before x0.5-2.0")
+    t.add_argument("--poly-power", type=float, default=1.0)
+    t.add_argument("--eval-every", type=int, default=8000, help="iterations between evaluations (0: end only)")
+    t.add_argument("--save-every", type=int, default=2000, help="iterations between checkpoints")
+    t.set_defaults(func=run_train, _parser=t)
+
+    e = sub.add_parser("eval", help="mIoU, mAcc and pixel accuracy of a trained checkpoint")
+    e.add_argument("--checkpoint", required=True, help="last.pth / best.pth of `edgevit segment train`")
+    e.add_argument("--data", required=True, help="ADE20K-layout root")
+    e.add_argument("--split", default="validation")
+    e.add_argument("--device", default="auto")
+    add_json_arg(e)
+    e.set_defaults(func=run_eval)
+
+    pr = sub.add_parser("predict", help="segment one image; writes a colour-overlay PNG")
+    pr.add_argument("image")
+    pr.add_argument("--checkpoint", required=True, help="last.pth / best.pth of `edgevit segment train`")
+    pr.add_argument("--out", default=None, help="output PNG (default: IMAGE_STEM_seg.png here)")
+    pr.add_argument("--device", default="auto")
+    add_json_arg(pr)
+    pr.set_defaults(func=run_predict)
+
+    add_shapes_parser(sub)
+
+
+def _dataset(args, split: str, train: bool, num_classes: int, reduce_zero_label: bool, scale, crop_size=512):
+    from ..dense.ade import ADESegmentation
+
+    return ADESegmentation(args.data, split, num_classes=num_classes, reduce_zero_label=reduce_zero_label,
+                           train=train, crop_size=crop_size, scale=scale, seed=args.seed if train else 0)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..dense.ade import read_class_names
+    from ..dense.engine import evaluate_segmenter, fit, poly_schedule, segmentation_loss
+    from ..dense.models import create_segmenter
+    from ..train.distributed import cleanup_distributed
+
+    args = with_config(args)
+    require(args, "data", "output")
+    positive(args, "iters", "batch_size", "lr", "crop_size", "num_classes", "fpn_channels")
+    if not Path(args.data).is_dir():
+        raise NotADirectoryError(f"--data {args.data}: no such directory")
+    names = read_class_names(args.data, args.num_classes)
+    n = args.num_classes = len(names)
+    train_set = _dataset(args, args.train_split, True, n, args.reduce_zero_label, args.scale, args.crop_size)
+    val_set = _dataset(args, args.val_split, False, n, args.reduce_zero_label, args.scale)
+    info = setup_run(args)
+    try:
+        model = create_segmenter(n, args.model, args.backbone_checkpoint, drop_path_rate=args.drop_path,
+                                 fpn_channels=args.fpn_channels)
+        meta = {"arch": "semfpn", "variant": args.model, "num_classes": n, "class_names": names,
+                "scale": list(args.scale), "reduce_zero_label": bool(args.reduce_zero_label),
+                "fpn_channels": args.fpn_channels}
+        result = fit(model, train_set, None, segmentation_loss,
+                     lambda m, d: evaluate_segmenter(m, val_set, d, class_names=names),
+                     run_dir=args.output, total_iters=args.iters, batch_size=args.batch_size, lr=args.lr,
+                     weight_decay=args.weight_decay, schedule=poly_schedule(args.iters, args.poly_power),
+                     eval_every=args.eval_every, save_every=args.save_every, metric_key="mIoU", meta=meta,
+                     cfg=config_of(args), dist_info=info, resume=args.resume, seed=args.seed,
+                     workers=args.workers, clip_grad=args.clip_grad, log_every=args.log_every)
+    finally:
+        cleanup_distributed()
+    if not info.is_main:
+        return 0
+    if args.json:
+        print_json({"run_dir": str(args.output), **result})
+    else:
+        state = "stopped (resume with --resume auto)" if result["stopped"] else "finished"
+        last = result["last_eval"] or {}
+        print(f"{state} at iteration {result['iteration']}; last mIoU {last.get('mIoU', float('nan')):.4f}, "
+              f"best {result['best'] if result['best'] is not None else float('nan'):.4f}; run dir {args.output}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..dense.engine import evaluate_segmenter, load_dense_checkpoint
+    from ..train.distributed import init_distributed
+
+    info = init_distributed(args.device)
+    model = load_dense_checkpoint(args.checkpoint, "segment").to(info.device)
+    meta = model.meta
+    ds = _dataset(args, args.split, False, int(meta["num_classes"]), bool(meta["reduce_zero_label"]), meta["scale"])
+    scores = evaluate_segmenter(model, ds, info, class_names=meta["class_names"])
+    scores = {"checkpoint": str(args.checkpoint), "split": args.split, **scores}
+    if args.json:
+        print_json(scores)
+    else:
+        print(f"mIoU {scores['mIoU']:.4f}  mAcc {scores['mAcc']:.4f}  aAcc {scores['aAcc']:.4f}  "
+              f"({scores['num_images']} images)")
+        for name, iou in scores["per_class_iou"].items():
+            print(f"  {name:<20} {'-' if iou is None else f'{iou:.4f}'}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import torch.nn.functional as F
+
+    from ..dense.ade import fit_scale, normalize
+    from ..dense.engine import load_dense_checkpoint, segment_logits
+    from ..dense.visualize import draw_segmentation, save_png
+    from ..train.distributed import init_distributed
+
+    out = Path(args.out) if args.out else default_out(args.image, "_seg.png")
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out {out}: expected a .png file name")
+    img = load_image(args.image)
+    info = init_distributed(args.device)
+    model = load_dense_checkpoint(args.checkpoint, "segment").to(info.device)
+    h, w = fit_scale(*img.shape[-2:], model.meta["scale"])
+    x = normalize(F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False)[0])
+    pred = segment_logits(model, x.to(info.device), img.shape[-2:]).argmax(0).cpu()
+    save_png(draw_segmentation(img, pred, model.num_classes), out)
+    names = model.meta["class_names"]
+    counts = pred.flatten().bincount(minlength=model.num_classes)
+    frac = {names[i]: round(float(c) / pred.numel(), 4) for i, c in enumerate(counts.tolist()) if c}
+    if args.json:
+        print_json({"image": args.image, "output": str(out), "size": list(pred.shape), "class_fractions": frac})
+    else:
+        for name, f in sorted(frac.items(), key=lambda kv: -kv[1]):
+            print(f"{name:<20} {100 * f:6.2f}%")
+        print(f"wrote {out}", file=sys.stderr)
+    return 0

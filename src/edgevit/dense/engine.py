@@ -1,0 +1,244 @@
+"""Training, evaluation and prediction loops for the detectors and the segmenter.
+
+A thin script over library models, like torchvision's detection references: the process group,
+atomic checkpoints, RNG capture, graceful stop, non-finite guard, metrics log and config file all
+come from ``edgevit.train`` (shared with classification training).  What is here is the loop.
+
+Exact resume: the loop is iteration-based; data order comes from ``DistributedSampler`` seeded by
+(seed, epoch), augmentation randomness from (seed, epoch, index), and DataLoader worker seeds from a
+private generator, so a run stopped after iteration k (SIGTERM/SIGINT -> save -> exit) and resumed with
+``--resume auto`` sees exactly the batches and random state a straight run would.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from ..train.distributed import DistInfo, all_reduce_sum
+from ..train.guard import GracefulStop, check_finite
+from ..train.logging import MetricsLogger
+from ..train.state import (CheckpointManager, capture_rng_state, load_training_state, restore_rng_state,
+                           save_config)
+from .ade import IGNORE
+from .metrics import coco_evaluate, confusion_matrix, detections_to_coco, segmentation_scores
+from .models import create_detector, create_segmenter
+
+SINGLE = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), distributed=False)
+
+
+# ---------------------------------------------------------------- schedules (mmdet 1x / mmseg poly)
+def step_schedule(warmup_iters: int, milestones: Sequence[int], warmup_ratio: float = 0.001, gamma: float = 0.1):
+    """mmdet's 1x: linear warm-up, then x0.1 at each milestone iteration."""
+    def f(it: int) -> float:
+        w = warmup_ratio + (1 - warmup_ratio) * it / warmup_iters if it < warmup_iters else 1.0
+        return w * gamma ** sum(it >= m for m in milestones)
+    return f
+
+
+def poly_schedule(total_iters: int, power: float = 1.0, min_ratio: float = 0.0):
+    """mmseg's poly decay (power 1.0 as PVT's / EdgeViT's Semantic FPN config; min lr 0)."""
+    def f(it: int) -> float:
+        return (1 - min_ratio) * (1 - min(it, total_iters) / total_iters) ** power + min_ratio
+    return f
+
+
+# ---------------------------------------------------------------- the loop
+def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Callable, evaluate: Callable,
+        *, run_dir: str | Path, total_iters: int, batch_size: int, lr: float, weight_decay: float,
+        schedule: Callable[[int], float], eval_every: int, save_every: int, metric_key: str, meta: Dict[str, Any],
+        cfg: Dict[str, Any], dist_info: DistInfo = SINGLE, resume: Optional[str] = None, seed: int = 0,
+        workers: int = 0, clip_grad: Optional[float] = None, log_every: int = 20) -> Dict[str, Any]:
+    """Train for `total_iters` iterations; returns {"iteration", "stopped", "last_eval", "best"}."""
+    run_dir = Path(run_dir)
+    device, world = dist_info.device, dist_info.world_size
+    if batch_size % world:
+        raise ValueError(f"--batch-size {batch_size} must be divisible by the number of processes ({world})")
+    per_proc = batch_size // world
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=dist_info.rank, shuffle=True, seed=seed,
+                                 drop_last=True)
+    iters_per_epoch = len(sampler) // per_proc
+    if iters_per_epoch == 0:
+        raise ValueError(f"--batch-size {batch_size}: larger than the training set ({len(train_set)} images)")
+
+    model.to(device)
+    optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)  # no decay on norms/biases
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    ckpt = CheckpointManager(run_dir, dist_info.is_main)
+    it = 0
+    resume_from = ckpt.resume_path(resume)
+    if resume_from is not None:
+        state = load_training_state(resume_from)
+        if state.get("meta", {}).get("arch") != meta["arch"] or state["meta"].get("variant") != meta["variant"]:
+            raise ValueError(f"--resume {resume_from}: a {state.get('meta', {}).get('arch')} / "
+                             f"{state.get('meta', {}).get('variant')} checkpoint, not {meta['arch']} / {meta['variant']}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"])
+        ckpt.restore(state)
+        it = int(state["iteration"])
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run_dir, cfg)
+    logger = MetricsLogger(run_dir, dist_info.is_main)
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if dist_info.distributed else model
+
+    def snapshot() -> Dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "iteration": it, "rng": capture_rng_state(), "meta": meta}
+
+    last_eval: Optional[Dict[str, Any]] = None
+    stopped = False
+    bar = tqdm(total=total_iters, initial=it, desc="train", disable=not dist_info.is_main, dynamic_ncols=True)
+    with GracefulStop() as stop:
+        while it < total_iters and not stopped:
+            epoch, skip = divmod(it, iters_per_epoch)
+            sampler.set_epoch(epoch)
+            train_set.epoch = epoch
+            indices = list(sampler)[skip * per_proc: iters_per_epoch * per_proc]
+            loader = DataLoader(train_set, batch_size=per_proc, sampler=indices, collate_fn=collate_fn,
+                                num_workers=workers, drop_last=True,
+                                generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+            for batch in loader:
+                ddp.train()
+                loss, parts = loss_fn(ddp, batch, device)
+                check_finite(loss, it, epoch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip_grad:
+                    nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                optimizer.step()
+                scheduler.step()
+                it += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                if it % log_every == 0 or it == total_iters:
+                    logger.log({"step": it, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                                "loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
+                do_eval = (eval_every > 0 and it % eval_every == 0) or it == total_iters
+                metric = None
+                if do_eval:
+                    last_eval = evaluate(model, dist_info)
+                    metric = last_eval[metric_key]
+                    logger.log({"step": it, "epoch": epoch, **{k: v for k, v in last_eval.items()
+                                                               if not isinstance(v, dict)}})
+                if do_eval or it % save_every == 0 or it == total_iters or stop.requested:
+                    ckpt.save(snapshot(), metric)
+                if stop.requested:
+                    stopped = True
+                    break
+                if it >= total_iters:
+                    break
+    bar.close()
+    logger.close()
+    return {"iteration": it, "stopped": stopped, "last_eval": last_eval, "best": ckpt.best}
+
+
+# ---------------------------------------------------------------- detection
+def detection_loss(model: nn.Module, batch, device: torch.device):
+    images, targets = batch
+    offset = _unwrap(model).label_offset
+    images = [im.to(device) for im in images]
+    targets = [{k: (v.to(device) + offset if k == "labels" else v.to(device)) if torch.is_tensor(v) else v
+                for k, v in t.items()} for t in targets]
+    parts = model(images, targets)
+    return sum(parts.values()), {k: v.detach() for k, v in parts.items()}
+
+
+@torch.no_grad()
+def evaluate_detector(model: nn.Module, dataset, dist_info: DistInfo = SINGLE, progress: bool = True
+                      ) -> Dict[str, Any]:
+    """COCO bbox (and segm for Mask R-CNN) AP on `dataset`; flat keys bbox_AP, bbox_AP50, ..."""
+    model.eval()
+    mine = list(range(dist_info.rank, len(dataset), dist_info.world_size))
+    results: List[dict] = []
+    for i in tqdm(mine, desc="eval", disable=not (progress and dist_info.is_main), dynamic_ncols=True):
+        img, target = dataset[i]
+        out = model([img.to(dist_info.device)])[0]
+        results += detections_to_coco([out], [target["image_id"]], dataset.cat_ids, model.label_offset)
+    if dist_info.distributed:
+        gathered: List[Any] = [None] * dist_info.world_size
+        dist.all_gather_object(gathered, results)
+        results = [r for part in gathered for r in part]
+    iou_types = ("bbox", "segm") if model.arch == "maskrcnn" else ("bbox",)
+    scores = coco_evaluate(dataset.coco, results, iou_types, image_ids=dataset.ids)
+    flat: Dict[str, Any] = {f"{t}_{k}": v for t, s in scores.items() for k, v in s.items()}
+    flat["num_images"], flat["num_detections"] = len(dataset), len(results)
+    return flat
+
+
+# ---------------------------------------------------------------- segmentation
+def segmentation_loss(model: nn.Module, batch, device: torch.device):
+    images, labels = batch
+    loss = F.cross_entropy(model(images.to(device)), labels.to(device), ignore_index=IGNORE)
+    return loss, {}
+
+
+@torch.no_grad()
+def segment_logits(model: nn.Module, img: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
+    """mmseg 'whole' inference: pad to a multiple of 32, forward, crop, resize to `out_size` -> [C, H, W]."""
+    h, w = img.shape[-2:]
+    ph, pw = (-h) % 32, (-w) % 32
+    x = F.pad(img[None], (0, pw, 0, ph))
+    logits = model(x)[..., :h, :w]
+    return F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)[0]
+
+
+@torch.no_grad()
+def evaluate_segmenter(model: nn.Module, dataset, dist_info: DistInfo = SINGLE, progress: bool = True,
+                       class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    model.eval()
+    n = model.num_classes
+    conf = torch.zeros(n, n, dtype=torch.int64, device=dist_info.device)
+    mine = list(range(dist_info.rank, len(dataset), dist_info.world_size))
+    for i in tqdm(mine, desc="eval", disable=not (progress and dist_info.is_main), dynamic_ncols=True):
+        img, lab = dataset[i]
+        pred = segment_logits(model, img.to(dist_info.device), lab.shape).argmax(0)
+        conf += confusion_matrix(pred, lab.to(dist_info.device), n, IGNORE)
+    all_reduce_sum(conf)
+    scores = segmentation_scores(conf.cpu(), class_names)
+    scores["num_images"] = len(dataset)
+    return scores
+
+
+# ---------------------------------------------------------------- trained checkpoints
+def load_dense_checkpoint(path: str | Path, kind: str) -> nn.Module:
+    """A model from a `detect train` / `segment train` checkpoint (last.pth / best.pth), eval mode,
+    with `.meta` (arch, variant, class names, sizes)."""
+    state = load_training_state(path)
+    meta = state.get("meta")
+    if not isinstance(meta, dict) or "model" not in state:
+        raise ValueError(f"--checkpoint {path}: not an `edgevit {kind} train` checkpoint (no 'model'/'meta')")
+    if kind == "detect" and meta.get("arch") not in ("retinanet", "maskrcnn"):
+        raise ValueError(f"--checkpoint {path}: a {meta.get('arch')} checkpoint; `edgevit detect` needs "
+                         "retinanet or maskrcnn (use `edgevit segment` for semfpn)")
+    if kind == "segment" and meta.get("arch") != "semfpn":
+        raise ValueError(f"--checkpoint {path}: a {meta.get('arch')} checkpoint; `edgevit segment` needs semfpn")
+    if kind == "detect":
+        model = create_detector(meta["arch"], int(meta["num_classes"]), meta["variant"],
+                                min_size=int(meta["min_size"]), max_size=int(meta["max_size"]), drop_path_rate=0.0,
+                                fpn_channels=int(meta.get("fpn_channels", 256)))
+    else:
+        model = create_segmenter(int(meta["num_classes"]), meta["variant"], drop_path_rate=0.0,
+                                 fpn_channels=int(meta.get("fpn_channels", 256)))
+    model.load_state_dict(state["model"])
+    model.meta = meta
+    return model.eval()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def iters_per_epoch(dataset_len: int, batch_size: int, world_size: int = 1) -> int:
+    """Iterations in one epoch as `fit` runs them (DistributedSampler with drop_last, per-process batches)."""
+    return (dataset_len // world_size) // max(batch_size // world_size, 1)

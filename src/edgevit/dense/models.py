@@ -1,0 +1,165 @@
+"""EdgeViT + FPN backbones in torchvision's RetinaNet / Mask R-CNN, and a Semantic FPN.
+
+The authors never released their dense-prediction code; the paper (Sec. 4.2) used mmdetection's
+RetinaNet / Mask R-CNN 1x and mmsegmentation's Semantic FPN.  We rebuild those setups on
+torchvision (detectors, FPN, extra pyramid levels) so only the glue below is hand-written:
+
+* RetinaNet: FPN over C3-C5 (strides 8/16/32) plus P6 (3x3 stride-2 conv on C5, mmdet's
+  ``add_extra_convs='on_input'``) and P7 -> P3-P7, 256 channels (torchvision ``LastLevelP6P7``).
+* Mask R-CNN: FPN over C2-C5 plus a max-pooled P6 -> P2-P6 (torchvision ``LastLevelMaxPool``).
+* Semantic FPN (Kirillov et al. 2019): FPN C2-C5 -> 256 ch, then per level a stack of
+  3x3 conv(128)-BN-ReLU(-2x up) until 1/4 scale, summed, 1x1 classifier, x4 upsample.  Written by
+  hand because segmentation_models_pytorch's FPN omits the 3x3 FPN output convs (~2.4 M params),
+  so it cannot match the paper's parameter counts (see docs/dense.md).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.ops.feature_pyramid_network import (ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool,
+                                                     LastLevelP6P7)
+
+from .. import models as _models  # noqa: F401  (registers the EdgeViTs with timm)
+from ..models import VARIANTS, CheckpointError, checkpoint_filter_fn, fit_report, read_state_dict
+
+ARCHS = ("retinanet", "maskrcnn", "semfpn")
+FPN_CHANNELS = 256
+SEM_CHANNELS = 128
+
+
+def create_backbone(variant: str = "edgevit_xxs", checkpoint: Optional[str] = None, **kwargs) -> nn.Module:
+    """A headless EdgeViT (no classifier, no final BN), initialised from an ImageNet checkpoint
+    in this project's or the authors' layout; the classifier (and final BN) keys are dropped."""
+    if variant not in VARIANTS:
+        raise ValueError(f"--model {variant!r}: dense prediction supports the EdgeViTs {', '.join(VARIANTS)}")
+    body = timm.create_model(variant, num_classes=0, **kwargs)
+    if checkpoint:
+        state = checkpoint_filter_fn(read_state_dict(checkpoint), body)
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        problems = fit_report(body, state)
+        if problems:
+            raise CheckpointError(f"checkpoint {checkpoint} does not fit {variant}: {problems}")
+        body.load_state_dict(state)
+    body.prune_intermediate_layers(4, prune_norm=True, prune_head=True)
+    return body
+
+
+class EdgeViTFPN(nn.Module):
+    """torchvision ``BackboneWithFPN`` for EdgeViT: ``IntermediateLayerGetter`` cannot reach the
+    stage outputs through EdgeViT's ``forward_intermediates``, so this thin wrapper does it."""
+
+    def __init__(self, body: nn.Module, in_indices: Sequence[int], out_channels: int = FPN_CHANNELS,
+                 extra_blocks: Optional[ExtraFPNBlock] = None):
+        super().__init__()
+        self.body = body
+        self.in_indices = list(in_indices)
+        channels = [body.feature_info[i]["num_chs"] for i in self.in_indices]
+        self.fpn = FeaturePyramidNetwork(channels, out_channels, extra_blocks=extra_blocks)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        feats = self.body.forward_intermediates(x, indices=self.in_indices, intermediates_only=True)
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+
+
+def retinanet_backbone(body: nn.Module, channels: int = FPN_CHANNELS) -> EdgeViTFPN:
+    c5 = body.feature_info[3]["num_chs"]
+    # P6 from C5 (mmdet 'on_input'); torchvision switches to C5 when its width differs from the FPN's
+    if c5 == channels:
+        raise ValueError(f"FPN width {channels} equals C5's: LastLevelP6P7 would take P5, not C5")
+    return EdgeViTFPN(body, (1, 2, 3), channels, extra_blocks=LastLevelP6P7(c5, channels))
+
+
+def maskrcnn_backbone(body: nn.Module, channels: int = FPN_CHANNELS) -> EdgeViTFPN:
+    return EdgeViTFPN(body, (0, 1, 2, 3), channels, extra_blocks=LastLevelMaxPool())
+
+
+def create_detector(arch: str, num_classes: int, variant: str = "edgevit_xxs", checkpoint: Optional[str] = None,
+                    min_size: int = 800, max_size: int = 1333, drop_path_rate: float = 0.1,
+                    fpn_channels: int = FPN_CHANNELS, **kwargs) -> nn.Module:
+    """torchvision RetinaNet (``num_classes`` foreground classes, sigmoid focal loss, labels 0..K-1) or
+    Mask R-CNN (``num_classes + 1`` outputs incl. background, labels 1..K) on EdgeViT + FPN.
+
+    The model gets ``label_offset`` (0 / 1): dataset labels are 0-based, add the offset for the model.
+    ``fpn_channels`` (paper: 256) is a knob for quick CPU runs: the 256-wide heads dominate the cost."""
+    from torchvision.models.detection import MaskRCNN, RetinaNet
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+    body = create_backbone(variant, checkpoint, drop_path_rate=drop_path_rate)
+    if arch == "retinanet":
+        model = RetinaNet(retinanet_backbone(body, fpn_channels), num_classes=num_classes, min_size=min_size,
+                          max_size=max_size, **kwargs)
+        model.label_offset = 0
+    elif arch == "maskrcnn":
+        # torchvision's default mask head (4 conv 256 + deconv 256) written out so that its width follows
+        # the FPN's: identical at 256; at quick-run widths it stops being the dominant CPU cost
+        # (torchvision then wants both predictors given and num_classes=None)
+        kwargs.setdefault("mask_head", MaskRCNNHeads(fpn_channels, (fpn_channels,) * 4, 1))
+        kwargs.setdefault("mask_predictor", MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1))
+        kwargs.setdefault("box_predictor", FastRCNNPredictor(1024, num_classes + 1))  # TwoMLPHead's 1024
+        model = MaskRCNN(maskrcnn_backbone(body, fpn_channels), num_classes=None, min_size=min_size,
+                         max_size=max_size, **kwargs)
+        model.label_offset = 1
+    else:
+        raise ValueError(f"--arch {arch!r}: expected one of retinanet, maskrcnn")
+    model.transform.size_divisible = 32  # EdgeViT needs multiples of 32 (torchvision's default already)
+    model.arch, model.num_classes, model.variant, model.fpn_channels = arch, num_classes, variant, fpn_channels
+    return model
+
+
+class SemanticFPNHead(nn.Module):
+    """Kirillov et al.'s semantic branch as in mmseg's ``FPNHead``: level i (stride 4*2^i) gets
+    max(1, i) conv3x3-BN-ReLU blocks with a 2x bilinear upsample after each for i > 0."""
+
+    def __init__(self, num_classes: int, in_channels: int = FPN_CHANNELS, channels: int = SEM_CHANNELS,
+                 num_levels: int = 4, dropout: float = 0.1):
+        super().__init__()
+        self.scale_heads = nn.ModuleList()
+        for i in range(num_levels):
+            layers: List[nn.Module] = []
+            for j in range(max(1, i)):
+                layers += [nn.Conv2d(in_channels if j == 0 else channels, channels, 3, padding=1, bias=False),
+                           nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+                if i > 0:
+                    layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+            self.scale_heads.append(nn.Sequential(*layers))
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        out = self.scale_heads[0](feats[0])
+        for head, f in zip(self.scale_heads[1:], feats[1:]):
+            out = out + F.interpolate(head(f), size=out.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classifier(self.dropout(out))
+
+
+class SemanticFPN(nn.Module):
+    """EdgeViT -> FPN(256, C2-C5) -> semantic head at 1/4 -> logits upsampled to the input size."""
+
+    def __init__(self, body: nn.Module, num_classes: int, fpn_channels: int = FPN_CHANNELS,
+                 head_channels: int = SEM_CHANNELS):
+        super().__init__()
+        self.backbone = EdgeViTFPN(body, (0, 1, 2, 3), fpn_channels)
+        self.decode_head = SemanticFPNHead(num_classes, fpn_channels, head_channels)
+        self.fpn_channels = fpn_channels
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = list(self.backbone(x).values())
+        logits = self.decode_head(feats)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def create_segmenter(num_classes: int, variant: str = "edgevit_xxs", checkpoint: Optional[str] = None,
+                     drop_path_rate: float = 0.1, fpn_channels: int = FPN_CHANNELS) -> SemanticFPN:
+    """Semantic FPN; the semantic head is half the FPN width (paper: 256 / 128)."""
+    model = SemanticFPN(create_backbone(variant, checkpoint, drop_path_rate=drop_path_rate), num_classes,
+                        fpn_channels, fpn_channels // 2)
+    model.arch, model.variant = "semfpn", variant
+    return model
