@@ -9,7 +9,6 @@ FastViT, MobileOne... fold their train-time branches, as their users ship them).
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional

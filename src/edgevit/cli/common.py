@@ -8,6 +8,7 @@ import torch
 
 from .. import models as _models  # noqa: F401  (registers the EdgeViTs with timm)
 from ..models import VARIANTS, load_checkpoint
+from ..utils.io import print_json
 
 
 def add_model_args(p: argparse.ArgumentParser, default: str = "edgevit_xxs", checkpoint: bool = True) -> None:
@@ -32,3 +33,15 @@ def create_model(name: str, checkpoint: str | None = None, **kwargs) -> torch.nn
         else:
             timm.models.load_checkpoint(model, checkpoint, weights_only=True)
     return model.eval()
+
+
+def report_train(args: argparse.Namespace, result: dict, key: str) -> int:
+    """Print how a dense training run ended (`edgevit detect|segment train`)."""
+    if args.json:
+        print_json({"run_dir": str(args.output), **result})
+    else:
+        state = "stopped (resume with --resume auto)" if result["stopped"] else "finished"
+        last = result["last_eval"] or {}
+        print(f"{state} at iteration {result['iteration']}; last {key} {last.get(key, float('nan')):.4f}, "
+              f"best {result['best'] if result['best'] is not None else float('nan'):.4f}; run dir {args.output}")
+    return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from ..utils.io import print_json
-from .common import add_json_arg
+from .common import add_json_arg, report_train
 
 
 # ---------------------------------------------------------------- shared with `edgevit segment`
@@ -209,18 +209,7 @@ def run_train(args: argparse.Namespace) -> int:
                      workers=args.workers, clip_grad=args.clip_grad, log_every=args.log_every)
     finally:
         cleanup_distributed()
-    return _report_train(args, result, "bbox_AP") if info.is_main else 0
-
-
-def _report_train(args: argparse.Namespace, result: Dict[str, Any], key: str) -> int:
-    if args.json:
-        print_json({"run_dir": str(args.output), **result})
-    else:
-        state = "stopped (resume with --resume auto)" if result["stopped"] else "finished"
-        last = result["last_eval"] or {}
-        print(f"{state} at iteration {result['iteration']}; last {key} {last.get(key, float('nan')):.4f}, "
-              f"best {result['best'] if result['best'] is not None else float('nan'):.4f}; run dir {args.output}")
-    return 0
+    return report_train(args, result, "bbox_AP") if info.is_main else 0
 
 
 def run_eval(args: argparse.Namespace) -> int:

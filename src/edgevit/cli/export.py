@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .common import add_json_arg, add_model_args
 
@@ -26,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..bench.runners import load_model
-    from ..deploy import fuse, set_backend
+    from ..deploy import fuse
     from ..deploy.export import FORMAT_RUNTIME, export_model
     from ..models import VARIANTS
     from ..utils.io import print_json

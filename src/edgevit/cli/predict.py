@@ -9,7 +9,6 @@ import json
 import sys
 from pathlib import Path
 
-import timm
 import torch
 from PIL import Image, UnidentifiedImageError
 from timm.data import ImageNetInfo

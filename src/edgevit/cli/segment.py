@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..utils.io import print_json
-from .common import add_json_arg
+from .common import add_json_arg, report_train
 from .detect import (add_shapes_parser, add_train_common, config_of, default_out, load_image, positive, require,
                      setup_run, with_config)
 
@@ -107,16 +107,7 @@ def run_train(args: argparse.Namespace) -> int:
                      workers=args.workers, clip_grad=args.clip_grad, log_every=args.log_every)
     finally:
         cleanup_distributed()
-    if not info.is_main:
-        return 0
-    if args.json:
-        print_json({"run_dir": str(args.output), **result})
-    else:
-        state = "stopped (resume with --resume auto)" if result["stopped"] else "finished"
-        last = result["last_eval"] or {}
-        print(f"{state} at iteration {result['iteration']}; last mIoU {last.get('mIoU', float('nan')):.4f}, "
-              f"best {result['best'] if result['best'] is not None else float('nan'):.4f}; run dir {args.output}")
-    return 0
+    return report_train(args, result, "mIoU") if info.is_main else 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
