@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.labels:
         names = read_labels(args.labels, model.num_classes)
     elif names is None:
-        names = ([ImageNetInfo().index_to_description(i) for i in range(1000)] if model.num_classes == 1000
+        names = (ImageNetInfo().label_descriptions() if model.num_classes == 1000
                  else [str(i) for i in range(model.num_classes)])
     img_size = args.img_size or int(cfg.get("img_size") or 224)
     crop_pct = args.crop_pct or float(cfg.get("crop_pct") or 0.875)
