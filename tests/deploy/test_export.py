@@ -71,3 +71,21 @@ def test_missing_runtime_package_is_named(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))
     with pytest.raises(ImportError, match="onnxruntime"):
         ex.onnx_session("unused.onnx")
+
+
+def test_cli_export_trained_checkpoint_keeps_its_head(tmp_path, capsys):
+    """A checkpoint trained on 3 classes exports as a 3-class model with the trained weights."""
+    import json
+
+    import timm
+
+    model = timm.create_model("edgevit_xxs", num_classes=3).eval()
+    torch.save({"model": model.state_dict(), "classes": ["a", "b", "c"],
+                "config": {"model": "edgevit_xxs", "img_size": 64}}, tmp_path / "last.pth")
+    out = tmp_path / "three.pt"
+    assert main(["export", "--model", "edgevit_xxs", "--checkpoint", str(tmp_path / "last.pth"),
+                 "--format", "torchscript", "--img-size", "64", "-o", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_abs_diff"] <= 1e-3
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(out))(x), model(x), atol=1e-4, rtol=1e-4)

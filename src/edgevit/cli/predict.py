@@ -13,12 +13,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from timm.data import ImageNetInfo
 
-from ..models import VARIANTS, fit_report
-from ..models.edgevit import checkpoint_filter_fn
+from ..models import VARIANTS
 from ..train.data import eval_transform
-from ..train.evaluate import checkpoint_weights, head_classes
 from ..utils.io import print_json
-from .common import add_json_arg, create_model
+from .common import add_json_arg, model_from_checkpoint
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -44,25 +42,6 @@ def read_labels(path: str | Path, num_classes: int) -> list[str]:
     return names
 
 
-def load_for_predict(model_name: str | None, checkpoint: str | None) -> tuple[torch.nn.Module, list[str] | None, dict]:
-    """(eval-mode model, class names stored in the checkpoint or None, training config or {})."""
-    if not checkpoint:
-        return create_model(model_name or "edgevit_xxs"), None, {}
-    w = checkpoint_weights(checkpoint)
-    cfg = w["config"] or {}
-    name = model_name or cfg.get("model") or "edgevit_xxs"
-    kwargs = dict(cfg.get("model_kwargs") or {})
-    probe = create_model(name, num_classes=1, **kwargs)
-    state_dict = checkpoint_filter_fn(w["state_dict"], probe) if name in VARIANTS else w["state_dict"]
-    num_classes = head_classes(state_dict) or 1000
-    model = create_model(name, num_classes=num_classes, **kwargs)
-    problems = fit_report(model, state_dict)
-    if problems:
-        raise ValueError(f"checkpoint {checkpoint} does not fit {name}: {problems}")
-    model.load_state_dict(state_dict)
-    return model.eval(), w["classes"], cfg
-
-
 def predict(model: torch.nn.Module, image: Image.Image, topk: int = 5, img_size: int = 224,
             crop_pct: float = 0.875, interpolation: str = "bicubic") -> tuple[list[int], list[float]]:
     x = eval_transform(img_size, crop_pct, interpolation)(image).unsqueeze(0)
@@ -76,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise ValueError(f"--topk {args.topk}: must be at least 1")
     image = load_image(args.image)
-    model, names, cfg = load_for_predict(args.model, args.checkpoint)
+    model, meta = model_from_checkpoint(args.model, args.checkpoint)
+    names, cfg = meta["classes"], meta["config"]
     if not args.checkpoint:
         print("edgevit predict: no --checkpoint given: random weights (no trained EdgeViT weights are "
               "published), so these classes are meaningless", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Dict, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -37,6 +37,29 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path}: expected a state_dict (a dict of tensors), got {type(obj).__name__}")
     return obj
+
+
+def checkpoint_weights(path: str | Path, ema: bool = False) -> Dict[str, Any]:
+    """Weights and metadata of a checkpoint: ours (training state or bare weights) or the authors'.
+
+    Returns {"state_dict", "config" (training config or None), "classes" (or None)}."""
+    raw = read_state_dict(path)
+    config = raw.get("config") if isinstance(raw.get("config"), dict) else None
+    classes = raw.get("classes") if isinstance(raw.get("classes"), list) else None
+    if ema:
+        if not isinstance(raw.get("model_ema"), dict):
+            raise ValueError(f"--ema: checkpoint {path} holds no EMA weights (train with --model-ema)")
+        sd = raw["model_ema"]
+    else:
+        sd = raw
+    return {"state_dict": sd, "config": config, "classes": classes}
+
+
+def head_classes(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
+    for key in ("head.weight", "head.fc.weight", "fc.weight", "classifier.weight"):
+        if key in state_dict and state_dict[key].ndim == 2:
+            return int(state_dict[key].shape[0])
+    return None
 
 
 def fit_report(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> str:

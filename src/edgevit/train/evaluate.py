@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..models import VARIANTS, fit_report, read_state_dict
+from ..models import VARIANTS, fit_report
+from ..models.checkpoint import checkpoint_weights, head_classes
 from ..models.edgevit import checkpoint_filter_fn
 from .data import CheckedImageFolder, build_eval_loader, check_split_dir, eval_transform
 from .distributed import all_reduce_sum
@@ -44,29 +45,6 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, amp_dtype: Op
     n = max(sums[0].item(), 1.0)
     return {"num_images": int(sums[0].item()), "top1": 100.0 * sums[1].item() / n,
             "top5": 100.0 * sums[2].item() / n, "loss": sums[3].item() / n}
-
-
-def checkpoint_weights(path: str | Path, ema: bool = False) -> Dict[str, Any]:
-    """Weights and metadata of a checkpoint: ours (training state or bare weights) or the authors'.
-
-    Returns {"state_dict", "config" (training config or None), "classes" (or None)}."""
-    raw = read_state_dict(path)  # .pth with weights_only=True, or .safetensors; names the file on error
-    config = raw.get("config") if isinstance(raw.get("config"), dict) else None
-    classes = raw.get("classes") if isinstance(raw.get("classes"), list) else None
-    if ema:
-        if not isinstance(raw.get("model_ema"), dict):
-            raise ValueError(f"--ema: checkpoint {path} holds no EMA weights (train with --model-ema)")
-        sd = raw["model_ema"]
-    else:
-        sd = raw
-    return {"state_dict": sd, "config": config, "classes": classes}
-
-
-def head_classes(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
-    for key in ("head.weight", "head.fc.weight", "fc.weight", "classifier.weight"):
-        if key in state_dict and state_dict[key].ndim == 2:
-            return int(state_dict[key].shape[0])
-    return None
 
 
 def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Optional[str] = None,
