@@ -18,11 +18,6 @@ import torch.nn as nn
 
 RUNTIMES = ("eager", "torchscript", "ptl", "onnxruntime", "executorch")
 
-# The Python package each runtime needs (named in the ImportError when missing).
-RUNTIME_PACKAGES = {"eager": "torch", "torchscript": "torch", "ptl": "torch", "onnxruntime": "onnxruntime",
-                    "executorch": "executorch"}
-
-
 def check_runtime(runtime: str) -> str:
     if runtime not in RUNTIMES:
         raise ValueError(f"--runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
@@ -31,11 +26,8 @@ def check_runtime(runtime: str) -> str:
 
 def require_package(runtime: str) -> None:
     """ImportError naming the package when `runtime` is not installed."""
-    pkg = RUNTIME_PACKAGES[check_runtime(runtime)]
-    import importlib.util
-    if importlib.util.find_spec(pkg) is None:
-        raise ImportError(f"runtime {runtime!r} needs the Python package {pkg!r}: pip install {pkg} "
-                          "(see requirements.txt for the pinned version)")
+    from ..deploy.export import require_runtime
+    require_runtime(check_runtime(runtime))
 
 
 def default_img_size(model: nn.Module) -> int:
@@ -100,10 +92,6 @@ def _to_tensor(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else torch.from_numpy(out)
 
 
-def set_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def build_runner(model: str, runtime: str = "eager", img_size: int | None = None, threads: int = 2,
                  fused: bool = True, checkpoint: str | None = None, **model_kwargs) -> Runner:
     """A warm session for `model` in `runtime` (one of RUNTIMES) at `img_size` (default: the model's).
@@ -116,7 +104,7 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
     require_package(runtime)
     if threads < 1:
         raise ValueError(f"--threads {threads} must be >= 1")
-    set_threads(threads)
+    torch.set_num_threads(threads)
     net = load_model(model, fused=fused, checkpoint=checkpoint, runtime=runtime, **model_kwargs)
     size = int(img_size or default_img_size(net))
     gen = torch.Generator().manual_seed(0)
@@ -137,33 +125,15 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
         def fn():
             with torch.inference_mode():
                 return mod(x)
-    elif runtime == "ptl":
-        tmp = tempfile.TemporaryDirectory(prefix="edgevit-ptl-")
-        path = Path(tmp.name) / "model.ptl"
-        info = ex.save_ptl(net, x, path)
-        mod = ex.load_ptl(path)
+    else:  # a file in its own runtime: the same path `edgevit export` writes and checks
+        fmt = {v: k for k, v in ex.FORMAT_RUNTIME.items()}[runtime]
+        tmp = tempfile.TemporaryDirectory(prefix=f"edgevit-{fmt}-")
+        path = Path(tmp.name) / f"model.{fmt}"
+        info = ex.save_file(fmt, net, x, path)
+        run = ex.load_file(fmt, path, threads)
 
         def fn():
-            with torch.inference_mode():
-                return mod(x)
-    elif runtime == "onnxruntime":
-        tmp = tempfile.TemporaryDirectory(prefix="edgevit-onnx-")
-        path = Path(tmp.name) / "model.onnx"
-        ex.save_onnx(net, x, path)
-        sess = ex.onnx_session(path, threads)
-        feed = {sess.get_inputs()[0].name: x.numpy()}
-
-        def fn():
-            return sess.run(None, feed)[0]
-    else:  # executorch
-        tmp = tempfile.TemporaryDirectory(prefix="edgevit-pte-")
-        path = Path(tmp.name) / "model.pte"
-        info = ex.save_pte(net, x, path)
-        method = ex.executorch_method(path, threads)
-        args = (x,)
-
-        def fn():
-            return method.execute(args)[0]
+            return run(x)
 
     fn()  # first call: loads/plans, allocates
     return Runner(model, runtime, size, fn, threads, net, fused if is_edgevit else None, info, tmp)

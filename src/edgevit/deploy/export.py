@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -20,11 +20,21 @@ FORMAT_RUNTIME = {"pte": "executorch", "onnx": "onnxruntime", "ptl": "ptl", "tor
 TOLERANCE = 1e-3
 
 
-def _require(module: str, package: str) -> None:
+# The Python package each runtime needs (named in the ImportError when missing).
+RUNTIME_PACKAGES = {"eager": "torch", "torchscript": "torch", "ptl": "torch", "onnxruntime": "onnxruntime",
+                    "executorch": "executorch"}
+
+
+def _require(package: str) -> None:
+    """ImportError naming the package when it is not installed."""
     import importlib.util
-    if importlib.util.find_spec(module) is None:
-        raise ImportError(f"this format needs the Python package {package!r}: pip install {package} "
+    if importlib.util.find_spec(package) is None:
+        raise ImportError(f"this needs the Python package {package!r}: pip install {package} "
                           "(pinned in requirements.txt)")
+
+
+def require_runtime(runtime: str) -> None:
+    _require(RUNTIME_PACKAGES[runtime])
 
 
 # ---- TorchScript / lite interpreter --------------------------------------------------------------
@@ -67,7 +77,7 @@ def load_ptl(path: Path):
 
 # ---- ONNX ----------------------------------------------------------------------------------------
 def save_onnx(model: nn.Module, x: torch.Tensor, path: Path, opset: int = 18) -> None:
-    _require("onnx", "onnx")
+    _require("onnx")
     with torch.no_grad():
         # the dynamo exporter (torch's default) with constant folding; one file, weights embedded
         prog = torch.onnx.export(model.eval(), (x,), dynamo=True, opset_version=opset, optimize=True,
@@ -76,7 +86,7 @@ def save_onnx(model: nn.Module, x: torch.Tensor, path: Path, opset: int = 18) ->
 
 
 def onnx_session(path: Path, threads: int = 2):
-    _require("onnxruntime", "onnxruntime")
+    _require("onnxruntime")
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -93,7 +103,7 @@ def onnx_session(path: Path, threads: int = 2):
 # ---- ExecuTorch + XNNPACK ------------------------------------------------------------------------
 def lower_executorch(model: nn.Module, x: torch.Tensor):
     """torch.export -> edge dialect with the XNNPACK partitioner -> (ExecuTorch program, partition report)."""
-    _require("executorch", "executorch")
+    _require("executorch")
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -128,7 +138,7 @@ def save_pte(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]
 
 def executorch_method(path: Path, threads: int = 2):
     """A loaded 'forward' method; XNNPACK's threadpool set to `threads`."""
-    _require("executorch", "executorch")
+    _require("executorch")
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
@@ -138,18 +148,39 @@ def executorch_method(path: Path, threads: int = 2):
 
 
 # ---- one call: fuse, export, verify ----------------------------------------------------------------
-def run_file(fmt: str, path: Path, x: torch.Tensor, threads: int = 2) -> torch.Tensor:
-    """Run an exported file in its runtime on `x` (the check that the file works on its own)."""
+def save_file(fmt: str, model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
+    """Write `model` traced/exported at `x` to `path` in `fmt`; returns the format's report (pte: partitions)."""
     if fmt == "pte":
-        return executorch_method(path, threads).execute((x,))[0]
+        return save_pte(model, x, path)
+    if fmt == "ptl":
+        return save_ptl(model, x, path)
+    if fmt == "onnx":
+        save_onnx(model, x, path)
+    else:
+        save_torchscript(model, x, path)
+    return {}
+
+
+def load_file(fmt: str, path: Path, threads: int = 2) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The exported file loaded in its own runtime, as a function of the input."""
+    if fmt == "pte":
+        method = executorch_method(path, threads)
+        return lambda x: method.execute((x,))[0]
     if fmt == "onnx":
         sess = onnx_session(path, threads)
-        return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
-    if fmt == "ptl":
-        with torch.no_grad():
-            return load_ptl(path)(x)
-    with torch.no_grad():
-        return torch.jit.load(str(path))(x)
+        name = sess.get_inputs()[0].name
+        return lambda x: torch.from_numpy(sess.run(None, {name: x.numpy()})[0])
+    mod = load_ptl(path) if fmt == "ptl" else torch.jit.load(str(path))
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return mod(x)
+    return run
+
+
+def run_file(fmt: str, path: Path, x: torch.Tensor, threads: int = 2) -> torch.Tensor:
+    """Run an exported file in its runtime on `x` (the check that the file works on its own)."""
+    return load_file(fmt, path, threads)(x)
 
 
 def export_model(model: nn.Module, fmt: str, output: os.PathLike | str, img_size: int = 224,
@@ -171,14 +202,7 @@ def export_model(model: nn.Module, fmt: str, output: os.PathLike | str, img_size
     report: Dict[str, object] = {"format": fmt, "runtime": FORMAT_RUNTIME[fmt], "output": str(output),
                                  "img_size": img_size}
     with atomic_path(output) as tmp:
-        if fmt == "pte":
-            report.update(save_pte(model, x, tmp))
-        elif fmt == "onnx":
-            save_onnx(model, x, tmp)
-        elif fmt == "ptl":
-            report.update(save_ptl(model, x, tmp))
-        else:
-            save_torchscript(model, x, tmp)
+        report.update(save_file(fmt, model, x, tmp))
         got = run_file(fmt, tmp, check_x, threads)
         diff = (got.float() - expected).abs().max().item()
         report["max_abs_diff"] = diff
