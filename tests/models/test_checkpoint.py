@@ -105,3 +105,13 @@ def test_bad_files(tmp_path):
     torch.save({"model": {"x": NotATensor()}}, tmp_path / "pickled.pth")
     with pytest.raises(CheckpointError, match="weights-only"):
         edgevit.load_checkpoint(model, tmp_path / "pickled.pth")
+
+
+def test_skip_keeps_the_models_own_head(tmp_path):
+    src = timm.create_model("edgevit_xxs", num_classes=10)
+    edgevit.save_checkpoint(src, tmp_path / "ten.safetensors")
+    dst = timm.create_model("edgevit_xxs")
+    head = dst.head.weight.clone()
+    edgevit.load_checkpoint(dst, tmp_path / "ten.safetensors", skip=("head.",))
+    assert torch.equal(dst.head.weight, head)
+    assert torch.equal(dst.stages[1].blocks[0].local_agg.pw1.weight, src.stages[1].blocks[0].local_agg.pw1.weight)

@@ -6,7 +6,6 @@ import argparse
 import timm
 import torch
 
-from .. import models as _models  # noqa: F401  (registers the EdgeViTs with timm)
 from ..models import VARIANTS, CheckpointError, fit_report
 from ..models.checkpoint import checkpoint_weights, head_classes
 from ..models.edgevit import checkpoint_filter_fn

@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torchvision.ops.feature_pyramid_network import (ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool,
                                                      LastLevelP6P7)
 
-from .. import models as _models  # noqa: F401  (registers the EdgeViTs with timm)
-from ..models import VARIANTS, CheckpointError, checkpoint_filter_fn, fit_report, read_state_dict
+from ..models import VARIANTS, load_checkpoint
 
 ARCHS = ("retinanet", "maskrcnn", "semfpn")
 FPN_CHANNELS = 256
@@ -39,12 +38,7 @@ def create_backbone(variant: str = "edgevit_xxs", checkpoint: Optional[str] = No
         raise ValueError(f"--model {variant!r}: dense prediction supports the EdgeViTs {', '.join(VARIANTS)}")
     body = timm.create_model(variant, num_classes=0, **kwargs)
     if checkpoint:
-        state = checkpoint_filter_fn(read_state_dict(checkpoint), body)
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-        problems = fit_report(body, state)
-        if problems:
-            raise CheckpointError(f"checkpoint {checkpoint} does not fit {variant}: {problems}")
-        body.load_state_dict(state)
+        load_checkpoint(body, checkpoint, skip=("head.",))
     body.prune_intermediate_layers(4, prune_norm=True, prune_head=True)
     return body
 

@@ -77,14 +77,18 @@ def fit_report(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> str:
     return "; ".join(lines)
 
 
-def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True) -> nn.Module:
+def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True, skip: tuple = ()) -> nn.Module:
     """Load an authors'-format or this project's checkpoint (fp16 or fp32, optionally wrapped in
-    {"model": ...}) into an EdgeViT. Raises CheckpointError listing every key or shape that does not fit."""
-    state_dict = checkpoint_filter_fn(read_state_dict(path), model)
-    problems = fit_report(model, state_dict)
+    {"model": ...}) into a model. Keys starting with any of `skip` (e.g. the classifier when fine-tuning on
+    new classes) are left as the model has them. Raises CheckpointError listing every key or shape that
+    does not fit."""
+    state_dict = {k: v for k, v in checkpoint_filter_fn(read_state_dict(path), model).items()
+                  if not k.startswith(skip)}
+    target = {k: v for k, v in model.state_dict().items() if k.startswith(skip)}
+    problems = fit_report(model, {**state_dict, **target})
     if problems and (strict or "shape" in problems):
         raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: {problems}")
-    model.load_state_dict(state_dict, strict=strict)
+    model.load_state_dict(state_dict, strict=strict and not skip)
     return model
 
 

@@ -24,7 +24,7 @@ from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..models import VARIANTS, fit_report, read_state_dict, save_checkpoint
+from ..models import VARIANTS, CheckpointError, fit_report, load_checkpoint, save_checkpoint
 from ..models.edgevit import checkpoint_filter_fn
 from .data import (CheckedImageFolder, build_eval_loader, build_train_loader, build_train_sampler,
                    check_data_root, eval_transform, train_transform)
@@ -59,13 +59,10 @@ def _filtered(model, sd: Dict[str, torch.Tensor], name: str) -> Dict[str, torch.
 def load_pretrained(model: torch.nn.Module, path: str, model_name: str) -> None:
     """Fine-tuning: every weight from `path` (ours or the authors' layout) except the classifier head,
     which keeps its fresh initialisation."""
-    sd = _filtered(model, read_state_dict(path), model_name)
-    head = _head_keys(model)
-    sd = {k: v for k, v in sd.items() if k not in head}
-    problems = fit_report(model, {**sd, **{k: model.state_dict()[k] for k in head}})
-    if problems:
-        raise ValueError(f"--pretrained {path} does not fit {model_name} (apart from the head): {problems}")
-    model.load_state_dict(sd, strict=False)
+    try:
+        load_checkpoint(model, path, skip=tuple(_head_keys(model)))
+    except CheckpointError as e:
+        raise ValueError(f"--pretrained {path} does not fit {model_name} (apart from the head): {e}") from e
 
 
 def _load_model_weights(model, sd, path, cfg) -> None:
