@@ -25,7 +25,9 @@ _USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, Ke
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgevit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="edgevit", description="EdgeViTs (Pan et al., ECCV 2022): the released models, training, mobile "
+        "export, latency/energy benchmarks and dense prediction. `edgevit COMMAND --help` for each command.")
     parser.add_argument("--version", action="version", version=f"edgevit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(_pkg_path()), key=lambda m: m.name):
