@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .runners import Runner, build_runner, check_runtime
+from .runners import Runner, build_runner, check_runtime, form_label
 
 EDGEVITS = ("edgevit_xxs", "edgevit_xs", "edgevit_s")
 # The paper's baselines (Table 1; MobileViT at 256 as the paper) and what users pick today.
@@ -50,8 +50,7 @@ class Entry:
 
     @property
     def label(self) -> str:
-        form = {True: " (fused)", False: " (unfused)", None: ""}[self.fused]
-        return f"{self.model}{'[' + self.tag + ']' if self.tag else ''}{form}"
+        return form_label(f"{self.model}{'[' + self.tag + ']' if self.tag else ''}", self.fused)
 
 
 def plan(models: Sequence[str], form: str = "both", ablations: bool = False) -> List[Entry]:

@@ -55,6 +55,11 @@ def load_model(model: str, fused: bool = True, checkpoint: Optional[str] = None,
     return net.eval()
 
 
+def form_label(name: str, fused: Optional[bool]) -> str:
+    """"edgevit_xxs (fused)" / "(unfused)"; baselines (fused=None) by name alone."""
+    return name + {True: " (fused)", False: " (unfused)", None: ""}[fused]
+
+
 class Runner:
     """One warm, ready-to-run inference session on a fixed random batch-1 fp32 input."""
 
@@ -72,8 +77,7 @@ class Runner:
 
     @property
     def label(self) -> str:
-        tag = {True: " (fused)", False: " (unfused)", None: ""}[self.fused]
-        return f"{self.name}{tag}"
+        return form_label(self.name, self.fused)
 
     def __call__(self) -> None:
         self._fn()
