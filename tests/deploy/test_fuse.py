@@ -18,25 +18,26 @@ def test_fused_matches_authors_reference(variant, reference_dir):
     edgevit.load_checkpoint(model, reference_dir / f"edgevit_{tag}_s0.official.safetensors")
     io = load_file(str(reference_dir / f"edgevit_{tag}_224x224_b2_s0.io.safetensors"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fused = fuse(model)
-    assert isinstance(fused, FusedEdgeViT)
-    # every exact alternative form: the default, the ExecuTorch one, and the remaining ones
-    for ln, prop, sample in [BACKENDS["eager"], BACKENDS["executorch"]]:  # (other forms: tiny models below)
-        set_impl(fused, ln, prop, sample)
+    # every backend's exact forms: eager (mean norm, deconv), ONNX Runtime (native norm, pooled sampler),
+    # ExecuTorch (channels padded to 16, conv norm, pixel-shuffle LocalProp, space-to-depth embedding)
+    for backend in ("eager", "onnxruntime", "executorch"):
+        fused = fuse(model, backend)
+        assert isinstance(fused, FusedEdgeViT)
         with torch.no_grad():
             stages = fused.stage_outputs(io["input"])
             logits = fused(io["input"])
         for i, out in enumerate(stages):
             assert out.shape == io[f"stage{i + 1}"].shape
-            assert (out - io[f"stage{i + 1}"]).abs().max().item() <= 1e-4, (ln, prop, sample, f"stage{i + 1}")
-        assert (logits - io["logits"]).abs().max().item() <= 1e-4, (ln, prop, sample)
+            assert (out - io[f"stage{i + 1}"]).abs().max().item() <= 1e-4, (backend, f"stage{i + 1}")
+        assert (logits - io["logits"]).abs().max().item() <= 1e-4, backend
     # the release model is untouched (it still trains and loads checkpoints)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # the fused graph really is cheaper: no BatchNorm left, fewer norm layers and parameters
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
     assert not any(isinstance(m, nn.LayerNorm) for m in fused.modules())
     if variant == "edgevit_xxs":  # (fvcore tracing is slow: once is enough)
-        assert count_gmacs(fused, 224) < count_gmacs(model, 224)
+        # (the unpadded form; ExecuTorch's padding adds 9% multiply-adds that XNNPACK runs faster)
+        assert count_gmacs(fuse(model), 224) < count_gmacs(model, 224) < count_gmacs(fused, 224)
 
 
 TABLE4 = [dict(local_agg="conv"), dict(local_agg="lsa"), dict(local_agg="none"),
@@ -52,24 +53,53 @@ def test_fused_matches_every_table4_option(option, make_tiny):
     with torch.no_grad():
         ref_final, ref_stages = model.forward_intermediates(x)
         ref = model.forward_head(ref_final)
-        fused = fuse(model)
-        for impls in [BACKENDS["eager"], BACKENDS["executorch"], ("native", "shuffle", "pool")]:
-            set_impl(fused, *impls)
+        forms = [("eager", {}), ("onnxruntime", {}), ("executorch", {}),  # + the forms no backend picks:
+                 ("eager", dict(ln="native", prop="shuffle", sample="pool", embed="s2d")),
+                 ("executorch", dict(prop="deconv", sample="slice", embed="conv"))]
+        for backend, impls in forms:
+            fused = set_impl(fuse(model, backend), **impls)
             for a, b in zip(fused.stage_outputs(x), ref_stages):
-                assert (a - b).abs().max().item() <= 1e-4, impls
+                assert (a - b).abs().max().item() <= 1e-4, (backend, impls)
             out = fused(x)
             assert out.shape == (2, 7)
-            assert (out - ref).abs().max().item() <= 1e-4, impls
+            assert (out - ref).abs().max().item() <= 1e-4, (backend, impls)
 
 
-def test_fuse_without_head_keeps_final_norm(make_tiny):
-    model = make_tiny(num_classes=0)
+@pytest.mark.parametrize("backend", ["eager", "executorch"])
+def test_fuse_without_head_keeps_final_norm(make_tiny, backend):
+    model = make_tiny(num_classes=0, embed_dims=(12, 24, 36, 60))  # (60: the last stage padded too)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
-        out = fuse(model)(x)
-    assert out.shape == ref.shape == (1, 64)
+        out = fuse(model, backend)(x)
+    assert out.shape == ref.shape == (1, 60)  # the padding channels are dropped before the final norm
     assert (out - ref).abs().max().item() <= 1e-4
+
+
+def test_pad_channels_widens_stages_per_head(make_tiny):
+    """ExecuTorch's form pads each stage to a multiple of 16 (XNNPACK's GEMM tile), each head at its end."""
+    model = make_tiny()
+    fused = fuse(model, "executorch")
+    assert fused.pad_multiple == BACKENDS["executorch"]["pad"] == 16
+    # 12 = 1 head of 12 -> 16; 24 = 2 x 12 -> 2 x 16; 36 = 3 x 12 -> 3 x 16; 48 stays
+    assert [s[0].proj.out_channels for s in fused.stages] == [16, 32, 48, 48]
+    convs = [m for m in fused.stages.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert all(c.out_channels % 16 == 0 for c in convs)  # (MLP hidden widths 4 x C are already)
+    assert all(c.in_channels % 16 == 0 for c in convs if c is not fused.stages[0][0].proj)  # (but RGB)
+    assert fused.real_channels_1.tolist() == list(range(12)) + list(range(16, 28))
+    gb = fused.stages[2][1].global_attn
+    assert (gb.num_heads, gb.head_dim) == (3, 16)
+    # the padded rows of q/k/v are zero: q.k only ever adds 0 * 0
+    pad_rows = torch.ones(48, dtype=torch.bool)
+    pad_rows[fused.real_channels_2] = False
+    for conv in (gb.q, gb.k, gb.v):
+        assert conv.weight[pad_rows].abs().max() == 0 and conv.bias[pad_rows].abs().max() == 0
+    with pytest.raises(ValueError, match="padded model"):
+        set_impl(fused, ln="mean")
+    with pytest.raises(ValueError, match="already padded"):
+        fuse(fused, "eager")
+    # the LSA ablation (timm's token attention) is left unpadded, and stays exact (Table-4 test above)
+    assert fuse(make_tiny(local_agg="lsa"), "executorch").pad_multiple == 1
 
 
 def test_channel_norm_forms_equal_layernorm():
@@ -89,7 +119,7 @@ def test_fuse_bad_input(make_tiny):
         fused.check_input(torch.randn(1, 3, 64, 40))
     with pytest.raises(ValueError, match="backend"):
         fuse(fused, "tflite")
-    for kw in (dict(ln="x"), dict(prop="x"), dict(sample="x")):
+    for kw in (dict(ln="x"), dict(prop="x"), dict(sample="x"), dict(embed="x")):
         with pytest.raises(ValueError, match="not one of"):
             set_impl(fused, **kw)
     assert set(PROP_IMPLS) == {"deconv", "shuffle"} and set(SAMPLE_IMPLS) == {"slice", "pool"}

@@ -76,7 +76,10 @@ def load_ptl(path: Path):
 
 
 # ---- ONNX ----------------------------------------------------------------------------------------
-def save_onnx(model: nn.Module, x: torch.Tensor, path: Path, opset: int = 18) -> None:
+def save_onnx(model: nn.Module, x: torch.Tensor, path: Path, opset: int = 20) -> None:
+    """Opset 20 has a native Gelu op: ONNX Runtime runs it as one kernel, where opset 18 spells it as five
+    elementwise ops (Div, Erf, Add, Mul, Mul). Measured: EdgeViT-XXS 11.1 vs 12.9 ms (fused), 12.4 vs
+    13.9 ms (release graph) on the 2-core VM; every bench model exports and checks at 20."""
     _require("onnx")
     with torch.no_grad():
         # the dynamo exporter (torch's default) with constant folding; one file, weights embedded

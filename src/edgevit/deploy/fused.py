@@ -32,15 +32,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 LN_IMPLS = ("mean", "conv", "native")
+EMBED_IMPLS = ("conv", "s2d")
 PROP_IMPLS = ("deconv", "shuffle")
 SAMPLE_IMPLS = ("slice", "pool")
-# backend -> (LayerNorm form, LocalProp form, sampler form); chosen by measurement, see docs/deploy.md
+# backend -> LayerNorm form, LocalProp form, sampler form, channel multiple; chosen by measurement
+# (docs/deploy.md). pad > 1 widens the stages to that multiple (`pad_channels`) and needs ln="conv".
 BACKENDS = {
-    "eager": ("mean", "deconv", "slice"),
-    "torchscript": ("mean", "deconv", "slice"),
-    "ptl": ("mean", "deconv", "slice"),
-    "onnxruntime": ("native", "deconv", "slice"),
-    "executorch": ("conv", "shuffle", "pool"),
+    "eager": dict(embed="conv", ln="mean", prop="deconv", sample="slice", pad=1),
+    "torchscript": dict(embed="conv", ln="mean", prop="deconv", sample="slice", pad=1),
+    "ptl": dict(embed="conv", ln="mean", prop="deconv", sample="slice", pad=1),
+    "onnxruntime": dict(embed="conv", ln="native", prop="deconv", sample="pool", pad=1),
+    "executorch": dict(embed="s2d", ln="conv", prop="shuffle", sample="pool", pad=16),
 }
 
 
@@ -94,6 +96,7 @@ class ChannelNorm(nn.Module):
                  bias: Optional[torch.Tensor] = None, impl: str = "mean"):
         super().__init__()
         self.dim, self.eps, self.impl = dim, eps, impl
+        self.real_dim = dim  # < dim once padded (`pad_channels`): the channels the statistics run over
         self.register_buffer("avg", torch.full((1, dim, 1, 1), 1.0 / dim), persistent=False)
         if weight is not None:
             self.weight = nn.Parameter(weight.detach().clone())
@@ -116,16 +119,32 @@ class ChannelNorm(nn.Module):
         return y
 
     def extra_repr(self) -> str:
-        return f"{self.dim}, eps={self.eps}, impl={self.impl}, affine={self.weight is not None}"
+        pad = f" (real {self.real_dim})" if self.real_dim != self.dim else ""
+        return f"{self.dim}{pad}, eps={self.eps}, impl={self.impl}, affine={self.weight is not None}"
 
 
 class FusedPatchEmbed(nn.Module):
+    """Strided k x k conv (k == stride) + LayerNorm.  impl="s2d" runs the conv as space-to-depth + a 1x1
+    conv (the same sums): XNNPACK runs a 1x1 conv as a GEMM at ~2.5x the MAC rate of its strided IGEMM."""
+
     def __init__(self, pe: nn.Module):
         super().__init__()
         self.proj = _copy_conv(pe.proj)
         self.norm = ChannelNorm(pe.norm.normalized_shape[0], pe.norm.eps, pe.norm.weight, pe.norm.bias)
+        self.impl = "conv"
+
+    def set_impl(self, impl: str) -> None:
+        self.impl = impl
+        if impl == "s2d":  # weight [O, C, k, k] -> [O, C*k*k, 1, 1]: channel order (c, i, j) as below
+            w = self.proj.weight.detach()
+            self.proj_s2d = _conv1x1(w.reshape(w.shape[0], -1), self.proj.bias.detach(), w.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.impl == "s2d":
+            k = self.proj.stride[0]
+            B, C, H, W = x.shape
+            x = x.reshape(B, C, H // k, k, W // k, k).permute(0, 1, 3, 5, 2, 4).reshape(B, C * k * k, H // k, W // k)
+            return self.norm(self.proj_s2d(x))
         return self.norm(self.proj(x))
 
 
@@ -310,6 +329,7 @@ class FusedEdgeViT(nn.Module):
             self.head.bias.data.copy_(b.to(head.weight.dtype))
         else:  # no linear head to absorb it: keep the BN (eval: one scale and shift)
             self.norm, self.head = model.norm, head
+        self.pad_multiple = 1
         set_backend(self, backend)
 
     def check_input(self, x: torch.Tensor) -> None:
@@ -319,42 +339,60 @@ class FusedEdgeViT(nn.Module):
             raise ValueError(f"input H and W must be multiples of 32 (EdgeViT's total stride), "
                              f"got {x.shape[-2]}x{x.shape[-1]}")
 
+    def real_channels(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """A stage's output without the padding channels (`pad_channels`), as the release model has it."""
+        idx = getattr(self, f"real_channels_{stage}", None)
+        return x if idx is None or idx.numel() == x.shape[1] else x.index_select(1, idx)
+
     def stage_outputs(self, x: torch.Tensor) -> List[torch.Tensor]:
         outs = []
-        for stage in self.stages:
+        for i, stage in enumerate(self.stages):
             x = stage(x)
-            outs.append(x)
+            outs.append(self.real_channels(x, i))
         return outs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:
             x = stage(x)
+        if not (isinstance(self.head, nn.Linear) and self.pool):  # a padded head reads the padded map as is
+            x = self.real_channels(x, len(self.stages) - 1)
         x = self.norm(x)
         if self.pool:
             x = x.mean((2, 3), keepdim=True).flatten(1)  # keepdim: XNNPACK's global-average-pool form
         return self.head(x)
 
 
-def set_backend(model: nn.Module, backend: str) -> nn.Module:
-    """Pick the LayerNorm / LocalProp forms that `backend` runs fastest (same outputs)."""
+def set_backend(model: FusedEdgeViT, backend: str) -> FusedEdgeViT:
+    """Pick the LayerNorm / LocalProp / sampler forms and channel padding that `backend` runs fastest
+    (same outputs)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    ln, prop, sample = BACKENDS[backend]
-    return set_impl(model, ln=ln, prop=prop, sample=sample)
+    cfg = BACKENDS[backend]
+    if model.pad_multiple != cfg["pad"]:
+        pad_channels(model, cfg["pad"])
+    return set_impl(model, ln=cfg["ln"], prop=cfg["prop"], sample=cfg["sample"], embed=cfg["embed"])
 
 
 def set_impl(model: nn.Module, ln: Optional[str] = None, prop: Optional[str] = None,
-             sample: Optional[str] = None) -> nn.Module:
-    """Switch the exact alternative forms: LayerNorm (LN_IMPLS), LocalProp (PROP_IMPLS), sampler."""
+             sample: Optional[str] = None, embed: Optional[str] = None) -> nn.Module:
+    """Switch the exact alternative forms: LayerNorm (LN_IMPLS), LocalProp (PROP_IMPLS), sampler
+    (SAMPLE_IMPLS), patch embedding (EMBED_IMPLS)."""
     if ln is not None and ln not in LN_IMPLS:
         raise ValueError(f"ln={ln!r} is not one of {LN_IMPLS}")
     if prop is not None and prop not in PROP_IMPLS:
         raise ValueError(f"prop={prop!r} is not one of {PROP_IMPLS}")
     if sample is not None and sample not in SAMPLE_IMPLS:
         raise ValueError(f"sample={sample!r} is not one of {SAMPLE_IMPLS}")
+    if embed is not None and embed not in EMBED_IMPLS:
+        raise ValueError(f"embed={embed!r} is not one of {EMBED_IMPLS}")
     for m in model.modules():
         if isinstance(m, ChannelNorm) and ln is not None:
+            if ln != "conv" and m.real_dim != m.dim:
+                raise ValueError(f"ln={ln!r} cannot skip padding channels; a padded model (pad_channels) "
+                                 "needs ln='conv'")
             m.impl = ln
+        if isinstance(m, FusedPatchEmbed) and embed is not None:
+            m.set_impl(embed)
         if isinstance(m, FusedGlobalBlock):
             m.prop_impl = prop or m.prop_impl
             m.sample_impl = sample or m.sample_impl
@@ -365,3 +403,117 @@ def set_impl(model: nn.Module, ln: Optional[str] = None, prop: Optional[str] = N
 def fuse_edgevit(model: nn.Module, backend: str = "eager") -> FusedEdgeViT:
     """The fused inference copy of a release-layout EdgeViT (which is left untouched)."""
     return FusedEdgeViT(model, backend).eval()
+
+
+# ---- channel padding to the backend's SIMD width -----------------------------------------------
+# XNNPACK's f32 GEMMs on x86 (AVX2/FMA3) tile the output channels by 16: a 1x1 conv with 36 or 40 output
+# channels runs at 40 GMAC/s, one with 48 at 85-90 GMAC/s, i.e. 36 -> 48 channels is *faster in absolute
+# time* (measured on the 2-core VM with ExecuTorch's XNNPACK profiler; see docs/deploy.md). XXS's 36/72-
+# channel stages hit exactly that, so for such backends the stages are widened to a multiple of the tile
+# with zero weights, which no library does for us. Exactness: every padded channel is produced by a zero
+# row of weights and a zero bias (so it is 0 wherever a residual or a norm's input carries it), every
+# weight that reads a padded channel is 0, and the norms average over the real channels only (their
+# `conv` form, whose averaging weights are 0 on padding). Heads stay heads: each head's channels are
+# padded at its end, so q.k sums only add 0 * 0.
+def _padded_index(dim: int, heads: int, multiple: int) -> Tuple[int, torch.Tensor]:
+    """(padded width, position of each real channel) for a stage of `dim` channels in `heads` heads."""
+    head_dim = dim // heads
+    padded_head = head_dim
+    while (heads * padded_head) % multiple:
+        padded_head += 1
+    idx = torch.arange(dim)
+    return heads * padded_head, (idx // head_dim) * padded_head + idx % head_dim
+
+
+def _pad_conv(conv: nn.Module, in_idx: Optional[torch.Tensor], cin: int, out_idx: Optional[torch.Tensor],
+              cout: int) -> nn.Module:
+    """`conv` with its channels moved to positions in_idx/out_idx of a cin/cout-wide map (None: unmoved).
+
+    Dense convs (groups 1), depthwise convs with a channel multiplier (groups == in_channels; output j of
+    input channel c goes to out channel in_idx[c] * mult + j) and depthwise transposed convs."""
+    w, b = conv.weight.detach(), conv.bias.detach() if conv.bias is not None else None
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    if conv.groups == 1 and not transposed:
+        in_idx = torch.arange(conv.in_channels) if in_idx is None else in_idx
+        out_idx = torch.arange(conv.out_channels) if out_idx is None else out_idx
+        new_w = w.new_zeros(cout, cin, *w.shape[2:])
+        new_w[out_idx[:, None], in_idx[None, :]] = w
+        groups = 1
+    elif conv.groups == conv.in_channels and in_idx is not None:
+        mult = w.shape[1] if transposed else conv.out_channels // conv.groups  # (transposed: [in, out/g, ..])
+        out_idx = (in_idx[:, None] * mult + torch.arange(mult)).reshape(-1)
+        new_w = w.new_zeros(cin * mult, *w.shape[1:])
+        new_w[out_idx] = w
+        groups, cout = cin, cin * mult
+    else:
+        raise ValueError(f"cannot pad the channels of {conv}")
+    if transposed:
+        new = nn.ConvTranspose2d(cin, cout, conv.kernel_size, conv.stride, conv.padding, conv.output_padding,
+                                 groups, b is not None, conv.dilation)
+    else:
+        new = nn.Conv2d(cin, cout, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups,
+                        b is not None)
+    new.weight.data.copy_(new_w)
+    if b is not None:
+        new.bias.data.copy_(b.new_zeros(cout).index_copy_(0, out_idx, b))
+    return new
+
+
+def _pad_norm(norm: ChannelNorm, idx: torch.Tensor, width: int) -> None:
+    norm.real_dim, norm.dim = norm.dim, width
+    norm.avg = norm.avg.new_zeros(1, width, 1, 1).index_fill_(1, idx, 1.0 / norm.real_dim)
+    if norm.weight is not None:  # padded outputs: 0 * anything + 0
+        norm.weight = nn.Parameter(norm.weight.detach().new_zeros(width).index_copy_(0, idx, norm.weight.detach()))
+        norm.bias = nn.Parameter(norm.bias.detach().new_zeros(width).index_copy_(0, idx, norm.bias.detach()))
+
+
+@torch.no_grad()
+def pad_channels(model: FusedEdgeViT, multiple: int) -> FusedEdgeViT:
+    """Widen every stage of a fused EdgeViT to a multiple of `multiple` channels, in place; same outputs.
+
+    The LayerNorms switch to their `conv` form (the only one that averages over real channels only)."""
+    if model.pad_multiple != 1:
+        raise ValueError(f"this model is already padded to a multiple of {model.pad_multiple}; fuse the "
+                         "release model again for another backend")
+    if multiple == 1:
+        return model
+    if any(isinstance(m, FusedLocalAggLSA) for m in model.modules()):
+        return model  # the LSA ablation runs timm's token-layout attention, which has no padded form
+    prev = None
+    for i, stage in enumerate(model.stages):
+        heads = {m.num_heads for m in stage.modules() if isinstance(m, FusedGlobalBlock)}
+        dim = model.embed_dims[i]
+        width, idx = _padded_index(dim, heads.pop() if len(heads) == 1 else 1, multiple)
+        model.register_buffer(f"real_channels_{i}", idx, persistent=False)
+        pe = stage[0]
+        pe.proj = _pad_conv(pe.proj, *(prev or (None, pe.proj.in_channels)), idx, width)
+        pe.set_impl(pe.impl)  # (re-derives the s2d weights from the padded conv)
+        _pad_norm(pe.norm, idx, width)
+        for blk in stage[1:]:
+            la, gb = blk.local_agg, blk.global_attn
+            if isinstance(la, FusedLocalAgg):
+                la.cpe, la.dw = _pad_conv(la.cpe, idx, width, None, 0), _pad_conv(la.dw, idx, width, None, 0)
+                la.pw1, la.pw2 = _pad_conv(la.pw1, idx, width, idx, width), _pad_conv(la.pw2, idx, width, idx, width)
+                la.fc1 = _pad_conv(la.fc1, idx, width, None, la.fc1.out_channels)
+                la.fc2 = _pad_conv(la.fc2, None, la.fc2.in_channels, idx, width)
+            gb.cpe = _pad_conv(gb.cpe, idx, width, None, 0)
+            gb.head_dim = width // gb.num_heads
+            for name in ("q", "k", "v", "proj"):
+                setattr(gb, name, _pad_conv(getattr(gb, name), idx, width, idx, width))
+            for name in ("local_prop", "prop_shuffle"):
+                if hasattr(gb, name):
+                    setattr(gb, name, _pad_conv(getattr(gb, name), idx, width, None, 0))
+            for name in ("norm1", "kv_norm", "prop_norm", "norm2"):
+                if isinstance(getattr(gb, name, None), ChannelNorm):
+                    _pad_norm(getattr(gb, name), idx, width)
+            gb.fc1 = _pad_conv(gb.fc1, idx, width, None, gb.fc1.out_channels)
+            gb.fc2 = _pad_conv(gb.fc2, None, gb.fc2.in_channels, idx, width)
+        prev = (idx, width)
+    if isinstance(model.head, nn.Linear) and model.pool:
+        w = model.head.weight.detach()
+        head = nn.Linear(prev[1], w.shape[0])
+        head.weight.data.copy_(w.new_zeros(w.shape[0], prev[1]).index_copy_(1, prev[0], w))
+        head.bias.data.copy_(model.head.bias.detach())
+        model.head = head
+    model.pad_multiple = multiple
+    return set_impl(model, ln="conv")
