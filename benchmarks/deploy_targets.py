@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/deploy_targets.py --runs 50 --threads 2 --json out/deploy_targets.json
 
-For each runtime, every session (EdgeViT XXS/XS/S fused and unfused, MobileNetV2) is built and warmed up
-first, then the timed passes are interleaved round-robin, so that load from other processes on a shared
+Each runtime is measured in its own process. Within it, every session (EdgeViT XXS/XS/S fused and
+unfused, MobileNetV2) is built and warmed up first, then the timed passes are interleaved round-robin, so that load from other processes on a shared
 machine hits every model alike and the ratios stay meaningful even when absolute times do not.
 
 Targets (2 threads, batch 1, fp32, mean of the runs):
@@ -16,8 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -52,6 +55,17 @@ def measure(runtime: str, variants, runs: int, warmup: int, threads: int) -> dic
     return stats
 
 
+def measure_in_subprocess(runtime: str, args) -> dict:
+    """One runtime per process: a runtime's idle thread pool (XNNPACK's, torch's OpenMP) left over from an
+    earlier runtime measurably slows the next one (ONNX Runtime after ExecuTorch: up to 1.3x, every model)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "stats.json"
+        subprocess.run([sys.executable, __file__, "--runtimes", runtime, "--variants", *args.variants,
+                        "--runs", str(args.runs), "--warmup", str(args.warmup), "--threads", str(args.threads),
+                        "--json", str(path)], check=True, stdout=subprocess.DEVNULL)
+        return json.loads(path.read_text())["stats"][runtime]
+
+
 def verdict(runtime: str, variants, stats: dict) -> list:
     rows = []
     base = stats[BASELINE]
@@ -84,7 +98,8 @@ def main() -> int:
     torch.manual_seed(0)
     out = {"meta": meta(args.threads, args.runs), "stats": {}, "verdicts": []}
     for rt in args.runtimes:
-        out["stats"][rt] = measure(rt, args.variants, args.runs, args.warmup, args.threads)
+        out["stats"][rt] = measure_in_subprocess(rt, args) if len(args.runtimes) > 1 else \
+            measure(rt, args.variants, args.runs, args.warmup, args.threads)
         out["verdicts"] += verdict(rt, args.variants, out["stats"][rt])
         for k, s in out["stats"][rt].items():
             print(f"{rt:<12} {k:<26} mean {s['mean_ms']:8.2f} ± {s['std_ms']:6.2f} ms  median {s['median_ms']:8.2f}")

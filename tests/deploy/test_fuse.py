@@ -18,8 +18,8 @@ def test_fused_matches_authors_reference(variant, reference_dir):
     edgevit.load_checkpoint(model, reference_dir / f"edgevit_{tag}_s0.official.safetensors")
     io = load_file(str(reference_dir / f"edgevit_{tag}_224x224_b2_s0.io.safetensors"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    # every backend's exact forms: eager (mean norm, deconv), ONNX Runtime (native norm, pooled sampler),
-    # ExecuTorch (channels padded to 16, conv norm, pixel-shuffle LocalProp, space-to-depth embedding)
+    # every backend's exact forms: eager (mean norm, deconv), ONNX Runtime (native norm, pooled sampler,
+    # one qkv conv), ExecuTorch (channels padded to 16, conv norm, pixel-shuffle LocalProp, space-to-depth embedding)
     for backend in ("eager", "onnxruntime", "executorch"):
         fused = fuse(model, backend)
         assert isinstance(fused, FusedEdgeViT)
@@ -54,8 +54,8 @@ def test_fused_matches_every_table4_option(option, make_tiny):
         ref_final, ref_stages = model.forward_intermediates(x)
         ref = model.forward_head(ref_final)
         forms = [("eager", {}), ("onnxruntime", {}), ("executorch", {}),  # + the forms no backend picks:
-                 ("eager", dict(ln="native", prop="shuffle", sample="pool", embed="s2d")),
-                 ("executorch", dict(prop="deconv", sample="slice", embed="conv"))]
+                 ("eager", dict(ln="native", prop="shuffle", sample="pool", embed="s2d", qkv="merged")),
+                 ("executorch", dict(prop="deconv", sample="slice", embed="conv", qkv="merged"))]
         for backend, impls in forms:
             fused = set_impl(fuse(model, backend), **impls)
             for a, b in zip(fused.stage_outputs(x), ref_stages):
@@ -119,7 +119,7 @@ def test_fuse_bad_input(make_tiny):
         fused.check_input(torch.randn(1, 3, 64, 40))
     with pytest.raises(ValueError, match="backend"):
         fuse(fused, "tflite")
-    for kw in (dict(ln="x"), dict(prop="x"), dict(sample="x"), dict(embed="x")):
+    for kw in (dict(ln="x"), dict(prop="x"), dict(sample="x"), dict(embed="x"), dict(qkv="x")):
         with pytest.raises(ValueError, match="not one of"):
             set_impl(fused, **kw)
     assert set(PROP_IMPLS) == {"deconv", "shuffle"} and set(SAMPLE_IMPLS) == {"slice", "pool"}

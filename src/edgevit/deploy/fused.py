@@ -9,16 +9,25 @@ What `fuse` folds (all exact up to float rounding; checked against the authors' 
   mlp.fc1); the normalisation itself runs over the channels of the NCHW map, so the token-layout
   flatten/transpose round trips of the release graph disappear.
 * qkv is split into three 1x1 convs (no chunk/select copies), the softmax scale is folded into q, and the
-  attention is two explicit 3-D bmm's, which every backend lowers (no 4-D matmul expand copies).
-* The r x r corner sampler (release: AvgPool2d(1, r)) is a strided slice, or for XNNPACK (whose slice
-  takes stride 1 only) the release's 1x1 average pool with stride r; LocalProp's depthwise
-  ConvTranspose2d(k=r, s=r) stays a deconv or becomes its exact pixel-shuffle form (a per-channel 1x1 conv
-  to C*r^2 channels + depth-to-space), whichever the backend runs faster (`set_backend`).
+  attention is two explicit 3-D bmm's, which every backend lowers (no 4-D matmul expand copies). For ONNX
+  Runtime the three convs are stacked into one and split after (`qkv="merged"`: at 49-196 tokens each op
+  costs ~10 us of overhead, so three fewer ops per block is 2% of XXS; XNNPACK does not delegate the split).
+* The r x r corner sampler (release: AvgPool2d(1, r)) is a strided slice, or the release's 1x1 average pool
+  with stride r (XNNPACK slices with stride 1 only; ONNX Runtime runs the pool in its blocked layout);
+  LocalProp's depthwise ConvTranspose2d(k=r, s=r) stays a deconv or becomes its exact pixel-shuffle form
+  (a per-channel 1x1 conv to C*r^2 channels + depth-to-space), whichever the backend runs faster.
 * LayerNorm over channels is written per backend: `mean` (reduce over C; eager/TorchScript) or `conv`
   (the channel mean as a 1x1 conv with weights 1/C: XNNPACK's mean only reduces H, W, so this keeps the
   whole network inside one XNNPACK partition) or `native` (permute + layer_norm: ONNX Runtime runs its
   fused LayerNormalization kernel; measured on the quiet 2-core VM, XXS median 13.2 ms vs 14.3 ms for
   `conv` and 14.2 ms for `mean`, one session at a time, 50 runs each).
+* The patch embeddings (k x k conv, stride k) run as space-to-depth + 1x1 conv for XNNPACK
+  (`embed="s2d"`: a GEMM at ~90 GMAC/s instead of an indirect GEMM at ~35; 3% of XXS).
+* For XNNPACK every stage is widened to a multiple of 16 channels with zero weights (`pad_channels`, below):
+  its GEMMs run 2x faster per multiply-add with 48 output channels than with 36.
+
+Every form is chosen per backend (`BACKENDS`, `set_backend`) from interleaved measurements on the 2-core
+development VM (benchmarks/xnnpack_profile.py shows where XNNPACK spends its time; docs/deploy.md).
 
 timm's repvit/fastvit do the same with `fuse()` / `reparameterize()` on each module; these classes are
 inference-only (no training, no checkpoint loading: the release-layout EdgeViT does that).
@@ -33,16 +42,18 @@ import torch.nn.functional as F
 
 LN_IMPLS = ("mean", "conv", "native")
 EMBED_IMPLS = ("conv", "s2d")
+QKV_IMPLS = ("split", "merged")
 PROP_IMPLS = ("deconv", "shuffle")
 SAMPLE_IMPLS = ("slice", "pool")
-# backend -> LayerNorm form, LocalProp form, sampler form, channel multiple; chosen by measurement
-# (docs/deploy.md). pad > 1 widens the stages to that multiple (`pad_channels`) and needs ln="conv".
+# backend -> the form of each part (q/k/v convs, patch embedding, LayerNorm, LocalProp, sampler) and the
+# channel multiple; chosen by measurement (docs/deploy.md). pad > 1 widens the stages to that multiple
+# (`pad_channels`) and needs ln="conv".
 BACKENDS = {
-    "eager": dict(embed="conv", ln="mean", prop="deconv", sample="slice", pad=1),
-    "torchscript": dict(embed="conv", ln="mean", prop="deconv", sample="slice", pad=1),
-    "ptl": dict(embed="conv", ln="mean", prop="deconv", sample="slice", pad=1),
-    "onnxruntime": dict(embed="conv", ln="native", prop="deconv", sample="pool", pad=1),
-    "executorch": dict(embed="s2d", ln="conv", prop="shuffle", sample="pool", pad=16),
+    "eager": dict(qkv="split", embed="conv", ln="mean", prop="deconv", sample="slice", pad=1),
+    "torchscript": dict(qkv="split", embed="conv", ln="mean", prop="deconv", sample="slice", pad=1),
+    "ptl": dict(qkv="split", embed="conv", ln="mean", prop="deconv", sample="slice", pad=1),
+    "onnxruntime": dict(qkv="merged", embed="conv", ln="native", prop="deconv", sample="pool", pad=1),
+    "executorch": dict(qkv="split", embed="s2d", ln="conv", prop="shuffle", sample="pool", pad=16),
 }
 
 
@@ -221,6 +232,7 @@ class FusedGlobalBlock(nn.Module):
         self.k = _conv1x1(*_fold_input_affine(wk, bk, g, beta), dtype)
         self.v = _conv1x1(*_fold_input_affine(wv, bv, g, beta), dtype)
 
+        self.qkv_impl = "split"
         pw, pb = a.proj.weight.detach(), a.proj.bias.detach()
         self.prop_impl, self.sample_impl = "deconv", "slice"
         if self.r > 1 and not self.sra:
@@ -253,6 +265,14 @@ class FusedGlobalBlock(nn.Module):
             return F.avg_pool2d(x, r, r)
         return F.max_pool2d(x, r, r)
 
+    def set_qkv(self, impl: str) -> None:
+        """"split": q, k, v as three 1x1 convs; "merged": one conv with their weights stacked."""
+        self.qkv_impl = impl
+        if impl == "merged":
+            convs = (self.q, self.k, self.v)
+            self.qkv = _conv1x1(torch.cat([c.weight.detach() for c in convs]),
+                                torch.cat([c.bias.detach() for c in convs]), self.q.weight.dtype)
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [B, C, h, w], k/v [B, C, h', w'] -> [B, C, h, w]; heads are channel groups, scale is in q."""
         B, C, h, w = q.shape
@@ -277,7 +297,10 @@ class FusedGlobalBlock(nn.Module):
                 s = self.norm1(self.sample(x))
             else:
                 s = self.sample(self.norm1(x))
-            a = self.attend(self.q(s), self.k(s), self.v(s))
+            if self.qkv_impl == "merged":  # one conv to 3C channels, split (fewer, larger ops)
+                a = self.attend(*self.qkv(s).split(self.q.out_channels, dim=1))
+            else:
+                a = self.attend(self.q(s), self.k(s), self.v(s))
             if r > 1:
                 if self.prop_kind == "bilinear":
                     a = F.interpolate(a, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -370,13 +393,13 @@ def set_backend(model: FusedEdgeViT, backend: str) -> FusedEdgeViT:
     cfg = BACKENDS[backend]
     if model.pad_multiple != cfg["pad"]:
         pad_channels(model, cfg["pad"])
-    return set_impl(model, ln=cfg["ln"], prop=cfg["prop"], sample=cfg["sample"], embed=cfg["embed"])
+    return set_impl(model, ln=cfg["ln"], prop=cfg["prop"], sample=cfg["sample"], embed=cfg["embed"], qkv=cfg["qkv"])
 
 
 def set_impl(model: nn.Module, ln: Optional[str] = None, prop: Optional[str] = None,
-             sample: Optional[str] = None, embed: Optional[str] = None) -> nn.Module:
+             sample: Optional[str] = None, embed: Optional[str] = None, qkv: Optional[str] = None) -> nn.Module:
     """Switch the exact alternative forms: LayerNorm (LN_IMPLS), LocalProp (PROP_IMPLS), sampler
-    (SAMPLE_IMPLS), patch embedding (EMBED_IMPLS)."""
+    (SAMPLE_IMPLS), patch embedding (EMBED_IMPLS), q/k/v convs (QKV_IMPLS)."""
     if ln is not None and ln not in LN_IMPLS:
         raise ValueError(f"ln={ln!r} is not one of {LN_IMPLS}")
     if prop is not None and prop not in PROP_IMPLS:
@@ -385,6 +408,8 @@ def set_impl(model: nn.Module, ln: Optional[str] = None, prop: Optional[str] = N
         raise ValueError(f"sample={sample!r} is not one of {SAMPLE_IMPLS}")
     if embed is not None and embed not in EMBED_IMPLS:
         raise ValueError(f"embed={embed!r} is not one of {EMBED_IMPLS}")
+    if qkv is not None and qkv not in QKV_IMPLS:
+        raise ValueError(f"qkv={qkv!r} is not one of {QKV_IMPLS}")
     for m in model.modules():
         if isinstance(m, ChannelNorm) and ln is not None:
             if ln != "conv" and m.real_dim != m.dim:
@@ -394,6 +419,8 @@ def set_impl(model: nn.Module, ln: Optional[str] = None, prop: Optional[str] = N
         if isinstance(m, FusedPatchEmbed) and embed is not None:
             m.set_impl(embed)
         if isinstance(m, FusedGlobalBlock):
+            if qkv is not None:
+                m.set_qkv(qkv)
             m.prop_impl = prop or m.prop_impl
             m.sample_impl = sample or m.sample_impl
     return model
@@ -500,6 +527,7 @@ def pad_channels(model: FusedEdgeViT, multiple: int) -> FusedEdgeViT:
             gb.head_dim = width // gb.num_heads
             for name in ("q", "k", "v", "proj"):
                 setattr(gb, name, _pad_conv(getattr(gb, name), idx, width, idx, width))
+            gb.set_qkv(gb.qkv_impl)  # (re-derives the merged conv from the padded ones)
             for name in ("local_prop", "prop_shuffle"):
                 if hasattr(gb, name):
                     setattr(gb, name, _pad_conv(getattr(gb, name), idx, width, None, 0))

@@ -1,0 +1,87 @@
+"""Where an ExecuTorch + XNNPACK model spends its time: XNNPACK's own per-operator timings (ETDump).
+
+    .venv/bin/python benchmarks/xnnpack_profile.py edgevit_xxs              # fused (ExecuTorch form)
+    .venv/bin/python benchmarks/xnnpack_profile.py edgevit_xxs --unfused
+    .venv/bin/python benchmarks/xnnpack_profile.py mobilenetv2_100 --top 10 --json prof.json
+
+Lowers the model as `edgevit bench --runtime executorch` does, runs it with ExecuTorch's event tracer on,
+and reads the trace with `executorch.devtools.Inspector`: per XNNPACK operator the median over the runs,
+then the total per operator kind ("Fully Connected GEMM", "DWConv", "Transpose", ...). This is how the
+fused graph's forms were chosen (docs/deploy.md). Per-operator times include the tracer's own overhead,
+so their sum is a little above `edgevit bench`'s latency.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from edgevit.bench.runners import default_img_size, load_model
+from edgevit.deploy.export import save_pte
+from edgevit.utils.io import write_text_atomic
+
+
+def profile(model: str, fused: bool = True, runs: int = 20, threads: int = 2, img_size: int | None = None):
+    from executorch.devtools import Inspector
+    from executorch.extension.pybindings import portable_lib
+
+    torch.set_num_threads(threads)
+    net = load_model(model, fused=fused, runtime="executorch")
+    size = img_size or default_img_size(net)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        pte, trace = Path(tmp) / "model.pte", Path(tmp) / "trace.etdp"
+        report = save_pte(net, x, pte)
+        portable_lib._unsafe_reset_threadpool(threads)
+        method = portable_lib._load_for_executorch(str(pte), enable_etdump=True, debug_buffer_size=0)
+        warmup = 3
+        for _ in tqdm(range(warmup + runs), desc=f"{model} (profiled)", file=sys.stderr):
+            method.forward((x,))
+        method.write_etdump_result_to_file(str(trace))
+        df = Inspector(etdump_path=str(trace)).to_dataframe()
+    ops = []
+    for name, raw in zip(df.event_name, df.raw):
+        if re.search(r"Method::|Program::|DELEGATE_CALL|OPERATOR_CALL|Execute", name):
+            continue
+        ops.append({"op": name, "kind": re.sub(r" #\d+$", "", name), "median_ms": statistics.median(raw[warmup:])})
+    kinds = collections.Counter()
+    for o in ops:
+        kinds[o["kind"]] += o["median_ms"]
+    total = sum(kinds.values())
+    return {"model": model, "fused": fused, "img_size": size, "threads": threads, "runs": runs,
+            "partitions": report, "total_ms": total, "ops": len(ops),
+            "by_kind": [{"kind": k, "ms": v, "share": v / total} for k, v in kinds.most_common()], "per_op": ops}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", help="an `edgevit bench` model name, e.g. edgevit_xxs or mobilenetv2_100")
+    p.add_argument("--unfused", action="store_true", help="EdgeViT: the release graph instead of the fused one")
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--top", type=int, default=0, help="also list the N slowest operators")
+    p.add_argument("--json", default=None, help="write the whole profile to this file")
+    args = p.parse_args()
+    res = profile(args.model, not args.unfused, args.runs, args.threads, args.img_size)
+    print(f"{args.model} ({'unfused' if args.unfused else 'fused'}): {res['ops']} XNNPACK operators, "
+          f"{res['total_ms']:.2f} ms in total (median per operator, summed)")
+    for k in res["by_kind"]:
+        print(f"  {k['ms']:7.3f} ms {100 * k['share']:5.1f}%  {k['kind']}")
+    for o in sorted(res["per_op"], key=lambda o: -o["median_ms"])[:args.top]:
+        print(f"    {o['median_ms']:.3f} ms  {o['op']}")
+    if args.json:
+        write_text_atomic(args.json, json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
