@@ -60,6 +60,16 @@ def test_plan_and_ablations():
         plan(["edgevit_s"], "half")
 
 
+def test_ablations_stay_at_xxs_compute():
+    """Table-4 rows compare designs at equal compute: each within 10% of the release XXS's GMACs."""
+    import timm
+    from edgevit.models.complexity import count_gmacs
+    xxs = count_gmacs(timm.create_model("edgevit_xxs").eval(), 224)
+    for tag, kw in ABLATIONS.items():
+        g = count_gmacs(timm.create_model("edgevit_xxs", **kw).eval(), 224)
+        assert abs(g / xxs - 1) <= 0.10, (tag, g, xxs)
+
+
 def test_time_runner_counts_calls():
     calls = []
     times = time_runner(lambda: calls.append(1), runs=4, warmup=3)

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="square input size for every model (default: each model's own, MobileViT 256)")
     p.add_argument("--edgevit-form", default="both", choices=FORMS, help="EdgeViTs fused, unfused or both")
     p.add_argument("--ablations", action="store_true",
-                   help="add the paper's Table-4 variants of XXS at ~0.56 GMACs (printed)")
+                   help="add the paper's Table-4 variants of XXS, each scaled to 0.52-0.56 GMACs (printed)")
     p.add_argument("--keep-going", action="store_true", help="skip a model that fails to export/run")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
                    help="write the results document to FILE (or print it with no FILE)")

@@ -88,7 +88,8 @@ def save_onnx(model: nn.Module, x: torch.Tensor, path: Path, opset: int = 20) ->
         prog.save(str(path), external_data=False)
 
 
-def onnx_session(path: Path, threads: int = 2):
+def session_options(threads: int = 2):
+    """The ONNX Runtime session options every EdgeViT session uses (bench, export check, profiling)."""
     _require("onnxruntime")
     import onnxruntime as ort
     so = ort.SessionOptions()
@@ -100,7 +101,12 @@ def onnx_session(path: Path, threads: int = 2):
     # no busy-waiting between ops: spinning threads only burn the cores that a phone (or a shared
     # machine) needs for the other thread; it changes no result
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return so
+
+
+def onnx_session(path: Path, threads: int = 2):
+    import onnxruntime as ort
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 # ---- ExecuTorch + XNNPACK ------------------------------------------------------------------------

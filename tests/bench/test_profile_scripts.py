@@ -1,0 +1,39 @@
+"""benchmarks/op_profile.py and xnnpack_gemm_tile.py: the runtime profilers' traces are read and summed."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("runtime,gemm_kind", [("onnxruntime", "Conv"),
+                                              ("executorch", "Fully Connected (NC, F32) GEMM")])
+def test_op_profile_reads_runtime_trace(runtime, gemm_kind):
+    prof = _load("op_profile").profile("edgevit_xxs", fused=True, runtime=runtime, runs=2, img_size=64)
+    kinds = {k["kind"]: k for k in prof["by_kind"]}
+    assert gemm_kind in kinds and kinds[gemm_kind]["ms"] > 0
+    assert abs(sum(k["share"] for k in prof["by_kind"]) - 1) < 1e-9
+    assert prof["ops"] == len(prof["per_op"]) > 20
+    assert prof["total_ms"] == pytest.approx(sum(o["median_ms"] for o in prof["per_op"]))
+    with pytest.raises(ValueError, match="not one of"):
+        _load("op_profile").profile("edgevit_xxs", runtime="tflite")
+
+
+def test_gemm_tile_one_row_per_conv(tmp_path, monkeypatch):
+    out = tmp_path / "tile.json"
+    monkeypatch.setattr(sys, "argv", ["x", "--hw", "8", "--cin", "16", "--cout", "16", "32", "--runs", "2",
+                                      "--json", str(out)])
+    assert _load("xnnpack_gemm_tile").main() == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["cin"], r["cout"]) for r in rows] == [(16, 16), (16, 32)]
+    assert all(r["median_ms"] > 0 and r["gmacs_per_s"] > 0 for r in rows)
