@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/deploy_targets.py --runs 50 --threads 2 --json out/deploy_targets.json
 
 Each runtime is measured in its own process. Within it, every session (EdgeViT XXS/XS/S fused and
-unfused, MobileNetV2) is built and warmed up first, then the timed passes are interleaved round-robin, so that load from other processes on a shared
-machine hits every model alike and the ratios stay meaningful even when absolute times do not.
+unfused, MobileNetV2) is built and warmed up first, then the timed passes are interleaved round-robin, so
+that load from other processes on a shared machine hits every model alike and the ratios stay meaningful
+even when absolute times do not.
 
 Targets (2 threads, batch 1, fp32, mean of the runs):
   executorch   fused XXS >= 1.5x faster than unfused, and <= 1.6x MobileNetV2's latency

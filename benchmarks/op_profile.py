@@ -79,7 +79,8 @@ def profile_onnxruntime(net, x, threads: int, runs: int, warmup: int, desc: str)
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             per_node[(e["args"]["op_name"], e["name"][:-len("_kernel_time")])].append(e["dur"] / 1e3)
-    ops = [{"op": node, "kind": kind, "median_ms": statistics.median(d[warmup:])} for (kind, node), d in per_node.items()]
+    ops = [{"op": node, "kind": kind, "median_ms": statistics.median(d[warmup:])}
+           for (kind, node), d in per_node.items()]
     return {}, ops
 
 

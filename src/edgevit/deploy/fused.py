@@ -27,7 +27,7 @@ What `fuse` folds (all exact up to float rounding; checked against the authors' 
   its GEMMs run 2x faster per multiply-add with 48 output channels than with 36.
 
 Every form is chosen per backend (`BACKENDS`, `set_backend`) from interleaved measurements on the 2-core
-development VM (benchmarks/xnnpack_profile.py shows where XNNPACK spends its time; docs/deploy.md).
+development VM (benchmarks/op_profile.py shows where each runtime spends its time; docs/deploy.md).
 
 timm's repvit/fastvit do the same with `fuse()` / `reparameterize()` on each module; these classes are
 inference-only (no training, no checkpoint loading: the release-layout EdgeViT does that).
@@ -154,8 +154,8 @@ class FusedPatchEmbed(nn.Module):
         if self.impl == "s2d":
             k = self.proj.stride[0]
             B, C, H, W = x.shape
-            x = x.reshape(B, C, H // k, k, W // k, k).permute(0, 1, 3, 5, 2, 4).reshape(B, C * k * k, H // k, W // k)
-            return self.norm(self.proj_s2d(x))
+            x = x.reshape(B, C, H // k, k, W // k, k).permute(0, 1, 3, 5, 2, 4)
+            return self.norm(self.proj_s2d(x.reshape(B, C * k * k, H // k, W // k)))
         return self.norm(self.proj(x))
 
 
@@ -386,14 +386,13 @@ class FusedEdgeViT(nn.Module):
 
 
 def set_backend(model: FusedEdgeViT, backend: str) -> FusedEdgeViT:
-    """Pick the LayerNorm / LocalProp / sampler forms and channel padding that `backend` runs fastest
-    (same outputs)."""
+    """Pick the forms (`set_impl`) and channel padding that `backend` runs fastest (same outputs)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     cfg = BACKENDS[backend]
     if model.pad_multiple != cfg["pad"]:
         pad_channels(model, cfg["pad"])
-    return set_impl(model, ln=cfg["ln"], prop=cfg["prop"], sample=cfg["sample"], embed=cfg["embed"], qkv=cfg["qkv"])
+    return set_impl(model, **{k: v for k, v in cfg.items() if k != "pad"})
 
 
 def set_impl(model: nn.Module, ln: Optional[str] = None, prop: Optional[str] = None,
@@ -508,9 +507,8 @@ def pad_channels(model: FusedEdgeViT, multiple: int) -> FusedEdgeViT:
         return model  # the LSA ablation runs timm's token-layout attention, which has no padded form
     prev = None
     for i, stage in enumerate(model.stages):
-        heads = {m.num_heads for m in stage.modules() if isinstance(m, FusedGlobalBlock)}
-        dim = model.embed_dims[i]
-        width, idx = _padded_index(dim, heads.pop() if len(heads) == 1 else 1, multiple)
+        (heads,) = {m.num_heads for m in stage.modules() if isinstance(m, FusedGlobalBlock)}  # one per stage
+        width, idx = _padded_index(model.embed_dims[i], heads, multiple)
         model.register_buffer(f"real_channels_{i}", idx, persistent=False)
         pe = stage[0]
         pe.proj = _pad_conv(pe.proj, *(prev or (None, pe.proj.in_channels)), idx, width)
@@ -520,7 +518,8 @@ def pad_channels(model: FusedEdgeViT, multiple: int) -> FusedEdgeViT:
             la, gb = blk.local_agg, blk.global_attn
             if isinstance(la, FusedLocalAgg):
                 la.cpe, la.dw = _pad_conv(la.cpe, idx, width, None, 0), _pad_conv(la.dw, idx, width, None, 0)
-                la.pw1, la.pw2 = _pad_conv(la.pw1, idx, width, idx, width), _pad_conv(la.pw2, idx, width, idx, width)
+                la.pw1 = _pad_conv(la.pw1, idx, width, idx, width)
+                la.pw2 = _pad_conv(la.pw2, idx, width, idx, width)
                 la.fc1 = _pad_conv(la.fc1, idx, width, None, la.fc1.out_channels)
                 la.fc2 = _pad_conv(la.fc2, None, la.fc2.in_channels, idx, width)
             gb.cpe = _pad_conv(gb.cpe, idx, width, None, 0)
