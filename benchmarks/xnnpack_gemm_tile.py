@@ -64,8 +64,10 @@ def main() -> int:
         for cout, raw in zip(args.cout, gemms):
             ms = statistics.median(raw[5:])
             macs = args.hw * args.hw * cin * cout
-            rows.append({"hw": args.hw, "cin": cin, "cout": cout, "median_ms": ms, "gmacs_per_s": macs / ms / 1e6})
-            print(f"{args.hw}x{args.hw}  {cin:4d} -> {cout:4d} channels  {ms:7.3f} ms  {macs / ms / 1e6:6.1f} GMAC/s")
+            rate = macs / ms / 1e6 if ms > 0 else None  # (None: below the tracer's 1 us resolution)
+            rows.append({"hw": args.hw, "cin": cin, "cout": cout, "median_ms": ms, "gmacs_per_s": rate})
+            print(f"{args.hw}x{args.hw}  {cin:4d} -> {cout:4d} channels  {ms:7.3f} ms  "
+                  + (f"{rate:6.1f} GMAC/s" if rate else "(below timer resolution: use a larger --hw)"))
     if args.json:
         write_text_atomic(args.json, json.dumps({"threads": args.threads, "rows": rows}, indent=2) + "\n")
     return 0

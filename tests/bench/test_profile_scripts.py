@@ -31,7 +31,7 @@ def test_op_profile_reads_runtime_trace(runtime, gemm_kind):
 
 def test_gemm_tile_one_row_per_conv(tmp_path, monkeypatch):
     out = tmp_path / "tile.json"
-    monkeypatch.setattr(sys, "argv", ["x", "--hw", "8", "--cin", "16", "--cout", "16", "32", "--runs", "2",
+    monkeypatch.setattr(sys, "argv", ["x", "--hw", "56", "--cin", "16", "--cout", "16", "32", "--runs", "2",
                                       "--json", str(out)])
     assert _load("xnnpack_gemm_tile").main() == 0
     rows = json.loads(out.read_text())["rows"]
