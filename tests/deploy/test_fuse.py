@@ -140,3 +140,16 @@ def test_module_fuse_methods_timm_style(make_tiny):
         assert (blk.global_attn.fuse()(la) - blk.global_attn(la)).abs().max().item() <= 1e-4
         assert (blk.fuse()(feat) - blk(feat)).abs().max().item() <= 1e-4
         assert (model.fuse()(x) - model(x)).abs().max().item() <= 1e-4
+
+
+def test_count_params_counts_only_what_runs(make_tiny):
+    """A fused model keeps spare forms (deconv beside pixel shuffle, q/k/v beside the stacked qkv): the
+    bench counts only the parameters one forward pass uses."""
+    from edgevit.models.complexity import count_params
+    model = make_tiny()
+    release = count_params(model)
+    assert count_params(model, 64) == release  # the release graph uses every parameter
+    ort = fuse(model, "onnxruntime")
+    qkv = sum(p.numel() for m in ort.modules() if hasattr(m, "qkv") for p in m.qkv.parameters()) / 1e6
+    assert count_params(ort) - count_params(ort, 64) >= qkv > 0  # the unused q, k, v convs are not counted
+    assert count_params(ort, 64) < release  # BNs and LayerNorm affines folded away

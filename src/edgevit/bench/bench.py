@@ -155,7 +155,7 @@ def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2
         net = runner.model
         results.append({
             "model": e.model, "label": e.label, "fused": e.fused, "runtime": runtime,
-            "img_size": runner.img_size, "params_m": round(count_params(net), 4),
+            "img_size": runner.img_size, "params_m": round(count_params(net, runner.img_size), 4),
             "gmacs": round(count_gmacs(net, runner.img_size), 4),
             "mean_ms": statistics.fmean(times), "std_ms": statistics.pstdev(times) if len(times) > 1 else 0.0,
             "median_ms": statistics.median(times), "runs": runs})
