@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .fused import BACKENDS, FusedEdgeViT, fuse_edgevit, set_backend, set_impl
+from .fused import BACKENDS, FusedEdgeViT, fuse_edgevit, pad_channels, set_backend, set_impl
 
-__all__ = ["fuse", "FusedEdgeViT", "set_backend", "set_impl", "BACKENDS"]
+__all__ = ["fuse", "FusedEdgeViT", "set_backend", "set_impl", "pad_channels", "BACKENDS"]
 
 
 def fuse(model: nn.Module, backend: str = "eager") -> FusedEdgeViT:
     """Inference copy of an EdgeViT with BN/CPE/LayerNorm-affine folded, same outputs (max |diff| <= 1e-4).
 
-    `backend` (one of BACKENDS) picks the LayerNorm / LocalProp forms that runtime runs fastest; the
-    release-layout `model` is left untouched (it is the one that trains and loads checkpoints)."""
+    `backend` (one of BACKENDS) picks the form of each part that runtime runs fastest, and for ExecuTorch
+    pads the stages to XNNPACK's 16-channel GEMM tile; the release-layout `model` is left untouched (it is
+    the one that trains and loads checkpoints)."""
     from ..models.edgevit import EdgeViT
     if isinstance(model, FusedEdgeViT):
         return set_backend(model, backend)
