@@ -4,15 +4,14 @@ pads its 36/72-channel stages to multiples of 16 (`edgevit.deploy.fused.pad_chan
     .venv/bin/python benchmarks/xnnpack_gemm_tile.py [--hw 56] [--cin 36 48 144] [--cout 32 36 40 48 64 144]
 
 Each input width gets one ExecuTorch program holding one 1x1 conv per output width (all on the same
-input); XNNPACK's own per-operator timings (ETDump) give each conv's median time, reported as GMAC/s.
-On the 2-core AMD EPYC development VM (AVX2/FMA3), 36 or 40 output channels ran at ~40 GMAC/s and 32, 48
+input); XNNPACK's own per-operator timings (ETDump, `edgevit.bench.profile`) give each conv's median
+time, reported as GMAC/s. On the 2-core AMD EPYC development VM (AVX2/FMA3), 36 or 40 output channels ran at ~40 GMAC/s and 32, 48
 or 64 at ~85-90: the f32 GEMM kernels tile output channels by 16.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from edgevit.bench.profile import executorch_op_times
 from edgevit.deploy.export import save_pte
 from edgevit.utils.io import write_text_atomic
 
@@ -42,27 +42,18 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    from executorch.devtools import Inspector
-    from executorch.extension.pybindings import portable_lib
-
     torch.set_num_threads(args.threads)
-    portable_lib._unsafe_reset_threadpool(args.threads)
     rows = []
     for cin in args.cin:
         x = torch.randn(1, cin, args.hw, args.hw)
         with tempfile.TemporaryDirectory() as tmp:
-            pte, trace = Path(tmp) / "m.pte", Path(tmp) / "t.etdp"
+            pte = Path(tmp) / "m.pte"
             save_pte(OneByOnes(cin, args.cout).eval(), x, pte)
-            method = portable_lib._load_for_executorch(str(pte), enable_etdump=True, debug_buffer_size=0)
-            for _ in range(args.runs + 5):
-                method.forward((x,))
-            method.write_etdump_result_to_file(str(trace))
-            df = Inspector(etdump_path=str(trace)).to_dataframe()
-        gemms = [raw for name, raw in zip(df.event_name, df.raw) if "GEMM" in name]
+            ops = executorch_op_times(pte, x, args.threads, args.runs, warmup=5, desc=f"{cin} input channels")
+        gemms = [o["median_ms"] for o in ops if "GEMM" in o["kind"]]
         if len(gemms) != len(args.cout):
             raise RuntimeError(f"expected {len(args.cout)} XNNPACK GEMMs in the trace, found {len(gemms)}")
-        for cout, raw in zip(args.cout, gemms):
-            ms = statistics.median(raw[5:])
+        for cout, ms in zip(args.cout, gemms):
             macs = args.hw * args.hw * cin * cout
             rate = macs / ms / 1e6 if ms > 0 else None  # (None: below the tracer's 1 us resolution)
             rows.append({"hw": args.hw, "cin": cin, "cout": cout, "median_ms": ms, "gmacs_per_s": rate})

@@ -21,3 +21,18 @@ def reference_dir() -> Path:
     if not (REFERENCE / "edgevit_xxs_s0.official.safetensors").is_file():
         pytest.fail(f"parity reference not found at {REFERENCE} (set EDGEVIT_REFERENCE)")
     return REFERENCE
+
+
+@pytest.fixture
+def reference_case(reference_dir):
+    """reference_case(variant) -> (release model with the authors' weights, the authors' input/outputs)."""
+    def load(variant: str):
+        import timm
+        from safetensors.torch import load_file
+
+        import edgevit
+        tag = variant.split("_")[1]
+        model = timm.create_model(variant).eval()
+        edgevit.load_checkpoint(model, reference_dir / f"edgevit_{tag}_s0.official.safetensors")
+        return model, load_file(str(reference_dir / f"edgevit_{tag}_224x224_b2_s0.io.safetensors"))
+    return load

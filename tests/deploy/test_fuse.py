@@ -1,22 +1,16 @@
 """`edgevit.deploy.fuse`: the inference graph computes what the release graph (and the authors' code) does."""
 import pytest
-import timm
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file
 
-import edgevit
 from edgevit.deploy import BACKENDS, FusedEdgeViT, fuse, set_impl
 from edgevit.deploy.fused import LN_IMPLS, PROP_IMPLS, SAMPLE_IMPLS, ChannelNorm
 from edgevit.models import VARIANTS
 from edgevit.models.complexity import count_gmacs
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_fused_matches_authors_reference(variant, reference_dir):
-    tag = variant.split("_")[1]
-    model = timm.create_model(variant).eval()
-    edgevit.load_checkpoint(model, reference_dir / f"edgevit_{tag}_s0.official.safetensors")
-    io = load_file(str(reference_dir / f"edgevit_{tag}_224x224_b2_s0.io.safetensors"))
+def test_fused_matches_authors_reference(variant, reference_case):
+    model, io = reference_case(variant)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     # every backend's exact forms: eager (mean norm, deconv), ONNX Runtime (native norm, pooled sampler,
     # one qkv conv), ExecuTorch (channels padded to 16, conv norm, pixel-shuffle LocalProp, space-to-depth embedding)

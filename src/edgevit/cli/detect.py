@@ -129,8 +129,21 @@ def load_image(path: str):
         raise ValueError(f"image {p}: cannot be read as an image ({e})") from e
 
 
-def default_out(image: str, suffix: str) -> Path:
-    return Path(Path(image).stem + suffix)
+def predict_output(args: argparse.Namespace, suffix: str) -> Path:
+    """--out, or IMAGE's stem + suffix in the current directory; a .png name (checked before any work)."""
+    out = Path(args.out) if args.out else Path(Path(args.image).stem + suffix)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out {out}: expected a .png file name")
+    return out
+
+
+def load_trained(args: argparse.Namespace, task: str):
+    """(distributed info, the dense model of --checkpoint on its device) for eval / predict."""
+    from ..dense.engine import load_dense_checkpoint
+    from ..train.distributed import init_distributed
+
+    info = init_distributed(args.device)
+    return info, load_dense_checkpoint(args.checkpoint, task).to(info.device)
 
 
 # ---------------------------------------------------------------- detect
@@ -214,11 +227,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..dense.coco import CocoDetection, resolve_split
-    from ..dense.engine import evaluate_detector, load_dense_checkpoint
-    from ..train.distributed import init_distributed
+    from ..dense.engine import evaluate_detector
 
-    info = init_distributed(args.device)
-    model = load_dense_checkpoint(args.checkpoint, "detect").to(info.device)
+    info, model = load_trained(args, "detect")
     ann, img_dir = resolve_split(args.data, args.split)
     ds = CocoDetection(ann, img_dir)
     if list(ds.cat_ids) != list(model.meta["cat_ids"]):
@@ -239,16 +250,11 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from ..dense.engine import load_dense_checkpoint
     from ..dense.visualize import draw_detections, save_png
-    from ..train.distributed import init_distributed
 
-    out = Path(args.out) if args.out else default_out(args.image, "_det.png")
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"--out {out}: expected a .png file name")
+    out = predict_output(args, "_det.png")
     img = load_image(args.image)
-    info = init_distributed(args.device)
-    model = load_dense_checkpoint(args.checkpoint, "detect").to(info.device)
+    info, model = load_trained(args, "detect")
     # the detector's own pre-NMS score cut (0.05) must not hide what --score-thresh asks to see
     heads = model if model.arch == "retinanet" else model.roi_heads
     heads.score_thresh = min(heads.score_thresh, args.score_thresh)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ..utils.io import print_json
 from .common import add_json_arg, report_train
-from .detect import (add_shapes_parser, add_train_common, config_of, default_out, load_image, positive, require,
-                     setup_run, with_config)
+from .detect import (add_shapes_parser, add_train_common, config_of, load_image, load_trained, positive,
+                     predict_output, require, setup_run, with_config)
 
 
 def _scale(text: str):
@@ -111,11 +111,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..dense.engine import evaluate_segmenter, load_dense_checkpoint
-    from ..train.distributed import init_distributed
+    from ..dense.engine import evaluate_segmenter
 
-    info = init_distributed(args.device)
-    model = load_dense_checkpoint(args.checkpoint, "segment").to(info.device)
+    info, model = load_trained(args, "segment")
     meta = model.meta
     ds = _dataset(args, args.split, False, int(meta["num_classes"]), bool(meta["reduce_zero_label"]), meta["scale"])
     scores = evaluate_segmenter(model, ds, info, class_names=meta["class_names"])
@@ -134,16 +132,12 @@ def run_predict(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
     from ..dense.ade import fit_scale, normalize
-    from ..dense.engine import load_dense_checkpoint, segment_logits
+    from ..dense.engine import segment_logits
     from ..dense.visualize import draw_segmentation, save_png
-    from ..train.distributed import init_distributed
 
-    out = Path(args.out) if args.out else default_out(args.image, "_seg.png")
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"--out {out}: expected a .png file name")
+    out = predict_output(args, "_seg.png")
     img = load_image(args.image)
-    info = init_distributed(args.device)
-    model = load_dense_checkpoint(args.checkpoint, "segment").to(info.device)
+    info, model = load_trained(args, "segment")
     h, w = fit_scale(*img.shape[-2:], model.meta["scale"])
     x = normalize(F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False)[0])
     pred = segment_logits(model, x.to(info.device), img.shape[-2:]).argmax(0).cpu()

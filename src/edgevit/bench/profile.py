@@ -1,0 +1,99 @@
+"""Per-operator times from each runtime's own profiler (used by benchmarks/op_profile.py and
+benchmarks/xnnpack_gemm_tile.py): ExecuTorch's event tracer (ETDump, read with
+`executorch.devtools.Inspector`: one event per XNNPACK operator) and ONNX Runtime's session profiling (one
+event per node of the optimised graph). Per operator: the median over the timed runs."""
+from __future__ import annotations
+
+import collections
+import json
+import re
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Tuple
+
+import torch
+from tqdm import tqdm
+
+from ..deploy.export import save_onnx, save_pte, session_options
+from .runners import default_img_size, load_model
+
+
+def _summary(model, fused, size, threads, runs, report, ops):
+    kinds = collections.Counter()
+    for o in ops:
+        kinds[o["kind"]] += o["median_ms"]
+    total = sum(kinds.values())
+    return {"model": model, "fused": fused, "img_size": size, "threads": threads, "runs": runs,
+            "export": report, "total_ms": total, "ops": len(ops),
+            "by_kind": [{"kind": k, "ms": v, "share": v / total} for k, v in kinds.most_common()], "per_op": ops}
+
+
+def executorch_op_times(pte: Path, x: torch.Tensor, threads: int, runs: int, warmup: int,
+                        desc: str = "profiled") -> List[dict]:
+    """Run the program at `pte` warmup + runs times with ETDump on; one row per delegate operator."""
+    from executorch.devtools import Inspector
+    from executorch.extension.pybindings import portable_lib
+
+    portable_lib._unsafe_reset_threadpool(threads)
+    method = portable_lib._load_for_executorch(str(pte), enable_etdump=True, debug_buffer_size=0)
+    for _ in tqdm(range(warmup + runs), desc=desc, file=sys.stderr):
+        method.forward((x,))
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.etdp"
+        method.write_etdump_result_to_file(str(trace))
+        df = Inspector(etdump_path=str(trace)).to_dataframe()
+    ops = []
+    for name, raw in zip(df.event_name, df.raw):
+        if re.search(r"Method::|Program::|DELEGATE_CALL|OPERATOR_CALL|Execute", name):
+            continue
+        ops.append({"op": name, "kind": re.sub(r" #\d+$", "", name), "median_ms": statistics.median(raw[warmup:])})
+    return ops
+
+
+def profile_executorch(net, x, threads: int, runs: int, warmup: int, desc: str) -> Tuple[dict, List[dict]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        pte = Path(tmp) / "model.pte"
+        report = save_pte(net, x, pte)
+        return report, executorch_op_times(pte, x, threads, runs, warmup, desc)
+
+
+def profile_onnxruntime(net, x, threads: int, runs: int, warmup: int, desc: str):
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        save_onnx(net, x, path)
+        so = session_options(threads)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "ort_profile")
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        name, a = sess.get_inputs()[0].name, x.numpy()
+        for _ in tqdm(range(warmup + runs), desc=desc, file=sys.stderr):
+            sess.run(None, {name: a})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_node = collections.defaultdict(list)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_node[(e["args"]["op_name"], e["name"][:-len("_kernel_time")])].append(e["dur"] / 1e3)
+    ops = [{"op": node, "kind": kind, "median_ms": statistics.median(d[warmup:])}
+           for (kind, node), d in per_node.items()]
+    return {}, ops
+
+
+def profile(model: str, fused: bool = True, runtime: str = "executorch", runs: int = 20, threads: int = 2,
+            img_size: int | None = None) -> dict:
+    """`model` exported as `edgevit bench` does it, profiled in `runtime`: totals per operator kind
+    ("by_kind", slowest first) and per operator ("per_op")."""
+    if runtime not in PROFILERS:
+        raise ValueError(f"--runtime {runtime!r} is not one of {', '.join(PROFILERS)}")
+    torch.set_num_threads(threads)
+    net = load_model(model, fused=fused, runtime=runtime)
+    size = img_size or default_img_size(net)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    report, ops = PROFILERS[runtime](net, x, threads, runs, 3, f"{model} ({runtime}, profiled)")
+    return _summary(model, fused, size, threads, runs, report, ops)
+
+
+PROFILERS = {"executorch": profile_executorch, "onnxruntime": profile_onnxruntime}
