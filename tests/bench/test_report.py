@@ -109,8 +109,10 @@ def test_report_cli_and_bad_input(files, tmp_path, capsys):
     bad.write_text(json.dumps({"results": [{"model": "x"}]}))
     before = (out / "report.md").read_text()
     assert main(["report", "--bench", str(bad), "--out", str(out)]) == 2
+    assert "already holds" in capsys.readouterr().err  # an existing report is refused before anything
+    assert main(["report", "--bench", str(bad), "--out", str(out), "--overwrite"]) == 2
     assert "lacks runtime, mean_ms" in capsys.readouterr().err
-    assert main(["report", "--accuracy", str(tmp_path / "nope.json"), "--out", str(out)]) == 2
+    assert main(["report", "--accuracy", str(tmp_path / "nope.json"), "--out", str(out), "--overwrite"]) == 2
     assert "no such file" in capsys.readouterr().err
     assert (out / "report.md").read_text() == before  # nothing already written is lost
 

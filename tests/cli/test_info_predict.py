@@ -42,7 +42,8 @@ def test_predict_with_authors_checkpoint(repo_cwd, reference_dir, capsys):
     top = json.loads(capsys.readouterr().out)["top"]
     assert len(top) == 3 and top[0]["prob"] >= top[1]["prob"] >= top[2]["prob"]
     # same answer as running the model by hand with timm's eval transform
-    from edgevit.cli.predict import load_image, predict
+    from edgevit.cli.predict import predict
+    from edgevit.utils.images import read_image as load_image
     model = edgevit.load_checkpoint(timm.create_model("edgevit_xxs"), ckpt).eval()
     idx, _ = predict(model, load_image(SAMPLE), 3)
     assert [t["index"] for t in top] == idx
@@ -71,7 +72,8 @@ def test_predict_training_checkpoint_uses_its_classes_and_size(tmp_path, repo_cw
     out = json.loads(capsys.readouterr().out)
     assert out["img_size"] == 64 and out["crop_pct"] == 1.0
     assert sorted(t["label"] for t in out["top"]) == ["no", "yes"]
-    from edgevit.cli.predict import load_image, predict
+    from edgevit.cli.predict import predict
+    from edgevit.utils.images import read_image as load_image
     idx, probs = predict(model.eval(), load_image(SAMPLE), 2, img_size=64, crop_pct=1.0)
     assert [t["index"] for t in out["top"]] == idx
     assert out["top"][0]["prob"] == pytest.approx(probs[0], abs=1e-6)

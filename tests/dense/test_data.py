@@ -138,5 +138,5 @@ def test_ade_bad_labels(ade_copy):
     lab_path.unlink()
     with pytest.raises(FileNotFoundError, match="shapes_000001.png"):
         ADESegmentation(ade_copy, "training", num_classes=4)
-    with pytest.raises(NotADirectoryError, match="images/nosplit"):
+    with pytest.raises(FileNotFoundError, match="images/nosplit"):
         ADESegmentation(ade_copy, "nosplit")

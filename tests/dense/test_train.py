@@ -54,6 +54,13 @@ def test_detect_train_eval_predict(arch, shapes_root, tmp_path, capsys):
     assert len(pred["detections"]) > 0 and all(d["name"] in ("circle", "square", "triangle")
                                                for d in pred["detections"])
     assert ("mask_area" in pred["detections"][0]) == (arch == "maskrcnn")
+    strip = tmp_path / "strip.png"  # a 400x6 panorama: resized to 64 px wide it would be 1 px high
+    Image.new("RGB", (400, 6), (200, 40, 40)).save(strip)
+    assert main(["detect", "predict", str(strip), "--checkpoint", str(run / "last.pth"), "--out",
+                 str(tmp_path / "strip_det.png"), "--score-thresh", "0.0", "--device", "cpu", "--json"]) == 0
+    boxes = [d["box_xyxy"] for d in _json(capsys)["detections"]]
+    assert all(0 <= b[0] <= b[2] <= 400 and 0 <= b[1] <= b[3] <= 6 for b in boxes)
+    assert Image.open(tmp_path / "strip_det.png").size == (400, 6)
 
 
 def test_segment_train_eval_predict(shapes_root, tmp_path, capsys):
@@ -76,6 +83,11 @@ def test_segment_train_eval_predict(shapes_root, tmp_path, capsys):
                  "--device", "cpu", "--json"]) == 0
     pred = _json(capsys)
     assert Image.open(png).size == (64, 64) and sum(pred["class_fractions"].values()) == pytest.approx(1, abs=1e-3)
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (6, 400), (40, 200, 40)).save(strip)
+    assert main(["segment", "predict", str(strip), "--checkpoint", str(run / "last.pth"), "--out",
+                 str(tmp_path / "strip_seg.png"), "--device", "cpu", "--json"]) == 0
+    assert _json(capsys)["size"] == [400, 6]
     # a detection checkpoint is refused by `segment` and vice versa, with a clear message
     assert main(["detect", "eval", "--checkpoint", str(run / "last.pth"), "--data", str(shapes_root)]) == 2
     assert "semfpn checkpoint" in capsys.readouterr().err

@@ -56,12 +56,13 @@ def test_cli_export_bad_input(tmp_path, capsys):
     out = tmp_path / "keep.onnx"
     out.write_bytes(b"old")
     assert main(["export", "--model", "edgevit_xxs", "--format", "onnx", "--img-size", "100", "-o", str(out)]) == 2
-    assert "multiples of 32" in capsys.readouterr().err
-    assert main(["export", "--model", "edgevit_xxxl", "--format", "onnx", "-o", str(out)]) == 2
+    assert "--img-size" in capsys.readouterr().err
+    assert main(["export", "--model", "edgevit_xxs", "--format", "onnx", "-o", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err and out.read_bytes() == b"old"  # refused before any work
+    assert main(["export", "--model", "edgevit_xxxl", "--format", "onnx", "-o", str(out), "--overwrite"]) == 2
     assert "edgevit_xxs" in capsys.readouterr().err  # the error lists the choices
     assert out.read_bytes() == b"old"
-    with pytest.raises(SystemExit):
-        main(["export", "--model", "edgevit_xxs", "--format", "tflite", "-o", str(out)])
+    assert main(["export", "--model", "edgevit_xxs", "--format", "tflite", "-o", str(out)]) == 2
     assert "pte" in capsys.readouterr().err
 
 

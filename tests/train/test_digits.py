@@ -34,7 +34,7 @@ def test_digits_export_counts_split_and_pixels(tmp_path, capsys):
     np.testing.assert_array_equal(np.asarray(Image.open(sample)),
                                   (digits.images[i] * 255 / 16).round().astype(np.uint8))
     assert cli(["data", "digits", "--out", str(out)]) == 2  # refuses to write into a non-empty directory
-    assert "not empty" in capsys.readouterr().err
+    assert "already holds" in capsys.readouterr().err
 
 
 def test_digits_upscaled_size(tmp_path):

@@ -111,7 +111,7 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
     y.write_text("epocs: 3\n")
     with pytest.raises(ValueError, match="epocs"):
         resolve_config({"config": str(y), "data": "d", "output": "o"})
-    with pytest.raises(ValueError, match="--data"):
+    with pytest.raises(ValueError, match="data is required"):
         resolve_config({"output": "o"})
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+from ..errors import DataError, UserError
+from ..utils.io import read_json, require_file
 
 POWERCAP_ROOT = "/sys/class/powercap"
 ENERGY_FORMAT = "edgevit-energy/1"
@@ -81,7 +83,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 # RAPL
 
 
-class RaplUnavailable(RuntimeError):
+class RaplUnavailable(UserError):
     """No readable RAPL energy counter: the message says what is missing and points to the trace mode."""
 
 
@@ -122,7 +124,7 @@ def find_rapl_zones(root: os.PathLike | str = POWERCAP_ROOT, names: Optional[Seq
         picked = [(n, p) for n, p in zones if n in names]
         missing = sorted(set(names) - {n for n, _ in picked})
         if missing:
-            raise ValueError(f"--zone {', '.join(missing)}: no such RAPL zone under {root}; "
+            raise UserError(f"--zone {', '.join(missing)}: no such RAPL zone under {root}; "
                              f"available: {', '.join(n for n, _ in zones)}")
     else:
         picked = [(n, p) for n, p in zones if n.startswith("package")] or zones
@@ -136,8 +138,17 @@ def find_rapl_zones(root: os.PathLike | str = POWERCAP_ROOT, names: Optional[Seq
                 raise RaplUnavailable(
                     f"RAPL counter {fp} is not readable by this user (Linux >= 5.10 restricts it to root: "
                     f"run as root or `sudo chmod o+r {root}/intel-rapl:*/energy_uj`); or {_TRACE_HINT}")
-        out.append(RaplZone(name, p, int((p / "max_energy_range_uj").read_text())))
+        out.append(RaplZone(name, p, _read_counter(p / "max_energy_range_uj")))
     return out
+
+
+def _read_counter(path: Path) -> int:
+    """A powercap counter file: one non-negative integer."""
+    text = path.read_text(errors="replace").strip()
+    if not text.isdigit():
+        raise RaplUnavailable(f"RAPL file {path}: {text[:40]!r} is not a counter value (expected a whole number "
+                              f"of microjoules); {_TRACE_HINT}")
+    return int(text)
 
 
 class RaplReader:
@@ -149,7 +160,7 @@ class RaplReader:
 
     def read(self) -> List[int]:
         try:
-            return [int((z.path / "energy_uj").read_text()) for z in self.zones]
+            return [_read_counter(z.path / "energy_uj") for z in self.zones]
         except PermissionError as e:
             raise RaplUnavailable(f"RAPL counter {e.filename} is not readable by this user; {_TRACE_HINT}")
 
@@ -175,7 +186,7 @@ def measure_rapl(workload: Callable[[], object], n: int = 50, repeats: int = 5, 
     `clock`/`sleep` are injectable so tests can drive a fake powercap tree; `labels` (model, runtime,
     label, img_size) are copied into the result."""
     if n < 1 or repeats < 1:
-        raise ValueError(f"-n {n} and --repeats {repeats} must be >= 1")
+        raise UserError(f"-n {n} and --repeats {repeats} must be >= 1")
     reader = reader or RaplReader(root, zones)
     for _ in range(warmup):
         workload()
@@ -248,7 +259,7 @@ def _find_col(header: List[str], wanted: Optional[str], keys: Sequence[str], pat
             return header.index(wanted)
         if wanted.lower() in low:
             return low.index(wanted.lower())
-        raise ValueError(f"{path}: no column {wanted!r} ({what}); columns are: {', '.join(header)}")
+        raise UserError(f"{path}: no column {wanted!r} ({what}); columns are: {', '.join(header)}")
     bases = [re.split(r"[(\[]", h)[0].strip() for h in low]
     for k in keys:  # exact names first ("main" is a Monsoon current, not "main voltage")
         if k in bases:
@@ -258,7 +269,7 @@ def _find_col(header: List[str], wanted: Optional[str], keys: Sequence[str], pat
                for k in keys):
             return i
     if required:
-        raise ValueError(f"{path}: no {what} column found (looked for a header like "
+        raise UserError(f"{path}: no {what} column found (looked for a header like "
                          f"{' / '.join(keys)}); columns are: {', '.join(header)} - {hint}")
     return None
 
@@ -267,7 +278,7 @@ def _unit(given: Optional[str], header_name: str, allowed: Sequence[str], defaul
           path) -> str:
     unit = given or _unit_in_header(header_name) or default
     if unit not in allowed:
-        raise ValueError(f"{path}: {flag} {unit!r} (from {'the flag' if given else repr(header_name)}) is "
+        raise UserError(f"{path}: {flag} {unit!r} (from {'the flag' if given else repr(header_name)}) is "
                          f"not one of {', '.join(allowed)}")
     return unit
 
@@ -282,20 +293,22 @@ def load_trace(path: os.PathLike | str, time_col: Optional[str] = None, power_co
 
     Columns are found by header name unless given; units come from the flag, else from the header's
     "(unit)", else s / W / A / V.  Bad input -> ValueError naming the file, row and what was expected."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--trace {path}: no such file")
-    with open(path, newline="") as f:
-        sample = f.read(4096)
-        f.seek(0)
-        try:
-            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
-        except csv.Error:
-            dialect = csv.excel
-        rows = list(csv.reader(f, dialect))
+    path = require_file(path, "trace")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            sample = f.read(4096)
+            f.seek(0)
+            try:
+                dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
+            except csv.Error:
+                dialect = csv.excel
+            rows = list(csv.reader(f, dialect))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"trace {path}: not a text CSV file ({type(e).__name__}); expected a header row and "
+                        "one sample per row") from None
     rows = [r for r in rows if r and any(c.strip() for c in r)]
     if not rows:
-        raise ValueError(f"{path}: empty file; expected a CSV with a header row (time and power columns)")
+        raise UserError(f"trace {path}: empty file; expected a CSV with a header row (time and power columns)")
     header = [h.strip() for h in rows[0]]
     data = rows[1:]
     ti = _find_col(header, time_col, ("time", "timestamp", "t"), path, "time", True)
@@ -326,18 +339,18 @@ def load_trace(path: os.PathLike | str, time_col: Optional[str] = None, power_co
             try:
                 arr[r, j] = float(cell)
             except ValueError:
-                raise ValueError(f"{path}: row {r + 2}, column {header[c]!r}: {cell!r} is not a number")
+                raise UserError(f"trace {path}: row {r + 2}, column {header[c]!r}: {cell!r} is not a number")
             if not math.isfinite(arr[r, j]):
-                raise ValueError(f"{path}: row {r + 2}, column {header[c]!r}: {cell!r} is not a finite "
+                raise UserError(f"trace {path}: row {r + 2}, column {header[c]!r}: {cell!r} is not a finite "
                                  "number (NaN/inf); drop or fix those samples")
     if len(arr) < MIN_SAMPLES:
-        raise ValueError(f"{path}: only {len(arr)} samples; need at least {MIN_SAMPLES} to tell idle from "
+        raise UserError(f"trace {path}: only {len(arr)} samples; need at least {MIN_SAMPLES} to tell idle from "
                          "inference (record at >= 1 kHz over the whole run)")
     t = arr[:, 0] * _SCALE[tu]
     bad = np.flatnonzero(np.diff(t) <= 0)
     if bad.size:
         r = int(bad[0]) + 1
-        raise ValueError(f"{path}: time is not strictly increasing at row {r + 2} "
+        raise UserError(f"trace {path}: time is not strictly increasing at row {r + 2} "
                          f"({arr[r - 1, 0]:g} then {arr[r, 0]:g}); expected one sample per row in time order")
     if pi is not None:
         p = arr[:, 1] * _SCALE[pu]
@@ -350,6 +363,11 @@ def load_trace(path: os.PathLike | str, time_col: Optional[str] = None, power_co
         units = {"time": tu, "current": cu, **({"voltage": vu} if vi is not None else {})}
         used = {"time": header[ti], "current": header[ci],
                 "voltage": header[vi] if vi is not None else f"{voltage} V (fixed)"}
+    neg = np.flatnonzero(p < 0)
+    if neg.size:
+        r = int(neg[0])
+        raise DataError(f"trace {path}: power is negative ({p[r]:g} W) at row {r + 2} and {neg.size - 1} other "
+                        "row(s); a supply-side power monitor reads >= 0: check the column and its sign")
     return Trace(t=t, p=p, source={"trace": str(path), "columns": used, "units": units,
                                    "samples": int(len(t))})
 
@@ -402,9 +420,9 @@ def analyze_trace(trace: Trace, n: Optional[int] = None, threshold: float = 0.5,
     of regions is found, the result carries a warning saying so."""
     t, p = trace.t, trace.p
     if not 0 < threshold < 1:
-        raise ValueError(f"--threshold {threshold} must be between 0 and 1 (a fraction of the busy level)")
+        raise UserError(f"--threshold {threshold} must be between 0 and 1 (a fraction of the busy level)")
     if len(t) < MIN_SAMPLES:
-        raise ValueError(f"trace has only {len(t)} samples; need at least {MIN_SAMPLES}")
+        raise UserError(f"trace has only {len(t)} samples; need at least {MIN_SAMPLES}")
     dt = np.diff(t)
     dt_med = float(np.median(dt))
     # 1. despike (Hampel)
@@ -427,7 +445,7 @@ def analyze_trace(trace: Trace, n: Optional[int] = None, threshold: float = 0.5,
         busy_level = float(np.median(net_s[net_s > 0.5 * peak])) if peak > 0 else 0.0
         thr = threshold * busy_level
         if busy_level <= 0 or thr < 4 * noise:
-            raise ValueError(
+            raise UserError(
                 f"{trace.source.get('trace', 'trace')}: no activity found: the busiest samples are only "
                 f"{max(busy_level, 0):.4g} W above the background, against {noise:.4g} W of noise; expected "
                 "inferences drawing clearly more than idle (check the power/current column and units)")
@@ -450,7 +468,7 @@ def analyze_trace(trace: Trace, n: Optional[int] = None, threshold: float = 0.5,
     dropped = int((~keep).sum())
     runs = [r for r, k in zip(runs, keep) if k]
     if not runs:
-        raise ValueError(f"{trace.source.get('trace', 'trace')}: no activity found (no busy region)")
+        raise UserError(f"{trace.source.get('trace', 'trace')}: no activity found (no busy region)")
 
     base = _baseline(t, clean, idle)
     net = clean - base
@@ -489,16 +507,10 @@ def analyze_trace(trace: Trace, n: Optional[int] = None, threshold: float = 0.5,
 def load_energy_json(path: os.PathLike | str) -> List[dict]:
     """Energy results written by `edgevit energy --json` / `-o`: one object or a list of them."""
     import json
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--energy {path}: no such file")
-    try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--energy {path}: not JSON ({e})")
+    obj = read_json(path, "--energy")
     items = obj if isinstance(obj, list) else [obj]
     for i, it in enumerate(items):
         if not isinstance(it, dict) or "energy_mj_mean" not in it or "method" not in it:
-            raise ValueError(f"--energy {path}: item {i} is not an `edgevit energy --json` result "
+            raise UserError(f"--energy {path}: item {i} is not an `edgevit energy --json` result "
                              "(expected keys method, energy_mj_mean, power_w_mean, ...)")
     return items

@@ -18,6 +18,8 @@ from tqdm import tqdm
 
 from ..deploy.export import save_onnx, save_pte, session_options
 from .runners import default_img_size, load_model
+from ..errors import UserError
+from ..utils.quiet import filter_native_stderr
 
 
 def _summary(model, fused, size, threads, runs, report, ops):
@@ -36,8 +38,9 @@ def executorch_op_times(pte: Path, x: torch.Tensor, threads: int, runs: int, war
     from executorch.devtools import Inspector
     from executorch.extension.pybindings import portable_lib
 
-    portable_lib._unsafe_reset_threadpool(threads)
-    method = portable_lib._load_for_executorch(str(pte), enable_etdump=True, debug_buffer_size=0)
+    with filter_native_stderr():
+        portable_lib._unsafe_reset_threadpool(threads)
+        method = portable_lib._load_for_executorch(str(pte), enable_etdump=True, debug_buffer_size=0)
     for _ in tqdm(range(warmup + runs), desc=desc, file=sys.stderr):
         method.forward((x,))
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,7 +90,7 @@ def profile(model: str, fused: bool = True, runtime: str = "executorch", runs: i
     """`model` exported as `edgevit bench` does it, profiled in `runtime`: totals per operator kind
     ("by_kind", slowest first) and per operator ("per_op")."""
     if runtime not in PROFILERS:
-        raise ValueError(f"--runtime {runtime!r} is not one of {', '.join(PROFILERS)}")
+        raise UserError(f"--runtime {runtime!r} is not one of {', '.join(PROFILERS)}")
     torch.set_num_threads(threads)
     net = load_model(model, fused=fused, runtime=runtime)
     size = img_size or default_img_size(net)

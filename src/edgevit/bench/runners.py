@@ -15,12 +15,13 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+from ..errors import UserError
 
 RUNTIMES = ("eager", "torchscript", "ptl", "onnxruntime", "executorch")
 
 def check_runtime(runtime: str) -> str:
     if runtime not in RUNTIMES:
-        raise ValueError(f"--runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+        raise UserError(f"--runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     return runtime
 
 
@@ -41,7 +42,7 @@ def load_model(model: str, fused: bool = True, checkpoint: Optional[str] = None,
                **model_kwargs) -> nn.Module:
     """An eval-mode model ready for inference.  EdgeViT: fused (in `runtime`'s fastest exact form) or
     release layout.  Others: timm's deploy form."""
-    from ..cli.common import create_model
+    from ..models.checkpoint import create_model
     from ..models import VARIANTS
 
     net = create_model(model, checkpoint, **model_kwargs)
@@ -107,7 +108,7 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
     check_runtime(runtime)
     require_package(runtime)
     if threads < 1:
-        raise ValueError(f"--threads {threads} must be >= 1")
+        raise UserError(f"--threads {threads} must be >= 1")
     torch.set_num_threads(threads)
     net = load_model(model, fused=fused, checkpoint=checkpoint, runtime=runtime, **model_kwargs)
     size = int(img_size or default_img_size(net))

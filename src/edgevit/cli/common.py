@@ -1,15 +1,27 @@
-"""Argument helpers shared by the subcommands."""
+"""Argument helpers shared by the subcommands: model/checkpoint flags, output checks, progress, quiet.
+
+Every command that writes declares its outputs through `check_output_file` / `check_output_dir` before
+any work starts: an output that exists is refused with a line saying how to continue (`--resume`) or
+replace it (`--overwrite`), an output that cannot be written (a directory where a file is meant, a file
+where a directory is meant, a read-only place, the command's own input) is refused at once, and the
+files themselves are written atomically (`edgevit.utils.io`), so nothing that exists is lost."""
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterable, Optional
 
-import timm
 import torch
 
-from ..models import VARIANTS, CheckpointError, fit_report
-from ..models.checkpoint import checkpoint_weights, head_classes
-from ..models.edgevit import checkpoint_filter_fn
+from ..models import VARIANTS
+from ..models.checkpoint import create_model, model_from_checkpoint  # noqa: F401 (the commands' model builder)
 from ..utils.io import print_json
+from ..errors import OutputError, UserError
 
 
 def add_model_args(p: argparse.ArgumentParser, default: str = "edgevit_xxs", checkpoint: bool = True) -> None:
@@ -22,41 +34,6 @@ def add_json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def model_from_checkpoint(name: str | None, checkpoint: str | None = None,
-                          **kwargs) -> tuple[torch.nn.Module, dict]:
-    """(eval-mode model, {"config": training config or {}, "classes": class names or None}).
-
-    With a checkpoint, the model name (if `name` is None), its constructor options and the number of
-    classes come from the checkpoint, so a model trained on 10 classes loads as such; explicit kwargs win.
-    Unknown model name -> ValueError listing the EdgeViTs; a checkpoint that does not fit -> CheckpointError."""
-    meta = {"config": {}, "classes": None}
-    if checkpoint:
-        w = checkpoint_weights(checkpoint)
-        meta = {"config": w["config"] or {}, "classes": w["classes"]}
-        name = name or meta["config"].get("model")
-        kwargs = {**(meta["config"].get("model_kwargs") or {}), **kwargs}
-    name = name or "edgevit_xxs"
-    if not timm.is_model(name):
-        raise ValueError(f"--model {name!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)} "
-                         "(or any name from timm.list_models())")
-    if not checkpoint:
-        return timm.create_model(name, **kwargs).eval(), meta
-    # unwraps {"model": ...} / DDP prefixes for any model; renames the authors' EdgeViT layout
-    state_dict = checkpoint_filter_fn(w["state_dict"], timm.create_model(name, **{**kwargs, "num_classes": 1}))
-    kwargs.setdefault("num_classes", head_classes(state_dict) or 1000)
-    model = timm.create_model(name, **kwargs)
-    problems = fit_report(model, state_dict)
-    if problems:
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit {name}: {problems}")
-    model.load_state_dict(state_dict)
-    return model.eval(), meta
-
-
-def create_model(name: str | None, checkpoint: str | None = None, **kwargs) -> torch.nn.Module:
-    """An eval-mode model by name (EdgeViT or any timm model), with a checkpoint's weights if given."""
-    return model_from_checkpoint(name, checkpoint, **kwargs)[0]
-
-
 def report_train(args: argparse.Namespace, result: dict, key: str) -> int:
     """Print how a dense training run ended (`edgevit detect|segment train`)."""
     if args.json:
@@ -67,3 +44,280 @@ def report_train(args: argparse.Namespace, result: dict, key: str) -> int:
         print(f"{state} at iteration {result['iteration']}; last {key} {last.get(key, float('nan')):.4f}, "
               f"best {result['best'] if result['best'] is not None else float('nan'):.4f}; run dir {args.output}")
     return 0
+
+
+# ---------------------------------------------------------------- outputs
+def add_overwrite_arg(p: argparse.ArgumentParser, what: str = "the output") -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace {what} if it exists (the replacement is atomic; without it an existing "
+                        "output is refused)")
+
+
+def _writable_dir(path: Path, flag: str) -> None:
+    """The nearest existing ancestor of `path` must be a directory this process can create files in."""
+    anc = path
+    while not anc.exists():
+        if anc.parent == anc:
+            break
+        anc = anc.parent
+    if not anc.is_dir():
+        raise OutputError(f"{flag} {path}: {anc} is a file, not a directory")
+    try:  # a real probe: os.access says yes to root on a read-only file system
+        fd, probe = tempfile.mkstemp(prefix=".edgevit-probe-", dir=anc)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"{flag} {path}: cannot write in {anc} ({e.strerror})") from None
+
+
+def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool = False,
+                      inputs: Iterable[Optional[str | os.PathLike]] = ()) -> Path:
+    """Refuse, before any work, an output file that exists (unless `overwrite`), is a directory, is one of
+    the command's `inputs`, or lies where nothing can be written."""
+    p = Path(path)
+    if str(path) in ("", "-"):
+        raise OutputError(f"{flag}: expected a file name")
+    if p.is_dir():
+        raise OutputError(f"{flag} {p}: is a directory; expected a file name")
+    for src in inputs:
+        if src and Path(src).exists() and p.exists() and os.path.samefile(src, p):
+            raise OutputError(f"{flag} {p}: is the input {src}; choose another output file")
+    if p.exists() and not overwrite:
+        raise OutputError(f"{flag} {p}: exists; choose a new file name, or replace it with --overwrite")
+    _writable_dir(p.parent if p.parent != Path("") else Path("."), flag)
+    return p
+
+
+def check_output_dir(path: str | os.PathLike, flag: str, overwrite: bool = False,
+                     holds: Optional[Iterable[str]] = None, resume: bool = False) -> Path:
+    """Refuse, before any work, an output directory that holds something (or, with `holds`, one of those
+    names: a run's checkpoints) unless `overwrite` (or, for a run, `resume`); or that is a file or cannot
+    be written."""
+    p = Path(path)
+    if str(path) == "":
+        raise OutputError(f"{flag}: expected a directory name")
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{flag} {p}: is a file; expected a directory")
+    if p.is_dir():
+        present = sorted(e.name for e in p.iterdir() if holds is None or e.name in set(holds))
+        if present and not (overwrite or resume):
+            shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+            how = ("continue that run with --resume auto, or start it again with --overwrite" if holds is not None
+                   else "choose a new directory, or replace it with --overwrite")
+            raise OutputError(f"{flag} {p}: already holds {shown}; {how}")
+    _writable_dir(p, flag)
+    return p
+
+
+# ---------------------------------------------------------------- progress and noise
+def add_progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (there is none either when stderr is not a terminal)")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars only where asked and where a person watches: a terminal on stderr."""
+    return bool(getattr(args, "progress", True)) and sys.stderr.isatty()
+
+
+def quiet_third_party() -> None:
+    """Keep libraries' start-up chatter (deprecations of their own internals, CPU probes) out of the
+    user's output; our own warnings still show."""
+    for mod in ("torch", "torchvision", "timm", "executorch", "torchao", "onnxscript", "onnx", "fvcore",
+                "coremltools", "tensorboard"):
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=mod)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=mod)
+    warnings.filterwarnings("ignore", message=r".*pytree.*")
+    for name in ("torch._export", "torch.export", "torch._dynamo", "torch.onnx", "torch.utils._pytree",
+                 "executorch", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# ---------------------------------------------------------------- config files (every command with --config)
+def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """--config FILE: its keys (option names, '-' or '_') set the options not given on the command line.
+
+    Each value goes through the same check (`type`, `choices`, `nargs`) as its flag, so a config file
+    cannot slip in a value the command line would refuse; errors name the file and the key."""
+    if not getattr(args, "config", None):
+        return args
+    from ..errors import ConfigError
+    from ..train.state import load_config
+    from ..utils.options import check_value
+
+    cfg = load_config(args.config)
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    unknown = [k for k in cfg if k.replace("-", "_") not in actions]
+    if unknown:
+        raise ConfigError(f"config file {args.config}: unknown option(s) {unknown}; known: {sorted(actions)}")
+    explicit = getattr(args, "_explicit", set())
+    for k, v in cfg.items():
+        dest = k.replace("-", "_")
+        if dest in explicit:  # the command line wins, also where it repeats the default
+            continue
+        a = actions[dest]
+        where = f"config file {args.config}: {k}"
+        if v is not None and a.type is not None:
+            nargs = 0 if a.nargs in ("+", "*") else a.nargs if isinstance(a.nargs, int) else None
+            if nargs is not None and not isinstance(v, (list, tuple)):
+                v = [v]
+            v = check_value(a.type, v, where, nargs)
+        elif isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and not isinstance(v, bool):
+            raise ConfigError(f"{where}: {v!r}: expected true or false")
+        if a.choices is not None and v is not None and v not in a.choices:
+            raise ConfigError(f"{where}: {v!r}: expected one of {', '.join(map(str, a.choices))}")
+        setattr(args, dest, v)
+    return args
+
+
+def explicit_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The option dests given on the command line (parsed again with every default suppressed)."""
+    saved = []
+
+    def suppress(p: argparse.ArgumentParser) -> None:
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sp in a.choices.values():
+                    suppress(sp)
+            elif a.option_strings:
+                saved.append((a, a.default))
+                a.default = argparse.SUPPRESS
+
+    suppress(parser)
+    try:
+        ns, _ = parser.parse_known_args(argv)
+    finally:
+        for a, d in saved:
+            a.default = d
+    return set(vars(ns))
+
+
+# ---------------------------------------------------------------- dense prediction (detect, segment)
+def add_train_common(p: argparse.ArgumentParser) -> None:
+    from ..utils.options import nonneg_int, positive_float, positive_int, nonneg_float, rate
+
+    p.add_argument("--config", default=None, help="YAML file of option: value defaults (e.g. configs/dense_*.yaml)")
+    p.add_argument("--model", default="edgevit_xxs", choices=VARIANTS, help="EdgeViT variant")
+    p.add_argument("--backbone-checkpoint", default=None,
+                   help="ImageNet EdgeViT checkpoint (this project's or the authors' layout) for the backbone")
+    p.add_argument("--data", required=False, help="data set root")
+    p.add_argument("--output", required=False, help="run directory (last.pth, best.pth, metrics.jsonl, config.yaml)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="total over all processes (paper: 16)")
+    p.add_argument("--lr", type=positive_float, default=1e-4)
+    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
+    p.add_argument("--drop-path", type=rate, default=0.1, help="backbone stochastic depth rate")
+    p.add_argument("--fpn-channels", type=positive_int, default=256,
+                   help="FPN width (paper: 256; smaller only for quick CPU runs, the heads dominate the cost)")
+    p.add_argument("--clip-grad", type=positive_float, default=None, help="clip the gradient norm to this value")
+    p.add_argument("--workers", type=nonneg_int, default=2, help="DataLoader worker processes per process")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels (on CPU, kill + --resume auto then equals a straight run)")
+    p.add_argument("--resume", default=None, help="'auto' (RUN_DIR/last.pth if present) or a checkpoint path")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --output that holds a run (its checkpoints and logs are deleted first)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--log-every", type=positive_int, default=20, help="iterations between metrics.jsonl loss lines")
+    add_progress_arg(p)
+    add_json_arg(p)
+
+
+def start_dense_train(args: argparse.Namespace, task: str) -> argparse.Namespace:
+    """Config file applied, required options present, the run directory and a --resume file checked: all
+    before any work (data sets, model)."""
+    from ..errors import ConfigError
+    from ..train.state import RUN_FILES
+
+    args = apply_config(args, args._parser)
+    for n in ("data", "output"):
+        if getattr(args, n) in (None, ""):
+            raise ConfigError(f"--{n} is required (on the command line or in the --config file)")
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: continue the run, or start it again")
+    check_output_dir(args.output, "--output", overwrite=args.overwrite, holds=RUN_FILES, resume=bool(args.resume))
+    if args.resume and args.resume != "auto":
+        from ..dense.engine import STATE_KEYS
+        from ..train.state import load_training_state
+
+        load_training_state(args.resume, f"edgevit {task} train", STATE_KEYS)
+    return args
+
+
+def setup_run(args: argparse.Namespace):
+    from ..train.distributed import init_distributed
+    from ..train.state import set_determinism
+
+    info = init_distributed(args.device)
+    set_determinism(args.seed + info.rank, args.deterministic)
+    return info
+
+
+def config_of(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("func", "json") and not k.startswith("_")}
+
+
+def add_shapes_parser(sub) -> None:
+    from ..utils.options import image_size, nonneg_int, positive_int
+
+    p = sub.add_parser("shapes", help="write the bundled synthetic shapes set (COCO json + ADE20K layout)")
+    p.add_argument("output", help="directory to write (images/, annotations/, classes.txt); new or empty")
+    p.add_argument("--num-train", type=positive_int, default=200)
+    p.add_argument("--num-val", type=positive_int, default=50)
+    p.add_argument("--size", type=image_size, default=192, help="image side in pixels (multiple of 32)")
+    p.add_argument("--max-shapes", type=positive_int, default=3)
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--colours", choices=("class", "random"), default="class",
+                   help="class: one hue per class (quick to learn); random: class told by form only")
+    add_overwrite_arg(p, "the whole directory")
+    add_json_arg(p)
+    p.set_defaults(func=run_shapes)
+
+
+def run_shapes(args: argparse.Namespace) -> int:
+    from ..dense.shapes import generate
+    from ..utils.io import replace_dir
+
+    check_output_dir(args.output, "output", overwrite=args.overwrite)
+    with replace_dir(args.output) as tmp:  # no stale files from an earlier set, no half-written set
+        counts = generate(tmp, args.num_train, args.num_val, args.size, args.max_shapes, args.seed, args.colours)
+    result = {"output": str(args.output), **counts}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"wrote {counts['training_images']} training / {counts['validation_images']} validation images "
+              f"({counts['training_instances']} / {counts['validation_instances']} shapes) to {args.output}")
+    return 0
+
+
+def predict_output(args: argparse.Namespace, suffix: str) -> Path:
+    """--out, or IMAGE's stem + suffix in the current directory: a .png name that is not the input and does not
+    exist (unless --overwrite); checked before any work."""
+    from ..errors import ConfigError
+
+    out = Path(args.out) if args.out else Path(Path(args.image).stem + suffix)
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: expected a .png file name")
+    return check_output_file(out, "--out", overwrite=args.overwrite, inputs=[args.image])
+
+
+def add_predict_output_args(p: argparse.ArgumentParser, suffix: str) -> None:
+    p.add_argument("--out", default=None, help=f"output PNG (default: IMAGE_STEM{suffix} here)")
+    add_overwrite_arg(p, "--out")
+
+
+def load_trained(args: argparse.Namespace, task: str):
+    """(distributed info, the dense model of --checkpoint on its device) for eval / predict."""
+    from ..dense.engine import load_dense_checkpoint
+    from ..train.distributed import init_distributed
+
+    info = init_distributed(args.device)
+    return info, load_dense_checkpoint(args.checkpoint, task).to(info.device)
+
+
+def load_image_tensor(path: str):
+    """An image file as a float [3, H, W] tensor in [0, 1] (the detectors' input), by the shared reader."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from ..utils.images import read_image
+
+    return pil_to_tensor(read_image(path)).to(torch.float32).div_(255)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_json_arg
+from ..utils.options import MAX_IMAGE_SIZE, nonneg_int, number, open_fraction
+from .common import add_json_arg, add_overwrite_arg, check_output_dir
 
 
 def register(subparsers) -> None:
@@ -12,18 +13,22 @@ def register(subparsers) -> None:
     d = sub.add_parser("digits", help="scikit-learn's 1,797 handwritten 8x8 digit scans, stratified train/val",
                        description="Writes OUT/train/<0-9>/*.png and OUT/val/<0-9>/*.png (upscaled PNGs).")
     d.add_argument("--out", required=True, help="new or empty output directory")
-    d.add_argument("--size", type=int, default=64, help="PNG side in pixels (default 64)")
-    d.add_argument("--val-fraction", type=float, default=0.2, help="share of each class in val/ (default 0.2)")
-    d.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    d.add_argument("--size", type=number(int, 8, MAX_IMAGE_SIZE), default=64, help="PNG side in pixels (default 64)")
+    d.add_argument("--val-fraction", type=open_fraction, default=0.2, help="share of each class in val/ (default 0.2)")
+    d.add_argument("--seed", type=nonneg_int, default=0, help="split seed (default 0)")
+    add_overwrite_arg(d, "the whole directory")
     add_json_arg(d)
     d.set_defaults(func=run_digits)
 
 
 def run_digits(args: argparse.Namespace) -> int:
     from ..train.digits import export_digits
-    from ..utils.io import print_json
+    from ..utils.io import print_json, replace_dir
 
-    result = export_digits(args.out, args.size, args.val_fraction, args.seed)
+    check_output_dir(args.out, "--out", overwrite=args.overwrite)
+    with replace_dir(args.out) as tmp:  # a complete set or none; no stale files from an earlier one
+        result = export_digits(tmp, args.size, args.val_fraction, args.seed)
+    result["out"] = str(args.out)
     if args.json:
         print_json(result)
     else:

@@ -5,7 +5,14 @@ import argparse
 import json
 import sys
 
-from .common import add_json_arg
+from ..errors import ConfigError
+from ..utils.options import image_size, nonneg_int, open_fraction, positive_float, positive_int
+from .common import add_json_arg, add_overwrite_arg, add_progress_arg, check_output_file, show_progress
+
+# Options that mean something in one mode only; given in the other they would be silently ignored.
+LIVE_ONLY = ("checkpoint", "img_size", "threads", "unfused", "repeats", "warmup", "powercap", "zone")
+TRACE_ONLY = ("time_col", "power_col", "current_col", "voltage_col", "voltage", "time_unit", "power_unit",
+              "current_unit", "voltage_unit", "threshold")
 
 
 def register(sub) -> None:
@@ -23,14 +30,14 @@ def register(sub) -> None:
                       help="runtime (eager, torchscript, ptl, onnxruntime, executorch; live default eager); "
                            "with --trace: a label")
     live.add_argument("--checkpoint", default=None, help="weights (.pth/.safetensors)")
-    live.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
-    live.add_argument("--threads", type=int, default=2, help="intra-op threads")
+    live.add_argument("--img-size", type=image_size, default=None, help="input size (default: the model's)")
+    live.add_argument("--threads", type=positive_int, default=2, help="intra-op threads")
     live.add_argument("--unfused", action="store_true", help="EdgeViT: run the release layout, not the fused one")
-    p.add_argument("-n", "--n", "--runs", dest="n", type=int, default=None,
+    p.add_argument("-n", "--n", "--runs", dest="n", type=positive_int, default=None,
                    help="N inferences: live, forward passes per repeat (default 50); with --trace, how many "
                         "the trace holds (the regions found are checked against it)")
-    live.add_argument("--repeats", type=int, default=5, help="repeats for the spread")
-    live.add_argument("--warmup", type=int, default=5, help="untimed passes first")
+    live.add_argument("--repeats", type=positive_int, default=5, help="repeats for the spread")
+    live.add_argument("--warmup", type=nonneg_int, default=5, help="untimed passes first")
     live.add_argument("--powercap", default="/sys/class/powercap", help="powercap sysfs root")
     live.add_argument("--zone", action="append", default=None,
                       help="RAPL zone name(s) to sum (default: the package-* zones); repeatable")
@@ -40,15 +47,17 @@ def register(sub) -> None:
     tr.add_argument("--power-col", default=None, help="power column")
     tr.add_argument("--current-col", default=None, help="current column (with --voltage-col or --voltage)")
     tr.add_argument("--voltage-col", default=None, help="voltage column")
-    tr.add_argument("--voltage", type=float, default=None, help="fixed supply voltage (V) if not in the trace")
+    tr.add_argument("--voltage", type=positive_float, default=None, help="fixed supply voltage (V) if not in the trace")
     tr.add_argument("--time-unit", choices=("s", "ms", "us"), default=None,
                     help="default: from the header, e.g. 'Time(ms)', else s")
     tr.add_argument("--power-unit", choices=("W", "mW", "uW"), default=None, help="default: header, else W")
     tr.add_argument("--current-unit", choices=("A", "mA", "uA"), default=None, help="default: header, else A")
     tr.add_argument("--voltage-unit", choices=("V", "mV"), default=None, help="default: header, else V")
-    tr.add_argument("--threshold", type=float, default=0.5,
+    tr.add_argument("--threshold", type=open_fraction, default=0.5,
                     help="an inference is where net power exceeds this fraction of the typical busy level")
     p.add_argument("-o", "--output", default=None, help="also write the JSON result to this file")
+    add_overwrite_arg(p, "-o")
+    add_progress_arg(p)
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -57,10 +66,15 @@ def run(args) -> int:
     from ..bench import energy as en
 
     labels = {}
+    wrong = [o for o in (LIVE_ONLY if args.trace else TRACE_ONLY) if o in getattr(args, "_explicit", ())]
+    if wrong:
+        flags = ", ".join("--" + o.replace("_", "-") for o in wrong)
+        raise ConfigError(f"{flags}: only for {'live (RAPL)' if args.trace else 'trace (--trace)'} measurements; "
+                          f"{'drop them or drop --trace' if args.trace else 'give --trace FILE or drop them'}")
+    if args.output:
+        check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=[args.trace])
     if args.trace:
         n = args.n
-        if n is not None and n < 1:
-            raise ValueError(f"--n {n} must be >= 1")
         trace = en.load_trace(args.trace, args.time_col, args.power_col, args.current_col, args.voltage_col,
                               args.time_unit, args.power_unit, args.current_unit, args.voltage_unit,
                               args.voltage)
@@ -70,17 +84,13 @@ def run(args) -> int:
             labels["runtime"] = args.runtime
         result = en.analyze_trace(trace, n=n, threshold=args.threshold, **labels)
     else:
-        try:
-            reader = en.RaplReader(args.powercap, args.zone)  # fail fast, before building the model
-        except en.RaplUnavailable as e:
-            from .main import UserError
-            raise UserError(str(e))
+        reader = en.RaplReader(args.powercap, args.zone)  # fail fast, before building the model
         from ..bench.runners import build_runner
         model, runtime = args.model or "edgevit_xxs", args.runtime or "eager"
         runner = build_runner(model, runtime, img_size=args.img_size, threads=args.threads,
                               fused=not args.unfused, checkpoint=args.checkpoint)
         result = en.measure_rapl(runner, n=args.n or 50, repeats=args.repeats, warmup=args.warmup,
-                                 reader=reader, progress=sys.stderr.isatty(), model=model, runtime=runtime,
+                                 reader=reader, progress=show_progress(args), model=model, runtime=runtime,
                                  label=runner.label, img_size=runner.img_size)
     doc = result.to_json()
     if args.output:

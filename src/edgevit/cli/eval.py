@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
-from .common import add_json_arg
+from ..utils.options import crop_fraction, image_size, json_object, nonneg_int, positive_int
+from .common import add_json_arg, add_progress_arg, show_progress
+from ..errors import UserError
 
 
 def register(subparsers) -> None:
@@ -15,19 +16,21 @@ def register(subparsers) -> None:
         description="Resize to img_size/crop_pct, center-crop img_size, ImageNet mean/std. Works with this "
                     "project's checkpoints (training state or weights) and the authors' .pth. Options not "
                     "given come from the training config stored in the checkpoint.")
-    p.add_argument("--data", required=True, help="ImageFolder directory (DIR/val: one folder per class)")
+    p.add_argument("--data", required=True,
+                   help="ImageFolder directory (one folder per class), or a training root: its val/ is used")
     p.add_argument("--checkpoint", required=True, help="last.pth/best.pth/model.safetensors or the authors' .pth")
     p.add_argument("--model", default=None, help="model name (default: from the checkpoint, else edgevit_xxs)")
-    p.add_argument("--model-kwargs", type=json.loads, default=None,
+    p.add_argument("--model-kwargs", type=json_object, default=None,
                    help="model constructor kwargs as JSON (default: from the checkpoint's training config)")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
-    p.add_argument("--img-size", type=int, default=None, help="crop size (default: checkpoint's, else 224)")
-    p.add_argument("--crop-pct", type=float, default=None, help="center-crop fraction (default 0.875)")
-    p.add_argument("--interpolation", default=None, help="resize interpolation (default bicubic)")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--img-size", type=image_size, default=None, help="crop size (default: checkpoint's, else 224)")
+    p.add_argument("--crop-pct", type=crop_fraction, default=None, help="center-crop fraction (default 0.875)")
+    p.add_argument("--interpolation", default=None, choices=("bicubic", "bilinear", "nearest"),
+                   help="resize interpolation (default: the checkpoint's, else bicubic)")
+    p.add_argument("--batch-size", type=positive_int, default=100)
+    p.add_argument("--workers", type=nonneg_int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_progress_arg(p)
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -42,10 +45,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = evaluate_checkpoint(args.data, args.checkpoint, args.model, args.img_size, args.crop_pct,
                                      args.interpolation, args.batch_size, args.workers, info.device, args.ema,
-                                     progress=args.progress, model_kwargs=args.model_kwargs, rank=info.rank,
+                                     progress=show_progress(args), model_kwargs=args.model_kwargs, rank=info.rank,
                                      world_size=info.world_size)
     except UnreadableImageError as e:
-        raise ValueError(unreadable_image_message(e)) from None
+        raise UserError(unreadable_image_message(e)) from None
     finally:
         cleanup_distributed()
     if not info.is_main:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_json_arg, add_model_args
+from ..utils.options import image_size, positive_int
+from .common import add_json_arg, add_model_args, add_overwrite_arg, add_progress_arg, check_output_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,10 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "TorchScript lite interpreter, torchscript = frozen TorchScript.")
     add_model_args(p)
     p.add_argument("--format", required=True, choices=FORMATS, help="output format")
-    p.add_argument("--img-size", type=int, default=224, help="square input size, a multiple of 32 (default 224)")
+    p.add_argument("--img-size", type=image_size, default=224, help="square input size, a multiple of 32 (default 224)")
     p.add_argument("--no-fuse", action="store_true", help="export the release-layout graph as is")
-    p.add_argument("--threads", type=int, default=2, help="threads for the runtime check (default 2)")
-    p.add_argument("-o", "--output", required=True, help="file to write (replaced only after a successful export)")
+    p.add_argument("--threads", type=positive_int, default=2, help="threads for the runtime check (default 2)")
+    p.add_argument("-o", "--output", required=True, help="file to write (atomically, after a successful check)")
+    add_overwrite_arg(p, "-o")
+    add_progress_arg(p)
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -26,12 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..bench.runners import load_model
     from ..deploy import fuse
-    from ..deploy.export import FORMAT_RUNTIME, export_model
+    from ..deploy.export import FORMAT_RUNTIME, export_model, require_runtime
     from ..models import VARIANTS
     from ..utils.io import print_json
 
-    if args.img_size < 1:
-        raise ValueError(f"--img-size {args.img_size} must be positive")
+    check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=[args.checkpoint])
+    require_runtime(FORMAT_RUNTIME[args.format])
     model = load_model(args.model, fused=False, checkpoint=args.checkpoint)
     fused = args.model in VARIANTS and not args.no_fuse
     if fused:

@@ -8,6 +8,7 @@ import timm
 from ..models import MODEL_ARGS, VARIANTS
 from ..models.complexity import count_gmacs, count_params
 from ..utils.io import print_json
+from ..utils.options import image_size
 
 # Paper, Table 1 (params M, GMACs at 224) and the configurations its text gives.
 PAPER_TABLE1 = {
@@ -48,8 +49,6 @@ def variant_info(name: str, img_size: int = 224) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.img_size <= 0 or args.img_size % 32:
-        raise ValueError(f"--img-size {args.img_size}: must be a positive multiple of 32")
     if args.dense:
         from ..dense.complexity import dense_info
 
@@ -95,7 +94,7 @@ def _fmt(v) -> str:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="params and GMACs per variant beside the paper and the release",
                        description=__doc__)
-    p.add_argument("--img-size", type=int, default=224, help="square input size (multiple of 32)")
+    p.add_argument("--img-size", type=image_size, default=224, help="square input size (multiple of 32)")
     p.add_argument("--dense", action="store_true",
                    help="detection/segmentation models (RetinaNet, Mask R-CNN, Semantic FPN) vs the paper")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -11,24 +11,33 @@ import importlib
 import os
 import pkgutil
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from .. import __version__
+from ..errors import UserError
+from ..train.guard import NonFiniteLossError
+
+# A file the operating system refused (missing, a directory, no permission, read-only place): the
+# error carries the file name, so it is printed as one line too.
+_FILE_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
+DEBUG_ENV = "EDGEVIT_DEBUG"
 
 
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit code 2, no traceback."""
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the option (the usage is one `--help` away)."""
 
-
-# Errors whose message already names the file/argument and what was expected.
-_USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, KeyError, ImportError)
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="edgevit", description="EdgeViTs (Pan et al., ECCV 2022): the released models, training, mobile "
         "export, latency/energy benchmarks and dense prediction. `edgevit COMMAND --help` for each command.")
     parser.add_argument("--version", action="version", version=f"edgevit {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of any error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(_pkg_path()), key=lambda m: m.name):
         if info.name in ("main", "common") or info.name.startswith("_"):
@@ -45,7 +54,17 @@ def _pkg_path() -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    from .common import explicit_options, quiet_third_party
+
+    quiet_third_party()
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # a usage error (one line already printed) or --help / --version
+        return e.code if isinstance(e.code, int) else 2
+    args._explicit = explicit_options(parser, argv)  # what --config files may not override
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # `edgevit ... | head`: the reader left; not an error
@@ -54,10 +73,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("edgevit: interrupted", file=sys.stderr)
         return 130
-    except _USER_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"edgevit {args.command}: error: {msg}", file=sys.stderr)
+    except NonFiniteLossError as e:
+        if debug:
+            raise
+        print(f"edgevit {args.command}: error: {e}. {_after_divergence(args)}", file=sys.stderr)
+        return 3
+    except UserError as e:  # its message names the file or option; anything else is a bug: traceback
+        if debug:
+            raise
+        print(f"edgevit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except _FILE_ERRORS as e:
+        if debug or not e.filename:
+            raise
+        print(f"edgevit {args.command}: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
+
+
+def _after_divergence(args: argparse.Namespace) -> str:
+    """What is on disk after a non-finite loss, and what to change (only flags this command has)."""
+    last = Path(args.output) / "last.pth" if getattr(args, "output", None) else None
+    kept = (f"{last} holds the last checkpoint saved before it; change the recipe and continue with "
+            "--resume auto" if last is not None and last.is_file()
+            else "No checkpoint had been saved yet; change the recipe and start again with --overwrite")
+    amp = "; with --amp float16 try --amp bfloat16" if getattr(args, "amp", None) == "float16" else ""
+    return f"{kept} (e.g. a lower --lr, or --clip-grad 1.0{amp})"  # every training command has both
 
 
 if __name__ == "__main__":

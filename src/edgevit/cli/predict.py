@@ -10,35 +10,38 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from timm.data import ImageNetInfo
 
 from ..models import VARIANTS
 from ..train.data import eval_transform
 from ..utils.io import print_json
 from .common import add_json_arg, model_from_checkpoint
-
-
-def load_image(path: str | Path) -> Image.Image:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path}: no such file")
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"image {path}: not a readable image ({e})") from e
+from ..errors import DataError
+from ..utils.images import read_image
+from ..utils.io import require_file
+from ..utils.options import crop_fraction, image_size, positive_int
 
 
 def read_labels(path: str | Path, num_classes: int) -> list[str]:
-    """Class names from a text file (one per line) or a JSON list."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--labels {path}: no such file")
-    text = path.read_text()
-    names = json.loads(text) if path.suffix == ".json" else [ln.strip() for ln in text.splitlines() if ln.strip()]
+    """Class names from a text file (one per line) or a JSON list of strings."""
+    path = require_file(path, "--labels")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"--labels {path}: not a text file (expected one class name per line, or a JSON list)")
+    if path.suffix == ".json":
+        try:
+            names = json.loads(text)
+        except ValueError as e:
+            raise DataError(f"--labels {path}: not valid JSON ({e})") from None
+        if not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names):
+            raise DataError(f"--labels {path}: expected a JSON list of class names")
+        names = [str(n) for n in names]
+    else:
+        names = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if len(names) != num_classes:
-        raise ValueError(f"--labels {path}: {len(names)} names for a model with {num_classes} classes")
+        raise DataError(f"--labels {path}: {len(names)} names for a model with {num_classes} classes")
     return names
 
 
@@ -52,14 +55,9 @@ def predict(model: torch.nn.Module, image: Image.Image, topk: int = 5, img_size:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.topk < 1:
-        raise ValueError(f"--topk {args.topk}: must be at least 1")
-    image = load_image(args.image)
+    image = read_image(args.image)
     model, meta = model_from_checkpoint(args.model, args.checkpoint)
     names, cfg = meta["classes"], meta["config"]
-    if not args.checkpoint:
-        print("edgevit predict: no --checkpoint given: random weights (no trained EdgeViT weights are "
-              "published), so these classes are meaningless", file=sys.stderr)
     if args.labels:
         names = read_labels(args.labels, model.num_classes)
     elif names is None:
@@ -68,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     img_size = args.img_size or int(cfg.get("img_size") or 224)
     crop_pct = args.crop_pct or float(cfg.get("crop_pct") or 0.875)
     idx, probs = predict(model, image, args.topk, img_size, crop_pct, cfg.get("eval_interpolation") or "bicubic")
+    if not args.checkpoint:
+        print("edgevit predict: warning: no --checkpoint given: random weights (no trained EdgeViT weights are "
+              "published), so these classes are meaningless", file=sys.stderr)
     result = {"image": str(args.image), "model": cfg.get("model") or args.model or "edgevit_xxs",
               "checkpoint": args.checkpoint, "img_size": img_size, "crop_pct": crop_pct,
               "top": [{"index": i, "label": names[i], "prob": p} for i, p in zip(idx, probs)]}
@@ -86,9 +87,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None,
                    help=f"{', '.join(VARIANTS)} or any timm model (default: the checkpoint's, else edgevit_xxs)")
     p.add_argument("--checkpoint", default=None, help="weights: this project's or the authors' .pth/.safetensors")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=positive_int, default=5)
     p.add_argument("--labels", default=None, help="class names: text file (one per line) or JSON list")
-    p.add_argument("--img-size", type=int, default=None, help="default: the checkpoint's training size, else 224")
-    p.add_argument("--crop-pct", type=float, default=None, help="default: the checkpoint's, else 0.875")
+    p.add_argument("--img-size", type=image_size, default=None,
+                   help="default: the checkpoint's training size, else 224")
+    p.add_argument("--crop-pct", type=crop_fraction, default=None, help="default: the checkpoint's, else 0.875")
     add_json_arg(p)
     p.set_defaults(func=run)

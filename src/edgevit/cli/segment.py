@@ -10,10 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..utils.io import print_json
-from .common import add_json_arg, report_train
-from .detect import (add_shapes_parser, add_train_common, config_of, load_image, load_trained, positive,
-                     predict_output, require, setup_run, with_config)
+from ..errors import ConfigError
+from ..utils.io import print_json, require_dir
+from ..utils.options import image_size, nonneg_int, positive_float, positive_int
+from .common import (add_json_arg, add_predict_output_args, add_progress_arg, add_shapes_parser, add_train_common,
+                     config_of, load_image_tensor, load_trained, predict_output, report_train, setup_run,
+                     show_progress, start_dense_train)
 
 
 def _scale(text: str):
@@ -21,13 +23,16 @@ def _scale(text: str):
         vals = [int(v) for v in str(text).split(",")]
     except ValueError:
         vals = []
+    if isinstance(text, (list, tuple)):  # from a config file
+        vals = [v for v in text if isinstance(v, int) and not isinstance(v, bool)]
+        vals = vals if len(vals) == len(text) else []
     if len(vals) != 2 or min(vals) <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: expected LONG,SHORT (e.g. 2048,512)")
     return vals
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-classes", type=int, default=None,
+    p.add_argument("--num-classes", type=positive_int, default=None,
                    help="classes after reduce-zero-label (default: lines of ROOT/classes.txt, else 150)")
     p.add_argument("--no-reduce-zero-label", dest="reduce_zero_label", action="store_false",
                    help="labels are already 0..N-1 (255 = ignore) instead of ADE20K's 0 = other, 1..N")
@@ -42,12 +47,12 @@ def register(subparsers) -> None:
     _add_data_args(t)
     t.add_argument("--train-split", default="training")
     t.add_argument("--val-split", default="validation")
-    t.add_argument("--iters", type=int, default=80000)
-    t.add_argument("--crop-size", type=int, default=512)
+    t.add_argument("--iters", type=positive_int, default=80000)
+    t.add_argument("--crop-size", type=image_size, default=512)
     t.add_argument("--scale", type=_scale, default=[2048, 512], help="LONG,SHORT resize scale before x0.5-2.0")
-    t.add_argument("--poly-power", type=float, default=1.0)
-    t.add_argument("--eval-every", type=int, default=8000, help="iterations between evaluations (0: end only)")
-    t.add_argument("--save-every", type=int, default=2000, help="iterations between checkpoints")
+    t.add_argument("--poly-power", type=positive_float, default=1.0)
+    t.add_argument("--eval-every", type=nonneg_int, default=8000, help="iterations between evaluations (0: end only)")
+    t.add_argument("--save-every", type=positive_int, default=2000, help="iterations between checkpoints")
     t.set_defaults(func=run_train, _parser=t)
 
     e = sub.add_parser("eval", help="mIoU, mAcc and pixel accuracy of a trained checkpoint")
@@ -55,13 +60,14 @@ def register(subparsers) -> None:
     e.add_argument("--data", required=True, help="ADE20K-layout root")
     e.add_argument("--split", default="validation")
     e.add_argument("--device", default="auto")
+    add_progress_arg(e)
     add_json_arg(e)
     e.set_defaults(func=run_eval)
 
     pr = sub.add_parser("predict", help="segment one image; writes a colour-overlay PNG")
     pr.add_argument("image")
     pr.add_argument("--checkpoint", required=True, help="last.pth / best.pth of `edgevit segment train`")
-    pr.add_argument("--out", default=None, help="output PNG (default: IMAGE_STEM_seg.png here)")
+    add_predict_output_args(pr, "_seg.png")
     pr.add_argument("--device", default="auto")
     add_json_arg(pr)
     pr.set_defaults(func=run_predict)
@@ -82,11 +88,8 @@ def run_train(args: argparse.Namespace) -> int:
     from ..dense.models import create_segmenter
     from ..train.distributed import cleanup_distributed
 
-    args = with_config(args)
-    require(args, "data", "output")
-    positive(args, "iters", "batch_size", "lr", "crop_size", "num_classes", "fpn_channels")
-    if not Path(args.data).is_dir():
-        raise NotADirectoryError(f"--data {args.data}: no such directory")
+    args = start_dense_train(args, "segment")
+    require_dir(args.data, "--data", "an ADE20K-layout root")
     names = read_class_names(args.data, args.num_classes)
     n = args.num_classes = len(names)
     train_set = _dataset(args, args.train_split, True, n, args.reduce_zero_label, args.scale, args.crop_size)
@@ -99,12 +102,13 @@ def run_train(args: argparse.Namespace) -> int:
                 "scale": list(args.scale), "reduce_zero_label": bool(args.reduce_zero_label),
                 "fpn_channels": args.fpn_channels}
         result = fit(model, train_set, None, segmentation_loss,
-                     lambda m, d: evaluate_segmenter(m, val_set, d, class_names=names),
+                     lambda m, d: evaluate_segmenter(m, val_set, d, class_names=names, progress=show_progress(args)),
                      run_dir=args.output, total_iters=args.iters, batch_size=args.batch_size, lr=args.lr,
                      weight_decay=args.weight_decay, schedule=poly_schedule(args.iters, args.poly_power),
                      eval_every=args.eval_every, save_every=args.save_every, metric_key="mIoU", meta=meta,
                      cfg=config_of(args), dist_info=info, resume=args.resume, seed=args.seed,
-                     workers=args.workers, clip_grad=args.clip_grad, log_every=args.log_every)
+                     workers=args.workers, clip_grad=args.clip_grad, log_every=args.log_every,
+                     overwrite=args.overwrite, progress=show_progress(args))
     finally:
         cleanup_distributed()
     return report_train(args, result, "mIoU") if info.is_main else 0
@@ -116,7 +120,7 @@ def run_eval(args: argparse.Namespace) -> int:
     info, model = load_trained(args, "segment")
     meta = model.meta
     ds = _dataset(args, args.split, False, int(meta["num_classes"]), bool(meta["reduce_zero_label"]), meta["scale"])
-    scores = evaluate_segmenter(model, ds, info, class_names=meta["class_names"])
+    scores = evaluate_segmenter(model, ds, info, class_names=meta["class_names"], progress=show_progress(args))
     scores = {"checkpoint": str(args.checkpoint), "split": args.split, **scores}
     if args.json:
         print_json(scores)
@@ -136,7 +140,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..dense.visualize import draw_segmentation, save_png
 
     out = predict_output(args, "_seg.png")
-    img = load_image(args.image)
+    img = load_image_tensor(args.image)
     info, model = load_trained(args, "segment")
     h, w = fit_scale(*img.shape[-2:], model.meta["scale"])
     x = normalize(F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False)[0])

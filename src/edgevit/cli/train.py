@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_json_arg
+from .common import add_json_arg, check_output_dir
+from ..errors import ConfigError, UserError
 
 
 def register(subparsers) -> None:
@@ -23,20 +24,23 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..train.data import UnreadableImageError, unreadable_image_message
-    from ..train.guard import NonFiniteLossError
     from ..train.loop import train
     from ..train.recipe import resolve_config
     from ..utils.io import print_json
 
     as_json = args.json
+    from ..train.state import RUN_FILES
+
     cfg = resolve_config({k: v for k, v in vars(args).items() if k not in ("func", "command", "json")})
+    if cfg["resume"] and cfg["overwrite"]:
+        raise ConfigError("--resume and --overwrite exclude each other: continue the run, or start it again")
+    check_output_dir(cfg["output"], "--output", overwrite=cfg["overwrite"], holds=RUN_FILES, resume=bool(cfg["resume"]))
+    cfg["progress"] = cfg["progress"] and sys.stderr.isatty()
+    args.output, args.amp = cfg["output"], cfg["amp"]  # for the message after a divergence
     try:
         summary = train(cfg)
     except UnreadableImageError as e:  # re-raised by a DataLoader worker with its traceback in the message
-        raise ValueError(unreadable_image_message(e)) from None
-    except NonFiniteLossError as e:
-        print(f"edgevit train: error: {e}", file=sys.stderr)
-        return 3
+        raise UserError(unreadable_image_message(e)) from None
     if as_json:
         print_json(summary)
     if summary.get("stopped") == "signal":

@@ -21,6 +21,8 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
+from ..errors import MissingFileError, UserError
+from ..utils.images import read_image
 
 IGNORE = 255
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -32,7 +34,7 @@ def read_class_names(root: str | Path, num_classes: Optional[int] = None) -> Lis
     if f.is_file():
         names = [ln.strip() for ln in f.read_text().splitlines() if ln.strip()]
         if num_classes is not None and len(names) != num_classes:
-            raise ValueError(f"{f} lists {len(names)} classes but --num-classes is {num_classes}")
+            raise UserError(f"{f} lists {len(names)} classes but --num-classes is {num_classes}")
         return names
     return [f"class_{i}" for i in range(num_classes or 150)]
 
@@ -47,7 +49,7 @@ def normalize(img: torch.Tensor) -> torch.Tensor:
 def fit_scale(h: int, w: int, scale: Sequence[int]) -> Tuple[int, int]:
     """mmseg ``Resize(keep_ratio=True)``: largest size with long side <= max(scale), short <= min(scale)."""
     f = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    return int(h * f + 0.5), int(w * f + 0.5)
+    return max(1, int(h * f + 0.5)), max(1, int(w * f + 0.5))  # a 3000x10 strip keeps at least one row
 
 
 class ADESegmentation(Dataset):
@@ -58,17 +60,17 @@ class ADESegmentation(Dataset):
         self.img_dir, self.ann_dir = self.root / "images" / split, self.root / "annotations" / split
         for d in (self.img_dir, self.ann_dir):
             if not d.is_dir():
-                raise NotADirectoryError(f"--data {self.root}: expected directory {d} (ADE20K layout: "
+                raise MissingFileError(f"--data {self.root}: expected directory {d} (ADE20K layout: "
                                          "images/SPLIT and annotations/SPLIT)")
         if crop_size % 32:
-            raise ValueError(f"--crop-size {crop_size}: must be a multiple of 32 (EdgeViT's total stride)")
+            raise UserError(f"--crop-size {crop_size}: must be a multiple of 32 (EdgeViT's total stride)")
         self.images = sorted(p for p in self.img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
         if not self.images:
-            raise FileNotFoundError(f"no images (.jpg/.png) in {self.img_dir}")
+            raise MissingFileError(f"no images (.jpg/.png) in {self.img_dir}")
         self.labels = [self.ann_dir / (p.stem + ".png") for p in self.images]
         missing = [str(p) for p in self.labels if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} label PNG(s) missing for images in {self.img_dir}: "
+            raise MissingFileError(f"{len(missing)} label PNG(s) missing for images in {self.img_dir}: "
                                     f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
         self.num_classes, self.reduce_zero_label, self.train = num_classes, reduce_zero_label, train
         self.crop_size, self.scale, self.ratio_range = crop_size, tuple(scale), tuple(ratio_range)
@@ -81,16 +83,15 @@ class ADESegmentation(Dataset):
         """(image float 0..1 [3, H, W], label int64 [H, W] in 0..num_classes-1 or 255), checked."""
         ipath, lpath = self.images[idx], self.labels[idx]
         try:
-            with Image.open(ipath) as im:
-                img = im.convert("RGB")
+            img = read_image(ipath)
             with Image.open(lpath) as lm:
                 if lm.mode not in ("L", "P", "I", "I;16"):
-                    raise ValueError(f"label {lpath}: mode {lm.mode}, expected a single-channel PNG of class ids")
+                    raise UserError(f"label {lpath}: mode {lm.mode}, expected a single-channel PNG of class ids")
                 lab = np.array(lm, dtype=np.int64)
         except OSError as e:
-            raise ValueError(f"cannot read {ipath} or {lpath} ({e})") from e
+            raise UserError(f"cannot read {ipath} or {lpath} ({e})") from e
         if lab.shape != (img.size[1], img.size[0]):
-            raise ValueError(f"label {lpath} is {lab.shape[1]}x{lab.shape[0]} but image {ipath} is "
+            raise UserError(f"label {lpath} is {lab.shape[1]}x{lab.shape[0]} but image {ipath} is "
                              f"{img.size[0]}x{img.size[1]}")
         if self.reduce_zero_label:
             lab = np.where(lab == 0, IGNORE, lab - 1)
@@ -98,7 +99,7 @@ class ADESegmentation(Dataset):
         bad = np.unique(lab[(lab >= self.num_classes) & (lab != IGNORE)])
         if bad.size:
             shown = (bad + 1 if self.reduce_zero_label else bad)[:10].tolist()
-            raise ValueError(f"label {lpath} has class values {shown} outside 0..{self.num_classes - 1}"
+            raise UserError(f"label {lpath} has class values {shown} outside 0..{self.num_classes - 1}"
                              f"{' after reduce-zero-label (file values 1..' + str(self.num_classes) + ')' if self.reduce_zero_label else ''}"
                              " and not 255 (ignore)")
         return pil_to_tensor(img).float().div_(255), torch.from_numpy(lab)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -20,42 +21,45 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
+from ..errors import MissingFileError, UserError
+from ..utils.io import require_file
+from ..utils.images import read_image
 
 
 def load_coco(ann_file: str | Path):
     """pycocotools COCO object, with the json checked first (pycocotools would assert or KeyError)."""
     from pycocotools.coco import COCO
 
-    ann_file = Path(ann_file)
-    if not ann_file.is_file():
-        raise FileNotFoundError(f"annotation file {ann_file}: no such file")
+    ann_file = require_file(ann_file, "annotation file")
     try:
         data = json.loads(ann_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"annotation file {ann_file}: not valid JSON ({e})") from e
+        raise UserError(f"annotation file {ann_file}: not valid JSON ({e})") from e
     if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
-        raise ValueError(f"annotation file {ann_file}: expected a COCO json with 'images', 'annotations' "
+        raise UserError(f"annotation file {ann_file}: expected a COCO json with 'images', 'annotations' "
                          "and 'categories'")
     for key, fields in (("images", ("id", "file_name", "width", "height")), ("categories", ("id", "name")),
                         ("annotations", ("id", "image_id", "category_id", "bbox"))):
         for item in data[key]:
             missing = [f for f in fields if f not in item]
             if missing:
-                raise ValueError(f"annotation file {ann_file}: an entry of '{key}' lacks {missing}: "
+                raise UserError(f"annotation file {ann_file}: an entry of '{key}' lacks {missing}: "
                                  f"{json.dumps(item)[:200]}")
     cat_ids = {c["id"] for c in data["categories"]}
     img_ids = {im["id"] for im in data["images"]}
     for a in data["annotations"]:
         if a["category_id"] not in cat_ids:
-            raise ValueError(f"annotation file {ann_file}: annotation id {a['id']} has unknown category_id "
+            raise UserError(f"annotation file {ann_file}: annotation id {a['id']} has unknown category_id "
                              f"{a['category_id']} (categories: {sorted(cat_ids)})")
         if a["image_id"] not in img_ids:
-            raise ValueError(f"annotation file {ann_file}: annotation id {a['id']} refers to unknown image_id "
+            raise UserError(f"annotation file {ann_file}: annotation id {a['id']} refers to unknown image_id "
                              f"{a['image_id']}")
         b = a["bbox"]
-        if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
-            raise ValueError(f"annotation file {ann_file}: annotation id {a['id']} has bbox {b!r}; "
-                             "expected [x, y, width, height]")
+        if not (isinstance(b, list) and len(b) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b)
+                and b[2] >= 0 and b[3] >= 0):
+            raise UserError(f"annotation file {ann_file}: annotation id {a['id']} has bbox {b!r}; "
+                             "expected [x, y, width, height] of finite numbers, width and height >= 0")
         a.setdefault("iscrowd", 0)
         a.setdefault("area", float(b[2] * b[3]))
     coco = COCO()
@@ -74,7 +78,7 @@ class CocoDetection(Dataset):
                  seed: int = 0):
         self.ann_file, self.img_dir = Path(ann_file), Path(img_dir)
         if not self.img_dir.is_dir():
-            raise NotADirectoryError(f"image directory {self.img_dir}: no such directory")
+            raise MissingFileError(f"image directory {self.img_dir}: no such directory")
         self.coco = load_coco(self.ann_file)
         self.train, self.masks, self.seed, self.epoch = train, masks, seed, 0
         self.cat_ids = sorted(self.coco.getCatIds())
@@ -84,7 +88,7 @@ class CocoDetection(Dataset):
         missing = [self.coco.imgs[i]["file_name"] for i in self.ids
                    if not (self.img_dir / self.coco.imgs[i]["file_name"]).is_file()]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} image file(s) listed in {self.ann_file} are missing from "
+            raise MissingFileError(f"{len(missing)} image file(s) listed in {self.ann_file} are missing from "
                                     f"{self.img_dir}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
         self.skipped = {"crowd": 0, "degenerate": 0, "outside_image": 0}
         self.annotations: Dict[int, List[Tuple[dict, List[float]]]] = {}
@@ -123,13 +127,9 @@ class CocoDetection(Dataset):
     def load_image(self, image_id: int) -> torch.Tensor:
         info = self.coco.imgs[image_id]
         path = self.img_dir / info["file_name"]
-        try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except OSError as e:
-            raise ValueError(f"image {path}: cannot be read ({e})") from e
+        img = read_image(path)
         if img.size != (info["width"], info["height"]):
-            raise ValueError(f"image {path} is {img.size[0]}x{img.size[1]} but {self.ann_file} says "
+            raise UserError(f"image {path} is {img.size[0]}x{img.size[1]} but {self.ann_file} says "
                              f"{info['width']}x{info['height']}")
         return pil_to_tensor(img).float().div_(255)
 
@@ -173,11 +173,11 @@ def resolve_split(root: str | Path, split: str) -> Tuple[Path, Path]:
     ROOT/SPLIT (COCO 2017 layout) or ROOT/images/SPLIT (the synthetic set's layout) that exists."""
     root = Path(root)
     if not root.is_dir():
-        raise NotADirectoryError(f"--data {root}: no such directory")
+        raise MissingFileError(f"--data {root}: no such directory")
     ann = root / "annotations" / f"instances_{split}.json"
     if not ann.is_file():
-        raise FileNotFoundError(f"--data {root}: expected {ann} (COCO layout: annotations/instances_SPLIT.json)")
+        raise MissingFileError(f"--data {root}: expected {ann} (COCO layout: annotations/instances_SPLIT.json)")
     for d in (root / split, root / "images" / split):
         if d.is_dir():
             return ann, d
-    raise FileNotFoundError(f"--data {root}: no image directory {root / split} or {root / 'images' / split}")
+    raise MissingFileError(f"--data {root}: no image directory {root / split} or {root / 'images' / split}")

@@ -11,6 +11,8 @@ private generator, so a run stopped after iteration k (SIGTERM/SIGINT -> save ->
 """
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -25,11 +27,13 @@ from tqdm import tqdm
 from ..train.distributed import DistInfo, all_reduce_sum
 from ..train.guard import GracefulStop, check_finite
 from ..train.logging import MetricsLogger
-from ..train.state import (CheckpointManager, capture_rng_state, load_training_state, restore_rng_state,
+from ..train.state import (CheckpointManager, capture_rng_state, load_training_state, prepare_run_dir, restore_rng_state,
                            save_config)
 from .ade import IGNORE
 from .metrics import coco_evaluate, confusion_matrix, detections_to_coco, segmentation_scores
 from .models import create_detector, create_segmenter
+from ..errors import UserError
+from ..models.checkpoint import CheckpointError
 
 SINGLE = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), distributed=False)
 
@@ -51,22 +55,30 @@ def poly_schedule(total_iters: int, power: float = 1.0, min_ratio: float = 0.0):
 
 
 # ---------------------------------------------------------------- the loop
+STATE_KEYS = ("model", "optimizer", "scheduler", "iteration", "rng", "meta")
+
+
+def _command(arch: str) -> str:
+    return "edgevit segment train" if arch == "semfpn" else "edgevit detect train"
+
+
 def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Callable, evaluate: Callable,
         *, run_dir: str | Path, total_iters: int, batch_size: int, lr: float, weight_decay: float,
         schedule: Callable[[int], float], eval_every: int, save_every: int, metric_key: str, meta: Dict[str, Any],
         cfg: Dict[str, Any], dist_info: DistInfo = SINGLE, resume: Optional[str] = None, seed: int = 0,
-        workers: int = 0, clip_grad: Optional[float] = None, log_every: int = 20) -> Dict[str, Any]:
+        workers: int = 0, clip_grad: Optional[float] = None, log_every: int = 20,
+        overwrite: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Train for `total_iters` iterations; returns {"iteration", "stopped", "last_eval", "best"}."""
-    run_dir = Path(run_dir)
+    run_dir = prepare_run_dir(run_dir, resume, overwrite, dist_info.is_main)
     device, world = dist_info.device, dist_info.world_size
     if batch_size % world:
-        raise ValueError(f"--batch-size {batch_size} must be divisible by the number of processes ({world})")
+        raise UserError(f"--batch-size {batch_size} must be divisible by the number of processes ({world})")
     per_proc = batch_size // world
     sampler = DistributedSampler(train_set, num_replicas=world, rank=dist_info.rank, shuffle=True, seed=seed,
                                  drop_last=True)
     iters_per_epoch = len(sampler) // per_proc
     if iters_per_epoch == 0:
-        raise ValueError(f"--batch-size {batch_size}: larger than the training set ({len(train_set)} images)")
+        raise UserError(f"--batch-size {batch_size}: larger than the training set ({len(train_set)} images)")
 
     model.to(device)
     optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)  # no decay on norms/biases
@@ -75,10 +87,10 @@ def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Ca
     it = 0
     resume_from = ckpt.resume_path(resume)
     if resume_from is not None:
-        state = load_training_state(resume_from)
-        if state.get("meta", {}).get("arch") != meta["arch"] or state["meta"].get("variant") != meta["variant"]:
-            raise ValueError(f"--resume {resume_from}: a {state.get('meta', {}).get('arch')} / "
-                             f"{state.get('meta', {}).get('variant')} checkpoint, not {meta['arch']} / {meta['variant']}")
+        state = load_training_state(resume_from, _command(meta["arch"]), STATE_KEYS)
+        if state["meta"].get("arch") != meta["arch"] or state["meta"].get("variant") != meta["variant"]:
+            raise CheckpointError(f"checkpoint {resume_from}: a {state['meta'].get('arch')} / "
+                                  f"{state['meta'].get('variant')} run, not {meta['arch']} / {meta['variant']}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -98,7 +110,8 @@ def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Ca
 
     last_eval: Optional[Dict[str, Any]] = None
     stopped = False
-    bar = tqdm(total=total_iters, initial=it, desc="train", disable=not dist_info.is_main, dynamic_ncols=True)
+    bar = tqdm(total=total_iters, initial=it, desc="train", disable=not (progress and dist_info.is_main),
+               dynamic_ncols=True)
     with GracefulStop() as stop:
         while it < total_iters and not stopped:
             epoch, skip = divmod(it, iters_per_epoch)
@@ -184,6 +197,17 @@ def segmentation_loss(model: nn.Module, batch, device: torch.device):
 
 
 @torch.no_grad()
+def pad_for_detector(img: torch.Tensor, min_size: int, max_size: int, floor: int = 32) -> torch.Tensor:
+    """Zero-pad the short side (bottom/right, so box coordinates stay those of `img`) of an image whose
+    aspect ratio is so extreme that torchvision's resize (short side to `min_size`, long side capped at
+    `max_size`) would leave it under `floor` px (one backbone stride; 0 px ends in a size error)."""
+    h, w = img.shape[-2:]
+    f = min(min_size / min(h, w), max_size / max(h, w))
+    need = math.ceil(floor / f)
+    ph, pw = max(0, need - h), max(0, need - w)
+    return F.pad(img, (0, pw, 0, ph)) if ph or pw else img
+
+
 def segment_logits(model: nn.Module, img: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
     """mmseg 'whole' inference: pad to a multiple of 32, forward, crop, resize to `out_size` -> [C, H, W]."""
     h, w = img.shape[-2:]
@@ -214,15 +238,13 @@ def evaluate_segmenter(model: nn.Module, dataset, dist_info: DistInfo = SINGLE, 
 def load_dense_checkpoint(path: str | Path, kind: str) -> nn.Module:
     """A model from a `detect train` / `segment train` checkpoint (last.pth / best.pth), eval mode,
     with `.meta` (arch, variant, class names, sizes)."""
-    state = load_training_state(path)
-    meta = state.get("meta")
-    if not isinstance(meta, dict) or "model" not in state:
-        raise ValueError(f"--checkpoint {path}: not an `edgevit {kind} train` checkpoint (no 'model'/'meta')")
+    state = load_training_state(path, f"edgevit {kind} train", ("model", "meta"))
+    meta = state["meta"]
     if kind == "detect" and meta.get("arch") not in ("retinanet", "maskrcnn"):
-        raise ValueError(f"--checkpoint {path}: a {meta.get('arch')} checkpoint; `edgevit detect` needs "
+        raise UserError(f"--checkpoint {path}: a {meta.get('arch')} checkpoint; `edgevit detect` needs "
                          "retinanet or maskrcnn (use `edgevit segment` for semfpn)")
     if kind == "segment" and meta.get("arch") != "semfpn":
-        raise ValueError(f"--checkpoint {path}: a {meta.get('arch')} checkpoint; `edgevit segment` needs semfpn")
+        raise UserError(f"--checkpoint {path}: a {meta.get('arch')} checkpoint; `edgevit segment` needs semfpn")
     if kind == "detect":
         model = create_detector(meta["arch"], int(meta["num_classes"]), meta["variant"],
                                 min_size=int(meta["min_size"]), max_size=int(meta["max_size"]), drop_path_rate=0.0,

@@ -25,6 +25,7 @@ from torchvision.ops.feature_pyramid_network import (ExtraFPNBlock, FeaturePyram
                                                      LastLevelP6P7)
 
 from ..models import VARIANTS, load_checkpoint
+from ..errors import UserError
 
 ARCHS = ("retinanet", "maskrcnn", "semfpn")
 FPN_CHANNELS = 256
@@ -35,7 +36,7 @@ def create_backbone(variant: str = "edgevit_xxs", checkpoint: Optional[str] = No
     """A headless EdgeViT (no classifier, no final BN), initialised from an ImageNet checkpoint
     in this project's or the authors' layout; the classifier (and final BN) keys are dropped."""
     if variant not in VARIANTS:
-        raise ValueError(f"--model {variant!r}: dense prediction supports the EdgeViTs {', '.join(VARIANTS)}")
+        raise UserError(f"--model {variant!r}: dense prediction supports the EdgeViTs {', '.join(VARIANTS)}")
     body = timm.create_model(variant, num_classes=0, **kwargs)
     if checkpoint:
         load_checkpoint(body, checkpoint, skip=("head.",))
@@ -65,7 +66,7 @@ def retinanet_backbone(body: nn.Module, channels: int = FPN_CHANNELS) -> EdgeViT
     c5 = body.feature_info[3]["num_chs"]
     # P6 from C5 (mmdet 'on_input'); torchvision switches to C5 when its width differs from the FPN's
     if c5 == channels:
-        raise ValueError(f"FPN width {channels} equals C5's: LastLevelP6P7 would take P5, not C5")
+        raise UserError(f"FPN width {channels} equals C5's: LastLevelP6P7 would take P5, not C5")
     return EdgeViTFPN(body, (1, 2, 3), channels, extra_blocks=LastLevelP6P7(c5, channels))
 
 
@@ -101,7 +102,7 @@ def create_detector(arch: str, num_classes: int, variant: str = "edgevit_xxs", c
                          max_size=max_size, **kwargs)
         model.label_offset = 1
     else:
-        raise ValueError(f"--arch {arch!r}: expected one of retinanet, maskrcnn")
+        raise UserError(f"--arch {arch!r}: expected one of retinanet, maskrcnn")
     model.transform.size_divisible = 32  # EdgeViT needs multiples of 32 (torchvision's default already)
     model.arch, model.num_classes, model.variant, model.fpn_channels = arch, num_classes, variant, fpn_channels
     return model

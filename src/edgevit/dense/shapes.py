@@ -22,6 +22,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
+from ..errors import UserError
 
 CATEGORIES = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"}]
 SEG_CLASSES = ["background"] + [c["name"] for c in CATEGORIES]  # after reduce-zero-label
@@ -92,9 +93,9 @@ def generate(root: str | Path, num_train: int = 200, num_val: int = 50, size: in
 
     root = Path(root)
     if size % 32:
-        raise ValueError(f"--size {size}: must be a multiple of 32 (EdgeViT's total stride)")
+        raise UserError(f"--size {size}: must be a multiple of 32 (EdgeViT's total stride)")
     if colours not in COLOURS:
-        raise ValueError(f"--colours {colours!r}: expected one of {list(COLOURS)}")
+        raise UserError(f"--colours {colours!r}: expected one of {list(COLOURS)}")
     rng = np.random.default_rng(seed)
     counts = {}
     root.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from PIL import Image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from ..utils.io import atomic_path
+from ..errors import UserError
 
 
 def palette(n: int) -> List[tuple]:
@@ -46,7 +47,7 @@ def draw_segmentation(image: torch.Tensor, pred: torch.Tensor, num_classes: int,
 def save_png(img: torch.Tensor, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise ValueError(f"--out {path}: expected a .png file name")
+        raise UserError(f"--out {path}: expected a .png file name")
     with atomic_path(path) as tmp:
         Image.fromarray(img.permute(1, 2, 0).cpu().numpy().astype(np.uint8)).save(tmp, format="PNG")
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .fused import BACKENDS, FusedEdgeViT, fuse_edgevit, pad_channels, set_backend, set_impl
+from ..errors import UserError
 
 __all__ = ["fuse", "FusedEdgeViT", "set_backend", "set_impl", "pad_channels", "BACKENDS"]
 
@@ -18,5 +19,5 @@ def fuse(model: nn.Module, backend: str = "eager") -> FusedEdgeViT:
     if isinstance(model, FusedEdgeViT):
         return set_backend(model, backend)
     if not isinstance(model, EdgeViT):
-        raise ValueError(f"fuse() takes an EdgeViT, got {type(model).__name__}")
+        raise UserError(f"fuse() takes an EdgeViT, got {type(model).__name__}")
     return fuse_edgevit(model, backend)

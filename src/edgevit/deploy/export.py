@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 
 from ..utils.io import atomic_path
+from ..utils.quiet import filter_native_stderr
+from ..errors import MissingDependencyError, UserError
 
 FORMATS = ("pte", "onnx", "ptl", "torchscript")
 FORMAT_RUNTIME = {"pte": "executorch", "onnx": "onnxruntime", "ptl": "ptl", "torchscript": "torchscript"}
@@ -29,7 +31,7 @@ def _require(package: str) -> None:
     """ImportError naming the package when it is not installed."""
     import importlib.util
     if importlib.util.find_spec(package) is None:
-        raise ImportError(f"this needs the Python package {package!r}: pip install {package} "
+        raise MissingDependencyError(f"this needs the Python package {package!r}: pip install {package} "
                           "(pinned in requirements.txt)")
 
 
@@ -151,9 +153,10 @@ def executorch_method(path: Path, threads: int = 2):
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
-    portable_lib._unsafe_reset_threadpool(threads)
-    program = Runtime.get().load_program(Path(path))
-    return program.load_method("forward")
+    with filter_native_stderr():  # the C++ runtime's CPU-probe lines, printed on first use
+        portable_lib._unsafe_reset_threadpool(threads)
+        program = Runtime.get().load_program(Path(path))
+        return program.load_method("forward")
 
 
 # ---- one call: fuse, export, verify ----------------------------------------------------------------
@@ -199,7 +202,7 @@ def export_model(model: nn.Module, fmt: str, output: os.PathLike | str, img_size
     The file is written beside `output` and renamed over it only after the check passes, so an existing
     file survives any failure.  Returns a report (max_abs_diff, size, partition counts for pte)."""
     if fmt not in FORMATS:
-        raise ValueError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+        raise UserError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     torch.set_num_threads(threads)
     x = torch.randn(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
     if hasattr(model, "check_input"):
@@ -216,7 +219,7 @@ def export_model(model: nn.Module, fmt: str, output: os.PathLike | str, img_size
         diff = (got.float() - expected).abs().max().item()
         report["max_abs_diff"] = diff
         if not diff <= TOLERANCE:
-            raise ValueError(f"{fmt} export of {output} disagrees with PyTorch: max |diff| {diff:.3g} > "
+            raise UserError(f"{fmt} export of {output} disagrees with PyTorch: max |diff| {diff:.3g} > "
                              f"{TOLERANCE} (file not written)")
         report["bytes"] = tmp.stat().st_size
     return report

@@ -39,6 +39,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ..errors import UserError
 
 LN_IMPLS = ("mean", "conv", "native")
 EMBED_IMPLS = ("conv", "s2d")
@@ -357,9 +358,9 @@ class FusedEdgeViT(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected input [B, {self.in_chans}, H, W], got {list(x.shape)}")
+            raise UserError(f"expected input [B, {self.in_chans}, H, W], got {list(x.shape)}")
         if x.shape[-2] % 32 or x.shape[-1] % 32:
-            raise ValueError(f"input H and W must be multiples of 32 (EdgeViT's total stride), "
+            raise UserError(f"input H and W must be multiples of 32 (EdgeViT's total stride), "
                              f"got {x.shape[-2]}x{x.shape[-1]}")
 
     def real_channels(self, x: torch.Tensor, stage: int) -> torch.Tensor:
@@ -388,7 +389,7 @@ class FusedEdgeViT(nn.Module):
 def set_backend(model: FusedEdgeViT, backend: str) -> FusedEdgeViT:
     """Pick the forms (`set_impl`) and channel padding that `backend` runs fastest (same outputs)."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        raise UserError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     cfg = BACKENDS[backend]
     if model.pad_multiple != cfg["pad"]:
         pad_channels(model, cfg["pad"])
@@ -400,19 +401,19 @@ def set_impl(model: nn.Module, ln: Optional[str] = None, prop: Optional[str] = N
     """Switch the exact alternative forms: LayerNorm (LN_IMPLS), LocalProp (PROP_IMPLS), sampler
     (SAMPLE_IMPLS), patch embedding (EMBED_IMPLS), q/k/v convs (QKV_IMPLS)."""
     if ln is not None and ln not in LN_IMPLS:
-        raise ValueError(f"ln={ln!r} is not one of {LN_IMPLS}")
+        raise UserError(f"ln={ln!r} is not one of {LN_IMPLS}")
     if prop is not None and prop not in PROP_IMPLS:
-        raise ValueError(f"prop={prop!r} is not one of {PROP_IMPLS}")
+        raise UserError(f"prop={prop!r} is not one of {PROP_IMPLS}")
     if sample is not None and sample not in SAMPLE_IMPLS:
-        raise ValueError(f"sample={sample!r} is not one of {SAMPLE_IMPLS}")
+        raise UserError(f"sample={sample!r} is not one of {SAMPLE_IMPLS}")
     if embed is not None and embed not in EMBED_IMPLS:
-        raise ValueError(f"embed={embed!r} is not one of {EMBED_IMPLS}")
+        raise UserError(f"embed={embed!r} is not one of {EMBED_IMPLS}")
     if qkv is not None and qkv not in QKV_IMPLS:
-        raise ValueError(f"qkv={qkv!r} is not one of {QKV_IMPLS}")
+        raise UserError(f"qkv={qkv!r} is not one of {QKV_IMPLS}")
     for m in model.modules():
         if isinstance(m, ChannelNorm) and ln is not None:
             if ln != "conv" and m.real_dim != m.dim:
-                raise ValueError(f"ln={ln!r} cannot skip padding channels; a padded model (pad_channels) "
+                raise UserError(f"ln={ln!r} cannot skip padding channels; a padded model (pad_channels) "
                                  "needs ln='conv'")
             m.impl = ln
         if isinstance(m, FusedPatchEmbed) and embed is not None:
@@ -499,7 +500,7 @@ def pad_channels(model: FusedEdgeViT, multiple: int) -> FusedEdgeViT:
 
     The LayerNorms switch to their `conv` form (the only one that averages over real channels only)."""
     if model.pad_multiple != 1:
-        raise ValueError(f"this model is already padded to a multiple of {model.pad_multiple}; fuse the "
+        raise UserError(f"this model is already padded to a multiple of {model.pad_multiple}; fuse the "
                          "release model again for another backend")
     if multiple == 1:
         return model

@@ -11,17 +11,20 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from .edgevit import checkpoint_filter_fn
+from ..errors import ConfigError, UserError
 
 PathLike = Union[str, os.PathLike]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read, or does not fit the model."""
 
 
 def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     """Tensors of a `.safetensors` or `.pth/.pt/.bin` file (read with weights_only=True)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: is a directory; expected a .pth or .safetensors file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
     try:
@@ -48,7 +51,7 @@ def checkpoint_weights(path: str | Path, ema: bool = False) -> Dict[str, Any]:
     classes = raw.get("classes") if isinstance(raw.get("classes"), list) else None
     if ema:
         if not isinstance(raw.get("model_ema"), dict):
-            raise ValueError(f"--ema: checkpoint {path} holds no EMA weights (train with --model-ema)")
+            raise UserError(f"--ema: checkpoint {path} holds no EMA weights (train with --model-ema)")
         sd = raw["model_ema"]
     else:
         sd = raw
@@ -104,3 +107,42 @@ def save_checkpoint(model: nn.Module, path: PathLike) -> Path:
         else:
             torch.save(state_dict, tmp)
     return path
+
+
+def model_from_checkpoint(name: str | None, checkpoint: str | None = None,
+                          **kwargs) -> tuple[torch.nn.Module, dict]:
+    """(eval-mode model, {"config": training config or {}, "classes": class names or None}).
+
+    With a checkpoint, the model name (if `name` is None), its constructor options and the number of
+    classes come from the checkpoint, so a model trained on 10 classes loads as such; explicit kwargs win.
+    Unknown model name -> ConfigError listing the EdgeViTs; a checkpoint that does not fit -> CheckpointError."""
+    meta = {"config": {}, "classes": None}
+    if checkpoint:
+        w = checkpoint_weights(checkpoint)
+        meta = {"config": w["config"] or {}, "classes": w["classes"]}
+        name = name or meta["config"].get("model")
+        kwargs = {**(meta["config"].get("model_kwargs") or {}), **kwargs}
+    name = name or "edgevit_xxs"
+    import timm
+
+    from . import VARIANTS
+
+    if not timm.is_model(name):
+        raise ConfigError(f"model {name!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)} "
+                         "(or any name from timm.list_models())")
+    if not checkpoint:
+        return timm.create_model(name, **kwargs).eval(), meta
+    # unwraps {"model": ...} / DDP prefixes for any model; renames the authors' EdgeViT layout
+    state_dict = checkpoint_filter_fn(w["state_dict"], timm.create_model(name, **{**kwargs, "num_classes": 1}))
+    kwargs.setdefault("num_classes", head_classes(state_dict) or 1000)
+    model = timm.create_model(name, **kwargs)
+    problems = fit_report(model, state_dict)
+    if problems:
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit {name}: {problems}")
+    model.load_state_dict(state_dict)
+    return model.eval(), meta
+
+
+def create_model(name: str | None, checkpoint: str | None = None, **kwargs) -> torch.nn.Module:
+    """An eval-mode model by name (EdgeViT or any timm model), with a checkpoint's weights if given."""
+    return model_from_checkpoint(name, checkpoint, **kwargs)[0]

@@ -12,6 +12,8 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, SequentialSampler
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from ..errors import MissingFileError, UserError
+from ..utils.images import read_image
 
 __all__ = ["UnreadableImageError", "CheckedImageFolder", "check_split_dir", "check_data_root",
            "train_transform", "eval_transform", "build_train_loader", "build_eval_loader", "ShardSampler",
@@ -33,7 +35,7 @@ for _name, _op in list(_auto_augment.NAME_TO_OP.items()):
         _auto_augment.NAME_TO_OP[_name] = _posterize_any_bits
 
 
-class UnreadableImageError(ValueError):
+class UnreadableImageError(UserError):
     """An image file PIL cannot decode; the message names the file."""
 
 
@@ -47,12 +49,10 @@ def unreadable_image_message(e: BaseException) -> str:
 
 
 def _load_rgb(path: str) -> Image.Image:
-    try:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            return img.convert("RGB")
-    except Exception as e:  # truncated, corrupt or not an image: name the file instead of a PIL traceback
-        raise UnreadableImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+    try:  # the shared reader: 16-bit / float images scaled by their range, not clipped
+        return read_image(path)
+    except UserError as e:  # truncated, corrupt or not an image: name the file instead of a PIL traceback
+        raise UnreadableImageError(f"cannot read image {path}: {e}") from None
 
 
 class CheckedImageFolder(ImageFolder):
@@ -77,14 +77,14 @@ def check_split_dir(d: Path, what: str) -> List[str]:
     """The class folder names of an ImageFolder directory, or a clear error if it is missing or empty."""
     d = Path(d)
     if not d.is_dir():
-        raise FileNotFoundError(f"{what} {d}: no such directory (expected ImageFolder layout: {d}/<class>/<image>)")
+        raise MissingFileError(f"{what} {d}: no such directory (expected ImageFolder layout: {d}/<class>/<image>)")
     classes = _class_dirs(d)
     if not classes:
-        raise ValueError(f"{what} {d}: no class folders inside (expected ImageFolder layout: {d}/<class>/<image>)")
+        raise UserError(f"{what} {d}: no class folders inside (expected ImageFolder layout: {d}/<class>/<image>)")
     exts = tuple(IMG_EXTENSIONS)
     for c in classes:
         if not any(f.is_file() and f.name.lower().endswith(exts) for f in (d / c).iterdir()):
-            raise ValueError(f"{what} {d}: class folder {c!r} holds no images ({', '.join(exts)})")
+            raise UserError(f"{what} {d}: class folder {c!r} holds no images ({', '.join(exts)})")
     return classes
 
 
@@ -92,13 +92,13 @@ def check_data_root(root: str | Path) -> Tuple[Path, Path, List[str]]:
     """root/train and root/val with the same class folders; returns (train_dir, val_dir, classes)."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"--data {root}: no such directory (expected {root}/train and {root}/val)")
+        raise MissingFileError(f"--data {root}: no such directory (expected {root}/train and {root}/val)")
     train_classes = check_split_dir(root / "train", "--data train split")
     val_classes = check_split_dir(root / "val", "--data val split")
     if train_classes != val_classes:
         only_t = sorted(set(train_classes) - set(val_classes))
         only_v = sorted(set(val_classes) - set(train_classes))
-        raise ValueError(f"--data {root}: train/ and val/ have different class folders "
+        raise UserError(f"--data {root}: train/ and val/ have different class folders "
                          f"(only in train: {only_t[:10]}, only in val: {only_v[:10]})")
     return root / "train", root / "val", train_classes
 
@@ -200,7 +200,7 @@ class _EpochRandomSampler(Sampler[int]):
 def build_train_loader(dataset, sampler: Sampler, cfg: dict, device: torch.device, skip_batches: int = 0):
     skip = SkipSampler(sampler, skip_batches * cfg["batch_size"])
     if len(skip) < cfg["batch_size"] and skip_batches == 0:
-        raise ValueError(f"--data: the train split has {len(dataset)} images, fewer per process than "
+        raise UserError(f"--data: the train split has {len(dataset)} images, fewer per process than "
                          f"--batch-size {cfg['batch_size']}; lower --batch-size")
     return DataLoader(dataset, batch_size=cfg["batch_size"], sampler=skip, drop_last=True,
                       **_loader_kwargs(cfg["workers"], device))

@@ -6,6 +6,7 @@ from typing import Dict
 
 import numpy as np
 from PIL import Image
+from ..errors import OutputError, UserError
 
 __all__ = ["export_digits"]
 
@@ -17,12 +18,12 @@ def export_digits(out: str | Path, size: int = 64, val_fraction: float = 0.2, se
     from sklearn.model_selection import train_test_split
 
     if size < 8:
-        raise ValueError(f"--size {size}: expected at least 8 (the scans are 8x8)")
+        raise UserError(f"--size {size}: expected at least 8 (the scans are 8x8)")
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"--val-fraction {val_fraction}: expected a value between 0 and 1")
+        raise UserError(f"--val-fraction {val_fraction}: expected a value between 0 and 1")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"--out {out}: directory is not empty (choose a new one; nothing was written)")
+        raise OutputError(f"digits output {out}: directory is not empty (choose a new one; nothing was written)")
     digits = load_digits()
     images = (digits.images * (255.0 / 16.0)).round().clip(0, 255).astype(np.uint8)
     idx = np.arange(len(images))

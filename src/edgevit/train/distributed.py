@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from ..errors import UserError
 
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_sum", "barrier"]
 
@@ -28,11 +29,11 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {device!r}: CUDA is not available on this machine (use --device cpu)")
+            raise UserError(f"--device {device!r}: CUDA is not available on this machine (use --device cpu)")
         # Under torchrun each process owns the GPU of its LOCAL_RANK; a bare "cuda" means that one.
         return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
     if device != "cpu":
-        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+        raise UserError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
     return torch.device("cpu")
 
 

@@ -15,6 +15,7 @@ from ..models.checkpoint import checkpoint_weights, head_classes
 from ..models.edgevit import checkpoint_filter_fn
 from .data import CheckedImageFolder, build_eval_loader, check_split_dir, eval_transform
 from .distributed import all_reduce_sum
+from ..errors import UserError
 
 __all__ = ["evaluate", "checkpoint_weights", "evaluate_checkpoint", "head_classes"]
 
@@ -55,34 +56,40 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
     """Evaluate `checkpoint` on the ImageFolder `data` (e.g. DIR/val). Options not given come from the
     training config stored in the checkpoint, then the recipe's defaults (224, crop 0.875, bicubic)."""
     device = device or torch.device("cpu")
-    folder_classes = check_split_dir(Path(data), "--data")
+    data = Path(data)
+    if (data / "train").is_dir() and (data / "val").is_dir():  # the root `edgevit train` takes: its val split
+        data = data / "val"
+    folder_classes = check_split_dir(data, "--data")
     w = checkpoint_weights(checkpoint, ema=ema)
     cfg = w["config"] or {}
     model_name = model_name or cfg.get("model") or "edgevit_xxs"
     if not timm.is_model(model_name):
-        raise ValueError(f"--model {model_name!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)}")
+        raise UserError(f"--model {model_name!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)}")
     kwargs = dict(cfg.get("model_kwargs") or {}) if model_kwargs is None else dict(model_kwargs)
     img_size = int(img_size or cfg.get("img_size") or 224)
     crop_pct = float(crop_pct or cfg.get("crop_pct") or 0.875)
     interpolation = interpolation or cfg.get("eval_interpolation") or "bicubic"
 
+    from .recipe import check_model_options
+
+    check_model_options(model_name, kwargs)
     probe = timm.create_model(model_name, num_classes=1, **kwargs)
     state_dict = checkpoint_filter_fn(w["state_dict"], probe) if model_name in VARIANTS else w["state_dict"]
     num_classes = head_classes(state_dict)
     if num_classes is None:
-        raise ValueError(f"checkpoint {checkpoint}: no classifier head found (head.weight)")
+        raise UserError(f"checkpoint {checkpoint}: no classifier head found (head.weight)")
     classes = w["classes"]
     if classes is not None and sorted(classes) != folder_classes:
-        raise ValueError(f"--data {data}: class folders differ from the {len(classes)} classes the checkpoint "
+        raise UserError(f"--data {data}: class folders differ from the {len(classes)} classes the checkpoint "
                          f"was trained on (only in data: {sorted(set(folder_classes) - set(classes))[:10]}, "
                          f"missing: {sorted(set(classes) - set(folder_classes))[:10]})")
     if num_classes != len(folder_classes):
-        raise ValueError(f"checkpoint {checkpoint} has a {num_classes}-class head but --data {data} has "
+        raise UserError(f"checkpoint {checkpoint} has a {num_classes}-class head but --data {data} has "
                          f"{len(folder_classes)} class folders")
     model = timm.create_model(model_name, num_classes=num_classes, **kwargs)
     problems = fit_report(model, state_dict)
     if problems:
-        raise ValueError(f"checkpoint {checkpoint} does not fit {model_name}: {problems}")
+        raise UserError(f"checkpoint {checkpoint} does not fit {model_name}: {problems}")
     model.load_state_dict(state_dict)
     model.to(device).eval()
 

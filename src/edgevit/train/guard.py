@@ -48,13 +48,11 @@ class GracefulStop:
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; training stops and the last good checkpoint stays on disk."""
+    """The loss became NaN or inf; training stops and whatever checkpoint was saved before stays on disk
+    (the caller says which, if any)."""
 
 
 def check_finite(loss: torch.Tensor, step: int, epoch: int) -> None:
     value = float(loss.detach().float().item())
     if not math.isfinite(value):
-        raise NonFiniteLossError(
-            f"loss is {value} at epoch {epoch}, step {step}: training stopped. The last good checkpoint "
-            "(last.pth in the run directory, written at the end of the previous epoch) is kept; "
-            "lower --lr, add --clip-grad, or use --amp-dtype bfloat16 instead of float16, then --resume auto.")
+        raise NonFiniteLossError(f"loss is {value} at epoch {epoch}, step {step}: training stopped")

@@ -33,8 +33,9 @@ from .evaluate import evaluate
 from .guard import GracefulStop, check_finite
 from .logging import MetricsLogger
 from .recipe import amp_dtype, scaled_lr
-from .state import (CheckpointManager, capture_rng_state, load_training_state, restore_rng_state, save_config,
+from .state import (CheckpointManager, capture_rng_state, load_training_state, prepare_run_dir, restore_rng_state, save_config,
                     set_determinism)
+from ..errors import UserError
 
 __all__ = ["train"]
 
@@ -62,7 +63,7 @@ def load_pretrained(model: torch.nn.Module, path: str, model_name: str) -> None:
     try:
         load_checkpoint(model, path, skip=tuple(_head_keys(model)))
     except CheckpointError as e:
-        raise ValueError(f"--pretrained {path} does not fit {model_name} (apart from the head): {e}") from e
+        raise UserError(f"--pretrained {path} does not fit {model_name} (apart from the head): {e}") from e
 
 
 def _load_model_weights(model, sd, path, cfg) -> None:
@@ -73,10 +74,10 @@ def _load_model_weights(model, sd, path, cfg) -> None:
         target = model.state_dict()
         conflicts = {k for k in sd if k in target and sd[k].shape != target[k].shape}
         if conflicts and conflicts <= _head_keys(model):
-            raise ValueError(f"checkpoint {path}: its classifier head does not fit {cfg['num_classes']} classes "
+            raise UserError(f"checkpoint {path}: its classifier head does not fit {cfg['num_classes']} classes "
                              f"({problems}); to fine-tune it on new classes use --pretrained {path} "
                              f"--num-classes {cfg['num_classes']} with a new --output directory")
-        raise ValueError(f"checkpoint {path} does not fit {cfg['model']}: {problems}")
+        raise UserError(f"checkpoint {path} does not fit {cfg['model']}: {problems}")
     model.load_state_dict(sd)
 
 
@@ -106,15 +107,17 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
 
-    if not cfg["resume"] and (run_dir / "last.pth").exists():  # never overwrite a run by accident
-        raise ValueError(f"--output {run_dir} already holds a run (last.pth): continue it with --resume auto "
-                         "or choose a new --output")
+    prepare_run_dir(run_dir, cfg["resume"], cfg["overwrite"], info.is_main)  # never replace a run by accident
+    ckpt = CheckpointManager(run_dir, info.is_main)
+    resume_from = ckpt.resume_path(cfg["resume"])
+    state = (load_training_state(resume_from, "edgevit train", ("model", "optimizer", "scheduler", "epoch", "rng"))
+             if resume_from is not None else None)  # checked before any work
 
     # ---- data ---------------------------------------------------------------------------------------
     train_dir, val_dir, classes = check_data_root(cfg["data"])
     num_classes = cfg["num_classes"] or len(classes)
     if cfg["num_classes"] and cfg["num_classes"] != len(classes):
-        raise ValueError(f"--num-classes {cfg['num_classes']} but --data {cfg['data']} has {len(classes)} "
+        raise UserError(f"--num-classes {cfg['num_classes']} but --data {cfg['data']} has {len(classes)} "
                          "class folders")
     cfg = {**cfg, "num_classes": num_classes}
     train_set = CheckedImageFolder(train_dir, train_transform(cfg))
@@ -124,7 +127,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
     steps = len(sampler) // cfg["batch_size"]
     updates_per_epoch = steps // cfg["accum_steps"]
     if updates_per_epoch < 1:
-        raise ValueError(f"--data {cfg['data']}: {len(sampler)} training images per process give no full "
+        raise UserError(f"--data {cfg['data']}: {len(sampler)} training images per process give no full "
                          f"optimizer step at --batch-size {cfg['batch_size']} x --accum-steps {cfg['accum_steps']}")
     steps = updates_per_epoch * cfg["accum_steps"]
     eval_bs = cfg["eval_batch_size"] or max(1, int(1.5 * cfg["batch_size"]))
@@ -135,7 +138,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
                      switch_prob=cfg["mixup_switch_prob"], mode=cfg["mixup_mode"],
                      label_smoothing=cfg["smoothing"], num_classes=num_classes) if mixup_on else None
     if mixup_on and cfg["batch_size"] % 2:
-        raise ValueError(f"--batch-size {cfg['batch_size']}: mixup/cutmix need an even batch per process")
+        raise UserError(f"--batch-size {cfg['batch_size']}: mixup/cutmix need an even batch per process")
     if mixup_on:
         criterion = SoftTargetCrossEntropy()  # smoothing is inside the mixed targets
     elif cfg["smoothing"] > 0:
@@ -145,7 +148,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
 
     # ---- model, optimiser, schedule, EMA ------------------------------------------------------------
     if not timm.is_model(cfg["model"]):
-        raise ValueError(f"--model {cfg['model']!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)}")
+        raise UserError(f"--model {cfg['model']!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)}")
     model = timm.create_model(cfg["model"], num_classes=num_classes, drop_rate=cfg["drop"],
                               drop_path_rate=cfg["drop_path"], **cfg["model_kwargs"])
     if cfg["pretrained"]:
@@ -182,11 +185,8 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
                                             gradient_as_bucket_view=True)
 
     # ---- resume -------------------------------------------------------------------------------------
-    ckpt = CheckpointManager(run_dir, info.is_main)
     start_epoch, skip_steps, num_updates = 0, 0, 0
-    resume_from = ckpt.resume_path(cfg["resume"])
-    if resume_from is not None:
-        state = load_training_state(resume_from)
+    if state is not None:
         _load_model_weights(model, state["model"], resume_from, cfg)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -11,82 +11,90 @@ repeated augmentation (3 repeats), drop path 0.1. The release sets drop path by 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any, Dict, Optional
 
+from ..utils.options import (check_pair, check_value, choice, crop_fraction, image_size, json_object,
+                             nonneg_float, nonneg_int, open_fraction, positive_float, positive_int,
+                             probability, rate)
 from .state import load_config
+from ..errors import ConfigError
 
 __all__ = ["RECIPE", "DROP_PATH", "add_recipe_args", "resolve_config", "scaled_lr"]
 
-# name: (default, type, help).  `type` is used for command-line parsing; YAML values keep their own type.
+INTERPOLATION = choice("bicubic", "bilinear", "nearest", "random")
+
+# name: (default, check, help). `check` parses and range-checks a flag's text and a YAML value alike
+# (edgevit.utils.options), so nonsense is refused before any work, naming the flag or the file and key.
 RECIPE: Dict[str, tuple] = {
     # run
     "data": (None, str, "dataset root holding train/ and val/ in ImageFolder layout (required)"),
     "output": (None, str, "run directory: checkpoints, config.yaml, metrics.jsonl (required)"),
     "model": ("edgevit_xxs", str, "EdgeViT variant or any timm model"),
-    "model_kwargs": ({}, json.loads, "extra model constructor kwargs as JSON, e.g. '{\"depths\": [1,1,1,1]}'"),
-    "num_classes": (None, int, "classes (default: number of class folders in train/)"),
+    "model_kwargs": ({}, json_object, "extra model constructor kwargs as JSON, e.g. '{\"depths\": [1,1,1,1]}'"),
+    "num_classes": (None, positive_int, "classes (default: number of class folders in train/)"),
     "pretrained": (None, str, "fine-tune: load this checkpoint (ours or the authors'), re-initialise the head"),
     "resume": (None, str, "'auto' (RUN_DIR/last.pth if present) or a checkpoint path to continue from"),
-    "seed": (0, int, "random seed (each rank adds its rank)"),
+    "overwrite": (False, bool, "start again in an --output that holds a run: its checkpoints, config and "
+                               "metrics are deleted first (without it such a directory is refused)"),
+    "seed": (0, nonneg_int, "random seed (each rank adds its rank)"),
     "deterministic": (False, bool, "deterministic kernels; on CPU, kill + resume gives the same weights"),
     "device": ("auto", str, "auto, cpu, cuda"),
     # schedule and optimiser
-    "epochs": (300, int, "training epochs"),
-    "batch_size": (128, int, "images per process per step"),
-    "accum_steps": (1, int, "gradient accumulation steps (global batch = batch_size x processes x accum_steps)"),
-    "lr": (None, float, "peak learning rate (default: base_lr x global_batch / base_batch)"),
-    "base_lr": (1e-3, float, "learning rate for a global batch of base_batch"),
-    "base_batch": (1024, int, "the global batch base_lr refers to"),
+    "epochs": (300, positive_int, "training epochs"),
+    "batch_size": (128, positive_int, "images per process per step"),
+    "accum_steps": (1, positive_int, "gradient accumulation steps (global batch = batch_size x processes x accum_steps)"),
+    "lr": (None, nonneg_float, "peak learning rate (default: base_lr x global_batch / base_batch)"),
+    "base_lr": (1e-3, positive_float, "learning rate for a global batch of base_batch"),
+    "base_batch": (1024, positive_int, "the global batch base_lr refers to"),
     "opt": ("adamw", str, "timm optimizer name"),
-    "opt_eps": (1e-8, float, "optimizer epsilon"),
-    "opt_betas": (None, float, "optimizer betas (default: the optimizer's, (0.9, 0.999) for AdamW as DeiT)"),
-    "momentum": (0.9, float, "SGD momentum (ignored by AdamW)"),
-    "weight_decay": (0.05, float, "weight decay (not on norms, biases: timm's filter_bias_and_bn)"),
-    "clip_grad": (None, float, "clip the gradient norm to this value"),
+    "opt_eps": (1e-8, positive_float, "optimizer epsilon"),
+    "opt_betas": (None, rate, "optimizer betas (default: the optimizer's, (0.9, 0.999) for AdamW as DeiT)"),
+    "momentum": (0.9, rate, "SGD momentum (ignored by AdamW)"),
+    "weight_decay": (0.05, nonneg_float, "weight decay (not on norms, biases: timm's filter_bias_and_bn)"),
+    "clip_grad": (None, positive_float, "clip the gradient norm to this value"),
     "sched": ("cosine", str, "timm scheduler name"),
     "sched_on_updates": (False, bool, "update the lr every optimizer step instead of every epoch (DeiT: epoch)"),
-    "warmup_epochs": (5, int, "linear warm-up epochs"),
-    "warmup_lr": (1e-6, float, "learning rate at the start of warm-up"),
-    "min_lr": (1e-5, float, "learning rate at the end of the cosine"),
-    "cooldown_epochs": (0, int, "epochs at min_lr after the cosine (the run lasts epochs in total)"),
+    "warmup_epochs": (5, nonneg_int, "linear warm-up epochs"),
+    "warmup_lr": (1e-6, nonneg_float, "learning rate at the start of warm-up"),
+    "min_lr": (1e-5, nonneg_float, "learning rate at the end of the cosine"),
+    "cooldown_epochs": (0, nonneg_int, "epochs at min_lr after the cosine (the run lasts epochs in total)"),
     # augmentation and regularisation
-    "img_size": (224, int, "training crop and evaluation size (multiple of 32 for EdgeViT)"),
-    "scale": ([0.08, 1.0], float, "RandomResizedCrop scale range"),
-    "ratio": ([3 / 4, 4 / 3], float, "RandomResizedCrop aspect ratio range"),
-    "hflip": (0.5, float, "horizontal flip probability"),
+    "img_size": (224, image_size, "training crop and evaluation size (multiple of 32 for EdgeViT)"),
+    "scale": ([0.08, 1.0], crop_fraction, "RandomResizedCrop scale range"),
+    "ratio": ([3 / 4, 4 / 3], positive_float, "RandomResizedCrop aspect ratio range"),
+    "hflip": (0.5, probability, "horizontal flip probability"),
     "aa": ("rand-m9-mstd0.5-inc1", str, "timm auto-augment policy ('none' to disable)"),
-    "color_jitter": (0.4, float, "colour jitter (timm uses it only when aa is off)"),
-    "train_interpolation": ("bicubic", str, "training resize interpolation"),
-    "reprob": (0.25, float, "random erasing probability"),
-    "remode": ("pixel", str, "random erasing mode"),
-    "recount": (1, int, "random erasing count"),
-    "mixup": (0.8, float, "mixup alpha (0 disables)"),
-    "cutmix": (1.0, float, "cutmix alpha (0 disables)"),
-    "mixup_prob": (1.0, float, "probability of applying mixup or cutmix to a batch"),
-    "mixup_switch_prob": (0.5, float, "probability of cutmix instead of mixup when both are on"),
-    "mixup_mode": ("batch", str, "batch, pair or elem"),
-    "smoothing": (0.1, float, "label smoothing"),
-    "drop_path": (None, float, "stochastic depth rate (default: per variant, see DROP_PATH)"),
-    "drop": (0.0, float, "dropout before the head"),
+    "color_jitter": (0.4, nonneg_float, "colour jitter (timm uses it only when aa is off)"),
+    "train_interpolation": ("bicubic", INTERPOLATION, "training resize interpolation"),
+    "reprob": (0.25, probability, "random erasing probability"),
+    "remode": ("pixel", choice("pixel", "rand", "const"), "random erasing mode"),
+    "recount": (1, positive_int, "random erasing count"),
+    "mixup": (0.8, nonneg_float, "mixup alpha (0 disables)"),
+    "cutmix": (1.0, nonneg_float, "cutmix alpha (0 disables)"),
+    "mixup_prob": (1.0, probability, "probability of applying mixup or cutmix to a batch"),
+    "mixup_switch_prob": (0.5, probability, "probability of cutmix instead of mixup when both are on"),
+    "mixup_mode": ("batch", choice("batch", "pair", "elem"), "batch, pair or elem"),
+    "smoothing": (0.1, rate, "label smoothing"),
+    "drop_path": (None, rate, "stochastic depth rate (default: per variant, see DROP_PATH)"),
+    "drop": (0.0, rate, "dropout before the head"),
     "repeated_aug": (True, bool, "repeated augmentation sampler (DeiT; 3 repeats)"),
     "model_ema": (True, bool, "keep an exponential moving average of the weights (evaluated too)"),
-    "model_ema_decay": (0.99996, float, "EMA decay per optimizer step"),
+    "model_ema_decay": (0.99996, open_fraction, "EMA decay per optimizer step"),
     # evaluation
-    "crop_pct": (0.875, float, "evaluation: resize to img_size/crop_pct, center-crop img_size"),
-    "eval_interpolation": ("bicubic", str, "evaluation resize interpolation"),
-    "eval_batch_size": (None, int, "evaluation batch per process (default: 1.5 x batch_size as DeiT)"),
+    "crop_pct": (0.875, crop_fraction, "evaluation: resize to img_size/crop_pct, center-crop img_size"),
+    "eval_interpolation": ("bicubic", INTERPOLATION, "evaluation resize interpolation"),
+    "eval_batch_size": (None, positive_int, "evaluation batch per process (default: 1.5 x batch_size as DeiT)"),
     # performance
-    "workers": (min(8, os.cpu_count() or 1), int, "data-loading worker processes per training process"),
-    "amp": ("auto", str, "mixed precision: auto (bfloat16 on CUDA, off on CPU), bfloat16, float16, none"),
+    "workers": (min(8, os.cpu_count() or 1), nonneg_int, "data-loading worker processes per training process"),
+    "amp": ("auto", choice("auto", "bfloat16", "float16", "none"), "mixed precision: auto (bfloat16 on CUDA, off on CPU), bfloat16, float16, none"),
     "channels_last": (None, bool, "channels_last memory format (default: on for CUDA)"),
     "compile": (False, bool, "torch.compile the model"),
-    "threads": (None, int, "CPU intra-op threads per process (default: torch's; 1 is often fastest on a busy CPU)"),
+    "threads": (None, positive_int, "CPU intra-op threads per process (default: torch's; 1 is often fastest on a busy CPU)"),
     # logging
     "tensorboard": (False, bool, "also write TensorBoard scalars to RUN_DIR/tensorboard"),
     "progress": (True, bool, "tqdm progress bars on stderr (rank 0)"),
-    "stop_after_epochs": (None, int, "debug: stop (as if killed) after this many epochs of this invocation"),
+    "stop_after_epochs": (None, positive_int, "debug: stop (as if killed) after this many epochs of this invocation"),
 }
 
 # Stochastic depth per variant: the release trains all three with DeiT's --drop-path default, 0.1.
@@ -112,7 +120,8 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
-    """defaults < YAML < explicit flags; unknown YAML keys and missing required options are errors."""
+    """defaults < YAML < explicit flags. Every YAML value goes through the same check as its flag; unknown
+    keys, missing required options and values that make no sense are `ConfigError`s naming the key."""
     given = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
     cfg = {k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
            for k, (v, _, _) in RECIPE.items()}
@@ -121,27 +130,90 @@ def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
         loaded = load_config(config_path)
         unknown = sorted(set(loaded) - set(RECIPE))
         if unknown:
-            raise ValueError(f"--config {config_path}: unknown option(s) {unknown}; known: {sorted(RECIPE)}")
-        cfg.update(loaded)
+            raise ConfigError(f"config file {config_path}: unknown option(s) {unknown}; known: {sorted(RECIPE)}")
+        for k, v in loaded.items():
+            default, check, _ = RECIPE[k]
+            where = f"config file {config_path}: {k}"
+            if v is None:
+                cfg[k] = None
+            elif check is bool:
+                if not isinstance(v, bool):
+                    raise ConfigError(f"{where}: {v!r}: expected true or false")
+                cfg[k] = v
+            elif check is str:
+                cfg[k] = str(v)
+            else:
+                nargs = 2 if isinstance(default, list) else (0 if k == "opt_betas" else None)
+                if nargs is not None and not isinstance(v, (list, tuple)):
+                    raise ConfigError(f"{where}: {v!r}: expected a list of values")
+                cfg[k] = check_value(check, v, where, nargs)
     cfg.update({k: v for k, v in given.items() if k in RECIPE})
     for key in ("data", "output"):
         if not cfg.get(key):
-            raise ValueError(f"--{key} is required (on the command line or in the --config YAML)")
+            raise ConfigError(f"{key} is required (on the command line or in the config file)")
     if cfg["drop_path"] is None:
         cfg["drop_path"] = DROP_PATH.get(cfg["model"], DEFAULT_DROP_PATH)
     if cfg["aa"] in ("none", "", None):
         cfg["aa"] = None
-    for key in ("epochs", "batch_size", "accum_steps", "img_size"):
-        if int(cfg[key]) < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
-    if cfg["amp"] not in ("auto", "bfloat16", "float16", "none"):
-        raise ValueError(f"--amp {cfg['amp']!r}: expected auto, bfloat16, float16 or none")
+    check_pair(cfg["scale"], "scale")
+    check_pair(cfg["ratio"], "ratio")
     if cfg["model_kwargs"] is None:
         cfg["model_kwargs"] = {}
     if not isinstance(cfg["model_kwargs"], dict):
-        raise ValueError(f"model_kwargs must be a mapping, got {cfg['model_kwargs']!r}")
+        raise ConfigError(f"model_kwargs must be a mapping, got {cfg['model_kwargs']!r}")
+    if cfg["opt"] not in _optimizers():
+        raise ConfigError(f"opt {cfg['opt']!r}: not a timm optimizer; e.g. adamw, sgd, lamb")
+    if cfg["sched"] not in SCHEDULERS:
+        raise ConfigError(f"sched {cfg['sched']!r}: expected one of {', '.join(SCHEDULERS)}")
+    if cfg["aa"]:
+        _check_auto_augment(cfg["aa"])
+    check_model_options(cfg["model"], cfg["model_kwargs"])
     cfg["config"] = str(config_path) if config_path else None
     return cfg
+
+
+SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly")
+
+
+def _optimizers() -> set:
+    from timm.optim import list_optimizers
+    return set(list_optimizers())
+
+
+def _check_auto_augment(policy: str) -> None:
+    """timm parses the policy string only when the transform is built; build it now so a typo is one line."""
+    from timm.data.auto_augment import auto_augment_transform, augment_and_mix_transform, rand_augment_transform
+
+    hparams = dict(translate_const=100, img_mean=(124, 116, 104))
+    try:
+        if policy.startswith("rand"):
+            rand_augment_transform(policy, hparams)
+        elif policy.startswith("augmix"):
+            augment_and_mix_transform(policy, hparams)
+        else:
+            auto_augment_transform(policy, hparams)
+    except Exception as e:  # timm raises AssertionError/KeyError/ValueError for a malformed policy
+        raise ConfigError(f"aa {policy!r}: not a timm augmentation policy such as rand-m9-mstd0.5-inc1, "
+                          f"augmix-m5-w3, original or v0 ({type(e).__name__}: {e})") from None
+
+
+def check_model_options(name: str, model_kwargs: Dict[str, Any]) -> None:
+    """The model name and constructor options, checked by building the model without weights (meta device),
+    so an unknown name or option is refused before data loading and training start."""
+    import timm
+    import torch
+
+    if not timm.is_model(name):
+        raise ConfigError(f"model {name!r} is not a known model (EdgeViTs: edgevit_xxs, edgevit_xs, edgevit_s, "
+                          "or any name from timm.list_models())")
+    try:
+        try:
+            with torch.device("meta"):  # no memory, no init time ...
+                timm.create_model(name, **model_kwargs)
+        except NotImplementedError:  # ... unless the constructor reads tensor values (EdgeViT's drop-path list)
+            timm.create_model(name, **model_kwargs)
+    except TypeError as e:  # an option the constructor does not take
+        raise ConfigError(f"model_kwargs {model_kwargs}: not options of {name} ({e})") from None
 
 
 def scaled_lr(cfg: Dict[str, Any], world_size: int) -> float:

@@ -8,16 +8,18 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
 import yaml
 
-from ..utils.io import atomic_path, write_text_atomic
+from ..utils.io import atomic_path, require_file, write_text_atomic
+from ..errors import ConfigError, MissingFileError, OutputError, UserError
+from ..models.checkpoint import CheckpointError
 
 __all__ = ["capture_rng_state", "restore_rng_state", "save_training_state", "load_training_state",
-           "CheckpointManager", "set_determinism", "save_config", "load_config"]
+           "CheckpointManager", "set_determinism", "save_config", "load_config", "RUN_FILES", "prepare_run_dir"]
 
 
 # ---------------------------------------------------------------- RNG
@@ -73,17 +75,44 @@ def save_training_state(path: os.PathLike | str, state: Dict[str, Any]) -> Path:
     return path
 
 
-def load_training_state(path: os.PathLike | str) -> Dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, corrupt, or containing pickled code
-        raise ValueError(f"checkpoint {path}: cannot be read as a training checkpoint ({e})") from e
-    if not isinstance(obj, dict):
-        raise ValueError(f"checkpoint {path}: expected a dict, got {type(obj).__name__}")
+def load_training_state(path: os.PathLike | str, kind: str = "edgevit train",
+                        required: Sequence[str] = ()) -> Dict[str, Any]:
+    """A training checkpoint (`last.pth`/`best.pth`), read by the one checkpoint reader every command uses
+    (weights only, one line naming the file for anything unreadable). `required`: the keys a run of `kind`
+    saves; a checkpoint without them (bare weights, another command's run) is refused by name."""
+    from ..models.checkpoint import read_state_dict
+
+    obj = read_state_dict(path)
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise CheckpointError(f"checkpoint {path}: not a training checkpoint of `{kind}` (it has no "
+                              f"{', '.join(repr(k) for k in missing)}); resume from a last.pth that "
+                              f"`{kind}` wrote")
     return obj
+
+
+# What a run directory holds; a new run refuses a directory holding any of them unless it may replace them.
+RUN_FILES = ("last.pth", "best.pth", "config.yaml", "metrics.jsonl", "model.safetensors",
+             "model_ema.safetensors", "tensorboard")
+
+
+def prepare_run_dir(run_dir: os.PathLike | str, resume: Optional[str], overwrite: bool, is_main: bool) -> Path:
+    """A new run never replaces another by accident: a run directory that holds a run is refused unless the
+    run is resumed, or `overwrite` asks to start again (then, on the main process, the old run's files go)."""
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise ConfigError("resume and overwrite exclude each other: continue the run, or start it again")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputError(f"run directory {run_dir}: is a file")
+    present = [n for n in RUN_FILES if (run_dir / n).exists()]
+    if present and not resume and not overwrite:
+        raise OutputError(f"run directory {run_dir} already holds a run ({', '.join(present)}): resume it, or "
+                          "start it again with overwrite")
+    if present and overwrite and is_main:
+        for n in present:
+            p = run_dir / n
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return run_dir
 
 
 class CheckpointManager:
@@ -125,10 +154,7 @@ class CheckpointManager:
             return None
         if resume == "auto":
             return self.last_path if self.last_path.is_file() else None
-        p = Path(resume)
-        if not p.is_file():
-            raise FileNotFoundError(f"--resume {resume}: no such checkpoint file")
-        return p
+        return require_file(resume, "resume checkpoint")
 
 
 # ---------------------------------------------------------------- config
@@ -138,15 +164,13 @@ def save_config(run_dir: os.PathLike | str, cfg: Dict[str, Any]) -> Path:
 
 
 def load_config(path: os.PathLike | str) -> Dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--config {path}: no such file")
+    path = require_file(path, "--config")
     try:
         cfg = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"--config {path}: not valid YAML ({e})") from e
+        raise UserError(f"--config {path}: not valid YAML ({e})") from e
     if not isinstance(cfg, dict):
-        raise ValueError(f"--config {path}: expected a mapping of option: value, got {type(cfg).__name__}")
+        raise UserError(f"--config {path}: expected a mapping of option: value, got {type(cfg).__name__}")
     return cfg
 
 

@@ -1,4 +1,4 @@
-"""Small file helpers shared by every command: atomic writes and JSON output."""
+"""Small file helpers shared by every command: atomic writes, input checks and JSON output."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from ..errors import MissingFileError
 
 
 @contextlib.contextmanager
@@ -55,3 +57,62 @@ def _default(o: Any) -> Any:
     if hasattr(o, "item"):
         return o.item()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def require_file(path: os.PathLike | str, what: str) -> Path:
+    """`path` as a Path if it is an existing file; else a `MissingFileError` naming `what` and saying whether
+    nothing is there or a directory is."""
+    p = Path(path)
+    if p.is_dir():
+        raise MissingFileError(f"{what} {p}: is a directory; expected a file")
+    if not p.is_file():
+        raise MissingFileError(f"{what} {p}: no such file")
+    return p
+
+
+def require_dir(path: os.PathLike | str, what: str, expected: str = "") -> Path:
+    """`path` as a Path if it is an existing directory; else a `MissingFileError` naming `what`."""
+    p = Path(path)
+    hint = f" (expected {expected})" if expected else ""
+    if p.is_file():
+        raise MissingFileError(f"{what} {p}: is a file; expected a directory{hint}")
+    if not p.is_dir():
+        raise MissingFileError(f"{what} {p}: no such directory{hint}")
+    return p
+
+
+@contextlib.contextmanager
+def replace_dir(path: os.PathLike | str) -> Iterator[Path]:
+    """Yield a new temporary directory beside `path`; on success it takes `path`'s place (an existing
+    `path` is moved aside and removed only after the new one is in place), so readers see the old
+    directory or the whole new one, never a mix with stale files. On error the temporary one is removed."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_json(path: os.PathLike | str, what: str) -> Any:
+    """A JSON document from a file the user named; anything else (missing, a directory, binary, malformed)
+    is one `DataError` naming `what` and the file."""
+    from ..errors import DataError
+
+    p = require_file(path, what)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{what} {p}: not a text file (expected JSON)") from None
+    except ValueError as e:
+        raise DataError(f"{what} {p}: not valid JSON ({e})") from None

@@ -1,0 +1,61 @@
+"""One image reader for every command: 8-bit RGB by the image's real value range, or one clear error.
+
+PIL's `convert("RGB")` clips 16-bit and float images to 0..255 instead of scaling them, so a 16-bit scan
+(0..65535) becomes almost all white and a float image in 0..1 almost all black: the model then answers
+confidently and wrongly. Here high-bit-depth and float images are scaled by their range first."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+from .io import require_file
+
+__all__ = ["read_image", "to_rgb8"]
+
+# PIL modes holding more than 8 bits per sample (integer) or floats.
+_WIDE_INT = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
+
+
+def to_rgb8(img: Image.Image, name: str = "image") -> Image.Image:
+    """An RGB image with 8 bits per channel, scaled by the source's range (see the module docstring).
+
+    16-bit modes are scaled by 65535/255. 32-bit integer images ("I", as PIL opens many 16-bit PNGs) by the
+    smallest of 8/16 bits that holds their maximum. Float images ("F") in [0, 1] are scaled by 255, in
+    [0, 255] kept; anything else (negative, above 255, NaN) has no range we could know: a `DataError`."""
+    mode = img.mode
+    if mode not in _WIDE_INT and mode not in ("I", "F"):
+        return img.convert("RGB")
+    a = np.asarray(img, dtype=np.float64)
+    if mode in _WIDE_INT:
+        scale = 255.0 / 65535.0
+    elif mode == "I":
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if lo < 0 or hi > 65535:
+            raise DataError(f"{name}: 32-bit integer pixels in [{lo:g}, {hi:g}]; expected 8- or 16-bit values")
+        scale = 1.0 if hi <= 255 else 255.0 / 65535.0
+    else:
+        if not np.isfinite(a).all():
+            raise DataError(f"{name}: float pixels include NaN or infinity")
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if lo < 0 or hi > 255:
+            raise DataError(f"{name}: float pixels in [{lo:g}, {hi:g}]; expected values in [0, 1] or [0, 255]")
+        scale = 255.0 if hi <= 1.0 else 1.0
+    grey = np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def read_image(path: str | Path, what: str = "image") -> Image.Image:
+    """The image at `path` as 8-bit RGB; a missing file, a directory or an undecodable file is one
+    `UserError` naming it."""
+    path = require_file(path, what)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb8(im, f"{what} {path}")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{what} {path}: not a readable image ({type(e).__name__}: {e})") from None
