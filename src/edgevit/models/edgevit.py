@@ -28,10 +28,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_, use_fused_attn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_function
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models.twins import LocallyGroupedAttn
+from ..errors import UserError
 
 __all__ = ["EdgeViT", "checkpoint_filter_fn", "LOCAL_AGG", "SAMPLERS", "LOCAL_PROPS"]
 
@@ -43,9 +44,25 @@ LOCAL_PROPS = ("deconv", "bilinear", "none")
 LSA_WINDOW = 7
 
 
+@register_notrace_function  # a leaf for timm's FX feature extraction ...
+def check_input(x: torch.Tensor, in_chans: int) -> None:
+    """[B, in_chans, H, W] with H and W multiples of 32; else a UserError saying what was expected.
+
+    Python control flow on the input's shape: FX cannot trace it, so it is a leaf call in FX graphs (it then
+    runs on the real tensor), and TorchScript compiles its raise as an exception with the same message."""
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise UserError(f"expected input [B, {in_chans}, H, W], got {list(x.shape)}")
+    H, W = x.shape[-2], x.shape[-1]
+    if H % 32 != 0 or W % 32 != 0:
+        raise UserError(f"input H and W must be multiples of 32 (EdgeViT's total stride), got {H}x{W}")
+
+
+torch.fx.wrap("check_input")  # ... and for plain torch.fx.symbolic_trace / torchvision's feature extractor
+
+
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
-        raise ValueError(f"{name}={value!r} is not one of {list(choices)}")
+        raise UserError(f"{name}={value!r} is not one of {list(choices)}")
     return value
 
 
@@ -134,7 +151,7 @@ class GlobalSparseAttn(nn.Module):
                  proj_drop: float = 0.0):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise UserError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
@@ -145,11 +162,12 @@ class GlobalSparseAttn(nn.Module):
 
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
-        if sr_ratio > 1:
-            if local_prop == "deconv":
-                self.local_prop = nn.ConvTranspose2d(dim, dim, sr_ratio, stride=sr_ratio, groups=dim)
-            # LayerNorm after propagation (release); with SRA it normalises the reduced keys/values (PVTv2).
-            self.norm = nn.LayerNorm(dim, eps=1e-5)
+        # Identity where a part is absent (r = 1, or another LocalProp): no parameters, so the state_dict is the
+        # release's, and every attribute exists on every path (TorchScript compiles all of forward).
+        self.local_prop = nn.ConvTranspose2d(dim, dim, sr_ratio, stride=sr_ratio, groups=dim) \
+            if sr_ratio > 1 and local_prop == "deconv" else nn.Identity()
+        # LayerNorm after propagation (release); with SRA it normalises the reduced keys/values (PVTv2).
+        self.norm = nn.LayerNorm(dim, eps=1e-5) if sr_ratio > 1 else nn.Identity()
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -181,7 +199,11 @@ class GlobalSparseAttn(nn.Module):
         r = self.sr_ratio
         if r > 1 and self.local_prop_kind == "none":  # PVTv2 SRA: all queries, reduced keys/values
             q_w, kv_w = self.qkv.weight.split([C, 2 * C])
-            q_b, kv_b = self.qkv.bias.split([C, 2 * C]) if self.qkv.bias is not None else (None, None)
+            bias = self.qkv.bias
+            q_b: Optional[torch.Tensor] = None
+            kv_b: Optional[torch.Tensor] = None
+            if bias is not None:
+                q_b, kv_b = bias.split([C, 2 * C])
             d = self.sample(x.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2)
             k, v = F.linear(self.norm(d), kv_w, kv_b).chunk(2, dim=-1)
             x = self._attend(self._heads(F.linear(x, q_w, q_b)), self._heads(k), self._heads(v))
@@ -298,18 +320,18 @@ class EdgeViT(nn.Module):
     ):
         super().__init__()
         if len(embed_dims) != 4 or len(depths) != 4 or len(sr_ratios) != 4:
-            raise ValueError("embed_dims, depths and sr_ratios each need 4 values (one per stage)")
+            raise UserError("embed_dims, depths and sr_ratios each need 4 values (one per stage)")
         _check_choice("local_agg", local_agg, LOCAL_AGG)
         _check_choice("sampler", sampler, SAMPLERS)
         _check_choice("local_prop", local_prop, LOCAL_PROPS)
         if local_kernel < 1 or local_kernel % 2 == 0:
-            raise ValueError(f"local_kernel={local_kernel} must be a positive odd number")
+            raise UserError(f"local_kernel={local_kernel} must be a positive odd number")
         for i, (dim, r) in enumerate(zip(embed_dims, sr_ratios)):
             if dim % head_dim:
-                raise ValueError(f"embed_dims[{i}]={dim} is not a multiple of head_dim={head_dim}")
+                raise UserError(f"embed_dims[{i}]={dim} is not a multiple of head_dim={head_dim}")
             # stage i sees H/2^(i+2), a multiple of 2^(3-i) for H a multiple of 32
             if r < 1 or (2 ** (3 - i)) % r:
-                raise ValueError(f"sr_ratios[{i}]={r} must divide {2 ** (3 - i)} so windows tile every valid input")
+                raise UserError(f"sr_ratios[{i}]={r} must divide {2 ** (3 - i)} so windows tile every valid input")
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.in_chans = in_chans
@@ -372,16 +394,12 @@ class EdgeViT(nn.Module):
         self.num_classes = num_classes
         if global_pool is not None:
             if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool={global_pool!r}: EdgeViT supports 'avg' or '' (none)")
+                raise UserError(f"global_pool={global_pool!r}: EdgeViT supports 'avg' or '' (none)")
             self.global_pool = global_pool
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected input [B, {self.in_chans}, H, W], got {list(x.shape)}")
-        H, W = x.shape[-2:]
-        if H % 32 or W % 32:
-            raise ValueError(f"input H and W must be multiples of 32 (EdgeViT's total stride), got {H}x{W}")
+        check_input(x, self.in_chans)
 
     def forward_intermediates(
             self,
