@@ -20,13 +20,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from edgevit.bench.bench import meta
+from edgevit.bench.bench import time_runners
 from edgevit.bench.runners import build_runner
 from edgevit.utils.io import write_text_atomic
 
@@ -42,15 +42,9 @@ def measure(runtime: str, variants, runs: int, warmup: int, threads: int) -> dic
             sessions[r.label] = r
             print(f"[{runtime}] built {r.label} {r.info or ''}", file=sys.stderr, flush=True)
     sessions[BASELINE] = build_runner(BASELINE, runtime, threads=threads)
-    for r in sessions.values():
-        for _ in range(warmup):
-            r()
-    times = {k: [] for k in sessions}
-    for _ in tqdm(range(runs), desc=f"{runtime} (interleaved)", file=sys.stderr):
-        for k, r in sessions.items():
-            t0 = time.perf_counter()
-            r()
-            times[k].append((time.perf_counter() - t0) * 1e3)
+    with tqdm(total=runs * len(sessions), desc=f"{runtime} (interleaved)", file=sys.stderr) as bar:
+        measured = time_runners(list(sessions.values()), runs, warmup, bar)  # `edgevit bench`'s timing loop
+    times = dict(zip(sessions, measured))
     stats = {k: {"mean_ms": statistics.fmean(t), "std_ms": statistics.pstdev(t), "median_ms": statistics.median(t),
                  **({"partitions": sessions[k].info} if sessions[k].info else {})} for k, t in times.items()}
     return stats

@@ -8,8 +8,9 @@ from edgevit.bench.bench import ABLATIONS, Entry, format_table, plan, time_runne
 from edgevit.cli.main import main
 
 ROW = {"model", "label", "fused", "runtime", "img_size", "params_m", "gmacs", "mean_ms", "std_ms", "median_ms",
-       "runs"}
-META = {"created", "machine", "cpu", "torch", "timm", "runtime_versions", "threads", "runs", "batch", "dtype"}
+       "ci_lo_ms", "ci_hi_ms", "runs", "paper_params_m", "paper_gflops", "paper_img_size"}
+META = {"created", "machine", "cpu", "torch", "timm", "runtime_versions", "threads", "runs", "batch", "dtype",
+        "timing", "ties"}
 
 
 def test_bench_end_to_end(tmp_path, capsys):
@@ -26,7 +27,8 @@ def test_bench_end_to_end(tmp_path, capsys):
     assert [r["fused"] for r in rows] == [True, False, None]
     for r in rows:
         assert set(r) == ROW and r["runtime"] == runtime and r["img_size"] == 64 and r["runs"] == 2
-        assert 0 < r["mean_ms"] < 60_000 and r["std_ms"] >= 0 and r["median_ms"] > 0
+        assert 0 < r["mean_ms"] < 60_000 and r["std_ms"] >= 0 and r["ci_lo_ms"] <= r["median_ms"] <= r["ci_hi_ms"]
+    assert (rows[2]["paper_params_m"], rows[2]["paper_gflops"]) == (3.4, 0.3)  # Table 2 beside the count
     # complexity: fvcore at 64x64 = (64/224)^2 of the 224 counts, params independent of size
     assert rows[1]["params_m"] == pytest.approx(4.07, abs=0.01)
     assert rows[1]["gmacs"] == pytest.approx(0.557 * (64 / 224) ** 2, rel=0.05)
@@ -75,4 +77,4 @@ def test_time_runner_counts_calls():
     times = time_runner(lambda: calls.append(1), runs=4, warmup=3)
     assert len(times) == 4 and len(calls) == 7 and all(t >= 0 for t in times)
     doc = {"results": [], "meta": {"threads": 2, "runs": 4, "cpu": "x", "torch": "t", "runtime_versions": {}}}
-    assert "mean ms" in format_table(doc)
+    assert "median ms" in format_table(doc)

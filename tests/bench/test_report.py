@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from edgevit.bench.report import (build_rows, load_paper_results, make_report, mark_pareto, place_labels,
+from edgevit.bench.report import (build_rows, make_report, mark_pareto, place_labels,
                                   text_extent)
 from edgevit.cli.main import main
+from edgevit.paper import load_paper
 
 META = {"created": "2026-11-23T22:00:00Z", "machine": "ci-vm", "cpu": "x86_64", "torch": "2.14.1",
         "timm": "1.0.31", "runtime_versions": {}, "threads": 2, "runs": 20, "batch": 1, "dtype": "fp32"}
@@ -45,7 +46,7 @@ def files(tmp_path):
 def test_rows_accuracy_precedence_and_pareto(files):
     bench = json.loads(files["bench"].read_text())
     acc = [(str(files["acc"]), a) for a in json.loads(files["acc"].read_text())]
-    rows, warnings = build_rows([bench], json.loads(files["energy"].read_text()), acc, load_paper_results())
+    rows, warnings = build_rows([bench], json.loads(files["energy"].read_text()), acc, load_paper())
     by = {r["name"]: r for r in rows}
     assert by["edgevit_xxs (fused)"]["top1"] == 74.1 and by["edgevit_xxs (fused)"]["top1_source"].startswith("eval")
     assert by["edgevit_s (fused)"]["top1"] == 81.0 and by["edgevit_s (fused)"]["top1_source"] == "paper"
@@ -115,22 +116,3 @@ def test_report_cli_and_bad_input(files, tmp_path, capsys):
     assert main(["report", "--accuracy", str(tmp_path / "nope.json"), "--out", str(out), "--overwrite"]) == 2
     assert "no such file" in capsys.readouterr().err
     assert (out / "report.md").read_text() == before  # nothing already written is lost
-
-
-def test_paper_file_with_phone_numbers_gets_its_own_plots(tmp_path):
-    """A paper-data copy with on-device latency/energy rows (toy numbers here, not the paper's) is plotted
-    as paper_latency / paper_energy; a table without a source is refused."""
-    paper = {"format": "edgevit-paper-results/1", "citation": "toy", "tables": {"t": {
-        "source": "test fixture", "rows": [
-            {"model": "edgevit_xxs", "top1": 74.0, "latency_ms": 30.0, "energy_mj": 60.0},
-            {"model": "other_a", "top1": 73.0, "latency_ms": 35.0, "energy_mj": 50.0},
-            {"model": "other_b", "top1": 72.0, "latency_ms": 40.0, "energy_mj": 70.0}]}}}
-    f = tmp_path / "paper.json"
-    f.write_text(json.dumps(paper))
-    s = make_report(tmp_path / "r", paper=str(f))
-    assert sorted(Path(p).name for p in s["plots"]) == ["paper_energy.png", "paper_energy.svg",
-                                                        "paper_latency.png", "paper_latency.svg"]
-    del paper["tables"]["t"]["source"]
-    f.write_text(json.dumps(paper))
-    with pytest.raises(ValueError, match="no 'source'"):
-        make_report(tmp_path / "r2", paper=str(f))

@@ -2,7 +2,9 @@ import pytest
 import timm
 import torch
 
-from edgevit.dense.complexity import PAPER, dense_info
+from edgevit.dense.complexity import dense_info, paper_dense
+
+PAPER = paper_dense()
 from edgevit.dense.models import create_backbone, create_detector, create_segmenter
 from edgevit.models import load_checkpoint
 from edgevit.models.complexity import count_gmacs

@@ -10,15 +10,17 @@ import csv
 import datetime as _dt
 import io
 import platform
+import random
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from .runners import Runner, build_runner, check_runtime, form_label
+from ..errors import UserError
 
 EDGEVITS = ("edgevit_xxs", "edgevit_xs", "edgevit_s")
 # The paper's baselines (Table 1; MobileViT at 256 as the paper) and what users pick today.
@@ -59,12 +61,12 @@ def plan(models: Sequence[str], form: str = "both", ablations: bool = False) -> 
     import timm
     from .. import models as _m  # noqa: F401  registers the EdgeViTs
     if form not in FORMS:
-        raise ValueError(f"--edgevit-form {form!r} is not one of {', '.join(FORMS)}")
+        raise UserError(f"--edgevit-form {form!r} is not one of {', '.join(FORMS)}")
     forms = {"fused": [True], "unfused": [False], "both": [True, False]}[form]
     entries: List[Entry] = []
     for name in models:
         if not timm.is_model(name):
-            raise ValueError(f"--models: {name!r} is not a known model; choices: {', '.join(DEFAULT_MODELS)} "
+            raise UserError(f"--models: {name!r} is not a known model; choices: {', '.join(DEFAULT_MODELS)} "
                              "(or any name from timm.list_models())")
         if name in EDGEVITS:
             entries += [Entry(name, f) for f in forms]
@@ -76,18 +78,56 @@ def plan(models: Sequence[str], form: str = "both", ablations: bool = False) -> 
     return entries
 
 
-def time_runner(runner: Runner, runs: int, warmup: int = 10, progress=None) -> List[float]:
-    """Milliseconds of `runs` forward passes after `warmup` untimed ones."""
-    for _ in range(warmup):
-        runner()
-    times = []
+def time_runners(runners: Sequence[Callable[[], object]], runs: int, warmup: int = 10, progress=None,
+                 seed: int = 0, clock: Callable[[], float] = time.perf_counter) -> List[List[float]]:
+    """Milliseconds of `runs` forward passes of each runner, timed round by round: every round runs every
+    model once, in a new random order, after `warmup` untimed passes of each.
+
+    Why rounds: load on the machine (another process, thermal throttling on a phone) then lands on every
+    model alike instead of on whichever model happens to be timed while it lasts, so rankings survive it;
+    the median over rounds ignores the rounds it hit hardest. One runner is just `runs` passes in a row."""
+    rng = random.Random(seed)
+    for r in runners:
+        for _ in range(warmup):
+            r()
+    times: List[List[float]] = [[] for _ in runners]
+    order = list(range(len(runners)))
     for _ in range(runs):
-        t0 = time.perf_counter()
-        runner()
-        times.append((time.perf_counter() - t0) * 1e3)
-        if progress is not None:
-            progress.update(1)
+        rng.shuffle(order)
+        for i in order:
+            t0 = clock()
+            runners[i]()
+            times[i].append((clock() - t0) * 1e3)
+            if progress is not None:
+                progress.update(1)
     return times
+
+
+def time_runner(runner: Callable[[], object], runs: int, warmup: int = 10, progress=None) -> List[float]:
+    """Milliseconds of `runs` forward passes after `warmup` untimed ones (one runner: `time_runners`)."""
+    return time_runners([runner], runs, warmup, progress)[0]
+
+
+def median_ci(times: Sequence[float], level: float = 0.95) -> Tuple[float, float]:
+    """A distribution-free confidence interval for the median: the order statistics whose ranks bracket
+    n/2 with binomial(n, 1/2) probability `level` (no assumption on the shape of the timing noise)."""
+    from scipy.stats import binom
+
+    xs = sorted(times)
+    n = len(xs)
+    j = int(binom.ppf((1 - level) / 2, n, 0.5)) - 1  # 0-based rank of x_(k), k = the binomial quantile
+    j = max(0, min(j, (n - 1) // 2))  # tiny n: the whole range
+    return xs[j], xs[n - 1 - j]
+
+
+def ranking_ties(results: Sequence[dict]) -> List[Tuple[str, str]]:
+    """Pairs of results (labels) whose median CIs overlap: their order is not known from this run."""
+    out = []
+    for a_i, a in enumerate(results):
+        for b in results[a_i + 1:]:
+            if a["ci_lo_ms"] <= b["ci_hi_ms"] and b["ci_lo_ms"] <= a["ci_hi_ms"]:
+                out.append((a["label"], b["label"]))
+    return out
 
 
 def runtime_versions() -> Dict[str, str]:
@@ -125,8 +165,10 @@ def meta(threads: int, runs: int) -> dict:
 
 def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2, runs: int = 50,
               warmup: int = 10, img_size: Optional[int] = None, show_progress: bool = True,
-              on_error: str = "raise") -> dict:
-    """Measure every entry in `runtime`; returns {"meta": ..., "results": [...]}.
+              on_error: str = "raise", seed: int = 0) -> dict:
+    """Measure every entry in `runtime`, round by round (`time_runners`); returns {"meta": ..., "results": [...]}
+    with each model's median and its 95% confidence interval, and `meta.ties`: the pairs whose order this
+    run cannot tell (overlapping intervals).
 
     on_error="skip" reports a model that fails to export/run on stderr and goes on with the rest."""
     from tqdm import tqdm
@@ -134,41 +176,57 @@ def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2
     from ..models.complexity import count_gmacs, count_params
     check_runtime(runtime)
     if runs < 1:
-        raise ValueError(f"--runs {runs} must be >= 1")
-    results, failures = [], []
-    bar = tqdm(total=len(entries) * runs, desc=f"bench {runtime}", unit="run", file=sys.stderr,
+        raise UserError(f"runs {runs} must be >= 1")
+    failures: List[str] = []
+    built = []  # (entry, runner)
+    bar = tqdm(total=len(entries), desc=f"bench {runtime}: build", unit="model", file=sys.stderr,
                disable=not show_progress)
     for e in entries:
         bar.set_postfix_str(e.label)
         try:
             runner = build_runner(e.model, runtime, img_size=img_size, threads=threads,
                                   fused=bool(e.fused) if e.fused is not None else True, **e.kwargs)
-            times = time_runner(runner, runs, warmup, bar)
-        except (RuntimeError, NotImplementedError, AssertionError, TypeError) as err:
-            if on_error != "skip":
-                raise
-            failures.append(e.label)
-            print(f"edgevit bench: {e.label} failed in {runtime}: {type(err).__name__}: {str(err)[:300]}",
-                  file=sys.stderr)
-            bar.update(runs)
-            continue
+            runner()  # one pass: a model that cannot run fails here, not in the middle of the rounds
+            built.append((e, runner))
+        except _RUN_ERRORS as err:
+            _skip_or_raise(on_error, e, runtime, err, failures)
+        bar.update(1)
+    bar.close()
+    bar = tqdm(total=len(built) * runs, desc=f"bench {runtime}: rounds", unit="run", file=sys.stderr,
+               disable=not show_progress)
+    times = time_runners([r for _, r in built], runs, warmup, bar, seed=seed)
+    bar.close()
+    results = []
+    for (e, runner), ts in zip(built, times):
         net = runner.model
+        lo, hi = median_ci(ts)
         results.append({
             "model": e.model, "label": e.label, "fused": e.fused, "runtime": runtime,
             "img_size": runner.img_size, "params_m": round(count_params(net, runner.img_size), 4),
             "gmacs": round(count_gmacs(net, runner.img_size), 4),
-            "mean_ms": statistics.fmean(times), "std_ms": statistics.pstdev(times) if len(times) > 1 else 0.0,
-            "median_ms": statistics.median(times), "runs": runs})
-        del runner
-    bar.close()
-    doc = {"meta": meta(threads, runs), "results": results}
+            "mean_ms": statistics.fmean(ts), "std_ms": statistics.pstdev(ts) if len(ts) > 1 else 0.0,
+            "median_ms": statistics.median(ts), "ci_lo_ms": lo, "ci_hi_ms": hi, "runs": runs})
+    del built
+    doc = {"meta": {**meta(threads, runs), "timing": "interleaved rounds, random order per round; "
+                    "median with a 95% distribution-free confidence interval"}, "results": results}
+    doc["meta"]["ties"] = [list(t) for t in ranking_ties(results)]
     if failures:
         doc["meta"]["failed"] = failures
     return doc
 
 
-ROW_KEYS = ("model", "label", "fused", "runtime", "img_size", "params_m", "gmacs", "mean_ms", "std_ms",
-            "median_ms", "runs")
+_RUN_ERRORS = (RuntimeError, NotImplementedError, AssertionError, TypeError)
+
+
+def _skip_or_raise(on_error: str, e: Entry, runtime: str, err: BaseException, failures: List[str]) -> None:
+    if on_error != "skip":
+        raise err
+    failures.append(e.label)
+    print(f"edgevit bench: {e.label} failed in {runtime}: {type(err).__name__}: {str(err)[:300]}", file=sys.stderr)
+
+
+ROW_KEYS = ("model", "label", "fused", "runtime", "img_size", "params_m", "gmacs", "paper_params_m",
+            "paper_gflops", "mean_ms", "std_ms", "median_ms", "ci_lo_ms", "ci_hi_ms", "runs")
 
 
 def to_csv(doc: dict) -> str:
@@ -180,17 +238,80 @@ def to_csv(doc: dict) -> str:
     return buf.getvalue()
 
 
-def format_table(doc: dict) -> str:
-    rows = doc["results"]
-    head = f"{'model':<44} {'runtime':<12} {'size':>4} {'params M':>8} {'GMACs':>6} {'mean ms':>9} " \
-           f"{'± std':>7} {'median':>8}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['label']:<44} {r['runtime']:<12} {r['img_size']:>4} {r['params_m']:>8.2f} "
-                     f"{r['gmacs']:>6.3f} {r['mean_ms']:>9.2f} {r['std_ms']:>7.2f} {r['median_ms']:>8.2f}")
-    m = doc["meta"]
-    lines.append(f"batch 1, fp32, {m['threads']} threads, {m['runs']} runs; {m['cpu']}; torch {m['torch']}, "
-                 + ", ".join(f"{k} {v}" for k, v in m["runtime_versions"].items() if k != "torch"))
+def add_paper_columns(doc: dict, paper: Optional[dict] = None) -> dict:
+    """Beside each baseline and EdgeViT the paper's Table 2 lists: its printed params (M) and FLOPs (G), so a
+    reader sees the same model is compared (MobileViTs at 256 px as the paper; ablation rows get none)."""
+    from ..paper import by_timm_name
+
+    table2 = by_timm_name("table2", paper)
+    for r in doc["results"]:
+        p = table2.get(r["model"]) if "[" not in r["label"] else None
+        r["paper_params_m"], r["paper_gflops"] = (p["params_m"], p["gflops"]) if p else (None, None)
+        r["paper_img_size"] = p["input_size"] if p else None
+    return doc
+
+
+# Table 4's orderings: (the faster row's ablation tag, the slower one's; None = EdgeViT-XXS itself).
+ORDERINGS = [(None, "local_agg=lsa"), (None, "local_agg=none"), (None, "sampler=avg"), (None, "sampler=max"),
+             (None, "local_prop=bilinear"), (None, "local_prop=none")]
+
+
+def ablation_check(doc: dict, paper: Optional[dict] = None) -> List[dict]:
+    """For each form measured: the paper's Table 4 latency and top-1 beside each ablation row, and whether
+    each of the paper's orderings (LA(Ours) faster than LSA and than w/o LA; the default sampler faster than
+    avg and max; LP(Ours) faster than bilinear and than w/o LP) holds here, and whether the intervals
+    make it certain."""
+    from ..paper import rows
+
+    table4 = {r["ablation"]: r for r in rows("table4", paper)}
+    out = []
+    for fused in sorted({r.get("fused") for r in doc["results"]}, key=str):
+        mine = {None if "[" not in r["label"] else r["label"].split("[", 1)[1].split("]", 1)[0]: r
+                for r in doc["results"] if r["model"] == "edgevit_xxs" and r.get("fused") == fused}
+        for fast, slow in ORDERINGS:
+            if fast not in mine or slow not in mine:
+                continue
+            a, b = mine[fast], mine[slow]
+            pa, pb = table4[fast], table4[slow]
+            out.append({"form": "fused" if fused else "unfused", "faster": pa["variant"], "slower": pb["variant"],
+                        "paper_ms": [pa["latency_ms"], pb["latency_ms"]], "paper_ratio": pb["latency_ms"] / pa["latency_ms"],
+                        "paper_top1": [pa["top1"], pb["top1"]],
+                        "here_ms": [a["median_ms"], b["median_ms"]], "here_ratio": b["median_ms"] / a["median_ms"],
+                        "holds": a["median_ms"] < b["median_ms"],
+                        "certain": a["ci_hi_ms"] < b["ci_lo_ms"] or b["ci_hi_ms"] < a["ci_lo_ms"]})
+    return out
+
+
+def format_ablations(checks: Sequence[dict]) -> str:
+    if not checks:
+        return ""
+    head = f"{'form':<8} {'paper: faster < slower':<62} {'paper ms':>13} {'x':>5} {'here ms':>15} {'x':>5}  holds here?"
+    lines = ["Table 4 orderings (paper: Galaxy S21, TorchScript lite; here: this runtime and machine)", head,
+             "-" * len(head)]
+    for c in checks:
+        verdict = ("yes" if c["holds"] else "NO") + ("" if c["certain"] else " (intervals overlap: not certain)")
+        lines.append(f"{c['form']:<8} {c['faster'][:29]:<29} < {c['slower'][:30]:<30} "
+                     f"{c['paper_ms'][0]:>5.1f} / {c['paper_ms'][1]:<5.1f} {c['paper_ratio']:>5.2f} "
+                     f"{c['here_ms'][0]:>6.2f} / {c['here_ms'][1]:<6.2f} {c['here_ratio']:>5.2f}  {verdict}")
     return "\n".join(lines)
 
 
+def format_table(doc: dict) -> str:
+    rows = doc["results"]
+    head = f"{'model':<44} {'runtime':<12} {'size':>4} {'params M':>8} {'GMACs':>6} {'paper M/G':>10} " \
+           f"{'median ms':>9} {'95% CI':>15} {'mean ± std':>14}"
+    lines = [head, "-" * len(head)]
+    tied = {label for pair in doc["meta"].get("ties", []) for label in pair}
+    for r in rows:
+        pp = (f"{r['paper_params_m']:.1f}/{r['paper_gflops']:.2f}" if r.get("paper_params_m") is not None else "")
+        lines.append(f"{r['label'] + (' ~' if r['label'] in tied else ''):<44} {r['runtime']:<12} {r['img_size']:>4} "
+                     f"{r['params_m']:>8.2f} {r['gmacs']:>6.3f} {pp:>10} {r['median_ms']:>9.2f} "
+                     f"{'[' + format(r['ci_lo_ms'], '.2f') + ', ' + format(r['ci_hi_ms'], '.2f') + ']':>15} "
+                     f"{r['mean_ms']:>7.2f} ± {r['std_ms']:<5.2f}")
+    m = doc["meta"]
+    lines.append(f"batch 1, fp32, {m['threads']} threads, {m['runs']} interleaved rounds; {m['cpu']}; "
+                 f"torch {m['torch']}, " + ", ".join(f"{k} {v}" for k, v in m["runtime_versions"].items() if k != "torch"))
+    if tied:
+        lines.append(f"~ : its 95% interval overlaps another model's ({len(m['ties'])} pair(s)): this run does not "
+                     "rank them; rerun with more --runs on a quieter machine. paper M/G: Table 2's params/FLOPs.")
+    return "\n".join(lines)

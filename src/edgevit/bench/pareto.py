@@ -7,12 +7,13 @@ as costly, and strictly better in one of the two.
 from __future__ import annotations
 
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from ..errors import UserError
 
 
 def efficiency(top1: float, energy_mj: float) -> float:
     """Top-1 % per mJ (the paper's energy-aware efficiency)."""
     if energy_mj <= 0:
-        raise ValueError(f"energy per inference must be > 0 mJ, got {energy_mj}")
+        raise UserError(f"energy per inference must be > 0 mJ, got {energy_mj}")
     return float(top1) / float(energy_mj)
 
 
@@ -71,3 +72,22 @@ def dominated_by(rows: Sequence[Mapping], name: str, cost_key: str, acc_key: str
     return [r[name_key] for r in rows if r is not me and r.get(cost_key) is not None
             and r.get(acc_key) is not None and float(r[cost_key]) <= c and float(r[acc_key]) >= a
             and (float(r[cost_key]) < c or float(r[acc_key]) > a)]
+
+
+def pareto_membership(lo: Sequence[float], hi: Sequence[float], accuracy: Sequence[float]) -> List[Optional[bool]]:
+    """Pareto membership when each cost is only known to an interval [lo, hi] (a timing's confidence
+    interval): True where a point is on the front even at its worst (its hi, every other point at its lo),
+    False where it is off even at its best (its lo, the others at their hi), None where the intervals
+    leave it open. Lower cost is better."""
+    n = len(lo)
+    out: List[Optional[bool]] = []
+    for i in range(n):
+        best = [lo[j] if j == i else hi[j] for j in range(n)]
+        worst = [hi[j] if j == i else lo[j] for j in range(n)]
+        if i in pareto_front(worst, accuracy):
+            out.append(True)
+        elif i not in pareto_front(best, accuracy):
+            out.append(False)
+        else:
+            out.append(None)
+    return out

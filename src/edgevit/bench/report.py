@@ -10,15 +10,18 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from importlib import resources
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..utils.io import atomic_path, write_text_atomic
 from .energy import load_energy_json
-from .pareto import add_efficiency, pareto_front
+from ..paper import load_paper, published_top1
+from .paper import (TRADEOFFS, RUNTIME_NOTE, claims, compare_latency, efficiency_rows, paper_pareto,
+                    tradeoff_rows)
+from .pareto import add_efficiency, pareto_front, pareto_membership
+from ..errors import UserError
+from ..utils.io import read_json
 
-PAPER_FORMAT = "edgevit-paper-results/1"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -26,56 +29,19 @@ PAPER_FORMAT = "edgevit-paper-results/1"
 
 
 def _read_json(path: os.PathLike | str, flag: str):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{flag} {path}: no such file")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{flag} {path}: not valid JSON ({e})")
-
-
-def default_paper_path() -> Path:
-    return Path(str(resources.files("edgevit") / "data" / "paper_results.json"))
-
-
-def load_paper_results(path: os.PathLike | str | None = None) -> dict:
-    """The paper's numbers shipped with the package (or `path`): every table must name its `source`."""
-    path = Path(path) if path else default_paper_path()
-    data = _read_json(path, "--paper")
-    if not isinstance(data, dict) or not isinstance(data.get("tables"), dict) or "citation" not in data:
-        raise ValueError(f"--paper {path}: expected {{'format': '{PAPER_FORMAT}', 'citation', 'tables': {{...}}}}")
-    for key, table in data["tables"].items():
-        if not table.get("source"):
-            raise ValueError(f"--paper {path}: table {key!r} has no 'source' (every number must cite one)")
-        for i, row in enumerate(table.get("rows", [])):
-            if "model" not in row or "top1" not in row:
-                raise ValueError(f"--paper {path}: table {key!r} row {i} needs 'model' and 'top1'")
-    data["_path"] = str(path)
-    return data
-
-
-def paper_rows(paper: dict) -> List[dict]:
-    """One dict per model in the paper data: model, name, top1, params_m, gflops, latency_ms?, energy_mj?."""
-    out: Dict[str, dict] = {}
-    for key, table in paper["tables"].items():
-        for row in table.get("rows", []):
-            r = out.setdefault(row["model"], {"model": row["model"], "tables": []})
-            r.update({k: v for k, v in row.items() if v is not None})
-            r["tables"].append(key)
-    return list(out.values())
+    return read_json(path, flag)
 
 
 def load_bench_json(path: os.PathLike | str) -> dict:
     """An `edgevit bench --json FILE` result: {"meta": {...}, "results": [{"model", "runtime", "mean_ms", ...}]}."""
     data = _read_json(path, "--bench")
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
-        raise ValueError(f"--bench {path}: expected an `edgevit bench --json` file "
+        raise UserError(f"--bench {path}: expected an `edgevit bench --json` file "
                          "({'meta': {...}, 'results': [...]})")
     for i, r in enumerate(data["results"]):
         missing = [k for k in ("model", "runtime", "mean_ms") if k not in r]
         if missing:
-            raise ValueError(f"--bench {path}: result {i} lacks {', '.join(missing)}")
+            raise UserError(f"--bench {path}: result {i} lacks {', '.join(missing)}")
     return data
 
 
@@ -85,12 +51,12 @@ def load_accuracy_json(path: os.PathLike | str) -> List[dict]:
     items = data if isinstance(data, list) else [data]
     for i, it in enumerate(items):
         if not isinstance(it, dict) or "model" not in it or "top1" not in it:
-            raise ValueError(f"--accuracy {path}: item {i} needs 'model' and 'top1' (an `edgevit eval --json` "
+            raise UserError(f"--accuracy {path}: item {i} needs 'model' and 'top1' (an `edgevit eval --json` "
                              "result)")
-        try:
-            float(it["top1"])
-        except (TypeError, ValueError):
-            raise ValueError(f"--accuracy {path}: item {i} ({it.get('model')}): top1 {it['top1']!r} is not a number")
+        top1 = it["top1"]
+        if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not 0 <= top1 <= 100:
+            raise UserError(f"--accuracy {path}: item {i} ({it.get('model')}): top1 {top1!r} is not a "
+                            "percentage in [0, 100]")
     return items
 
 
@@ -110,7 +76,7 @@ def build_rows(bench: Sequence[dict] = (), energy: Sequence[dict] = (),
     bench: loaded bench files; energy: energy results; accuracy: (file, eval result) pairs; paper: the
     paper data (accuracy for the models it knows). A user's eval top-1 wins over the paper's."""
     warnings: List[str] = []
-    paper_by_model = {r["model"]: r for r in paper_rows(paper)} if paper else {}
+    paper_by_model = published_top1(paper) if paper else {}
     acc: Dict[str, Tuple[float, str]] = {m: (float(r["top1"]), "paper") for m, r in paper_by_model.items()}
     user_acc: Dict[str, Tuple[float, str]] = {}
     for file, item in accuracy:
@@ -123,7 +89,9 @@ def build_rows(bench: Sequence[dict] = (), energy: Sequence[dict] = (),
         for r in b["results"]:
             row = {"name": r.get("label") or r["model"], "model": r["model"], "runtime": r["runtime"],
                    "fused": r.get("fused"), "img_size": r.get("img_size"), "params_m": r.get("params_m"),
-                   "gmacs": r.get("gmacs"), "latency_ms": float(r["mean_ms"]), "latency_std_ms": r.get("std_ms"),
+                   "gmacs": r.get("gmacs"), "latency_ms": float(r.get("median_ms", r["mean_ms"])),
+                   "latency_std_ms": r.get("std_ms"), "latency_ci_ms": [r["ci_lo_ms"], r["ci_hi_ms"]]
+                   if "ci_lo_ms" in r else None,
                    "machine": (b.get("meta") or {}).get("machine")}
             rows.append(row)
             by_key[(row["name"], row["runtime"])] = row
@@ -171,11 +139,13 @@ def _groups(rows: Iterable[dict], key: str, by: str) -> Dict[str, List[dict]]:
 
 
 def mark_pareto(rows: List[dict]) -> Dict[str, Dict[str, List[str]]]:
-    """Set row['pareto_latency'] / row['pareto_energy'] (within each runtime / energy method); return
-    the Pareto sets by group."""
-    sets: Dict[str, Dict[str, List[str]]] = {"accuracy_latency": {}, "accuracy_energy": {}}
-    for key, flag, by, tag in (("latency_ms", "pareto_latency", "runtime", "accuracy_latency"),
-                               ("energy_mj", "pareto_energy", "energy_method", "accuracy_energy")):
+    """Set row['pareto_latency'] / row['pareto_energy'] (within each runtime / energy method) to True, False,
+    or "uncertain" where the latencies' confidence intervals leave the membership open; return the Pareto
+    sets by group (from the medians) and, under "uncertain_*", the members the intervals cannot settle."""
+    sets: Dict[str, Dict[str, List[str]]] = {"accuracy_latency": {}, "accuracy_energy": {},
+                                             "uncertain_latency": {}, "uncertain_energy": {}}
+    for key, flag, by, tag, ci in (("latency_ms", "pareto_latency", "runtime", "accuracy_latency", "latency_ci_ms"),
+                                   ("energy_mj", "pareto_energy", "energy_method", "accuracy_energy", None)):
         for r in rows:
             r[flag] = None if r.get(key) is None or r.get("top1") is None else False
         for group, rs in _groups(rows, key, by).items():
@@ -183,6 +153,13 @@ def mark_pareto(rows: List[dict]) -> Dict[str, Dict[str, List[str]]]:
             for i in idx:
                 rs[i][flag] = True
             sets[tag][group] = [rs[i]["name"] for i in idx]
+            if ci and all(r.get(ci) for r in rs):
+                member = pareto_membership([r[ci][0] for r in rs], [r[ci][1] for r in rs], [r["top1"] for r in rs])
+                open_ = [r for r, m in zip(rs, member) if m is None]
+                for r in open_:
+                    r[flag] = "uncertain"
+                if open_:
+                    sets[f"uncertain_{tag.split('_')[1]}"][group] = [r["name"] for r in open_]
     return sets
 
 
@@ -251,8 +228,13 @@ def place_labels(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[
 
 
 def plot_tradeoff(rows: Sequence[dict], cost_key: str, xlabel: str, title: str, out_stem: Path,
-                  err_key: Optional[str] = None) -> List[Path]:
-    """Accuracy vs cost scatter with the Pareto front (EdgeViTs highlighted) -> out_stem.png and .svg."""
+                  err_key: Optional[str] = None, higher_is_better: bool = False,
+                  flag_key: Optional[str] = None) -> List[Path]:
+    """Accuracy vs cost scatter with the Pareto front (EdgeViTs highlighted) -> out_stem.png and .svg.
+
+    err_key: a +- value or a [lo, hi] interval per row (error bars); higher_is_better: the cost axis is a
+    benefit (efficiency); flag_key: rows whose flag is "uncertain" get a ring saying their place on the
+    front is not settled by the measurement."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -262,14 +244,17 @@ def plot_tradeoff(rows: Sequence[dict], cost_key: str, xlabel: str, title: str, 
         return []
     xs = [float(r[cost_key]) for r in rows]
     ys = [float(r["top1"]) for r in rows]
-    front = pareto_front(xs, ys)
+    front = pareto_front([-x for x in xs] if higher_is_better else xs, ys)
     fig, ax = plt.subplots(figsize=(7.0, 4.8), dpi=110)
     others = [i for i, r in enumerate(rows) if not r["edgevit"]]
     edge = [i for i, r in enumerate(rows) if r["edgevit"]]
     if err_key:
         for i in range(len(rows)):
             e = rows[i].get(err_key)
-            if e:
+            if isinstance(e, (list, tuple)):
+                ax.errorbar(xs[i], ys[i], xerr=[[max(0.0, xs[i] - e[0])], [max(0.0, e[1] - xs[i])]], fmt="none",
+                            ecolor="0.6", lw=0.8, zorder=1)
+            elif e:
                 ax.errorbar(xs[i], ys[i], xerr=float(e), fmt="none", ecolor="0.6", lw=0.8, zorder=1)
     ax.scatter([xs[i] for i in others], [ys[i] for i in others], s=36, c="#6b7b8c", label="other models",
                zorder=3)
@@ -278,6 +263,10 @@ def plot_tradeoff(rows: Sequence[dict], cost_key: str, xlabel: str, title: str, 
     fx, fy = [xs[i] for i in front], [ys[i] for i in front]
     ax.step(fx, fy, where="post", color="#d62728", lw=1.0, ls="--", alpha=0.7, label="Pareto front", zorder=2)
     ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="#d62728", lw=0.8, zorder=2)
+    unsure = [i for i, r in enumerate(rows) if flag_key and r.get(flag_key) == "uncertain"]
+    if unsure:
+        ax.scatter([xs[i] for i in unsure], [ys[i] for i in unsure], s=260, facecolors="none",
+                   edgecolors="#ff7f0e", lw=1.2, ls="--", label="on/off front: not settled", zorder=2)
     span_x = (max(xs) - min(xs)) or max(xs) or 1.0
     span_y = (max(ys) - min(ys)) or 1.0
     ax.set_xlim(min(xs) - 0.12 * span_x, max(xs) + 0.25 * span_x)
@@ -319,7 +308,7 @@ def _table(rows: Sequence[dict]) -> List[str]:
     for r in rows:
         name = f"**{r['name']}**" if r["edgevit"] else r["name"]
         src = f" ({r['top1_source']})" if r.get("top1_source") else ""
-        mark = {True: "✔", False: "", None: "—"}
+        mark = {True: "✔", False: "", None: "—", "uncertain": "? (intervals overlap)"}
         out.append(f"| {name} | {r.get('runtime') or '—'} | {_fmt(r.get('top1'))}{src} | "
                    f"{_fmt(r.get('params_m'), digits=2)} | {_fmt(r.get('gmacs'), digits=3)} | "
                    f"{_fmt(r.get('latency_ms'), r.get('latency_std_ms'), 2)} | "
@@ -339,17 +328,24 @@ def _meta_lines(bench: Sequence[dict], bench_files: Sequence[str]) -> List[str]:
 
 
 def make_report(out_dir: os.PathLike | str, bench: Sequence[str] = (), energy: Sequence[str] = (),
-                accuracy: Sequence[str] = (), paper: bool | str = True, title: str = "EdgeViT efficiency report"
-                ) -> dict:
-    """Write report.md, report.json and the Pareto plots (PNG + SVG) into `out_dir`; return the summary.
+                accuracy: Sequence[str] = (), paper: bool | str = True, title: str = "EdgeViT efficiency report",
+                publish_as: os.PathLike | str | None = None, paper_figures: bool = False,
+                vs_paper: bool = False) -> dict:
+    """Write report.md, report.json and the plots (PNG + SVG) into `out_dir`; return the summary.
 
     bench / energy / accuracy: files from `edgevit bench --json`, `edgevit energy -o`, `edgevit eval --json`.
-    paper: True for the shipped paper data, a path for another file, False for none."""
+    paper: True for the shipped paper data (`edgevit.paper`), a path for another file of its format, False for
+    none. paper_figures: the paper's Fig. 1 / Fig. 5 and efficiency plot redrawn from its tables, with its
+    Pareto sets and claims checked. vs_paper: the bench latencies beside the paper's phone (Table 2).
+    publish_as: where `out_dir` will be moved once written (`edgevit.utils.io.replace_dir`)."""
     out = Path(out_dir)
+    shown = Path(publish_as) if publish_as is not None else out
     bench_data = [load_bench_json(f) for f in bench]
     energy_data = [e for f in energy for e in load_energy_json(f)]
     acc_data = [(str(f), it) for f in accuracy for it in load_accuracy_json(f)]
-    paper_data = load_paper_results(None if paper is True else paper) if paper else None
+    paper_data = load_paper(None if paper is True else paper) if paper else None
+    if (paper_figures or vs_paper) and paper_data is None:
+        raise UserError("the paper's figures and the comparison with its phone need the paper data")
     rows, warnings = build_rows(bench_data, energy_data, acc_data, paper_data)
     for e in energy_data:
         for w in e.get("warnings") or []:
@@ -360,53 +356,122 @@ def make_report(out_dir: os.PathLike | str, bench: Sequence[str] = (), energy: S
     plots: List[Path] = []
     for runtime, rs in sorted(_groups(rows, "latency_ms", "runtime").items()):
         machine = next((r.get("machine") for r in rs if r.get("machine")), None)
-        plots += plot_tradeoff(rs, "latency_ms", "latency per image, batch 1 (ms)",
+        ci = all(r.get("latency_ci_ms") for r in rs)
+        plots += plot_tradeoff(rs, "latency_ms", "median latency per image, batch 1 (ms)" + (", 95% CI" if ci else ""),
                                f"Accuracy vs latency — {runtime}" + (f" on {machine}" if machine else ""),
-                               out / f"pareto_latency_{runtime}", err_key="latency_std_ms")
+                               out / f"pareto_latency_{runtime}", err_key="latency_ci_ms" if ci else "latency_std_ms",
+                               flag_key="pareto_latency")
     for method, rs in sorted(_groups(rows, "energy_mj", "energy_method").items()):
         plots += plot_tradeoff(rs, "energy_mj", "energy per inference (mJ)", f"Accuracy vs energy ({method})",
                                out / f"pareto_energy_{method}", err_key="energy_std_mj")
-    paper_plot_rows = []
-    if paper_data:
-        for r in paper_rows(paper_data):
-            paper_plot_rows.append({**r, "name": r.get("name", r["model"]), "edgevit": _is_edgevit(r["model"])})
-        for key, label, stem in (("latency_ms", "latency on the paper's phone (ms)", "paper_latency"),
-                                 ("energy_mj", "energy per inference on the paper's phone (mJ)", "paper_energy")):
-            plots += plot_tradeoff(paper_plot_rows, key, label, f"Pan et al. 2022 — accuracy vs {key.split('_')[0]}",
-                                   out / stem)
 
     md = [f"# {title}", ""]
-    if bench_data:
-        md += ["Latency measured with `edgevit bench` (batch 1, fp32):", ""] + _meta_lines(bench_data, bench) + [""]
-    if energy_data:
-        md += ["Energy measured with `edgevit energy` (" +
-               ", ".join(sorted({str(e.get("method")) for e in energy_data})) + "); net of idle power.", ""]
-    md += ["Top-1 accuracy: `eval` = measured here with `edgevit eval`; `paper` = published ImageNet-1K top-1 "
-           "from the shipped paper data (see below). Pareto flags are within each runtime (latency) / "
-           "measurement method (energy); — means the numbers needed are missing.", ""]
-    md += _table(rows) + [""]
-    for tag, title_ in (("accuracy_latency", "Accuracy–latency"), ("accuracy_energy", "Accuracy–energy")):
-        for group, names in sets[tag].items():
-            md.append(f"- {title_} Pareto set ({group}): {', '.join(names)}")
-    md.append("")
-    for p in plots:
-        if p.suffix == ".png":
+    summary: dict = {"out_dir": str(shown), "report": str(shown / "report.md"), "pareto": sets}
+    if rows:
+        if bench_data:
+            md += ["Latency measured with `edgevit bench` (batch 1, fp32; median over interleaved rounds with its "
+                   "95% confidence interval where the file has one):", ""] + _meta_lines(bench_data, bench) + [""]
+        if energy_data:
+            md += ["Energy measured with `edgevit energy` (" +
+                   ", ".join(sorted({str(e.get("method")) for e in energy_data})) + "); net of idle power.", ""]
+        md += ["Top-1 accuracy: `eval` = measured here with `edgevit eval`; `paper` = published ImageNet-1K top-1 "
+               "from the shipped paper data. Pareto flags are within each runtime (latency) / measurement method "
+               "(energy); — means the numbers needed are missing; ? means the latencies' confidence intervals "
+               "leave the membership open (the front drawn is the medians').", ""]
+        md += _table(rows) + [""]
+        for tag, title_ in (("accuracy_latency", "Accuracy–latency"), ("accuracy_energy", "Accuracy–energy")):
+            for group, names in sets[tag].items():
+                md.append(f"- {title_} Pareto set ({group}): {', '.join(names)}")
+                unsure = sets[f"uncertain_{tag.split('_')[1]}"].get(group)
+                if unsure:
+                    md.append(f"  - not settled by this measurement (intervals overlap): {', '.join(unsure)}; "
+                              "rerun with more --runs on a quieter machine before drawing conclusions")
+        md.append("")
+        for p in plots:
             md += [f"![{p.stem}]({p.name})", ""]
+    if vs_paper:
+        if not bench_data:
+            raise UserError("the comparison with the paper's phone needs bench results")
+        acc_over = {it["model"]: float(it["top1"]) for _, it in acc_data}
+        cmp = compare_latency(bench_data, acc_over, paper_data)
+        summary["vs_paper"] = cmp
+        md += _vs_paper_md(cmp)
+    if paper_figures:
+        fig_plots, fig_md, fig_summary = _paper_section(paper_data, out)
+        plots += fig_plots
+        md += fig_md
+        summary["paper"] = fig_summary
     if paper_data:
-        md += ["## Paper data", "", f"{paper_data['citation']}", "", paper_data.get("note", ""), ""]
-        for key, table in paper_data["tables"].items():
-            md.append(f"- `{key}`: {table.get('description', '')} — source: {table['source']}")
-        md += ["", "| model | name | top-1 % | params (M) | GFLOPs | latency (ms) | energy (mJ) |",
-               "|---|---|---|---|---|---|---|"]
-        for r in paper_plot_rows:
-            md.append(f"| {r['model']} | {r['name']} | {_fmt(r.get('top1'))} | {_fmt(r.get('params_m'))} | "
-                      f"{_fmt(r.get('gflops'))} | {_fmt(r.get('latency_ms'))} | {_fmt(r.get('energy_mj'))} |")
+        md += ["## Paper data", "", paper_data["citation"], "", paper_data.get("note", ""), ""]
+        md += [f"- `{k}`: {t.get('description', '')} — source: {t['source']}" for k, t in paper_data["tables"].items()]
         md.append("")
     if warnings:
         md += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
     write_text_atomic(out / "report.md", "\n".join(md))
-    summary = {"out_dir": str(out), "report": str(out / "report.md"), "plots": [str(p) for p in plots],
-               "pareto": sets, "warnings": warnings,
-               "rows": [{k: v for k, v in r.items()} for r in rows]}
+    summary.update({"plots": [str(shown / p.name) for p in plots], "warnings": warnings,
+                    "rows": [{k: v for k, v in r.items()} for r in rows]})
     write_text_atomic(out / "report.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def _vs_paper_md(cmp: dict) -> List[str]:
+    md = ["## This machine vs the paper's phone", "", cmp["note"], "",
+          f"Runtime here: {cmp['runtime']}. Latency ratios are to MobileNet-v2 on each side. Kendall's τ of the "
+          f"latencies (the same order = 1): **{cmp['kendall_tau']:.2f}** over {len(cmp['rows'])} models.", "",
+          "| model | here (ms) | here / MobileNet-v2 | S21 (ms) | S21 / MobileNet-v2 | top-1 % |",
+          "|---|---|---|---|---|---|"]
+    for r in sorted(cmp["rows"], key=lambda r: r["paper_latency_ms"]):
+        md.append(f"| {r['name']} | {r['latency_ms']:.2f} | {r['ratio']:.2f} | {r['paper_latency_ms']:.1f} | "
+                  f"{r['paper_ratio']:.2f} | {r['top1']:.1f} |")
+    p = cmp["pareto"]
+    md += ["", f"- Accuracy–latency Pareto set on the S21 (these models): {', '.join(p['paper'])}",
+           f"- ... with the latencies measured here: {', '.join(p['yours'])}"]
+    md.append("- Memberships that change: " + (", ".join(
+        f"{c['name']} ({'joins' if c['yours'] else 'leaves'})" for c in p["changes"]) if p["changes"] else "none"))
+    return md + [""]
+
+
+def _paper_section(paper: dict, out: Path) -> Tuple[List[Path], List[str], dict]:
+    """The paper's Fig. 1 / Fig. 5 (and accuracy vs efficiency) redrawn from its Tables 2 and 3, the Pareto
+    sets by the paper's names, Table 3's efficiency recomputed, and its claims checked."""
+    sets = paper_pareto(paper)
+    figures = {  # stem: (tradeoff, x label, title)
+        "paper_fig1_accuracy_latency": ("accuracy_latency", "latency on a Galaxy S21 CPU (ms, ± std)",
+                                        "Pan et al. 2022, Fig. 1: accuracy vs latency (Table 2)"),
+        "paper_fig5a_accuracy_latency": ("accuracy_latency", "latency on a Galaxy S21 CPU (ms, ± std)",
+                                         "Fig. 5 (a): accuracy vs latency (Table 2)"),
+        "paper_fig5b_accuracy_energy": ("accuracy_energy", "energy per inference, Snapdragon 888 HDK (mJ, ± std)",
+                                        "Fig. 5 (b): accuracy vs energy (Table 3)"),
+        "paper_accuracy_efficiency": ("accuracy_efficiency", "efficiency: top-1 % per mJ (recomputed)",
+                                      "Accuracy vs energy efficiency (Table 3, top-1 / energy)"),
+    }
+    plots: List[Path] = []
+    for stem, (t, xlabel, title) in figures.items():
+        rs = [{"name": r["name"], "cost": r["cost"], "cost_std": r["cost_std"], "top1": r["top1"],
+               "edgevit": r["family"] == "EdgeViT"} for r in tradeoff_rows(t, paper)]
+        plots += plot_tradeoff(rs, "cost", xlabel, title, out / stem, err_key="cost_std",
+                               higher_is_better=TRADEOFFS[t][3])
+    eff = efficiency_rows(paper)
+    checked = claims(paper)
+    md = ["## The paper's own numbers", "", RUNTIME_NOTE.split(";")[0] + ".", "",
+          "Figures redrawn from the paper's tables: " + ", ".join(f"`{p.name}`" for p in plots if p.suffix == ".png"),
+          ""]
+    for p in plots:
+        if p.suffix == ".png":
+            md += [f"![{p.stem}]({p.name})", ""]
+    md += ["| model | family | top-1 % | S21 latency (ms) | energy (mJ) | efficiency printed | recomputed | "
+           "agrees | Pareto: latency | energy | efficiency |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in eff:
+        mark = ["✔" if r["model"] in sets[t] else "" for t in TRADEOFFS]
+        md.append(f"| {r['model']} | {r['family']} | {r['top1']:.1f} | {r['latency_ms']:.1f} | "
+                  f"{r['energy_mj']:.1f} ± {r['energy_std_mj']:.1f} | {r['efficiency_printed']:.3f} | "
+                  f"{r['efficiency']:.4f} | {'yes' if r['efficiency_agrees'] else 'NO'} | " + " | ".join(mark) + " |")
+    md += ["", "Pareto sets (the paper's names):"]
+    md += [f"- {t.replace('_', ' ')}: {', '.join(names)}" for t, names in sets.items()]
+    md += ["", "The paper's claims, checked against its own tables:"]
+    md += [f"- {'✔' if c['holds'] else '✘'} {c['claim']} {c['finding']}" for c in checked]
+    md.append("")
+    summary = {"pareto": sets, "claims": checked,
+               "efficiency": [{k: r[k] for k in ("model", "top1", "energy_mj", "efficiency", "efficiency_printed",
+                                                 "efficiency_agrees")} for r in eff]}
+    return plots, md, summary

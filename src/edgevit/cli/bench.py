@@ -4,49 +4,69 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..utils.options import image_size, nonneg_int, positive_int
+from .common import add_overwrite_arg, add_progress_arg, check_output_file, show_progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..bench.bench import DEFAULT_MODELS, FORMS
     from ..bench.runners import RUNTIMES
     p = sub.add_parser("bench", help="CPU latency of EdgeViTs and baselines, batch 1 fp32",
-                       description="Batch 1, fp32, CPU: warm-up, then --runs timed forward passes per model; "
-                                   "mean ± std and median. EdgeViTs run fused and unfused; baselines in "
-                                   "timm's deploy form. Default models: " + ", ".join(DEFAULT_MODELS))
+                       description="Batch 1, fp32, CPU: every model built and warmed up, then --runs rounds, each "
+                                   "timing every model once in a new random order (load on the machine hits "
+                                   "all alike); median with a 95% confidence interval, pairs whose intervals "
+                                   "overlap marked '~'. EdgeViTs run fused and unfused; baselines in timm's "
+                                   "deploy form; the paper's Table 2 params/FLOPs beside them. Default models: "
+                                   + ", ".join(DEFAULT_MODELS))
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="MODEL",
                    help="model names (EdgeViT variants or any timm model)")
-    p.add_argument("--runtime", default="eager", help=f"one of {', '.join(RUNTIMES)} (default eager)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
-    p.add_argument("--runs", type=int, default=50, help="timed forward passes per model (default 50)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed passes before timing (default 10)")
-    p.add_argument("--img-size", type=int, default=None,
+    p.add_argument("--runtime", default="eager", choices=RUNTIMES, help="runtime (default eager)")
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads (default 2)")
+    p.add_argument("--runs", type=positive_int, default=50, help="timed forward passes per model (default 50)")
+    p.add_argument("--warmup", type=nonneg_int, default=10, help="untimed passes before timing (default 10)")
+    p.add_argument("--img-size", type=image_size, default=None,
                    help="square input size for every model (default: each model's own, MobileViT 256)")
     p.add_argument("--edgevit-form", default="both", choices=FORMS, help="EdgeViTs fused, unfused or both")
     p.add_argument("--ablations", action="store_true",
-                   help="add the paper's Table-4 variants of XXS, each scaled to 0.52-0.56 GMACs (printed)")
+                   help="add the paper's Table-4 variants of XXS, each scaled to 0.52-0.56 GMACs, and print the "
+                        "paper's Table 4 beside them with whether its orderings hold here")
     p.add_argument("--keep-going", action="store_true", help="skip a model that fails to export/run")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
                    help="write the results document to FILE (or print it with no FILE)")
     p.add_argument("--csv", default=None, metavar="FILE", help="write the result rows as CSV")
+    add_overwrite_arg(p, "the --json / --csv files")
+    add_progress_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench.bench import format_table, plan, run_bench, to_csv
+    from ..bench.bench import (ablation_check, add_paper_columns, format_ablations, format_table, plan, run_bench,
+                               to_csv)
     from ..bench.runners import check_runtime, require_package
     from ..utils.io import print_json, write_text_atomic
 
+    for flag, path in (("--json", args.json if args.json != "-" else None), ("--csv", args.csv)):
+        if path:
+            check_output_file(path, flag, overwrite=args.overwrite)
+    if args.json and args.json != "-" and args.csv and Path(args.json).resolve() == Path(args.csv).resolve():
+        raise ConfigError(f"--json and --csv name the same file {args.json}")
     check_runtime(args.runtime)
     require_package(args.runtime)
-    if args.threads < 1:
-        raise ValueError(f"--threads {args.threads} must be >= 1")
     entries = plan(args.models, args.edgevit_form, args.ablations)
     doc = run_bench(entries, args.runtime, args.threads, args.runs, args.warmup, args.img_size,
-                    on_error="skip" if args.keep_going else "raise")
+                    show_progress=show_progress(args), on_error="skip" if args.keep_going else "raise")
+    add_paper_columns(doc)
+    if args.ablations:
+        doc["ablation_check"] = ablation_check(doc)
     if args.json == "-":
         print_json(doc)
     else:
         print(format_table(doc))
+        if args.ablations:
+            print("\n" + format_ablations(doc["ablation_check"]))
         if args.json:
             write_text_atomic(args.json, json.dumps(doc, indent=2) + "\n")
             print(f"wrote {args.json}", file=sys.stderr)

@@ -7,16 +7,24 @@ from ..models import VARIANTS
 from ..models.complexity import count_gmacs, count_params
 from .models import create_detector, create_segmenter
 
-# Pan et al. 2022, Table 5 (COCO, 80 classes) and Fig. 4 (ADE20K, 150 classes, 512x512 GFLOPs = GMACs).
-PAPER: Dict[str, Dict[str, Dict[str, float]]] = {
-    "retinanet": {"edgevit_xxs": {"params_m": 13.1}, "edgevit_xs": {"params_m": 16.3},
-                  "edgevit_s": {"params_m": 22.6}},
-    "maskrcnn": {"edgevit_xxs": {"params_m": 23.8}, "edgevit_xs": {"params_m": 26.5},
-                 "edgevit_s": {"params_m": 32.8}},
-    "semfpn": {"edgevit_xxs": {"params_m": 7.9, "gflops": 24.4}, "edgevit_xs": {"params_m": 10.6, "gflops": 27.7},
-               "edgevit_s": {"params_m": 16.9, "gflops": 32.1}},
-}
 COCO_CLASSES, ADE_CLASSES = 80, 150
+_BACKBONE = {"EdgeViT-XXS": "edgevit_xxs", "EdgeViT-XS": "edgevit_xs", "EdgeViT-S": "edgevit_s"}
+
+
+def paper_dense() -> Dict[str, Dict[str, Dict[str, float]]]:
+    """{arch: {variant: {"params_m"[, "gflops"]}}} from the paper data (Table 5: COCO, 80 classes; Fig. 4:
+    ADE20K, 150 classes, GFLOPs = GMACs at 512x512)."""
+    from ..paper import rows
+
+    out: Dict[str, Dict[str, Dict[str, float]]] = {"retinanet": {}, "maskrcnn": {}, "semfpn": {}}
+    for r in rows("table5"):
+        if r["backbone"] in _BACKBONE:
+            for arch in ("retinanet", "maskrcnn"):
+                out[arch][_BACKBONE[r["backbone"]]] = {"params_m": r[arch]["params_m"]}
+    for r in rows("fig4"):
+        if r["backbone"] in _BACKBONE:
+            out["semfpn"][_BACKBONE[r["backbone"]]] = {"params_m": r["params_m"], "gflops": r["gflops_512"]}
+    return out
 
 
 def build(arch: str, variant: str):
@@ -29,7 +37,7 @@ def dense_info(img_size: int = 512, gflops: bool = True) -> List[dict]:
     """One row per (arch, variant): our params (M) and, for Semantic FPN, GMACs at img_size x img_size
     (fvcore, one per multiply-add: the papers' "FLOPs"), beside the paper's figures."""
     rows = []
-    for arch, by_variant in PAPER.items():
+    for arch, by_variant in paper_dense().items():
         for variant in VARIANTS:
             paper = by_variant[variant]
             model = build(arch, variant)
