@@ -252,7 +252,7 @@ def test_live_flags_in_trace_mode_are_refused(tmp_path, capsys):
 def test_unreadable_inputs_name_the_file(tmp_path, capsys):
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint\n")
-    msg = refused(capsys, ["train", "--data", str(tmp_path), "--output", str(tmp_path / "r"), "--resume",
+    msg = refused(capsys, ["train", "--data", str(tmp_path / "d"), "--output", str(tmp_path / "r"), "--resume",
                            str(text)], str(text))
     assert "weights_only" not in msg
     png = tmp_path / "img.png"
@@ -364,3 +364,61 @@ def test_native_start_up_lines_are_dropped_and_real_errors_kept(capfd):
         os.write(2, b"E00:00 program.cpp:12] a real failure\n")
     err = capfd.readouterr().err
     assert "cpuinfo" not in err and "threadpool" not in err and "a real failure" in err
+
+
+# ---------------------------------------------------------------- found by a second sweep
+def test_an_empty_checkpoint_is_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    png = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(png)
+    refused(capsys, ["predict", str(png), "--checkpoint", str(empty)], str(empty))
+    refused(capsys, ["segment", "eval", "--checkpoint", str(empty), "--data", str(tmp_path)], str(empty))
+
+
+@pytest.mark.parametrize("command", [["train"], ["detect", "train"], ["segment", "train"]])
+def test_a_run_directory_inside_the_data_is_refused(command, tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    before = snapshot(data)
+    refused(capsys, [*command, "--data", str(data), "--output", str(data)], "--output", "--data")
+    refused(capsys, [*command, "--data", str(data), "--output", str(data / "train" / "run"), "--overwrite"],
+            "--output", "inside --data")
+    assert snapshot(data) == before
+
+
+def test_more_nonsense_is_refused(tmp_path, capsys):
+    refused(capsys, ["train", "--data", "d", "--output", "o", "--opt-betas", "0.9"], "--opt-betas", "two values")
+    refused(capsys, ["train", "--data", "d", "--output", "o", "--scale", "1.0", "0.08"], "--scale", "low value")
+    refused(capsys, ["detect", "train", "--data", "d", "--output", str(tmp_path / "o"), "--epochs", "1",
+                     "--milestones", "11", "8"], "--milestones", "increasing")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("crop_size: big\n")  # refused even though the flag would override it
+    refused(capsys, ["segment", "train", "--config", str(cfg), "--crop-size", "64", "--data", "d", "--output", "o"],
+            str(cfg), "crop_size")
+    cfg.write_text("lr: [1, 2\n")
+    refused(capsys, ["train", "--config", str(cfg), "--data", "d", "--output", "o"], str(cfg), "line 2")
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    refused(capsys, ["predict", str(loop)], str(loop), "symbolic link")
+    png = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(png)
+    refused(capsys, ["eval", "--data", str(png), "--checkpoint", "c.pth"], str(png), "is a file")
+    refused(capsys, ["export", "--format", "onnx", "-o", "/proc/edgevit/x.onnx"], "/proc/edgevit/x.onnx")
+
+
+def test_a_model_name_other_than_the_checkpoints_is_refused(tmp_path, capsys):
+    import timm
+
+    model = timm.create_model("edgevit_xxs", num_classes=3)
+    ck = tmp_path / "best.pth"
+    torch.save({"model": model.state_dict(), "config": {"model": "edgevit_xxs", "model_kwargs": {}},
+                "classes": ["a", "b", "c"]}, ck)
+    png = tmp_path / "x.png"
+    Image.new("RGB", (64, 64)).save(png)
+    refused(capsys, ["predict", str(png), "--checkpoint", str(ck), "--model", "edgevit_s"], "edgevit_xxs",
+            "edgevit_s")
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(tmp_path / "val" / "a" / "x.png")
+    refused(capsys, ["eval", "--data", str(tmp_path / "val"), "--checkpoint", str(ck), "--model", "edgevit_s"],
+            "edgevit_xxs", "edgevit_s")

@@ -133,17 +133,57 @@ def test_module_fuse_methods_timm_style(make_tiny):
         assert (blk.local_agg.fuse()(feat) - la).abs().max().item() <= 1e-4
         assert (blk.global_attn.fuse()(la) - blk.global_attn(la)).abs().max().item() <= 1e-4
         assert (blk.fuse()(feat) - blk(feat)).abs().max().item() <= 1e-4
-        assert (model.fuse()(x) - model(x)).abs().max().item() <= 1e-4
+        assert (fuse(model)(x) - model(x)).abs().max().item() <= 1e-4  # the one entry point for a whole model
 
 
-def test_count_params_counts_only_what_runs(make_tiny):
-    """A fused model keeps spare forms (deconv beside pixel shuffle, q/k/v beside the stacked qkv): the
-    bench counts only the parameters one forward pass uses."""
-    from edgevit.models.complexity import count_params
+def test_timm_reparameterize_model_fuses_every_block(make_tiny):
+    """timm.utils.reparameterize_model (which calls `fuse()` on every child that has it) gives a model with
+    every patch embedding and LGL block in its inference form, the same outputs, the original untouched."""
+    from timm.utils import reparameterize_model
+
+    from edgevit.deploy.fused import FusedLGLBlock, FusedPatchEmbed
+    from edgevit.models.edgevit import LGLBlock, PatchEmbed
+
     model = make_tiny()
-    release = count_params(model)
-    assert count_params(model, 64) == release  # the release graph uses every parameter
-    ort = fuse(model, "onnxruntime")
-    qkv = sum(p.numel() for m in ort.modules() if hasattr(m, "qkv") for p in m.qkv.parameters()) / 1e6
-    assert count_params(ort) - count_params(ort, 64) >= qkv > 0  # the unused q, k, v convs are not counted
-    assert count_params(ort, 64) < release  # BNs and LayerNorm affines folded away
+    rep = reparameterize_model(model)
+    kinds = {type(m) for m in rep.modules()}
+    assert FusedPatchEmbed in kinds and FusedLGLBlock in kinds and not kinds & {PatchEmbed, LGLBlock}
+    assert {type(m) for m in model.modules()} & {PatchEmbed, LGLBlock} == {PatchEmbed, LGLBlock}
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        assert (rep(x) - model(x)).abs().max().item() <= 1e-4
+
+
+LAYERS = {"models": 0, "deploy": 1, "bench": 2, "train": 2, "dense": 2, "cli": 3}
+
+
+def test_imports_run_one_way():
+    """models <- deploy <- bench/train/dense <- cli: no module imports from a layer above its own (the
+    modules outside these packages, e.g. edgevit.errors, edgevit.utils, edgevit.paper, are below them all)."""
+    import ast
+    from pathlib import Path
+
+    import edgevit
+
+    root = Path(edgevit.__file__).parent
+    bad = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).parts
+        if rel == ("__init__.py",):  # the package's front door re-exports from every layer
+            continue
+        mine = LAYERS.get(rel[0]) if len(rel) > 1 else None
+        pkg = ["edgevit", *rel[:-1]]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = pkg[:len(pkg) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else [])).split(".")
+            elif isinstance(node, ast.Import):
+                target = node.names[0].name.split(".")
+            else:
+                continue
+            if target[0] != "edgevit" or len(target) < 2:
+                continue
+            theirs = LAYERS.get(target[1])
+            if theirs is not None and (mine is None or theirs > mine):
+                bad.append(f"{'/'.join(rel)} imports {'.'.join(target)}")
+    assert not bad, bad

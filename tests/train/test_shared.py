@@ -116,12 +116,23 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
 
 
 def test_randaugment_posterize_at_magnitude_10_does_not_crash():
+    """Our training transform survives timm's 0-bit posterize (Pillow >= 11 rejects it); timm's own table is
+    left as it was for every other user of timm."""
     from PIL import Image
-    from timm.data.auto_augment import AugmentOp
+    from timm.data import auto_augment as aa
+    from timm.data.auto_augment import AugmentOp, RandAugment
 
-    import edgevit.train.data  # noqa: F401  (installs the Pillow-compatible posterize)
+    from edgevit.train.data import _fix_posterize, train_transform
+    from edgevit.train.recipe import RECIPE
 
+    assert aa.NAME_TO_OP["PosterizeIncreasing"] is aa.posterize  # importing edgevit changed nothing in timm
     img = Image.new("RGB", (8, 8), (200, 120, 40))
     op = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)  # 4 - 4 = 0 bits to keep
-    assert op(img).getextrema() == ((0, 0), (0, 0), (0, 0))
+    fixed = _fix_posterize(type("T", (), {"transforms": [type("R", (), {"ops": [op]})()]})())
+    assert fixed.transforms[0].ops[0](img).getextrema() == ((0, 0), (0, 0), (0, 0))
     assert AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=5)(img).getpixel((0, 0)) == (192, 64, 0)  # 2 bits
+    cfg = {k: v for k, (v, _, _) in RECIPE.items()}
+    cfg.update(img_size=32, aa="rand-m9-mstd0.5-inc1")
+    t = train_transform(cfg)
+    ra = [x for x in t.transforms if isinstance(x, RandAugment)][0]
+    assert not [o for o in ra.ops if o.aug_fn is aa.posterize] and any("Posterize" in o.name for o in ra.ops)

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .runners import Runner, build_runner, check_runtime, form_label
+from .runners import build_runner, check_runtime, form_label
 from ..errors import UserError
 
 EDGEVITS = ("edgevit_xxs", "edgevit_xs", "edgevit_s")

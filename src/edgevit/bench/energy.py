@@ -506,7 +506,6 @@ def analyze_trace(trace: Trace, n: Optional[int] = None, threshold: float = 0.5,
 
 def load_energy_json(path: os.PathLike | str) -> List[dict]:
     """Energy results written by `edgevit energy --json` / `-o`: one object or a list of them."""
-    import json
     obj = read_json(path, "--energy")
     items = obj if isinstance(obj, list) else [obj]
     for i, it in enumerate(items):

@@ -124,13 +124,7 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
         def fn():
             with torch.inference_mode():
                 return net(x)
-    elif runtime == "torchscript":
-        mod = ex.to_torchscript(net, x)
-
-        def fn():
-            with torch.inference_mode():
-                return mod(x)
-    else:  # a file in its own runtime: the same path `edgevit export` writes and checks
+    else:  # a file in its own runtime: the very file `edgevit export` writes and checks (TorchScript too)
         fmt = {v: k for k, v in ex.FORMAT_RUNTIME.items()}[runtime]
         tmp = tempfile.TemporaryDirectory(prefix=f"edgevit-{fmt}-")
         path = Path(tmp.name) / f"model.{fmt}"

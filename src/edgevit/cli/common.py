@@ -19,9 +19,8 @@ from typing import Iterable, Optional
 import torch
 
 from ..models import VARIANTS
-from ..models.checkpoint import create_model, model_from_checkpoint  # noqa: F401 (the commands' model builder)
 from ..utils.io import print_json
-from ..errors import OutputError, UserError
+from ..errors import OutputError
 
 
 def add_model_args(p: argparse.ArgumentParser, default: str = "edgevit_xxs", checkpoint: bool = True) -> None:
@@ -53,21 +52,23 @@ def add_overwrite_arg(p: argparse.ArgumentParser, what: str = "the output") -> N
                         "output is refused)")
 
 
-def _writable_dir(path: Path, flag: str) -> None:
-    """The nearest existing ancestor of `path` must be a directory this process can create files in."""
+def _writable_dir(path: Path, flag: str, shown: Optional[Path] = None) -> None:
+    """The nearest existing ancestor of `path` must be a directory this process can create files in
+    (`shown`: the output as the user gave it, for the message)."""
+    shown = shown or path
     anc = path
     while not anc.exists():
         if anc.parent == anc:
             break
         anc = anc.parent
     if not anc.is_dir():
-        raise OutputError(f"{flag} {path}: {anc} is a file, not a directory")
+        raise OutputError(f"{flag} {shown}: {anc} is a file, not a directory")
     try:  # a real probe: os.access says yes to root on a read-only file system
         fd, probe = tempfile.mkstemp(prefix=".edgevit-probe-", dir=anc)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise OutputError(f"{flag} {path}: cannot write in {anc} ({e.strerror})") from None
+        raise OutputError(f"{flag} {shown}: cannot write in {anc} ({e.strerror})") from None
 
 
 def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool = False,
@@ -84,18 +85,26 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool = Fals
             raise OutputError(f"{flag} {p}: is the input {src}; choose another output file")
     if p.exists() and not overwrite:
         raise OutputError(f"{flag} {p}: exists; choose a new file name, or replace it with --overwrite")
-    _writable_dir(p.parent if p.parent != Path("") else Path("."), flag)
+    _writable_dir(p.parent if p.parent != Path("") else Path("."), flag, shown=p)
     return p
 
 
 def check_output_dir(path: str | os.PathLike, flag: str, overwrite: bool = False,
-                     holds: Optional[Iterable[str]] = None, resume: bool = False) -> Path:
+                     holds: Optional[Iterable[str]] = None, resume: bool = False,
+                     inputs: Iterable[tuple[str, Optional[str | os.PathLike]]] = ()) -> Path:
     """Refuse, before any work, an output directory that holds something (or, with `holds`, one of those
-    names: a run's checkpoints) unless `overwrite` (or, for a run, `resume`); or that is a file or cannot
-    be written."""
+    names: a run's checkpoints) unless `overwrite` (or, for a run, `resume`); that is a file, cannot be
+    written, or is (or lies inside) one of the command's input directories (`inputs`: (flag, path))."""
     p = Path(path)
     if str(path) == "":
         raise OutputError(f"{flag}: expected a directory name")
+    for in_flag, src in inputs:
+        if src and Path(src).is_dir():
+            inside = Path(os.path.realpath(p))
+            src_real = Path(os.path.realpath(src))
+            if inside == src_real or src_real in inside.parents:
+                raise OutputError(f"{flag} {p}: is {'' if inside == src_real else 'inside '}{in_flag} {src}; "
+                                  "choose a directory outside the data")
     if p.exists() and not p.is_dir():
         raise OutputError(f"{flag} {p}: is a file; expected a directory")
     if p.is_dir():
@@ -153,8 +162,6 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> a
     explicit = getattr(args, "_explicit", set())
     for k, v in cfg.items():
         dest = k.replace("-", "_")
-        if dest in explicit:  # the command line wins, also where it repeats the default
-            continue
         a = actions[dest]
         where = f"config file {args.config}: {k}"
         if v is not None and a.type is not None:
@@ -166,7 +173,8 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> a
             raise ConfigError(f"{where}: {v!r}: expected true or false")
         if a.choices is not None and v is not None and v not in a.choices:
             raise ConfigError(f"{where}: {v!r}: expected one of {', '.join(map(str, a.choices))}")
-        setattr(args, dest, v)
+        if dest not in explicit:  # the command line wins, also where it repeats the default (checked all the same)
+            setattr(args, dest, v)
     return args
 
 
@@ -234,7 +242,8 @@ def start_dense_train(args: argparse.Namespace, task: str) -> argparse.Namespace
             raise ConfigError(f"--{n} is required (on the command line or in the --config file)")
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run, or start it again")
-    check_output_dir(args.output, "--output", overwrite=args.overwrite, holds=RUN_FILES, resume=bool(args.resume))
+    check_output_dir(args.output, "--output", overwrite=args.overwrite, holds=RUN_FILES, resume=bool(args.resume),
+                     inputs=[("--data", args.data)])
     if args.resume and args.resume != "auto":
         from ..dense.engine import STATE_KEYS
         from ..train.state import load_training_state

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import Any, Dict, List
+import warnings
+from typing import List
 
 from ..errors import ConfigError
 from ..utils.io import print_json
@@ -68,6 +68,10 @@ def run_train(args: argparse.Namespace) -> int:
     args = start_dense_train(args, "detect")
     if args.min_size > args.max_size:
         raise ConfigError(f"--min-size {args.min_size} is larger than --max-size {args.max_size}")
+    if list(args.milestones) != sorted(set(args.milestones)):
+        raise ConfigError(f"--milestones {' '.join(map(str, args.milestones))}: expected increasing epochs")
+    if args.milestones[-1] > args.epochs and "milestones" in getattr(args, "_explicit", ()):
+        warnings.warn(f"--milestones {args.milestones[-1]} is beyond --epochs {args.epochs}: that lr drop never happens")
     masks = args.arch == "maskrcnn"
     train_ann, train_dir = resolve_split(args.data, args.train_split)
     val_ann, val_dir = resolve_split(args.data, args.val_split)

@@ -11,6 +11,7 @@ import importlib
 import os
 import pkgutil
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -64,6 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:  # a usage error (one line already printed) or --help / --version
         return e.code if isinstance(e.code, int) else 2
     args._explicit = explicit_options(parser, argv)  # what --config files may not override
+    warnings.formatwarning = lambda msg, *a, **k: f"edgevit {args.command}: warning: {msg}\n"  # one line
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(args.func(args) or 0)

@@ -16,7 +16,8 @@ from timm.data import ImageNetInfo
 from ..models import VARIANTS
 from ..train.data import eval_transform
 from ..utils.io import print_json
-from .common import add_json_arg, model_from_checkpoint
+from ..models.checkpoint import model_from_checkpoint
+from .common import add_json_arg
 from ..errors import DataError
 from ..utils.images import read_image
 from ..utils.io import require_file
@@ -66,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     img_size = args.img_size or int(cfg.get("img_size") or 224)
     crop_pct = args.crop_pct or float(cfg.get("crop_pct") or 0.875)
     idx, probs = predict(model, image, args.topk, img_size, crop_pct, cfg.get("eval_interpolation") or "bicubic")
+    if args.topk > model.num_classes:
+        print(f"edgevit predict: warning: --topk {args.topk}: the model has {model.num_classes} classes; all are "
+              "shown", file=sys.stderr)
     if not args.checkpoint:
         print("edgevit predict: warning: no --checkpoint given: random weights (no trained EdgeViT weights are "
               "published), so these classes are meaningless", file=sys.stderr)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from ..errors import ConfigError
 from ..utils.io import print_json, require_dir
 from ..utils.options import image_size, nonneg_int, positive_float, positive_int
 from .common import (add_json_arg, add_predict_output_args, add_progress_arg, add_shapes_parser, add_train_common,

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config({k: v for k, v in vars(args).items() if k not in ("func", "command", "json")})
     if cfg["resume"] and cfg["overwrite"]:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run, or start it again")
-    check_output_dir(cfg["output"], "--output", overwrite=cfg["overwrite"], holds=RUN_FILES, resume=bool(cfg["resume"]))
+    check_output_dir(cfg["output"], "--output", overwrite=cfg["overwrite"], holds=RUN_FILES, resume=bool(cfg["resume"]),
+                     inputs=[("--data", cfg["data"])])
     cfg["progress"] = cfg["progress"] and sys.stderr.isatty()
     args.output, args.amp = cfg["output"], cfg["amp"]  # for the message after a divergence
     try:

@@ -5,6 +5,7 @@ import torch.nn as nn
 
 from .fused import BACKENDS, FusedEdgeViT, fuse_edgevit, pad_channels, set_backend, set_impl
 from ..errors import UserError
+from ..models.edgevit import EdgeViT
 
 __all__ = ["fuse", "FusedEdgeViT", "set_backend", "set_impl", "pad_channels", "BACKENDS"]
 
@@ -15,7 +16,6 @@ def fuse(model: nn.Module, backend: str = "eager") -> FusedEdgeViT:
     `backend` (one of BACKENDS) picks the form of each part that runtime runs fastest, and for ExecuTorch
     pads the stages to XNNPACK's 16-channel GEMM tile; the release-layout `model` is left untouched (it is
     the one that trains and loads checkpoints)."""
-    from ..models.edgevit import EdgeViT
     if isinstance(model, FusedEdgeViT):
         return set_backend(model, backend)
     if not isinstance(model, EdgeViT):

@@ -40,13 +40,6 @@ def require_runtime(runtime: str) -> None:
 
 
 # ---- TorchScript / lite interpreter --------------------------------------------------------------
-def to_torchscript(model: nn.Module, x: torch.Tensor) -> torch.jit.ScriptModule:
-    """Traced and frozen (constants folded, conv+bn folded for the baselines) for the JIT runtime."""
-    with torch.no_grad():
-        traced = torch.jit.trace(model.eval(), x, check_trace=False)
-        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-
-
 def save_torchscript(model: nn.Module, x: torch.Tensor, path: Path) -> None:
     with torch.no_grad():
         traced = torch.jit.freeze(torch.jit.trace(model.eval(), x, check_trace=False))

@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..errors import UserError
+from ..models.edgevit import GlobalBlock, LGLBlock, LocalAgg, LocalAggLSA, PatchEmbed, register_fused_form
 
 LN_IMPLS = ("mean", "conv", "native")
 EMBED_IMPLS = ("conv", "s2d")
@@ -317,7 +318,6 @@ class FusedGlobalBlock(nn.Module):
 class FusedLGLBlock(nn.Module):
     def __init__(self, blk: nn.Module):
         super().__init__()
-        from ..models.edgevit import LocalAgg, LocalAggLSA
         if isinstance(blk.local_agg, LocalAgg):
             self.local_agg = FusedLocalAgg(blk.local_agg)
         elif isinstance(blk.local_agg, LocalAggLSA):
@@ -545,3 +545,13 @@ def pad_channels(model: FusedEdgeViT, multiple: int) -> FusedEdgeViT:
         model.head = head
     model.pad_multiple = multiple
     return set_impl(model, ln="conv")
+
+
+def _register_forms() -> None:
+    """The model's modules get their inference form from here (`Fusable.fuse`, timm's reparameterize_model)."""
+    for cls, form in ((PatchEmbed, FusedPatchEmbed), (LocalAgg, FusedLocalAgg), (LocalAggLSA, FusedLocalAggLSA),
+                      (GlobalBlock, FusedGlobalBlock), (LGLBlock, FusedLGLBlock)):
+        register_fused_form(cls, form)
+
+
+_register_forms()

@@ -36,7 +36,8 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
                               f"holds pickled objects other than tensors and plain containers)") from e
     except Exception as e:  # truncated file, wrong format: one message naming the file
         kind = "safetensors" if path.suffix == ".safetensors" else "a torch file"
-        raise CheckpointError(f"checkpoint {path}: cannot be read as {kind} ({str(e).splitlines()[0][:200]})") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]  # an empty file: no message at all
+        raise CheckpointError(f"checkpoint {path}: cannot be read as {kind} ({first or type(e).__name__})") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path}: expected a state_dict (a dict of tensors), got {type(obj).__name__}")
     return obj
@@ -109,6 +110,14 @@ def save_checkpoint(model: nn.Module, path: PathLike) -> Path:
     return path
 
 
+def check_trained_as(name: Optional[str], trained: Optional[str], checkpoint) -> None:
+    """A model name given with a training checkpoint must be the one it was trained as (else the run's
+    architecture options would be applied to another model and the result reported under a wrong name)."""
+    if name and trained and name != trained:
+        raise ConfigError(f"checkpoint {checkpoint} was trained as {trained}, not {name}: leave the model name "
+                          "out (it comes from the checkpoint) or give that checkpoint's model")
+
+
 def model_from_checkpoint(name: str | None, checkpoint: str | None = None,
                           **kwargs) -> tuple[torch.nn.Module, dict]:
     """(eval-mode model, {"config": training config or {}, "classes": class names or None}).
@@ -120,6 +129,7 @@ def model_from_checkpoint(name: str | None, checkpoint: str | None = None,
     if checkpoint:
         w = checkpoint_weights(checkpoint)
         meta = {"config": w["config"] or {}, "classes": w["classes"]}
+        check_trained_as(name, meta["config"].get("model"), checkpoint)
         name = name or meta["config"].get("model")
         kwargs = {**(meta["config"].get("model_kwargs") or {}), **kwargs}
     name = name or "edgevit_xxs"

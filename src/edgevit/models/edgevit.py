@@ -21,7 +21,7 @@ Module names differ from the authors' (`blocks1.0.LocalAgg.conv1` -> `stages.0.b
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -66,7 +66,30 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     return value
 
 
-class PatchEmbed(nn.Module):
+# ---- inference forms ----------------------------------------------------------------------------
+# `edgevit.deploy` builds the exact inference form (BN / CPE / LayerNorm affines folded) of each module below
+# and registers it here, so this file never imports deploy: deploy depends on the model, not the reverse.
+# `fuse()` is the hook timm's `reparameterize_model` calls on every child that has it.
+_FUSED_FORMS: Dict[type, Callable[[nn.Module], nn.Module]] = {}
+
+
+def register_fused_form(cls: type, make: Callable[[nn.Module], nn.Module]) -> None:
+    """`make(module)` -> the inference form of a `cls` module (called by edgevit.deploy at import)."""
+    _FUSED_FORMS[cls] = make
+
+
+class Fusable:
+    """Mixin: `fuse()` returns the registered inference copy of this module (the module is left as it is)."""
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        make = _FUSED_FORMS.get(type(self))
+        if make is None:  # `import edgevit` (any edgevit import) loads edgevit.deploy, which registers them
+            raise RuntimeError(f"no inference form registered for {type(self).__name__}")
+        return make(self).eval()
+
+
+class PatchEmbed(Fusable, nn.Module):
     """Non-overlapping strided conv, then LayerNorm over channels (release: eps 1e-5)."""
 
     def __init__(self, in_chs: int, out_chs: int, stride: int):
@@ -78,14 +101,9 @@ class PatchEmbed(nn.Module):
         x = self.proj(x)
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
-    @torch.no_grad()
-    def fuse(self) -> nn.Module:
-        """Inference copy: LayerNorm over channels on the NCHW map (edgevit.deploy.fused)."""
-        from ..deploy.fused import FusedPatchEmbed
-        return FusedPatchEmbed(self).eval()
 
 
-class LocalAgg(nn.Module):
+class LocalAgg(Fusable, nn.Module):
     """Local aggregation: depthwise conv over each token's neighbourhood (Eq. 1a, 1b)."""
 
     def __init__(self, dim: int, mlp_ratio: float = 4.0, kernel_size: int = 5, drop_path: float = 0.0,
@@ -106,14 +124,9 @@ class LocalAgg(nn.Module):
         x = x + self.drop_path(self.mlp(self.norm2(x)))  # (1b)
         return x
 
-    @torch.no_grad()
-    def fuse(self) -> nn.Module:
-        """Inference copy: BNs folded into pw1/fc1, CPE merged into its kernel (edgevit.deploy.fused)."""
-        from ..deploy.fused import FusedLocalAgg
-        return FusedLocalAgg(self).eval()
 
 
-class LocalAggLSA(nn.Module):
+class LocalAggLSA(Fusable, nn.Module):
     """Ablation (Table 4): Twins' locally-grouped self-attention in place of the depthwise conv."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, window: int = LSA_WINDOW,
@@ -224,7 +237,7 @@ class GlobalSparseAttn(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
-class GlobalBlock(nn.Module):
+class GlobalBlock(Fusable, nn.Module):
     """The global half of an LGL block: sparse attention + FFN on tokens (Eq. 1c, 1d)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, sr_ratio: int = 1,
@@ -246,14 +259,9 @@ class GlobalBlock(nn.Module):
         t = t + self.drop_path(self.mlp(self.norm2(t)))  # (1d)
         return t.transpose(1, 2).reshape(B, C, H, W)
 
-    @torch.no_grad()
-    def fuse(self) -> nn.Module:
-        """Inference copy on NCHW maps: CPE merged, LayerNorm affines folded, q/k/v split (edgevit.deploy.fused)."""
-        from ..deploy.fused import FusedGlobalBlock
-        return FusedGlobalBlock(self).eval()
 
 
-class LGLBlock(nn.Module):
+class LGLBlock(Fusable, nn.Module):
     """Local-Global-Local bottleneck. Stages with r = 1 (full attention) have no LocalAgg."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, sr_ratio: int = 1,
@@ -273,10 +281,6 @@ class LGLBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.global_attn(self.local_agg(x))
 
-    @torch.no_grad()
-    def fuse(self) -> nn.Module:
-        from ..deploy.fused import FusedLGLBlock
-        return FusedLGLBlock(self).eval()
 
 
 class EdgeViTStage(nn.Module):
@@ -451,11 +455,6 @@ class EdgeViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    @torch.no_grad()
-    def fuse(self, backend: str = "eager") -> nn.Module:
-        """The exact inference graph (edgevit.deploy.fuse); this release-layout model is left unchanged."""
-        from ..deploy import fuse
-        return fuse(self, backend)
 
 
 # ---- authors' checkpoints ---------------------------------------------------------------------

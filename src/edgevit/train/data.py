@@ -14,6 +14,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from ..errors import MissingFileError, UserError
 from ..utils.images import read_image
+from ..utils.io import require_dir
 
 __all__ = ["UnreadableImageError", "CheckedImageFolder", "check_split_dir", "check_data_root",
            "train_transform", "eval_transform", "build_train_loader", "build_eval_loader", "ShardSampler",
@@ -30,9 +31,16 @@ def _posterize_any_bits(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.
 
 
 _timm_posterize = _auto_augment.posterize
-for _name, _op in list(_auto_augment.NAME_TO_OP.items()):
-    if _op is _timm_posterize:
-        _auto_augment.NAME_TO_OP[_name] = _posterize_any_bits
+
+
+def _fix_posterize(transform):
+    """Swap timm's posterize for `_posterize_any_bits` in the augmentation ops of this transform only (timm's
+    own table is left alone, so importing edgevit changes nothing for other users of timm)."""
+    for t in getattr(transform, "transforms", []):
+        for op in getattr(t, "ops", []):
+            if getattr(op, "aug_fn", None) is _timm_posterize:
+                op.aug_fn = _posterize_any_bits
+    return transform
 
 
 class UnreadableImageError(UserError):
@@ -52,7 +60,7 @@ def _load_rgb(path: str) -> Image.Image:
     try:  # the shared reader: 16-bit / float images scaled by their range, not clipped
         return read_image(path)
     except UserError as e:  # truncated, corrupt or not an image: name the file instead of a PIL traceback
-        raise UnreadableImageError(f"cannot read image {path}: {e}") from None
+        raise UnreadableImageError(f"cannot read {e}") from None  # e: "image PATH: what is wrong"
 
 
 class CheckedImageFolder(ImageFolder):
@@ -75,9 +83,7 @@ def _class_dirs(d: Path) -> List[str]:
 
 def check_split_dir(d: Path, what: str) -> List[str]:
     """The class folder names of an ImageFolder directory, or a clear error if it is missing or empty."""
-    d = Path(d)
-    if not d.is_dir():
-        raise MissingFileError(f"{what} {d}: no such directory (expected ImageFolder layout: {d}/<class>/<image>)")
+    d = require_dir(d, what, f"ImageFolder layout: {d}/<class>/<image>")
     classes = _class_dirs(d)
     if not classes:
         raise UserError(f"{what} {d}: no class folders inside (expected ImageFolder layout: {d}/<class>/<image>)")
@@ -104,11 +110,11 @@ def check_data_root(root: str | Path) -> Tuple[Path, Path, List[str]]:
 
 
 def train_transform(cfg: dict, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
-    return create_transform(
+    return _fix_posterize(create_transform(
         cfg["img_size"], is_training=True, scale=tuple(cfg["scale"]), ratio=tuple(cfg["ratio"]),
         hflip=cfg["hflip"], color_jitter=cfg["color_jitter"], auto_augment=cfg["aa"],
         interpolation=cfg["train_interpolation"], mean=mean, std=std,
-        re_prob=cfg["reprob"], re_mode=cfg["remode"], re_count=cfg["recount"])
+        re_prob=cfg["reprob"], re_mode=cfg["remode"], re_count=cfg["recount"]))
 
 
 def eval_transform(img_size: int, crop_pct: float = 0.875, interpolation: str = "bicubic",

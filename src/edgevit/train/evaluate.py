@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..models import VARIANTS, fit_report
-from ..models.checkpoint import checkpoint_weights, head_classes
+from ..models.checkpoint import check_trained_as, checkpoint_weights, head_classes
 from ..models.edgevit import checkpoint_filter_fn
 from .data import CheckedImageFolder, build_eval_loader, check_split_dir, eval_transform
 from .distributed import all_reduce_sum
@@ -62,6 +62,7 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
     folder_classes = check_split_dir(data, "--data")
     w = checkpoint_weights(checkpoint, ema=ema)
     cfg = w["config"] or {}
+    check_trained_as(model_name, cfg.get("model"), checkpoint)
     model_name = model_name or cfg.get("model") or "edgevit_xxs"
     if not timm.is_model(model_name):
         raise UserError(f"--model {model_name!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)}")

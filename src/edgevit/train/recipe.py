@@ -147,7 +147,12 @@ def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
                 if nargs is not None and not isinstance(v, (list, tuple)):
                     raise ConfigError(f"{where}: {v!r}: expected a list of values")
                 cfg[k] = check_value(check, v, where, nargs)
+    flags = {k for k in given if k in RECIPE}
     cfg.update({k: v for k, v in given.items() if k in RECIPE})
+
+    def origin(key: str) -> str:  # where a value came from, for messages
+        return f"--{key.replace('_', '-')}" if key in flags or not config_path else f"config file {config_path}: {key}"
+
     for key in ("data", "output"):
         if not cfg.get(key):
             raise ConfigError(f"{key} is required (on the command line or in the config file)")
@@ -155,8 +160,14 @@ def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
         cfg["drop_path"] = DROP_PATH.get(cfg["model"], DEFAULT_DROP_PATH)
     if cfg["aa"] in ("none", "", None):
         cfg["aa"] = None
-    check_pair(cfg["scale"], "scale")
-    check_pair(cfg["ratio"], "ratio")
+    for key in ("scale", "ratio"):
+        check_pair(cfg[key], origin(key))
+    if cfg["opt_betas"] is not None and len(cfg["opt_betas"]) != 2:
+        raise ConfigError(f"{origin('opt_betas')} {cfg['opt_betas']}: expected two values (beta1 beta2)")
+    if cfg["warmup_epochs"] >= cfg["epochs"]:
+        import warnings
+        warnings.warn(f"warmup_epochs {cfg['warmup_epochs']} >= epochs {cfg['epochs']}: the learning rate never "
+                      "reaches its peak", UserWarning, stacklevel=2)
     if cfg["model_kwargs"] is None:
         cfg["model_kwargs"] = {}
     if not isinstance(cfg["model_kwargs"], dict):

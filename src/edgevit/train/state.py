@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from ..utils.io import atomic_path, require_file, write_text_atomic
-from ..errors import ConfigError, MissingFileError, OutputError, UserError
+from ..errors import ConfigError, OutputError
 from ..models.checkpoint import CheckpointError
 
 __all__ = ["capture_rng_state", "restore_rng_state", "save_training_state", "load_training_state",
@@ -86,7 +86,7 @@ def load_training_state(path: os.PathLike | str, kind: str = "edgevit train",
     missing = [k for k in required if k not in obj]
     if missing:
         raise CheckpointError(f"checkpoint {path}: not a training checkpoint of `{kind}` (it has no "
-                              f"{', '.join(repr(k) for k in missing)}); resume from a last.pth that "
+                              f"{', '.join(repr(k) for k in missing)}); expected a last.pth or best.pth that "
                               f"`{kind}` wrote")
     return obj
 
@@ -164,13 +164,16 @@ def save_config(run_dir: os.PathLike | str, cfg: Dict[str, Any]) -> Path:
 
 
 def load_config(path: os.PathLike | str) -> Dict[str, Any]:
-    path = require_file(path, "--config")
+    path = require_file(path, "config file")
     try:
         cfg = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"--config {path}: not valid YAML ({e})") from e
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {path}: not valid YAML ({what}{at})") from None
     if not isinstance(cfg, dict):
-        raise UserError(f"--config {path}: expected a mapping of option: value, got {type(cfg).__name__}")
+        raise ConfigError(f"config file {path}: expected a mapping of option: value, got {type(cfg).__name__}")
     return cfg
 
 

@@ -66,7 +66,8 @@ def require_file(path: os.PathLike | str, what: str) -> Path:
     if p.is_dir():
         raise MissingFileError(f"{what} {p}: is a directory; expected a file")
     if not p.is_file():
-        raise MissingFileError(f"{what} {p}: no such file")
+        raise MissingFileError(f"{what} {p}: " + ("a broken or looping symbolic link" if p.is_symlink()
+                                                    else "no such file"))
     return p
 
 

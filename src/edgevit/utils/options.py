@@ -107,5 +107,8 @@ def check_value(check: Callable[[Any], Any], value: Any, where: str, nargs: Opti
 
 def check_pair(values: Sequence[float], flag: str, increasing: bool = True) -> None:
     """Two values lo <= hi (RandomResizedCrop's scale and ratio ranges)."""
-    if len(values) != 2 or (increasing and values[0] > values[1]):
-        raise ConfigError(f"{flag} {' '.join(map(str, values))}: expected two values, low then high")
+    shown = " ".join(map(str, values))
+    if len(values) != 2:
+        raise ConfigError(f"{flag} {shown}: expected two values (low high), got {len(values)}")
+    if increasing and values[0] > values[1]:
+        raise ConfigError(f"{flag} {shown}: the low value comes first (expected {values[1]} {values[0]})")
