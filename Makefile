@@ -11,7 +11,7 @@ DEMO   ?= out/demo
 DEMO_BENCH ?= edgevit_xxs edgevit_xs edgevit_s mobilenetv2_100 mobilenetv3_large_075 efficientnet_b0 \
               mobilevit_xxs mobilevit_xs pvt_v2_b0 deit_tiny_patch16_224 fastvit_t8
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test timm-tests clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,17 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# timm's own generic model tests (tests/test_models.py from the sdist of the installed timm) on edgevit_*
+TIMM_TESTS := out/timm-tests
+timm-tests: setup
+	rm -rf $(TIMM_TESTS) && mkdir -p $(TIMM_TESTS)
+	$(PY) -m pip download --quiet --no-deps --no-binary :all: -d $(TIMM_TESTS) \
+		timm==$$($(PY) -c "import timm; print(timm.__version__)")
+	tar -xzf $(TIMM_TESTS)/timm-*.tar.gz -C $(TIMM_TESTS) --strip-components=2 --wildcards '*/tests/test_models.py'
+	sed -i "s/^FEAT_INTER_FILTERS = \[/FEAT_INTER_FILTERS = ['edgevit', /" $(TIMM_TESTS)/test_models.py
+	echo "import edgevit  # registers edgevit_* with timm" > $(TIMM_TESTS)/conftest.py
+	cd $(TIMM_TESTS) && $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider test_models.py -k edgevit
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

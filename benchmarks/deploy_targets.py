@@ -28,7 +28,7 @@ from tqdm import tqdm
 from edgevit.bench.bench import meta
 from edgevit.bench.bench import time_runners
 from edgevit.bench.runners import build_runner
-from edgevit.utils.io import write_text_atomic
+from edgevit.utils.io import write_json_atomic
 
 TARGETS = {"executorch": (1.5, 1.6), "onnxruntime": (1.15, 1.8)}  # (min speed-up, max x MobileNetV2)
 BASELINE = "mobilenetv2_100"
@@ -81,6 +81,10 @@ def verdict(runtime: str, variants, stats: dict) -> list:
     return rows
 
 
+def missed_targets(verdicts: list) -> list:
+    return [f"{r['runtime']} {r['variant']}" for r in verdicts if not r["met"]]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runtimes", nargs="+", default=["executorch", "onnxruntime"])
@@ -89,6 +93,7 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="write stats and verdicts to this file")
+    p.add_argument("--check", action="store_true", help="exit 1 when any target is missed (for CI / scripts)")
     args = p.parse_args()
     torch.manual_seed(0)
     out = {"meta": meta(args.threads, args.runs), "stats": {}, "verdicts": []}
@@ -104,8 +109,11 @@ def main() -> int:
               f"x{r['speedup_median']:.2f}); fused / MobileNetV2 {r['vs_mnv2_mean']:.2f} (median "
               f"{r['vs_mnv2_median']:.2f}); target: {r['target']} -> {'MET' if r['met'] else 'MISSED'}")
     if args.json:
-        write_text_atomic(args.json, json.dumps(out, indent=2) + "\n")
-    return 0
+        write_json_atomic(args.json, out)
+    missed = missed_targets(out["verdicts"])
+    if missed:
+        print(f"missed: {', '.join(missed)}", file=sys.stderr)
+    return 1 if args.check and missed else 0
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgevit.bench.energy import (RaplReader, RaplUnavailable, Trace, analyze_trace, find_rapl_zones,
-                                  load_energy_json, load_trace, measure_rapl)
+from edgevit.bench.energy import load_energy_json
+from edgevit.bench.rapl import RaplReader, RaplUnavailable, find_rapl_zones, measure_rapl
+from edgevit.bench.trace import Trace, analyze_trace, load_trace
 from edgevit.cli.main import main
 
 FS = 5000.0  # a Monsoon samples at 5 kHz

@@ -1,8 +1,7 @@
 """Efficiency (top-1 % per mJ) and Pareto sets: known answers (the paper's own: tests/bench/test_paper.py)."""
 import pytest
 
-from edgevit.bench.pareto import (add_efficiency, dominated_by, efficiency, pareto_front, pareto_membership,
-                                  pareto_sets)
+from edgevit.bench.pareto import add_efficiency, dominated_by, efficiency, pareto_front, pareto_membership
 
 
 def test_efficiency():
@@ -28,12 +27,10 @@ def test_pareto_ties_and_duplicates():
     assert pareto_front([], []) == []
 
 
-def test_pareto_sets_and_dominators():
+def test_dominators():
     rows = [{"name": "a", "top1": 70, "latency_ms": 10, "energy_mj": 50},
             {"name": "b", "top1": 75, "latency_ms": 20, "energy_mj": 40},
             {"name": "c", "top1": 74, "latency_ms": 25, "energy_mj": None}]
-    sets = pareto_sets(rows)
-    assert sets == {"accuracy_latency": ["a", "b"], "accuracy_energy": ["b"]}
     assert dominated_by(rows, "a", "energy_mj") == ["b"]
     assert dominated_by(rows, "c", "latency_ms") == ["b"]
     assert dominated_by(rows, "c", "energy_mj") is None

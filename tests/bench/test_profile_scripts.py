@@ -37,3 +37,21 @@ def test_gemm_tile_one_row_per_conv(tmp_path, monkeypatch):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["cin"], r["cout"]) for r in rows] == [(16, 16), (16, 32)]
     assert all(r["median_ms"] > 0 and r["gmacs_per_s"] > 0 for r in rows)
+
+
+def test_deploy_targets_verdicts_and_check_exit():
+    """benchmarks/deploy_targets.py: the verdict on known timings, and `--check` turns a miss into exit 1."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "deploy_targets.py"
+    spec = importlib.util.spec_from_file_location("deploy_targets", path)
+    dt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dt)
+    s = lambda ms: {"mean_ms": ms, "median_ms": ms}  # noqa: E731
+    met = dt.verdict("executorch", ["xxs"], {"edgevit_xxs (fused)": s(8.0), "edgevit_xxs (unfused)": s(16.0),
+                                             dt.BASELINE: s(5.0)})
+    assert met[0]["met"] and met[0]["speedup_mean"] == 2.0 and dt.missed_targets(met) == []
+    missed = dt.verdict("executorch", ["xxs"], {"edgevit_xxs (fused)": s(10.0), "edgevit_xxs (unfused)": s(17.5),
+                                                dt.BASELINE: s(5.0)})  # 1.75x faster but 2.0x MobileNetV2
+    assert not missed[0]["met"] and dt.missed_targets(missed) == ["executorch edgevit_xxs"]

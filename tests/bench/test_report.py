@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from edgevit.bench.report import (build_rows, make_report, mark_pareto, place_labels,
-                                  text_extent)
+from edgevit.bench.plots import place_labels, text_extent
+from edgevit.bench.report import build_rows, make_report, mark_pareto
 from edgevit.cli.main import main
 from edgevit.paper import load_paper
 

@@ -158,3 +158,25 @@ def test_cli_bad_input(shapes_root, tmp_path, capsys):
     assert "lists 4 classes but --num-classes is 150" in capsys.readouterr().err
     assert main(["segment", "eval", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(shapes_root)]) == 2
     assert "none.pth: no such file" in capsys.readouterr().err
+
+
+def test_schedules_are_mmdet_and_mmseg_ones():
+    """torch's LinearLR + MultiStepLR and PolynomialLR reproduce mmdet's 1x (linear warm-up from 0.001, x0.1 at
+    the milestones) and mmseg's poly decay, iteration by iteration."""
+    from edgevit.dense.engine import step_schedule
+
+    p = torch.nn.Parameter(torch.zeros(1))
+
+    def lrs(make, n):
+        opt = torch.optim.SGD([p], lr=1.0)
+        sched, out = make(opt), []
+        for _ in range(n):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    mmdet = [(0.001 + 0.999 * i / 5 if i < 5 else 1.0) * 0.1 ** sum(i >= m for m in (8, 11)) for i in range(14)]
+    assert lrs(step_schedule(5, [8, 11]), 14) == pytest.approx(mmdet, abs=1e-12)
+    assert lrs(poly_schedule(10, 0.9), 12) == pytest.approx([(1 - min(i, 10) / 10) ** 0.9 for i in range(12)],
+                                                            abs=1e-12)

@@ -33,8 +33,8 @@ def test_wrapped_fp16_ddp_checkpoint(tmp_path):
     sd = {f"module.{k}": v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     torch.save({"model": sd, "epoch": 3}, tmp_path / "ckpt.pth")
     other = edgevit.load_checkpoint(timm.create_model("edgevit_xxs", num_classes=5), tmp_path / "ckpt.pth")
-    assert other.head.weight.dtype == torch.float32
-    torch.testing.assert_close(other.head.weight, model.head.weight.half().float())
+    assert other.head.fc.weight.dtype == torch.float32
+    torch.testing.assert_close(other.head.fc.weight, model.head.fc.weight.half().float())
 
 
 def test_authors_layout_conversion(reference_dir):
@@ -56,7 +56,8 @@ def test_timm_pretrained_file_overlay(reference_dir):
     assert _same_weights(via_timm, via_ours)
     # a new head for fine-tuning: backbone loaded, classifier re-initialised at the new size
     ft = timm.create_model("edgevit_xs", pretrained=True, num_classes=10, pretrained_cfg_overlay=dict(file=path))
-    assert ft.head.out_features == 10
+    assert ft.head.fc.out_features == 10
+    assert torch.equal(ft.head.norm.running_var, via_ours.head.norm.running_var)  # the final BN is the backbone's
     assert torch.equal(ft.stages[2].blocks[1].global_attn.attn.qkv.weight,
                        via_ours.stages[2].blocks[1].global_attn.attn.qkv.weight)
     # features_only backbones load too
@@ -71,19 +72,19 @@ def test_mismatch_lists_keys_and_shapes(reference_dir):
     msg = str(e.value)
     assert "edgevit_xxs_s0.official.safetensors" in msg
     assert "unexpected keys" in msg and "stages.3.blocks.1" in msg
-    assert "shape conflicts" in msg and "head.weight: checkpoint [1000, 288] vs model [1000, 384]" in msg
+    assert "shape conflicts" in msg and "head.fc.weight: checkpoint [1000, 288] vs model [1000, 384]" in msg
 
 
 def test_head_mismatch_is_reported(tmp_path):
     edgevit.save_checkpoint(timm.create_model("edgevit_xxs", num_classes=10), tmp_path / "ten.safetensors")
-    with pytest.raises(CheckpointError, match=r"head.weight: checkpoint \[10, 288\] vs model \[1000, 288\]"):
+    with pytest.raises(CheckpointError, match=r"head.fc.weight: checkpoint \[10, 288\] vs model \[1000, 288\]"):
         edgevit.load_checkpoint(timm.create_model("edgevit_xxs"), tmp_path / "ten.safetensors")
 
 
 def test_non_strict_load_skips_missing_head(tmp_path):
-    sd = {k: v for k, v in timm.create_model("edgevit_xxs").state_dict().items() if not k.startswith("head.")}
+    sd = {k: v for k, v in timm.create_model("edgevit_xxs").state_dict().items() if not k.startswith("head.fc.")}
     save_file(sd, str(tmp_path / "backbone.safetensors"))
-    with pytest.raises(CheckpointError, match="missing keys \\(2\\): head.bias, head.weight"):
+    with pytest.raises(CheckpointError, match="missing keys \\(2\\): head.fc.bias, head.fc.weight"):
         edgevit.load_checkpoint(timm.create_model("edgevit_xxs"), tmp_path / "backbone.safetensors")
     edgevit.load_checkpoint(timm.create_model("edgevit_xxs"), tmp_path / "backbone.safetensors", strict=False)
 
@@ -111,7 +112,20 @@ def test_skip_keeps_the_models_own_head(tmp_path):
     src = timm.create_model("edgevit_xxs", num_classes=10)
     edgevit.save_checkpoint(src, tmp_path / "ten.safetensors")
     dst = timm.create_model("edgevit_xxs")
-    head = dst.head.weight.clone()
-    edgevit.load_checkpoint(dst, tmp_path / "ten.safetensors", skip=("head.",))
-    assert torch.equal(dst.head.weight, head)
+    head = dst.head.fc.weight.clone()
+    edgevit.load_checkpoint(dst, tmp_path / "ten.safetensors", skip=("head.fc.",))
+    assert torch.equal(dst.head.fc.weight, head)
+    assert torch.equal(dst.head.norm.running_mean, src.head.norm.running_mean)  # the final BN still loads
     assert torch.equal(dst.stages[1].blocks[0].local_agg.pw1.weight, src.stages[1].blocks[0].local_agg.pw1.weight)
+
+
+def test_release_layout_checkpoints_load(tmp_path):
+    """A checkpoint in the release layout (final `norm.*`, `head.weight` at the top, as the authors' and this
+    project's earlier ones) loads into the model whose head module holds the BN and classifier."""
+    model = timm.create_model("edgevit_xxs", num_classes=4)
+    sd = {("norm." + k[len("head.norm."):] if k.startswith("head.norm.") else k.replace("head.fc.", "head.")): v
+          for k, v in model.state_dict().items()}
+    assert "norm.running_var" in sd and "head.weight" in sd
+    save_file(sd, str(tmp_path / "old.safetensors"))
+    other = edgevit.load_checkpoint(timm.create_model("edgevit_xxs", num_classes=4), tmp_path / "old.safetensors")
+    assert _same_weights(model, other)

@@ -103,7 +103,7 @@ def test_fine_tune_from_pretrained_and_head_mismatch_errors(tiny, tmp_path, caps
     assert cli(["train", "--data", str(three), "--output", str(tmp_path / "c"), "--pretrained", str(ckpt),
                 "--num-classes", "3", "--lr", "0", "--warmup-lr", "0", "--min-lr", "0", *common]) == 0
     src, dst = load_training_state(ckpt)["model"], load_training_state(tmp_path / "c" / "last.pth")["model"]
-    assert dst["head.weight"].shape == (3, 16)
+    assert dst["head.fc.weight"].shape == (3, 16)
     body = [k for k in src if not k.startswith("head.") and "running" not in k and "num_batches" not in k]
     assert body and all(torch.equal(src[k], dst[k]) for k in body)  # lr 0: the loaded weights, unchanged
 

@@ -202,7 +202,7 @@ def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2
         lo, hi = median_ci(ts)
         results.append({
             "model": e.model, "label": e.label, "fused": e.fused, "runtime": runtime,
-            "img_size": runner.img_size, "params_m": round(count_params(net, runner.img_size), 4),
+            "img_size": runner.img_size, "params_m": round(count_params(net), 4),
             "gmacs": round(count_gmacs(net, runner.img_size), 4),
             "mean_ms": statistics.fmean(ts), "std_ms": statistics.pstdev(ts) if len(ts) > 1 else 0.0,
             "median_ms": statistics.median(ts), "ci_lo_ms": lo, "ci_hi_ms": hi, "runs": runs})
@@ -263,7 +263,9 @@ def ablation_check(doc: dict, paper: Optional[dict] = None) -> List[dict]:
     make it certain."""
     from ..paper import rows
 
-    table4 = {r["ablation"]: r for r in rows("table4", paper)}
+    table4 = rows("table4", paper)
+    by_tag = {r["ablation"]: r for r in table4 if r["ablation"]}
+    default_of = {r["part"]: r for r in table4 if not r["ablation"]}  # each part's own "ours" row
     out = []
     for fused in sorted({r.get("fused") for r in doc["results"]}, key=str):
         mine = {None if "[" not in r["label"] else r["label"].split("[", 1)[1].split("]", 1)[0]: r
@@ -272,7 +274,8 @@ def ablation_check(doc: dict, paper: Optional[dict] = None) -> List[dict]:
             if fast not in mine or slow not in mine:
                 continue
             a, b = mine[fast], mine[slow]
-            pa, pb = table4[fast], table4[slow]
+            pb = by_tag[slow]
+            pa = by_tag[fast] if fast else default_of[pb["part"]]
             out.append({"form": "fused" if fused else "unfused", "faster": pa["variant"], "slower": pb["variant"],
                         "paper_ms": [pa["latency_ms"], pb["latency_ms"]], "paper_ratio": pb["latency_ms"] / pa["latency_ms"],
                         "paper_top1": [pa["top1"], pb["top1"]],

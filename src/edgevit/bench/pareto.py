@@ -6,7 +6,7 @@ as costly, and strictly better in one of the two.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Iterable, List, Mapping, Optional, Sequence
 from ..errors import UserError
 
 
@@ -32,22 +32,6 @@ def pareto_front(cost: Sequence[float], accuracy: Sequence[float]) -> List[int]:
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: (pts[i][0], -pts[i][1]))
-
-
-def pareto_names(rows: Iterable[Mapping], cost_key: str, acc_key: str = "top1",
-                 name_key: str = "name") -> List[str]:
-    """Names of the Pareto-optimal rows among those that have both `cost_key` and `acc_key`."""
-    rows = [r for r in rows if r.get(cost_key) is not None and r.get(acc_key) is not None]
-    idx = pareto_front([float(r[cost_key]) for r in rows], [float(r[acc_key]) for r in rows])
-    return [rows[i][name_key] for i in idx]
-
-
-def pareto_sets(rows: Iterable[Mapping], latency_key: str = "latency_ms", energy_key: str = "energy_mj",
-                acc_key: str = "top1", name_key: str = "name") -> Dict[str, List[str]]:
-    """{"accuracy_latency": [...], "accuracy_energy": [...]} Pareto-optimal names for both tradeoffs."""
-    rows = list(rows)
-    return {"accuracy_latency": pareto_names(rows, latency_key, acc_key, name_key),
-            "accuracy_energy": pareto_names(rows, energy_key, acc_key, name_key)}
 
 
 def add_efficiency(rows: Iterable[dict], energy_key: str = "energy_mj", acc_key: str = "top1",

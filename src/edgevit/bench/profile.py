@@ -19,7 +19,6 @@ from tqdm import tqdm
 from ..deploy.export import save_onnx, save_pte, session_options
 from .runners import default_img_size, load_model
 from ..errors import UserError
-from ..utils.quiet import filter_native_stderr
 
 
 def _summary(model, fused, size, threads, runs, report, ops):
@@ -36,16 +35,16 @@ def executorch_op_times(pte: Path, x: torch.Tensor, threads: int, runs: int, war
                         desc: str = "profiled") -> List[dict]:
     """Run the program at `pte` warmup + runs times with ETDump on; one row per delegate operator."""
     from executorch.devtools import Inspector
-    from executorch.extension.pybindings import portable_lib
 
-    with filter_native_stderr():
-        portable_lib._unsafe_reset_threadpool(threads)
-        method = portable_lib._load_for_executorch(str(pte), enable_etdump=True, debug_buffer_size=0)
+    from ..deploy.export import executorch_program
+
+    program = executorch_program(pte, threads, etdump=True)  # the one ExecuTorch loader
+    method = program.load_method("forward")
     for _ in tqdm(range(warmup + runs), desc=desc, file=sys.stderr):
-        method.forward((x,))
+        method.execute((x,))
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.etdp"
-        method.write_etdump_result_to_file(str(trace))
+        program.write_etdump_result_to_file(str(trace), str(Path(tmp) / "debug.bin"))  # (no debug buffer kept)
         df = Inspector(etdump_path=str(trace)).to_dataframe()
     ops = []
     for name, raw in zip(df.event_name, df.raw):

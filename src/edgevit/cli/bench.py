@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.bench import (ablation_check, add_paper_columns, format_ablations, format_table, plan, run_bench,
                                to_csv)
     from ..bench.runners import check_runtime, require_package
-    from ..utils.io import print_json, write_text_atomic
+    from ..utils.io import print_json, write_json_atomic, write_text_atomic
 
     for flag, path in (("--json", args.json if args.json != "-" else None), ("--csv", args.csv)):
         if path:
@@ -68,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         if args.ablations:
             print("\n" + format_ablations(doc["ablation_check"]))
         if args.json:
-            write_text_atomic(args.json, json.dumps(doc, indent=2) + "\n")
+            write_json_atomic(args.json, doc)
             print(f"wrote {args.json}", file=sys.stderr)
     if args.csv:
         write_text_atomic(args.csv, to_csv(doc))

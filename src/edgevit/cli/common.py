@@ -107,7 +107,9 @@ def check_output_dir(path: str | os.PathLike, flag: str, overwrite: bool = False
                                   "choose a directory outside the data")
     if p.exists() and not p.is_dir():
         raise OutputError(f"{flag} {p}: is a file; expected a directory")
-    if p.is_dir():
+    # under torchrun only rank 0 decides: the others may start after it has begun writing the new run
+    # (if rank 0 refuses, it exits and torchrun stops the whole group)
+    if p.is_dir() and os.environ.get("RANK", "0") == "0":
         present = sorted(e.name for e in p.iterdir() if holds is None or e.name in set(holds))
         if present and not (overwrite or resume):
             shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ..errors import ConfigError
@@ -63,7 +62,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..bench import energy as en
+    from ..bench import rapl, trace as tr
 
     labels = {}
     wrong = [o for o in (LIVE_ONLY if args.trace else TRACE_ONLY) if o in getattr(args, "_explicit", ())]
@@ -75,27 +74,27 @@ def run(args) -> int:
         check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=[args.trace])
     if args.trace:
         n = args.n
-        trace = en.load_trace(args.trace, args.time_col, args.power_col, args.current_col, args.voltage_col,
+        trace = tr.load_trace(args.trace, args.time_col, args.power_col, args.current_col, args.voltage_col,
                               args.time_unit, args.power_unit, args.current_unit, args.voltage_unit,
                               args.voltage)
         if args.model:
             labels["model"] = labels["label"] = args.model
         if args.runtime:
             labels["runtime"] = args.runtime
-        result = en.analyze_trace(trace, n=n, threshold=args.threshold, **labels)
+        result = tr.analyze_trace(trace, n=n, threshold=args.threshold, **labels)
     else:
-        reader = en.RaplReader(args.powercap, args.zone)  # fail fast, before building the model
+        reader = rapl.RaplReader(args.powercap, args.zone)  # fail fast, before building the model
         from ..bench.runners import build_runner
         model, runtime = args.model or "edgevit_xxs", args.runtime or "eager"
         runner = build_runner(model, runtime, img_size=args.img_size, threads=args.threads,
                               fused=not args.unfused, checkpoint=args.checkpoint)
-        result = en.measure_rapl(runner, n=args.n or 50, repeats=args.repeats, warmup=args.warmup,
+        result = rapl.measure_rapl(runner, n=args.n or 50, repeats=args.repeats, warmup=args.warmup,
                                  reader=reader, progress=show_progress(args), model=model, runtime=runtime,
                                  label=runner.label, img_size=runner.img_size)
     doc = result.to_json()
     if args.output:
-        from ..utils.io import write_text_atomic
-        write_text_atomic(args.output, json.dumps(doc, indent=2) + "\n")
+        from ..utils.io import write_json_atomic
+        write_json_atomic(args.output, doc)
     for w in result.warnings:
         print(f"edgevit energy: warning: {w}", file=sys.stderr)
     if args.json:

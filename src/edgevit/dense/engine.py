@@ -12,7 +12,7 @@ private generator, so a run stopped after iteration k (SIGTERM/SIGINT -> save ->
 from __future__ import annotations
 
 import math
-
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -24,8 +24,9 @@ from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from ..train.data import ShardSampler
 from ..train.distributed import DistInfo, all_reduce_sum
-from ..train.guard import GracefulStop, check_finite
+from ..train.guard import GracefulStop, agree
 from ..train.logging import MetricsLogger
 from ..train.state import (CheckpointManager, capture_rng_state, load_training_state, prepare_run_dir, restore_rng_state,
                            save_config)
@@ -39,19 +40,30 @@ SINGLE = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu")
 
 
 # ---------------------------------------------------------------- schedules (mmdet 1x / mmseg poly)
-def step_schedule(warmup_iters: int, milestones: Sequence[int], warmup_ratio: float = 0.001, gamma: float = 0.1):
-    """mmdet's 1x: linear warm-up, then x0.1 at each milestone iteration."""
-    def f(it: int) -> float:
-        w = warmup_ratio + (1 - warmup_ratio) * it / warmup_iters if it < warmup_iters else 1.0
-        return w * gamma ** sum(it >= m for m in milestones)
-    return f
+Schedule = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
-def poly_schedule(total_iters: int, power: float = 1.0, min_ratio: float = 0.0):
-    """mmseg's poly decay (power 1.0 as PVT's / EdgeViT's Semantic FPN config; min lr 0)."""
-    def f(it: int) -> float:
-        return (1 - min_ratio) * (1 - min(it, total_iters) / total_iters) ** power + min_ratio
-    return f
+def step_schedule(warmup_iters: int, milestones: Sequence[int], warmup_ratio: float = 0.001,
+                  gamma: float = 0.1) -> Schedule:
+    """mmdet's 1x per iteration: linear warm-up from `warmup_ratio`, then x`gamma` at each milestone
+    (torch's LinearLR then MultiStepLR; the milestones count from the start of training)."""
+    from torch.optim.lr_scheduler import LinearLR, MultiStepLR, SequentialLR
+
+    def make(opt: torch.optim.Optimizer):
+        if warmup_iters <= 0:
+            return MultiStepLR(opt, list(milestones), gamma)
+        return SequentialLR(opt, [LinearLR(opt, warmup_ratio, 1.0, warmup_iters),
+                                  MultiStepLR(opt, [m - warmup_iters for m in milestones], gamma)],
+                            milestones=[warmup_iters])
+    return make
+
+
+def poly_schedule(total_iters: int, power: float = 1.0) -> Schedule:
+    """mmseg's poly decay per iteration to 0 (power 1.0 as PVT's / EdgeViT's Semantic FPN config): torch's
+    PolynomialLR."""
+    from torch.optim.lr_scheduler import PolynomialLR
+
+    return lambda opt: PolynomialLR(opt, total_iters, power)
 
 
 # ---------------------------------------------------------------- the loop
@@ -64,7 +76,7 @@ def _command(arch: str) -> str:
 
 def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Callable, evaluate: Callable,
         *, run_dir: str | Path, total_iters: int, batch_size: int, lr: float, weight_decay: float,
-        schedule: Callable[[int], float], eval_every: int, save_every: int, metric_key: str, meta: Dict[str, Any],
+        schedule: Schedule, eval_every: int, save_every: int, metric_key: str, meta: Dict[str, Any],
         cfg: Dict[str, Any], dist_info: DistInfo = SINGLE, resume: Optional[str] = None, seed: int = 0,
         workers: int = 0, clip_grad: Optional[float] = None, log_every: int = 20,
         overwrite: bool = False, progress: bool = True) -> Dict[str, Any]:
@@ -82,7 +94,7 @@ def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Ca
 
     model.to(device)
     optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)  # no decay on norms/biases
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = schedule(optimizer)
     ckpt = CheckpointManager(run_dir, dist_info.is_main)
     it = 0
     resume_from = ckpt.resume_path(resume)
@@ -101,6 +113,8 @@ def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Ca
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(run_dir, cfg)
     logger = MetricsLogger(run_dir, dist_info.is_main)
+    if dist_info.distributed:  # (channels_last-style kernels: the same memory order, DDP's warning says nothing)
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if dist_info.distributed else model
 
@@ -124,7 +138,7 @@ def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Ca
             for batch in loader:
                 ddp.train()
                 loss, parts = loss_fn(ddp, batch, device)
-                check_finite(loss, it, epoch)
+                loss_all, stop_all = agree(loss, stop, it, epoch)  # every process decides alike (DDP)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if clip_grad:
@@ -133,7 +147,7 @@ def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Ca
                 scheduler.step()
                 it += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.set_postfix(loss=f"{loss_all / world:.3f}")
                 if it % log_every == 0 or it == total_iters:
                     logger.log({"step": it, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                                 "loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
@@ -144,9 +158,9 @@ def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Ca
                     metric = last_eval[metric_key]
                     logger.log({"step": it, "epoch": epoch, **{k: v for k, v in last_eval.items()
                                                                if not isinstance(v, dict)}})
-                if do_eval or it % save_every == 0 or it == total_iters or stop.requested:
+                if do_eval or it % save_every == 0 or it == total_iters or stop_all:
                     ckpt.save(snapshot(), metric)
-                if stop.requested:
+                if stop_all:
                     stopped = True
                     break
                 if it >= total_iters:
@@ -172,7 +186,7 @@ def evaluate_detector(model: nn.Module, dataset, dist_info: DistInfo = SINGLE, p
                       ) -> Dict[str, Any]:
     """COCO bbox (and segm for Mask R-CNN) AP on `dataset`; flat keys bbox_AP, bbox_AP50, ..."""
     model.eval()
-    mine = list(range(dist_info.rank, len(dataset), dist_info.world_size))
+    mine = ShardSampler(len(dataset), dist_info.rank, dist_info.world_size)  # each image once, no padding
     results: List[dict] = []
     for i in tqdm(mine, desc="eval", disable=not (progress and dist_info.is_main), dynamic_ncols=True):
         img, target = dataset[i]
@@ -223,7 +237,7 @@ def evaluate_segmenter(model: nn.Module, dataset, dist_info: DistInfo = SINGLE, 
     model.eval()
     n = model.num_classes
     conf = torch.zeros(n, n, dtype=torch.int64, device=dist_info.device)
-    mine = list(range(dist_info.rank, len(dataset), dist_info.world_size))
+    mine = ShardSampler(len(dataset), dist_info.rank, dist_info.world_size)  # each image once, no padding
     for i in tqdm(mine, desc="eval", disable=not (progress and dist_info.is_main), dynamic_ncols=True):
         img, lab = dataset[i]
         pred = segment_logits(model, img.to(dist_info.device), lab.shape).argmax(0)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .fused import BACKENDS, FusedEdgeViT, fuse_edgevit, pad_channels, set_backend, set_impl
+from .fused import BACKENDS, FusedEdgeViT, fuse_edgevit, set_backend, set_impl
+from .padding import pad_channels
 from ..errors import UserError
 from ..models.edgevit import EdgeViT
 

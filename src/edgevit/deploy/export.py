@@ -119,17 +119,14 @@ def lower_executorch(model: nn.Module, x: torch.Tensor):
 
 
 def partition_report(gm: torch.fx.GraphModule) -> Dict[str, object]:
-    """Delegate partitions (executorch_call_delegate nodes) and the ops left to portable kernels."""
-    delegates, others = 0, {}
-    for node in gm.graph.nodes:
-        if node.op != "call_function":
-            continue
-        name = getattr(node.target, "__name__", str(node.target))
-        if "call_delegate" in name:
-            delegates += 1
-        elif name != "getitem":
-            others[name] = others.get(name, 0) + 1
-    return {"delegate_partitions": delegates, "non_delegated_ops": sum(others.values()),
+    """Delegate partitions and the ops left to portable kernels, from ExecuTorch's own
+    `get_delegation_info` (its `getitem` nodes only unpack a delegate's outputs: not counted as ops)."""
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(gm)
+    others = {op: b.non_delegated for op, b in info.delegation_by_operator.items()
+              if b.non_delegated and op != "getitem"}
+    return {"delegate_partitions": info.num_delegated_subgraphs, "non_delegated_ops": sum(others.values()),
             "non_delegated": dict(sorted(others.items()))}
 
 
@@ -140,16 +137,21 @@ def save_pte(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]
     return report
 
 
-def executorch_method(path: Path, threads: int = 2):
-    """A loaded 'forward' method; XNNPACK's threadpool set to `threads`."""
+def executorch_program(path: Path, threads: int = 2, etdump: bool = False):
+    """The program at `path` loaded by ExecuTorch's public `Runtime` (with ETDump profiling if asked);
+    XNNPACK's threadpool set to `threads` (the runtime has no public setting for it yet)."""
     _require("executorch")
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
     with filter_native_stderr():  # the C++ runtime's CPU-probe lines, printed on first use
         portable_lib._unsafe_reset_threadpool(threads)
-        program = Runtime.get().load_program(Path(path))
-        return program.load_method("forward")
+        return Runtime.get().load_program(Path(path), enable_etdump=etdump)
+
+
+def executorch_method(path: Path, threads: int = 2):
+    """A loaded 'forward' method; XNNPACK's threadpool set to `threads`."""
+    return executorch_program(path, threads).load_method("forward")
 
 
 # ---- one call: fuse, export, verify ----------------------------------------------------------------

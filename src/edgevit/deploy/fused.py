@@ -34,13 +34,15 @@ inference-only (no training, no checkpoint loading: the release-layout EdgeViT d
 """
 from __future__ import annotations
 
+import copy
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..errors import UserError
-from ..models.edgevit import GlobalBlock, LGLBlock, LocalAgg, LocalAggLSA, PatchEmbed, register_fused_form
+from ..models.edgevit import (EdgeViTHead, check_input, GlobalBlock, LGLBlock, LocalAgg, LocalAggLSA, PatchEmbed,
+                              register_fused_form)
 
 LN_IMPLS = ("mean", "conv", "native")
 EMBED_IMPLS = ("conv", "s2d")
@@ -142,22 +144,32 @@ class FusedPatchEmbed(nn.Module):
 
     def __init__(self, pe: nn.Module):
         super().__init__()
-        self.proj = _copy_conv(pe.proj)
+        self.k = pe.proj.stride[0]
+        self.proj = _copy_conv(pe.proj)  # the one conv, in the form `impl` runs (no spare copy)
         self.norm = ChannelNorm(pe.norm.normalized_shape[0], pe.norm.eps, pe.norm.weight, pe.norm.bias)
         self.impl = "conv"
 
     def set_impl(self, impl: str) -> None:
+        """Rewrite `proj` into the other form: conv weight [O, C, k, k] <-> 1x1 [O, C*k*k, 1, 1] (channel order
+        (c, i, j), as forward's space-to-depth lays them out)."""
+        if impl == self.impl:
+            return
+        w, b, k = self.proj.weight.detach(), self.proj.bias.detach(), self.k
+        if impl == "s2d":
+            self.proj = _conv1x1(w.reshape(w.shape[0], -1), b, w.dtype)
+        else:
+            conv = nn.Conv2d(w.shape[1] // (k * k), w.shape[0], k, stride=k).to(w.dtype)
+            conv.weight.data.copy_(w.reshape(conv.weight.shape))
+            conv.bias.data.copy_(b)
+            self.proj = conv
         self.impl = impl
-        if impl == "s2d":  # weight [O, C, k, k] -> [O, C*k*k, 1, 1]: channel order (c, i, j) as below
-            w = self.proj.weight.detach()
-            self.proj_s2d = _conv1x1(w.reshape(w.shape[0], -1), self.proj.bias.detach(), w.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.impl == "s2d":
-            k = self.proj.stride[0]
+            k = self.k
             B, C, H, W = x.shape
             x = x.reshape(B, C, H // k, k, W // k, k).permute(0, 1, 3, 5, 2, 4)
-            return self.norm(self.proj_s2d(x.reshape(B, C * k * k, H // k, W // k)))
+            x = x.reshape(B, C * k * k, H // k, W // k)
         return self.norm(self.proj(x))
 
 
@@ -189,7 +201,10 @@ class FusedLocalAggLSA(nn.Module):
     def __init__(self, la: nn.Module):
         super().__init__()
         self.cpe = _merge_cpe(la.cpe)
-        self.norm1, self.attn, self.norm2, self.mlp = la.norm1, la.attn, la.norm2, la.mlp
+        self.norm1, self.attn, self.norm2, self.mlp = (copy.deepcopy(m) for m in (la.norm1, la.attn, la.norm2, la.mlp))
+        # the explicit softmax(q k^T) v form: the same sums, and the ONNX exporter lowers only 4-D
+        # scaled_dot_product_attention (timm's windowed attention is 5-D)
+        self.attn.fused_attn = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.cpe(x)
@@ -239,13 +254,8 @@ class FusedGlobalBlock(nn.Module):
         self.prop_impl, self.sample_impl = "deconv", "slice"
         if self.r > 1 and not self.sra:
             if self.prop_kind == "deconv":
-                lp = a.local_prop
                 self.local_prop = nn.ConvTranspose2d(C, C, self.r, stride=self.r, groups=C)
-                self.local_prop.load_state_dict(lp.state_dict())
-                # the same map as a per-channel 1x1 conv to C*r*r channels, then depth-to-space
-                self.prop_shuffle = nn.Conv2d(C, C * self.r ** 2, 1, groups=C)
-                self.prop_shuffle.weight.data.copy_(lp.weight.detach().reshape(C * self.r ** 2, 1, 1, 1))
-                self.prop_shuffle.bias.data.copy_(lp.bias.detach().repeat_interleave(self.r ** 2))
+                self.local_prop.load_state_dict(a.local_prop.state_dict())
             self.prop_norm = ChannelNorm(C, a.norm.eps)  # the release's LayerNorm after LocalProp
             pw, pb = _fold_input_affine(pw, pb, a.norm.weight.detach(), a.norm.bias.detach())
         self.proj = _conv1x1(pw, pb, dtype)
@@ -268,12 +278,43 @@ class FusedGlobalBlock(nn.Module):
         return F.max_pool2d(x, r, r)
 
     def set_qkv(self, impl: str) -> None:
-        """"split": q, k, v as three 1x1 convs; "merged": one conv with their weights stacked."""
-        self.qkv_impl = impl
+        """"split": q, k, v as three 1x1 convs; "merged": one conv with their weights stacked. The module keeps
+        the form it runs only. (SRA blocks stay split: their q reads other tokens than k and v.)"""
+        if impl == self.qkv_impl or self.sra:
+            return
         if impl == "merged":
             convs = (self.q, self.k, self.v)
             self.qkv = _conv1x1(torch.cat([c.weight.detach() for c in convs]),
                                 torch.cat([c.bias.detach() for c in convs]), self.q.weight.dtype)
+            del self.q, self.k, self.v
+        else:
+            w, b = self.qkv.weight.detach().chunk(3), self.qkv.bias.detach().chunk(3)
+            self.q, self.k, self.v = (_conv1x1(wi.flatten(1), bi, wi.dtype) for wi, bi in zip(w, b))
+            del self.qkv
+        self.qkv_impl = impl
+
+    def set_prop(self, impl: str) -> None:
+        """LocalProp as the release's depthwise ConvTranspose2d(k=r, s=r) ("deconv") or, the same map, a
+        per-channel 1x1 conv to C*r*r channels then depth-to-space ("shuffle"); only the one it runs is kept."""
+        if impl == self.prop_impl or not hasattr(self, "local_prop" if impl == "shuffle" else "prop_shuffle"):
+            self.prop_impl = impl
+            return
+        r = self.r
+        if impl == "shuffle":
+            lp = self.local_prop
+            C = lp.in_channels
+            self.prop_shuffle = nn.Conv2d(C, C * r * r, 1, groups=C).to(lp.weight.dtype)
+            self.prop_shuffle.weight.data.copy_(lp.weight.detach().reshape(C * r * r, 1, 1, 1))
+            self.prop_shuffle.bias.data.copy_(lp.bias.detach().repeat_interleave(r * r))
+            del self.local_prop
+        else:
+            ps = self.prop_shuffle
+            C = ps.in_channels
+            self.local_prop = nn.ConvTranspose2d(C, C, r, stride=r, groups=C).to(ps.weight.dtype)
+            self.local_prop.weight.data.copy_(ps.weight.detach().reshape(C, 1, r, r))
+            self.local_prop.bias.data.copy_(ps.bias.detach().reshape(C, r * r)[:, 0])
+            del self.prop_shuffle
+        self.prop_impl = impl
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [B, C, h, w], k/v [B, C, h', w'] -> [B, C, h, w]; heads are channel groups, scale is in q."""
@@ -300,7 +341,7 @@ class FusedGlobalBlock(nn.Module):
             else:
                 s = self.sample(self.norm1(x))
             if self.qkv_impl == "merged":  # one conv to 3C channels, split (fewer, larger ops)
-                a = self.attend(*self.qkv(s).split(self.q.out_channels, dim=1))
+                a = self.attend(*self.qkv(s).chunk(3, dim=1))
             else:
                 a = self.attend(self.q(s), self.k(s), self.v(s))
             if r > 1:
@@ -330,6 +371,31 @@ class FusedLGLBlock(nn.Module):
         return self.global_attn(self.local_agg(x))
 
 
+class FusedHead(nn.Module):
+    """The head's BatchNorm folded into the classifier where pooling averages (a per-channel affine
+    commutes with the mean); else the BN is kept (eval mode: one scale and shift)."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.pool = head.global_pool == "avg"
+        fc = head.fc
+        if isinstance(fc, nn.Linear) and self.pool:
+            s, t = _bn_scale_shift(head.norm)
+            w, b = _fold_input_affine(fc.weight.detach(), fc.bias.detach() if fc.bias is not None else None, s, t)
+            self.norm = nn.Identity()
+            self.fc = nn.Linear(fc.in_features, fc.out_features)
+            self.fc.weight.data.copy_(w.to(fc.weight.dtype))
+            self.fc.bias.data.copy_(b.to(fc.weight.dtype))
+        else:
+            self.norm, self.fc = head.norm, fc
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.norm(x)
+        if self.pool:
+            x = x.mean((2, 3), keepdim=True).flatten(1)  # keepdim: XNNPACK's global-average-pool form
+        return x if pre_logits else self.fc(x)
+
+
 class FusedEdgeViT(nn.Module):
     """Inference-only EdgeViT.  forward(x) == EdgeViT.forward(x); `stage_outputs(x)` == its intermediates."""
 
@@ -341,27 +407,14 @@ class FusedEdgeViT(nn.Module):
         self.stages = nn.ModuleList(
             nn.Sequential(FusedPatchEmbed(s.downsample), *[FusedLGLBlock(b) for b in s.blocks])
             for s in model.stages)
-        self.pool = model.global_pool == "avg"
-        head = model.head
-        if isinstance(head, nn.Linear) and self.pool:  # final BN -> head (pooling is linear, commutes)
-            s, t = _bn_scale_shift(model.norm)
-            w, b = _fold_input_affine(head.weight.detach(), head.bias.detach() if head.bias is not None else None,
-                                      s, t)
-            self.norm = nn.Identity()
-            self.head = nn.Linear(head.in_features, head.out_features)
-            self.head.weight.data.copy_(w.to(head.weight.dtype))
-            self.head.bias.data.copy_(b.to(head.weight.dtype))
-        else:  # no linear head to absorb it: keep the BN (eval: one scale and shift)
-            self.norm, self.head = model.norm, head
+        head = FusedHead(model.head)
+        self.pool = head.pool
+        self.norm, self.head = head.norm, head.fc
         self.pad_multiple = 1
         set_backend(self, backend)
 
     def check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise UserError(f"expected input [B, {self.in_chans}, H, W], got {list(x.shape)}")
-        if x.shape[-2] % 32 or x.shape[-1] % 32:
-            raise UserError(f"input H and W must be multiples of 32 (EdgeViT's total stride), "
-                             f"got {x.shape[-2]}x{x.shape[-1]}")
+        check_input(x, self.in_chans)
 
     def real_channels(self, x: torch.Tensor, stage: int) -> torch.Tensor:
         """A stage's output without the padding channels (`pad_channels`), as the release model has it."""
@@ -390,6 +443,8 @@ def set_backend(model: FusedEdgeViT, backend: str) -> FusedEdgeViT:
     """Pick the forms (`set_impl`) and channel padding that `backend` runs fastest (same outputs)."""
     if backend not in BACKENDS:
         raise UserError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    from .padding import pad_channels  # (padding builds on this module's classes)
+
     cfg = BACKENDS[backend]
     if model.pad_multiple != cfg["pad"]:
         pad_channels(model, cfg["pad"])
@@ -421,7 +476,8 @@ def set_impl(model: nn.Module, ln: Optional[str] = None, prop: Optional[str] = N
         if isinstance(m, FusedGlobalBlock):
             if qkv is not None:
                 m.set_qkv(qkv)
-            m.prop_impl = prop or m.prop_impl
+            if prop is not None:
+                m.set_prop(prop)
             m.sample_impl = sample or m.sample_impl
     return model
 
@@ -432,125 +488,10 @@ def fuse_edgevit(model: nn.Module, backend: str = "eager") -> FusedEdgeViT:
     return FusedEdgeViT(model, backend).eval()
 
 
-# ---- channel padding to the backend's SIMD width -----------------------------------------------
-# XNNPACK's f32 GEMMs on x86 (AVX2/FMA3) tile the output channels by 16: a 1x1 conv with 36 or 40 output
-# channels runs at 40 GMAC/s, one with 48 at 85-90 GMAC/s, i.e. 36 -> 48 channels is *faster in absolute
-# time* (measured on the 2-core VM with ExecuTorch's XNNPACK profiler; see docs/deploy.md). XXS's 36/72-
-# channel stages hit exactly that, so for such backends the stages are widened to a multiple of the tile
-# with zero weights, which no library does for us. Exactness: every padded channel is produced by a zero
-# row of weights and a zero bias (so it is 0 wherever a residual or a norm's input carries it), every
-# weight that reads a padded channel is 0, and the norms average over the real channels only (their
-# `conv` form, whose averaging weights are 0 on padding). Heads stay heads: each head's channels are
-# padded at its end, so q.k sums only add 0 * 0.
-def _padded_index(dim: int, heads: int, multiple: int) -> Tuple[int, torch.Tensor]:
-    """(padded width, position of each real channel) for a stage of `dim` channels in `heads` heads."""
-    head_dim = dim // heads
-    padded_head = head_dim
-    while (heads * padded_head) % multiple:
-        padded_head += 1
-    idx = torch.arange(dim)
-    return heads * padded_head, (idx // head_dim) * padded_head + idx % head_dim
-
-
-def _pad_conv(conv: nn.Module, in_idx: Optional[torch.Tensor], cin: int, out_idx: Optional[torch.Tensor],
-              cout: int) -> nn.Module:
-    """`conv` with its channels moved to positions in_idx/out_idx of a cin/cout-wide map (None: unmoved).
-
-    Dense convs (groups 1), depthwise convs with a channel multiplier (groups == in_channels; output j of
-    input channel c goes to out channel in_idx[c] * mult + j) and depthwise transposed convs."""
-    w, b = conv.weight.detach(), conv.bias.detach() if conv.bias is not None else None
-    transposed = isinstance(conv, nn.ConvTranspose2d)
-    if conv.groups == 1 and not transposed:
-        in_idx = torch.arange(conv.in_channels) if in_idx is None else in_idx
-        out_idx = torch.arange(conv.out_channels) if out_idx is None else out_idx
-        new_w = w.new_zeros(cout, cin, *w.shape[2:])
-        new_w[out_idx[:, None], in_idx[None, :]] = w
-        groups = 1
-    elif conv.groups == conv.in_channels and in_idx is not None:
-        mult = w.shape[1] if transposed else conv.out_channels // conv.groups  # (transposed: [in, out/g, ..])
-        out_idx = (in_idx[:, None] * mult + torch.arange(mult)).reshape(-1)
-        new_w = w.new_zeros(cin * mult, *w.shape[1:])
-        new_w[out_idx] = w
-        groups, cout = cin, cin * mult
-    else:
-        raise ValueError(f"cannot pad the channels of {conv}")
-    if transposed:
-        new = nn.ConvTranspose2d(cin, cout, conv.kernel_size, conv.stride, conv.padding, conv.output_padding,
-                                 groups, b is not None, conv.dilation)
-    else:
-        new = nn.Conv2d(cin, cout, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups,
-                        b is not None)
-    new.weight.data.copy_(new_w)
-    if b is not None:
-        new.bias.data.copy_(b.new_zeros(cout).index_copy_(0, out_idx, b))
-    return new
-
-
-def _pad_norm(norm: ChannelNorm, idx: torch.Tensor, width: int) -> None:
-    norm.real_dim, norm.dim = norm.dim, width
-    norm.avg = norm.avg.new_zeros(1, width, 1, 1).index_fill_(1, idx, 1.0 / norm.real_dim)
-    if norm.weight is not None:  # padded outputs: 0 * anything + 0
-        norm.weight = nn.Parameter(norm.weight.detach().new_zeros(width).index_copy_(0, idx, norm.weight.detach()))
-        norm.bias = nn.Parameter(norm.bias.detach().new_zeros(width).index_copy_(0, idx, norm.bias.detach()))
-
-
-@torch.no_grad()
-def pad_channels(model: FusedEdgeViT, multiple: int) -> FusedEdgeViT:
-    """Widen every stage of a fused EdgeViT to a multiple of `multiple` channels, in place; same outputs.
-
-    The LayerNorms switch to their `conv` form (the only one that averages over real channels only)."""
-    if model.pad_multiple != 1:
-        raise UserError(f"this model is already padded to a multiple of {model.pad_multiple}; fuse the "
-                         "release model again for another backend")
-    if multiple == 1:
-        return model
-    if any(isinstance(m, FusedLocalAggLSA) for m in model.modules()):
-        return model  # the LSA ablation runs timm's token-layout attention, which has no padded form
-    prev = None
-    for i, stage in enumerate(model.stages):
-        (heads,) = {m.num_heads for m in stage.modules() if isinstance(m, FusedGlobalBlock)}  # one per stage
-        width, idx = _padded_index(model.embed_dims[i], heads, multiple)
-        model.register_buffer(f"real_channels_{i}", idx, persistent=False)
-        pe = stage[0]
-        pe.proj = _pad_conv(pe.proj, *(prev or (None, pe.proj.in_channels)), idx, width)
-        pe.set_impl(pe.impl)  # (re-derives the s2d weights from the padded conv)
-        _pad_norm(pe.norm, idx, width)
-        for blk in stage[1:]:
-            la, gb = blk.local_agg, blk.global_attn
-            if isinstance(la, FusedLocalAgg):
-                la.cpe, la.dw = _pad_conv(la.cpe, idx, width, None, 0), _pad_conv(la.dw, idx, width, None, 0)
-                la.pw1 = _pad_conv(la.pw1, idx, width, idx, width)
-                la.pw2 = _pad_conv(la.pw2, idx, width, idx, width)
-                la.fc1 = _pad_conv(la.fc1, idx, width, None, la.fc1.out_channels)
-                la.fc2 = _pad_conv(la.fc2, None, la.fc2.in_channels, idx, width)
-            gb.cpe = _pad_conv(gb.cpe, idx, width, None, 0)
-            gb.head_dim = width // gb.num_heads
-            for name in ("q", "k", "v", "proj"):
-                setattr(gb, name, _pad_conv(getattr(gb, name), idx, width, idx, width))
-            gb.set_qkv(gb.qkv_impl)  # (re-derives the merged conv from the padded ones)
-            for name in ("local_prop", "prop_shuffle"):
-                if hasattr(gb, name):
-                    setattr(gb, name, _pad_conv(getattr(gb, name), idx, width, None, 0))
-            for name in ("norm1", "kv_norm", "prop_norm", "norm2"):
-                if isinstance(getattr(gb, name, None), ChannelNorm):
-                    _pad_norm(getattr(gb, name), idx, width)
-            gb.fc1 = _pad_conv(gb.fc1, idx, width, None, gb.fc1.out_channels)
-            gb.fc2 = _pad_conv(gb.fc2, None, gb.fc2.in_channels, idx, width)
-        prev = (idx, width)
-    if isinstance(model.head, nn.Linear) and model.pool:
-        w = model.head.weight.detach()
-        head = nn.Linear(prev[1], w.shape[0])
-        head.weight.data.copy_(w.new_zeros(w.shape[0], prev[1]).index_copy_(1, prev[0], w))
-        head.bias.data.copy_(model.head.bias.detach())
-        model.head = head
-    model.pad_multiple = multiple
-    return set_impl(model, ln="conv")
-
-
 def _register_forms() -> None:
     """The model's modules get their inference form from here (`Fusable.fuse`, timm's reparameterize_model)."""
     for cls, form in ((PatchEmbed, FusedPatchEmbed), (LocalAgg, FusedLocalAgg), (LocalAggLSA, FusedLocalAggLSA),
-                      (GlobalBlock, FusedGlobalBlock), (LGLBlock, FusedLGLBlock)):
+                      (GlobalBlock, FusedGlobalBlock), (LGLBlock, FusedLGLBlock), (EdgeViTHead, FusedHead)):
         register_fused_form(cls, form)
 
 

@@ -118,20 +118,25 @@ def check_trained_as(name: Optional[str], trained: Optional[str], checkpoint) ->
                           "out (it comes from the checkpoint) or give that checkpoint's model")
 
 
-def model_from_checkpoint(name: str | None, checkpoint: str | None = None,
-                          **kwargs) -> tuple[torch.nn.Module, dict]:
-    """(eval-mode model, {"config": training config or {}, "classes": class names or None}).
+def model_from_checkpoint(name: str | None, checkpoint: str | None = None, ema: bool = False,
+                          model_kwargs: Optional[dict] = None, **kwargs) -> tuple[torch.nn.Module, dict]:
+    """(eval-mode model, {"name", "config": training config or {}, "classes": class names or None}): the one
+    way every command builds a model from a checkpoint (ours, a training state, the authors').
 
-    With a checkpoint, the model name (if `name` is None), its constructor options and the number of
-    classes come from the checkpoint, so a model trained on 10 classes loads as such; explicit kwargs win.
-    Unknown model name -> ConfigError listing the EdgeViTs; a checkpoint that does not fit -> CheckpointError."""
+    With a checkpoint, the model name (if `name` is None), its constructor options (unless `model_kwargs`
+    replaces them) and the number of classes come from the checkpoint, so a model trained on 10 classes loads
+    as such; explicit kwargs win; `ema` takes a training checkpoint's EMA weights. Unknown model name ->
+    ConfigError listing the EdgeViTs; a checkpoint that does not fit -> CheckpointError."""
     meta = {"config": {}, "classes": None}
     if checkpoint:
-        w = checkpoint_weights(checkpoint)
+        w = checkpoint_weights(checkpoint, ema=ema)
         meta = {"config": w["config"] or {}, "classes": w["classes"]}
         check_trained_as(name, meta["config"].get("model"), checkpoint)
         name = name or meta["config"].get("model")
-        kwargs = {**(meta["config"].get("model_kwargs") or {}), **kwargs}
+        saved = meta["config"].get("model_kwargs") or {}
+        kwargs = {**(saved if model_kwargs is None else model_kwargs), **kwargs}
+    elif model_kwargs:
+        kwargs = {**model_kwargs, **kwargs}
     name = name or "edgevit_xxs"
     import timm
 
@@ -140,6 +145,7 @@ def model_from_checkpoint(name: str | None, checkpoint: str | None = None,
     if not timm.is_model(name):
         raise ConfigError(f"model {name!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)} "
                          "(or any name from timm.list_models())")
+    meta["name"] = name
     if not checkpoint:
         return timm.create_model(name, **kwargs).eval(), meta
     # unwraps {"model": ...} / DDP prefixes for any model; renames the authors' EdgeViT layout

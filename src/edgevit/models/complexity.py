@@ -8,25 +8,10 @@ import torch
 import torch.nn as nn
 
 
-def count_params(model: nn.Module, img_size: int | tuple[int, int] | None = None, in_chans: int = 3) -> float:
-    """Millions of parameters; with `img_size`, only those of the modules one forward pass runs (a fused
-    EdgeViT keeps each backend's spare forms, e.g. the deconv beside its pixel-shuffle form, which no
-    exported graph contains)."""
-    if img_size is None:
-        return sum(p.numel() for p in model.parameters()) / 1e6
-    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-    ran = set()
-    hooks = [m.register_forward_hook(lambda mod, i, o: ran.add(mod)) for m in model.modules()]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, in_chans, h, w, device=next(model.parameters()).device))
-    finally:
-        for hk in hooks:
-            hk.remove()
-        model.train(was_training)
-    used = {id(p): p for m in ran for p in m.parameters(recurse=False)}
-    return sum(p.numel() for p in used.values()) / 1e6
+def count_params(model: nn.Module) -> float:
+    """Millions of parameters (a fused EdgeViT keeps only the form it runs, so this is what a forward pass
+    and an exported graph use)."""
+    return sum(p.numel() for p in model.parameters()) / 1e6
 
 
 def count_gmacs(model: nn.Module, img_size: int | tuple[int, int] = 224, in_chans: int = 3) -> float:

@@ -18,8 +18,6 @@ after LocalProp, before the output projection.
 Module names differ from the authors' (`blocks1.0.LocalAgg.conv1` -> `stages.0.blocks.0.local_agg.pw1`);
 `checkpoint_filter_fn` converts their checkpoints.
 """
-from __future__ import annotations
-
 import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -28,7 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_, use_fused_attn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_function
+from timm.models import (build_model_with_cfg, clean_state_dict, generate_default_cfgs, register_model,
+                         register_notrace_function)
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models.twins import LocallyGroupedAttn
@@ -283,6 +282,36 @@ class LGLBlock(Fusable, nn.Module):
 
 
 
+class EdgeViTHead(Fusable, nn.Module):
+    """The release's final BatchNorm, global average pooling, dropout and classifier, as one module.
+
+    The BN sits in the head (as in ConvNeXt's NormMlpClassifierHead) so that `fuse()` (timm's
+    reparameterize_model) can fold it into the classifier: a per-channel affine commutes with averaging."""
+
+    def __init__(self, in_features: int, num_classes: int, pool_type: str = "avg", drop_rate: float = 0.0):
+        super().__init__()
+        self.in_features = in_features
+        self.norm = nn.BatchNorm2d(in_features)
+        self.global_pool = _check_choice("global_pool", pool_type, ("avg", ""))
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def reset(self, num_classes: int, pool_type: Optional[str] = None) -> None:
+        if pool_type is not None:
+            self.global_pool = _check_choice("global_pool", pool_type, ("avg", ""))
+        ref = next(self.parameters(), None)  # a new classifier on the device / in the dtype of the rest
+        dd = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
+        self.fc = nn.Linear(self.in_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.fc.train(self.training)
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.norm(x)
+        if self.global_pool == "avg":
+            x = x.mean((2, 3))
+        x = self.drop(x)
+        return x if pre_logits else self.fc(x)
+
+
 class EdgeViTStage(nn.Module):
     def __init__(self, in_chs: int, dim: int, depth: int, stride: int, num_heads: int,
                  drop_path: Sequence[float], **block_kwargs):
@@ -321,6 +350,8 @@ class EdgeViT(nn.Module):
             proj_drop_rate: float = 0.0,
             attn_drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
+            device: Optional[Union[str, torch.device]] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
         if len(embed_dims) != 4 or len(depths) != 4 or len(sr_ratios) != 4:
@@ -337,14 +368,13 @@ class EdgeViT(nn.Module):
             if r < 1 or (2 ** (3 - i)) % r:
                 raise UserError(f"sr_ratios[{i}]={r} must divide {2 ** (3 - i)} so windows tile every valid input")
         self.num_classes = num_classes
-        self.global_pool = global_pool
         self.in_chans = in_chans
         self.embed_dims = tuple(embed_dims)
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
-        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
+        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
         stages, in_chs, self.feature_info = [], in_chans, []
         for i in range(4):
             stride = 4 if i == 0 else 2
@@ -356,10 +386,10 @@ class EdgeViT(nn.Module):
             in_chs = embed_dims[i]
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=2 ** (i + 2), module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.norm = nn.BatchNorm2d(self.num_features)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = EdgeViTHead(self.num_features, num_classes, global_pool, drop_rate)  # final BN + classifier
         self.apply(self._init_weights)
+        if device is not None or dtype is not None:  # timm's factory kwargs: built on CPU in fp32, then moved
+            self.to(device=device, dtype=dtype)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -382,7 +412,7 @@ class EdgeViT(nn.Module):
         return dict(stem=r"^stages\.0\.downsample",
                     blocks=r"^stages\.(\d+)" if coarse else [
                         (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                        (r"^norm", (99999,))])
+                        (r"^head\.norm", (99999,))])
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -392,15 +422,15 @@ class EdgeViT(nn.Module):
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
-        return self.head
+        return self.head.fc
+
+    @property
+    def global_pool(self) -> str:
+        return self.head.global_pool
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise UserError(f"global_pool={global_pool!r}: EdgeViT supports 'avg' or '' (none)")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.reset(num_classes, global_pool)
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input(x, self.in_chans)
@@ -414,7 +444,8 @@ class EdgeViT(nn.Module):
             output_fmt: str = "NCHW",
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs (strides 4, 8, 16, 32). `norm` applies the final BN to the last one."""
+        """Stage outputs (strides 4, 8, 16, 32). `norm` applies the final BN (the head's) to the last one; the
+        returned features are forward_features' (before that BN, which forward_head applies)."""
         if output_fmt != "NCHW":
             raise ValueError("EdgeViT intermediates are NCHW only")
         self.check_input(x)
@@ -425,11 +456,9 @@ class EdgeViT(nn.Module):
         for i, stage in enumerate(stages):
             x = stage(x)
             if i in take_indices:
-                intermediates.append(self.norm(x) if norm and i == last else x)
+                intermediates.append(self.head.norm(x) if norm and i == last else x)
         if intermediates_only:
             return intermediates
-        if len(stages) == len(self.stages):
-            x = self.norm(x)
         return x, intermediates
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
@@ -437,20 +466,19 @@ class EdgeViT(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[:max_index + 1]
         if prune_norm:
-            self.norm = nn.Identity()
+            self.head.norm = nn.Identity()
         if prune_head:
             self.reset_classifier(0, "")
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's output (the release's `forward_features` also applies the final BN: here the head
+        does, so that it folds into the classifier)."""
         self.check_input(x)
-        return self.norm(self.stages(x))
+        return self.stages(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean((2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
+        return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -470,6 +498,14 @@ _AUTHOR_LEAVES = {  # leaf renames inside a block
 }
 
 
+_HEAD_KEYS = {"head.weight": "head.fc.weight", "head.bias": "head.fc.bias"}
+
+
+def _head_module_keys(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The release's final `norm.*` and `head.weight/bias` as keys of our head module (head.norm, head.fc)."""
+    return {_HEAD_KEYS.get(k, "head.norm." + k[5:] if k.startswith("norm.") else k): v for k, v in state_dict.items()}
+
+
 def is_authors_layout(state_dict: Dict[str, torch.Tensor]) -> bool:
     return any(k.startswith(("patch_embed1.", "blocks1.")) for k in state_dict)
 
@@ -486,18 +522,21 @@ def convert_authors_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str,
                     k = k.replace(old, new)
                 break
         out[k] = v
-    return out
+    return _head_module_keys(out)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EdgeViT) -> Dict[str, torch.Tensor]:
-    """timm hook: accept a `{"model": ...}` / `{"state_dict": ...}` wrapper, the authors' layout or ours."""
+    """timm hook: accept a `{"model": ...}` / `{"state_dict": ...}` wrapper, DDP / torch.compile prefixes, the
+    authors' layout or ours (before or after the final BN moved into the head)."""
     for wrapper in ("model", "state_dict", "model_ema"):
         if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
             state_dict = state_dict[wrapper]
             break
-    state_dict = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    state_dict = clean_state_dict(state_dict)  # timm's: DDP `module.` / torch.compile `_orig_mod.` prefixes
     if is_authors_layout(state_dict):
         state_dict = convert_authors_state_dict(state_dict)
+    if isinstance(model, EdgeViT):
+        state_dict = _head_module_keys(state_dict)  # this project's earlier checkpoints: `norm.*`, `head.weight`
     target = model.state_dict()
     return {k: v.to(target[k].dtype) if k in target and v.is_floating_point() else v for k, v in state_dict.items()}
 
@@ -507,7 +546,7 @@ def _cfg(**kwargs):
     return {
         "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
         "crop_pct": 0.875, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stages.0.downsample.proj", "classifier": "head",
+        "first_conv": "stages.0.downsample.proj", "classifier": "head.fc",
         "paper_ids": "arXiv:2205.03436", "paper_name": "EdgeViTs: Competing Light-weight CNNs on Mobile "
                                                       "Devices with Vision Transformers",
         "origin_url": "https://github.com/saic-fi/edgevit", "license": "apache-2.0", **kwargs,

@@ -5,19 +5,16 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import timm
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..models import VARIANTS, fit_report
-from ..models.checkpoint import check_trained_as, checkpoint_weights, head_classes
-from ..models.edgevit import checkpoint_filter_fn
+from ..models.checkpoint import model_from_checkpoint
 from .data import CheckedImageFolder, build_eval_loader, check_split_dir, eval_transform
 from .distributed import all_reduce_sum
 from ..errors import UserError
 
-__all__ = ["evaluate", "checkpoint_weights", "evaluate_checkpoint", "head_classes"]
+__all__ = ["evaluate", "evaluate_checkpoint"]
 
 
 @torch.no_grad()
@@ -60,38 +57,22 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
     if (data / "train").is_dir() and (data / "val").is_dir():  # the root `edgevit train` takes: its val split
         data = data / "val"
     folder_classes = check_split_dir(data, "--data")
-    w = checkpoint_weights(checkpoint, ema=ema)
-    cfg = w["config"] or {}
-    check_trained_as(model_name, cfg.get("model"), checkpoint)
-    model_name = model_name or cfg.get("model") or "edgevit_xxs"
-    if not timm.is_model(model_name):
-        raise UserError(f"--model {model_name!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)}")
-    kwargs = dict(cfg.get("model_kwargs") or {}) if model_kwargs is None else dict(model_kwargs)
+    from .recipe import check_model_options
+
+    if model_kwargs is not None:
+        check_model_options(model_name or "edgevit_xxs", model_kwargs)
+    model, meta = model_from_checkpoint(model_name, checkpoint, ema=ema, model_kwargs=model_kwargs)
+    cfg, classes, model_name = meta["config"], meta["classes"], meta["name"]
     img_size = int(img_size or cfg.get("img_size") or 224)
     crop_pct = float(crop_pct or cfg.get("crop_pct") or 0.875)
     interpolation = interpolation or cfg.get("eval_interpolation") or "bicubic"
-
-    from .recipe import check_model_options
-
-    check_model_options(model_name, kwargs)
-    probe = timm.create_model(model_name, num_classes=1, **kwargs)
-    state_dict = checkpoint_filter_fn(w["state_dict"], probe) if model_name in VARIANTS else w["state_dict"]
-    num_classes = head_classes(state_dict)
-    if num_classes is None:
-        raise UserError(f"checkpoint {checkpoint}: no classifier head found (head.weight)")
-    classes = w["classes"]
     if classes is not None and sorted(classes) != folder_classes:
         raise UserError(f"--data {data}: class folders differ from the {len(classes)} classes the checkpoint "
-                         f"was trained on (only in data: {sorted(set(folder_classes) - set(classes))[:10]}, "
-                         f"missing: {sorted(set(classes) - set(folder_classes))[:10]})")
-    if num_classes != len(folder_classes):
-        raise UserError(f"checkpoint {checkpoint} has a {num_classes}-class head but --data {data} has "
-                         f"{len(folder_classes)} class folders")
-    model = timm.create_model(model_name, num_classes=num_classes, **kwargs)
-    problems = fit_report(model, state_dict)
-    if problems:
-        raise UserError(f"checkpoint {checkpoint} does not fit {model_name}: {problems}")
-    model.load_state_dict(state_dict)
+                        f"was trained on (only in data: {sorted(set(folder_classes) - set(classes))[:10]}, "
+                        f"missing: {sorted(set(classes) - set(folder_classes))[:10]})")
+    if model.num_classes != len(folder_classes):
+        raise UserError(f"checkpoint {checkpoint} has a {model.num_classes}-class head but --data {data} has "
+                        f"{len(folder_classes)} class folders")
     model.to(device).eval()
 
     dataset = CheckedImageFolder(data, eval_transform(img_size, crop_pct, interpolation), classes=classes)

@@ -7,7 +7,7 @@ import threading
 
 import torch
 
-__all__ = ["GracefulStop", "NonFiniteLossError", "check_finite"]
+__all__ = ["GracefulStop", "NonFiniteLossError", "check_finite", "agree"]
 
 
 class GracefulStop:
@@ -56,3 +56,17 @@ def check_finite(loss: torch.Tensor, step: int, epoch: int) -> None:
     value = float(loss.detach().float().item())
     if not math.isfinite(value):
         raise NonFiniteLossError(f"loss is {value} at epoch {epoch}, step {step}: training stopped")
+
+
+def agree(loss: torch.Tensor, stop: GracefulStop, step: int, epoch: int) -> tuple[float, bool]:
+    """Every process takes the same decision after a step: one all-reduce carries the loss and a stop request,
+    so a non-finite loss on any rank raises `NonFiniteLossError` on all ranks, and a signal on any rank stops
+    all of them at the same step (a rank leaving alone would leave the others waiting in the next collective
+    forever). Returns (the loss summed over ranks, whether to stop). Used by every training loop."""
+    from .distributed import all_reduce_sum
+
+    flags = torch.stack([loss.detach().float().reshape(()),
+                         torch.tensor(float(stop.requested), device=loss.device)])
+    all_reduce_sum(flags)
+    check_finite(flags[0], step=step, epoch=epoch)
+    return flags[0].item(), flags[1].item() > 0

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict
 
+from ..utils.io import to_plain
+
 __all__ = ["MetricsLogger"]
 
 
@@ -26,7 +28,7 @@ class MetricsLogger:
         if not self.is_main:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps(record, default=_plain) + "\n")
+            f.write(json.dumps(to_plain(record)) + "\n")
             f.flush()
             os.fsync(f.fileno())
         if self._tb is not None:
@@ -40,9 +42,3 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-
-
-def _plain(o: Any) -> Any:
-    if hasattr(o, "item"):
-        return o.item()
-    return str(o)

@@ -30,12 +30,13 @@ from .data import (CheckedImageFolder, build_eval_loader, build_train_loader, bu
                    check_data_root, eval_transform, train_transform)
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
 from .evaluate import evaluate
-from .guard import GracefulStop, check_finite
+from .guard import GracefulStop, agree
 from .logging import MetricsLogger
 from .recipe import amp_dtype, scaled_lr
 from .state import (CheckpointManager, capture_rng_state, load_training_state, prepare_run_dir, restore_rng_state, save_config,
                     set_determinism)
 from ..errors import UserError
+from ..utils.io import to_plain
 
 __all__ = ["train"]
 
@@ -221,7 +222,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "model_ema": ema.module.state_dict() if ema is not None else None,
                 "epoch": epoch, "step_in_epoch": step_in_epoch, "num_updates": num_updates,
-                "rng": _gather_rng(info), "config": _plain_cfg(cfg), "classes": list(classes),
+                "rng": _gather_rng(info), "config": to_plain(cfg), "classes": list(classes),
                 "metrics": metrics}
 
     # ---- epochs -------------------------------------------------------------------------------------
@@ -253,10 +254,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
                 with sync:
                     with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
                         loss = criterion(ddp_model(images), target)
-                    # one all-reduce carries the loss and a stop request, so every process stops at the same step
-                    flags = torch.stack([loss.detach().float(), torch.tensor(float(stop.requested), device=device)])
-                    all_reduce_sum(flags)
-                    check_finite(flags[0], step=step, epoch=epoch)
+                    loss_all, stop_all = agree(loss, stop, step, epoch)  # every process decides alike
                     scaled = loss / cfg["accum_steps"]
                     (scaler.scale(scaled) if scaler else scaled).backward()
                 if last_micro:
@@ -275,14 +273,14 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
                     if ema is not None:
                         ema.update(model, step=num_updates)
                     scheduler.step_update(num_updates)
-                loss_sum += flags[0].item() / info.world_size
+                loss_sum += loss_all / info.world_size
                 n_steps += 1
                 lr_now = optimizer.param_groups[0]["lr"]
                 ips = (n_steps * cfg["batch_size"] * info.world_size) / max(time.time() - t0, 1e-9)
                 bar.update(1)
-                bar.set_postfix(loss=f"{flags[0].item() / info.world_size:.4f}", lr=f"{lr_now:.3g}",
+                bar.set_postfix(loss=f"{loss_all / info.world_size:.4f}", lr=f"{lr_now:.3g}",
                                 img_s=f"{ips:.1f}")
-                if last_micro and flags[1].item() > 0:
+                if last_micro and stop_all:
                     interrupted = True
                     break
             bar.close()
@@ -340,14 +338,3 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
     return summary
 
 
-def _plain_cfg(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The config with only str/number/bool/None/list/dict values (readable with weights_only=True)."""
-    def plain(v):
-        if isinstance(v, dict):
-            return {str(k): plain(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if v is None or isinstance(v, (str, int, float, bool)):
-            return v
-        return str(v)
-    return plain(cfg)

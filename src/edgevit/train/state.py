@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import yaml
 
-from ..utils.io import atomic_path, require_file, write_text_atomic
+from ..utils.io import atomic_path, require_file, to_plain, write_text_atomic
 from ..errors import ConfigError, OutputError
 from ..models.checkpoint import CheckpointError
 
@@ -104,7 +104,8 @@ def prepare_run_dir(run_dir: os.PathLike | str, resume: Optional[str], overwrite
         raise ConfigError("resume and overwrite exclude each other: continue the run, or start it again")
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputError(f"run directory {run_dir}: is a file")
-    present = [n for n in RUN_FILES if (run_dir / n).exists()]
+    present = [n for n in RUN_FILES if (run_dir / n).exists()] if is_main else []  # rank 0 decides (others
+    # may look after it has started writing the new run)
     if present and not resume and not overwrite:
         raise OutputError(f"run directory {run_dir} already holds a run ({', '.join(present)}): resume it, or "
                           "start it again with overwrite")
@@ -160,7 +161,7 @@ class CheckpointManager:
 # ---------------------------------------------------------------- config
 def save_config(run_dir: os.PathLike | str, cfg: Dict[str, Any]) -> Path:
     """Write the resolved config to RUN_DIR/config.yaml (atomically; keys in insertion order)."""
-    return write_text_atomic(Path(run_dir) / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
+    return write_text_atomic(Path(run_dir) / "config.yaml", yaml.safe_dump(to_plain(cfg), sort_keys=False))
 
 
 def load_config(path: os.PathLike | str) -> Dict[str, Any]:
@@ -175,13 +176,3 @@ def load_config(path: os.PathLike | str) -> Dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ConfigError(f"config file {path}: expected a mapping of option: value, got {type(cfg).__name__}")
     return cfg
-
-
-def _plain(o: Any) -> Any:
-    if isinstance(o, dict):
-        return {str(k): _plain(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_plain(v) for v in o]
-    if isinstance(o, Path):
-        return str(o)
-    return o

@@ -45,18 +45,30 @@ def write_text_atomic(path: os.PathLike | str, text: str) -> Path:
     return Path(path)
 
 
+def to_plain(o: Any) -> Any:
+    """`o` with only str / int / float / bool / None, lists and str-keyed dicts: what JSON, YAML and a
+    `torch.load(weights_only=True)` checkpoint hold. Tensors and numpy scalars become numbers, paths and
+    anything else their text. The one converter for every file this package writes."""
+    if isinstance(o, dict):
+        return {str(k): to_plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [to_plain(v) for v in o]
+    if o is None or isinstance(o, (str, int, float, bool)):
+        return o
+    if hasattr(o, "item") and getattr(o, "ndim", 0) == 0:
+        return o.item()
+    return str(o)
+
+
+def write_json_atomic(path: os.PathLike | str, obj: Any) -> Path:
+    """`obj` (through `to_plain`) as an indented JSON file, written atomically."""
+    return write_text_atomic(path, json.dumps(to_plain(obj), indent=2) + "\n")
+
+
 def print_json(obj: Any, file=None) -> None:
     """One JSON document on stdout (what every `--json` flag prints)."""
-    json.dump(obj, file or sys.stdout, indent=2, default=_default)
+    json.dump(to_plain(obj), file or sys.stdout, indent=2)
     (file or sys.stdout).write("\n")
-
-
-def _default(o: Any) -> Any:
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "item"):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def require_file(path: os.PathLike | str, what: str) -> Path:
