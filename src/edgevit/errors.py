@@ -11,7 +11,21 @@ __all__ = ["UserError", "ConfigError", "DataError", "OutputError", "MissingDepen
 
 
 class UserError(ValueError):
-    """Bad input from the user; the message names the file or option and what was expected."""
+    """Bad input from the user; the message names the file or option and what was expected.
+
+    `option`: the parameter the message is about (e.g. "batch_size"). The library's text names it as a
+    parameter ("batch_size 7: ..."); the command line shows the same message with the flag a user typed
+    ("--batch-size 7: ..."), so library code never has to name a flag."""
+
+    def __init__(self, message: str = "", option: str | None = None):
+        super().__init__(message)
+        self.message, self.option = message, option
+
+    def __str__(self) -> str:
+        return f"{self.option} {self.message}" if self.option else self.message
+
+    def for_command_line(self) -> str:
+        return f"--{self.option.replace('_', '-')} {self.message}" if self.option else self.message
 
 
 class ConfigError(UserError):

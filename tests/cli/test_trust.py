@@ -197,7 +197,7 @@ def test_float_images_of_unknown_range_are_refused(tmp_path, capsys):
     (["train", "--data", "d", "--output", "o", "--threads", "0"], "--threads"),
     (["train", "--data", "d", "--output", "o", "--scale", "1.0"], "scale"),
     (["train", "--data", "d", "--output", "o", "--aa", "weird-policy"], "aa"),
-    (["train", "--data", "d", "--output", "o", "--model-kwargs", '{"foo": 1}'], "model_kwargs"),
+    (["train", "--data", "d", "--output", "o", "--model-kwargs", '{"foo": 1}'], "--model-kwargs"),
     (["train", "--data", "d", "--output", "o", "--model-kwargs", "[1]"], "--model-kwargs"),
     (["eval", "--data", "d", "--checkpoint", "c", "--model-kwargs", "not json"], "--model-kwargs"),
     (["segment", "train", "--data", "d", "--output", "o", "--crop-size", "100"], "--crop-size"),
@@ -235,7 +235,7 @@ def test_config_file_never_overrides_an_explicit_flag_equal_to_the_default():
 def test_report_accuracy_out_of_range_and_negative_power_trace(tmp_path, capsys):
     acc = tmp_path / "acc.json"
     acc.write_text(json.dumps({"model": "edgevit_xxs", "top1": 250}))
-    refused(capsys, ["report", "--accuracy", str(acc), "--out", str(tmp_path / "r")], "--accuracy", "250")
+    refused(capsys, ["report", "--accuracy", str(acc), "--out", str(tmp_path / "r")], str(acc), "250")
     trace = tmp_path / "t.csv"
     rows = "\n".join(f"{i},{-1.0 if i == 40 else 1.0}" for i in range(200))
     trace.write_text("time,power\n" + rows + "\n")
@@ -257,7 +257,7 @@ def test_unreadable_inputs_name_the_file(tmp_path, capsys):
     assert "weights_only" not in msg
     png = tmp_path / "img.png"
     Image.new("RGB", (4, 4)).save(png)
-    refused(capsys, ["report", "--bench", str(png), "--out", str(tmp_path / "r2")], "--bench", str(png))
+    refused(capsys, ["report", "--bench", str(png), "--out", str(tmp_path / "r2")], "bench results", str(png))
     refused(capsys, ["energy", "--trace", str(png)], str(png), "not a text CSV")
     labels = tmp_path / "labels.json"
     labels.write_text("{not json")
@@ -422,3 +422,21 @@ def test_a_model_name_other_than_the_checkpoints_is_refused(tmp_path, capsys):
     Image.new("RGB", (64, 64)).save(tmp_path / "val" / "a" / "x.png")
     refused(capsys, ["eval", "--data", str(tmp_path / "val"), "--checkpoint", str(ck), "--model", "edgevit_s"],
             "edgevit_xxs", "edgevit_s")
+
+
+def test_third_sweep(tmp_path, capsys):
+    """Warnings never precede an error; binary config files, model options the model refuses, a dense run's
+    checkpoint given to a classification command and a file name that does not fit the export format are one
+    named line each."""
+    png = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(png)
+    refused(capsys, ["train", "--data", str(tmp_path / "d"), "--output", str(tmp_path / "o"), "--epochs", "1",
+                     "--config", str(png)], str(png), "not a text file")
+    refused(capsys, ["train", "--data", str(tmp_path), "--output", str(tmp_path / "inside"), "--epochs", "1"],
+            "--output", "inside --data")  # (epochs 1 < warmup 5: the warning would come only if training began)
+    refused(capsys, ["train", "--data", "d", "--output", "o", "--model-kwargs", '{"embed_dims": [16]}'],
+            "--model-kwargs", "4 values")
+    dense = tmp_path / "det.pth"
+    torch.save({"model": {}, "meta": {"arch": "retinanet"}}, dense)
+    refused(capsys, ["predict", str(png), "--checkpoint", str(dense)], str(dense), "retinanet", "edgevit detect train")
+    refused(capsys, ["export", "--format", "onnx", "-o", str(tmp_path / "x.pt")], "-o", ".onnx")

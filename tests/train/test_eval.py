@@ -31,7 +31,7 @@ def test_eval_errors_are_one_clear_line(tiny, tmp_path, reference_dir, capsys):
     data = tiny.make_dataset(tmp_path / "d", classes=("blue", "red"), n_train=1, n_val=2)
     official = str(reference_dir / "edgevit_xxs_s0.official.safetensors")  # 1000-class head
     assert cli(["eval", "--data", str(data / "val"), "--checkpoint", official, "--device", "cpu"]) == 2
-    assert "1000-class head but --data" in capsys.readouterr().err
+    assert "1000-class head but the data" in capsys.readouterr().err
     assert cli(["eval", "--data", str(tmp_path / "nope"), "--checkpoint", official]) == 2
     assert "nope: no such directory" in capsys.readouterr().err
     (tmp_path / "bad.pth").write_bytes(b"garbage")

@@ -61,13 +61,13 @@ def plan(models: Sequence[str], form: str = "both", ablations: bool = False) -> 
     import timm
     from .. import models as _m  # noqa: F401  registers the EdgeViTs
     if form not in FORMS:
-        raise UserError(f"--edgevit-form {form!r} is not one of {', '.join(FORMS)}")
+        raise UserError(f"{form!r} is not one of {', '.join(FORMS)}", option="edgevit_form")
     forms = {"fused": [True], "unfused": [False], "both": [True, False]}[form]
     entries: List[Entry] = []
     for name in models:
         if not timm.is_model(name):
-            raise UserError(f"--models: {name!r} is not a known model; choices: {', '.join(DEFAULT_MODELS)} "
-                             "(or any name from timm.list_models())")
+            raise UserError(f"{name!r} is not a known model; choices: {', '.join(DEFAULT_MODELS)} "
+                            "(or any name from timm.list_models())", option="models")
         if name in EDGEVITS:
             entries += [Entry(name, f) for f in forms]
         else:
@@ -176,7 +176,7 @@ def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2
     from ..models.complexity import count_gmacs, count_params
     check_runtime(runtime)
     if runs < 1:
-        raise UserError(f"runs {runs} must be >= 1")
+        raise UserError(f"{runs} must be >= 1", option="runs")
     failures: List[str] = []
     built = []  # (entry, runner)
     bar = tqdm(total=len(entries), desc=f"bench {runtime}: build", unit="model", file=sys.stderr,
@@ -316,5 +316,5 @@ def format_table(doc: dict) -> str:
                  f"torch {m['torch']}, " + ", ".join(f"{k} {v}" for k, v in m["runtime_versions"].items() if k != "torch"))
     if tied:
         lines.append(f"~ : its 95% interval overlaps another model's ({len(m['ties'])} pair(s)): this run does not "
-                     "rank them; rerun with more --runs on a quieter machine. paper M/G: Table 2's params/FLOPs.")
+                     "rank them; measure again with more runs on a quieter machine. paper M/G: Table 2's params/FLOPs.")
     return "\n".join(lines)

@@ -63,10 +63,10 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def load_energy_json(path: os.PathLike | str) -> List[dict]:
     """Energy results written by `edgevit energy --json` / `-o`: one object or a list of them."""
-    obj = read_json(path, "--energy")
+    obj = read_json(path, "energy result")
     items = obj if isinstance(obj, list) else [obj]
     for i, it in enumerate(items):
         if not isinstance(it, dict) or "energy_mj_mean" not in it or "method" not in it:
-            raise UserError(f"--energy {path}: item {i} is not an `edgevit energy --json` result "
+            raise UserError(f"energy result {path}: item {i} is not an `edgevit energy --json` result "
                              "(expected keys method, energy_mj_mean, power_w_mean, ...)")
     return items

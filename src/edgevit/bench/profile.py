@@ -89,7 +89,7 @@ def profile(model: str, fused: bool = True, runtime: str = "executorch", runs: i
     """`model` exported as `edgevit bench` does it, profiled in `runtime`: totals per operator kind
     ("by_kind", slowest first) and per operator ("per_op")."""
     if runtime not in PROFILERS:
-        raise UserError(f"--runtime {runtime!r} is not one of {', '.join(PROFILERS)}")
+        raise UserError(f"{runtime!r} is not one of {', '.join(PROFILERS)}", option="runtime")
     torch.set_num_threads(threads)
     net = load_model(model, fused=fused, runtime=runtime)
     size = img_size or default_img_size(net)

@@ -31,8 +31,8 @@ class RaplZone:
     max_energy_uj: int   # the counter wraps to 0 after this value
 
 
-_TRACE_HINT = ("measure with an external power monitor instead and analyse its trace: "
-               "edgevit energy --trace FILE.csv --n N (see docs/energy_and_report.md)")
+_TRACE_HINT = ("measure with an external power monitor instead and analyse its trace (trace mode; see "
+               "docs/energy_and_report.md)")
 
 
 def find_rapl_zones(root: os.PathLike | str = POWERCAP_ROOT, names: Optional[Sequence[str]] = None
@@ -61,8 +61,8 @@ def find_rapl_zones(root: os.PathLike | str = POWERCAP_ROOT, names: Optional[Seq
         picked = [(n, p) for n, p in zones if n in names]
         missing = sorted(set(names) - {n for n, _ in picked})
         if missing:
-            raise UserError(f"--zone {', '.join(missing)}: no such RAPL zone under {root}; "
-                             f"available: {', '.join(n for n, _ in zones)}")
+            raise UserError(f"{', '.join(missing)}: no such RAPL zone under {root}; "
+                            f"available: {', '.join(n for n, _ in zones)}", option="zone")
     else:
         picked = [(n, p) for n, p in zones if n.startswith("package")] or zones
     out = []
@@ -123,7 +123,7 @@ def measure_rapl(workload: Callable[[], object], n: int = 50, repeats: int = 5, 
     `clock`/`sleep` are injectable so tests can drive a fake powercap tree; `labels` (model, runtime,
     label, img_size) are copied into the result."""
     if n < 1 or repeats < 1:
-        raise UserError(f"-n {n} and --repeats {repeats} must be >= 1")
+        raise UserError(f"n {n} and repeats {repeats} must be >= 1")
     reader = reader or RaplReader(root, zones)
     for _ in range(warmup):
         workload()

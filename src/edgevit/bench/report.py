@@ -34,28 +34,28 @@ def _read_json(path: os.PathLike | str, flag: str):
 
 def load_bench_json(path: os.PathLike | str) -> dict:
     """An `edgevit bench --json FILE` result: {"meta": {...}, "results": [{"model", "runtime", "mean_ms", ...}]}."""
-    data = _read_json(path, "--bench")
+    data = _read_json(path, "bench results")
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
-        raise UserError(f"--bench {path}: expected an `edgevit bench --json` file "
+        raise UserError(f"bench results {path}: expected an `edgevit bench --json` file "
                          "({'meta': {...}, 'results': [...]})")
     for i, r in enumerate(data["results"]):
         missing = [k for k in ("model", "runtime", "mean_ms") if k not in r]
         if missing:
-            raise UserError(f"--bench {path}: result {i} lacks {', '.join(missing)}")
+            raise UserError(f"bench results {path}: result {i} lacks {', '.join(missing)}")
     return data
 
 
 def load_accuracy_json(path: os.PathLike | str) -> List[dict]:
     """`edgevit eval --json` output(s): one object or a list, each with at least model and top1."""
-    data = _read_json(path, "--accuracy")
+    data = _read_json(path, "accuracy file")
     items = data if isinstance(data, list) else [data]
     for i, it in enumerate(items):
         if not isinstance(it, dict) or "model" not in it or "top1" not in it:
-            raise UserError(f"--accuracy {path}: item {i} needs 'model' and 'top1' (an `edgevit eval --json` "
+            raise UserError(f"accuracy file {path}: item {i} needs 'model' and 'top1' (an `edgevit eval --json` "
                              "result)")
         top1 = it["top1"]
         if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not 0 <= top1 <= 100:
-            raise UserError(f"--accuracy {path}: item {i} ({it.get('model')}): top1 {top1!r} is not a "
+            raise UserError(f"accuracy file {path}: item {i} ({it.get('model')}): top1 {top1!r} is not a "
                             "percentage in [0, 100]")
     return items
 
@@ -126,7 +126,7 @@ def build_rows(bench: Sequence[dict] = (), energy: Sequence[dict] = (),
     no_acc = sorted({r["name"] for r in rows if r["top1"] is None})
     if no_acc:
         warnings.append(f"no top-1 accuracy for {', '.join(no_acc)} (not in the paper data; pass "
-                        "--accuracy FILE from `edgevit eval --json`): left out of the Pareto plots")
+                        "an `edgevit eval --json` result as an accuracy file): left out of the Pareto plots")
     return add_efficiency(rows), warnings
 
 
@@ -260,7 +260,7 @@ def make_report(out_dir: os.PathLike | str, bench: Sequence[str] = (), energy: S
                 unsure = sets[f"uncertain_{tag.split('_')[1]}"].get(group)
                 if unsure:
                     md.append(f"  - not settled by this measurement (intervals overlap): {', '.join(unsure)}; "
-                              "rerun with more --runs on a quieter machine before drawing conclusions")
+                              "measure again with more runs on a quieter machine before drawing conclusions")
         md.append("")
         for p in plots:
             md += [f"![{p.stem}]({p.name})", ""]

@@ -21,7 +21,7 @@ RUNTIMES = ("eager", "torchscript", "ptl", "onnxruntime", "executorch")
 
 def check_runtime(runtime: str) -> str:
     if runtime not in RUNTIMES:
-        raise UserError(f"--runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+        raise UserError(f"{runtime!r} is not one of {', '.join(RUNTIMES)}", option="runtime")
     return runtime
 
 
@@ -108,7 +108,7 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
     check_runtime(runtime)
     require_package(runtime)
     if threads < 1:
-        raise UserError(f"--threads {threads} must be >= 1")
+        raise UserError(f"{threads} must be >= 1", option="threads")
     torch.set_num_threads(threads)
     net = load_model(model, fused=fused, checkpoint=checkpoint, runtime=runtime, **model_kwargs)
     size = int(img_size or default_img_size(net))

@@ -41,7 +41,7 @@ def _unit_in_header(name: str) -> Optional[str]:
 
 
 def _find_col(header: List[str], wanted: Optional[str], keys: Sequence[str], path, what: str,
-              required: bool, hint: str = "name it with its flag") -> Optional[int]:
+              required: bool, hint: str = "name the column explicitly") -> Optional[int]:
     low = [h.strip().lower() for h in header]
     if wanted is not None:
         if wanted in header:
@@ -67,8 +67,8 @@ def _unit(given: Optional[str], header_name: str, allowed: Sequence[str], defaul
           path) -> str:
     unit = given or _unit_in_header(header_name) or default
     if unit not in allowed:
-        raise UserError(f"{path}: {flag} {unit!r} (from {'the flag' if given else repr(header_name)}) is "
-                         f"not one of {', '.join(allowed)}")
+        raise UserError(f"{unit!r} (from {'the option' if given else repr(header_name)} of {path}) is "
+                        f"not one of {', '.join(allowed)}", option=flag if given else None)
     return unit
 
 
@@ -108,18 +108,18 @@ def load_trace(path: os.PathLike | str, time_col: Optional[str] = None, power_co
         ci = _find_col(header, current_col, ("current", "main", "i"), path, "power or current", True)
         if voltage is None:
             vi = _find_col(header, voltage_col, ("voltage", "main voltage", "v"), path, "voltage", True,
-                           "with a current column, name the voltage column (--voltage-col) or give a fixed "
-                           "--voltage VOLTS")
-    tu = _unit(time_unit, header[ti], TIME_UNITS, "s", "--time-unit", path)
+                           "with a current column, name the voltage column (voltage_col) or give a fixed "
+                           "voltage")
+    tu = _unit(time_unit, header[ti], TIME_UNITS, "s", "time_unit", path)
     cols = [ti]
     if pi is not None:
-        pu = _unit(power_unit, header[pi], POWER_UNITS, "W", "--power-unit", path)
+        pu = _unit(power_unit, header[pi], POWER_UNITS, "W", "power_unit", path)
         cols.append(pi)
     else:
-        cu = _unit(current_unit, header[ci], CURRENT_UNITS, "A", "--current-unit", path)
+        cu = _unit(current_unit, header[ci], CURRENT_UNITS, "A", "current_unit", path)
         cols.append(ci)
         if vi is not None:
-            vu = _unit(voltage_unit, header[vi], VOLTAGE_UNITS, "V", "--voltage-unit", path)
+            vu = _unit(voltage_unit, header[vi], VOLTAGE_UNITS, "V", "voltage_unit", path)
             cols.append(vi)
     arr = np.empty((len(data), len(cols)))
     for r, row in enumerate(data):
@@ -209,7 +209,7 @@ def analyze_trace(trace: Trace, n: Optional[int] = None, threshold: float = 0.5,
     of regions is found, the result carries a warning saying so."""
     t, p = trace.t, trace.p
     if not 0 < threshold < 1:
-        raise UserError(f"--threshold {threshold} must be between 0 and 1 (a fraction of the busy level)")
+        raise UserError(f"{threshold} must be between 0 and 1 (a fraction of the busy level)", option="threshold")
     if len(t) < MIN_SAMPLES:
         raise UserError(f"trace has only {len(t)} samples; need at least {MIN_SAMPLES}")
     dt = np.diff(t)

@@ -153,28 +153,22 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> a
     if not getattr(args, "config", None):
         return args
     from ..errors import ConfigError
-    from ..train.state import load_config
-    from ..utils.options import check_value
+    from ..utils.options import read_config
 
-    cfg = load_config(args.config)
-    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
-    unknown = [k for k in cfg if k.replace("-", "_") not in actions]
-    if unknown:
-        raise ConfigError(f"config file {args.config}: unknown option(s) {unknown}; known: {sorted(actions)}")
-    explicit = getattr(args, "_explicit", set())
-    for k, v in cfg.items():
-        dest = k.replace("-", "_")
-        a = actions[dest]
-        where = f"config file {args.config}: {k}"
-        if v is not None and a.type is not None:
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config") and a.option_strings}
+    checks = {}
+    for dest, a in actions.items():
+        if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            checks[dest] = (bool, None)
+        else:
             nargs = 0 if a.nargs in ("+", "*") else a.nargs if isinstance(a.nargs, int) else None
-            if nargs is not None and not isinstance(v, (list, tuple)):
-                v = [v]
-            v = check_value(a.type, v, where, nargs)
-        elif isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and not isinstance(v, bool):
-            raise ConfigError(f"{where}: {v!r}: expected true or false")
+            checks[dest] = (a.type, nargs)
+    explicit = getattr(args, "_explicit", set())
+    for dest, v in read_config(args.config, checks).items():
+        a = actions[dest]
         if a.choices is not None and v is not None and v not in a.choices:
-            raise ConfigError(f"{where}: {v!r}: expected one of {', '.join(map(str, a.choices))}")
+            raise ConfigError(f"config file {args.config}: {dest}: {v!r}: expected one of "
+                              f"{', '.join(map(str, a.choices))}")
         if dest not in explicit:  # the command line wins, also where it repeats the default (checked all the same)
             setattr(args, dest, v)
     return args

@@ -83,7 +83,10 @@ def run(args) -> int:
             labels["runtime"] = args.runtime
         result = tr.analyze_trace(trace, n=n, threshold=args.threshold, **labels)
     else:
-        reader = rapl.RaplReader(args.powercap, args.zone)  # fail fast, before building the model
+        try:  # fail fast, before building the model
+            reader = rapl.RaplReader(args.powercap, args.zone)
+        except rapl.RaplUnavailable as e:  # the library says "trace mode"; here it is a flag
+            raise rapl.RaplUnavailable(f"{e} — here: edgevit energy --trace FILE.csv --n N") from None
         from ..bench.runners import build_runner
         model, runtime = args.model or "edgevit_xxs", args.runtime or "eager"
         runner = build_runner(model, runtime, img_size=args.img_size, threads=args.threads,

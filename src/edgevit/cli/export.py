@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ConfigError
 from ..utils.options import image_size, positive_int
 from .common import add_json_arg, add_model_args, add_overwrite_arg, add_progress_arg, check_output_file
+
+
+SUFFIXES = {"pte": (".pte",), "onnx": (".onnx",), "ptl": (".ptl",), "torchscript": (".pt", ".pth", ".torchscript")}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
     from ..utils.io import print_json
 
     check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=[args.checkpoint])
+    suffixes = SUFFIXES[args.format]
+    if not str(args.output).lower().endswith(suffixes):
+        raise ConfigError(f"-o {args.output}: expected a {' or '.join(suffixes)} file name for --format {args.format}")
     require_runtime(FORMAT_RUNTIME[args.format])
     model = load_model(args.model, fused=False, checkpoint=args.checkpoint)
     fused = args.model in VARIANTS and not args.no_fuse

@@ -34,7 +34,7 @@ def read_class_names(root: str | Path, num_classes: Optional[int] = None) -> Lis
     if f.is_file():
         names = [ln.strip() for ln in f.read_text().splitlines() if ln.strip()]
         if num_classes is not None and len(names) != num_classes:
-            raise UserError(f"{f} lists {len(names)} classes but --num-classes is {num_classes}")
+            raise UserError(f"{num_classes}, but {f} lists {len(names)} classes", option="num_classes")
         return names
     return [f"class_{i}" for i in range(num_classes or 150)]
 
@@ -60,10 +60,10 @@ class ADESegmentation(Dataset):
         self.img_dir, self.ann_dir = self.root / "images" / split, self.root / "annotations" / split
         for d in (self.img_dir, self.ann_dir):
             if not d.is_dir():
-                raise MissingFileError(f"--data {self.root}: expected directory {d} (ADE20K layout: "
-                                         "images/SPLIT and annotations/SPLIT)")
+                raise MissingFileError(f"{self.root}: expected directory {d} (ADE20K layout: "
+                                       "images/SPLIT and annotations/SPLIT)", option="data")
         if crop_size % 32:
-            raise UserError(f"--crop-size {crop_size}: must be a multiple of 32 (EdgeViT's total stride)")
+            raise UserError(f"{crop_size}: must be a multiple of 32 (EdgeViT's total stride)", option="crop_size")
         self.images = sorted(p for p in self.img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
         if not self.images:
             raise MissingFileError(f"no images (.jpg/.png) in {self.img_dir}")

@@ -172,11 +172,12 @@ def resolve_split(root: str | Path, split: str) -> Tuple[Path, Path]:
     ROOT/SPLIT (COCO 2017 layout) or ROOT/images/SPLIT (the synthetic set's layout) that exists."""
     root = Path(root)
     if not root.is_dir():
-        raise MissingFileError(f"--data {root}: no such directory")
+        raise MissingFileError(f"{root}: no such directory", option="data")
     ann = root / "annotations" / f"instances_{split}.json"
     if not ann.is_file():
-        raise MissingFileError(f"--data {root}: expected {ann} (COCO layout: annotations/instances_SPLIT.json)")
+        raise MissingFileError(f"{root}: expected {ann} (COCO layout: annotations/instances_SPLIT.json)",
+                               option="data")
     for d in (root / split, root / "images" / split):
         if d.is_dir():
             return ann, d
-    raise MissingFileError(f"--data {root}: no image directory {root / split} or {root / 'images' / split}")
+    raise MissingFileError(f"{root}: no image directory {root / split} or {root / 'images' / split}", option="data")

@@ -84,13 +84,13 @@ def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Ca
     run_dir = prepare_run_dir(run_dir, resume, overwrite, dist_info.is_main)
     device, world = dist_info.device, dist_info.world_size
     if batch_size % world:
-        raise UserError(f"--batch-size {batch_size} must be divisible by the number of processes ({world})")
+        raise UserError(f"{batch_size}: must be divisible by the number of processes ({world})", option="batch_size")
     per_proc = batch_size // world
     sampler = DistributedSampler(train_set, num_replicas=world, rank=dist_info.rank, shuffle=True, seed=seed,
                                  drop_last=True)
     iters_per_epoch = len(sampler) // per_proc
     if iters_per_epoch == 0:
-        raise UserError(f"--batch-size {batch_size}: larger than the training set ({len(train_set)} images)")
+        raise UserError(f"{batch_size}: larger than the training set ({len(train_set)} images)", option="batch_size")
 
     model.to(device)
     optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)  # no decay on norms/biases
@@ -255,10 +255,11 @@ def load_dense_checkpoint(path: str | Path, kind: str) -> nn.Module:
     state = load_training_state(path, f"edgevit {kind} train", ("model", "meta"))
     meta = state["meta"]
     if kind == "detect" and meta.get("arch") not in ("retinanet", "maskrcnn"):
-        raise UserError(f"--checkpoint {path}: a {meta.get('arch')} checkpoint; `edgevit detect` needs "
-                         "retinanet or maskrcnn (use `edgevit segment` for semfpn)")
+        raise UserError(f"{path}: a {meta.get('arch')} checkpoint; `edgevit detect` needs "
+                        "retinanet or maskrcnn (use `edgevit segment` for semfpn)", option="checkpoint")
     if kind == "segment" and meta.get("arch") != "semfpn":
-        raise UserError(f"--checkpoint {path}: a {meta.get('arch')} checkpoint; `edgevit segment` needs semfpn")
+        raise UserError(f"{path}: a {meta.get('arch')} checkpoint; `edgevit segment` needs semfpn",
+                        option="checkpoint")
     if kind == "detect":
         model = create_detector(meta["arch"], int(meta["num_classes"]), meta["variant"],
                                 min_size=int(meta["min_size"]), max_size=int(meta["max_size"]), drop_path_rate=0.0,

@@ -36,7 +36,7 @@ def create_backbone(variant: str = "edgevit_xxs", checkpoint: Optional[str] = No
     """A headless EdgeViT (no classifier, no final BN), initialised from an ImageNet checkpoint
     in this project's or the authors' layout; the classifier (and final BN) keys are dropped."""
     if variant not in VARIANTS:
-        raise UserError(f"--model {variant!r}: dense prediction supports the EdgeViTs {', '.join(VARIANTS)}")
+        raise UserError(f"{variant!r}: dense prediction supports the EdgeViTs {', '.join(VARIANTS)}", option="model")
     body = timm.create_model(variant, num_classes=0, **kwargs)
     if checkpoint:
         load_checkpoint(body, checkpoint, skip=("head.",))
@@ -102,7 +102,7 @@ def create_detector(arch: str, num_classes: int, variant: str = "edgevit_xxs", c
                          max_size=max_size, **kwargs)
         model.label_offset = 1
     else:
-        raise UserError(f"--arch {arch!r}: expected one of retinanet, maskrcnn")
+        raise UserError(f"{arch!r}: expected one of retinanet, maskrcnn", option="arch")
     model.transform.size_divisible = 32  # EdgeViT needs multiples of 32 (torchvision's default already)
     model.arch, model.num_classes, model.variant, model.fpn_channels = arch, num_classes, variant, fpn_channels
     return model

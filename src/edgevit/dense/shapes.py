@@ -93,9 +93,9 @@ def generate(root: str | Path, num_train: int = 200, num_val: int = 50, size: in
 
     root = Path(root)
     if size % 32:
-        raise UserError(f"--size {size}: must be a multiple of 32 (EdgeViT's total stride)")
+        raise UserError(f"{size}: must be a multiple of 32 (EdgeViT's total stride)", option="size")
     if colours not in COLOURS:
-        raise UserError(f"--colours {colours!r}: expected one of {list(COLOURS)}")
+        raise UserError(f"{colours!r}: expected one of {list(COLOURS)}", option="colours")
     rng = np.random.default_rng(seed)
     counts = {}
     root.mkdir(parents=True, exist_ok=True)

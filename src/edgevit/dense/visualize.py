@@ -47,7 +47,7 @@ def draw_segmentation(image: torch.Tensor, pred: torch.Tensor, num_classes: int,
 def save_png(img: torch.Tensor, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise UserError(f"--out {path}: expected a .png file name")
+        raise UserError(f"{path}: expected a .png file name", option="out")
     with atomic_path(path) as tmp:
         Image.fromarray(img.permute(1, 2, 0).cpu().numpy().astype(np.uint8)).save(tmp, format="PNG")
     return path

@@ -197,7 +197,7 @@ def export_model(model: nn.Module, fmt: str, output: os.PathLike | str, img_size
     The file is written beside `output` and renamed over it only after the check passes, so an existing
     file survives any failure.  Returns a report (max_abs_diff, size, partition counts for pte)."""
     if fmt not in FORMATS:
-        raise UserError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+        raise UserError(f"{fmt!r} is not one of {', '.join(FORMATS)}", option="format")
     torch.set_num_threads(threads)
     x = torch.randn(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
     if hasattr(model, "check_input"):

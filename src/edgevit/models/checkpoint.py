@@ -48,11 +48,15 @@ def checkpoint_weights(path: str | Path, ema: bool = False) -> Dict[str, Any]:
 
     Returns {"state_dict", "config" (training config or None), "classes" (or None)}."""
     raw = read_state_dict(path)
+    arch = raw["meta"].get("arch") if isinstance(raw.get("meta"), dict) else None
+    if arch:  # a detection / segmentation run's checkpoint
+        raise CheckpointError(f"checkpoint {path}: a {arch} checkpoint of `edgevit "
+                              f"{'segment' if arch == 'semfpn' else 'detect'} train`, not a classification model")
     config = raw.get("config") if isinstance(raw.get("config"), dict) else None
     classes = raw.get("classes") if isinstance(raw.get("classes"), list) else None
     if ema:
         if not isinstance(raw.get("model_ema"), dict):
-            raise UserError(f"--ema: checkpoint {path} holds no EMA weights (train with --model-ema)")
+            raise UserError(f"checkpoint {path} holds no EMA weights (its run kept no model_ema)", option="ema")
         sd = raw["model_ema"]
     else:
         sd = raw

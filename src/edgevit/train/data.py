@@ -98,14 +98,14 @@ def check_data_root(root: str | Path) -> Tuple[Path, Path, List[str]]:
     """root/train and root/val with the same class folders; returns (train_dir, val_dir, classes)."""
     root = Path(root)
     if not root.is_dir():
-        raise MissingFileError(f"--data {root}: no such directory (expected {root}/train and {root}/val)")
-    train_classes = check_split_dir(root / "train", "--data train split")
-    val_classes = check_split_dir(root / "val", "--data val split")
+        raise MissingFileError(f"{root}: no such directory (expected {root}/train and {root}/val)", option="data")
+    train_classes = check_split_dir(root / "train", "train split")
+    val_classes = check_split_dir(root / "val", "val split")
     if train_classes != val_classes:
         only_t = sorted(set(train_classes) - set(val_classes))
         only_v = sorted(set(val_classes) - set(train_classes))
-        raise UserError(f"--data {root}: train/ and val/ have different class folders "
-                         f"(only in train: {only_t[:10]}, only in val: {only_v[:10]})")
+        raise UserError(f"{root}: train/ and val/ have different class folders "
+                        f"(only in train: {only_t[:10]}, only in val: {only_v[:10]})", option="data")
     return root / "train", root / "val", train_classes
 
 
@@ -206,8 +206,8 @@ class _EpochRandomSampler(Sampler[int]):
 def build_train_loader(dataset, sampler: Sampler, cfg: dict, device: torch.device, skip_batches: int = 0):
     skip = SkipSampler(sampler, skip_batches * cfg["batch_size"])
     if len(skip) < cfg["batch_size"] and skip_batches == 0:
-        raise UserError(f"--data: the train split has {len(dataset)} images, fewer per process than "
-                         f"--batch-size {cfg['batch_size']}; lower --batch-size")
+        raise UserError(f"{cfg['batch_size']}: more than the {len(dataset)} images per process of the train split; "
+                        "use a smaller batch", option="batch_size")
     return DataLoader(dataset, batch_size=cfg["batch_size"], sampler=skip, drop_last=True,
                       **_loader_kwargs(cfg["workers"], device))
 

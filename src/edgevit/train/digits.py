@@ -18,9 +18,9 @@ def export_digits(out: str | Path, size: int = 64, val_fraction: float = 0.2, se
     from sklearn.model_selection import train_test_split
 
     if size < 8:
-        raise UserError(f"--size {size}: expected at least 8 (the scans are 8x8)")
+        raise UserError(f"{size}: expected at least 8 (the scans are 8x8)", option="size")
     if not 0.0 < val_fraction < 1.0:
-        raise UserError(f"--val-fraction {val_fraction}: expected a value between 0 and 1")
+        raise UserError(f"{val_fraction}: expected a value between 0 and 1", option="val_fraction")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise OutputError(f"digits output {out}: directory is not empty (choose a new one; nothing was written)")

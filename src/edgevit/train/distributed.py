@@ -29,11 +29,11 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserError(f"--device {device!r}: CUDA is not available on this machine (use --device cpu)")
+            raise UserError(f"{device!r}: CUDA is not available on this machine (use cpu)", option="device")
         # Under torchrun each process owns the GPU of its LOCAL_RANK; a bare "cuda" means that one.
         return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
     if device != "cpu":
-        raise UserError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+        raise UserError(f"{device!r}: expected auto, cpu, cuda or cuda:N", option="device")
     return torch.device("cpu")
 
 

@@ -56,7 +56,7 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
     data = Path(data)
     if (data / "train").is_dir() and (data / "val").is_dir():  # the root `edgevit train` takes: its val split
         data = data / "val"
-    folder_classes = check_split_dir(data, "--data")
+    folder_classes = check_split_dir(data, "evaluation data")
     from .recipe import check_model_options
 
     if model_kwargs is not None:
@@ -67,11 +67,11 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
     crop_pct = float(crop_pct or cfg.get("crop_pct") or 0.875)
     interpolation = interpolation or cfg.get("eval_interpolation") or "bicubic"
     if classes is not None and sorted(classes) != folder_classes:
-        raise UserError(f"--data {data}: class folders differ from the {len(classes)} classes the checkpoint "
+        raise UserError(f"{data}: class folders differ from the {len(classes)} classes the checkpoint "
                         f"was trained on (only in data: {sorted(set(folder_classes) - set(classes))[:10]}, "
-                        f"missing: {sorted(set(classes) - set(folder_classes))[:10]})")
+                        f"missing: {sorted(set(classes) - set(folder_classes))[:10]})", option="data")
     if model.num_classes != len(folder_classes):
-        raise UserError(f"checkpoint {checkpoint} has a {model.num_classes}-class head but --data {data} has "
+        raise UserError(f"checkpoint {checkpoint} has a {model.num_classes}-class head but the data {data} has "
                         f"{len(folder_classes)} class folders")
     model.to(device).eval()
 

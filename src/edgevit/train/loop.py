@@ -24,7 +24,7 @@ from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..models import VARIANTS, CheckpointError, fit_report, load_checkpoint, save_checkpoint
+from ..models import VARIANTS, CheckpointError, fit_report, load_checkpoint, read_state_dict, save_checkpoint
 from ..models.edgevit import checkpoint_filter_fn
 from .data import (CheckedImageFolder, build_eval_loader, build_train_loader, build_train_sampler,
                    check_data_root, eval_transform, train_transform)
@@ -61,10 +61,11 @@ def _filtered(model, sd: Dict[str, torch.Tensor], name: str) -> Dict[str, torch.
 def load_pretrained(model: torch.nn.Module, path: str, model_name: str) -> None:
     """Fine-tuning: every weight from `path` (ours or the authors' layout) except the classifier head,
     which keeps its fresh initialisation."""
+    read_state_dict(path)  # unreadable -> its own message (not "does not fit")
     try:
         load_checkpoint(model, path, skip=tuple(_head_keys(model)))
     except CheckpointError as e:
-        raise UserError(f"--pretrained {path} does not fit {model_name} (apart from the head): {e}") from e
+        raise UserError(f"{path} does not fit {model_name} (apart from the head): {e}", option="pretrained") from e
 
 
 def _load_model_weights(model, sd, path, cfg) -> None:
@@ -76,8 +77,8 @@ def _load_model_weights(model, sd, path, cfg) -> None:
         conflicts = {k for k in sd if k in target and sd[k].shape != target[k].shape}
         if conflicts and conflicts <= _head_keys(model):
             raise UserError(f"checkpoint {path}: its classifier head does not fit {cfg['num_classes']} classes "
-                             f"({problems}); to fine-tune it on new classes use --pretrained {path} "
-                             f"--num-classes {cfg['num_classes']} with a new --output directory")
+                            f"({problems}); to fine-tune it on new classes, start a new run from it as pretrained "
+                            f"weights (pretrained={path}, num_classes={cfg['num_classes']}, a new output directory)")
         raise UserError(f"checkpoint {path} does not fit {cfg['model']}: {problems}")
     model.load_state_dict(sd)
 
@@ -118,8 +119,8 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
     train_dir, val_dir, classes = check_data_root(cfg["data"])
     num_classes = cfg["num_classes"] or len(classes)
     if cfg["num_classes"] and cfg["num_classes"] != len(classes):
-        raise UserError(f"--num-classes {cfg['num_classes']} but --data {cfg['data']} has {len(classes)} "
-                         "class folders")
+        raise UserError(f"{cfg['num_classes']}, but the data {cfg['data']} has {len(classes)} class folders",
+                        option="num_classes")
     cfg = {**cfg, "num_classes": num_classes}
     train_set = CheckedImageFolder(train_dir, train_transform(cfg))
     val_set = CheckedImageFolder(val_dir, eval_transform(cfg["img_size"], cfg["crop_pct"],
@@ -128,8 +129,9 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
     steps = len(sampler) // cfg["batch_size"]
     updates_per_epoch = steps // cfg["accum_steps"]
     if updates_per_epoch < 1:
-        raise UserError(f"--data {cfg['data']}: {len(sampler)} training images per process give no full "
-                         f"optimizer step at --batch-size {cfg['batch_size']} x --accum-steps {cfg['accum_steps']}")
+        raise UserError(f"{cfg['batch_size']} x accum_steps {cfg['accum_steps']}: more than the "
+                        f"{len(sampler)} training images per process of {cfg['data']} (no full optimizer step)",
+                        option="batch_size")
     steps = updates_per_epoch * cfg["accum_steps"]
     eval_bs = cfg["eval_batch_size"] or max(1, int(1.5 * cfg["batch_size"]))
     val_loader = build_eval_loader(val_set, eval_bs, cfg["workers"], device, info.rank, info.world_size)
@@ -139,7 +141,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
                      switch_prob=cfg["mixup_switch_prob"], mode=cfg["mixup_mode"],
                      label_smoothing=cfg["smoothing"], num_classes=num_classes) if mixup_on else None
     if mixup_on and cfg["batch_size"] % 2:
-        raise UserError(f"--batch-size {cfg['batch_size']}: mixup/cutmix need an even batch per process")
+        raise UserError(f"{cfg['batch_size']}: mixup/cutmix need an even batch per process", option="batch_size")
     if mixup_on:
         criterion = SoftTargetCrossEntropy()  # smoothing is inside the mixed targets
     elif cfg["smoothing"] > 0:
@@ -149,7 +151,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
 
     # ---- model, optimiser, schedule, EMA ------------------------------------------------------------
     if not timm.is_model(cfg["model"]):
-        raise UserError(f"--model {cfg['model']!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)}")
+        raise UserError(f"{cfg['model']!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)}", option="model")
     model = timm.create_model(cfg["model"], num_classes=num_classes, drop_rate=cfg["drop"],
                               drop_path_rate=cfg["drop_path"], **cfg["model_kwargs"])
     if cfg["pretrained"]:
@@ -187,6 +189,9 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
 
     # ---- resume -------------------------------------------------------------------------------------
     start_epoch, skip_steps, num_updates = 0, 0, 0
+    if cfg["warmup_epochs"] >= cfg["epochs"]:  # (warned only once every input has been checked)
+        warnings.warn(f"warmup_epochs {cfg['warmup_epochs']} >= epochs {cfg['epochs']}: the learning rate never "
+                      "reaches its peak")
     if state is not None:
         _load_model_weights(model, state["model"], resume_from, cfg)
         optimizer.load_state_dict(state["optimizer"])
@@ -198,6 +203,9 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
         ckpt.restore(state)
         start_epoch, skip_steps = int(state["epoch"]), int(state.get("step_in_epoch", 0))
         num_updates = int(state["num_updates"])
+        if start_epoch >= cfg["epochs"]:
+            warnings.warn(f"the run already has its {start_epoch} epoch(s) of epochs {cfg['epochs']}: nothing to train "
+                          "(raise epochs to continue it)")
         rngs = state["rng"]
         if len(rngs) == info.world_size:
             restore_rng_state(rngs[info.rank])
@@ -205,7 +213,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
             set_determinism(cfg["seed"] + info.rank + 1000 * start_epoch, cfg["deterministic"])
         _log(info, f"resumed from {resume_from}: epoch {start_epoch}" + (f", step {skip_steps}" if skip_steps else ""))
     elif cfg["resume"] == "auto":
-        _log(info, f"--resume auto: no {ckpt.last_path}, starting a new run")
+        _log(info, f"no {ckpt.last_path} to resume: starting a new run")
 
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -290,7 +298,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
                 ckpt.save(training_state(epoch, skip_steps + n_steps, {"interrupted": True}))
                 barrier()
                 _log(info, f"stopped by signal at epoch {epoch + 1}, step {skip_steps + n_steps}; saved "
-                           f"{ckpt.last_path}; continue with --resume auto")
+                           f"{ckpt.last_path}; resume the run to continue")
                 summary["stopped"] = "signal"
                 summary["signal"] = int(stop.signum or 0)
                 break
@@ -319,12 +327,12 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
             epochs_done += 1
             if cfg["stop_after_epochs"] and epochs_done >= cfg["stop_after_epochs"] and epoch + 1 < cfg["epochs"]:
                 summary["stopped"] = "stop_after_epochs"
-                _log(info, f"stopping after {epochs_done} epoch(s) (--stop-after-epochs); continue with --resume auto")
+                _log(info, f"stopping after {epochs_done} epoch(s) (stop_after_epochs); resume the run to continue")
                 break
             stop_now = all_reduce_sum(torch.tensor(float(stop.requested), device=device)).item() > 0
             if stop_now and epoch + 1 < cfg["epochs"]:  # signal during evaluation: the epoch is already saved
                 summary["stopped"], summary["signal"] = "signal", int(stop.signum or 0)
-                _log(info, f"stopped by signal after epoch {epoch + 1}; continue with --resume auto")
+                _log(info, f"stopped by signal after epoch {epoch + 1}; resume the run to continue")
                 break
     metrics_log.close()
 

@@ -14,11 +14,10 @@ import argparse
 import os
 from typing import Any, Dict, Optional
 
-from ..utils.options import (check_pair, check_value, choice, crop_fraction, image_size, json_object,
+from ..utils.options import (check_pair, choice, crop_fraction, image_size, json_object,
                              nonneg_float, nonneg_int, open_fraction, positive_float, positive_int,
-                             probability, rate)
-from .state import load_config
-from ..errors import ConfigError
+                             probability, rate, read_config)
+from ..errors import ConfigError, UserError
 
 __all__ = ["RECIPE", "DROP_PATH", "add_recipe_args", "resolve_config", "scaled_lr"]
 
@@ -35,7 +34,7 @@ RECIPE: Dict[str, tuple] = {
     "num_classes": (None, positive_int, "classes (default: number of class folders in train/)"),
     "pretrained": (None, str, "fine-tune: load this checkpoint (ours or the authors'), re-initialise the head"),
     "resume": (None, str, "'auto' (RUN_DIR/last.pth if present) or a checkpoint path to continue from"),
-    "overwrite": (False, bool, "start again in an --output that holds a run: its checkpoints, config and "
+    "overwrite": (False, bool, "start again in an output directory that holds a run: its checkpoints, config and "
                                "metrics are deleted first (without it such a directory is refused)"),
     "seed": (0, nonneg_int, "random seed (each rank adds its rank)"),
     "deterministic": (False, bool, "deterministic kernels; on CPU, kill + resume gives the same weights"),
@@ -104,6 +103,11 @@ DEFAULT_DROP_PATH = 0.1
 _SHORT = {"data": ["--data"], "output": ["--output", "-o"], "config": ["--config"]}
 
 
+# each option's check for config files: list options take 2 values (scale, ratio) or any number (opt_betas)
+RECIPE_CHECKS = {k: (check, 2 if isinstance(default, list) else (0 if k == "opt_betas" else None))
+                 for k, (default, check, _) in RECIPE.items()}
+
+
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
     """One flag per recipe option. Defaults are suppressed so that only flags given explicitly override YAML."""
     p.add_argument("--config", default=None, help="YAML file of recipe options (keys as below, with underscores)")
@@ -127,26 +131,7 @@ def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
            for k, (v, _, _) in RECIPE.items()}
     config_path = given.pop("config", None)
     if config_path:
-        loaded = load_config(config_path)
-        unknown = sorted(set(loaded) - set(RECIPE))
-        if unknown:
-            raise ConfigError(f"config file {config_path}: unknown option(s) {unknown}; known: {sorted(RECIPE)}")
-        for k, v in loaded.items():
-            default, check, _ = RECIPE[k]
-            where = f"config file {config_path}: {k}"
-            if v is None:
-                cfg[k] = None
-            elif check is bool:
-                if not isinstance(v, bool):
-                    raise ConfigError(f"{where}: {v!r}: expected true or false")
-                cfg[k] = v
-            elif check is str:
-                cfg[k] = str(v)
-            else:
-                nargs = 2 if isinstance(default, list) else (0 if k == "opt_betas" else None)
-                if nargs is not None and not isinstance(v, (list, tuple)):
-                    raise ConfigError(f"{where}: {v!r}: expected a list of values")
-                cfg[k] = check_value(check, v, where, nargs)
+        cfg.update(read_config(config_path, RECIPE_CHECKS))
     flags = {k for k in given if k in RECIPE}
     cfg.update({k: v for k, v in given.items() if k in RECIPE})
 
@@ -164,10 +149,6 @@ def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
         check_pair(cfg[key], origin(key))
     if cfg["opt_betas"] is not None and len(cfg["opt_betas"]) != 2:
         raise ConfigError(f"{origin('opt_betas')} {cfg['opt_betas']}: expected two values (beta1 beta2)")
-    if cfg["warmup_epochs"] >= cfg["epochs"]:
-        import warnings
-        warnings.warn(f"warmup_epochs {cfg['warmup_epochs']} >= epochs {cfg['epochs']}: the learning rate never "
-                      "reaches its peak", UserWarning, stacklevel=2)
     if cfg["model_kwargs"] is None:
         cfg["model_kwargs"] = {}
     if not isinstance(cfg["model_kwargs"], dict):
@@ -224,7 +205,9 @@ def check_model_options(name: str, model_kwargs: Dict[str, Any]) -> None:
         except NotImplementedError:  # ... unless the constructor reads tensor values (EdgeViT's drop-path list)
             timm.create_model(name, **model_kwargs)
     except TypeError as e:  # an option the constructor does not take
-        raise ConfigError(f"model_kwargs {model_kwargs}: not options of {name} ({e})") from None
+        raise ConfigError(f"{model_kwargs}: not options of {name} ({e})", option="model_kwargs") from None
+    except UserError as e:  # options the model refuses (EdgeViT names the constraint)
+        raise ConfigError(f"{model_kwargs}: {e}", option="model_kwargs") from None
 
 
 def scaled_lr(cfg: Dict[str, Any], world_size: int) -> float:

@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from ..utils.io import atomic_path, require_file, to_plain, write_text_atomic
+from ..utils.options import load_config  # noqa: F401  (re-exported: the one YAML reader)
 from ..errors import ConfigError, OutputError
 from ..models.checkpoint import CheckpointError
 
@@ -164,15 +165,3 @@ def save_config(run_dir: os.PathLike | str, cfg: Dict[str, Any]) -> Path:
     return write_text_atomic(Path(run_dir) / "config.yaml", yaml.safe_dump(to_plain(cfg), sort_keys=False))
 
 
-def load_config(path: os.PathLike | str) -> Dict[str, Any]:
-    path = require_file(path, "config file")
-    try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
-        what = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"config file {path}: not valid YAML ({what}{at})") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of option: value, got {type(cfg).__name__}")
-    return cfg

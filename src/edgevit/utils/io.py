@@ -66,7 +66,7 @@ def write_json_atomic(path: os.PathLike | str, obj: Any) -> Path:
 
 
 def print_json(obj: Any, file=None) -> None:
-    """One JSON document on stdout (what every `--json` flag prints)."""
+    """One JSON document on stdout (what every command's JSON output is)."""
     json.dump(to_plain(obj), file or sys.stdout, indent=2)
     (file or sys.stdout).write("\n")
 

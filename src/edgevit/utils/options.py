@@ -9,13 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from typing import Any, Callable, Optional, Sequence
+import os
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import yaml
 
 from ..errors import ConfigError
+from .io import require_file
 
 __all__ = ["number", "positive_int", "nonneg_int", "positive_float", "nonneg_float", "probability",
            "rate", "crop_fraction", "open_fraction", "image_size", "choice", "json_object", "check_value",
-           "MAX_IMAGE_SIZE"]
+           "load_config", "read_config", "MAX_IMAGE_SIZE"]
 
 # Largest input side accepted anywhere: 4096 px already needs ~10 GB of activations for EdgeViT-S training;
 # beyond it a typo (100000) would only end in an out-of-memory kill after minutes.
@@ -112,3 +116,53 @@ def check_pair(values: Sequence[float], flag: str, increasing: bool = True) -> N
         raise ConfigError(f"{flag} {shown}: expected two values (low high), got {len(values)}")
     if increasing and values[0] > values[1]:
         raise ConfigError(f"{flag} {shown}: the low value comes first (expected {values[1]} {values[0]})")
+
+
+# An option's check for config files: (checker or bool / str / None, nargs: None = one value, 0 = a list of any
+# length, k = exactly k values).
+OptionCheck = Tuple[Optional[Callable[[Any], Any]], Optional[int]]
+
+
+def load_config(path: "os.PathLike | str") -> Dict[str, Any]:
+    """A YAML file of option: value pairs; unreadable or malformed -> one `ConfigError` naming the file."""
+    path = require_file(path, "config file")
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not a text file (expected YAML)") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {path}: not valid YAML ({what}{at})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of option: value, got {type(cfg).__name__}")
+    return cfg
+
+
+def read_config(path: str, checks: Dict[str, OptionCheck]) -> Dict[str, Any]:
+    """The options of a YAML config file, each through the same check as its flag: the one config reader of
+    every command. Keys may use '-' or '_'; unknown keys, wrong types and values the flag would refuse are
+    `ConfigError`s naming the file and the key."""
+    loaded = load_config(path)
+    out: Dict[str, Any] = {}
+    unknown = sorted(k for k in loaded if str(k).replace("-", "_") not in checks)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown option(s) {unknown}; known: {sorted(checks)}")
+    for k, v in loaded.items():
+        key = str(k).replace("-", "_")
+        check, nargs = checks[key]
+        where = f"config file {path}: {k}"
+        if v is None:
+            out[key] = None
+        elif check is bool:
+            if not isinstance(v, bool):
+                raise ConfigError(f"{where}: {v!r}: expected true or false")
+            out[key] = v
+        elif check is None or check is str:
+            out[key] = v if check is None else str(v)
+        else:
+            if nargs is not None and not isinstance(v, (list, tuple)):
+                v = [v]
+            out[key] = check_value(check, v, where, nargs)
+    return out
