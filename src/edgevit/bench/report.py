@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..utils.io import write_json_atomic, write_text_atomic
+from ..utils.io import read_json, write_json_atomic, write_text_atomic
 from .energy import load_energy_json
 from ..paper import load_paper, published_top1
 from .paper import (TRADEOFFS, RUNTIME_NOTE, claims, compare_latency, efficiency_rows, paper_pareto,
@@ -20,7 +20,6 @@ from .paper import (TRADEOFFS, RUNTIME_NOTE, claims, compare_latency, efficiency
 from .pareto import add_efficiency, pareto_front, pareto_membership
 from .plots import plot_tradeoff
 from ..errors import UserError
-from ..utils.io import read_json
 
 
 
@@ -28,13 +27,9 @@ from ..utils.io import read_json
 # Inputs
 
 
-def _read_json(path: os.PathLike | str, flag: str):
-    return read_json(path, flag)
-
-
 def load_bench_json(path: os.PathLike | str) -> dict:
     """An `edgevit bench --json FILE` result: {"meta": {...}, "results": [{"model", "runtime", "mean_ms", ...}]}."""
-    data = _read_json(path, "bench results")
+    data = read_json(path, "bench results")
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise UserError(f"bench results {path}: expected an `edgevit bench --json` file "
                          "({'meta': {...}, 'results': [...]})")
@@ -47,7 +42,7 @@ def load_bench_json(path: os.PathLike | str) -> dict:
 
 def load_accuracy_json(path: os.PathLike | str) -> List[dict]:
     """`edgevit eval --json` output(s): one object or a list, each with at least model and top1."""
-    data = _read_json(path, "accuracy file")
+    data = read_json(path, "accuracy file")
     items = data if isinstance(data, list) else [data]
     for i, it in enumerate(items):
         if not isinstance(it, dict) or "model" not in it or "top1" not in it:

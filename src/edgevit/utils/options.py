@@ -109,12 +109,12 @@ def check_value(check: Callable[[Any], Any], value: Any, where: str, nargs: Opti
         raise ConfigError(f"{where}: {e}") from None
 
 
-def check_pair(values: Sequence[float], flag: str, increasing: bool = True) -> None:
+def check_pair(values: Sequence[float], flag: str) -> None:
     """Two values lo <= hi (RandomResizedCrop's scale and ratio ranges)."""
     shown = " ".join(map(str, values))
     if len(values) != 2:
         raise ConfigError(f"{flag} {shown}: expected two values (low high), got {len(values)}")
-    if increasing and values[0] > values[1]:
+    if values[0] > values[1]:
         raise ConfigError(f"{flag} {shown}: the low value comes first (expected {values[1]} {values[0]})")
 
 
