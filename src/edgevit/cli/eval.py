@@ -18,7 +18,13 @@ def register(subparsers) -> None:
                     "given come from the training config stored in the checkpoint.")
     p.add_argument("--data", required=True,
                    help="ImageFolder directory (one folder per class), or a training root: its val/ is used")
-    p.add_argument("--checkpoint", required=True, help="last.pth/best.pth/model.safetensors or the authors' .pth")
+    p.add_argument("--checkpoint", default=None,
+                   help="last.pth/best.pth/model.safetensors or the authors' .pth (with --exported: optional, "
+                        "only its crop, interpolation and classes are used)")
+    p.add_argument("--exported", default=None, metavar="FILE",
+                   help="evaluate an exported file (.pte, .onnx, .ptl, .pt) in its own runtime (ExecuTorch, "
+                        "ONNX Runtime, TorchScript), fp32 or int8, instead of a checkpoint")
+    p.add_argument("--threads", type=positive_int, default=2, help="runtime threads for --exported (default 2)")
     p.add_argument("--model", default=None, help="model name (default: from the checkpoint, else edgevit_xxs)")
     p.add_argument("--model-kwargs", type=json_object, default=None,
                    help="model constructor kwargs as JSON (default: from the checkpoint's training config)")
@@ -41,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
     from ..train.evaluate import evaluate_checkpoint
     from ..utils.io import print_json
 
+    if args.exported:
+        return run_exported(args)
+    if args.checkpoint is None:
+        raise UserError("give --checkpoint (a PyTorch checkpoint) or --exported (an exported file)")
     info = init_distributed(args.device)
     try:
         result = evaluate_checkpoint(args.data, args.checkpoint, args.model, args.img_size, args.crop_pct,
@@ -58,5 +68,31 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{result['model']} on {result['data']} ({result['num_images']} images, {result['img_size']} px, "
               f"crop {result['crop_pct']}): top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+              f"loss {result['loss']:.4f}", file=sys.stdout)
+    return 0
+
+
+def run_exported(args: argparse.Namespace) -> int:
+    from ..train.data import UnreadableImageError, unreadable_image_message
+    from ..train.evaluate import evaluate_exported
+    from ..utils.io import print_json
+
+    for flag, value in (("--ema", args.ema), ("--model-kwargs", args.model_kwargs)):
+        if value:
+            raise UserError(f"{flag}: not used with --exported (the file holds its model)")
+    if args.model is not None:
+        raise UserError("--model: not used with --exported (the file holds its model)")
+    try:
+        result = evaluate_exported(args.data, args.exported, args.img_size, args.crop_pct, args.interpolation,
+                                   args.checkpoint, args.batch_size, args.workers, args.threads,
+                                   progress=show_progress(args))
+    except UnreadableImageError as e:
+        raise UserError(unreadable_image_message(e)) from None
+    if args.json:
+        print_json(result)
+    else:
+        h, w = result["img_size"]
+        print(f"{result['exported']} ({result['format']}) on {result['data']} ({result['num_images']} images, "
+              f"{h}x{w} px, crop {result['crop_pct']}): top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
               f"loss {result['loss']:.4f}", file=sys.stdout)
     return 0

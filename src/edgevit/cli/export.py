@@ -1,4 +1,5 @@
-"""`edgevit export`: fuse an EdgeViT, export it (ExecuTorch/ONNX/TorchScript lite/TorchScript), verify it."""
+"""`edgevit export`: fuse an EdgeViT, export it (ExecuTorch/ONNX/TorchScript lite/TorchScript), fp32 or int8,
+verify it in its runtime."""
 from __future__ import annotations
 
 import argparse
@@ -11,17 +12,45 @@ from .common import add_json_arg, add_model_args, add_overwrite_arg, add_progres
 SUFFIXES = {"pte": (".pte",), "onnx": (".onnx",), "ptl": (".ptl",), "torchscript": (".pt", ".pth", ".torchscript")}
 
 
+def add_img_size_arg(p: argparse.ArgumentParser, default_help: str) -> None:
+    p.add_argument("--img-size", type=image_size, nargs="+", default=None, metavar="SIZE",
+                   help=f"input size: one side (square) or H W, multiples of 32 ({default_help})")
+
+
+def img_size_arg(args: argparse.Namespace, default: int) -> int | tuple:
+    """--img-size as an int (square) or (H, W); `default` when not given."""
+    size = args.img_size
+    if size is None:
+        return default
+    if len(size) > 2:
+        raise ConfigError(f"--img-size {' '.join(map(str, size))}: expected one side or H W")
+    return size[0] if len(size) == 1 or size[0] == size[1] else (size[0], size[1])
+
+
+def add_quantize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="static int8 (pte: PT2E + XNNPACK quantizer; onnx: ONNX Runtime QDQ), per-channel "
+                        "weights; a quantization-aware checkpoint (train --qat) is converted as trained")
+    p.add_argument("--calib", default=None, metavar="DIR",
+                   help="calibration images (any folder of images, e.g. the train split), read with the "
+                        "model's eval transform; 'random' = random inputs (timing only, labelled so)")
+    p.add_argument("--calib-images", type=positive_int, default=256,
+                   help="how many calibration images (a seeded sample; default 256)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from ..deploy.export import FORMATS
-    p = sub.add_parser("export", help="fuse and export a model for deployment, checked in its runtime",
-                       description="Fuse (EdgeViTs), export, then run the file in its runtime on a random "
-                                   "input and compare with PyTorch (error if max |diff| > 1e-3). pte = "
+    p = sub.add_parser("export", help="fuse and export a model for deployment (fp32 or int8), checked in its runtime",
+                       description="Fuse (EdgeViTs), export, then run the file in its runtime and compare with "
+                                   "PyTorch: fp32 on a random input (error if max |diff| > 1e-3); int8 on the "
+                                   "calibration images (top-1 agreement and logits SQNR reported). pte = "
                                    "ExecuTorch + XNNPACK, onnx = ONNX (checked with onnxruntime), ptl = "
                                    "TorchScript lite interpreter, torchscript = frozen TorchScript.")
     add_model_args(p)
     p.add_argument("--format", required=True, choices=FORMATS, help="output format")
-    p.add_argument("--img-size", type=image_size, default=224, help="square input size, a multiple of 32 (default 224)")
+    add_img_size_arg(p, "default: the checkpoint's training size, else 224")
     p.add_argument("--no-fuse", action="store_true", help="export the release-layout graph as is")
+    add_quantize_args(p)
     p.add_argument("--threads", type=positive_int, default=2, help="threads for the runtime check (default 2)")
     p.add_argument("-o", "--output", required=True, help="file to write (atomically, after a successful check)")
     add_overwrite_arg(p, "-o")
@@ -30,34 +59,84 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_quantize_args(args: argparse.Namespace, fmt: str) -> None:
+    """--quantize needs a format that has an int8 flow and --calib (or a QAT checkpoint); --calib alone
+    means nothing."""
+    from ..deploy.quantize import QUANT_FORMATS
+
+    if args.quantize is None:
+        if args.calib is not None:
+            raise ConfigError("--calib: only used with --quantize int8")
+        return
+    if fmt not in QUANT_FORMATS:
+        raise ConfigError(f"--quantize int8 is available for --format {' or '.join(QUANT_FORMATS)}, not {fmt}")
+
+
+def calibration(args: argparse.Namespace, size, cfg: dict, model):
+    """(images, label) for --calib: the model's eval transform (the checkpoint's crop and interpolation,
+    the model's mean/std) on --calib-images images of DIR, or random inputs when asked for by name."""
+    from ..deploy.quantize import RANDOM, calibration_images, random_calibration
+
+    if args.calib == RANDOM:
+        return random_calibration(args.calib_images, size), "random (timing only: accuracy meaningless)"
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    images = calibration_images(args.calib, args.calib_images, size, float(cfg.get("crop_pct") or 0.875),
+                                cfg.get("eval_interpolation") or "bicubic", pcfg.get("mean"), pcfg.get("std"))
+    return images, f"{len(images)} images of {args.calib}"
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..bench.runners import load_model
     from ..deploy import fuse
     from ..deploy.export import FORMAT_RUNTIME, export_model, require_runtime
+    from ..deploy.quantize import export_int8, is_qat_checkpoint, load_qat_model
     from ..models import VARIANTS
+    from ..models.checkpoint import model_from_checkpoint, read_state_dict
     from ..utils.io import print_json
 
-    check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=[args.checkpoint])
+    check_quantize_args(args, args.format)
+    check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=[args.checkpoint, args.calib])
     suffixes = SUFFIXES[args.format]
     if not str(args.output).lower().endswith(suffixes):
         raise ConfigError(f"-o {args.output}: expected a {' or '.join(suffixes)} file name for --format {args.format}")
     require_runtime(FORMAT_RUNTIME[args.format])
-    model = load_model(args.model, fused=False, checkpoint=args.checkpoint)
-    fused = args.model in VARIANTS and not args.no_fuse
+    qat = bool(args.checkpoint) and is_qat_checkpoint(args.checkpoint)
+    if qat and args.quantize is None:
+        raise ConfigError(f"--checkpoint {args.checkpoint} was trained quantization-aware (train --qat): "
+                          "export it with --quantize int8")
+    if args.quantize and not qat and args.calib is None:
+        raise ConfigError("--quantize int8 needs --calib DIR (calibration images, e.g. the train split), "
+                          "or --calib random for a timing-only file")
+    model, meta = model_from_checkpoint(args.model, args.checkpoint) if not qat else (None, None)
+    cfg = meta["config"] if meta else read_state_dict(args.checkpoint)["config"]
+    size = img_size_arg(args, int(cfg.get("img_size") or 224))
+    if qat:
+        prepared, model, meta = load_qat_model(args.checkpoint, size)
+    name = meta["name"]
+    fused = name in VARIANTS and not args.no_fuse and not qat
     if fused:
         model = fuse(model, FORMAT_RUNTIME[args.format])
-    report = export_model(model, args.format, args.output, img_size=args.img_size, threads=args.threads)
-    report = {"model": args.model, "fused": fused, **report}
+    if args.quantize:
+        images, label = calibration(args, size, cfg, model) if args.calib else (None, None)
+        report = export_int8(model, args.format, args.output, images, threads=args.threads, calibrated=label,
+                             prepared=prepared if qat else None, img_size=size)
+    else:
+        report = export_model(model, args.format, args.output, img_size=size, threads=args.threads)
+    report = {"model": name, "fused": fused, **report}
     if args.json:
         print_json(report)
+        return 0
+    h, w = report["img_size"]
+    extra = ""
+    if args.format == "pte":
+        extra = (f"; XNNPACK delegate partitions: {report['delegate_partitions']}, non-delegated ops: "
+                 f"{report['non_delegated_ops']}"
+                 + (f" ({', '.join(f'{k} x{v}' for k, v in report['non_delegated'].items())})"
+                    if report["non_delegated_ops"] else ""))
+    if args.quantize:
+        check = (f"{report['runtime']} vs PyTorch float on {report['calibration_images']} calibration images: "
+                 f"top-1 agreement {report['top1_agreement']:.1f}%, logits SQNR {report['sqnr_db']:.1f} dB")
     else:
-        extra = ""
-        if args.format == "pte":
-            extra = (f"; XNNPACK delegate partitions: {report['delegate_partitions']}, non-delegated ops: "
-                     f"{report['non_delegated_ops']}"
-                     + (f" ({', '.join(f'{k} x{v}' for k, v in report['non_delegated'].items())})"
-                        if report["non_delegated_ops"] else ""))
-        print(f"wrote {args.output} ({report['bytes'] / 1e6:.2f} MB, {args.format}, "
-              f"{'fused' if fused else 'unfused'} {args.model}, {args.img_size}x{args.img_size}); "
-              f"{report['runtime']} vs PyTorch max |diff| {report['max_abs_diff']:.2e}{extra}")
+        check = f"{report['runtime']} vs PyTorch max |diff| {report['max_abs_diff']:.2e}"
+    print(f"wrote {args.output} ({report['bytes'] / 1e6:.2f} MB, {args.format} {report['precision']}, "
+          f"{'fused' if fused else 'unfused'} {name}, {h}x{w}); {check}{extra}")
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -105,17 +105,24 @@ def onnx_session(path: Path, threads: int = 2):
 
 
 # ---- ExecuTorch + XNNPACK ------------------------------------------------------------------------
-def lower_executorch(model: nn.Module, x: torch.Tensor):
-    """torch.export -> edge dialect with the XNNPACK partitioner -> (ExecuTorch program, partition report)."""
+def lower_program(ep: torch.export.ExportedProgram):
+    """An exported program (fp32, or int8 with quantize/dequantize pairs) -> edge dialect with the XNNPACK
+    partitioner -> (ExecuTorch program, partition report)."""
     _require("executorch")
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    with torch.no_grad():
-        ep = torch.export.export(model.eval(), (x,))
     edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
     report = partition_report(edge.exported_program().graph_module)
     return edge.to_executorch(), report
+
+
+def lower_executorch(model: nn.Module, x: torch.Tensor):
+    """torch.export of `model` at `x`, lowered: (ExecuTorch program, partition report)."""
+    _require("executorch")
+    with torch.no_grad():
+        ep = torch.export.export(model.eval(), (x,))
+    return lower_program(ep)
 
 
 def partition_report(gm: torch.fx.GraphModule) -> Dict[str, object]:
@@ -190,16 +197,18 @@ def run_file(fmt: str, path: Path, x: torch.Tensor, threads: int = 2) -> torch.T
     return load_file(fmt, path, threads)(x)
 
 
-def export_model(model: nn.Module, fmt: str, output: os.PathLike | str, img_size: int = 224,
+def export_model(model: nn.Module, fmt: str, output: os.PathLike | str, img_size: int | Tuple[int, int] = 224,
                  threads: int = 2, check_x: Optional[torch.Tensor] = None) -> Dict[str, object]:
-    """Export `model` (already fused/eval) to `output` in `fmt`; verify it in its runtime.
+    """Export `model` (already fused/eval) to `output` in `fmt` at `img_size` (square, or (H, W)); verify it
+    in its runtime.
 
     The file is written beside `output` and renamed over it only after the check passes, so an existing
     file survives any failure.  Returns a report (max_abs_diff, size, partition counts for pte)."""
     if fmt not in FORMATS:
         raise UserError(f"{fmt!r} is not one of {', '.join(FORMATS)}", option="format")
     torch.set_num_threads(threads)
-    x = torch.randn(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
     if hasattr(model, "check_input"):
         model.check_input(x)
     check_x = x if check_x is None else check_x
@@ -207,7 +216,7 @@ def export_model(model: nn.Module, fmt: str, output: os.PathLike | str, img_size
     with torch.no_grad():
         expected = model(check_x)
     report: Dict[str, object] = {"format": fmt, "runtime": FORMAT_RUNTIME[fmt], "output": str(output),
-                                 "img_size": img_size}
+                                 "img_size": [h, w], "precision": "fp32"}
     with atomic_path(output) as tmp:
         report.update(save_file(fmt, model, x, tmp))
         got = run_file(fmt, tmp, check_x, threads)
@@ -218,3 +227,46 @@ def export_model(model: nn.Module, fmt: str, output: os.PathLike | str, img_size
                              f"{TOLERANCE} (file not written)")
         report["bytes"] = tmp.stat().st_size
     return report
+
+
+# ---- an exported file, opened for inference ---------------------------------------------------------
+EXTENSIONS = {".pte": "pte", ".onnx": "onnx", ".ptl": "ptl", ".pt": "torchscript", ".pth": "torchscript",
+              ".torchscript": "torchscript"}
+
+
+def format_of(path: os.PathLike | str) -> str:
+    """The export format of a file, by its extension (one `UserError` naming the file otherwise)."""
+    fmt = EXTENSIONS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise UserError(f"{path}: unknown exported-file extension; expected one of {', '.join(EXTENSIONS)}",
+                        option="exported")
+    return fmt
+
+
+def input_size(fmt: str, path: Path) -> Optional[Tuple[int, int]]:
+    """(H, W) the file was exported at (pte, onnx: from the file); None where the format does not say."""
+    if fmt == "pte":
+        sizes = executorch_program(path).load_method("forward").metadata.input_tensor_meta(0).sizes()
+        return int(sizes[-2]), int(sizes[-1])
+    if fmt == "onnx":
+        shape = onnx_session(path).get_inputs()[0].shape
+        return (int(shape[-2]), int(shape[-1])) if all(isinstance(s, int) for s in shape[-2:]) else None
+    return None
+
+
+def open_exported(path: os.PathLike | str, threads: int = 2):
+    """(format, run function x -> logits, exported (H, W) or None) of an exported file in its own runtime.
+    A missing file, an unknown extension or a file the runtime cannot load: one `UserError` naming it."""
+    from ..utils.io import require_file
+
+    path = require_file(path, "exported file")
+    fmt = format_of(path)
+    require_runtime(FORMAT_RUNTIME[fmt])
+    try:
+        return fmt, load_file(fmt, path, threads), input_size(fmt, path)
+    except UserError:
+        raise
+    except Exception as e:  # the runtime's own loader: a corrupt/foreign file is the user's input, not a bug
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"{path}: {FORMAT_RUNTIME[fmt]} cannot load it as a .{fmt} file ({first})",
+                        option="exported") from e

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, Sequential
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from ..errors import MissingFileError, UserError
-from ..utils.images import read_image
+from ..utils.images import eval_transform, read_image
 from ..utils.io import require_dir
 
 __all__ = ["UnreadableImageError", "CheckedImageFolder", "check_split_dir", "check_data_root",
@@ -115,13 +115,6 @@ def train_transform(cfg: dict, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_
         hflip=cfg["hflip"], color_jitter=cfg["color_jitter"], auto_augment=cfg["aa"],
         interpolation=cfg["train_interpolation"], mean=mean, std=std,
         re_prob=cfg["reprob"], re_mode=cfg["remode"], re_count=cfg["recount"]))
-
-
-def eval_transform(img_size: int, crop_pct: float = 0.875, interpolation: str = "bicubic",
-                   mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
-    """The standard center crop: resize the short side to img_size / crop_pct, crop img_size."""
-    return create_transform(img_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation,
-                            mean=mean, std=std)
 
 
 class ShardSampler(Sampler[int]):

@@ -14,7 +14,7 @@ from .data import CheckedImageFolder, build_eval_loader, check_split_dir, eval_t
 from .distributed import all_reduce_sum
 from ..errors import UserError
 
-__all__ = ["evaluate", "evaluate_checkpoint"]
+__all__ = ["evaluate", "evaluate_checkpoint", "evaluate_exported"]
 
 
 @torch.no_grad()
@@ -82,3 +82,66 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
             "img_size": img_size, "crop_pct": crop_pct, **metrics}
 
 
+
+
+class ExportedModel(torch.nn.Module):
+    """An exported file's runtime as a module for `evaluate`: its batch-1 graph run image by image."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.run(x[i:i + 1].contiguous()).float() for i in range(x.shape[0])])
+
+
+def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, crop_pct: Optional[float] = None,
+                      interpolation: Optional[str] = None, checkpoint: Optional[str | Path] = None,
+                      batch_size: int = 50, workers: int = 2, threads: int = 2,
+                      progress: bool = True) -> Dict[str, Any]:
+    """Top-1/top-5 of an exported file (.pte/.onnx/.ptl/.pt) run in its own runtime on the ImageFolder
+    `data`, with the same transform and metrics as `evaluate_checkpoint`. The input size comes from the
+    file (pte, onnx) or `img_size`; crop and interpolation from `checkpoint`'s training config if given
+    (the file does not carry them), else the recipe's defaults. Classes: the sorted class folders, the
+    order `edgevit train` gives them."""
+    from ..deploy.export import open_exported
+    from ..models.checkpoint import checkpoint_weights
+
+    data = Path(data)
+    if (data / "train").is_dir() and (data / "val").is_dir():
+        data = data / "val"
+    folder_classes = check_split_dir(data, "evaluation data")
+    fmt, run, size = open_exported(exported, threads)
+    cfg, classes = {}, None
+    if checkpoint:
+        w = checkpoint_weights(checkpoint)
+        cfg, classes = w["config"] or {}, w["classes"]
+    if size is None:
+        size = img_size or cfg.get("img_size")
+        if size is None:
+            raise UserError(f"{exported}: a .{fmt} file does not record its input size: give the size it "
+                            "was exported at", option="img_size")
+    elif img_size is not None and tuple(_hw(img_size)) != tuple(size):
+        raise UserError(f"{_hw(img_size)[0]}x{_hw(img_size)[1]}, but {exported} was exported at "
+                        f"{size[0]}x{size[1]}", option="img_size")
+    crop_pct = float(crop_pct or cfg.get("crop_pct") or 0.875)
+    interpolation = interpolation or cfg.get("eval_interpolation") or "bicubic"
+    if classes is not None and sorted(classes) != folder_classes:
+        raise UserError(f"{data}: class folders differ from the {len(classes)} classes of {checkpoint}",
+                        option="data")
+    dataset = CheckedImageFolder(data, eval_transform(tuple(_hw(size)), crop_pct, interpolation), classes=classes)
+    model = ExportedModel(run)
+    probe = model(dataset[0][0][None])
+    if probe.shape[-1] != len(dataset.classes):
+        raise UserError(f"{exported} answers {probe.shape[-1]} classes but the data {data} has "
+                        f"{len(dataset.classes)} class folders")
+    torch.set_num_threads(threads)
+    loader = build_eval_loader(dataset, batch_size, workers, torch.device("cpu"), 0, 1)
+    metrics = evaluate(model, loader, torch.device("cpu"), progress=progress, desc=f"eval {fmt}")
+    h, w = _hw(size)
+    return {"exported": str(exported), "format": fmt, "data": str(data), "img_size": [h, w],
+            "crop_pct": crop_pct, "interpolation": interpolation, **metrics}
+
+
+def _hw(size) -> tuple:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))

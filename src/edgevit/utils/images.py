@@ -13,7 +13,16 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import DataError
 from .io import require_file
 
-__all__ = ["read_image", "to_rgb8"]
+__all__ = ["read_image", "to_rgb8", "eval_transform"]
+
+
+def eval_transform(img_size, crop_pct: float = 0.875, interpolation: str = "bicubic", mean=None, std=None):
+    """The standard center crop (timm's eval transform): resize to img_size / crop_pct, crop img_size.
+    `img_size` an int (square) or (height, width). Used by eval, predict, training's val split and int8
+    calibration alike."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+    return create_transform(img_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation,
+                            mean=mean or IMAGENET_DEFAULT_MEAN, std=std or IMAGENET_DEFAULT_STD)
 
 # PIL modes holding more than 8 bits per sample (integer) or floats.
 _WIDE_INT = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
