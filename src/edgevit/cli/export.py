@@ -112,8 +112,12 @@ def run(args: argparse.Namespace) -> int:
     if qat:
         prepared, model, meta = load_qat_model(args.checkpoint, size)
     name = meta["name"]
-    fused = name in VARIANTS and not args.no_fuse and not qat
-    if fused:
+    if qat and args.no_fuse:
+        raise ConfigError("--no-fuse: a quantization-aware checkpoint exports the fused graph it was trained as")
+    fused = name in VARIANTS and not args.no_fuse
+    if qat:
+        fused = name in VARIANTS  # (trained as its fused form already)
+    if fused and not qat:
         model = fuse(model, FORMAT_RUNTIME[args.format])
     if args.quantize:
         images, label = calibration(args, size, cfg, model) if args.calib else (None, None)
@@ -133,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
                  + (f" ({', '.join(f'{k} x{v}' for k, v in report['non_delegated'].items())})"
                     if report["non_delegated_ops"] else ""))
     if args.quantize:
-        check = (f"{report['runtime']} vs PyTorch float on {report['calibration_images']} calibration images: "
+        check = (f"{report['runtime']} vs {report['checked_against']} in PyTorch on {report['calibration']}: "
                  f"top-1 agreement {report['top1_agreement']:.1f}%, logits SQNR {report['sqnr_db']:.1f} dB")
     else:
         check = f"{report['runtime']} vs PyTorch max |diff| {report['max_abs_diff']:.2e}"

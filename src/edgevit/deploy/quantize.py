@@ -282,7 +282,8 @@ def export_int8(model: nn.Module, fmt: str, output, images: Optional[torch.Tenso
     with torch.no_grad():
         reference = run_batch(prepared if prepared is not None else model, images)
     report: Dict[str, object] = {"format": fmt, "runtime": FORMAT_RUNTIME[fmt], "output": str(output),
-                                 "precision": "int8", "img_size": list(x.shape[-2:]),
+                                 "precision": "int8", "checked_against": "the float model" if prepared is None
+                                 else "the fake-quantized QAT model", "img_size": list(x.shape[-2:]),
                                  "calibration": calibrated, "calibration_images": len(images)}
     with atomic_path(output) as tmp:
         if fmt == "pte":

@@ -61,7 +61,13 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
 
     if model_kwargs is not None:
         check_model_options(model_name or "edgevit_xxs", model_kwargs)
-    model, meta = model_from_checkpoint(model_name, checkpoint, ema=ema, model_kwargs=model_kwargs)
+    from ..deploy.quantize import is_qat_checkpoint, load_qat_model
+
+    if is_qat_checkpoint(checkpoint):  # the fake-quantized graph the QAT run trained
+        model, _, meta = load_qat_model(checkpoint, ema=ema)
+        model.num_classes = int(meta["config"]["num_classes"])
+    else:
+        model, meta = model_from_checkpoint(model_name, checkpoint, ema=ema, model_kwargs=model_kwargs)
     cfg, classes, model_name = meta["config"], meta["classes"], meta["name"]
     img_size = int(img_size or cfg.get("img_size") or 224)
     crop_pct = float(crop_pct or cfg.get("crop_pct") or 0.875)

@@ -68,9 +68,27 @@ def load_pretrained(model: torch.nn.Module, path: str, model_name: str) -> None:
         raise UserError(f"{path} does not fit {model_name} (apart from the head): {e}", option="pretrained") from e
 
 
+def prepare_qat_model(model: torch.nn.Module, cfg: Dict[str, Any], load: bool) -> torch.nn.Module:
+    """The float `pretrained` weights (all of them: QAT keeps the task) loaded into `model` (unless a resume
+    will load the run's own), then its graph prepared with fake quantizers (edgevit.deploy.quantize)."""
+    from ..deploy.quantize import is_qat_checkpoint, prepare_qat
+
+    path = cfg["pretrained"]
+    if is_qat_checkpoint(path):
+        raise UserError(f"{path} is already a quantization-aware checkpoint; resume its run, or start from "
+                        "the float checkpoint it came from", option="pretrained")
+    if load:
+        try:
+            load_checkpoint(model, path)
+        except CheckpointError as e:
+            raise UserError(f"{path} does not fit {cfg['model']} with {cfg['num_classes']} classes (QAT "
+                            f"fine-tunes the task it was trained on, head included): {e}", option="pretrained") from e
+    return prepare_qat(model, cfg["img_size"], cfg["batch_size"])
+
+
 def _load_model_weights(model, sd, path, cfg) -> None:
     """Resume: the checkpoint must fit exactly; a head of another class count gets a fine-tuning hint."""
-    sd = _filtered(model, sd, cfg["model"])
+    sd = _filtered(model, sd, cfg["model"]) if not cfg["qat"] else sd
     problems = fit_report(model, sd)
     if problems:
         target = model.state_dict()
@@ -154,7 +172,9 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
         raise UserError(f"{cfg['model']!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)}", option="model")
     model = timm.create_model(cfg["model"], num_classes=num_classes, drop_rate=cfg["drop"],
                               drop_path_rate=cfg["drop_path"], **cfg["model_kwargs"])
-    if cfg["pretrained"]:
+    if cfg["qat"]:  # fine-tune the same task with int8 fake quantization: every weight kept, head included
+        model = prepare_qat_model(model, cfg, state is None)
+    elif cfg["pretrained"]:
         load_pretrained(model, cfg["pretrained"], cfg["model"])
     channels_last = cfg["channels_last"] if cfg["channels_last"] is not None else device.type == "cuda"
     model.to(device)
@@ -336,7 +356,8 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
                 break
     metrics_log.close()
 
-    if summary["stopped"] is None and info.is_main:
+    if summary["stopped"] is None and info.is_main and not cfg["qat"]:  # (a QAT graph's weights are only
+        # meaningful with its quantizers: its last.pth/best.pth is what `edgevit export --quantize` takes)
         save_checkpoint(model, run_dir / "model.safetensors")
         if ema is not None:
             save_checkpoint(ema.module, run_dir / "model_ema.safetensors")

@@ -33,6 +33,9 @@ RECIPE: Dict[str, tuple] = {
     "model_kwargs": ({}, json_object, "extra model constructor kwargs as JSON, e.g. '{\"depths\": [1,1,1,1]}'"),
     "num_classes": (None, positive_int, "classes (default: number of class folders in train/)"),
     "pretrained": (None, str, "fine-tune: load this checkpoint (ours or the authors'), re-initialise the head"),
+    "qat": (False, bool, "quantization-aware fine-tuning of the pretrained checkpoint (same classes, head kept) "
+                         "for an int8 ExecuTorch file (export --quantize int8): the fused graph with XNNPACK's "
+                         "fake quantizers; fp32 only (no amp, compile, channels_last), no drop path"),
     "resume": (None, str, "'auto' (RUN_DIR/last.pth if present) or a checkpoint path to continue from"),
     "overwrite": (False, bool, "start again in an output directory that holds a run: its checkpoints, config and "
                                "metrics are deleted first (without it such a directory is refused)"),
@@ -160,8 +163,26 @@ def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
     if cfg["aa"]:
         _check_auto_augment(cfg["aa"])
     check_model_options(cfg["model"], cfg["model_kwargs"])
+    if cfg["qat"]:
+        _check_qat(cfg, origin)
     cfg["config"] = str(config_path) if config_path else None
     return cfg
+
+
+def _check_qat(cfg: Dict[str, Any], origin) -> None:
+    """QAT fine-tunes a trained float model in fp32 on one exported graph: the options that would change
+    that graph or its precision are refused by name."""
+    if not cfg["pretrained"]:
+        raise ConfigError(f"{origin('qat')}: quantization-aware training fine-tunes a trained model: give "
+                          "pretrained (the float checkpoint)")
+    if cfg["amp"] in ("bfloat16", "float16"):
+        raise ConfigError(f"{origin('amp')} {cfg['amp']}: quantization-aware training runs in fp32 (its fake "
+                          "quantizers model int8 steps that a 16-bit float cannot hold)")
+    cfg["amp"] = "none"
+    for key in ("compile", "channels_last"):
+        if cfg[key]:
+            raise ConfigError(f"{origin(key)}: not available with quantization-aware training (an exported graph)")
+    cfg["channels_last"] = False
 
 
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly")
