@@ -54,9 +54,14 @@ def tiny_cfg(data: Path, output: Path, **over) -> dict:
     return resolve_config(cfg)
 
 
-@pytest.fixture
-def tiny():
+@pytest.fixture(scope="session")
+def tiny_helpers():
     """The helpers above (test modules cannot import conftest under --import-mode=importlib)."""
     from types import SimpleNamespace
 
     return SimpleNamespace(MODEL=TINY_MODEL, make_dataset=make_dataset, cfg=tiny_cfg, write_images=write_images)
+
+
+@pytest.fixture
+def tiny(tiny_helpers):
+    return tiny_helpers

@@ -50,14 +50,20 @@ class Entry:
     fused: Optional[bool] = None
     kwargs: dict = field(default_factory=dict)
     tag: str = ""
+    precision: str = "fp32"
 
     @property
     def label(self) -> str:
-        return form_label(f"{self.model}{'[' + self.tag + ']' if self.tag else ''}", self.fused)
+        label = form_label(f"{self.model}{'[' + self.tag + ']' if self.tag else ''}", self.fused)
+        return label if self.precision == "fp32" else f"{label} {self.precision}"
 
 
-def plan(models: Sequence[str], form: str = "both", ablations: bool = False) -> List[Entry]:
-    """The rows to measure, in order; EdgeViTs once per requested form."""
+PRECISIONS = ("fp32", "int8")
+
+
+def plan(models: Sequence[str], form: str = "both", ablations: bool = False,
+         precisions: Sequence[str] = ("fp32",)) -> List[Entry]:
+    """The rows to measure, in order; EdgeViTs once per requested form, every model once per precision."""
     import timm
     from .. import models as _m  # noqa: F401  registers the EdgeViTs
     if form not in FORMS:
@@ -75,7 +81,10 @@ def plan(models: Sequence[str], form: str = "both", ablations: bool = False) -> 
     if ablations:
         for tag, kw in ABLATIONS.items():
             entries += [Entry("edgevit_xxs", f, dict(kw), tag) for f in forms]
-    return entries
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise UserError(f"{p!r} is not one of {', '.join(PRECISIONS)}", option="precision")
+    return [Entry(e.model, e.fused, e.kwargs, e.tag, p) for e in entries for p in precisions]
 
 
 def time_runners(runners: Sequence[Callable[[], object]], runs: int, warmup: int = 10, progress=None,
@@ -165,12 +174,15 @@ def meta(threads: int, runs: int) -> dict:
 
 def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2, runs: int = 50,
               warmup: int = 10, img_size: Optional[int] = None, show_progress: bool = True,
-              on_error: str = "raise", seed: int = 0) -> dict:
+              on_error: str = "raise", seed: int = 0, calib: Optional[str] = None,
+              calib_images: int = 64) -> dict:
     """Measure every entry in `runtime`, round by round (`time_runners`); returns {"meta": ..., "results": [...]}
     with each model's median and its 95% confidence interval, and `meta.ties`: the pairs whose order this
     run cannot tell (overlapping intervals).
 
-    on_error="skip" reports a model that fails to export/run on stderr and goes on with the rest."""
+    on_error="skip" reports a model that fails to export/run on stderr and goes on with the rest.
+    int8 entries are quantized by the same flow as `edgevit export --quantize int8`, calibrated on `calib`
+    (a folder of images, or "random": labelled so in meta)."""
     from tqdm import tqdm
 
     from ..models.complexity import count_gmacs, count_params
@@ -185,7 +197,8 @@ def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2
         bar.set_postfix_str(e.label)
         try:
             runner = build_runner(e.model, runtime, img_size=img_size, threads=threads,
-                                  fused=bool(e.fused) if e.fused is not None else True, **e.kwargs)
+                                  fused=bool(e.fused) if e.fused is not None else True, precision=e.precision,
+                                  calib=calib, calib_images=calib_images, **e.kwargs)
             runner()  # one pass: a model that cannot run fails here, not in the middle of the rounds
             built.append((e, runner))
         except _RUN_ERRORS as err:
@@ -201,7 +214,7 @@ def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2
         net = runner.model
         lo, hi = median_ci(ts)
         results.append({
-            "model": e.model, "label": e.label, "fused": e.fused, "runtime": runtime,
+            "model": e.model, "label": e.label, "fused": e.fused, "runtime": runtime, "precision": e.precision,
             "img_size": runner.img_size, "params_m": round(count_params(net), 4),
             "gmacs": round(count_gmacs(net, runner.img_size), 4),
             "mean_ms": statistics.fmean(ts), "std_ms": statistics.pstdev(ts) if len(ts) > 1 else 0.0,
@@ -210,6 +223,9 @@ def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2
     doc = {"meta": {**meta(threads, runs), "timing": "interleaved rounds, random order per round; "
                     "median with a 95% distribution-free confidence interval"}, "results": results}
     doc["meta"]["ties"] = [list(t) for t in ranking_ties(results)]
+    if any(e.precision == "int8" for e in entries):
+        doc["meta"]["int8_calibration"] = (f"{calib_images} images of {calib}" if calib != "random" else
+                                           "random inputs (timing only)")
     if failures:
         doc["meta"]["failed"] = failures
     return doc
@@ -225,7 +241,7 @@ def _skip_or_raise(on_error: str, e: Entry, runtime: str, err: BaseException, fa
     print(f"edgevit bench: {e.label} failed in {runtime}: {type(err).__name__}: {str(err)[:300]}", file=sys.stderr)
 
 
-ROW_KEYS = ("model", "label", "fused", "runtime", "img_size", "params_m", "gmacs", "paper_params_m",
+ROW_KEYS = ("model", "label", "fused", "runtime", "precision", "img_size", "params_m", "gmacs", "paper_params_m",
             "paper_gflops", "mean_ms", "std_ms", "median_ms", "ci_lo_ms", "ci_hi_ms", "runs")
 
 
@@ -312,7 +328,9 @@ def format_table(doc: dict) -> str:
                      f"{'[' + format(r['ci_lo_ms'], '.2f') + ', ' + format(r['ci_hi_ms'], '.2f') + ']':>15} "
                      f"{r['mean_ms']:>7.2f} ± {r['std_ms']:<5.2f}")
     m = doc["meta"]
-    lines.append(f"batch 1, fp32, {m['threads']} threads, {m['runs']} interleaved rounds; {m['cpu']}; "
+    precision = "/".join(sorted({r.get("precision", "fp32") for r in rows})) or "fp32"
+    calib = f" (int8 calibrated on {m['int8_calibration']})" if m.get("int8_calibration") else ""
+    lines.append(f"batch 1, {precision}{calib}, {m['threads']} threads, {m['runs']} interleaved rounds; {m['cpu']}; "
                  f"torch {m['torch']}, " + ", ".join(f"{k} {v}" for k, v in m["runtime_versions"].items() if k != "torch"))
     if tied:
         lines.append(f"~ : its 95% interval overlaps another model's ({len(m['ties'])} pair(s)): this run does not "

@@ -18,6 +18,7 @@ import torch.nn as nn
 from ..errors import UserError
 
 RUNTIMES = ("eager", "torchscript", "ptl", "onnxruntime", "executorch")
+INT8_RUNTIMES = ("executorch", "onnxruntime")
 
 def check_runtime(runtime: str) -> str:
     if runtime not in RUNTIMES:
@@ -97,9 +98,26 @@ def _to_tensor(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else torch.from_numpy(out)
 
 
+def int8_calibration(net: nn.Module, calib: Optional[str], size: int, count: int) -> torch.Tensor:
+    """Calibration images for `net` (its own eval transform: crop, interpolation, mean/std from its card),
+    or random inputs when `calib` is "random"."""
+    from ..deploy.quantize import RANDOM, calibration_images, random_calibration
+
+    if calib is None:
+        raise UserError("int8 needs calibration images (a folder), or 'random' for timing only", option="calib")
+    if calib == RANDOM:
+        return random_calibration(count, size)
+    cfg = getattr(net, "pretrained_cfg", None) or {}
+    return calibration_images(calib, count, size, cfg.get("crop_pct") or 0.875, cfg.get("interpolation") or "bicubic",
+                              cfg.get("mean"), cfg.get("std"))
+
+
 def build_runner(model: str, runtime: str = "eager", img_size: int | None = None, threads: int = 2,
-                 fused: bool = True, checkpoint: str | None = None, **model_kwargs) -> Runner:
-    """A warm session for `model` in `runtime` (one of RUNTIMES) at `img_size` (default: the model's).
+                 fused: bool = True, checkpoint: str | None = None, precision: str = "fp32",
+                 calib: Optional[str] = None, calib_images: int = 64, **model_kwargs) -> Runner:
+    """A warm session for `model` in `runtime` (one of RUNTIMES) at `img_size` (default: the model's);
+    `precision` "int8": the file `edgevit export --quantize int8` writes (executorch, onnxruntime), calibrated
+    on `calib_images` images of the folder `calib` (or "random").
 
     Unknown model/runtime -> ValueError listing the choices; runtime package missing -> ImportError."""
     from ..deploy import export as ex
@@ -107,6 +125,10 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
 
     check_runtime(runtime)
     require_package(runtime)
+    if precision not in ("fp32", "int8"):
+        raise UserError(f"{precision!r} is not fp32 or int8", option="precision")
+    if precision == "int8" and runtime not in INT8_RUNTIMES:
+        raise UserError(f"int8 runs in {' and '.join(INT8_RUNTIMES)}, not {runtime}", option="runtime")
     if threads < 1:
         raise UserError(f"{threads} must be >= 1", option="threads")
     torch.set_num_threads(threads)
@@ -128,7 +150,13 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
         fmt = {v: k for k, v in ex.FORMAT_RUNTIME.items()}[runtime]
         tmp = tempfile.TemporaryDirectory(prefix=f"edgevit-{fmt}-")
         path = Path(tmp.name) / f"model.{fmt}"
-        info = ex.save_file(fmt, net, x, path)
+        if precision == "int8":
+            from ..deploy import quantize as q
+            images = int8_calibration(net, calib, size, calib_images)
+            info = (q.save_pte_int8(q.quantize_pt2e(net, x, images), x, path) if fmt == "pte"
+                    else q.save_onnx_int8(net, x, path, images))
+        else:
+            info = ex.save_file(fmt, net, x, path)
         run = ex.load_file(fmt, path, threads)
 
         def fn():

@@ -13,7 +13,7 @@ from .common import add_overwrite_arg, add_progress_arg, check_output_file, show
 def register(sub: argparse._SubParsersAction) -> None:
     from ..bench.bench import DEFAULT_MODELS, FORMS
     from ..bench.runners import RUNTIMES
-    p = sub.add_parser("bench", help="CPU latency of EdgeViTs and baselines, batch 1 fp32",
+    p = sub.add_parser("bench", help="CPU latency of EdgeViTs and baselines, batch 1, fp32 or int8",
                        description="Batch 1, fp32, CPU: every model built and warmed up, then --runs rounds, each "
                                    "timing every model once in a new random order (load on the machine hits "
                                    "all alike); median with a 95% confidence interval, pairs whose intervals "
@@ -32,6 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ablations", action="store_true",
                    help="add the paper's Table-4 variants of XXS, each scaled to 0.52-0.56 GMACs, and print the "
                         "paper's Table 4 beside them with whether its orderings hold here")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "int8"),
+                   help="fp32 and/or int8 (both: each model twice, interleaved in the same rounds); int8 = the "
+                        "file export --quantize int8 writes, for --runtime executorch or onnxruntime")
+    p.add_argument("--calib", default=None, metavar="DIR",
+                   help="int8 calibration images (a folder), or 'random' (timing only, labelled so)")
+    p.add_argument("--calib-images", type=positive_int, default=64, help="calibration images per model (default 64)")
     p.add_argument("--keep-going", action="store_true", help="skip a model that fails to export/run")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
                    help="write the results document to FILE (or print it with no FILE)")
@@ -54,9 +60,24 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--json and --csv name the same file {args.json}")
     check_runtime(args.runtime)
     require_package(args.runtime)
-    entries = plan(args.models, args.edgevit_form, args.ablations)
+    precisions = list(dict.fromkeys(args.precision))
+    if "int8" in precisions:
+        from ..bench.runners import INT8_RUNTIMES
+        from ..deploy.quantize import RANDOM, calibration_files
+
+        if args.runtime not in INT8_RUNTIMES:
+            raise ConfigError(f"--precision int8 runs in --runtime {' or '.join(INT8_RUNTIMES)}, not {args.runtime}")
+        if args.calib is None:
+            raise ConfigError("--precision int8 needs --calib DIR (calibration images), or --calib random for "
+                              "timing only")
+        if args.calib != RANDOM:
+            calibration_files(args.calib, 1)  # a folder without images: refused before any model is built
+    elif args.calib is not None:
+        raise ConfigError("--calib: only used with --precision int8")
+    entries = plan(args.models, args.edgevit_form, args.ablations, precisions)
     doc = run_bench(entries, args.runtime, args.threads, args.runs, args.warmup, args.img_size,
-                    show_progress=show_progress(args), on_error="skip" if args.keep_going else "raise")
+                    show_progress=show_progress(args), on_error="skip" if args.keep_going else "raise",
+                    calib=args.calib, calib_images=args.calib_images)
     add_paper_columns(doc)
     if args.ablations:
         doc["ablation_check"] = ablation_check(doc)

@@ -13,8 +13,10 @@ bench --precision int8` compares like with like.
 """
 from __future__ import annotations
 
+import logging
 import math
 import random
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -241,12 +243,24 @@ def save_onnx_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.
         save_onnx(model, x, fp32)
         import onnx
         graph = onnx.load(str(fp32)).graph
-        quantize_static(str(fp32), str(path), Reader(graph.input[0].name), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=getattr(QuantType, cfg["activation_type"]),
-                        weight_type=getattr(QuantType, cfg["weight_type"]), reduce_range=cfg["reduce_range"],
-                        nodes_to_exclude=list(nodes_to_exclude), op_types_to_quantize=op_types,
-                        extra_options={"CalibTensorRangeSymmetric": False})
+        with _root_log_level(logging.ERROR):  # its advice to pre-process, per-channel axis notes on 1-d weights
+            quantize_static(str(fp32), str(path), Reader(graph.input[0].name), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=getattr(QuantType, cfg["activation_type"]),
+                            weight_type=getattr(QuantType, cfg["weight_type"]), reduce_range=cfg["reduce_range"],
+                            nodes_to_exclude=list(nodes_to_exclude), op_types_to_quantize=op_types)
     return {"onnx_quantization": {k: cfg[k] for k in ORT_INT8}}
+
+
+@contextmanager
+def _root_log_level(level: int):
+    """onnxruntime.quantization logs through the root logger; quiet it for one call."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(old)
 
 
 # ---- one call: quantize, export, verify -----------------------------------------------------------------

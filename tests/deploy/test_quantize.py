@@ -1,0 +1,124 @@
+"""int8: post-training files for ExecuTorch and ONNX Runtime, quantization-aware fine-tuning, agreement."""
+import math
+
+import pytest
+import torch
+
+from edgevit.deploy import fuse
+from edgevit.deploy import quantize as q
+from edgevit.deploy.export import FORMAT_RUNTIME, load_file
+from edgevit.errors import UserError
+
+# Thresholds, and why: int8 activations carry ~8 bits (48 dB for one ideally scaled tensor); the noise of
+# every quantized layer adds up, and on the digits XXS the files measure 32-34 dB (docs/deploy.md). 20 dB
+# (noise amplitude 1/10 of the logits') leaves room for a tiny random model's worse-conditioned layers,
+# while a broken flow (a scale off by a factor, a missing dequantize, float weights read as int8) lands
+# far below 10 dB.
+MIN_SQNR_DB = 20.0
+MIN_AGREEMENT = 85.0  # % top-1 on 24 inputs of a random 7-class model (logits close to ties are common)
+
+
+def images(n=24, size=64, seed=0):
+    """Inputs with image-like structure (smooth, in the normalised range), so calibration means something."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.interpolate(torch.randn(n, 3, size // 8, size // 8, generator=g), size=size,
+                                        mode="bilinear", align_corners=False)
+    return x * 1.5
+
+
+def test_agreement_is_exact_for_the_same_logits_and_drops_with_noise():
+    a = torch.randn(50, 10, generator=torch.Generator().manual_seed(0))
+    assert q.agreement(a, a) == {"top1_agreement": 100.0, "sqnr_db": math.inf}
+    noisy = a + 0.1 * torch.randn(50, 10, generator=torch.Generator().manual_seed(1))
+    r = q.agreement(a, noisy)
+    assert 19 < r["sqnr_db"] < 21  # noise at 1/10 of the signal's amplitude = 20 dB
+    assert q.agreement(a, -a)["top1_agreement"] < 20
+
+
+@pytest.mark.parametrize("fmt", q.QUANT_FORMATS)
+def test_ptq_file_runs_in_its_runtime_and_agrees_with_the_float_model(fmt, make_tiny, tmp_path):
+    model = fuse(make_tiny(), FORMAT_RUNTIME[fmt])
+    calib = images(24)
+    out = tmp_path / f"m.{fmt}"
+    report = q.export_int8(model, fmt, out, calib, calibrated="test")
+    assert out.is_file() and report["bytes"] == out.stat().st_size
+    assert report["sqnr_db"] >= MIN_SQNR_DB and report["top1_agreement"] >= MIN_AGREEMENT, report
+    if fmt == "pte":
+        assert report["delegate_partitions"] == 1 and report["non_delegated_ops"] == 0, report
+    # independently: new inputs, the file loaded again, compared with the release model itself
+    x = images(8, seed=5)
+    got = q.run_batch(load_file(fmt, out), x)
+    with torch.no_grad():
+        ref = make_tiny()(x)
+    assert q.agreement(ref, got)["sqnr_db"] >= MIN_SQNR_DB
+
+
+def test_int8_weights_are_a_quarter_of_fp32(make_tiny, tmp_path):
+    """The int8 ONNX file stores int8 weights (per-channel scales beside them), not fp32 ones."""
+    from edgevit.deploy.export import export_model
+
+    model = fuse(make_tiny(embed_dims=(48, 96, 192, 384)), "onnxruntime")
+    export_model(model, "onnx", tmp_path / "f.onnx", img_size=64)
+    q.export_int8(model, "onnx", tmp_path / "i.onnx", images(8))
+    assert (tmp_path / "i.onnx").stat().st_size < 0.35 * (tmp_path / "f.onnx").stat().st_size
+
+
+def test_calibration_reads_every_image_of_any_depth_with_the_eval_transform(tmp_path):
+    from PIL import Image
+
+    for i, sub in enumerate(["a", "b/c", "."]):
+        d = tmp_path / sub
+        d.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 30), (i * 80, 10, 200)).save(d / f"im{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    x = q.calibration_images(tmp_path, 10, (64, 96), crop_pct=1.0)
+    assert x.shape == (3, 3, 64, 96)
+    assert len(q.calibration_files(tmp_path, 2)) == 2  # a seeded sample when there are more
+
+
+def test_calibration_folder_without_images_names_it(tmp_path):
+    (tmp_path / "x.txt").write_text("no images here")
+    with pytest.raises(UserError, match=str(tmp_path)):
+        q.calibration_images(tmp_path, 4, 64)
+    with pytest.raises(UserError, match="no-such"):
+        q.calibration_images(tmp_path / "no-such", 4, 64)
+
+
+def test_an_unreadable_calibration_image_is_named(tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match="broken.jpg"):
+        q.calibration_images(tmp_path, 4, 64)
+
+
+def test_qat_trains_then_converts_to_the_file_it_trained(make_tiny, tmp_path):
+    """A few steps of QAT lower the loss; the converted file matches the fake-quantized model (no
+    recalibration: the scales it trained are the ones in the file), and the state reloads exactly."""
+    model = make_tiny()
+    prepared = q.prepare_qat(model, 64, batch=8)
+    x, y = images(16, seed=2), torch.arange(16) % 7
+    opt = torch.optim.AdamW(prepared.parameters(), lr=2e-3)
+    prepared.train()
+    losses = []
+    for _ in range(8):
+        loss = torch.nn.functional.cross_entropy(prepared(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    prepared.eval()
+    out = tmp_path / "qat.pte"
+    report = q.export_int8(q.qat_form(model).eval(), "pte", out, x[:6], prepared=prepared)
+    assert report["checked_against"] == "the fake-quantized QAT model"
+    assert report["sqnr_db"] >= 30 and report["top1_agreement"] == 100.0, report
+    # a checkpoint round trip: the same graph prepared again takes the trained state exactly
+    again = q.prepare_qat(make_tiny(), 64)
+    again.load_state_dict(prepared.state_dict())
+    again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x[:4]), prepared(x[:4]))
+
+
+def test_export_int8_refuses_formats_without_an_int8_flow(make_tiny, tmp_path):
+    with pytest.raises(UserError, match="pte, onnx"):
+        q.export_int8(make_tiny(), "ptl", tmp_path / "m.ptl", images(2))

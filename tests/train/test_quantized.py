@@ -1,0 +1,113 @@
+"""The int8 path end to end on tiny data: a float run, a quantization-aware run from it (stopped and resumed),
+its export, post-training int8 files, and `eval --exported` of each against the PyTorch evaluation."""
+import json
+
+import pytest
+
+from edgevit.cli.main import main as cli
+from edgevit.train.loop import train
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_helpers):
+    """(data, float run, QAT run): 3 colour classes at 32 px; the QAT run was stopped after its first epoch
+    and resumed. Built once for the tests of this module."""
+    make_dataset, tiny_cfg = tiny_helpers.make_dataset, tiny_helpers.cfg
+    root = tmp_path_factory.mktemp("int8")
+    data = make_dataset(root / "data", n_train=12, n_val=6)
+    fp = tiny_cfg(data, root / "float", epochs=3, aa="none", mixup=0, cutmix=0, reprob=0, model_ema=False,
+                  drop_path=0.0, lr=3e-3, warmup_epochs=0)
+    train(fp)
+    over = dict(pretrained=str(root / "float" / "best.pth"), qat=True, epochs=2, lr=2e-4, warmup_epochs=0,
+                aa="none", mixup=0, cutmix=0, reprob=0, model_ema=True, drop_path=0.0)
+    first = train(tiny_cfg(data, root / "qat", stop_after_epochs=1, **over))
+    assert first["stopped"] == "stop_after_epochs"
+    done = train(tiny_cfg(data, root / "qat", resume="auto", **over))
+    assert done["stopped"] is None and done["epochs_completed"] == 1
+    return data, root / "float", root / "qat"
+
+
+def _json(capsys, argv):
+    assert cli(argv) == 0, argv
+    return json.loads(capsys.readouterr().out)
+
+
+def test_qat_run_writes_a_qat_checkpoint_that_eval_reads(runs, capsys):
+    data, fp, qat = runs
+    assert not (qat / "model.safetensors").exists()  # its weights only mean something with its quantizers
+    ev = _json(capsys, ["eval", "--data", str(data), "--checkpoint", str(qat / "best.pth"), "--workers", "0",
+                        "--device", "cpu", "--no-progress", "--json"])
+    assert ev["num_images"] == 18
+    ema = _json(capsys, ["eval", "--data", str(data), "--checkpoint", str(qat / "last.pth"), "--ema",
+                         "--workers", "0", "--device", "cpu", "--no-progress", "--json"])
+    assert ema["num_images"] == 18
+
+
+def test_exported_files_evaluate_like_the_models_they_came_from(runs, tmp_path, capsys):
+    """fp32 file: the same top-1 and loss as the checkpoint's PyTorch evaluation; int8 files (PTQ for both
+    runtimes, the QAT run's pte): within one image of it on 18 images."""
+    data, fp, qat = runs
+    ck = str(fp / "best.pth")
+    base = ["--data", str(data), "--workers", "0", "--no-progress", "--json"]
+    torch_eval = _json(capsys, ["eval", "--checkpoint", ck, "--device", "cpu", *base])
+    files = {"fp32.onnx": ["--format", "onnx"],
+             "ptq.onnx": ["--format", "onnx", "--quantize", "int8", "--calib", str(data / "train")],
+             "ptq.pte": ["--format", "pte", "--quantize", "int8", "--calib", str(data / "train")]}
+    for name, extra in files.items():
+        rep = _json(capsys, ["export", "--checkpoint", ck, *extra, "-o", str(tmp_path / name), "--json",
+                             "--no-progress"])
+        assert rep["img_size"] == [32, 32]  # the checkpoint's training size by default
+    rep = _json(capsys, ["export", "--checkpoint", str(qat / "best.pth"), "--format", "pte", "--quantize", "int8",
+                         "-o", str(tmp_path / "qat.pte"), "--json"])
+    assert rep["checked_against"] == "the fake-quantized QAT model" and rep["delegate_partitions"] == 1
+    step = 100 / 18
+    for name in [*files, "qat.pte"]:
+        ev = _json(capsys, ["eval", "--exported", str(tmp_path / name), "--checkpoint", ck, *base])
+        assert ev["num_images"] == 18 and ev["img_size"] == [32, 32]
+        if name == "fp32.onnx":
+            assert ev["top1"] == torch_eval["top1"]
+            assert abs(ev["loss"] - torch_eval["loss"]) < 1e-4
+        else:
+            assert abs(ev["top1"] - torch_eval["top1"]) <= step + 1e-9, (name, ev, torch_eval)
+
+
+def _refused(capsys, argv, *names):
+    assert cli(argv) == 2, argv
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    for n in names:
+        assert n in err[0], (n, err[0])
+
+
+def test_int8_bad_inputs(runs, tmp_path, capsys):
+    data, fp, qat = runs
+    ck = str(fp / "best.pth")
+    out = str(tmp_path / "m.pte")
+    _refused(capsys, ["export", "--checkpoint", ck, "--format", "pte", "--quantize", "int8", "-o", out],
+             "--calib", "--quantize")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("x")
+    _refused(capsys, ["export", "--checkpoint", ck, "--format", "pte", "--quantize", "int8", "--calib",
+                      str(empty), "-o", out], str(empty))
+    _refused(capsys, ["export", "--checkpoint", ck, "--format", "ptl", "--quantize", "int8", "--calib",
+                      str(data), "-o", str(tmp_path / "m.ptl")], "--quantize", "pte or onnx")
+    _refused(capsys, ["export", "--checkpoint", ck, "--format", "pte", "--calib", str(data), "-o", out], "--calib")
+    _refused(capsys, ["export", "--checkpoint", str(qat / "best.pth"), "--format", "pte", "-o", out],
+             "--quantize int8", "best.pth")
+    _refused(capsys, ["train", "--data", str(data), "--output", str(tmp_path / "r"), "--qat"], "--qat", "pretrained")
+    _refused(capsys, ["train", "--data", str(data), "--output", str(tmp_path / "r"), "--qat", "--pretrained", ck,
+                      "--amp", "bfloat16"], "--amp")
+    (tmp_path / "m.tflite").write_bytes(b"x")
+    _refused(capsys, ["eval", "--data", str(data), "--exported", str(tmp_path / "m.tflite")], "m.tflite",
+             ".pte")
+    (tmp_path / "junk.pte").write_bytes(b"not a program")
+    _refused(capsys, ["eval", "--data", str(data), "--exported", str(tmp_path / "junk.pte")], "junk.pte")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    _refused(capsys, ["eval", "--data", str(data), "--exported", str(tmp_path / "junk.onnx")], "junk.onnx")
+    _refused(capsys, ["eval", "--data", str(data), "--exported", str(tmp_path / "none.onnx")], "none.onnx")
+    _refused(capsys, ["bench", "--models", "mobilenetv2_100", "--precision", "int8", "--runtime", "eager",
+                      "--calib", "random"], "--runtime")
+    _refused(capsys, ["bench", "--models", "mobilenetv2_100", "--precision", "int8", "--runtime", "onnxruntime"],
+             "--calib")
+    assert not (tmp_path / "m.pte").exists()
