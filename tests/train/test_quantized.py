@@ -1,6 +1,7 @@
 """The int8 path end to end on tiny data: a float run, a quantization-aware run from it (stopped and resumed),
 its export, post-training int8 files, and `eval --exported` of each against the PyTorch evaluation."""
 import json
+import re
 
 import pytest
 
@@ -44,15 +45,15 @@ def test_qat_run_writes_a_qat_checkpoint_that_eval_reads(runs, capsys):
 
 
 def test_exported_files_evaluate_like_the_models_they_came_from(runs, tmp_path, capsys):
-    """fp32 file: the same top-1 and loss as the checkpoint's PyTorch evaluation; int8 files (PTQ for both
-    runtimes, the QAT run's pte): within one image of it on 18 images."""
+    """fp32 file: the same top-1 and loss as the checkpoint's PyTorch evaluation; int8 files (PTQ ONNX, the
+    QAT run's pte): within one image of it on 18 images."""
     data, fp, qat = runs
     ck = str(fp / "best.pth")
     base = ["--data", str(data), "--workers", "0", "--no-progress", "--json"]
     torch_eval = _json(capsys, ["eval", "--checkpoint", ck, "--device", "cpu", *base])
     files = {"fp32.onnx": ["--format", "onnx"],
-             "ptq.onnx": ["--format", "onnx", "--quantize", "int8", "--calib", str(data / "train")],
-             "ptq.pte": ["--format", "pte", "--quantize", "int8", "--calib", str(data / "train")]}
+             "ptq.onnx": ["--format", "onnx", "--quantize", "int8", "--calib", str(data / "train")]}
+    # (a post-training .pte: tests/deploy/test_quantize.py; ExecuTorch's lowering is the slow part of a test)
     for name, extra in files.items():
         rep = _json(capsys, ["export", "--checkpoint", ck, *extra, "-o", str(tmp_path / name), "--json",
                              "--no-progress"])
@@ -73,7 +74,9 @@ def test_exported_files_evaluate_like_the_models_they_came_from(runs, tmp_path, 
 
 def _refused(capsys, argv, *names):
     assert cli(argv) == 2, argv
-    err = capsys.readouterr().err.strip().splitlines()
+    # (ExecuTorch's C++ start-up log lines reach pytest's fd capture even where the CLI in a terminal drops
+    # them; tests/cli/test_trust.py checks that filter on its own)
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not re.match(r"\[\w+\.cpp:\d+\]", ln)]
     assert len(err) == 1, err
     for n in names:
         assert n in err[0], (n, err[0])

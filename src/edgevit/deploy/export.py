@@ -263,7 +263,9 @@ def open_exported(path: os.PathLike | str, threads: int = 2):
     fmt = format_of(path)
     require_runtime(FORMAT_RUNTIME[fmt])
     try:
-        return fmt, load_file(fmt, path, threads), input_size(fmt, path)
+        # the runtime's own log lines about a file it cannot load say what our one line says
+        with filter_native_stderr(patterns=("",)):
+            return fmt, load_file(fmt, path, threads), input_size(fmt, path)
     except UserError:
         raise
     except Exception as e:  # the runtime's own loader: a corrupt/foreign file is the user's input, not a bug

@@ -107,19 +107,39 @@ def xnnpack_quantizer(qat: bool = False):
 def prepare_pt2e_model(model: nn.Module, x: torch.Tensor, qat: bool = False) -> torch.fx.GraphModule:
     """`model` exported at `x` with observers (PTQ) or fake quantizers (QAT: any batch size, train()/eval()
     switch as on a module) where the XNNPACK quantizer annotates the graph."""
-    from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
     if qat:
         batch = torch.export.Dim("batch", min=1, max=65536)
         gm = torch.export.export(model.train(), (x,), dynamic_shapes=({0: batch},)).module()
-        return allow_exported_model_train_eval(prepare_qat_pt2e(gm, xnnpack_quantizer(qat=True)))
+        return _with_train_eval(prepare_qat_pt2e(gm, xnnpack_quantizer(qat=True)))
     with torch.no_grad():
         gm = torch.export.export(model.eval(), (x,)).module()
     return prepare_pt2e(gm, xnnpack_quantizer())
 
 
 # ---- quantization-aware training ----------------------------------------------------------------------
+def _with_train_eval(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """train()/eval() for a prepared QAT graph (an exported graph has none of its own): torchao's switch of
+    the train/eval op forms, plus the observers — on while training, off while evaluating, so validation
+    images never move the quantization scales (eager QAT does the same with disable_observer)."""
+    import types
+
+    from torchao.quantization.pt2e import (disable_observer, enable_observer, move_exported_model_to_eval,
+                                           move_exported_model_to_train)
+
+    def train(self, mode: bool = True):
+        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self)
+        self.apply(enable_observer if mode else disable_observer)
+        for m in self.modules():
+            m.training = mode
+        return self
+
+    prepared.train = types.MethodType(train, prepared)
+    prepared.eval = types.MethodType(lambda self: self.train(False), prepared)
+    return prepared
+
+
 def qat_form(model: nn.Module) -> nn.Module:
     """The graph a QAT run trains and `export_int8` converts: for an EdgeViT its fused form (BN, CPE and
     LayerNorm affines folded, so the weights that get fake-quantized are the ones the file holds) in
@@ -137,9 +157,23 @@ def qat_form(model: nn.Module) -> nn.Module:
 
 def prepare_qat(model: nn.Module, img_size, batch: int = 2) -> torch.fx.GraphModule:
     """`model` (release layout, float weights loaded) ready for quantization-aware fine-tuning."""
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+
     h, w = _size_hw(img_size)
     x = torch.randn(max(batch, 2), 3, h, w, generator=torch.Generator().manual_seed(0))
-    return prepare_pt2e_model(qat_form(model), x, qat=True)
+    prepared = prepare_pt2e_model(qat_form(model), x, qat=True)
+    # One pass with only the weights' observers on: their per-channel scales take their final shape now
+    # (so a copy made before training, e.g. the EMA, matches the model) without random inputs moving the
+    # activations' ranges.
+    acts = [m for m in prepared.modules() if isinstance(m, FakeQuantizeBase)
+            and m.qscheme not in (torch.per_channel_symmetric, torch.per_channel_affine)]
+    for m in acts:
+        m.disable_observer()
+    with torch.no_grad():
+        prepared(x[:1])
+    for m in acts:
+        m.enable_observer()
+    return prepared
 
 
 def is_qat_checkpoint(path: str | Path) -> bool:
