@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/op_profile.py edgevit_xxs                          # ExecuTorch + XNNPACK, fused
     .venv/bin/python benchmarks/op_profile.py edgevit_xxs --unfused
     .venv/bin/python benchmarks/op_profile.py mobilenetv2_100 --runtime onnxruntime --top 10 --json prof.json
+    .venv/bin/python benchmarks/op_profile.py edgevit_xxs --runtime onnxruntime --precision int8 \
+        --calib out/demo/digits/train --checkpoint out/demo/digits_run/best.pth   # the int8 file
 
 The model is exported exactly as `edgevit bench` does it, then run with the runtime's profiler on:
 ExecuTorch's event tracer (ETDump, read with `executorch.devtools.Inspector`: one event per XNNPACK
@@ -29,11 +31,16 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "int8"))
+    p.add_argument("--calib", default=None, help="int8: calibration images (a folder) or 'random'")
+    p.add_argument("--checkpoint", default=None, help="weights (e.g. the digits XXS of make demo)")
     p.add_argument("--top", type=int, default=0, help="also list the N slowest operators")
     p.add_argument("--json", default=None, help="write the whole profile to this file")
     args = p.parse_args()
-    res = profile(args.model, not args.unfused, args.runtime, args.runs, args.threads, args.img_size)
-    print(f"{args.model} ({'unfused' if args.unfused else 'fused'}, {args.runtime}): {res['ops']} operators, "
+    res = profile(args.model, not args.unfused, args.runtime, args.runs, args.threads, args.img_size,
+                  args.precision, args.calib, args.checkpoint)
+    print(f"{args.model} ({'unfused' if args.unfused else 'fused'}, {args.runtime}, {args.precision}): "
+          f"{res['ops']} operators, "
           f"{res['total_ms']:.2f} ms in total (median per operator, summed)")
     for k in res["by_kind"]:
         print(f"  {k['ms']:7.3f} ms {100 * k['share']:5.1f}%  {k['kind']}")

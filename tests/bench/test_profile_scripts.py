@@ -29,6 +29,15 @@ def test_op_profile_reads_runtime_trace(runtime, gemm_kind):
         _load("op_profile").profile("edgevit_xxs", runtime="tflite")
 
 
+def test_op_profile_of_an_int8_file_shows_its_quantized_kernels():
+    prof = _load("op_profile").profile("edgevit_xxs", runtime="onnxruntime", runs=2, img_size=64,
+                                       precision="int8", calib="random")
+    kinds = {k["kind"] for k in prof["by_kind"]}
+    assert prof["precision"] == "int8"
+    assert "QLinearConv" in kinds and "Conv" not in kinds  # every conv runs as an int8 kernel
+    assert {"QuantizeLinear", "DequantizeLinear"} & kinds  # ... with float islands between them
+
+
 def test_gemm_tile_one_row_per_conv(tmp_path, monkeypatch):
     out = tmp_path / "tile.json"
     monkeypatch.setattr(sys, "argv", ["x", "--hw", "56", "--cin", "16", "--cout", "16", "32", "--runs", "2",

@@ -43,6 +43,7 @@ def test_kill_and_resume_equals_a_straight_run(tiny, tiny_data, tmp_path):
     assert [r["epoch"] for r in a] == [1, 2] and [r["epoch"] for r in b] == [1, 2]
     for ra, rb in zip(a, b):
         assert (ra["train_loss"], ra["val_top1"], ra["lr"]) == (rb["train_loss"], rb["val_top1"], rb["lr"])
+        assert ra["images_per_s"] > 0 and 0 <= ra["data_wait_share"] < 1  # (workers=0: loading is in the step loop)
     assert (tmp_path / "straight" / "model.safetensors").is_file()
     assert (tmp_path / "straight" / "config.yaml").is_file()
     with pytest.raises(ValueError, match="already holds a run"):  # no --resume: refuses to overwrite

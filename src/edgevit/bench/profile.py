@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ..deploy.export import save_onnx, save_pte, session_options
-from .runners import default_img_size, load_model
+from .runners import default_img_size, int8_calibration, load_model
 from ..errors import UserError
 
 
@@ -54,19 +54,28 @@ def executorch_op_times(pte: Path, x: torch.Tensor, threads: int, runs: int, war
     return ops
 
 
-def profile_executorch(net, x, threads: int, runs: int, warmup: int, desc: str) -> Tuple[dict, List[dict]]:
+def profile_executorch(net, x, threads: int, runs: int, warmup: int, desc: str,
+                       int8_images=None) -> Tuple[dict, List[dict]]:
+    from ..deploy.quantize import quantize_pt2e, save_pte_int8
+
     with tempfile.TemporaryDirectory() as tmp:
         pte = Path(tmp) / "model.pte"
-        report = save_pte(net, x, pte)
+        report = (save_pte(net, x, pte) if int8_images is None
+                  else save_pte_int8(quantize_pt2e(net, x, int8_images), x, pte))
         return report, executorch_op_times(pte, x, threads, runs, warmup, desc)
 
 
-def profile_onnxruntime(net, x, threads: int, runs: int, warmup: int, desc: str):
+def profile_onnxruntime(net, x, threads: int, runs: int, warmup: int, desc: str, int8_images=None):
     import onnxruntime as ort
+
+    from ..deploy.quantize import save_onnx_int8
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        save_onnx(net, x, path)
+        if int8_images is None:
+            save_onnx(net, x, path)
+        else:
+            save_onnx_int8(net, x, path, int8_images)
         so = session_options(threads)
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "ort_profile")
@@ -85,17 +94,21 @@ def profile_onnxruntime(net, x, threads: int, runs: int, warmup: int, desc: str)
 
 
 def profile(model: str, fused: bool = True, runtime: str = "executorch", runs: int = 20, threads: int = 2,
-            img_size: int | None = None) -> dict:
-    """`model` exported as `edgevit bench` does it, profiled in `runtime`: totals per operator kind
-    ("by_kind", slowest first) and per operator ("per_op")."""
+            img_size: int | None = None, precision: str = "fp32", calib: str | None = None,
+            checkpoint: str | None = None) -> dict:
+    """`model` exported as `edgevit bench` does it (int8: as `bench --precision int8`, calibrated on
+    `calib`), profiled in `runtime`: totals per operator kind ("by_kind", slowest first) and per operator
+    ("per_op")."""
     if runtime not in PROFILERS:
         raise UserError(f"{runtime!r} is not one of {', '.join(PROFILERS)}", option="runtime")
     torch.set_num_threads(threads)
-    net = load_model(model, fused=fused, runtime=runtime)
+    net = load_model(model, fused=fused, runtime=runtime, checkpoint=checkpoint)
     size = img_size or default_img_size(net)
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    report, ops = PROFILERS[runtime](net, x, threads, runs, 3, f"{model} ({runtime}, profiled)")
-    return _summary(model, fused, size, threads, runs, report, ops)
+    images = int8_calibration(net, calib, size, 64) if precision == "int8" else None
+    report, ops = PROFILERS[runtime](net, x, threads, runs, 3, f"{model} ({runtime} {precision}, profiled)",
+                                     int8_images=images)
+    return {**_summary(model, fused, size, threads, runs, report, ops), "precision": precision}
 
 
 PROFILERS = {"executorch": profile_executorch, "onnxruntime": profile_onnxruntime}

@@ -267,7 +267,10 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
             total = steps - skip_steps
             bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not (
                 cfg["progress"] and info.is_main), dynamic_ncols=True, file=sys.stderr)
+            data_wait = 0.0  # seconds the step loop sat waiting for the loader (host side)
+            t_fetch = time.perf_counter()
             for i, (images, target) in enumerate(loader):
+                data_wait += time.perf_counter() - t_fetch
                 if i >= total:
                     break
                 step = skip_steps + i
@@ -307,10 +310,11 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
                 ips = (n_steps * cfg["batch_size"] * info.world_size) / max(time.time() - t0, 1e-9)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_all / info.world_size:.4f}", lr=f"{lr_now:.3g}",
-                                img_s=f"{ips:.1f}")
+                                img_s=f"{ips:.1f}", data_wait=f"{data_wait / max(time.time() - t0, 1e-9):.0%}")
                 if last_micro and stop_all:
                     interrupted = True
                     break
+                t_fetch = time.perf_counter()
             bar.close()
             epoch_time = time.time() - t0
 
@@ -332,7 +336,8 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
                 "epoch": epoch + 1, "train_loss": loss_sum.item() / max(n_steps, 1),
                 "lr": optimizer.param_groups[0]["lr"], "val_top1": val["top1"], "val_top5": val["top5"],
                 "val_loss": val["loss"], "val_images": val["num_images"], "epoch_time_s": epoch_time,
-                "images_per_s": n_steps * cfg["batch_size"] * info.world_size / max(epoch_time, 1e-9)}
+                "images_per_s": n_steps * cfg["batch_size"] * info.world_size / max(epoch_time, 1e-9),
+                "data_wait_share": data_wait / max(epoch_time, 1e-9)}
             if ema is not None:
                 ev = evaluate(ema.module, val_loader, device, amp_eval, channels_last, desc="val ema")
                 record.update(ema_val_top1=ev["top1"], ema_val_top5=ev["top5"])
@@ -342,7 +347,8 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
             _log(info, f"epoch {epoch + 1}/{cfg['epochs']}: train loss {record['train_loss']:.4f}, val top-1 "
                        f"{val['top1']:.2f}%, top-5 {val['top5']:.2f}%"
                        + (f", EMA top-1 {record['ema_val_top1']:.2f}%" if ema is not None else "")
-                       + f", {record['images_per_s']:.1f} img/s")
+                       + f", {record['images_per_s']:.1f} img/s ({record['data_wait_share']:.0%} of the "
+                       "epoch waiting for data)")
             summary.update(last=record)
             epochs_done += 1
             if cfg["stop_after_epochs"] and epochs_done >= cfg["stop_after_epochs"] and epoch + 1 < cfg["epochs"]:
