@@ -8,7 +8,7 @@ from edgevit.bench.bench import ABLATIONS, Entry, format_table, plan, time_runne
 from edgevit.cli.main import main
 
 ROW = {"model", "label", "fused", "runtime", "img_size", "params_m", "gmacs", "mean_ms", "std_ms", "median_ms",
-       "ci_lo_ms", "ci_hi_ms", "runs", "paper_params_m", "paper_gflops", "paper_img_size"}
+       "ci_lo_ms", "ci_hi_ms", "runs", "paper_params_m", "paper_gflops", "paper_img_size", "precision"}
 META = {"created", "machine", "cpu", "torch", "timm", "runtime_versions", "threads", "runs", "batch", "dtype",
         "timing", "ties"}
 
@@ -27,6 +27,7 @@ def test_bench_end_to_end(tmp_path, capsys):
     assert [r["fused"] for r in rows] == [True, False, None]
     for r in rows:
         assert set(r) == ROW and r["runtime"] == runtime and r["img_size"] == 64 and r["runs"] == 2
+        assert r["precision"] == "fp32"
         assert 0 < r["mean_ms"] < 60_000 and r["std_ms"] >= 0 and r["ci_lo_ms"] <= r["median_ms"] <= r["ci_hi_ms"]
     assert (rows[2]["paper_params_m"], rows[2]["paper_gflops"]) == (3.4, 0.3)  # Table 2 beside the count
     # complexity: fvcore at 64x64 = (64/224)^2 of the 224 counts, params independent of size
@@ -39,6 +40,20 @@ def test_bench_end_to_end(tmp_path, capsys):
     assert [r["label"] for r in csv_rows] == [r["label"] for r in rows]
     assert float(csv_rows[0]["mean_ms"]) == pytest.approx(rows[0]["mean_ms"])
     assert "edgevit_xxs (unfused)" in capsys.readouterr().out  # the table
+
+
+def test_bench_int8_beside_fp32_in_the_same_rounds(tmp_path, capsys):
+    """--precision fp32 int8: every model twice, the int8 row the file `export --quantize int8` writes, the
+    calibration named in meta (random inputs: labelled as timing only)."""
+    js = tmp_path / "r.json"
+    assert main(["bench", "--models", "mobilenetv2_100", "--runtime", "onnxruntime", "--precision", "fp32", "int8",
+                 "--calib", "random", "--runs", "2", "--warmup", "1", "--img-size", "64", "--json", str(js)]) == 0
+    doc = json.loads(js.read_text())
+    rows = doc["results"]
+    assert [(r["label"], r["precision"]) for r in rows] == [("mobilenetv2_100", "fp32"),
+                                                            ("mobilenetv2_100 int8", "int8")]
+    assert doc["meta"]["int8_calibration"] == "random inputs (timing only)"
+    assert "fp32/int8 (int8 calibrated on random inputs (timing only))" in capsys.readouterr().out
 
 
 def test_bench_bad_input(tmp_path, capsys):
