@@ -176,11 +176,19 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
         model = prepare_qat_model(model, cfg, state is None)
     elif cfg["pretrained"]:
         load_pretrained(model, cfg["pretrained"], cfg["model"])
+    if cfg["grad_checkpointing"]:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise UserError(f"{cfg['model']} has no gradient checkpointing (timm's set_grad_checkpointing)",
+                            option="grad_checkpointing")
+        model.set_grad_checkpointing(True)
     channels_last = cfg["channels_last"] if cfg["channels_last"] is not None else device.type == "cuda"
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     dtype_name = amp_dtype(cfg, device.type)
+    if dtype_name == "float16" and device.type != "cuda":
+        raise UserError(f"float16 needs CUDA (its GradScaler and fp16 kernels); on {device.type} use bfloat16 "
+                        "(CPU autocast) or none", option="amp")
     autocast_dtype = _DTYPES.get(dtype_name) if dtype_name else None
     scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
 

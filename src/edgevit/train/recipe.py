@@ -92,6 +92,8 @@ RECIPE: Dict[str, tuple] = {
     "amp": ("auto", choice("auto", "bfloat16", "float16", "none"), "mixed precision: auto (bfloat16 on CUDA, off on CPU), bfloat16, float16, none"),
     "channels_last": (None, bool, "channels_last memory format (default: on for CUDA)"),
     "compile": (False, bool, "torch.compile the model"),
+    "grad_checkpointing": (False, bool, "recompute each stage's blocks in the backward pass (less activation "
+                                        "memory for larger batches, ~30% more compute; timm's set_grad_checkpointing)"),
     "threads": (None, positive_int, "CPU intra-op threads per process (default: torch's; 1 is often fastest on a busy CPU)"),
     # logging
     "tensorboard": (False, bool, "also write TensorBoard scalars to RUN_DIR/tensorboard"),
@@ -179,7 +181,7 @@ def _check_qat(cfg: Dict[str, Any], origin) -> None:
         raise ConfigError(f"{origin('amp')} {cfg['amp']}: quantization-aware training runs in fp32 (its fake "
                           "quantizers model int8 steps that a 16-bit float cannot hold)")
     cfg["amp"] = "none"
-    for key in ("compile", "channels_last"):
+    for key in ("compile", "channels_last", "grad_checkpointing"):
         if cfg[key]:
             raise ConfigError(f"{origin(key)}: not available with quantization-aware training (an exported graph)")
     cfg["channels_last"] = False
