@@ -64,3 +64,16 @@ def test_deploy_targets_verdicts_and_check_exit():
     missed = dt.verdict("executorch", ["xxs"], {"edgevit_xxs (fused)": s(10.0), "edgevit_xxs (unfused)": s(17.5),
                                                 dt.BASELINE: s(5.0)})  # 1.75x faster but 2.0x MobileNetV2
     assert not missed[0]["met"] and dt.missed_targets(missed) == ["executorch edgevit_xxs"]
+
+
+def test_train_throughput_rows_and_pipeline(tmp_path, monkeypatch):
+    out = tmp_path / "tt.json"
+    monkeypatch.setattr(sys, "argv", ["x", "--models", "edgevit_xxs", "--batch", "2", "--steps", "1", "--warmup", "0",
+                                      "--json", str(out)])
+    assert _load("train_throughput").main() == 0
+    doc = json.loads(out.read_text())
+    (row,) = doc["steps"]
+    assert row["model"] == "edgevit_xxs" and row["images_per_s"] > 0
+    assert row["gmacs"] == pytest.approx(0.557, abs=0.01)  # the release XXS at 224, as fvcore counts it
+    assert row["gmac_per_s"] == pytest.approx(row["images_per_s"] * row["gmacs"])
+    assert doc["pipeline"]["images_per_s"] > 0 and doc["pipeline"]["decode_ms"] > 0
