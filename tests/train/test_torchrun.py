@@ -35,3 +35,36 @@ def test_torchrun_two_processes_gloo(tiny, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["num_images"] == 12
     assert abs(result["top1"] - records[0]["val_top1"]) < 1e-9
+
+
+def _torchrun(args, timeout=300):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "edgevit.cli.main", "train", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_torchrun_qat_and_every_cpu_fast_path(tiny, tmp_path, capsys):
+    """Under 2-process torchrun: a QAT fine-tune of a float run (DDP over the prepared graph), and a run with
+    every fast path a CPU has (bf16 autocast, channels_last, accumulation, grad checkpointing, EMA); each
+    evaluates, single process, to the top-1 it recorded."""
+    from edgevit.train.loop import train
+
+    data = tiny.make_dataset(tmp_path / "d", n_train=8, n_val=4)
+    base = ["--data", str(data), "--model-kwargs", json.dumps(tiny.MODEL), "--img-size", "32", "--batch-size", "4",
+            "--workers", "0", "--threads", "1", "--device", "cpu", "--no-progress", "--aa", "none", "--mixup", "0",
+            "--cutmix", "0", "--reprob", "0", "--warmup-epochs", "0"]
+    train(tiny.cfg(data, tmp_path / "float", epochs=1))
+    runs = {"qat": ["--qat", "--pretrained", str(tmp_path / "float" / "best.pth"), "--epochs", "1", "--lr", "1e-4"],
+            "fast": ["--amp", "bfloat16", "--channels-last", "--accum-steps", "2", "--batch-size", "2",
+                     "--grad-checkpointing", "--model-ema", "--model-ema-decay", "0.5", "--epochs", "1"]}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        _torchrun([*base, *extra, "--output", str(out)])
+        record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+        assert record["val_images"] == 12
+        assert cli(["eval", "--data", str(data / "val"), "--checkpoint", str(out / "best.pth"), "--workers", "0",
+                    "--device", "cpu", "--no-progress", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert abs(result["top1"] - record["val_top1"]) < 1e-9, name

@@ -70,3 +70,12 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Every buffer (BN statistics, QAT observers and scales) from rank 0 to the others. DDP broadcasts them
+    before each training forward, but the last step's updates stay local: without this each rank would
+    evaluate with its own statistics, and the recorded accuracy would not be the saved (rank 0) model's."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for b in model.buffers():
+            dist.broadcast(b.data, 0)

@@ -28,7 +28,8 @@ from ..models import VARIANTS, CheckpointError, fit_report, load_checkpoint, rea
 from ..models.edgevit import checkpoint_filter_fn
 from .data import (CheckedImageFolder, build_eval_loader, build_train_loader, build_train_sampler,
                    check_data_root, eval_transform, train_transform)
-from .distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup_distributed,
+                          init_distributed)
 from .evaluate import evaluate
 from .guard import GracefulStop, agree
 from .logging import MetricsLogger
@@ -337,6 +338,9 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
 
             skip_steps = 0
             scheduler.step(epoch + 1)
+            broadcast_buffers(model)  # evaluate (and save) rank 0's statistics on every rank
+            if ema is not None:
+                broadcast_buffers(ema.module)
             amp_eval = autocast_dtype if device.type == "cuda" else None
             show = cfg["progress"] and info.is_main
             val = evaluate(model, val_loader, device, amp_eval, channels_last, progress=show, desc="val")
