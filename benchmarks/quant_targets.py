@@ -79,8 +79,6 @@ def speed(args, runtime: str, calib: str) -> dict:
 
 def accuracy(args, runtime: str, val, qat: bool = False) -> dict:
     """Top-1 on the val split of the float model, the fp32 file and the int8 file (own runtimes)."""
-    from edgevit.deploy.export import TOLERANCE  # noqa: F401  (the fp32 file is checked by export_model)
-
     fmt = FMT[runtime]
     model, meta = model_from_checkpoint(None, args.checkpoint)
     cfg = meta["config"]

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from timm.data import Mixup
-from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 

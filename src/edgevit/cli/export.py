@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     if qat and args.quantize is None:
         raise ConfigError(f"--checkpoint {args.checkpoint} was trained quantization-aware (train --qat): "
                           "export it with --quantize int8")
+    if qat and args.no_fuse:
+        raise ConfigError("--no-fuse: a quantization-aware checkpoint exports the fused graph it was trained as")
     if args.quantize and not qat and args.calib is None:
         raise ConfigError("--quantize int8 needs --calib DIR (calibration images, e.g. the train split), "
                           "or --calib random for a timing-only file")
@@ -112,12 +114,8 @@ def run(args: argparse.Namespace) -> int:
     if qat:
         prepared, model, meta = load_qat_model(args.checkpoint, size)
     name = meta["name"]
-    if qat and args.no_fuse:
-        raise ConfigError("--no-fuse: a quantization-aware checkpoint exports the fused graph it was trained as")
     fused = name in VARIANTS and not args.no_fuse
-    if qat:
-        fused = name in VARIANTS  # (trained as its fused form already)
-    if fused and not qat:
+    if fused and not qat:  # (a QAT model is its fused form already)
         model = fuse(model, FORMAT_RUNTIME[args.format])
     if args.quantize:
         images, label = calibration(args, size, cfg, model) if args.calib else (None, None)

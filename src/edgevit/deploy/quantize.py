@@ -18,12 +18,12 @@ import math
 import random
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-from ..errors import DataError, MissingFileError, UserError
+from ..errors import DataError, UserError
 from ..utils.io import require_dir
 
 QUANT_FORMATS = ("pte", "onnx")
@@ -250,8 +250,7 @@ def save_pte_int8(quantized: torch.fx.GraphModule, x: torch.Tensor, path: Path) 
 
 # ---- ONNX Runtime QDQ ------------------------------------------------------------------------------
 def save_onnx_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.Tensor,
-                   nodes_to_exclude: Sequence[str] = (), op_types: Optional[Sequence[str]] = None,
-                   **options) -> Dict[str, object]:
+                   op_types: Optional[Sequence[str]] = None, **options) -> Dict[str, object]:
     """fp32 ONNX export of `model`, then ONNX Runtime's static QDQ quantization calibrated on `images`
     (min/max of each activation), per-channel weights; `options` override ORT_INT8."""
     import tempfile
@@ -281,7 +280,7 @@ def save_onnx_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.
             quantize_static(str(fp32), str(path), Reader(graph.input[0].name), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=getattr(QuantType, cfg["activation_type"]),
                             weight_type=getattr(QuantType, cfg["weight_type"]), reduce_range=cfg["reduce_range"],
-                            nodes_to_exclude=list(nodes_to_exclude), op_types_to_quantize=op_types)
+                            op_types_to_quantize=op_types)
     return {"onnx_quantization": {k: cfg[k] for k in ORT_INT8}}
 
 
