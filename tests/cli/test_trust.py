@@ -353,6 +353,26 @@ def test_long_commands_take_no_progress(command, capsys):
     assert "--no-progress" in capsys.readouterr().out
 
 
+def test_every_command_has_help():
+    """--help of every command and subcommand renders (a '%' in a help text once broke `train --help`)."""
+    import argparse
+
+    from edgevit.cli.main import build_parser
+
+    def commands(p, prefix=()):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sp in a.choices.items():
+                    yield (*prefix, name)
+                    yield from commands(sp, (*prefix, name))
+    found = list(commands(build_parser()))
+    assert ("train",) in found and ("detect", "train") in found
+    for cmd in found:
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args([*cmd, "--help"])
+        assert e.value.code == 0, cmd
+
+
 def test_native_start_up_lines_are_dropped_and_real_errors_kept(capfd):
     import os
 

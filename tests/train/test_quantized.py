@@ -98,7 +98,13 @@ def test_int8_bad_inputs(runs, tmp_path, capsys):
     _refused(capsys, ["export", "--checkpoint", ck, "--format", "pte", "--calib", str(data), "-o", out], "--calib")
     _refused(capsys, ["export", "--checkpoint", str(qat / "best.pth"), "--format", "pte", "-o", out],
              "--quantize int8", "best.pth")
-    _refused(capsys, ["train", "--data", str(data), "--output", str(tmp_path / "r"), "--qat"], "--qat", "pretrained")
+    _refused(capsys, ["train", "--data", str(data), "--output", str(tmp_path / "r"), "--qat"], "--qat", "--pretrained")
+    _refused(capsys, ["train", "--data", str(data), "--output", str(tmp_path / "r"), "--qat", "--pretrained", ck,
+                      "--drop-path", "0.1"], "--drop-path")
+    _refused(capsys, ["export", "--checkpoint", ck, "--format", "onnx", "--calib-images", "5", "-o",
+                      str(tmp_path / "m.onnx")], "--calib-images")
+    _refused(capsys, ["export", "--checkpoint", ck, "--format", "onnx", "--quantize", "int8", "--calib", ck, "-o",
+                      str(tmp_path / "m.onnx")], "--calib", ck)
     _refused(capsys, ["train", "--data", str(data), "--output", str(tmp_path / "r"), "--qat", "--pretrained", ck,
                       "--amp", "bfloat16"], "--amp")
     (tmp_path / "m.tflite").write_bytes(b"x")

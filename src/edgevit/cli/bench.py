@@ -72,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
                               "timing only")
         if args.calib != RANDOM:
             calibration_files(args.calib, 1)  # a folder without images: refused before any model is built
-    elif args.calib is not None:
-        raise ConfigError("--calib: only used with --precision int8")
+    elif args.calib is not None or "calib_images" in getattr(args, "_explicit", ()):
+        flag = "--calib" if args.calib is not None else "--calib-images"
+        raise ConfigError(f"{flag}: only used with --precision int8")
     entries = plan(args.models, args.edgevit_form, args.ablations, precisions)
     doc = run_bench(entries, args.runtime, args.threads, args.runs, args.warmup, args.img_size,
                     show_progress=show_progress(args), on_error="skip" if args.keep_going else "raise",

@@ -65,8 +65,9 @@ def check_quantize_args(args: argparse.Namespace, fmt: str) -> None:
     from ..deploy.quantize import QUANT_FORMATS
 
     if args.quantize is None:
-        if args.calib is not None:
-            raise ConfigError("--calib: only used with --quantize int8")
+        for flag, dest in (("--calib", "calib"), ("--calib-images", "calib_images")):
+            if dest in getattr(args, "_explicit", ()) or (dest == "calib" and args.calib is not None):
+                raise ConfigError(f"{flag}: only used with --quantize int8")
         return
     if fmt not in QUANT_FORMATS:
         raise ConfigError(f"--quantize int8 is available for --format {' or '.join(QUANT_FORMATS)}, not {fmt}")

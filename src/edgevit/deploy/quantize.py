@@ -23,8 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..errors import DataError, UserError
-from ..utils.io import require_dir
+from ..errors import DataError, MissingFileError, UserError
 
 QUANT_FORMATS = ("pte", "onnx")
 RANDOM = "random"  # the calibration "folder" that asks for random inputs (speed only: labelled as such)
@@ -48,7 +47,11 @@ def calibration_files(folder: str | Path, count: int, seed: int = 0) -> List[Pat
     a seeded random sample of them when there are more (so every class of an ImageFolder is likely in)."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    folder = require_dir(folder, "calibration folder", "a folder of images (any depth)")
+    if not Path(folder).is_dir():
+        what = "is a file" if Path(folder).is_file() else "no such directory"
+        raise MissingFileError(f"calibration folder {folder}: {what}; expected a folder of images",
+                               option="calib")
+    folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
     if not files:
         raise DataError(f"calibration folder {folder}: no images ({', '.join(IMG_EXTENSIONS)}) inside",

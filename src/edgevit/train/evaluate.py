@@ -130,6 +130,10 @@ def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, cro
     elif img_size is not None and tuple(_hw(img_size)) != tuple(size):
         raise UserError(f"{_hw(img_size)[0]}x{_hw(img_size)[1]}, but {exported} was exported at "
                         f"{size[0]}x{size[1]}", option="img_size")
+    if not checkpoint and (crop_pct is None or interpolation is None):
+        import warnings
+        warnings.warn(f"{exported}: the file does not record the crop and interpolation it was trained with; "
+                      "using crop 0.875 / bicubic unless given (or pass the checkpoint it came from)")
     crop_pct = float(crop_pct or cfg.get("crop_pct") or 0.875)
     interpolation = interpolation or cfg.get("eval_interpolation") or "bicubic"
     if classes is not None and sorted(classes) != folder_classes:

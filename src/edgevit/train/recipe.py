@@ -93,7 +93,7 @@ RECIPE: Dict[str, tuple] = {
     "channels_last": (None, bool, "channels_last memory format (default: on for CUDA)"),
     "compile": (False, bool, "torch.compile the model"),
     "grad_checkpointing": (False, bool, "recompute each stage's blocks in the backward pass (less activation "
-                                        "memory for larger batches, ~30% more compute; timm's set_grad_checkpointing)"),
+                                        "memory for larger batches, about a third more compute; timm's set_grad_checkpointing)"),
     "threads": (None, positive_int, "CPU intra-op threads per process (default: torch's; 1 is often fastest on a busy CPU)"),
     # logging
     "tensorboard": (False, bool, "also write TensorBoard scalars to RUN_DIR/tensorboard"),
@@ -146,6 +146,8 @@ def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
     for key in ("data", "output"):
         if not cfg.get(key):
             raise ConfigError(f"{key} is required (on the command line or in the config file)")
+    if cfg["qat"]:
+        _check_qat(cfg, origin)
     if cfg["drop_path"] is None:
         cfg["drop_path"] = DROP_PATH.get(cfg["model"], DEFAULT_DROP_PATH)
     if cfg["aa"] in ("none", "", None):
@@ -165,8 +167,6 @@ def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
     if cfg["aa"]:
         _check_auto_augment(cfg["aa"])
     check_model_options(cfg["model"], cfg["model_kwargs"])
-    if cfg["qat"]:
-        _check_qat(cfg, origin)
     cfg["config"] = str(config_path) if config_path else None
     return cfg
 
@@ -176,7 +176,7 @@ def _check_qat(cfg: Dict[str, Any], origin) -> None:
     that graph or its precision are refused by name."""
     if not cfg["pretrained"]:
         raise ConfigError(f"{origin('qat')}: quantization-aware training fine-tunes a trained model: give "
-                          "pretrained (the float checkpoint)")
+                          f"{origin('pretrained')} (the float checkpoint)")
     if cfg["amp"] in ("bfloat16", "float16"):
         raise ConfigError(f"{origin('amp')} {cfg['amp']}: quantization-aware training runs in fp32 (its fake "
                           "quantizers model int8 steps that a 16-bit float cannot hold)")
@@ -185,6 +185,11 @@ def _check_qat(cfg: Dict[str, Any], origin) -> None:
         if cfg[key]:
             raise ConfigError(f"{origin(key)}: not available with quantization-aware training (an exported graph)")
     cfg["channels_last"] = False
+    for key in ("drop_path", "drop"):  # the fused graph QAT trains has neither (inference form)
+        if cfg[key]:
+            raise ConfigError(f"{origin(key)} {cfg[key]}: quantization-aware training runs the fused graph, "
+                              "which has no stochastic depth or dropout")
+        cfg[key] = 0.0
 
 
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly")
