@@ -55,6 +55,20 @@ def test_compile_trains_on_cpu(tiny, tiny_data, tmp_path):
     assert log[-1]["train_loss"] < log[0]["train_loss"], log
 
 
+def test_compile_without_a_compiler_is_one_line(tiny, tiny_data, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from edgevit.cli.main import main as cli
+
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)  # no g++ anywhere on PATH
+    argv = ["train", "--data", str(tiny_data), "--output", str(tmp_path / "run"), "--model-kwargs",
+            '{"embed_dims": [16, 16, 16, 16], "depths": [1, 1, 1, 1], "head_dim": 16}', "--img-size", "32",
+            "--batch-size", "4", "--epochs", "1", "--workers", "0", "--device", "cpu", "--compile", "--no-progress"]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--compile" in err[0] and "C++ compiler" in err[0], err
+
+
 def test_float16_on_cpu_is_refused_naming_the_flag(tiny, tiny_data, tmp_path):
     with pytest.raises(ValueError, match="float16") as e:
         train(tiny.cfg(tiny_data, tmp_path / "run", amp="float16", device="cpu", **CLEAN))

@@ -102,6 +102,25 @@ def _load_model_weights(model, sd, path, cfg) -> None:
     model.load_state_dict(sd)
 
 
+def check_compiler(device_type: str) -> None:
+    """torch.compile's inductor writes C++ for CPUs and Triton kernels for CUDA; a missing toolchain would
+    surface as an inductor traceback at the first step. Say what is missing, in one line, before training."""
+    import importlib.util
+    import shutil
+
+    if device_type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            raise UserError("on CUDA needs the 'triton' package (pip install triton), or train without it",
+                            option="compile")
+        return
+    from torch._inductor import config as inductor_config
+
+    compilers = [c for c in inductor_config.cpp.cxx if c]
+    if not any(shutil.which(c) for c in compilers):
+        raise UserError(f"on {device_type} needs a C++ compiler ({' or '.join(compilers)}) on PATH: install one "
+                        "(e.g. apt install g++), or train without it", option="compile")
+
+
 def _gather_rng(info: DistInfo) -> list:
     """Every process's RNG state (rank order), so a resumed DDP run continues each stream."""
     mine = capture_rng_state()
@@ -208,6 +227,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
 
     ddp_model = model
     if cfg["compile"]:
+        check_compiler(device.type)
         ddp_model = torch.compile(ddp_model)
     if info.distributed:
         # Depthwise kernels [C, 1, k, k] get gradients whose stride on the size-1 dim differs from the bucket's;
