@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ..deploy.export import save_onnx, save_pte, session_options
-from .runners import default_img_size, int8_calibration, load_model
+from .runners import default_img_size, load_model
 from ..errors import UserError
 
 
@@ -105,7 +105,9 @@ def profile(model: str, fused: bool = True, runtime: str = "executorch", runs: i
     net = load_model(model, fused=fused, runtime=runtime, checkpoint=checkpoint)
     size = img_size or default_img_size(net)
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    images = int8_calibration(net, calib, size, 64) if precision == "int8" else None
+    from ..deploy.quantize import model_calibration
+
+    images = model_calibration(net, calib, 64, size) if precision == "int8" else None
     report, ops = PROFILERS[runtime](net, x, threads, runs, 3, f"{model} ({runtime} {precision}, profiled)",
                                      int8_images=images)
     return {**_summary(model, fused, size, threads, runs, report, ops), "precision": precision}

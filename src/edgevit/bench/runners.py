@@ -98,20 +98,6 @@ def _to_tensor(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else torch.from_numpy(out)
 
 
-def int8_calibration(net: nn.Module, calib: Optional[str], size: int, count: int) -> torch.Tensor:
-    """Calibration images for `net` (its own eval transform: crop, interpolation, mean/std from its card),
-    or random inputs when `calib` is "random"."""
-    from ..deploy.quantize import RANDOM, calibration_images, random_calibration
-
-    if calib is None:
-        raise UserError("int8 needs calibration images (a folder), or 'random' for timing only", option="calib")
-    if calib == RANDOM:
-        return random_calibration(count, size)
-    cfg = getattr(net, "pretrained_cfg", None) or {}
-    return calibration_images(calib, count, size, cfg.get("crop_pct") or 0.875, cfg.get("interpolation") or "bicubic",
-                              cfg.get("mean"), cfg.get("std"))
-
-
 def build_runner(model: str, runtime: str = "eager", img_size: int | None = None, threads: int = 2,
                  fused: bool = True, checkpoint: str | None = None, precision: str = "fp32",
                  calib: Optional[str] = None, calib_images: int = 64, **model_kwargs) -> Runner:
@@ -152,7 +138,7 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
         path = Path(tmp.name) / f"model.{fmt}"
         if precision == "int8":
             from ..deploy import quantize as q
-            images = int8_calibration(net, calib, size, calib_images)
+            images = q.model_calibration(net, calib, calib_images, size)
             info = (q.save_pte_int8(q.quantize_pt2e(net, x, images), x, path) if fmt == "pte"
                     else q.save_onnx_int8(net, x, path, images))
         else:

@@ -76,13 +76,12 @@ def check_quantize_args(args: argparse.Namespace, fmt: str) -> None:
 def calibration(args: argparse.Namespace, size, cfg: dict, model):
     """(images, label) for --calib: the model's eval transform (the checkpoint's crop and interpolation,
     the model's mean/std) on --calib-images images of DIR, or random inputs when asked for by name."""
-    from ..deploy.quantize import RANDOM, calibration_images, random_calibration
+    from ..deploy.quantize import RANDOM, model_calibration
 
+    images = model_calibration(model, args.calib, args.calib_images, size, cfg.get("crop_pct"),
+                               cfg.get("eval_interpolation"))
     if args.calib == RANDOM:
-        return random_calibration(args.calib_images, size), "random (timing only: accuracy meaningless)"
-    pcfg = getattr(model, "pretrained_cfg", None) or {}
-    images = calibration_images(args.calib, args.calib_images, size, float(cfg.get("crop_pct") or 0.875),
-                                cfg.get("eval_interpolation") or "bicubic", pcfg.get("mean"), pcfg.get("std"))
+        return images, "random (timing only: accuracy meaningless)"
     return images, f"{len(images)} images of {args.calib}"
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from ..utils.images import size_hw
 from ..utils.io import atomic_path
 from ..utils.quiet import filter_native_stderr
 from ..errors import MissingDependencyError, UserError
@@ -207,7 +208,7 @@ def export_model(model: nn.Module, fmt: str, output: os.PathLike | str, img_size
     if fmt not in FORMATS:
         raise UserError(f"{fmt!r} is not one of {', '.join(FORMATS)}", option="format")
     torch.set_num_threads(threads)
-    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    h, w = size_hw(img_size)
     x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
     if hasattr(model, "check_input"):
         model.check_input(x)

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import DataError, MissingFileError, UserError
+from ..utils.images import size_hw
 
 QUANT_FORMATS = ("pte", "onnx")
 RANDOM = "random"  # the calibration "folder" that asks for random inputs (speed only: labelled as such)
@@ -32,13 +33,6 @@ RANDOM = "random"  # the calibration "folder" that asks for random inputs (speed
 # intermediate sums can saturate; 7-bit weights (reduce_range) keep them exact. s8 activations take a slower
 # path there (measured: docs/deploy.md). On ARM (dot-product instructions) neither restriction applies.
 ORT_INT8 = {"activation_type": "QUInt8", "weight_type": "QInt8", "reduce_range": True}
-
-
-def _size_hw(img_size) -> Tuple[int, int]:
-    if isinstance(img_size, int):
-        return img_size, img_size
-    h, w = img_size
-    return int(h), int(w)
 
 
 # ---- calibration images ---------------------------------------------------------------------------
@@ -68,14 +62,29 @@ def calibration_images(folder: str | Path, count: int, img_size, crop_pct: float
     that silently lost images would calibrate on less than asked)."""
     from ..utils.images import eval_transform, read_image
 
-    transform = eval_transform(_size_hw(img_size), crop_pct, interpolation, mean, std)
+    transform = eval_transform(size_hw(img_size), crop_pct, interpolation, mean, std)
     return torch.stack([transform(read_image(f, "calibration image"))
                         for f in calibration_files(folder, count)])
 
 
+def model_calibration(model: nn.Module, calib: Optional[str], count: int, img_size,
+                      crop_pct: Optional[float] = None, interpolation: Optional[str] = None) -> torch.Tensor:
+    """Calibration batch for `model`: `count` images of the folder `calib` through the model's eval
+    transform (crop and interpolation as given — e.g. its training config's — else its card's, else
+    0.875 / bicubic; mean/std from its card), or random inputs when `calib` is RANDOM."""
+    if calib is None:
+        raise UserError("int8 needs calibration images (a folder), or 'random' for timing only", option="calib")
+    if calib == RANDOM:
+        return random_calibration(count, img_size)
+    card = getattr(model, "pretrained_cfg", None) or {}
+    return calibration_images(calib, count, img_size, float(crop_pct or card.get("crop_pct") or 0.875),
+                              interpolation or card.get("interpolation") or "bicubic", card.get("mean"),
+                              card.get("std"))
+
+
 def random_calibration(count: int, img_size, seed: int = 0) -> torch.Tensor:
     """Standard-normal inputs: enough to time an int8 graph, meaningless for its accuracy."""
-    h, w = _size_hw(img_size)
+    h, w = size_hw(img_size)
     return torch.randn(count, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
@@ -162,7 +171,7 @@ def prepare_qat(model: nn.Module, img_size, batch: int = 2) -> torch.fx.GraphMod
     """`model` (release layout, float weights loaded) ready for quantization-aware fine-tuning."""
     from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
 
-    h, w = _size_hw(img_size)
+    h, w = size_hw(img_size)
     x = torch.randn(max(batch, 2), 3, h, w, generator=torch.Generator().manual_seed(0))
     prepared = prepare_pt2e_model(qat_form(model), x, qat=True)
     # One pass with only the weights' observers on: their per-channel scales take their final shape now

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..models.checkpoint import model_from_checkpoint
+from ..utils.images import size_hw
 from .data import CheckedImageFolder, build_eval_loader, check_split_dir, eval_transform
 from .distributed import all_reduce_sum
 from ..errors import UserError
@@ -45,6 +46,12 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, amp_dtype: Op
             "top5": 100.0 * sums[2].item() / n, "loss": sums[3].item() / n}
 
 
+def eval_split(data: str | Path) -> Path:
+    """The folder to evaluate: `data`, or its val/ when `data` is the root `edgevit train` takes."""
+    data = Path(data)
+    return data / "val" if (data / "train").is_dir() and (data / "val").is_dir() else data
+
+
 def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Optional[str] = None,
                         img_size: Optional[int] = None, crop_pct: Optional[float] = None,
                         interpolation: Optional[str] = None, batch_size: int = 100, workers: int = 2,
@@ -53,9 +60,7 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
     """Evaluate `checkpoint` on the ImageFolder `data` (e.g. DIR/val). Options not given come from the
     training config stored in the checkpoint, then the recipe's defaults (224, crop 0.875, bicubic)."""
     device = device or torch.device("cpu")
-    data = Path(data)
-    if (data / "train").is_dir() and (data / "val").is_dir():  # the root `edgevit train` takes: its val split
-        data = data / "val"
+    data = eval_split(data)
     folder_classes = check_split_dir(data, "evaluation data")
     from .recipe import check_model_options
 
@@ -113,9 +118,7 @@ def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, cro
     from ..deploy.export import open_exported
     from ..models.checkpoint import checkpoint_weights
 
-    data = Path(data)
-    if (data / "train").is_dir() and (data / "val").is_dir():
-        data = data / "val"
+    data = eval_split(data)
     folder_classes = check_split_dir(data, "evaluation data")
     fmt, run, size = open_exported(exported, threads)
     cfg, classes = {}, None
@@ -127,8 +130,8 @@ def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, cro
         if size is None:
             raise UserError(f"{exported}: a .{fmt} file does not record its input size: give the size it "
                             "was exported at", option="img_size")
-    elif img_size is not None and tuple(_hw(img_size)) != tuple(size):
-        raise UserError(f"{_hw(img_size)[0]}x{_hw(img_size)[1]}, but {exported} was exported at "
+    elif img_size is not None and size_hw(img_size) != tuple(size):
+        raise UserError(f"{'x'.join(map(str, size_hw(img_size)))}, but {exported} was exported at "
                         f"{size[0]}x{size[1]}", option="img_size")
     if not checkpoint and (crop_pct is None or interpolation is None):
         import warnings
@@ -139,7 +142,7 @@ def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, cro
     if classes is not None and sorted(classes) != folder_classes:
         raise UserError(f"{data}: class folders differ from the {len(classes)} classes of {checkpoint}",
                         option="data")
-    dataset = CheckedImageFolder(data, eval_transform(tuple(_hw(size)), crop_pct, interpolation), classes=classes)
+    dataset = CheckedImageFolder(data, eval_transform(size_hw(size), crop_pct, interpolation), classes=classes)
     model = ExportedModel(run)
     probe = model(dataset[0][0][None])
     if probe.shape[-1] != len(dataset.classes):
@@ -148,10 +151,7 @@ def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, cro
     torch.set_num_threads(threads)
     loader = build_eval_loader(dataset, batch_size, workers, torch.device("cpu"), 0, 1)
     metrics = evaluate(model, loader, torch.device("cpu"), progress=progress, desc=f"eval {fmt}")
-    h, w = _hw(size)
+    h, w = size_hw(size)
     return {"exported": str(exported), "format": fmt, "data": str(data), "img_size": [h, w],
             "crop_pct": crop_pct, "interpolation": interpolation, **metrics}
 
-
-def _hw(size) -> tuple:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))

@@ -13,7 +13,15 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import DataError
 from .io import require_file
 
-__all__ = ["read_image", "to_rgb8", "eval_transform"]
+__all__ = ["read_image", "to_rgb8", "eval_transform", "size_hw"]
+
+
+def size_hw(img_size) -> tuple:
+    """(H, W) of an image size given as one side (square) or (H, W)."""
+    if isinstance(img_size, int):
+        return img_size, img_size
+    h, w = img_size
+    return int(h), int(w)
 
 
 def eval_transform(img_size, crop_pct: float = 0.875, interpolation: str = "bicubic", mean=None, std=None):
