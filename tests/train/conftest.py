@@ -26,6 +26,21 @@ def make_dataset(root: Path, classes=("blue", "green", "red"), n_train: int = 8,
     return root
 
 
+def make_shards(root: Path, classes=("blue", "green", "red"), n_train: int = 8, n_val: int = 4, shards: int = 4,
+                val_shards: int = 2, images: Path | None = None) -> Path:
+    """The same tiny images as WebDataset shards (ROOT/tiny-{train,validation}-NNNNNN.tar + _info.json), written
+    by the package's own writer; `images`: an ImageFolder made by make_dataset to convert (else one is made)."""
+    from edgevit.train.datasets import write_wds_shards
+
+    folder = images or make_dataset(root.parent / f"{root.name}_folder", classes, n_train, n_val)
+    splits = {}
+    for split, name in (("train", "train"), ("val", "validation")):
+        splits[name] = [(f"{c}_{f.stem}", Image.open(f).convert("RGB"), k)
+                        for k, c in enumerate(sorted(classes)) for f in sorted((folder / split / c).glob("*.png"))]
+    write_wds_shards(root, "tiny", splits, {"train": shards, "validation": val_shards}, sorted(classes))
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """The tiny models here are far too small for intra-op threads; 1 thread avoids OpenMP spin-waits that make
@@ -59,7 +74,8 @@ def tiny_helpers():
     """The helpers above (test modules cannot import conftest under --import-mode=importlib)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(MODEL=TINY_MODEL, make_dataset=make_dataset, cfg=tiny_cfg, write_images=write_images)
+    return SimpleNamespace(MODEL=TINY_MODEL, make_dataset=make_dataset, cfg=tiny_cfg, write_images=write_images,
+                           make_shards=make_shards)
 
 
 @pytest.fixture

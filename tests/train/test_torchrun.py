@@ -68,3 +68,53 @@ def test_torchrun_qat_and_every_cpu_fast_path(tiny, tmp_path, capsys):
                     "--device", "cpu", "--no-progress", "--json"]) == 0
         result = json.loads(capsys.readouterr().out)
         assert abs(result["top1"] - record["val_top1"]) < 1e-9, name
+
+
+def test_torchrun_each_process_reads_its_own_shards(tmp_path):
+    """2 processes x 2 loader workers over 4 shards of 25 samples (7, 6, 6, 6), batch 4: each worker reads its
+    own shard and yields ceil(25 / 4) = 7 samples rounded up to whole batches = 8; so each process yields 16,
+    the two processes' samples are disjoint, every sample is read in every epoch, and the only repeats are
+    that padding (32 - 25 = 7)."""
+    from PIL import Image
+
+    from edgevit.train.datasets import write_wds_shards
+
+    root = tmp_path / "ids"
+    samples = [(f"{i:03d}", Image.new("RGB", (8, 8), (i, 0, 0)), i % 2) for i in range(25)]
+    write_wds_shards(root, "ids", {"train": samples, "validation": samples[:2]}, {"train": 4, "validation": 1},
+                     ["even", "odd"])
+    out = tmp_path / "seen.json"
+    script = os.path.join(os.path.dirname(__file__), "stream_reader.py")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           script, str(root), str(out), "2", "4"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(out.read_text())
+    orders = []
+    for epoch in ("0", "1"):
+        a, b = seen[epoch]
+        assert len(a) == len(b) == 16  # the same number of steps on both processes (DDP needs it)
+        assert not set(a) & set(b)  # each process its own shards
+        assert set(a) | set(b) == set(range(25))  # every sample, every epoch
+        assert len(a) + len(b) - 25 == 7  # the only repeats: padding to whole batches per worker
+        orders.append(a + b)
+    assert orders[0] != orders[1]  # shards and samples reshuffled each epoch
+
+
+def test_torchrun_trains_from_shards(tiny, tmp_path, capsys):
+    """`edgevit train --dataset wds/NAME` under 2-process torchrun: each process its own training shards and its
+    own validation shards (every validation image once), and the checkpoint evaluates single-process to the
+    top-1 recorded."""
+    shards = tiny.make_shards(tmp_path / "shards", shards=4, val_shards=2)
+    out = tmp_path / "run"
+    _torchrun(["--data", str(shards), "--dataset", "wds/tiny", "--output", str(out), "--model-kwargs",
+               json.dumps(tiny.MODEL), "--img-size", "32", "--batch-size", "4", "--epochs", "2", "--workers", "0",
+               "--threads", "1", "--device", "cpu", "--no-progress", "--aa", "none", "--mixup", "0", "--cutmix", "0",
+               "--reprob", "0", "--warmup-epochs", "0", "--lr", "3e-3"])
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_images"] for r in records] == [12, 12]
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert cli(["eval", "--data", str(shards), "--dataset", "wds/tiny", "--checkpoint", str(out / "last.pth"),
+                "--workers", "0", "--device", "cpu", "--no-progress", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_images"] == 12 and abs(result["top1"] - records[-1]["val_top1"]) < 1e-9

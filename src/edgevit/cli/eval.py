@@ -17,7 +17,14 @@ def register(subparsers) -> None:
                     "project's checkpoints (training state or weights) and the authors' .pth. Options not "
                     "given come from the training config stored in the checkpoint.")
     p.add_argument("--data", required=True,
-                   help="ImageFolder directory (one folder per class), or a training root: its val/ is used")
+                   help="ImageFolder directory (one folder per class), or a training root: its val/ is used; or "
+                        "the root of the dataset named by --dataset (e.g. WebDataset shards + _info.json)")
+    p.add_argument("--dataset", default="",
+                   help="timm dataset name, as for edgevit train: '' or folder (ImageFolder, default), tar, "
+                        "torch/NAME, wds/NAME (WebDataset shards), hfds/NAME, hfids/NAME, tfds/NAME")
+    p.add_argument("--split", default=None,
+                   help="split to evaluate (default: DATA itself or DATA/val for folders, the validation split "
+                        "of other datasets)")
     p.add_argument("--checkpoint", default=None,
                    help="last.pth/best.pth/model.safetensors or the authors' .pth (with --exported: optional, "
                         "only its crop, interpolation and classes are used)")
@@ -56,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_checkpoint(args.data, args.checkpoint, args.model, args.img_size, args.crop_pct,
                                      args.interpolation, args.batch_size, args.workers, info.device, args.ema,
                                      progress=show_progress(args), model_kwargs=args.model_kwargs, rank=info.rank,
-                                     world_size=info.world_size)
+                                     world_size=info.world_size, dataset=args.dataset, split=args.split)
     except UnreadableImageError as e:
         raise UserError(unreadable_image_message(e)) from None
     finally:
@@ -85,7 +92,7 @@ def run_exported(args: argparse.Namespace) -> int:
     try:
         result = evaluate_exported(args.data, args.exported, args.img_size, args.crop_pct, args.interpolation,
                                    args.checkpoint, args.batch_size, args.workers, args.threads,
-                                   progress=show_progress(args))
+                                   progress=show_progress(args), dataset=args.dataset, split=args.split)
     except UnreadableImageError as e:
         raise UserError(unreadable_image_message(e)) from None
     if args.json:

@@ -9,7 +9,7 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.data import auto_augment as _auto_augment
 from timm.data.distributed_sampler import RepeatAugSampler
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Sampler, SequentialSampler
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from ..errors import MissingFileError, UserError
@@ -207,6 +207,10 @@ def build_train_loader(dataset, sampler: Sampler, cfg: dict, device: torch.devic
 
 def build_eval_loader(dataset, batch_size: int, workers: int, device: torch.device, rank: int = 0,
                       world_size: int = 1) -> DataLoader:
+    """Every image once across processes: a map-style dataset is split by index; a stream (IterableDataset) is
+    already this process's part (edgevit.train.datasets gives each process its own shards)."""
+    if isinstance(dataset, IterableDataset):
+        return DataLoader(dataset, batch_size=batch_size, drop_last=False, **_loader_kwargs(workers, device))
     sampler = ShardSampler(len(dataset), rank, world_size) if world_size > 1 else SequentialSampler(dataset)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
                       **_loader_kwargs(workers, device))

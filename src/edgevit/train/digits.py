@@ -1,42 +1,79 @@
-"""scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, UCI) as an ImageFolder: no download."""
+"""scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, UCI) as an ImageFolder or as WebDataset
+shards: no download, so every dataset path of `edgevit train` / `edgevit eval` is tested on real images."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image
 from ..errors import OutputError, UserError
+from .datasets import write_wds_shards
 
-__all__ = ["export_digits"]
+__all__ = ["export_digits", "DIGITS_FORMATS"]
+
+DIGITS_FORMATS = ("folder", "wds")
+# WebDataset split names as timm's ImageNet shards (timm/imagenet-1k-wds) name them
+_WDS_SPLITS = {"train": "train", "val": "validation"}
 
 
-def export_digits(out: str | Path, size: int = 64, val_fraction: float = 0.2, seed: int = 0) -> Dict[str, object]:
-    """Write OUT/train/<digit>/*.png and OUT/val/<digit>/*.png, a stratified split, images upscaled to
-    `size` x `size` (bicubic, grey levels 0..16 mapped to 0..255, white digit on black as scanned)."""
+def _digits(size: int, val_fraction: float, seed: int) -> Dict[str, List[Tuple[int, int, Image.Image]]]:
+    """{'train'|'val': [(scan index, label, size x size grey PIL image)]}: a stratified split, grey levels
+    0..16 mapped to 0..255 (white digit on black as scanned), upscaled bicubic."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if size < 8:
-        raise UserError(f"{size}: expected at least 8 (the scans are 8x8)", option="size")
-    if not 0.0 < val_fraction < 1.0:
-        raise UserError(f"{val_fraction}: expected a value between 0 and 1", option="val_fraction")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise OutputError(f"digits output {out}: directory is not empty (choose a new one; nothing was written)")
     digits = load_digits()
     images = (digits.images * (255.0 / 16.0)).round().clip(0, 255).astype(np.uint8)
     idx = np.arange(len(images))
     train_idx, val_idx = train_test_split(idx, test_size=val_fraction, stratify=digits.target, random_state=seed)
-    counts: Dict[str, Dict[str, int]] = {}
-    for split, ids in (("train", train_idx), ("val", val_idx)):
-        counts[split] = {}
-        for i in sorted(ids):
-            label = str(int(digits.target[i]))
-            d = out / split / label
+    return {split: [(int(i), int(digits.target[i]),
+                     Image.fromarray(images[i], mode="L").resize((size, size), Image.BICUBIC)) for i in sorted(ids)]
+            for split, ids in (("train", train_idx), ("val", val_idx))}
+
+
+def _write_folder(out: Path, splits) -> None:
+    for split, items in splits.items():
+        for i, label, img in items:
+            d = out / split / str(label)
             d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(images[i], mode="L").resize((size, size), Image.BICUBIC).save(d / f"{i:04d}.png")
-            counts[split][label] = counts[split].get(label, 0) + 1
-    return {"out": str(out), "size": size, "num_images": int(len(images)), "classes": 10,
-            "train": sum(counts["train"].values()), "val": sum(counts["val"].values()),
-            "per_class": {s: dict(sorted(c.items(), key=lambda kv: int(kv[0]))) for s, c in counts.items()}}
+            img.save(d / f"{i:04d}.png")
+
+
+def export_digits(out: str | Path, size: int = 64, val_fraction: float = 0.2, seed: int = 0, fmt: str = "folder",
+                  shards: int = 8, val_shards: int = 4) -> Dict[str, object]:
+    """Write the digits, stratified train/val, `size` x `size` PNGs, as an ImageFolder (OUT/train/<digit>/*.png,
+    OUT/val/<digit>/*.png) or as WebDataset shards (`shards` train, `val_shards` validation; see
+    edgevit.train.datasets.write_wds_shards)."""
+    if size < 8:
+        raise UserError(f"{size}: expected at least 8 (the scans are 8x8)", option="size")
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"{val_fraction}: expected a value between 0 and 1", option="val_fraction")
+    if fmt not in DIGITS_FORMATS:
+        raise UserError(f"{fmt!r}: expected one of {', '.join(DIGITS_FORMATS)}", option="format")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise OutputError(f"digits output {out}: directory is not empty (choose a new one; nothing was written)")
+    splits = _digits(size, val_fraction, seed)
+    result: Dict[str, object] = {"out": str(out), "format": fmt, "size": size,
+                                 "num_images": sum(len(v) for v in splits.values()), "classes": 10,
+                                 "train": len(splits["train"]), "val": len(splits["val"])}
+    if fmt == "folder":
+        _write_folder(out, splits)
+    else:
+        for split, n in (("train", shards), ("val", val_shards)):
+            if n > len(splits[split]):
+                raise UserError(f"{n}: more shards than the {len(splits[split])} {split} images",
+                                option="shards" if split == "train" else "val_shards")
+        info = write_wds_shards(out, "digits", {_WDS_SPLITS[s]: [(f"{i:04d}", img, label) for i, label, img in items]
+                                                for s, items in splits.items()},
+                                {_WDS_SPLITS["train"]: shards, _WDS_SPLITS["val"]: val_shards},
+                                [str(c) for c in range(10)], seed)
+        result["splits"] = {name: {"shards": len(s["filenames"]), "num_samples": s["num_samples"]}
+                            for name, s in info["splits"].items()}
+    counts = {s: {} for s in splits}
+    for s, items in splits.items():
+        for _, label, _ in items:
+            counts[s][str(label)] = counts[s].get(str(label), 0) + 1
+    result["per_class"] = {s: dict(sorted(c.items(), key=lambda kv: int(kv[0]))) for s, c in counts.items()}
+    return result

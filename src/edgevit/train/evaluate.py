@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ..models.checkpoint import model_from_checkpoint
 from ..utils.images import size_hw
-from .data import CheckedImageFolder, build_eval_loader, check_split_dir, eval_transform
+from .data import build_eval_loader, eval_transform
 from .distributed import all_reduce_sum
 from ..errors import UserError
 
@@ -46,22 +46,20 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, amp_dtype: Op
             "top5": 100.0 * sums[2].item() / n, "loss": sums[3].item() / n}
 
 
-def eval_split(data: str | Path) -> Path:
-    """The folder to evaluate: `data`, or its val/ when `data` is the root `edgevit train` takes."""
-    data = Path(data)
-    return data / "val" if (data / "train").is_dir() and (data / "val").is_dir() else data
-
-
 def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Optional[str] = None,
                         img_size: Optional[int] = None, crop_pct: Optional[float] = None,
                         interpolation: Optional[str] = None, batch_size: int = 100, workers: int = 2,
                         device: Optional[torch.device] = None, ema: bool = False, progress: bool = True,
-                        model_kwargs: Optional[dict] = None, rank: int = 0, world_size: int = 1) -> Dict[str, Any]:
-    """Evaluate `checkpoint` on the ImageFolder `data` (e.g. DIR/val). Options not given come from the
-    training config stored in the checkpoint, then the recipe's defaults (224, crop 0.875, bicubic)."""
+                        model_kwargs: Optional[dict] = None, rank: int = 0, world_size: int = 1,
+                        dataset: Optional[str] = None, split: Optional[str] = None) -> Dict[str, Any]:
+    """Evaluate `checkpoint` on `data`: an ImageFolder (e.g. DIR/val, or a training root), or the `split`
+    (default: validation) of the timm dataset `dataset` in `data` (e.g. 'wds/NAME' shards). Options not given
+    come from the training config stored in the checkpoint, then the recipe's defaults (224, crop 0.875,
+    bicubic)."""
+    from .datasets import build_eval_data, dataset_prefix
+
     device = device or torch.device("cpu")
-    data = eval_split(data)
-    folder_classes = check_split_dir(data, "evaluation data")
+    dataset_prefix(dataset)  # an unknown form is refused before the model is read
     from .recipe import check_model_options
 
     if model_kwargs is not None:
@@ -77,19 +75,17 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
     img_size = int(img_size or cfg.get("img_size") or 224)
     crop_pct = float(crop_pct or cfg.get("crop_pct") or 0.875)
     interpolation = interpolation or cfg.get("eval_interpolation") or "bicubic"
-    if classes is not None and sorted(classes) != folder_classes:
-        raise UserError(f"{data}: class folders differ from the {len(classes)} classes the checkpoint "
-                        f"was trained on (only in data: {sorted(set(folder_classes) - set(classes))[:10]}, "
-                        f"missing: {sorted(set(classes) - set(folder_classes))[:10]})", option="data")
-    if model.num_classes != len(folder_classes):
-        raise UserError(f"checkpoint {checkpoint} has a {model.num_classes}-class head but the data {data} has "
-                        f"{len(folder_classes)} class folders")
+    images, data_classes, where = build_eval_data(data, dataset, split, eval_transform(img_size, crop_pct,
+                                                                                      interpolation),
+                                                  classes, rank, world_size)
+    if data_classes is not None and model.num_classes != len(data_classes):
+        raise UserError(f"checkpoint {checkpoint} has a {model.num_classes}-class head but the data {where} has "
+                        f"{len(data_classes)} classes")
     model.to(device).eval()
 
-    dataset = CheckedImageFolder(data, eval_transform(img_size, crop_pct, interpolation), classes=classes)
-    loader = build_eval_loader(dataset, batch_size, workers, device, rank, world_size)
+    loader = build_eval_loader(images, batch_size, workers, device, rank, world_size)
     metrics = evaluate(model, loader, device, progress=progress and rank == 0)
-    return {"model": model_name, "checkpoint": str(checkpoint), "data": str(data), "ema": ema,
+    return {"model": model_name, "checkpoint": str(checkpoint), "data": where, "ema": ema,
             "img_size": img_size, "crop_pct": crop_pct, **metrics}
 
 
@@ -109,17 +105,20 @@ class ExportedModel(torch.nn.Module):
 def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, crop_pct: Optional[float] = None,
                       interpolation: Optional[str] = None, checkpoint: Optional[str | Path] = None,
                       batch_size: int = 50, workers: int = 2, threads: int = 2,
-                      progress: bool = True) -> Dict[str, Any]:
+                      progress: bool = True, dataset: Optional[str] = None, split: Optional[str] = None
+                      ) -> Dict[str, Any]:
     """Top-1/top-5 of an exported file (.pte/.onnx/.ptl/.pt) run in its own runtime on the ImageFolder
-    `data`, with the same transform and metrics as `evaluate_checkpoint`. The input size comes from the
+    `data` (or the `split` of the timm dataset `dataset` there), with the same transform and metrics as
+    `evaluate_checkpoint`. The input size comes from the
     file (pte, onnx) or `img_size`; crop and interpolation from `checkpoint`'s training config if given
     (the file does not carry them), else the recipe's defaults. Classes: the sorted class folders, the
     order `edgevit train` gives them."""
     from ..deploy.export import open_exported
     from ..models.checkpoint import checkpoint_weights
 
-    data = eval_split(data)
-    folder_classes = check_split_dir(data, "evaluation data")
+    from .datasets import build_eval_data, dataset_prefix
+
+    dataset_prefix(dataset)
     fmt, run, size = open_exported(exported, threads)
     cfg, classes = {}, None
     if checkpoint:
@@ -139,19 +138,20 @@ def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, cro
                       "using crop 0.875 / bicubic unless given (or pass the checkpoint it came from)")
     crop_pct = float(crop_pct or cfg.get("crop_pct") or 0.875)
     interpolation = interpolation or cfg.get("eval_interpolation") or "bicubic"
-    if classes is not None and sorted(classes) != folder_classes:
-        raise UserError(f"{data}: class folders differ from the {len(classes)} classes of {checkpoint}",
-                        option="data")
-    dataset = CheckedImageFolder(data, eval_transform(size_hw(size), crop_pct, interpolation), classes=classes)
+    images, data_classes, where = build_eval_data(data, dataset, split, eval_transform(size_hw(size), crop_pct,
+                                                                                      interpolation), classes)
     model = ExportedModel(run)
-    probe = model(dataset[0][0][None])
-    if probe.shape[-1] != len(dataset.classes):
-        raise UserError(f"{exported} answers {probe.shape[-1]} classes but the data {data} has "
-                        f"{len(dataset.classes)} class folders")
+    first = next(iter(images), None)
+    if first is None:
+        raise UserError(f"{where}: holds no images", option="data")
+    probe = model(first[0][None])
+    if data_classes is not None and probe.shape[-1] != len(data_classes):
+        raise UserError(f"{exported} answers {probe.shape[-1]} classes but the data {where} has "
+                        f"{len(data_classes)} classes")
     torch.set_num_threads(threads)
-    loader = build_eval_loader(dataset, batch_size, workers, torch.device("cpu"), 0, 1)
+    loader = build_eval_loader(images, batch_size, workers, torch.device("cpu"), 0, 1)
     metrics = evaluate(model, loader, torch.device("cpu"), progress=progress, desc=f"eval {fmt}")
     h, w = size_hw(size)
-    return {"exported": str(exported), "format": fmt, "data": str(data), "img_size": [h, w],
+    return {"exported": str(exported), "format": fmt, "data": where, "img_size": [h, w],
             "crop_pct": crop_pct, "interpolation": interpolation, **metrics}
 

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from ..models import VARIANTS, CheckpointError, fit_report, load_checkpoint, read_state_dict, save_checkpoint
 from ..models.edgevit import checkpoint_filter_fn
-from .data import (CheckedImageFolder, build_eval_loader, build_train_loader, build_train_sampler,
-                   check_data_root, eval_transform, train_transform)
+from .data import build_eval_loader, build_train_loader, build_train_sampler, eval_transform, train_transform
+from .datasets import build_train_data, stream_loader
 from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup_distributed,
                           init_distributed)
 from .evaluate import evaluate
@@ -121,6 +121,19 @@ def check_compiler(device_type: str) -> None:
                         "(e.g. apt install g++), or train without it", option="compile")
 
 
+def _skipped(loader, n: int, progress: bool):
+    """The loader's batches after its first `n`, which are read and dropped with the RNG saved and restored around
+    them: a stream cannot seek, and a resumed run must continue with the training RNG where the stop left it."""
+    it = iter(loader)
+    if n:
+        saved = capture_rng_state()
+        for _ in tqdm(range(n), desc="skipping the batches already trained", disable=not progress, leave=False,
+                      dynamic_ncols=True, file=sys.stderr):
+            next(it)
+        restore_rng_state(saved)
+    return it
+
+
 def _gather_rng(info: DistInfo) -> list:
     """Every process's RNG state (rank order), so a resumed DDP run continues each stream."""
     mine = capture_rng_state()
@@ -154,21 +167,30 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
              if resume_from is not None else None)  # checked before any work
 
     # ---- data ---------------------------------------------------------------------------------------
-    train_dir, val_dir, classes = check_data_root(cfg["data"])
+    # An ImageFolder (checked), any timm dataset name, or a stream such as WebDataset shards (train/datasets.py
+    # says how a stream's epochs, shards per process and resume work).
+    data = build_train_data(cfg, train_transform(cfg), eval_transform(cfg["img_size"], cfg["crop_pct"],
+                                                                      cfg["eval_interpolation"]),
+                            info.rank, info.world_size)
+    classes = data.classes
     num_classes = cfg["num_classes"] or len(classes)
     if cfg["num_classes"] and cfg["num_classes"] != len(classes):
-        raise UserError(f"{cfg['num_classes']}, but the data {cfg['data']} has {len(classes)} class folders",
+        raise UserError(f"{cfg['num_classes']}, but the data {cfg['data']} has {len(classes)} classes",
                         option="num_classes")
     cfg = {**cfg, "num_classes": num_classes}
-    train_set = CheckedImageFolder(train_dir, train_transform(cfg))
-    val_set = CheckedImageFolder(val_dir, eval_transform(cfg["img_size"], cfg["crop_pct"],
-                                                         cfg["eval_interpolation"]), classes=classes)
-    sampler = build_train_sampler(train_set, cfg, info.rank, info.world_size, cfg["seed"])
-    steps = len(sampler) // cfg["batch_size"]
+    for note in data.notes:
+        warnings.warn(note)
+    train_set, val_set = data.make_train(), data.val
+    if data.streamed:  # each process's share of the epoch, in whole batches (timm's reader)
+        sampler, per_process = None, len(train_set)
+    else:
+        sampler = build_train_sampler(train_set, cfg, info.rank, info.world_size, cfg["seed"])
+        per_process = len(sampler)
+    steps = per_process // cfg["batch_size"]
     updates_per_epoch = steps // cfg["accum_steps"]
     if updates_per_epoch < 1:
         raise UserError(f"{cfg['batch_size']} x accum_steps {cfg['accum_steps']}: more than the "
-                        f"{len(sampler)} training images per process of {cfg['data']} (no full optimizer step)",
+                        f"{per_process} training images per process of {cfg['data']} (no full optimizer step)",
                         option="batch_size")
     steps = updates_per_epoch * cfg["accum_steps"]
     eval_bs = cfg["eval_batch_size"] or max(1, int(1.5 * cfg["batch_size"]))
@@ -270,9 +292,11 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
                               "global_batch": cfg["batch_size"] * info.world_size * cfg["accum_steps"]})
     metrics_log = MetricsLogger(run_dir, info.is_main, tensorboard=cfg["tensorboard"])
     _log(info, f"training {cfg['model']} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on "
-               f"{len(train_set)} images / {num_classes} classes, {info.world_size} process(es) on {device.type}, "
+               f"{data.num_train} images / {num_classes} classes ({data.describe}), {info.world_size} process(es) on "
+               f"{device.type}, "
                f"global batch {cfg['batch_size'] * info.world_size * cfg['accum_steps']}, lr {lr:.3g}, "
-               f"amp {dtype_name or 'off'}, epochs {start_epoch}->{cfg['epochs']}")
+               f"amp {dtype_name or 'off'}, epochs {start_epoch}->{cfg['epochs']}"
+               + (", repeated augmentation off (a stream is read once per epoch)" if data.streamed else ""))
 
     def training_state(epoch: int, step_in_epoch: int, metrics: Dict[str, Any]) -> Dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -287,8 +311,14 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
     epochs_done = 0
     with GracefulStop() as stop:
         for epoch in range(start_epoch, cfg["epochs"]):
-            sampler.set_epoch(epoch)
-            loader = build_train_loader(train_set, sampler, cfg, device, skip_batches=skip_steps)
+            if data.streamed:  # a fresh reader each epoch: the epoch's stream depends on (seed, epoch, rank) only
+                train_set = data.make_train() if epoch > start_epoch else train_set
+                train_set.set_epoch(epoch)
+                loader = _skipped(stream_loader(train_set, cfg["batch_size"], cfg["workers"], device, cfg["seed"],
+                                                epoch, info.rank), skip_steps, cfg["progress"] and info.is_main)
+            else:
+                sampler.set_epoch(epoch)
+                loader = build_train_loader(train_set, sampler, cfg, device, skip_batches=skip_steps)
             ddp_model.train()
             t0 = time.time()
             loss_sum = torch.zeros((), dtype=torch.float64)

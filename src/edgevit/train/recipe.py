@@ -27,7 +27,13 @@ INTERPOLATION = choice("bicubic", "bilinear", "nearest", "random")
 # (edgevit.utils.options), so nonsense is refused before any work, naming the flag or the file and key.
 RECIPE: Dict[str, tuple] = {
     # run
-    "data": (None, str, "dataset root holding train/ and val/ in ImageFolder layout (required)"),
+    "data": (None, str, "dataset root: train/ and val/ in ImageFolder layout, or the root of the dataset named by "
+                        "dataset, e.g. WebDataset shards and their _info.json (required)"),
+    "dataset": ("", str, "timm dataset name: '' or folder (ImageFolder, default), tar, torch/NAME, wds/NAME "
+                         "(WebDataset shards), hfds/NAME, hfids/NAME, tfds/NAME"),
+    "train_split": (None, str, "training split (default: train)"),
+    "val_split": (None, str, "validation split (default: val/ for folders, the first of val, validation, ... for "
+                             "shards; validation for other datasets)"),
     "output": (None, str, "run directory: checkpoints, config.yaml, metrics.jsonl (required)"),
     "model": ("edgevit_xxs", str, "EdgeViT variant or any timm model"),
     "model_kwargs": ({}, json_object, "extra model constructor kwargs as JSON, e.g. '{\"depths\": [1,1,1,1]}'"),
@@ -135,8 +141,8 @@ def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
     cfg = {k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
            for k, (v, _, _) in RECIPE.items()}
     config_path = given.pop("config", None)
-    if config_path:
-        cfg.update(read_config(config_path, RECIPE_CHECKS))
+    from_file = read_config(config_path, RECIPE_CHECKS) if config_path else {}
+    cfg.update(from_file)
     flags = {k for k in given if k in RECIPE}
     cfg.update({k: v for k, v in given.items() if k in RECIPE})
 
@@ -148,6 +154,13 @@ def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
             raise ConfigError(f"{key} is required (on the command line or in the config file)")
     if cfg["qat"]:
         _check_qat(cfg, origin)
+    from .datasets import is_streamed
+
+    if is_streamed(cfg["dataset"]) and cfg["repeated_aug"]:  # (unknown dataset forms are refused here too)
+        if "repeated_aug" in flags or "repeated_aug" in from_file:
+            raise ConfigError(f"{origin('repeated_aug')}: repeated augmentation needs random access to the images; "
+                              f"a streamed dataset ({cfg['dataset']}) is read once per epoch")
+        cfg["repeated_aug"] = False  # the recipe's default: off for streams, as in timm's train.py (said in the log)
     if cfg["drop_path"] is None:
         cfg["drop_path"] = DROP_PATH.get(cfg["model"], DEFAULT_DROP_PATH)
     if cfg["aa"] in ("none", "", None):

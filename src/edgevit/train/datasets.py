@@ -1,0 +1,410 @@
+"""Where training and evaluation images come from, named as timm's `train.py` names them (`--dataset`):
+
+* `''` / `folder` (default): an ImageFolder, ROOT/<split>/<class>/<image>, checked before any work
+  (edgevit.train.data.check_data_root);
+* `tar`, `torch/NAME`, `hfds/NAME`: random-access datasets from timm's `create_dataset` (the epoch samplers,
+  repeated augmentation and mid-epoch resume of the ImageFolder path apply unchanged);
+* `wds/NAME`, `hfids/NAME`, `tfds/NAME`: streamed (timm's `IterableImageDataset`). For WebDataset shards
+  ROOT/_info.json lists each split's shards and their lengths (the layout timm's ReaderWds reads and
+  `edgevit data digits --format wds` writes); every shard is checked before training.
+
+Streams have no indices, so their epochs work differently (docs/training.md, "Sharded datasets"):
+* timm's reader shuffles the shard list with (seed + epoch), the same on every process, then gives loader
+  worker k of process r the shards r*w + k, r*w + k + W*w, ... (W processes, w workers): each process reads
+  its own shards; each worker then yields ceil(N / (W*w)) samples rounded up to whole batches, repeating its
+  shards if they hold fewer (that padding is the only repeated reading, under one batch per worker);
+* the samples are shuffled in a buffer seeded per worker; the workers' seeds come from a generator seeded with
+  (seed, epoch, rank), not from the training RNG, so an epoch's stream is a function of (seed, epoch, rank,
+  workers);
+* resuming mid-epoch rebuilds that stream and discards the batches already trained with the training RNG saved
+  and restored around them (edgevit.train.loop): the resumed run sees exactly the batches, augmentations
+  included, that the uninterrupted run saw. It costs the loader time of the skipped part, no training steps.
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..errors import DataError, MissingDependencyError, MissingFileError, UserError
+from .data import CheckedImageFolder, check_data_root, check_split_dir
+
+__all__ = ["DATASET_FORMS", "dataset_prefix", "is_streamed", "TrainData", "build_train_data", "build_eval_data",
+           "stream_loader", "check_shards", "wds_split", "write_wds_shards", "eval_split"]
+
+# prefix -> (streamed, package it needs or None)
+_PREFIXES: Dict[str, tuple] = {"": (False, None), "folder": (False, None), "tar": (False, None),
+                               "torch": (False, None), "hfds": (False, "datasets"),
+                               "wds": (True, "webdataset"), "hfids": (True, "datasets"),
+                               "tfds": (True, "tensorflow_datasets")}
+DATASET_FORMS = ("'' or folder (ImageFolder: ROOT/<split>/<class>/<image>, the default), tar (images in tar files), "
+                 "torch/NAME (a torchvision dataset on disk), hfds/NAME or hfids/NAME (Hugging Face datasets, "
+                 "random-access or streamed), wds/NAME (WebDataset shards + ROOT/_info.json), tfds/NAME "
+                 "(TensorFlow Datasets)")
+_VAL_SYNONYMS = ("val", "validation", "valid", "eval", "evaluation")
+_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # timm's ReaderWds input_key 'jpg;png;webp' (+ jpeg)
+_LABEL_KEY = "cls"  # timm's ReaderWds reads the class index from KEY.cls unless given a JSON target key
+
+
+def dataset_prefix(name: Optional[str]) -> str:
+    """The form of a `--dataset` name ('' for the ImageFolder default), or a user error listing the forms."""
+    name = name or ""
+    prefix, sep, rest = name.partition("/")
+    prefix = prefix.lower()
+    if not sep:
+        if prefix in ("", "folder", "tar"):
+            return prefix
+        raise UserError(f"{name!r}: not a dataset form timm knows; expected {DATASET_FORMS}", option="dataset")
+    if prefix not in _PREFIXES or prefix in ("", "folder", "tar") or not rest:
+        raise UserError(f"{name!r}: not a dataset form timm knows; expected {DATASET_FORMS}", option="dataset")
+    return prefix
+
+
+def is_streamed(name: Optional[str]) -> bool:
+    return _PREFIXES[dataset_prefix(name)][0]
+
+
+def _require_package(name: str) -> None:
+    package = _PREFIXES[dataset_prefix(name)][1]
+    if package and importlib.util.find_spec(package) is None:
+        raise MissingDependencyError(f"{name}: needs the '{package}' package (pip install {package.replace('_', '-')})",
+                                     option="dataset")
+
+
+# ---- WebDataset shards ------------------------------------------------------------------------------------
+
+def _read_info(root: Path) -> Dict[str, Any]:
+    path = root / "_info.json"
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such file (a WebDataset root lists its splits' shards in _info.json: "
+                               "{'splits': {NAME: {'num_samples', 'filenames', 'shard_lengths'}}})", option="data")
+    try:
+        info = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})", option="data") from None
+    if not isinstance(info, dict) or not isinstance(info.get("splits"), dict):
+        raise DataError(f"{path}: expected an object with 'splits'", option="data")
+    return info
+
+
+def wds_split(root: str | Path, split: Optional[str], training: bool) -> Dict[str, Any]:
+    """The split's entry of ROOT/_info.json (name, num_samples, filenames, shard_lengths), checked. `split`
+    None: 'train' for training, else the first of val/validation/... the file has."""
+    root = Path(root)
+    info = _read_info(root)
+    splits = info["splits"]
+    if split is None:
+        candidates = ("train",) if training else _VAL_SYNONYMS
+        split = next((s for s in candidates if s in splits), None)
+        if split is None:
+            raise UserError(f"{root / '_info.json'} has no {' or '.join(candidates)} split (it has: "
+                            f"{', '.join(splits)}): name the split to use",
+                            option="train_split" if training else "val_split")
+    if split not in splits:
+        raise UserError(f"{split!r}: no such split in {root / '_info.json'} (it has: {', '.join(splits)})",
+                        option="train_split" if training else "val_split")
+    entry = splits[split]
+    missing = [k for k in ("num_samples", "filenames", "shard_lengths") if k not in entry]
+    if missing:
+        raise DataError(f"{root / '_info.json'}: split {split!r} lacks {', '.join(missing)}", option="data")
+    if len(entry["filenames"]) != len(entry["shard_lengths"]) or not entry["filenames"]:
+        raise DataError(f"{root / '_info.json'}: split {split!r} needs one shard length per shard file (and at "
+                        "least one shard)", option="data")
+    return {**entry, "name": split, "num_classes": info.get("num_classes"), "classes": info.get("classes")}
+
+
+def check_shards(root: str | Path, filenames: Sequence[str], label_key: str = _LABEL_KEY) -> None:
+    """Every shard exists, is a tar file, and its first sample holds an image and a label. (timm's reader would
+    log and skip a sample without its label, so shards written with another label key would train on nothing.)"""
+    from webdataset.tariterators import base_plus_ext
+
+    for name in filenames:
+        path = Path(root) / name
+        if not path.is_file():
+            raise MissingFileError(f"shard {path}: no such file (listed in {Path(root) / '_info.json'})")
+        try:
+            with tarfile.open(path, "r|*") as tar:
+                key, exts = None, set()
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    prefix, ext = base_plus_ext(member.name)
+                    if prefix is None:
+                        continue
+                    if key is not None and prefix != key:
+                        break
+                    key = prefix
+                    exts.add(ext.lower())
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"shard {path}: not a readable tar file ({e})") from None
+        if key is None:
+            raise DataError(f"shard {path}: holds no samples")
+        if label_key not in exts:
+            raise DataError(f"shard {path}: sample {key!r} has no '{label_key}' entry (its class index; it has: "
+                            f"{', '.join(sorted(exts))})")
+        if not exts & set(_IMAGE_EXTS):
+            raise DataError(f"shard {path}: sample {key!r} has no image entry ({', '.join(_IMAGE_EXTS)}; it has: "
+                            f"{', '.join(sorted(exts))})")
+
+
+def tar_split(root: str | Path, split: Optional[str], training: bool) -> Path:
+    """timm's images-in-tar form reads one tar file per split (class folders inside): ROOT/<split>.tar, split
+    default train, or the first of val, validation, ... that exists; ROOT may also be the tar file itself."""
+    root = Path(root)
+    if root.is_file():
+        return root
+    names = [split] if split else (["train"] if training else list(_VAL_SYNONYMS))
+    for n in names:
+        if (root / f"{n}.tar").is_file():
+            return root / f"{n}.tar"
+    raise MissingFileError(f"{root}: no {' or '.join(n + '.tar' for n in names)} (the tar form reads "
+                           "ROOT/<split>.tar, class folders inside)", option="data")
+
+
+# ---- datasets -----------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainData:
+    """What `edgevit train` trains and evaluates on. `make_train()` builds the epoch's training set (a fresh
+    object each epoch for streams: their reader state lives in it); `num_train` counts the split's images."""
+    make_train: Callable[[], Any]
+    val: Any
+    classes: List[str]
+    num_train: int
+    streamed: bool
+    describe: str
+    notes: List[str] = field(default_factory=list)
+
+
+def _timm_dataset(name: str, root: str, split: str, training: bool, transform, **kw):
+    from timm.data import create_dataset
+
+    try:
+        ds = create_dataset(name, root=root, split=split, is_training=training, **kw)
+    except (FileNotFoundError, RuntimeError) as e:  # a missing split or files of a library dataset
+        raise DataError(f"dataset {name} in {root}, split {split!r}: {e}") from None
+    ds.transform = transform
+    return ds
+
+
+def _classes_of(ds) -> Optional[List[str]]:
+    """Class names in index order from a timm ImageDataset (its reader's class map) or a torchvision one."""
+    reader = getattr(ds, "reader", None)
+    c2i = (getattr(reader, "class_to_idx", None) or getattr(reader, "class_name_to_idx", None)  # folder / tar
+           or getattr(ds, "class_to_idx", None))  # torchvision
+    if c2i:
+        return [c for c, _ in sorted(c2i.items(), key=lambda kv: kv[1])]
+    classes = getattr(ds, "classes", None)
+    return list(classes) if classes else None
+
+
+def _stream_classes(entry: Dict[str, Any], num_classes: Optional[int], root) -> List[str]:
+    if entry.get("classes"):
+        return [str(c) for c in entry["classes"]]
+    n = num_classes or entry.get("num_classes")
+    if not n:
+        raise UserError(f"{root}: the shards do not say how many classes they hold (no num_classes or classes in "
+                        "_info.json): give num_classes", option="num_classes")
+    return [str(i) for i in range(int(n))]
+
+
+def _val_stream(name: str, root: Path, entry: Dict[str, Any], transform, rank: int, world_size: int):
+    """The validation stream of this process: whole shards rank, rank + W, ... read once each, in order. timm's
+    reader, when torch.distributed is initialised, splits shards by process itself but then pads every process to
+    the same sample count (`with_epoch`, which repeats or drops samples); evaluation needs every image exactly once
+    (edgevit.train.evaluate sums across processes at the end, so unequal counts are fine). So this process's
+    shard list is given to the reader as its split and the reader is told it is alone."""
+    mine = list(entry["filenames"])[rank::world_size]
+    if not mine:
+        return []  # more processes than validation shards: this one evaluates nothing
+    count = sum(int(n) for n in list(entry["shard_lengths"])[rank::world_size])
+    ds = _timm_dataset(name, str(root), "::".join(mine), False, transform, num_samples=count)
+    ds.reader.dist_rank, ds.reader.dist_num_replicas = 0, 1  # (read in the reader's lazy init)
+    return ds
+
+
+def build_train_data(cfg: Dict[str, Any], train_transform, val_transform, rank: int, world_size: int) -> TrainData:
+    """The training and validation data of a run config (`data`, `dataset`, `train_split`, `val_split`)."""
+    name, root = cfg.get("dataset") or "", cfg["data"]
+    prefix = dataset_prefix(name)
+    _require_package(name)
+    if prefix in ("", "folder") and cfg.get("train_split") is None and cfg.get("val_split") is None:
+        train_dir, val_dir, classes = check_data_root(root)
+        return TrainData(lambda: CheckedImageFolder(train_dir, train_transform),
+                         CheckedImageFolder(val_dir, val_transform, classes=classes), classes,
+                         len(CheckedImageFolder(train_dir)), False, f"ImageFolder {root}")
+    if not Path(root).exists() and prefix not in ("hfds", "hfids", "tfds"):
+        raise MissingFileError(f"{root}: no such file or directory", option="data")
+    train_split = cfg.get("train_split") or "train"
+    if prefix in ("", "folder"):
+        train_dir = Path(root) / train_split
+        val_dir = Path(root) / (cfg.get("val_split") or "val")
+        classes = check_split_dir(train_dir, "train split")
+        val_classes = check_split_dir(val_dir, "val split")
+        if val_classes != classes:
+            raise UserError(f"{root}: {train_dir.name}/ and {val_dir.name}/ have different class folders",
+                            option="data")
+        return TrainData(lambda: CheckedImageFolder(train_dir, train_transform),
+                         CheckedImageFolder(val_dir, val_transform, classes=classes), classes,
+                         len(CheckedImageFolder(train_dir)), False, f"ImageFolder {root}")
+    if prefix == "wds":
+        t_entry = wds_split(root, cfg.get("train_split"), True)
+        v_entry = wds_split(root, cfg.get("val_split"), False)
+        check_shards(root, t_entry["filenames"])
+        check_shards(root, v_entry["filenames"])
+        classes = _stream_classes(t_entry, cfg.get("num_classes"), root)
+        workers = world_size * max(1, cfg["workers"])
+        n_shards = len(t_entry["filenames"])
+        notes = []
+        if n_shards < workers:
+            raise UserError(f"{root}: split {t_entry['name']!r} has {n_shards} shards for {world_size} process(es) x "
+                            f"{max(1, cfg['workers'])} loader worker(s): each worker reads whole shards, so it needs at "
+                            f"least {workers} (write more, smaller shards, or use fewer workers)", option="workers")
+        if n_shards % workers:
+            notes.append(f"{n_shards} training shards over {workers} loader workers: some workers hold one shard "
+                         "more; every worker yields the same number of samples per epoch, so those workers leave "
+                         "some samples for a later epoch and the others repeat some (a multiple of "
+                         f"{workers} shards avoids this)")
+
+        def make_train():
+            ds = _timm_dataset(name, str(root), t_entry["name"], True, train_transform,
+                               batch_size=cfg["batch_size"], seed=cfg["seed"])
+            ds.set_loader_cfg(num_workers=cfg["workers"])  # the reader sizes each worker's epoch from it
+            return ds
+
+        val = _val_stream(name, Path(root), v_entry, val_transform, rank, world_size)
+        return TrainData(make_train, val, classes, int(t_entry["num_samples"]), True,
+                         f"{n_shards} WebDataset shards in {root}", notes)
+    # tar, torch/NAME, hfds/NAME (random access) and hfids/NAME, tfds/NAME (streams) through timm as they are
+    val_split = cfg.get("val_split") or "validation"
+    if _PREFIXES[prefix][0]:
+        def make_train():
+            ds = _timm_dataset(name, str(root), train_split, True, train_transform, batch_size=cfg["batch_size"],
+                               seed=cfg["seed"])
+            ds.set_loader_cfg(num_workers=cfg["workers"])
+            return ds
+
+        probe = make_train()
+        num_train = len(probe)
+        if num_train == 0:
+            raise DataError(f"{name} in {root}, split {train_split!r}: the stream does not say its length "
+                            "(timm needs num_samples for training)", option="data")
+        val = _timm_dataset(name, str(root), val_split, False, val_transform)
+        classes = _stream_classes({}, cfg.get("num_classes"), root)
+        return TrainData(make_train, val, classes, num_train, True, f"{name} in {root}")
+    if prefix == "tar":  # timm reads a .tar root with its images-in-tar reader
+        train_root, val_root = tar_split(root, cfg.get("train_split"), True), tar_split(root, cfg.get("val_split"), False)
+        train_set = _timm_dataset("", str(train_root), train_split, True, train_transform)
+        val = _timm_dataset("", str(val_root), val_split, False, val_transform)
+    else:
+        train_set = _timm_dataset(name, str(root), train_split, True, train_transform)
+        val = _timm_dataset(name, str(root), val_split, False, val_transform)
+    classes = _classes_of(train_set) or _stream_classes({}, cfg.get("num_classes"), root)
+    val_classes = _classes_of(val)
+    if val_classes is not None and val_classes != classes:
+        raise UserError(f"{name} in {root}: splits {train_split!r} and {val_split!r} have different classes",
+                        option="data")
+    return TrainData(lambda: train_set, val, classes, len(train_set), False, f"{name} in {root}")
+
+
+def eval_split(data: str | Path) -> Path:
+    """The folder to evaluate: `data`, or its val/ when `data` is the root `edgevit train` takes."""
+    data = Path(data)
+    return data / "val" if (data / "train").is_dir() and (data / "val").is_dir() else data
+
+
+def build_eval_data(data: str | Path, dataset: Optional[str], split: Optional[str], transform,
+                    classes: Optional[Sequence[str]] = None, rank: int = 0, world_size: int = 1):
+    """(dataset, its class names or None, a description) to evaluate: an ImageFolder (DATA itself, or DATA/val
+    when DATA is a training root, or DATA/SPLIT), or a split of any other form (default: its validation split)."""
+    name = dataset or ""
+    prefix = dataset_prefix(name)
+    _require_package(name)
+    if prefix in ("", "folder"):
+        folder = Path(data) / split if split else eval_split(data)
+        folder_classes = check_split_dir(folder, "evaluation data")
+        if classes is not None and sorted(classes) != folder_classes:
+            raise UserError(f"{folder}: class folders differ from the {len(classes)} classes the model was trained "
+                            f"on (only in data: {sorted(set(folder_classes) - set(classes))[:10]}, missing: "
+                            f"{sorted(set(classes) - set(folder_classes))[:10]})", option="data")
+        return CheckedImageFolder(folder, transform, classes=classes), list(classes or folder_classes), str(folder)
+    if not Path(data).exists() and prefix not in ("hfds", "hfids", "tfds"):
+        raise MissingFileError(f"{data}: no such file or directory", option="data")
+    if prefix == "wds":
+        entry = wds_split(data, split, False)
+        check_shards(data, entry["filenames"])
+        ds = _val_stream(name, Path(data), entry, transform, rank, world_size)
+        names = [str(c) for c in entry["classes"]] if entry.get("classes") else None
+        if classes is not None and names is not None and list(classes) != names:
+            raise UserError(f"{data}: the shards' classes ({len(names)}) differ from the {len(classes)} classes the "
+                            "model was trained on", option="data")
+        return ds, names or (list(classes) if classes else None), f"{data} split {entry['name']!r}"
+    if prefix == "tar":
+        ds = _timm_dataset("", str(tar_split(data, split, False)), "validation", False, transform)
+    else:
+        ds = _timm_dataset(name, str(data), split or "validation", False, transform)
+    return ds, _classes_of(ds) or (list(classes) if classes else None), f"{name} in {data}"
+
+
+def _png(img) -> bytes:
+    with io.BytesIO() as b:
+        img.save(b, format="PNG")
+        return b.getvalue()
+
+
+def write_wds_shards(out: str | Path, name: str, splits: Dict[str, List[tuple]], shards: Dict[str, int],
+                     classes: Sequence[str], seed: int = 0) -> Dict[str, Any]:
+    """Write WebDataset shards OUT/NAME-<split>-NNNNNN.tar (each sample: KEY.png and KEY.cls, the class index as
+    text) and OUT/_info.json in the layout timm's ReaderWds reads (splits -> name, num_samples, filenames,
+    shard_lengths), plus num_classes and classes. `splits`: {split: [(key, PIL image, class index)]}. Samples
+    are shuffled before sharding (as large datasets are written, so that shard shuffling and the reader's sample
+    buffer mix the classes) and shards are of equal length (+-1), so every loader worker of a multi-process run
+    gets the same number of samples. Returns the info."""
+    import numpy as np
+    import webdataset as wds
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    info: Dict[str, Any] = {"name": name, "num_classes": len(classes), "classes": list(classes), "splits": {}}
+    for split, items in splits.items():
+        filenames, lengths = [], []
+        for k, part in enumerate(np.array_split(rng.permutation(len(items)), shards[split])):
+            fname = f"{name}-{split}-{k:06d}.tar"
+            with wds.TarWriter(str(out / fname), mtime=0.0) as sink:  # (byte-identical reruns)
+                for j in part:
+                    key, img, label = items[j]
+                    sink.write({"__key__": key, "png": _png(img), _LABEL_KEY: str(int(label)).encode()})
+            filenames.append(fname)
+            lengths.append(int(len(part)))
+        info["splits"][split] = {"name": split, "num_samples": int(sum(lengths)), "filenames": filenames,
+                                 "shard_lengths": lengths}
+    (out / "_info.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
+def _stream_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 1009 + rank) % (2 ** 63)
+
+
+def stream_loader(dataset, batch_size: int, workers: int, device: torch.device, seed: int, epoch: int,
+                  rank: int) -> DataLoader:
+    """A training loader over a stream: whole batches only (each worker yields a multiple of the batch), worker
+    seeds from (seed, epoch, rank) so the epoch's stream is reproducible (module docstring)."""
+    g = torch.Generator()
+    g.manual_seed(_stream_seed(seed, epoch, rank))
+    return DataLoader(dataset, batch_size=batch_size, drop_last=True, num_workers=workers, generator=g,
+                      pin_memory=device.type == "cuda", persistent_workers=False)
+
+
+def stream_steps(dataset, batch_size: int) -> int:
+    """Steps per epoch of a stream: its length per process (timm's reader: whole batches per worker) / batch."""
+    return len(dataset) // batch_size
+
