@@ -117,6 +117,7 @@ def test_mid_epoch_resume_from_shards_is_exact(tiny, tmp_path, monkeypatch, work
     rb = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_top1"] for r in ra] == [r["val_top1"] for r in rb]
     assert ra[-1]["train_loss"] == rb[-1]["train_loss"]
+    assert abs(ra[0]["train_loss"] - rb[0]["train_loss"]) < 1e-9  # the stopped epoch's loss covers all its steps
 
 
 def test_timm_tar_dataset_trains_like_the_folder(tiny, tmp_path):
@@ -168,7 +169,7 @@ def test_bad_datasets_are_named(tiny, tmp_path, capsys):
     assert "_info.json: no such file" in err(["--data", str(bad), "--dataset", "wds/tiny", *common])
     # more loader workers than shards: each worker reads whole shards
     e = err(["--data", str(shards), "--dataset", "wds/tiny", *common, "--workers", "3"])  # (the last one counts)
-    assert "has 2 shards for 1 process(es) x 3 loader worker(s)" in e
+    assert e.startswith("edgevit train: error: --workers 3 (x 1 process(es)): the training split") and "has 2 shards" in e
     # a split that is not there; repeated augmentation asked for on a stream
     assert "'nope': no such split" in err(["--data", str(shards), "--dataset", "wds/tiny", "--train-split", "nope",
                                            *common])
@@ -177,3 +178,77 @@ def test_bad_datasets_are_named(tiny, tmp_path, capsys):
     # shard options without shards
     assert "--shards: only for --format wds" in err(["digits", "--out", str(tmp_path / "d"), "--shards", "2"], "data")
     assert not (tmp_path / "out").exists() and not (tmp_path / "d").exists()  # nothing written
+
+
+def _copy_shards(src, dst, edit_info=None, relabel=None):
+    """A copy of a shard set; `edit_info(info)` edits _info.json, `relabel(position in the shard, label)` rewrites
+    the .cls entries."""
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    if edit_info:
+        info = json.loads((dst / "_info.json").read_text())
+        edit_info(info)
+        (dst / "_info.json").write_text(json.dumps(info))
+    if relabel:
+        import io
+        for f in dst.glob("*.tar"):
+            with tarfile.open(src / f.name) as s_tar, tarfile.open(f, "w") as d_tar:
+                for i, m in enumerate(s_tar):
+                    data = s_tar.extractfile(m).read()
+                    if m.name.endswith(".cls"):
+                        data = str(relabel(i // 2, int(data))).encode()
+                        m.size = len(data)
+                    d_tar.addfile(m, io.BytesIO(data))
+    return dst
+
+
+def test_bad_shards_and_tars_are_named_before_or_while_training(tiny, tmp_path, capsys):
+    shards = tiny.make_shards(tmp_path / "shards", shards=2)
+    common = ["--output", str(tmp_path / "out"), "--device", "cpu", "--workers", "0", "--model-kwargs",
+              json.dumps(tiny.MODEL), "--img-size", "32", "--batch-size", "4", "--no-progress", "--epochs", "1"]
+
+    def err(args, command="train"):
+        assert cli([command, *args]) == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    def wds(root, *extra):
+        return err(["--data", str(root), "--dataset", "wds/tiny", *extra, *common])
+
+    def bad(name, **kw):
+        return _copy_shards(shards, tmp_path / name, **kw)
+
+    assert "'torch/notadataset': not a torchvision dataset timm knows" in err(
+        ["--data", str(shards), "--dataset", "torch/notadataset", *common])
+    e = wds(bad("count", edit_info=lambda i: i["splits"]["train"].update(num_samples=48)))
+    assert "num_samples 48 is not the sum of its shard_lengths (24)" in e
+    e = wds(bad("types", edit_info=lambda i: i["splits"]["train"].update(shard_lengths=["a", "b"])))
+    assert "shard_lengths must list one sample count" in e
+    assert "split 'train' must be an object" in wds(bad("split", edit_info=lambda i: i["splits"].update(train=5)))
+    assert "num_classes must be a positive integer" in wds(bad("nc", edit_info=lambda i: i.update(num_classes="x")))
+    assert "is a file; expected the directory" in wds(shards / "_info.json")
+    # a label outside the classes: in the first sample (checked before training) or later (while reading)
+    e = wds(bad("first", relabel=lambda i, y: 7))
+    assert "shard " in e and "label 7 is outside the 3 classes (0..2)" in e
+    e = wds(bad("later", relabel=lambda i, y: 9 if i == 2 else y))  # the third sample of every shard
+    assert e.startswith("edgevit train: error: a sample of") and "label 9 is outside the 3 classes" in e
+    # eval names its own option for a missing split
+    import timm
+    from edgevit.models import save_checkpoint
+
+    ck = tmp_path / "tiny.safetensors"
+    save_checkpoint(timm.create_model("edgevit_xxs", num_classes=3, **tiny.MODEL), ck)
+    assert "--split 'test': no such split" in err(["--data", str(shards), "--dataset", "wds/tiny", "--split", "test",
+                                                    "--checkpoint", str(ck), "--model-kwargs", json.dumps(tiny.MODEL)],
+                                                   "eval")
+    # tars: unreadable, empty, and a single tar file as the training root (validation would reuse it)
+    common.append("--overwrite")  # (the run that met the bad label had started: its config.yaml is there)
+    root = tmp_path / "tars"
+    root.mkdir()
+    (root / "train.tar").write_bytes(b"not a tar")
+    assert "train.tar: not a readable tar file" in err(["--data", str(root), "--dataset", "tar", *common])
+    with tarfile.open(root / "train.tar", "w"):
+        pass
+    assert "train.tar: holds no images" in err(["--data", str(root), "--dataset", "tar", *common])
+    assert "is a file; training reads a directory" in err(["--data", str(root / "train.tar"), "--dataset", "tar",
+                                                           *common])

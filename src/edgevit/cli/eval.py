@@ -49,7 +49,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.data import UnreadableImageError, unreadable_image_message
+    from ..train.data import SampleError, sample_error_message
     from ..train.distributed import cleanup_distributed, init_distributed
     from ..train.evaluate import evaluate_checkpoint
     from ..utils.io import print_json
@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
                                      args.interpolation, args.batch_size, args.workers, info.device, args.ema,
                                      progress=show_progress(args), model_kwargs=args.model_kwargs, rank=info.rank,
                                      world_size=info.world_size, dataset=args.dataset, split=args.split)
-    except UnreadableImageError as e:
-        raise UserError(unreadable_image_message(e)) from None
+    except SampleError as e:
+        raise UserError(sample_error_message(e)) from None
     finally:
         cleanup_distributed()
     if not info.is_main:
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_exported(args: argparse.Namespace) -> int:
-    from ..train.data import UnreadableImageError, unreadable_image_message
+    from ..train.data import SampleError, sample_error_message
     from ..train.evaluate import evaluate_exported
     from ..utils.io import print_json
 
@@ -93,8 +93,8 @@ def run_exported(args: argparse.Namespace) -> int:
         result = evaluate_exported(args.data, args.exported, args.img_size, args.crop_pct, args.interpolation,
                                    args.checkpoint, args.batch_size, args.workers, args.threads,
                                    progress=show_progress(args), dataset=args.dataset, split=args.split)
-    except UnreadableImageError as e:
-        raise UserError(unreadable_image_message(e)) from None
+    except SampleError as e:
+        raise UserError(sample_error_message(e)) from None
     if args.json:
         print_json(result)
     else:

@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.data import UnreadableImageError, unreadable_image_message
+    from ..train.data import SampleError, sample_error_message
     from ..train.loop import train
     from ..train.recipe import resolve_config
     from ..utils.io import print_json
@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     args.output, args.amp = cfg["output"], cfg["amp"]  # for the message after a divergence
     try:
         summary = train(cfg)
-    except UnreadableImageError as e:  # re-raised by a DataLoader worker with its traceback in the message
-        raise UserError(unreadable_image_message(e)) from None
+    except SampleError as e:  # re-raised by a DataLoader worker with its traceback in the message
+        raise UserError(sample_error_message(e)) from None
     if as_json:
         print_json(summary)
     if summary.get("stopped") == "signal":

@@ -16,9 +16,9 @@ from ..errors import MissingFileError, UserError
 from ..utils.images import eval_transform, read_image
 from ..utils.io import require_dir
 
-__all__ = ["UnreadableImageError", "CheckedImageFolder", "check_split_dir", "check_data_root",
+__all__ = ["SampleError", "UnreadableImageError", "CheckedImageFolder", "check_split_dir", "check_data_root",
            "train_transform", "eval_transform", "build_train_loader", "build_eval_loader", "ShardSampler",
-           "SkipSampler", "unreadable_image_message"]
+           "SkipSampler", "sample_error_message"]
 
 
 def _posterize_any_bits(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
@@ -43,16 +43,22 @@ def _fix_posterize(transform):
     return transform
 
 
-class UnreadableImageError(UserError):
+class SampleError(UserError):
+    """A sample the loader cannot use (an image PIL cannot decode, a label outside the classes); the message
+    names it. Raised in a DataLoader worker, torch re-raises it with the worker's traceback in the message:
+    `sample_error_message` gives back the one line."""
+
+
+class UnreadableImageError(SampleError):
     """An image file PIL cannot decode; the message names the file."""
 
 
-def unreadable_image_message(e: BaseException) -> str:
-    """One line naming the file, also for an error re-raised by a DataLoader worker (whose message carries
-    the worker's whole traceback)."""
-    for line in reversed(str(e).strip().splitlines()):
-        if "cannot read image" in line:
-            return line.split("UnreadableImageError: ", 1)[-1].strip()
+def sample_error_message(e: BaseException) -> str:
+    """The error's own line, also for an error re-raised by a DataLoader worker (whose message carries the
+    worker's whole traceback, ending with 'module.ErrorType: message')."""
+    lines = str(e).strip().splitlines()
+    if len(lines) > 1 and "Original Traceback" in str(e):
+        return lines[-1].split(f"{type(e).__name__}: ", 1)[-1].strip()
     return str(e)
 
 

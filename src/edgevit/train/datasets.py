@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import DataError, MissingDependencyError, MissingFileError, UserError
-from .data import CheckedImageFolder, check_data_root, check_split_dir
+from .data import CheckedImageFolder, SampleError, check_data_root, check_split_dir
 
 __all__ = ["DATASET_FORMS", "dataset_prefix", "is_streamed", "TrainData", "build_train_data", "build_eval_data",
            "stream_loader", "check_shards", "wds_split", "write_wds_shards", "eval_split"]
@@ -64,7 +64,19 @@ def dataset_prefix(name: Optional[str]) -> str:
         raise UserError(f"{name!r}: not a dataset form timm knows; expected {DATASET_FORMS}", option="dataset")
     if prefix not in _PREFIXES or prefix in ("", "folder", "tar") or not rest:
         raise UserError(f"{name!r}: not a dataset form timm knows; expected {DATASET_FORMS}", option="dataset")
+    if prefix == "torch" and rest.lower() not in _torch_datasets():
+        raise UserError(f"{name!r}: not a torchvision dataset timm knows; expected torch/ and one of "
+                        f"{', '.join(sorted(_torch_datasets()))}", option="dataset")
     return prefix
+
+
+def _torch_datasets() -> set:
+    """The torchvision dataset names timm's create_dataset takes (its table, plus the ones it handles by name;
+    timm refuses the others with a bare assert)."""
+    from timm.data import dataset_factory
+
+    return set(getattr(dataset_factory, "_TORCH_BASIC_DS", {})) | {"inaturalist", "inat", "places365", "qmnist",
+                                                                   "imagenet", "image_folder", "folder"}
 
 
 def is_streamed(name: Optional[str]) -> bool:
@@ -81,6 +93,9 @@ def _require_package(name: str) -> None:
 # ---- WebDataset shards ------------------------------------------------------------------------------------
 
 def _read_info(root: Path) -> Dict[str, Any]:
+    if root.is_file():
+        raise MissingFileError(f"{root}: is a file; expected the directory of the WebDataset shards and their "
+                               "_info.json", option="data")
     path = root / "_info.json"
     if not path.is_file():
         raise MissingFileError(f"{path}: no such file (a WebDataset root lists its splits' shards in _info.json: "
@@ -94,35 +109,62 @@ def _read_info(root: Path) -> Dict[str, Any]:
     return info
 
 
-def wds_split(root: str | Path, split: Optional[str], training: bool) -> Dict[str, Any]:
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def wds_split(root: str | Path, split: Optional[str], training: bool, option: Optional[str] = None) -> Dict[str, Any]:
     """The split's entry of ROOT/_info.json (name, num_samples, filenames, shard_lengths), checked. `split`
-    None: 'train' for training, else the first of val/validation/... the file has."""
+    None: 'train' for training, else the first of val/validation/... the file has. `option`: the parameter that
+    names the split (default train_split / val_split)."""
     root = Path(root)
+    option = option or ("train_split" if training else "val_split")
     info = _read_info(root)
+    where = root / "_info.json"
     splits = info["splits"]
     if split is None:
         candidates = ("train",) if training else _VAL_SYNONYMS
         split = next((s for s in candidates if s in splits), None)
         if split is None:
-            raise UserError(f"{root / '_info.json'} has no {' or '.join(candidates)} split (it has: "
-                            f"{', '.join(splits)}): name the split to use",
-                            option="train_split" if training else "val_split")
+            raise UserError(f"needed: {where} has no {' or '.join(candidates)} split (it has: "
+                            f"{', '.join(map(str, splits))})", option=option)
     if split not in splits:
-        raise UserError(f"{split!r}: no such split in {root / '_info.json'} (it has: {', '.join(splits)})",
-                        option="train_split" if training else "val_split")
+        raise UserError(f"{split!r}: no such split in {where} (it has: {', '.join(map(str, splits))})", option=option)
     entry = splits[split]
+    if not isinstance(entry, dict):
+        raise DataError(f"{where}: split {split!r} must be an object with num_samples, filenames, shard_lengths")
     missing = [k for k in ("num_samples", "filenames", "shard_lengths") if k not in entry]
     if missing:
-        raise DataError(f"{root / '_info.json'}: split {split!r} lacks {', '.join(missing)}", option="data")
-    if len(entry["filenames"]) != len(entry["shard_lengths"]) or not entry["filenames"]:
-        raise DataError(f"{root / '_info.json'}: split {split!r} needs one shard length per shard file (and at "
-                        "least one shard)", option="data")
-    return {**entry, "name": split, "num_classes": info.get("num_classes"), "classes": info.get("classes")}
+        raise DataError(f"{where}: split {split!r} lacks {', '.join(missing)}")
+    names, lengths, total = entry["filenames"], entry["shard_lengths"], entry["num_samples"]
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise DataError(f"{where}: split {split!r}: filenames must be a non-empty list of shard file names")
+    if not (isinstance(lengths, list) and len(lengths) == len(names) and all(_is_count(n) for n in lengths)):
+        raise DataError(f"{where}: split {split!r}: shard_lengths must list one sample count (an integer >= 0) "
+                        "per shard file")
+    if not _is_count(total) or total != sum(lengths):
+        raise DataError(f"{where}: split {split!r}: num_samples {total!r} is not the sum of its shard_lengths "
+                        f"({sum(lengths)}); a stale or hand-edited file would train on too many or too few samples")
+    n_classes, classes = info.get("num_classes"), info.get("classes")
+    if n_classes is not None and not (_is_count(n_classes) and n_classes > 0):
+        raise DataError(f"{where}: num_classes must be a positive integer, not {n_classes!r}")
+    if classes is not None and not (isinstance(classes, list) and classes
+                                    and (n_classes is None or len(classes) == n_classes)):
+        raise DataError(f"{where}: classes must be a list of the class names (num_classes of them)")
+    return {**entry, "name": split, "num_classes": n_classes, "classes": classes}
 
 
-def check_shards(root: str | Path, filenames: Sequence[str], label_key: str = _LABEL_KEY) -> None:
-    """Every shard exists, is a tar file, and its first sample holds an image and a label. (timm's reader would
-    log and skip a sample without its label, so shards written with another label key would train on nothing.)"""
+def check_shards(root: str | Path, filenames: Sequence[str], num_classes: Optional[int] = None,
+                 label_key: str = _LABEL_KEY) -> None:
+    """Every shard exists, is a tar file, and its first sample holds a decodable image and a label in
+    [0, num_classes). (timm's reader logs and skips a sample it cannot decode or label, and refills the epoch by
+    repetition, so shards written with another label key, or in a format PIL cannot read, would otherwise train
+    on nothing or on a fraction of the data; a label outside the classes would end the run in the loss.)"""
+    from PIL import Image
     from webdataset.tariterators import base_plus_ext
 
     for name in filenames:
@@ -131,7 +173,7 @@ def check_shards(root: str | Path, filenames: Sequence[str], label_key: str = _L
             raise MissingFileError(f"shard {path}: no such file (listed in {Path(root) / '_info.json'})")
         try:
             with tarfile.open(path, "r|*") as tar:
-                key, exts = None, set()
+                key, entries = None, {}
                 for member in tar:
                     if not member.isfile():
                         continue
@@ -141,31 +183,75 @@ def check_shards(root: str | Path, filenames: Sequence[str], label_key: str = _L
                     if key is not None and prefix != key:
                         break
                     key = prefix
-                    exts.add(ext.lower())
+                    entries[ext.lower()] = tar.extractfile(member).read()
         except (tarfile.TarError, OSError, EOFError) as e:
-            raise DataError(f"shard {path}: not a readable tar file ({e})") from None
+            raise DataError(f"shard {path}: not a readable tar file ({_first_line(e)})") from None
+        exts = set(entries)
         if key is None:
             raise DataError(f"shard {path}: holds no samples")
         if label_key not in exts:
             raise DataError(f"shard {path}: sample {key!r} has no '{label_key}' entry (its class index; it has: "
                             f"{', '.join(sorted(exts))})")
-        if not exts & set(_IMAGE_EXTS):
+        image = next((e for e in _IMAGE_EXTS if e in exts), None)
+        if image is None:
             raise DataError(f"shard {path}: sample {key!r} has no image entry ({', '.join(_IMAGE_EXTS)}; it has: "
                             f"{', '.join(sorted(exts))})")
+        try:
+            with Image.open(io.BytesIO(entries[image])) as img:
+                img.load()
+        except (OSError, ValueError) as e:
+            raise DataError(f"shard {path}: sample {key!r}: {key}.{image} is not a readable image ({e})") from None
+        check_label(entries[label_key], num_classes, f"shard {path}: sample {key!r}")
+
+
+def check_label(value, num_classes: Optional[int], where: str) -> int:
+    """A class index read from a sample (bytes of a .cls entry, or an int), in [0, num_classes)."""
+    try:
+        label = int(value)
+    except (TypeError, ValueError):
+        raise SampleError(f"{where}: label {value!r} is not a class index") from None
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        raise SampleError(f"{where}: label {label} is outside the {num_classes} classes (0..{(num_classes or 1) - 1})")
+    return label
+
+
+class LabelCheck:
+    """timm's target_transform for streamed samples: each label checked against the classes (a bad one is one
+    error naming the data, not an index error inside the loss)."""
+
+    def __init__(self, num_classes: int, where: str):
+        self.num_classes, self.where = num_classes, where
+
+    def __call__(self, target):
+        return check_label(target, self.num_classes, f"a sample of {self.where}")
 
 
 def tar_split(root: str | Path, split: Optional[str], training: bool) -> Path:
     """timm's images-in-tar form reads one tar file per split (class folders inside): ROOT/<split>.tar, split
-    default train, or the first of val, validation, ... that exists; ROOT may also be the tar file itself."""
+    default train, or the first of val, validation, ... that exists; for evaluation ROOT may also be the tar
+    file itself. The tar is checked: readable, and holding images."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
     root = Path(root)
-    if root.is_file():
-        return root
-    names = [split] if split else (["train"] if training else list(_VAL_SYNONYMS))
-    for n in names:
-        if (root / f"{n}.tar").is_file():
-            return root / f"{n}.tar"
-    raise MissingFileError(f"{root}: no {' or '.join(n + '.tar' for n in names)} (the tar form reads "
-                           "ROOT/<split>.tar, class folders inside)", option="data")
+    if root.is_file() and not training:
+        path = root
+    elif root.is_file():
+        raise MissingFileError(f"{root}: is a file; training reads a directory holding the train and validation "
+                               "tars (ROOT/train.tar, ROOT/val.tar)", option="data")
+    else:
+        names = [split] if split else (["train"] if training else list(_VAL_SYNONYMS))
+        path = next((root / f"{n}.tar" for n in names if (root / f"{n}.tar").is_file()), None)
+        if path is None:
+            raise MissingFileError(f"{root}: no {' or '.join(n + '.tar' for n in names)} (the tar form reads "
+                                   "ROOT/<split>.tar, class folders inside)", option="data")
+    try:
+        with tarfile.open(path) as tar:
+            images = sum(1 for m in tar if m.isfile() and m.name.lower().endswith(tuple(IMG_EXTENSIONS)))
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable tar file ({_first_line(e)})") from None
+    if not images:
+        raise DataError(f"{path}: holds no images ({', '.join(IMG_EXTENSIONS)}) in class folders")
+    return path
 
 
 # ---- datasets -----------------------------------------------------------------------------------------------
@@ -189,7 +275,8 @@ def _timm_dataset(name: str, root: str, split: str, training: bool, transform, *
     try:
         ds = create_dataset(name, root=root, split=split, is_training=training, **kw)
     except (FileNotFoundError, RuntimeError) as e:  # a missing split or files of a library dataset
-        raise DataError(f"dataset {name} in {root}, split {split!r}: {e}") from None
+        hint = " (edgevit never downloads: put the dataset's files there)" if "download" in str(e) else ""
+        raise DataError(f"dataset {name or 'tar'} in {root}, split {split!r}: {e}{hint}") from None
     ds.transform = transform
     return ds
 
@@ -210,12 +297,13 @@ def _stream_classes(entry: Dict[str, Any], num_classes: Optional[int], root) -> 
         return [str(c) for c in entry["classes"]]
     n = num_classes or entry.get("num_classes")
     if not n:
-        raise UserError(f"{root}: the shards do not say how many classes they hold (no num_classes or classes in "
-                        "_info.json): give num_classes", option="num_classes")
+        raise UserError(f"needed: the data in {root} does not say how many classes it holds (no num_classes or "
+                        "classes in its _info.json)", option="num_classes")
     return [str(i) for i in range(int(n))]
 
 
-def _val_stream(name: str, root: Path, entry: Dict[str, Any], transform, rank: int, world_size: int):
+def _val_stream(name: str, root: Path, entry: Dict[str, Any], transform, rank: int, world_size: int,
+                classes: Optional[Sequence[str]]):
     """The validation stream of this process: whole shards rank, rank + W, ... read once each, in order. timm's
     reader, when torch.distributed is initialised, splits shards by process itself but then pads every process to
     the same sample count (`with_epoch`, which repeats or drops samples); evaluation needs every image exactly once
@@ -227,6 +315,8 @@ def _val_stream(name: str, root: Path, entry: Dict[str, Any], transform, rank: i
     count = sum(int(n) for n in list(entry["shard_lengths"])[rank::world_size])
     ds = _timm_dataset(name, str(root), "::".join(mine), False, transform, num_samples=count)
     ds.reader.dist_rank, ds.reader.dist_num_replicas = 0, 1  # (read in the reader's lazy init)
+    if classes:
+        ds.target_transform = LabelCheck(len(classes), f"{root} split {entry['name']!r}")
     return ds
 
 
@@ -257,16 +347,16 @@ def build_train_data(cfg: Dict[str, Any], train_transform, val_transform, rank: 
     if prefix == "wds":
         t_entry = wds_split(root, cfg.get("train_split"), True)
         v_entry = wds_split(root, cfg.get("val_split"), False)
-        check_shards(root, t_entry["filenames"])
-        check_shards(root, v_entry["filenames"])
         classes = _stream_classes(t_entry, cfg.get("num_classes"), root)
+        check_shards(root, t_entry["filenames"], len(classes))
+        check_shards(root, v_entry["filenames"], len(classes))
         workers = world_size * max(1, cfg["workers"])
         n_shards = len(t_entry["filenames"])
         notes = []
         if n_shards < workers:
-            raise UserError(f"{root}: split {t_entry['name']!r} has {n_shards} shards for {world_size} process(es) x "
-                            f"{max(1, cfg['workers'])} loader worker(s): each worker reads whole shards, so it needs at "
-                            f"least {workers} (write more, smaller shards, or use fewer workers)", option="workers")
+            raise UserError(f"{cfg['workers']} (x {world_size} process(es)): the training split {t_entry['name']!r} in "
+                            f"{root} has {n_shards} shards, and each loader worker reads whole shards, so it needs "
+                            f"at least {workers} (write more, smaller shards, or use fewer workers)", option="workers")
         if n_shards % workers:
             notes.append(f"{n_shards} training shards over {workers} loader workers: some workers hold one shard "
                          "more; every worker yields the same number of samples per epoch, so those workers leave "
@@ -277,9 +367,10 @@ def build_train_data(cfg: Dict[str, Any], train_transform, val_transform, rank: 
             ds = _timm_dataset(name, str(root), t_entry["name"], True, train_transform,
                                batch_size=cfg["batch_size"], seed=cfg["seed"])
             ds.set_loader_cfg(num_workers=cfg["workers"])  # the reader sizes each worker's epoch from it
+            ds.target_transform = LabelCheck(len(classes), f"{root} split {t_entry['name']!r}")
             return ds
 
-        val = _val_stream(name, Path(root), v_entry, val_transform, rank, world_size)
+        val = _val_stream(name, Path(root), v_entry, val_transform, rank, world_size, classes)
         return TrainData(make_train, val, classes, int(t_entry["num_samples"]), True,
                          f"{n_shards} WebDataset shards in {root}", notes)
     # tar, torch/NAME, hfds/NAME (random access) and hfids/NAME, tfds/NAME (streams) through timm as they are
@@ -338,14 +429,18 @@ def build_eval_data(data: str | Path, dataset: Optional[str], split: Optional[st
     if not Path(data).exists() and prefix not in ("hfds", "hfids", "tfds"):
         raise MissingFileError(f"{data}: no such file or directory", option="data")
     if prefix == "wds":
-        entry = wds_split(data, split, False)
-        check_shards(data, entry["filenames"])
-        ds = _val_stream(name, Path(data), entry, transform, rank, world_size)
+        entry = wds_split(data, split, False, option="split")
         names = [str(c) for c in entry["classes"]] if entry.get("classes") else None
         if classes is not None and names is not None and list(classes) != names:
-            raise UserError(f"{data}: the shards' classes ({len(names)}) differ from the {len(classes)} classes the "
-                            "model was trained on", option="data")
-        return ds, names or (list(classes) if classes else None), f"{data} split {entry['name']!r}"
+            differ = [f"{i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(names, classes)) if a != b][:5]
+            raise UserError(f"{data}: the shards' {len(names)} classes differ from the {len(classes)} classes the "
+                            f"model was trained on (shards vs model: {', '.join(differ) or 'another count'})",
+                            option="data")
+        known = names or (list(classes) if classes else None)
+        n = len(known) if known else entry.get("num_classes")
+        check_shards(data, entry["filenames"], n)
+        ds = _val_stream(name, Path(data), entry, transform, rank, world_size, known or ([None] * n if n else None))
+        return ds, known, f"{data} split {entry['name']!r}"
     if prefix == "tar":
         ds = _timm_dataset("", str(tar_split(data, split, False)), "validation", False, transform)
     else:

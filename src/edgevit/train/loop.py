@@ -260,6 +260,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
 
     # ---- resume -------------------------------------------------------------------------------------
     start_epoch, skip_steps, num_updates = 0, 0, 0
+    carried_loss, carried_steps = 0.0, 0  # a resumed epoch's loss before the stop (its train_loss covers all of it)
     if cfg["warmup_epochs"] >= cfg["epochs"]:  # (warned only once every input has been checked)
         warnings.warn(f"warmup_epochs {cfg['warmup_epochs']} >= epochs {cfg['epochs']}: the learning rate never "
                       "reaches its peak")
@@ -274,6 +275,9 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
         ckpt.restore(state)
         start_epoch, skip_steps = int(state["epoch"]), int(state.get("step_in_epoch", 0))
         num_updates = int(state["num_updates"])
+        if skip_steps:
+            carried_loss = float(state["metrics"].get("epoch_loss_sum", 0.0))
+            carried_steps = int(state["metrics"].get("epoch_loss_steps", 0))
         if start_epoch >= cfg["epochs"]:
             warnings.warn(f"the run already has its {start_epoch} epoch(s) of epochs {cfg['epochs']}: nothing to train "
                           "(raise epochs to continue it)")
@@ -378,7 +382,9 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
             epoch_time = time.time() - t0
 
             if interrupted:  # SIGTERM/SIGINT: save where we are, exit; --resume auto continues from this step
-                ckpt.save(training_state(epoch, skip_steps + n_steps, {"interrupted": True}))
+                ckpt.save(training_state(epoch, skip_steps + n_steps, {
+                    "interrupted": True, "epoch_loss_sum": carried_loss + loss_sum.item(),
+                    "epoch_loss_steps": carried_steps + n_steps}))
                 barrier()
                 _log(info, f"stopped by signal at epoch {epoch + 1}, step {skip_steps + n_steps}; saved "
                            f"{ckpt.last_path}; resume the run to continue")
@@ -395,11 +401,13 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
             show = cfg["progress"] and info.is_main
             val = evaluate(model, val_loader, device, amp_eval, channels_last, progress=show, desc="val")
             record: Dict[str, Any] = {
-                "epoch": epoch + 1, "train_loss": loss_sum.item() / max(n_steps, 1),
+                "epoch": epoch + 1,
+                "train_loss": (carried_loss + loss_sum.item()) / max(carried_steps + n_steps, 1),
                 "lr": optimizer.param_groups[0]["lr"], "val_top1": val["top1"], "val_top5": val["top5"],
                 "val_loss": val["loss"], "val_images": val["num_images"], "epoch_time_s": epoch_time,
                 "images_per_s": n_steps * cfg["batch_size"] * info.world_size / max(epoch_time, 1e-9),
                 "data_wait_share": data_wait / max(epoch_time, 1e-9)}
+            carried_loss, carried_steps = 0.0, 0
             if ema is not None:
                 ev = evaluate(ema.module, val_loader, device, amp_eval, channels_last, desc="val ema")
                 record.update(ema_val_top1=ev["top1"], ema_val_top5=ev["top5"])
