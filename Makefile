@@ -15,9 +15,11 @@ DEMO_BENCH ?= edgevit_xxs edgevit_xs edgevit_s mobilenetv2_100 mobilenetv3_large
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-litert.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements-litert.txt
+	$(PY) -m pip install --quiet --no-deps litert-torch==0.10.0
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -37,8 +39,10 @@ demo: setup
 	$(EV) report --paper --out $(DEMO)/paper
 	@echo "== Done: $(DEMO)/report/report.md (this machine vs the paper's phone) and $(DEMO)/paper/report.md"
 
+# two test processes (pytest-xdist, whole files per process): most tests are single-threaded (exporters,
+# converters, tiny models), so the suite takes about half the wall time on 2 cores
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # timm's own generic model tests (tests/test_models.py from the sdist of the installed timm) on edgevit_*
 TIMM_TESTS := out/timm-tests

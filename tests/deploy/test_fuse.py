@@ -14,7 +14,7 @@ def test_fused_matches_authors_reference(variant, reference_case):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     # every backend's exact forms: eager (mean norm, deconv), ONNX Runtime (native norm, pooled sampler,
     # one qkv conv), ExecuTorch (channels padded to 16, conv norm, pixel-shuffle LocalProp, space-to-depth embedding)
-    for backend in ("eager", "onnxruntime", "executorch"):
+    for backend in ("eager", "onnxruntime", "executorch", "litert"):
         fused = fuse(model, backend)
         assert isinstance(fused, FusedEdgeViT)
         with torch.no_grad():
@@ -31,7 +31,7 @@ def test_fused_matches_authors_reference(variant, reference_case):
     assert not any(isinstance(m, nn.LayerNorm) for m in fused.modules())
     if variant == "edgevit_xxs":  # (fvcore tracing is slow: once is enough)
         # (the unpadded form; ExecuTorch's padding adds 9% multiply-adds that XNNPACK runs faster)
-        assert count_gmacs(fuse(model), 224) < count_gmacs(model, 224) < count_gmacs(fused, 224)
+        assert count_gmacs(fuse(model), 224) < count_gmacs(model, 224) < count_gmacs(fuse(model, "executorch"), 224)
 
 
 TABLE4 = [dict(local_agg="conv"), dict(local_agg="lsa"), dict(local_agg="none"),
@@ -47,9 +47,10 @@ def test_fused_matches_every_table4_option(option, make_tiny):
     with torch.no_grad():
         ref_final, ref_stages = model.forward_intermediates(x)
         ref = model.forward_head(ref_final)
-        forms = [("eager", {}), ("onnxruntime", {}), ("executorch", {}),  # + the forms no backend picks:
+        forms = [("eager", {}), ("onnxruntime", {}), ("executorch", {}), ("litert", {}),  # + forms no backend picks:
                  ("eager", dict(ln="native", prop="shuffle", sample="pool", embed="s2d", qkv="merged")),
-                 ("executorch", dict(prop="deconv", sample="slice", embed="conv", qkv="merged"))]
+                 ("executorch", dict(prop="deconv", sample="slice", embed="conv", qkv="merged")),
+                 ("executorch", dict(prop="d2s")), ("litert", dict(prop="shuffle"))]
         for backend, impls in forms:
             fused = set_impl(fuse(model, backend), **impls)
             for a, b in zip(fused.stage_outputs(x), ref_stages):

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from ..errors import UserError
 
-RUNTIMES = ("eager", "torchscript", "ptl", "onnxruntime", "executorch")
+RUNTIMES = ("eager", "torchscript", "ptl", "onnxruntime", "executorch", "litert")
 INT8_RUNTIMES = ("executorch", "onnxruntime")
 
 def check_runtime(runtime: str) -> str:

@@ -1,4 +1,4 @@
-"""`edgevit export`: fuse an EdgeViT, export it (ExecuTorch/ONNX/TorchScript lite/TorchScript), fp32 or int8,
+"""`edgevit export`: fuse an EdgeViT, export it (ExecuTorch/ONNX/LiteRT/TorchScript lite/TorchScript), fp32 or int8,
 verify it in its runtime."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ..utils.options import image_size, positive_int
 from .common import add_json_arg, add_model_args, add_overwrite_arg, add_progress_arg, check_output_file
 
 
-SUFFIXES = {"pte": (".pte",), "onnx": (".onnx",), "ptl": (".ptl",), "torchscript": (".pt", ".pth", ".torchscript")}
+SUFFIXES = {"pte": (".pte",), "onnx": (".onnx",), "tflite": (".tflite",), "ptl": (".ptl",), "torchscript": (".pt", ".pth", ".torchscript")}
 
 
 def add_img_size_arg(p: argparse.ArgumentParser, default_help: str) -> None:
@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Fuse (EdgeViTs), export, then run the file in its runtime and compare with "
                                    "PyTorch: fp32 on a random input (error if max |diff| > 1e-3); int8 on the "
                                    "calibration images (top-1 agreement and logits SQNR reported). pte = "
-                                   "ExecuTorch + XNNPACK, onnx = ONNX (checked with onnxruntime), ptl = "
+                                   "ExecuTorch + XNNPACK, onnx = ONNX (checked with onnxruntime), tflite = LiteRT "
+                                   "(litert-torch, checked in ai-edge-litert's interpreter), ptl = "
                                    "TorchScript lite interpreter, torchscript = frozen TorchScript.")
     add_model_args(p)
     p.add_argument("--format", required=True, choices=FORMATS, help="output format")
@@ -99,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
     if not str(args.output).lower().endswith(suffixes):
         raise ConfigError(f"-o {args.output}: expected a {' or '.join(suffixes)} file name for --format {args.format}")
     require_runtime(FORMAT_RUNTIME[args.format])
+    if args.format == "tflite":
+        from ..deploy.export import require_module
+        require_module("litert_torch")
     qat = bool(args.checkpoint) and is_qat_checkpoint(args.checkpoint)
     if qat and args.quantize is None:
         raise ConfigError(f"--checkpoint {args.checkpoint} was trained quantization-aware (train --qat): "
@@ -134,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
                  f"{report['non_delegated_ops']}"
                  + (f" ({', '.join(f'{k} x{v}' for k, v in report['non_delegated'].items())})"
                     if report["non_delegated_ops"] else ""))
+    if args.format == "tflite":
+        extra = f"; {report['ops']} LiteRT ops, {report['transposes']} of them TRANSPOSE"
+    if args.no_fuse and name in VARIANTS and not args.json:
+        print(f"(--no-fuse: the release-layout graph of {name}, converted as it is, for comparison)")
     if args.quantize:
         check = (f"{report['runtime']} vs {report['checked_against']} in PyTorch on {report['calibration']}: "
                  f"top-1 agreement {report['top1_agreement']:.1f}%, logits SQNR {report['sqnr_db']:.1f} dB")

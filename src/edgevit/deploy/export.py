@@ -1,8 +1,8 @@
-"""Export a (fused) model to ExecuTorch (.pte, XNNPACK), ONNX, TorchScript lite (.ptl) or TorchScript,
-then run the file in its own runtime and compare with PyTorch.
+"""Export a (fused) model to ExecuTorch (.pte, XNNPACK), ONNX, LiteRT (.tflite), TorchScript lite (.ptl) or
+TorchScript, then run the file in its own runtime and compare with PyTorch.
 
 Each format is written through the maintained exporter (torch.export + ExecuTorch's XNNPACK partitioner,
-torch.onnx, torch.jit + optimize_for_mobile); this module only chains them and checks the result.
+torch.onnx, litert-torch, torch.jit + optimize_for_mobile); this module only chains them and checks the result.
 """
 from __future__ import annotations
 
@@ -18,26 +18,32 @@ from ..utils.io import atomic_path
 from ..utils.quiet import filter_native_stderr
 from ..errors import MissingDependencyError, UserError
 
-FORMATS = ("pte", "onnx", "ptl", "torchscript")
-FORMAT_RUNTIME = {"pte": "executorch", "onnx": "onnxruntime", "ptl": "ptl", "torchscript": "torchscript"}
+FORMATS = ("pte", "onnx", "tflite", "ptl", "torchscript")
+FORMAT_RUNTIME = {"pte": "executorch", "onnx": "onnxruntime", "tflite": "litert", "ptl": "ptl",
+                  "torchscript": "torchscript"}
 TOLERANCE = 1e-3
 
 
 # The Python package each runtime needs (named in the ImportError when missing).
 RUNTIME_PACKAGES = {"eager": "torch", "torchscript": "torch", "ptl": "torch", "onnxruntime": "onnxruntime",
-                    "executorch": "executorch"}
+                    "executorch": "executorch", "litert": "ai_edge_litert"}
+# import name -> what to pip install; LiteRT is an optional extra (requirements-litert.txt, installed by `make`)
+_PIP_NAMES = {"ai_edge_litert": "ai-edge-litert", "litert_torch": "litert-torch"}
+_OPTIONAL = {"ai_edge_litert": "requirements-litert.txt", "litert_torch": "requirements-litert.txt"}
 
 
-def _require(package: str) -> None:
+def require_module(package: str) -> None:
     """ImportError naming the package when it is not installed."""
     import importlib.util
     if importlib.util.find_spec(package) is None:
-        raise MissingDependencyError(f"this needs the Python package {package!r}: pip install {package} "
-                          "(pinned in requirements.txt)")
+        pip = _PIP_NAMES.get(package, package)
+        where = _OPTIONAL.get(package, "requirements.txt")
+        raise MissingDependencyError(f"this needs the Python package {package!r}: pip install {pip} "
+                                     f"(pinned in {where})")
 
 
 def require_runtime(runtime: str) -> None:
-    _require(RUNTIME_PACKAGES[runtime])
+    require_module(RUNTIME_PACKAGES[runtime])
 
 
 # ---- TorchScript / lite interpreter --------------------------------------------------------------
@@ -76,7 +82,7 @@ def save_onnx(model: nn.Module, x: torch.Tensor, path: Path, opset: int = 20) ->
     """Opset 20 has a native Gelu op: ONNX Runtime runs it as one kernel, where opset 18 spells it as five
     elementwise ops (Div, Erf, Add, Mul, Mul). Measured: EdgeViT-XXS 11.1 vs 12.9 ms (fused), 12.4 vs
     13.9 ms (release graph) on the 2-core VM; every bench model exports and checks at 20."""
-    _require("onnx")
+    require_module("onnx")
     with torch.no_grad():
         # the dynamo exporter (torch's default) with constant folding; one file, weights embedded
         prog = torch.onnx.export(model.eval(), (x,), dynamo=True, opset_version=opset, optimize=True,
@@ -86,7 +92,7 @@ def save_onnx(model: nn.Module, x: torch.Tensor, path: Path, opset: int = 20) ->
 
 def session_options(threads: int = 2):
     """The ONNX Runtime session options every EdgeViT session uses (bench, export check, profiling)."""
-    _require("onnxruntime")
+    require_module("onnxruntime")
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -109,7 +115,7 @@ def onnx_session(path: Path, threads: int = 2):
 def lower_program(ep: torch.export.ExportedProgram):
     """An exported program (fp32, or int8 with quantize/dequantize pairs) -> edge dialect with the XNNPACK
     partitioner -> (ExecuTorch program, partition report)."""
-    _require("executorch")
+    require_module("executorch")
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -120,7 +126,7 @@ def lower_program(ep: torch.export.ExportedProgram):
 
 def lower_executorch(model: nn.Module, x: torch.Tensor):
     """torch.export of `model` at `x`, lowered: (ExecuTorch program, partition report)."""
-    _require("executorch")
+    require_module("executorch")
     with torch.no_grad():
         ep = torch.export.export(model.eval(), (x,))
     return lower_program(ep)
@@ -148,7 +154,7 @@ def save_pte(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]
 def executorch_program(path: Path, threads: int = 2, etdump: bool = False):
     """The program at `path` loaded by ExecuTorch's public `Runtime` (with ETDump profiling if asked);
     XNNPACK's threadpool set to `threads` (the runtime has no public setting for it yet)."""
-    _require("executorch")
+    require_module("executorch")
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
@@ -162,6 +168,86 @@ def executorch_method(path: Path, threads: int = 2):
     return executorch_program(path, threads).load_method("forward")
 
 
+# ---- LiteRT (TensorFlow Lite) ----------------------------------------------------------------------
+# litert-torch converts a torch.export program to a .tflite flatbuffer (NHWC inside: it inserts and cancels
+# layout transposes itself); ai-edge-litert's interpreter runs it with its default CPU delegate (XNNPACK).
+_LITERT_NOISE = ("LiteRT-Torch Convert", "ExportedProgram Run", "Decompositions", "MLIR Module", "Write Model",
+                 "flatbuffer_export.cc", "Estimated count of arithmetic ops", "LiteRT Converter Passes",
+                 "is an Enum subclass", "Lower to MLIR", "Run FX Passes", "Merge MLIR",
+                 "All log messages before absl::InitializeLog()")
+
+
+class ConversionError(UserError):
+    """The converter cannot lower an op of the model; the message names the op and where it is."""
+
+
+def _conversion_error(e: Exception, model: nn.Module) -> ConversionError:
+    """One line from a converter failure: the aten op, the source line and module that call it, the reason."""
+    import re
+
+    text = str(e)
+    op = re.search(r"target=torch\.ops\.([\w.]+)", text)
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.*)', text.split("Original traceback", 1)[-1])
+    src = frames[-1] if frames else None  # the innermost frame: the model code that calls the op
+    reason = (text.strip().splitlines() or [type(e).__name__])[0][:200]
+    where = ""
+    if src:
+        file, line, func, code = src
+        where = f" at {Path(file).name}:{line} in {func} ({code.strip()[:80]})"
+        owner = next((n for n, m in model.named_modules() if type(m).forward.__code__.co_filename == file
+                      and type(m).forward.__code__.co_name == func), None)
+        if owner is not None:
+            where += f", module {owner or type(model).__name__} ({type(model.get_submodule(owner)).__name__})"
+    name = op.group(1) if op else type(e).__name__
+    return ConversionError(f"litert-torch cannot convert {name}{where}: {reason}")
+
+
+def save_tflite(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
+    """litert-torch conversion at `x` (batch 1, fp32) written to `path`; returns the op report."""
+    require_module("litert_torch")
+    import contextlib
+    import io
+
+    with filter_native_stderr(patterns=_LITERT_NOISE), contextlib.redirect_stdout(io.StringIO()):
+        import litert_torch
+
+        try:
+            edge = litert_torch.convert(model.eval(), (x,))
+        except (NotImplementedError, RuntimeError) as e:  # an op without a lowering: the user's model part
+            raise _conversion_error(e, model) from e
+        edge.export(str(path))
+    return tflite_report(path)
+
+
+def litert_interpreter(path: Path, threads: int = 2):
+    require_module("ai_edge_litert")
+    from ai_edge_litert.interpreter import Interpreter
+
+    with filter_native_stderr(patterns=("INFO: Created TensorFlow Lite XNNPACK delegate",)):
+        interp = Interpreter(model_path=str(path), num_threads=threads)
+        interp.allocate_tensors()
+    return interp
+
+
+def tflite_report(path: Path) -> Dict[str, object]:
+    """The file's ops by kind (LiteRT's builtin names) and the layout changes among them."""
+    from collections import Counter
+
+    ops = Counter(op["op_name"] for op in litert_interpreter(path, 1)._get_ops_details())
+    return {"ops": sum(ops.values()), "transposes": ops.get("TRANSPOSE", 0), "op_counts": dict(ops.most_common())}
+
+
+def tflite_runner(path: Path, threads: int = 2) -> Callable[[torch.Tensor], torch.Tensor]:
+    interp = litert_interpreter(path, threads)
+    inp, out = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        interp.set_tensor(inp, x.numpy())
+        interp.invoke()
+        return torch.from_numpy(interp.get_tensor(out).copy())
+    return run
+
+
 # ---- one call: fuse, export, verify ----------------------------------------------------------------
 def save_file(fmt: str, model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
     """Write `model` traced/exported at `x` to `path` in `fmt`; returns the format's report (pte: partitions)."""
@@ -169,6 +255,8 @@ def save_file(fmt: str, model: nn.Module, x: torch.Tensor, path: Path) -> Dict[s
         return save_pte(model, x, path)
     if fmt == "ptl":
         return save_ptl(model, x, path)
+    if fmt == "tflite":
+        return save_tflite(model, x, path)
     if fmt == "onnx":
         save_onnx(model, x, path)
     else:
@@ -185,6 +273,8 @@ def load_file(fmt: str, path: Path, threads: int = 2) -> Callable[[torch.Tensor]
         sess = onnx_session(path, threads)
         name = sess.get_inputs()[0].name
         return lambda x: torch.from_numpy(sess.run(None, {name: x.numpy()})[0])
+    if fmt == "tflite":
+        return tflite_runner(path, threads)
     mod = load_ptl(path) if fmt == "ptl" else torch.jit.load(str(path))
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -231,7 +321,7 @@ def export_model(model: nn.Module, fmt: str, output: os.PathLike | str, img_size
 
 
 # ---- an exported file, opened for inference ---------------------------------------------------------
-EXTENSIONS = {".pte": "pte", ".onnx": "onnx", ".ptl": "ptl", ".pt": "torchscript", ".pth": "torchscript",
+EXTENSIONS = {".pte": "pte", ".onnx": "onnx", ".tflite": "tflite", ".ptl": "ptl", ".pt": "torchscript", ".pth": "torchscript",
               ".torchscript": "torchscript"}
 
 
@@ -252,6 +342,9 @@ def input_size(fmt: str, path: Path) -> Optional[Tuple[int, int]]:
     if fmt == "onnx":
         shape = onnx_session(path).get_inputs()[0].shape
         return (int(shape[-2]), int(shape[-1])) if all(isinstance(s, int) for s in shape[-2:]) else None
+    if fmt == "tflite":  # the converted signature keeps torch's NCHW input
+        shape = litert_interpreter(path, 1).get_input_details()[0]["shape"]
+        return int(shape[-2]), int(shape[-1])
     return None
 
 

@@ -25,6 +25,10 @@ What `fuse` folds (all exact up to float rounding; checked against the authors' 
   (`embed="s2d"`: a GEMM at ~90 GMAC/s instead of an indirect GEMM at ~35; 3% of XXS).
 * For XNNPACK every stage is widened to a multiple of 16 channels with zero weights (`pad_channels`, below):
   its GEMMs run 2x faster per multiply-add with 48 output channels than with 36.
+* LiteRT runs NHWC; litert-torch turns the release's grouped ConvTranspose2d into one slice + one
+  TRANSPOSE_CONV per channel (1,080 ops in XXS, outside XNNPACK) and pixel_shuffle's NCHW reshapes into four
+  transposes. There LocalProp is the per-channel conv + depth-to-space written channels-last around one
+  transpose (`prop="d2s"`).
 
 Every form is chosen per backend (`BACKENDS`, `set_backend`) from interleaved measurements on the 2-core
 development VM (benchmarks/op_profile.py shows where each runtime spends its time; docs/deploy.md).
@@ -47,7 +51,7 @@ from ..models.edgevit import (EdgeViTHead, check_input, GlobalBlock, LGLBlock, L
 LN_IMPLS = ("mean", "conv", "native")
 EMBED_IMPLS = ("conv", "s2d")
 QKV_IMPLS = ("split", "merged")
-PROP_IMPLS = ("deconv", "shuffle")
+PROP_IMPLS = ("deconv", "shuffle", "d2s")
 SAMPLE_IMPLS = ("slice", "pool")
 # backend -> the form of each part (q/k/v convs, patch embedding, LayerNorm, LocalProp, sampler) and the
 # channel multiple; chosen by measurement (docs/deploy.md). pad > 1 widens the stages to that multiple
@@ -58,6 +62,7 @@ BACKENDS = {
     "ptl": dict(qkv="split", embed="conv", ln="mean", prop="deconv", sample="slice", pad=1),
     "onnxruntime": dict(qkv="merged", embed="conv", ln="native", prop="deconv", sample="pool", pad=1),
     "executorch": dict(qkv="split", embed="s2d", ln="conv", prop="shuffle", sample="pool", pad=16),
+    "litert": dict(qkv="merged", embed="conv", ln="mean", prop="d2s", sample="pool", pad=1),
 }
 
 
@@ -295,19 +300,18 @@ class FusedGlobalBlock(nn.Module):
 
     def set_prop(self, impl: str) -> None:
         """LocalProp as the release's depthwise ConvTranspose2d(k=r, s=r) ("deconv") or, the same map, a
-        per-channel 1x1 conv to C*r*r channels then depth-to-space ("shuffle"); only the one it runs is kept."""
-        if impl == self.prop_impl or not hasattr(self, "local_prop" if impl == "shuffle" else "prop_shuffle"):
-            self.prop_impl = impl
-            return
+        per-channel 1x1 conv to C*r*r channels then depth-to-space, written as torch's pixel_shuffle ("shuffle")
+        or as one channels-last transpose ("d2s": NHWC runtimes keep the map channels-last, where pixel_shuffle's
+        NCHW reshapes cost a chain of layout changes); only the conv it runs is kept."""
         r = self.r
-        if impl == "shuffle":
+        if impl in ("shuffle", "d2s") and hasattr(self, "local_prop"):
             lp = self.local_prop
             C = lp.in_channels
             self.prop_shuffle = nn.Conv2d(C, C * r * r, 1, groups=C).to(lp.weight.dtype)
             self.prop_shuffle.weight.data.copy_(lp.weight.detach().reshape(C * r * r, 1, 1, 1))
             self.prop_shuffle.bias.data.copy_(lp.bias.detach().repeat_interleave(r * r))
             del self.local_prop
-        else:
+        elif impl == "deconv" and hasattr(self, "prop_shuffle"):
             ps = self.prop_shuffle
             C = ps.in_channels
             self.local_prop = nn.ConvTranspose2d(C, C, r, stride=r, groups=C).to(ps.weight.dtype)
@@ -315,6 +319,14 @@ class FusedGlobalBlock(nn.Module):
             self.local_prop.bias.data.copy_(ps.bias.detach().reshape(C, r * r)[:, 0])
             del self.prop_shuffle
         self.prop_impl = impl
+
+    def depth_to_space(self, a: torch.Tensor) -> torch.Tensor:
+        """[B, C*r*r, h, w] (channel c*r*r + i*r + j) -> [B, C, h*r, w*r], as channels-last reshapes around one
+        transpose: B, h, w, C, i, j -> B, h, i, w, j, C."""
+        B, _, h, w = a.shape
+        r, C = self.r, a.shape[1] // (self.r * self.r)
+        t = a.permute(0, 2, 3, 1).reshape(B, h, w, C, r, r).permute(0, 1, 4, 2, 5, 3)
+        return t.reshape(B, h * r, w * r, C).permute(0, 3, 1, 2)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [B, C, h, w], k/v [B, C, h', w'] -> [B, C, h, w]; heads are channel groups, scale is in q."""
@@ -349,6 +361,8 @@ class FusedGlobalBlock(nn.Module):
                     a = F.interpolate(a, size=x.shape[-2:], mode="bilinear", align_corners=False)
                 elif self.prop_impl == "shuffle":
                     a = F.pixel_shuffle(self.prop_shuffle(a), r)
+                elif self.prop_impl == "d2s":
+                    a = self.depth_to_space(self.prop_shuffle(a))
                 else:
                     a = self.local_prop(a)
                 a = self.prop_norm(a)

@@ -1,0 +1,132 @@
+"""LiteRT (.tflite through litert-torch, run in ai-edge-litert's interpreter): the file computes what the
+release model and the authors' code compute, for every variant, every Table-4 option the form supports and a
+non-square size; bench, eval and the bad inputs of the format."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from edgevit.cli.main import main
+from edgevit.deploy import fuse
+from edgevit.deploy import export as ex
+from edgevit.models import VARIANTS
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_litert_file_matches_authors_reference(variant, reference_case, tmp_path):
+    model, io = reference_case(variant)
+    out = tmp_path / f"{variant}.tflite"
+    report = ex.export_model(fuse(model, "litert"), "tflite", out, img_size=224, check_x=io["input"][:1])
+    assert report["max_abs_diff"] <= 1e-4 and report["bytes"] == out.stat().st_size
+    run = ex.load_file("tflite", out)
+    for i in range(io["input"].shape[0]):  # batch-1 file: each image of the authors' batch
+        assert (run(io["input"][i:i + 1]) - io["logits"][i:i + 1]).abs().max().item() <= 1e-4
+    # the LiteRT form: LocalProp as depth-to-space, no per-channel transposed convs (the release graph's
+    # grouped ConvTranspose2d becomes one slice + one TRANSPOSE_CONV per channel in LiteRT)
+    assert report["op_counts"].get("TRANSPOSE_CONV", 0) == 0 and report["ops"] < 1000
+
+
+# every value of every Table-4 option (tests/deploy/test_fuse.py::TABLE4) not already in the variants above
+# (local_agg conv, sampler corner, local_prop deconv, kernel 5, qkv bias), in three one-block-per-stage models
+TABLE4_GROUPS = [dict(local_agg="lsa", sampler="max", local_prop="bilinear", local_kernel=7, qkv_bias=False),
+                 dict(local_agg="none", sampler="center", local_prop="none"),
+                 dict(sampler="avg", local_kernel=3)]
+
+
+class _Side(nn.Module):
+    """Several models on one input, logits side by side: one file (and one conversion's fixed cost) for all."""
+
+    def __init__(self, models):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+
+    def forward(self, x):
+        return torch.cat([m(x) for m in self.models], dim=1)
+
+
+def test_litert_every_table4_option_non_square(make_tiny, tmp_path):
+    release = [make_tiny(depths=(1, 1, 1, 1), **option) for option in TABLE4_GROUPS]
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    out = tmp_path / "m.tflite"
+    report = ex.export_model(_Side([fuse(m, "litert") for m in release]), "tflite", out, img_size=(64, 96),
+                             check_x=x)
+    with torch.no_grad():
+        ref = _Side(release)(x)
+    got = ex.run_file("tflite", out, x)
+    assert got.shape == ref.shape == (1, 7 * len(TABLE4_GROUPS))
+    for i, option in enumerate(TABLE4_GROUPS):  # the file against each release-layout model
+        assert (got - ref)[:, 7 * i:7 * (i + 1)].abs().max().item() <= 1e-4, option
+    assert report["img_size"] == [64, 96] and ex.input_size("tflite", out) == (64, 96)
+
+
+def test_cli_export_bench_and_eval_tflite(make_tiny, tmp_path, capsys):
+    """export --format tflite --no-fuse (the release graph, said so; atomic; --json op counts), eval --exported
+    .tflite, bench --runtime litert (the fused form)."""
+    from PIL import Image
+
+    from edgevit.train.evaluate import evaluate_exported
+
+    ck = tmp_path / "tiny.pth"  # a checkpoint that carries its model options and classes, as a training run's
+    kwargs = {"embed_dims": [12, 24, 36, 48], "depths": [1, 1, 2, 1], "head_dim": 12}
+    torch.save({"model": make_tiny(num_classes=3).state_dict(), "classes": ["c0", "c1", "c2"],
+                "config": {"model": "edgevit_xxs", "model_kwargs": kwargs, "num_classes": 3, "img_size": 64,
+                           "crop_pct": 1.0, "eval_interpolation": "bicubic"}}, ck)
+    out = tmp_path / "tiny.tflite"
+    args = ["export", "--checkpoint", str(ck), "--format", "tflite", "--no-fuse", "-o", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "--no-fuse: the release-layout graph of edgevit_xxs" in printed and "unfused" in printed
+    import re
+    ops, transposes = map(int, re.search(r"; (\d+) LiteRT ops, (\d+) of them TRANSPOSE", printed).groups())
+    assert float(re.search(r"max \|diff\| ([0-9.e+-]+)", printed).group(1)) <= 1e-3
+    assert ops > 100 and 0 < transposes < ops
+    before = out.read_bytes()
+    assert main(args) == 2 and "exists" in capsys.readouterr().err and out.read_bytes() == before
+    # eval --exported on an ImageFolder: the same top-1 as the PyTorch model on the same transform
+    for c in range(3):
+        d = tmp_path / "val" / f"c{c}"
+        d.mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray((torch.rand(64, 64, 3) * 255).byte().numpy()).save(d / f"{i}.png")
+    result = evaluate_exported(tmp_path / "val", out, checkpoint=ck, workers=0, progress=False)
+    assert result["format"] == "tflite" and result["num_images"] == 9 and result["img_size"] == [64, 64]
+    from edgevit.train.evaluate import evaluate_checkpoint  # the file's metrics are the checkpoint's
+    ref = evaluate_checkpoint(tmp_path / "val", ck, workers=0, progress=False)
+    assert result["top1"] == ref["top1"] and abs(result["loss"] - ref["loss"]) < 1e-4
+    assert main(["eval", "--data", str(tmp_path / "val"), "--exported", str(out), "--checkpoint", str(ck),
+                 "--workers", "0", "--no-progress", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == result["top1"]
+    # bench --runtime litert end to end (the file edgevit export writes, timed in its interpreter)
+    assert main(["bench", "--models", "edgevit_xxs", "--runtime", "litert", "--edgevit-form", "fused",
+                 "--img-size", "32", "--runs", "2", "--warmup", "1", "--json", str(tmp_path / "b.json")]) == 0
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert [r["runtime"] for r in rows] == ["litert"] and rows[0]["median_ms"] > 0
+
+
+class _FFT(nn.Module):
+    """A part LiteRT cannot lower (a 2-D FFT)."""
+
+    def forward(self, x):
+        return torch.fft.rfft2(x).abs().mean((2, 3))
+
+
+def test_litert_bad_input(monkeypatch, tmp_path, capsys):
+    # an op the converter cannot lower: one line naming the op and the module it is in; nothing written
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), _FFT()).eval()
+    out = tmp_path / "fft.tflite"
+    with pytest.raises(ex.ConversionError) as e:
+        ex.export_model(model, "tflite", out, img_size=32)
+    msg = str(e.value)
+    assert "_fft_r2c" in msg and "module 1 (_FFT)" in msg and "\n" not in msg
+    assert not list(tmp_path.iterdir())
+    # the packages missing: one line naming them
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: None if n in ("ai_edge_litert", "litert_torch") else real(n, *a))
+    assert main(["export", "--model", "edgevit_xxs", "--format", "tflite", "-o", str(tmp_path / "x.tflite")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ai_edge_litert" in err[0] and "pip install ai-edge-litert" in err[0]
+    assert main(["bench", "--models", "edgevit_xxs", "--runtime", "litert", "--runs", "1"]) == 2
+    assert "ai-edge-litert" in capsys.readouterr().err
