@@ -19,7 +19,7 @@ $(STAMP): requirements.txt requirements-litert.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet -r requirements-litert.txt
-	$(PY) -m pip install --quiet --no-deps litert-torch==0.10.0
+	$(PY) -m pip install --quiet --no-deps litert-torch==0.10.0 litert-converter==0.5.0
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
