@@ -12,6 +12,9 @@ operator) or ONNX Runtime's session profiling (one event per node of the optimis
 the median over the runs, then the total per operator kind ("Fully Connected GEMM", "Conv", "Gelu",
 "ReorderOutput", ...). This is how the fused graph's per-backend forms were chosen (docs/deploy.md).
 Per-operator times include the profiler's own overhead, so their sum is a little above the latency.
+`--runtime litert`: ai-edge-litert's Python interpreter has no per-operator timer, so the profile is the
+file's op inventory (ops by kind, TRANSPOSEs, XNNPACK partitions and the ops outside them) and its median
+latency; the forms were compared by timing whole files (benchmarks/litert_targets.py --forms).
 """
 from __future__ import annotations
 
@@ -19,14 +22,14 @@ import argparse
 import json
 import sys
 
-from edgevit.bench.profile import PROFILERS, profile
+from edgevit.bench.profile import PROFILED_RUNTIMES, profile
 from edgevit.utils.io import write_text_atomic
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", help="an `edgevit bench` model name, e.g. edgevit_xxs or mobilenetv2_100")
-    p.add_argument("--runtime", default="executorch", choices=list(PROFILERS))
+    p.add_argument("--runtime", default="executorch", choices=list(PROFILED_RUNTIMES))
     p.add_argument("--unfused", action="store_true", help="EdgeViT: the release graph instead of the fused one")
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
@@ -39,6 +42,16 @@ def main() -> int:
     args = p.parse_args()
     res = profile(args.model, not args.unfused, args.runtime, args.runs, args.threads, args.img_size,
                   args.precision, args.calib, args.checkpoint)
+    if args.runtime == "litert":  # no per-operator times from its Python interpreter: the op inventory
+        e = res["export"]
+        print(f"{args.model} ({'unfused' if args.unfused else 'fused'}, litert, fp32): median {res['median_ms']:.2f} "
+              f"ms; {e['ops']} ops ({e['transposes']} TRANSPOSE), {e['xnnpack_partitions']} XNNPACK partitions, "
+              f"{e['ops_outside_xnnpack']} ops outside them {e['outside_xnnpack']}")
+        for kind, n in e["op_counts"].items():
+            print(f"  {n:5d}  {kind}")
+        if args.json:
+            write_text_atomic(args.json, json.dumps(res, indent=2) + "\n")
+        return 0
     print(f"{args.model} ({'unfused' if args.unfused else 'fused'}, {args.runtime}, {args.precision}): "
           f"{res['ops']} operators, "
           f"{res['total_ms']:.2f} ms in total (median per operator, summed)")

@@ -9,10 +9,15 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("EDGEVIT_REFERENCE", REPO.parent / "shared" / "reference"))
 
 
+# Under pytest-xdist (`make test`: 2 processes) each process computes with one thread, so the two share the
+# cores instead of oversubscribing them.
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(THREADS)
     yield
 
 

@@ -107,8 +107,8 @@ def test_int8_bad_inputs(runs, tmp_path, capsys):
                       str(tmp_path / "m.onnx")], "--calib", ck)
     _refused(capsys, ["train", "--data", str(data), "--output", str(tmp_path / "r"), "--qat", "--pretrained", ck,
                       "--amp", "bfloat16"], "--amp")
-    (tmp_path / "m.tflite").write_bytes(b"x")
-    _refused(capsys, ["eval", "--data", str(data), "--exported", str(tmp_path / "m.tflite")], "m.tflite",
+    (tmp_path / "m.mlmodel").write_bytes(b"x")
+    _refused(capsys, ["eval", "--data", str(data), "--exported", str(tmp_path / "m.mlmodel")], "m.mlmodel",
              ".pte")
     (tmp_path / "junk.pte").write_bytes(b"not a program")
     _refused(capsys, ["eval", "--data", str(data), "--exported", str(tmp_path / "junk.pte")], "junk.pte")

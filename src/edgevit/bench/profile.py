@@ -99,8 +99,12 @@ def profile(model: str, fused: bool = True, runtime: str = "executorch", runs: i
     """`model` exported as `edgevit bench` does it (int8: as `bench --precision int8`, calibrated on
     `calib`), profiled in `runtime`: totals per operator kind ("by_kind", slowest first) and per operator
     ("per_op")."""
-    if runtime not in PROFILERS:
-        raise UserError(f"{runtime!r} is not one of {', '.join(PROFILERS)}", option="runtime")
+    if runtime not in PROFILED_RUNTIMES:
+        raise UserError(f"{runtime!r} is not one of {', '.join(PROFILED_RUNTIMES)}", option="runtime")
+    if runtime == "litert":
+        if precision != "fp32":
+            raise UserError(f"{precision!r}: the LiteRT profile is fp32", option="precision")
+        return profile_litert(model, fused, runs, threads, img_size, checkpoint)
     torch.set_num_threads(threads)
     net = load_model(model, fused=fused, runtime=runtime, checkpoint=checkpoint)
     size = img_size or default_img_size(net)
@@ -114,3 +118,33 @@ def profile(model: str, fused: bool = True, runtime: str = "executorch", runs: i
 
 
 PROFILERS = {"executorch": profile_executorch, "onnxruntime": profile_onnxruntime}
+PROFILED_RUNTIMES = (*PROFILERS, "litert")  # LiteRT: profile_litert (no per-operator timer)
+
+
+def profile_litert(model: str, fused: bool = True, runs: int = 20, threads: int = 2,
+                   img_size: int | None = None, checkpoint: str | None = None) -> dict:
+    """LiteRT's side of the profile. ai-edge-litert's Python interpreter exposes no per-operator timings (its
+    profiler is C++ only), so this reports what its op details do tell: the file's ops by kind, the layout
+    transposes, the XNNPACK delegate's partitions and the ops left outside them (edgevit.deploy.export.
+    tflite_report), with the file's median latency over `runs`."""
+    import time
+
+    from ..deploy.export import load_file, save_tflite
+
+    torch.set_num_threads(threads)
+    net = load_model(model, fused=fused, runtime="litert", checkpoint=checkpoint)
+    size = img_size or default_img_size(net)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.tflite"
+        report = save_tflite(net, x, path)
+        run = load_file("tflite", path, threads)
+        for _ in range(3):
+            run(x)
+        times = []
+        for _ in tqdm(range(runs), desc=f"{model} (litert, timed)", file=sys.stderr):
+            t0 = time.perf_counter()
+            run(x)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return {"model": model, "fused": fused, "img_size": size, "threads": threads, "runs": runs, "export": report,
+            "median_ms": statistics.median(times)}

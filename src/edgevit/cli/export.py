@@ -139,7 +139,10 @@ def run(args: argparse.Namespace) -> int:
                  + (f" ({', '.join(f'{k} x{v}' for k, v in report['non_delegated'].items())})"
                     if report["non_delegated_ops"] else ""))
     if args.format == "tflite":
-        extra = f"; {report['ops']} LiteRT ops, {report['transposes']} of them TRANSPOSE"
+        extra = (f"; {report['ops']} LiteRT ops, {report['transposes']} of them TRANSPOSE; XNNPACK partitions: "
+                 f"{report['xnnpack_partitions']}, ops outside them: {report['ops_outside_xnnpack']}"
+                 + (f" ({', '.join(f'{k} x{v}' for k, v in report['outside_xnnpack'].items())})"
+                    if report["ops_outside_xnnpack"] else ""))
     if args.no_fuse and name in VARIANTS and not args.json:
         print(f"(--no-fuse: the release-layout graph of {name}, converted as it is, for comparison)")
     if args.quantize:

@@ -230,11 +230,35 @@ def litert_interpreter(path: Path, threads: int = 2):
 
 
 def tflite_report(path: Path) -> Dict[str, object]:
-    """The file's ops by kind (LiteRT's builtin names) and the layout changes among them."""
+    """The file's ops by kind (LiteRT's builtin names), the layout changes among them, and what the interpreter's
+    default XNNPACK delegate takes: its partitions and the ops left to LiteRT's own kernels.
+
+    The interpreter lists the file's ops and then one DELEGATE node per partition; an op outside every
+    partition is one whose output a partition (or the graph's output) reads without a partition producing it,
+    found by walking back from those tensors through ops that no partition produces (the Python interpreter
+    exposes no execution plan)."""
     from collections import Counter
 
-    ops = Counter(op["op_name"] for op in litert_interpreter(path, 1)._get_ops_details())
-    return {"ops": sum(ops.values()), "transposes": ops.get("TRANSPOSE", 0), "op_counts": dict(ops.most_common())}
+    interp = litert_interpreter(path, 1)
+    details = interp._get_ops_details()
+    original = [op for op in details if op["op_name"] != "DELEGATE"]
+    partitions = [op for op in details if op["op_name"] == "DELEGATE"]
+    producer = {t: op for op in original for t in op["outputs"]}
+    from_partitions = {t for d in partitions for t in d["outputs"]}
+    outside, seen = {}, set()
+    frontier = [t for d in partitions for t in d["inputs"]] + [o["index"] for o in interp.get_output_details()]
+    while frontier:
+        t = frontier.pop()
+        if t in seen or t in from_partitions or t not in producer:
+            continue
+        seen.add(t)
+        op = producer[t]
+        outside[op["index"]] = op["op_name"]
+        frontier.extend(op["inputs"])
+    kinds = Counter(op["op_name"] for op in original)
+    return {"ops": len(original), "transposes": kinds.get("TRANSPOSE", 0), "op_counts": dict(kinds.most_common()),
+            "xnnpack_partitions": len(partitions), "ops_outside_xnnpack": len(outside),
+            "outside_xnnpack": dict(Counter(outside.values()).most_common())}
 
 
 def tflite_runner(path: Path, threads: int = 2) -> Callable[[torch.Tensor], torch.Tensor]:

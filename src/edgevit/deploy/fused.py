@@ -26,8 +26,7 @@ What `fuse` folds (all exact up to float rounding; checked against the authors' 
 * For XNNPACK every stage is widened to a multiple of 16 channels with zero weights (`pad_channels`, below):
   its GEMMs run 2x faster per multiply-add with 48 output channels than with 36.
 * LiteRT runs NHWC; litert-torch turns the release's grouped ConvTranspose2d into one slice + one
-  TRANSPOSE_CONV per channel (1,080 ops in XXS, outside XNNPACK) and pixel_shuffle's NCHW reshapes into four
-  transposes. There LocalProp is the per-channel conv + depth-to-space written channels-last around one
+  TRANSPOSE_CONV per channel (1,080 ops in XXS) and pixel_shuffle's NCHW reshapes into four transposes. There LocalProp is the per-channel conv + depth-to-space written channels-last around one
   transpose (`prop="d2s"`).
 
 Every form is chosen per backend (`BACKENDS`, `set_backend`) from interleaved measurements on the 2-core

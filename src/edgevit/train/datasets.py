@@ -411,6 +411,19 @@ def eval_split(data: str | Path) -> Path:
     return data / "val" if (data / "train").is_dir() and (data / "val").is_dir() else data
 
 
+def check_eval_data(data: str | Path, dataset: Optional[str], split: Optional[str]) -> None:
+    """The cheap checks of `build_eval_data` (the folder, the split in _info.json, the tar), so that bad data is
+    refused before a model is read."""
+    prefix = dataset_prefix(dataset)
+    _require_package(dataset or "")
+    if prefix in ("", "folder"):
+        check_split_dir(Path(data) / split if split else eval_split(data), "evaluation data")
+    elif prefix == "wds":
+        wds_split(data, split, False, option="split")
+    elif prefix == "tar":
+        tar_split(data, split, False)
+
+
 def build_eval_data(data: str | Path, dataset: Optional[str], split: Optional[str], transform,
                     classes: Optional[Sequence[str]] = None, rank: int = 0, world_size: int = 1):
     """(dataset, its class names or None, a description) to evaluate: an ImageFolder (DATA itself, or DATA/val

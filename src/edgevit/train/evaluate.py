@@ -56,10 +56,10 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
     (default: validation) of the timm dataset `dataset` in `data` (e.g. 'wds/NAME' shards). Options not given
     come from the training config stored in the checkpoint, then the recipe's defaults (224, crop 0.875,
     bicubic)."""
-    from .datasets import build_eval_data, dataset_prefix
+    from .datasets import build_eval_data, check_eval_data
 
     device = device or torch.device("cpu")
-    dataset_prefix(dataset)  # an unknown form is refused before the model is read
+    check_eval_data(data, dataset, split)  # bad data is refused before the model is read
     from .recipe import check_model_options
 
     if model_kwargs is not None:
@@ -116,9 +116,9 @@ def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, cro
     from ..deploy.export import open_exported
     from ..models.checkpoint import checkpoint_weights
 
-    from .datasets import build_eval_data, dataset_prefix
+    from .datasets import build_eval_data, check_eval_data
 
-    dataset_prefix(dataset)
+    check_eval_data(data, dataset, split)
     fmt, run, size = open_exported(exported, threads)
     cfg, classes = {}, None
     if checkpoint:
