@@ -220,6 +220,11 @@ def test_bad_shards_and_tars_are_named_before_or_while_training(tiny, tmp_path, 
 
     assert "'torch/notadataset': not a torchvision dataset timm knows" in err(
         ["--data", str(shards), "--dataset", "torch/notadataset", *common])
+    import importlib.util
+    for name, package in (("hfds/x", "datasets"), ("hfids/x", "datasets"), ("tfds/x", "tensorflow_datasets")):
+        if importlib.util.find_spec(package) is None:  # (not installed by this project)
+            assert f"--dataset {name}: needs the '{package}' package" in err(
+                ["--data", str(shards), "--dataset", name, *common])
     e = wds(bad("count", edit_info=lambda i: i["splits"]["train"].update(num_samples=48)))
     assert "num_samples 48 is not the sum of its shard_lengths (24)" in e
     e = wds(bad("types", edit_info=lambda i: i["splits"]["train"].update(shard_lengths=["a", "b"])))

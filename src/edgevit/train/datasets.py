@@ -327,9 +327,9 @@ def build_train_data(cfg: Dict[str, Any], train_transform, val_transform, rank: 
     _require_package(name)
     if prefix in ("", "folder") and cfg.get("train_split") is None and cfg.get("val_split") is None:
         train_dir, val_dir, classes = check_data_root(root)
-        return TrainData(lambda: CheckedImageFolder(train_dir, train_transform),
-                         CheckedImageFolder(val_dir, val_transform, classes=classes), classes,
-                         len(CheckedImageFolder(train_dir)), False, f"ImageFolder {root}")
+        train_set = CheckedImageFolder(train_dir, train_transform)  # (one scan of the folder: ImageNet's is long)
+        return TrainData(lambda: train_set, CheckedImageFolder(val_dir, val_transform, classes=classes), classes,
+                         len(train_set), False, f"ImageFolder {root}")
     if not Path(root).exists() and prefix not in ("hfds", "hfids", "tfds"):
         raise MissingFileError(f"{root}: no such file or directory", option="data")
     train_split = cfg.get("train_split") or "train"
@@ -341,9 +341,9 @@ def build_train_data(cfg: Dict[str, Any], train_transform, val_transform, rank: 
         if val_classes != classes:
             raise UserError(f"{root}: {train_dir.name}/ and {val_dir.name}/ have different class folders",
                             option="data")
-        return TrainData(lambda: CheckedImageFolder(train_dir, train_transform),
-                         CheckedImageFolder(val_dir, val_transform, classes=classes), classes,
-                         len(CheckedImageFolder(train_dir)), False, f"ImageFolder {root}")
+        train_set = CheckedImageFolder(train_dir, train_transform)  # (one scan of the folder: ImageNet's is long)
+        return TrainData(lambda: train_set, CheckedImageFolder(val_dir, val_transform, classes=classes), classes,
+                         len(train_set), False, f"ImageFolder {root}")
     if prefix == "wds":
         t_entry = wds_split(root, cfg.get("train_split"), True)
         v_entry = wds_split(root, cfg.get("val_split"), False)
