@@ -29,8 +29,8 @@ def register(subparsers) -> None:
                    help="last.pth/best.pth/model.safetensors or the authors' .pth (with --exported: optional, "
                         "only its crop, interpolation and classes are used)")
     p.add_argument("--exported", default=None, metavar="FILE",
-                   help="evaluate an exported file (.pte, .onnx, .ptl, .pt) in its own runtime (ExecuTorch, "
-                        "ONNX Runtime, TorchScript), fp32 or int8, instead of a checkpoint")
+                   help="evaluate an exported file (.pte, .onnx, .tflite, .ptl, .pt) in its own runtime (ExecuTorch, "
+                        "ONNX Runtime, LiteRT, TorchScript), fp32 or int8, instead of a checkpoint")
     p.add_argument("--threads", type=positive_int, default=2, help="runtime threads for --exported (default 2)")
     p.add_argument("--model", default=None, help="model name (default: from the checkpoint, else edgevit_xxs)")
     p.add_argument("--model-kwargs", type=json_object, default=None,
