@@ -127,9 +127,8 @@ def profile_litert(model: str, fused: bool = True, runs: int = 20, threads: int 
     profiler is C++ only), so this reports what its op details do tell: the file's ops by kind, the layout
     transposes, the XNNPACK delegate's partitions and the ops left outside them (edgevit.deploy.export.
     tflite_report), with the file's median latency over `runs`."""
-    import time
-
     from ..deploy.export import load_file, save_tflite
+    from .bench import time_runner
 
     torch.set_num_threads(threads)
     net = load_model(model, fused=fused, runtime="litert", checkpoint=checkpoint)
@@ -139,12 +138,6 @@ def profile_litert(model: str, fused: bool = True, runs: int = 20, threads: int 
         path = Path(tmp) / "model.tflite"
         report = save_tflite(net, x, path)
         run = load_file("tflite", path, threads)
-        for _ in range(3):
-            run(x)
-        times = []
-        for _ in tqdm(range(runs), desc=f"{model} (litert, timed)", file=sys.stderr):
-            t0 = time.perf_counter()
-            run(x)
-            times.append((time.perf_counter() - t0) * 1e3)
+        times = time_runner(lambda: run(x), runs, 3)
     return {"model": model, "fused": fused, "img_size": size, "threads": threads, "runs": runs, "export": report,
             "median_ms": statistics.median(times)}

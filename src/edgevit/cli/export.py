@@ -88,7 +88,7 @@ def calibration(args: argparse.Namespace, size, cfg: dict, model):
 
 def run(args: argparse.Namespace) -> int:
     from ..deploy import fuse
-    from ..deploy.export import FORMAT_RUNTIME, export_model, require_runtime
+    from ..deploy.export import FORMAT_RUNTIME, export_model, require_format
     from ..deploy.quantize import export_int8, is_qat_checkpoint, load_qat_model
     from ..models import VARIANTS
     from ..models.checkpoint import model_from_checkpoint, read_state_dict
@@ -99,10 +99,7 @@ def run(args: argparse.Namespace) -> int:
     suffixes = SUFFIXES[args.format]
     if not str(args.output).lower().endswith(suffixes):
         raise ConfigError(f"-o {args.output}: expected a {' or '.join(suffixes)} file name for --format {args.format}")
-    require_runtime(FORMAT_RUNTIME[args.format])
-    if args.format == "tflite":
-        from ..deploy.export import require_module
-        require_module("litert_torch")
+    require_format(args.format)
     qat = bool(args.checkpoint) and is_qat_checkpoint(args.checkpoint)
     if qat and args.quantize is None:
         raise ConfigError(f"--checkpoint {args.checkpoint} was trained quantization-aware (train --qat): "

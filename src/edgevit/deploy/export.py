@@ -46,6 +46,17 @@ def require_runtime(runtime: str) -> None:
     require_module(RUNTIME_PACKAGES[runtime])
 
 
+# Python packages that write a format, beyond its runtime's
+EXPORTER_PACKAGES = {"tflite": ("litert_torch",)}
+
+
+def require_format(fmt: str) -> None:
+    """The runtime and exporter packages `fmt` needs, checked before any work (one line naming the missing one)."""
+    require_runtime(FORMAT_RUNTIME[fmt])
+    for package in EXPORTER_PACKAGES.get(fmt, ()):
+        require_module(package)
+
+
 # ---- TorchScript / lite interpreter --------------------------------------------------------------
 def save_torchscript(model: nn.Module, x: torch.Tensor, path: Path) -> None:
     with torch.no_grad():

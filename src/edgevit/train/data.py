@@ -100,19 +100,19 @@ def check_split_dir(d: Path, what: str) -> List[str]:
     return classes
 
 
-def check_data_root(root: str | Path) -> Tuple[Path, Path, List[str]]:
-    """root/train and root/val with the same class folders; returns (train_dir, val_dir, classes)."""
+def check_data_root(root: str | Path, train: str = "train", val: str = "val") -> Tuple[Path, Path, List[str]]:
+    """root/<train> and root/<val> with the same class folders; returns (train_dir, val_dir, classes)."""
     root = Path(root)
     if not root.is_dir():
-        raise MissingFileError(f"{root}: no such directory (expected {root}/train and {root}/val)", option="data")
-    train_classes = check_split_dir(root / "train", "train split")
-    val_classes = check_split_dir(root / "val", "val split")
+        raise MissingFileError(f"{root}: no such directory (expected {root}/{train} and {root}/{val})", option="data")
+    train_classes = check_split_dir(root / train, "train split")
+    val_classes = check_split_dir(root / val, "val split")
     if train_classes != val_classes:
         only_t = sorted(set(train_classes) - set(val_classes))
         only_v = sorted(set(val_classes) - set(train_classes))
-        raise UserError(f"{root}: train/ and val/ have different class folders "
-                        f"(only in train: {only_t[:10]}, only in val: {only_v[:10]})", option="data")
-    return root / "train", root / "val", train_classes
+        raise UserError(f"{root}: {train}/ and {val}/ have different class folders "
+                        f"(only in {train}: {only_t[:10]}, only in {val}: {only_v[:10]})", option="data")
+    return root / train, root / val, train_classes
 
 
 def train_transform(cfg: dict, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
@@ -221,7 +221,4 @@ def build_eval_loader(dataset, batch_size: int, workers: int, device: torch.devi
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
                       **_loader_kwargs(workers, device))
 
-
-def steps_per_epoch(sampler: Sampler, batch_size: int) -> int:
-    return len(sampler) // batch_size
 

@@ -246,7 +246,7 @@ def tar_split(root: str | Path, split: Optional[str], training: bool) -> Path:
                                    "ROOT/<split>.tar, class folders inside)", option="data")
     try:
         with tarfile.open(path) as tar:
-            images = sum(1 for m in tar if m.isfile() and m.name.lower().endswith(tuple(IMG_EXTENSIONS)))
+            images = any(m.isfile() and m.name.lower().endswith(tuple(IMG_EXTENSIONS)) for m in tar)  # (stops at one)
     except (tarfile.TarError, OSError, EOFError) as e:
         raise DataError(f"{path}: not a readable tar file ({_first_line(e)})") from None
     if not images:
@@ -325,25 +325,14 @@ def build_train_data(cfg: Dict[str, Any], train_transform, val_transform, rank: 
     name, root = cfg.get("dataset") or "", cfg["data"]
     prefix = dataset_prefix(name)
     _require_package(name)
-    if prefix in ("", "folder") and cfg.get("train_split") is None and cfg.get("val_split") is None:
-        train_dir, val_dir, classes = check_data_root(root)
+    train_split = cfg.get("train_split") or "train"
+    if prefix in ("", "folder"):
+        train_dir, val_dir, classes = check_data_root(root, train_split, cfg.get("val_split") or "val")
         train_set = CheckedImageFolder(train_dir, train_transform)  # (one scan of the folder: ImageNet's is long)
         return TrainData(lambda: train_set, CheckedImageFolder(val_dir, val_transform, classes=classes), classes,
                          len(train_set), False, f"ImageFolder {root}")
     if not Path(root).exists() and prefix not in ("hfds", "hfids", "tfds"):
         raise MissingFileError(f"{root}: no such file or directory", option="data")
-    train_split = cfg.get("train_split") or "train"
-    if prefix in ("", "folder"):
-        train_dir = Path(root) / train_split
-        val_dir = Path(root) / (cfg.get("val_split") or "val")
-        classes = check_split_dir(train_dir, "train split")
-        val_classes = check_split_dir(val_dir, "val split")
-        if val_classes != classes:
-            raise UserError(f"{root}: {train_dir.name}/ and {val_dir.name}/ have different class folders",
-                            option="data")
-        train_set = CheckedImageFolder(train_dir, train_transform)  # (one scan of the folder: ImageNet's is long)
-        return TrainData(lambda: train_set, CheckedImageFolder(val_dir, val_transform, classes=classes), classes,
-                         len(train_set), False, f"ImageFolder {root}")
     if prefix == "wds":
         t_entry = wds_split(root, cfg.get("train_split"), True)
         v_entry = wds_split(root, cfg.get("val_split"), False)
@@ -510,9 +499,3 @@ def stream_loader(dataset, batch_size: int, workers: int, device: torch.device, 
     g.manual_seed(_stream_seed(seed, epoch, rank))
     return DataLoader(dataset, batch_size=batch_size, drop_last=True, num_workers=workers, generator=g,
                       pin_memory=device.type == "cuda", persistent_workers=False)
-
-
-def stream_steps(dataset, batch_size: int) -> int:
-    """Steps per epoch of a stream: its length per process (timm's reader: whole batches per worker) / batch."""
-    return len(dataset) // batch_size
-
