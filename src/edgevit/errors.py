@@ -7,7 +7,7 @@ that escapes is a bug and keeps its traceback. They subclass `ValueError` so tha
 standard type keeps working."""
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "DataError", "OutputError", "MissingDependencyError", "MissingFileError"]
+__all__ = ["UserError", "ConfigError", "DataError", "OutputError", "DiskFullError", "MissingDependencyError", "MissingFileError"]
 
 
 class UserError(ValueError):
@@ -38,6 +38,10 @@ class DataError(UserError):
 
 class OutputError(UserError):
     """An output that exists (and would be replaced) or cannot be written."""
+
+
+class DiskFullError(OutputError):
+    """A file could not be written because its file system is full; what existed before is intact."""
 
 
 class MissingDependencyError(UserError, ImportError):

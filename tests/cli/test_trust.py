@@ -48,27 +48,14 @@ def run_dir(tmp_path) -> Path:
 ])
 def test_train_commands_refuse_a_run_directory_without_resume(command, run_dir, tmp_path, capsys):
     before = snapshot(run_dir)
-    msg = refused(capsys, [*command, "--output", str(run_dir)], str(run_dir), "--resume", "--overwrite")
-    assert "best.pth" in msg
+    msg = refused(capsys, [*command, "--output", str(run_dir)], str(run_dir), "no last.pth", "--overwrite")
+    assert "best.pth" in msg and "--resume" not in msg  # (resuming a run without last.pth has nothing to resume)
     assert snapshot(run_dir) == before
 
 
 def test_resume_and_overwrite_exclude_each_other(run_dir, capsys):
     refused(capsys, ["detect", "train", "--data", "D", "--output", str(run_dir), "--resume", "auto",
                      "--overwrite"], "--resume", "--overwrite")
-
-
-def test_overwrite_deletes_only_the_old_runs_files(run_dir):
-    from edgevit.errors import OutputError
-    from edgevit.train.state import prepare_run_dir
-
-    (run_dir / "notes.txt").write_text("mine")
-    with pytest.raises(OutputError, match="already holds a run"):
-        prepare_run_dir(run_dir, resume=None, overwrite=False, is_main=True)
-    prepare_run_dir(run_dir, resume="auto", overwrite=False, is_main=True)  # continuing is fine
-    assert (run_dir / "best.pth").exists()
-    prepare_run_dir(run_dir, resume=None, overwrite=True, is_main=True)
-    assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]
 
 
 @pytest.mark.parametrize("task", ["detect", "segment"])

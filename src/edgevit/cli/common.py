@@ -19,8 +19,8 @@ from typing import Iterable, Optional
 import torch
 
 from ..models import VARIANTS
-from ..utils.io import print_json
 from ..errors import OutputError
+from ..utils.io import lock_output, print_json, unmarked_entries
 
 
 def add_model_args(p: argparse.ArgumentParser, default: str = "edgevit_xxs", checkpoint: bool = True) -> None:
@@ -74,18 +74,20 @@ def _writable_dir(path: Path, flag: str, shown: Optional[Path] = None) -> None:
 def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool = False,
                       inputs: Iterable[Optional[str | os.PathLike]] = ()) -> Path:
     """Refuse, before any work, an output file that exists (unless `overwrite`), is a directory, is one of
-    the command's `inputs`, or lies where nothing can be written."""
+    the command's `inputs`, lies where nothing can be written, or that another command is writing (the lock
+    taken here is held until the command ends)."""
     p = Path(path)
     if str(path) in ("", "-"):
         raise OutputError(f"{flag}: expected a file name")
     if p.is_dir():
         raise OutputError(f"{flag} {p}: is a directory; expected a file name")
+    _writable_dir(p.parent if p.parent != Path("") else Path("."), flag, shown=p)
+    lock_output(p, flag)
     for src in inputs:
         if src and Path(src).exists() and p.exists() and os.path.samefile(src, p):
             raise OutputError(f"{flag} {p}: is the input {src}; choose another output file")
     if p.exists() and not overwrite:
         raise OutputError(f"{flag} {p}: exists; choose a new file name, or replace it with --overwrite")
-    _writable_dir(p.parent if p.parent != Path("") else Path("."), flag, shown=p)
     return p
 
 
@@ -94,30 +96,67 @@ def check_output_dir(path: str | os.PathLike, flag: str, overwrite: bool = False
                      inputs: Iterable[tuple[str, Optional[str | os.PathLike]]] = ()) -> Path:
     """Refuse, before any work, an output directory that holds something (or, with `holds`, one of those
     names: a run's checkpoints) unless `overwrite` (or, for a run, `resume`); that is a file, cannot be
-    written, or is (or lies inside) one of the command's input directories (`inputs`: (flag, path))."""
+    written, is (or lies inside) one of the command's input directories (`inputs`: (flag, path)), or that
+    another command is writing (the lock taken here is held until the command ends).
+
+    Without `holds`, `overwrite` replaces the whole directory: it is refused where that would delete what
+    this package did not write (a directory without `replace_dir`'s marker that holds anything, the current
+    directory or one above it) or one of the command's `inputs` (files too)."""
     p = Path(path)
     if str(path) == "":
         raise OutputError(f"{flag}: expected a directory name")
+    inputs = list(inputs)
+    real = Path(os.path.realpath(p))
     for in_flag, src in inputs:
         if src and Path(src).is_dir():
-            inside = Path(os.path.realpath(p))
             src_real = Path(os.path.realpath(src))
-            if inside == src_real or src_real in inside.parents:
-                raise OutputError(f"{flag} {p}: is {'' if inside == src_real else 'inside '}{in_flag} {src}; "
+            if real == src_real or src_real in real.parents:
+                raise OutputError(f"{flag} {p}: is {'' if real == src_real else 'inside '}{in_flag} {src}; "
                                   "choose a directory outside the data")
     if p.exists() and not p.is_dir():
         raise OutputError(f"{flag} {p}: is a file; expected a directory")
-    # under torchrun only rank 0 decides: the others may start after it has begun writing the new run
-    # (if rank 0 refuses, it exits and torchrun stops the whole group)
-    if p.is_dir() and os.environ.get("RANK", "0") == "0":
-        present = sorted(e.name for e in p.iterdir() if holds is None or e.name in set(holds))
+    main_rank = os.environ.get("RANK", "0") == "0"
+    # under torchrun only rank 0 decides and locks: the others may start after it has begun writing the new
+    # run (if rank 0 refuses, it exits and torchrun stops the whole group)
+    _writable_dir(p, flag)
+    if main_rank:
+        lock_output(p, flag)
+    if p.is_dir() and main_rank:
+        present = sorted(e.name for e in p.iterdir() if (holds is None and not e.name.endswith(".lock"))
+                         or (holds is not None and e.name in set(holds)))
         if present and not (overwrite or resume):
             shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
-            how = ("continue that run with --resume auto, or start it again with --overwrite" if holds is not None
-                   else "choose a new directory, or replace it with --overwrite")
+            if holds is None:
+                how = "choose a new directory, or replace it with --overwrite"
+            elif (p / "last.pth").is_file():
+                how = "continue that run with --resume auto, or start it again with --overwrite"
+            else:
+                how = ("it has no last.pth to continue from: choose a new directory (its weights can start a new "
+                       "run there), or start it again with --overwrite")
             raise OutputError(f"{flag} {p}: already holds {shown}; {how}")
-    _writable_dir(p, flag)
+        if present and overwrite and holds is None:
+            _check_replaceable(p, flag, inputs)
     return p
+
+
+def _check_replaceable(p: Path, flag: str, inputs) -> None:
+    """`p` is to be replaced whole: refuse where that deletes what must stay (see check_output_dir)."""
+    real = Path(os.path.realpath(p))
+    cwd = Path(os.getcwd())
+    if real == cwd or real in cwd.parents:
+        raise OutputError(f"{flag} {p}: is the current directory{'' if real == cwd else ' or holds it'}; "
+                          "--overwrite replaces the whole directory: choose a directory of its own")
+    for in_flag, src in inputs:
+        if src and Path(src).exists():
+            src_real = Path(os.path.realpath(src))
+            if src_real == real or real in src_real.parents:
+                raise OutputError(f"{flag} {p}: holds {in_flag} {src}, which --overwrite would delete with the "
+                                  "whole directory: choose another output directory, or move the input out")
+    foreign = unmarked_entries(p)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise OutputError(f"{flag} {p}: holds {shown}, not written by edgevit; --overwrite replaces the whole "
+                          "directory and would delete them: choose a new directory")
 
 
 # ---------------------------------------------------------------- progress and noise
@@ -246,6 +285,11 @@ def start_dense_train(args: argparse.Namespace, task: str) -> argparse.Namespace
 
         load_training_state(args.resume, f"edgevit {task} train", STATE_KEYS)
     return args
+
+
+def run_inputs(args: argparse.Namespace) -> list:
+    """(option, path) of the files a dense training run reads: refused inside a run directory it replaces."""
+    return [(k, getattr(args, k, None)) for k in ("backbone_checkpoint", "data", "config")]
 
 
 def setup_run(args: argparse.Namespace):

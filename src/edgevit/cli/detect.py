@@ -14,7 +14,7 @@ from typing import List
 from ..errors import ConfigError
 from ..utils.io import print_json
 from ..utils.options import nonneg_int, positive_int, probability
-from .common import (add_json_arg, add_predict_output_args, add_progress_arg, add_shapes_parser, add_train_common,
+from .common import (run_inputs, add_json_arg, add_predict_output_args, add_progress_arg, add_shapes_parser, add_train_common,
                      config_of, load_image_tensor, load_trained, predict_output, report_train, setup_run, show_progress,
                      start_dense_train)
 
@@ -98,7 +98,7 @@ def run_train(args: argparse.Namespace) -> int:
                      eval_every=args.eval_every * ipe, save_every=ipe, metric_key="bbox_AP", meta=meta,
                      cfg=config_of(args), dist_info=info, resume=args.resume, seed=args.seed,
                      workers=args.workers, clip_grad=args.clip_grad, log_every=args.log_every,
-                     overwrite=args.overwrite, progress=show_progress(args))
+                     overwrite=args.overwrite, progress=show_progress(args), inputs=run_inputs(args))
     finally:
         cleanup_distributed()
     return report_train(args, result, "bbox_AP") if info.is_main else 0

@@ -7,6 +7,7 @@ keeps the commands of separate concerns (deploy, train, dense, ...) in separate 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import pkgutil
@@ -18,6 +19,7 @@ from typing import List, Optional
 from .. import __version__
 from ..errors import UserError
 from ..train.guard import NonFiniteLossError
+from ..utils.io import release_outputs
 
 # A file the operating system refused (missing, a directory, no permission, read-only place): the
 # error carries the file name, so it is printed as one line too.
@@ -90,6 +92,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"edgevit {args.command}: error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk met outside the package's own writers (a library's cache, a log)
+        if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"edgevit {args.command}: error: {where}no space left on the device; files written before are "
+              "intact", file=sys.stderr)
+        return 2
+    finally:
+        release_outputs()
 
 
 def _after_divergence(args: argparse.Namespace) -> str:

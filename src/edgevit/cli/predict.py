@@ -16,7 +16,6 @@ from timm.data import ImageNetInfo
 from ..models import VARIANTS
 from ..train.data import eval_transform
 from ..utils.io import print_json
-from ..models.checkpoint import model_from_checkpoint
 from .common import add_json_arg
 from ..errors import DataError
 from ..utils.images import read_image
@@ -57,7 +56,9 @@ def predict(model: torch.nn.Module, image: Image.Image, topk: int = 5, img_size:
 
 def run(args: argparse.Namespace) -> int:
     image = read_image(args.image)
-    model, meta = model_from_checkpoint(args.model, args.checkpoint)
+    from ..train.evaluate import inference_model
+
+    model, meta = inference_model(args.model, args.checkpoint)
     names, cfg = meta["classes"], meta["config"]
     if args.labels:
         names = read_labels(args.labels, model.num_classes)

@@ -11,7 +11,7 @@ import sys
 
 from ..utils.io import print_json, require_dir
 from ..utils.options import image_size, nonneg_int, positive_float, positive_int
-from .common import (add_json_arg, add_predict_output_args, add_progress_arg, add_shapes_parser, add_train_common,
+from .common import (run_inputs, add_json_arg, add_predict_output_args, add_progress_arg, add_shapes_parser, add_train_common,
                      config_of, load_image_tensor, load_trained, predict_output, report_train, setup_run,
                      show_progress, start_dense_train)
 
@@ -106,7 +106,7 @@ def run_train(args: argparse.Namespace) -> int:
                      eval_every=args.eval_every, save_every=args.save_every, metric_key="mIoU", meta=meta,
                      cfg=config_of(args), dist_info=info, resume=args.resume, seed=args.seed,
                      workers=args.workers, clip_grad=args.clip_grad, log_every=args.log_every,
-                     overwrite=args.overwrite, progress=show_progress(args))
+                     overwrite=args.overwrite, progress=show_progress(args), inputs=run_inputs(args))
     finally:
         cleanup_distributed()
     return report_train(args, result, "mIoU") if info.is_main else 0

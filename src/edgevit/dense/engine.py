@@ -24,11 +24,11 @@ from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from ..train.data import ShardSampler
-from ..train.distributed import DistInfo, all_reduce_sum
+from ..train.data import ShardSampler, leave_signals_to_the_trainer
+from ..train.distributed import DistInfo, all_reduce_sum, one_line_when_a_peer_stops
 from ..train.guard import GracefulStop, agree
 from ..train.logging import MetricsLogger
-from ..train.state import (CheckpointManager, capture_rng_state, load_training_state, prepare_run_dir, restore_rng_state,
+from ..train.state import (CheckpointManager, capture_rng_state, load_training_state, restore_rng_state, RunDirectory,
                            save_config)
 from .ade import IGNORE
 from .metrics import coco_evaluate, confusion_matrix, detections_to_coco, segmentation_scores
@@ -74,100 +74,105 @@ def _command(arch: str) -> str:
     return "edgevit segment train" if arch == "semfpn" else "edgevit detect train"
 
 
+@one_line_when_a_peer_stops
 def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Callable, evaluate: Callable,
         *, run_dir: str | Path, total_iters: int, batch_size: int, lr: float, weight_decay: float,
         schedule: Schedule, eval_every: int, save_every: int, metric_key: str, meta: Dict[str, Any],
         cfg: Dict[str, Any], dist_info: DistInfo = SINGLE, resume: Optional[str] = None, seed: int = 0,
         workers: int = 0, clip_grad: Optional[float] = None, log_every: int = 20,
-        overwrite: bool = False, progress: bool = True) -> Dict[str, Any]:
-    """Train for `total_iters` iterations; returns {"iteration", "stopped", "last_eval", "best"}."""
-    run_dir = prepare_run_dir(run_dir, resume, overwrite, dist_info.is_main)
-    device, world = dist_info.device, dist_info.world_size
-    if batch_size % world:
-        raise UserError(f"{batch_size}: must be divisible by the number of processes ({world})", option="batch_size")
-    per_proc = batch_size // world
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=dist_info.rank, shuffle=True, seed=seed,
-                                 drop_last=True)
-    iters_per_epoch = len(sampler) // per_proc
-    if iters_per_epoch == 0:
-        raise UserError(f"{batch_size}: larger than the training set ({len(train_set)} images)", option="batch_size")
+        overwrite: bool = False, progress: bool = True, inputs: Sequence[tuple] = ()) -> Dict[str, Any]:
+    """Train for `total_iters` iterations; returns {"iteration", "stopped", "last_eval", "best"}. `inputs`:
+    (option, path) of the files the run reads (refused inside a run directory being replaced)."""
+    with RunDirectory(run_dir, resume, overwrite, dist_info.is_main, inputs) as run:
+        run_dir = run.path
+        device, world = dist_info.device, dist_info.world_size
+        if batch_size % world:
+            raise UserError(f"{batch_size}: must be divisible by the number of processes ({world})", option="batch_size")
+        per_proc = batch_size // world
+        sampler = DistributedSampler(train_set, num_replicas=world, rank=dist_info.rank, shuffle=True, seed=seed,
+                                     drop_last=True)
+        iters_per_epoch = len(sampler) // per_proc
+        if iters_per_epoch == 0:
+            raise UserError(f"{batch_size}: larger than the training set ({len(train_set)} images)", option="batch_size")
 
-    model.to(device)
-    optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)  # no decay on norms/biases
-    scheduler = schedule(optimizer)
-    ckpt = CheckpointManager(run_dir, dist_info.is_main)
-    it = 0
-    resume_from = ckpt.resume_path(resume)
-    if resume_from is not None:
-        state = load_training_state(resume_from, _command(meta["arch"]), STATE_KEYS)
-        if state["meta"].get("arch") != meta["arch"] or state["meta"].get("variant") != meta["variant"]:
-            raise CheckpointError(f"checkpoint {resume_from}: a {state['meta'].get('arch')} / "
-                                  f"{state['meta'].get('variant')} run, not {meta['arch']} / {meta['variant']}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"])
-        ckpt.restore(state)
-        it = int(state["iteration"])
-    if dist_info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(run_dir, cfg)
-    logger = MetricsLogger(run_dir, dist_info.is_main)
-    if dist_info.distributed:  # (channels_last-style kernels: the same memory order, DDP's warning says nothing)
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
-        if dist_info.distributed else model
+        model.to(device)
+        optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)  # no decay on norms/biases
+        scheduler = schedule(optimizer)
+        ckpt = CheckpointManager(run_dir, dist_info.is_main, run)
+        it = 0
+        resume_from = ckpt.resume_path(resume)
+        if resume_from is not None:
+            state = load_training_state(resume_from, _command(meta["arch"]), STATE_KEYS)
+            if state["meta"].get("arch") != meta["arch"] or state["meta"].get("variant") != meta["variant"]:
+                raise CheckpointError(f"checkpoint {resume_from}: a {state['meta'].get('arch')} / "
+                                      f"{state['meta'].get('variant')} run, not {meta['arch']} / {meta['variant']}")
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            restore_rng_state(state["rng"])
+            ckpt.restore(state)
+            it = int(state["iteration"])
+        if dist_info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(run_dir, cfg)
+        logger = MetricsLogger(run_dir, dist_info.is_main)
+        if dist_info.distributed:  # (channels_last-style kernels: the same memory order, DDP's warning says nothing)
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+            if dist_info.distributed else model
 
-    def snapshot() -> Dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "iteration": it, "rng": capture_rng_state(), "meta": meta}
+        def snapshot() -> Dict[str, Any]:
+            return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "iteration": it, "rng": capture_rng_state(), "meta": meta}
 
-    last_eval: Optional[Dict[str, Any]] = None
-    stopped = False
-    bar = tqdm(total=total_iters, initial=it, desc="train", disable=not (progress and dist_info.is_main),
-               dynamic_ncols=True)
-    with GracefulStop() as stop:
-        while it < total_iters and not stopped:
-            epoch, skip = divmod(it, iters_per_epoch)
-            sampler.set_epoch(epoch)
-            train_set.epoch = epoch
-            indices = list(sampler)[skip * per_proc: iters_per_epoch * per_proc]
-            loader = DataLoader(train_set, batch_size=per_proc, sampler=indices, collate_fn=collate_fn,
-                                num_workers=workers, drop_last=True,
-                                generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-            for batch in loader:
-                ddp.train()
-                loss, parts = loss_fn(ddp, batch, device)
-                loss_all, stop_all = agree(loss, stop, it, epoch)  # every process decides alike (DDP)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip_grad:
-                    nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-                optimizer.step()
-                scheduler.step()
-                it += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_all / world:.3f}")
-                if it % log_every == 0 or it == total_iters:
-                    logger.log({"step": it, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                                "loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
-                do_eval = (eval_every > 0 and it % eval_every == 0) or it == total_iters
-                metric = None
-                if do_eval:
-                    last_eval = evaluate(model, dist_info)
-                    metric = last_eval[metric_key]
-                    logger.log({"step": it, "epoch": epoch, **{k: v for k, v in last_eval.items()
-                                                               if not isinstance(v, dict)}})
-                if do_eval or it % save_every == 0 or it == total_iters or stop_all:
-                    ckpt.save(snapshot(), metric)
-                if stop_all:
-                    stopped = True
-                    break
-                if it >= total_iters:
-                    break
-    bar.close()
-    logger.close()
-    return {"iteration": it, "stopped": stopped, "last_eval": last_eval, "best": ckpt.best}
+        last_eval: Optional[Dict[str, Any]] = None
+        stopped = False
+        bar = tqdm(total=total_iters, initial=it, desc="train", disable=not (progress and dist_info.is_main),
+                   dynamic_ncols=True)
+        with GracefulStop() as stop:
+            while it < total_iters and not stopped:
+                epoch, skip = divmod(it, iters_per_epoch)
+                sampler.set_epoch(epoch)
+                train_set.epoch = epoch
+                indices = list(sampler)[skip * per_proc: iters_per_epoch * per_proc]
+                loader = DataLoader(train_set, batch_size=per_proc, sampler=indices, collate_fn=collate_fn,
+                                    num_workers=workers, drop_last=True,
+                                    worker_init_fn=leave_signals_to_the_trainer if workers else None,
+                                    generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+                for batch in loader:
+                    ddp.train()
+                    loss, parts = loss_fn(ddp, batch, device)
+                    loss_all, stop_all = agree(loss, stop, it, epoch)  # every process decides alike (DDP)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if clip_grad:
+                        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                    optimizer.step()
+                    scheduler.step()
+                    it += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_all / world:.3f}")
+                    if it % log_every == 0 or it == total_iters:
+                        logger.log({"step": it, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                                    "loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
+                    do_eval = (eval_every > 0 and it % eval_every == 0) or it == total_iters
+                    metric = None
+                    if do_eval:
+                        last_eval = evaluate(model, dist_info)
+                        metric = last_eval[metric_key]
+                        logger.log({"step": it, "epoch": epoch, **{k: v for k, v in last_eval.items()
+                                                                   if not isinstance(v, dict)}})
+                    if do_eval or it % save_every == 0 or it == total_iters or stop_all:
+                        ckpt.save(snapshot(), metric)
+                    if stop_all:
+                        stopped = True
+                        break
+                    if it >= total_iters:
+                        break
+        bar.close()
+        logger.close()
+        return {"iteration": it, "stopped": stopped, "last_eval": last_eval, "best": ckpt.best}
+
 
 
 # ---------------------------------------------------------------- detection

@@ -54,6 +54,10 @@ def checkpoint_weights(path: str | Path, ema: bool = False) -> Dict[str, Any]:
                               f"{'segment' if arch == 'semfpn' else 'detect'} train`, not a classification model")
     config = raw.get("config") if isinstance(raw.get("config"), dict) else None
     classes = raw.get("classes") if isinstance(raw.get("classes"), list) else None
+    if config and config.get("qat"):
+        raise CheckpointError(f"checkpoint {path}: a quantization-aware training checkpoint; its weights run only "
+                              "inside the fake-quantized graph that training built (evaluating it or exporting it "
+                              "as int8 builds that graph; as a float model it does not load)")
     if ema:
         if not isinstance(raw.get("model_ema"), dict):
             raise UserError(f"checkpoint {path} holds no EMA weights (its run kept no model_ema)", option="ema")

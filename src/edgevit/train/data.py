@@ -18,7 +18,7 @@ from ..utils.io import require_dir
 
 __all__ = ["SampleError", "UnreadableImageError", "CheckedImageFolder", "check_split_dir", "check_data_root",
            "train_transform", "eval_transform", "build_train_loader", "build_eval_loader", "ShardSampler",
-           "SkipSampler", "sample_error_message"]
+           "SkipSampler", "EpochSeeded", "sample_seed", "leave_signals_to_the_trainer", "sample_error_message"]
 
 
 def _posterize_any_bits(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
@@ -139,9 +139,10 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-class SkipSampler(Sampler[int]):
-    """Wraps an epoch sampler and drops its first `skip` indices: resuming mid-epoch (after SIGTERM) continues
-    with the next batch of the same epoch order instead of reading the skipped images again.
+class SkipSampler(Sampler[tuple]):
+    """Wraps an epoch sampler, drops its first `skip` indices and yields (position in the epoch, index):
+    resuming mid-epoch (after SIGTERM) continues with the next batch of the same epoch order instead of reading
+    the skipped images again, and `EpochSeeded` augments each position as a straight run would.
     (No torch/timm sampler can start part-way; `set_epoch` is forwarded so the order is the epoch's.)"""
 
     def __init__(self, sampler: Sampler, skip: int = 0):
@@ -151,22 +152,84 @@ class SkipSampler(Sampler[int]):
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[int]:
-        it = iter(self.sampler)
-        for _ in range(self.skip):
-            next(it, None)
-        return it
+    def __iter__(self) -> Iterator[tuple]:
+        for pos, idx in enumerate(self.sampler):
+            if pos >= self.skip:
+                yield pos, idx
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip)
 
 
+def sample_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, epoch, rank, position): numpy's SeedSequence mixes them, so nearby
+    tuples give unrelated streams."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class EpochSeeded(torch.utils.data.Dataset):
+    """A training dataset whose sample at epoch position `pos` is read and augmented with python's, numpy's and
+    torch's RNGs seeded from (seed, epoch, rank, pos), the caller's RNG states put back afterwards.
+
+    Why by hand: torch seeds each loader worker once per epoch and every augmentation advances that worker's
+    RNG, so a run resumed mid-epoch (which skips the trained positions) would augment every later image
+    differently from a straight run as soon as there is a worker; and with no worker the augmentations would
+    draw on the training RNG. Seeding per position makes the augmentations a function of the position only:
+    bitwise-equal resume with any number of workers."""
+
+    def __init__(self, dataset, seed: int, rank: int):
+        self.dataset, self.seed, self.rank, self.epoch = dataset, seed, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        import random
+
+        import numpy as np
+
+        pos, idx = key
+        s = sample_seed(self.seed, self.epoch, self.rank, pos)
+        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        random.seed(s)
+        np.random.seed(s % 2 ** 32)
+        torch.manual_seed(s)
+        try:
+            return self.dataset[idx]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
+
+    def __getattr__(self, name):  # classes, samples, ... of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def leave_signals_to_the_trainer(worker_id: int = 0) -> None:
+    """A DataLoader worker's init: ignore SIGTERM and SIGINT. Schedulers (SLURM, Kubernetes, systemd, timeout,
+    docker stop) signal every process of the job, loader workers included; a worker that died of it would end
+    the trainer with "DataLoader worker ... is killed" before it could save. The trainer stops cleanly and
+    ends its workers itself (and a worker whose trainer is gone exits: torch's watchdog)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _loader_kwargs(workers: int, device: torch.device) -> dict:
     kw = dict(num_workers=workers, pin_memory=device.type == "cuda")
     if workers > 0:
-        # Fresh workers each epoch: their seeds are drawn from the (checkpointed) main RNG when the epoch starts,
-        # so a resumed run augments exactly like a straight one. Starting workers is cheap next to an epoch.
+        # Fresh workers each epoch (the dataset carries the epoch for EpochSeeded); starting workers is cheap
+        # next to an epoch.
         kw["persistent_workers"] = False
+        kw["worker_init_fn"] = leave_signals_to_the_trainer
     return kw
 
 
@@ -202,12 +265,20 @@ class _EpochRandomSampler(Sampler[int]):
         return self.n
 
 
-def build_train_loader(dataset, sampler: Sampler, cfg: dict, device: torch.device, skip_batches: int = 0):
+def build_train_loader(dataset: EpochSeeded, sampler: Sampler, cfg: dict, device: torch.device, epoch: int,
+                       skip_batches: int = 0, rank: int = 0):
+    """The epoch's training loader: the sampler's order from batch `skip_batches` on, each sample augmented as a
+    function of (seed, epoch, rank, position) (EpochSeeded), worker seeds from a generator of its own (loader
+    creation leaves the training RNG alone)."""
+    sampler.set_epoch(epoch)
+    dataset.set_epoch(epoch)
     skip = SkipSampler(sampler, skip_batches * cfg["batch_size"])
     if len(skip) < cfg["batch_size"] and skip_batches == 0:
         raise UserError(f"{cfg['batch_size']}: more than the {len(dataset)} images per process of the train split; "
                         "use a smaller batch", option="batch_size")
-    return DataLoader(dataset, batch_size=cfg["batch_size"], sampler=skip, drop_last=True,
+    g = torch.Generator()
+    g.manual_seed(sample_seed(cfg["seed"], epoch, rank))  # (3 parts: not a position's seed)
+    return DataLoader(dataset, batch_size=cfg["batch_size"], sampler=skip, drop_last=True, generator=g,
                       **_loader_kwargs(cfg["workers"], device))
 
 

@@ -497,5 +497,8 @@ def stream_loader(dataset, batch_size: int, workers: int, device: torch.device, 
     seeds from (seed, epoch, rank) so the epoch's stream is reproducible (module docstring)."""
     g = torch.Generator()
     g.manual_seed(_stream_seed(seed, epoch, rank))
+    from .data import leave_signals_to_the_trainer
+
     return DataLoader(dataset, batch_size=batch_size, drop_last=True, num_workers=workers, generator=g,
-                      pin_memory=device.type == "cuda", persistent_workers=False)
+                      pin_memory=device.type == "cuda", persistent_workers=False,
+                      worker_init_fn=leave_signals_to_the_trainer if workers else None)

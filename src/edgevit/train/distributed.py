@@ -8,7 +8,8 @@ import torch
 import torch.distributed as dist
 from ..errors import UserError
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_sum", "barrier"]
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_sum", "barrier", "peer_stopped",
+           "PeerStoppedError", "one_line_when_a_peer_stops"]
 
 
 @dataclass
@@ -53,6 +54,47 @@ def init_distributed(device: str = "auto") -> DistInfo:
         else:
             dist.init_process_group("gloo")
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev, distributed=distributed)
+
+
+class PeerStoppedError(UserError):
+    """Another process of the job stopped (its own message says why); this one can only stop too."""
+
+
+# what a collective raises in the processes left behind when one process of the group has exited
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted",
+              "Socket Timeout", "connection refused")
+
+
+def peer_stopped(e: BaseException, rank: int) -> "PeerStoppedError | None":
+    """A `PeerStoppedError` if `e` is a collective's failure because another process left (a user error or a crash
+    on that rank, which prints its own line): the healthy ranks then say so in one line instead of a gloo/NCCL
+    traceback. None for anything else (a bug here keeps its traceback)."""
+    backend_error = getattr(dist, "DistBackendError", ())
+    text = str(e)
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    if (backend_error and isinstance(e, backend_error)) or (isinstance(e, RuntimeError) and
+                                                             any(m.lower() in text.lower() for m in _PEER_GONE)):
+        return PeerStoppedError(f"rank {rank}: another process of this torchrun job stopped (its own message says "
+                                "why), so this one stopped too; nothing it had saved is lost")
+    return None
+
+
+def one_line_when_a_peer_stops(fn):
+    """Decorator for a training function: a collective that fails because another rank left becomes
+    `PeerStoppedError` (see `peer_stopped`). Used by every trainer."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeError as e:
+            peer = peer_stopped(e, int(os.environ.get("RANK", "0")))
+            if peer is None:
+                raise
+            raise peer from e
+    return wrapped
 
 
 def cleanup_distributed() -> None:

@@ -46,6 +46,18 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, amp_dtype: Op
             "top5": 100.0 * sums[2].item() / n, "loss": sums[3].item() / n}
 
 
+def inference_model(model_name: Optional[str], checkpoint, ema: bool = False, model_kwargs=None):
+    """(eval-mode model, meta) of any checkpoint the package reads: a float one (models.model_from_checkpoint), or
+    a quantization-aware run's, as the fake-quantized graph it trained (eval and predict take both)."""
+    from ..deploy.quantize import is_qat_checkpoint, load_qat_model
+
+    if checkpoint and is_qat_checkpoint(checkpoint):
+        model, _, meta = load_qat_model(checkpoint, ema=ema)
+        model.num_classes = int(meta["config"]["num_classes"])
+        return model, meta
+    return model_from_checkpoint(model_name, checkpoint, ema=ema, model_kwargs=model_kwargs)
+
+
 def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Optional[str] = None,
                         img_size: Optional[int] = None, crop_pct: Optional[float] = None,
                         interpolation: Optional[str] = None, batch_size: int = 100, workers: int = 2,
@@ -64,13 +76,7 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
 
     if model_kwargs is not None:
         check_model_options(model_name or "edgevit_xxs", model_kwargs)
-    from ..deploy.quantize import is_qat_checkpoint, load_qat_model
-
-    if is_qat_checkpoint(checkpoint):  # the fake-quantized graph the QAT run trained
-        model, _, meta = load_qat_model(checkpoint, ema=ema)
-        model.num_classes = int(meta["config"]["num_classes"])
-    else:
-        model, meta = model_from_checkpoint(model_name, checkpoint, ema=ema, model_kwargs=model_kwargs)
+    model, meta = inference_model(model_name, checkpoint, ema=ema, model_kwargs=model_kwargs)
     cfg, classes, model_name = meta["config"], meta["classes"], meta["name"]
     img_size = int(img_size or cfg.get("img_size") or 224)
     crop_pct = float(crop_pct or cfg.get("crop_pct") or 0.875)

@@ -14,7 +14,7 @@ class GracefulStop:
     """Context manager: SIGTERM/SIGINT set `.requested = True` instead of killing the process.
 
     The training loop checks `.requested` after each step, saves a checkpoint and exits; a second
-    signal of the same kind while a stop is pending falls back to the default behaviour (kill)."""
+    SIGINT while a stop is pending falls back to the default behaviour (interrupt)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -24,7 +24,11 @@ class GracefulStop:
         self._old: dict = {}
 
     def _handler(self, signum, frame) -> None:
-        if self.requested:  # impatient user: second Ctrl-C really interrupts
+        # A second SIGTERM changes nothing: schedulers send it to every process of a job and torchrun forwards
+        # it again to its workers. A second Ctrl-C (SIGINT) is an impatient user: it really interrupts.
+        if self.requested and signum != signal.SIGINT:
+            return
+        if self.requested:
             handler = self._old.get(signum)
             if callable(handler):
                 handler(signum, frame)

@@ -26,16 +26,17 @@ from tqdm import tqdm
 
 from ..models import VARIANTS, CheckpointError, fit_report, load_checkpoint, read_state_dict, save_checkpoint
 from ..models.edgevit import checkpoint_filter_fn
-from .data import build_eval_loader, build_train_loader, build_train_sampler, eval_transform, train_transform
+from .data import (EpochSeeded, build_eval_loader, build_train_loader, build_train_sampler, eval_transform,
+                   train_transform)
 from .datasets import build_train_data, stream_loader
 from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup_distributed,
-                          init_distributed)
+                          init_distributed, one_line_when_a_peer_stops)
 from .evaluate import evaluate
 from .guard import GracefulStop, agree
 from .logging import MetricsLogger
-from .recipe import amp_dtype, scaled_lr
-from .state import (CheckpointManager, capture_rng_state, load_training_state, prepare_run_dir, restore_rng_state, save_config,
-                    set_determinism)
+from .recipe import amp_dtype, public_config, resumed_config, scaled_lr
+from .state import (CheckpointManager, capture_rng_state, load_training_state, restore_rng_state, RunDirectory,
+                    save_config, set_determinism)
 from ..errors import UserError
 from ..utils.io import to_plain
 
@@ -47,6 +48,11 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 def _log(info: DistInfo, msg: str) -> None:
     if info.is_main:
         print(msg, file=sys.stderr, flush=True)
+
+
+def _shown(names) -> str:
+    names = list(names)
+    return ", ".join(map(str, names[:6])) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
 
 
 def _head_keys(model: torch.nn.Module) -> set:
@@ -144,27 +150,32 @@ def _gather_rng(info: DistInfo) -> list:
     return out
 
 
+@one_line_when_a_peer_stops
 def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Run (or continue) a training run described by a resolved config (see recipe.resolve_config)."""
     info = init_distributed(cfg["device"])
+    inputs = [(k, cfg.get(k)) for k in ("pretrained", "data", "config")]
     try:
-        return _train(cfg, info)
+        with RunDirectory(cfg["output"], cfg["resume"], cfg["overwrite"], info.is_main, inputs) as run:
+            return _train(cfg, info, run)
     finally:
         cleanup_distributed()
 
 
-def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
+def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, Any]:
     device = info.device
     run_dir = Path(cfg["output"])
     set_determinism(cfg["seed"] + info.rank, cfg["deterministic"])
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
 
-    prepare_run_dir(run_dir, cfg["resume"], cfg["overwrite"], info.is_main)  # never replace a run by accident
-    ckpt = CheckpointManager(run_dir, info.is_main)
+    ckpt = CheckpointManager(run_dir, info.is_main, run)
     resume_from = ckpt.resume_path(cfg["resume"])
     state = (load_training_state(resume_from, "edgevit train", ("model", "optimizer", "scheduler", "epoch", "rng"))
              if resume_from is not None else None)  # checked before any work
+    notes: list = []
+    if state is not None:  # the run's own recipe (a changed one is refused by name)
+        cfg, notes = resumed_config(cfg, state.get("config"), resume_from)
 
     # ---- data ---------------------------------------------------------------------------------------
     # An ImageFolder (checked), any timm dataset name, or a stream such as WebDataset shards (train/datasets.py
@@ -173,6 +184,11 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
                                                                       cfg["eval_interpolation"]),
                             info.rank, info.world_size)
     classes = data.classes
+    if state is not None and state.get("classes") and list(state["classes"]) != list(classes):
+        raise UserError(f"checkpoint {resume_from}: the run was trained on the classes {_shown(state['classes'])}, "
+                        f"but the data {cfg['data']} has {_shown(classes)}; resume on the run's data, or fine-tune it "
+                        f"on these classes in a new run (pretrained={resume_from}, a new output directory)",
+                        option="resume")
     num_classes = cfg["num_classes"] or len(classes)
     if cfg["num_classes"] and cfg["num_classes"] != len(classes):
         raise UserError(f"{cfg['num_classes']}, but the data {cfg['data']} has {len(classes)} classes",
@@ -186,6 +202,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
     else:
         sampler = build_train_sampler(train_set, cfg, info.rank, info.world_size, cfg["seed"])
         per_process = len(sampler)
+        train_set = EpochSeeded(train_set, cfg["seed"], info.rank)
     steps = per_process // cfg["batch_size"]
     updates_per_epoch = steps // cfg["accum_steps"]
     if updates_per_epoch < 1:
@@ -264,6 +281,8 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
     if cfg["warmup_epochs"] >= cfg["epochs"]:  # (warned only once every input has been checked)
         warnings.warn(f"warmup_epochs {cfg['warmup_epochs']} >= epochs {cfg['epochs']}: the learning rate never "
                       "reaches its peak")
+    for note in notes:
+        warnings.warn(note)
     if state is not None:
         _load_model_weights(model, state["model"], resume_from, cfg)
         optimizer.load_state_dict(state["optimizer"])
@@ -292,7 +311,8 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
 
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(run_dir, {**cfg, "lr": lr, "world_size": info.world_size,
+        lr = float(optimizer.param_groups[0].get("initial_lr", lr))  # (a resumed run's is its own: restored)
+        save_config(run_dir, {**public_config(cfg), "lr": lr, "world_size": info.world_size,
                               "global_batch": cfg["batch_size"] * info.world_size * cfg["accum_steps"]})
     metrics_log = MetricsLogger(run_dir, info.is_main, tensorboard=cfg["tensorboard"])
     _log(info, f"training {cfg['model']} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on "
@@ -307,7 +327,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "model_ema": ema.module.state_dict() if ema is not None else None,
                 "epoch": epoch, "step_in_epoch": step_in_epoch, "num_updates": num_updates,
-                "rng": _gather_rng(info), "config": to_plain(cfg), "classes": list(classes),
+                "rng": _gather_rng(info), "config": to_plain(public_config(cfg)), "classes": list(classes),
                 "metrics": metrics}
 
     # ---- epochs -------------------------------------------------------------------------------------
@@ -321,8 +341,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo) -> Dict[str, Any]:
                 loader = _skipped(stream_loader(train_set, cfg["batch_size"], cfg["workers"], device, cfg["seed"],
                                                 epoch, info.rank), skip_steps, cfg["progress"] and info.is_main)
             else:
-                sampler.set_epoch(epoch)
-                loader = build_train_loader(train_set, sampler, cfg, device, skip_batches=skip_steps)
+                loader = build_train_loader(train_set, sampler, cfg, device, epoch, skip_steps, info.rank)
             ddp_model.train()
             t0 = time.time()
             loss_sum = torch.zeros((), dtype=torch.float64)

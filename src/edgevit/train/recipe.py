@@ -19,7 +19,7 @@ from ..utils.options import (check_pair, choice, crop_fraction, image_size, json
                              probability, rate, read_config)
 from ..errors import ConfigError, UserError
 
-__all__ = ["RECIPE", "DROP_PATH", "add_recipe_args", "resolve_config", "scaled_lr"]
+__all__ = ["RECIPE", "DROP_PATH", "add_recipe_args", "resolve_config", "resumed_config", "public_config", "scaled_lr"]
 
 INTERPOLATION = choice("bicubic", "bilinear", "nearest", "random")
 
@@ -181,7 +181,53 @@ def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
         _check_auto_augment(cfg["aa"])
     check_model_options(cfg["model"], cfg["model_kwargs"])
     cfg["config"] = str(config_path) if config_path else None
+    cfg["_given"] = sorted(flags | set(from_file))  # what a resumed run may not silently change (resumed_config)
     return cfg
+
+
+# What a resumed run may change: where and how it runs, not what it trains. `epochs` may change how long the
+# run lasts; the learning-rate schedule keeps the length it was built with (restored with the scheduler).
+RESUME_MAY_CHANGE = ("output", "resume", "overwrite", "config", "data", "device", "workers", "threads", "progress",
+                     "tensorboard", "stop_after_epochs", "eval_batch_size", "compile", "channels_last",
+                     "grad_checkpointing", "epochs")
+
+
+def public_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The config as recorded (config.yaml, checkpoints): without the private keys resolution adds."""
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def resumed_config(cfg: Dict[str, Any], saved: Optional[Dict[str, Any]], checkpoint) -> tuple:
+    """(config, notes) of a resumed run: the recipe is the run's own (`saved`, from its checkpoint). Options not
+    given now take the run's values; one given with another value is refused (the optimizer and scheduler
+    state would override it while config.yaml recorded it), except the RESUME_MAY_CHANGE ones."""
+    if not isinstance(saved, dict):
+        return cfg, []
+    given = set(cfg.get("_given", cfg))
+    out, changed, notes = dict(cfg), [], []
+    for k, v in saved.items():
+        if k not in RECIPE or k in ("output", "resume", "overwrite"):
+            continue
+        now = cfg.get(k)
+        same = (list(now) if isinstance(now, tuple) else now) == v
+        if k == "epochs":  # the run's length unless given
+            if k not in given:
+                out[k] = v
+            elif not same:
+                notes.append(f"epochs {v} -> {now}: the learning-rate schedule keeps its {v}-epoch length (epochs "
+                             "after it run at its last learning rate)")
+            continue
+        if k in RESUME_MAY_CHANGE:  # this invocation's own (its values, or the defaults)
+            continue
+        if k in given and not same:
+            changed.append(f"{k} {now!r} (the run has {v!r})")
+        else:
+            out[k] = v
+    if changed:
+        raise ConfigError(f"checkpoint {checkpoint}: resuming keeps the run's recipe, but "
+                          f"{'; '.join(changed)} differ; leave them out to continue the run as it was, or start a "
+                          "new run (another output directory, or overwrite) with them", option="resume")
+    return out, notes
 
 
 def _check_qat(cfg: Dict[str, Any], origin) -> None:

@@ -20,7 +20,7 @@ from ..errors import ConfigError, OutputError
 from ..models.checkpoint import CheckpointError
 
 __all__ = ["capture_rng_state", "restore_rng_state", "save_training_state", "load_training_state",
-           "CheckpointManager", "set_determinism", "save_config", "load_config", "RUN_FILES", "prepare_run_dir"]
+           "CheckpointManager", "set_determinism", "save_config", "load_config", "RUN_FILES", "RunDirectory"]
 
 
 # ---------------------------------------------------------------- RNG
@@ -97,24 +97,106 @@ RUN_FILES = ("last.pth", "best.pth", "config.yaml", "metrics.jsonl", "model.safe
              "model_ema.safetensors", "tensorboard")
 
 
-def prepare_run_dir(run_dir: os.PathLike | str, resume: Optional[str], overwrite: bool, is_main: bool) -> Path:
-    """A new run never replaces another by accident: a run directory that holds a run is refused unless the
-    run is resumed, or `overwrite` asks to start again (then, on the main process, the old run's files go)."""
-    run_dir = Path(run_dir)
-    if resume and overwrite:
-        raise ConfigError("resume and overwrite exclude each other: continue the run, or start it again")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise OutputError(f"run directory {run_dir}: is a file")
-    present = [n for n in RUN_FILES if (run_dir / n).exists()] if is_main else []  # rank 0 decides (others
-    # may look after it has started writing the new run)
-    if present and not resume and not overwrite:
-        raise OutputError(f"run directory {run_dir} already holds a run ({', '.join(present)}): resume it, or "
-                          "start it again with overwrite")
-    if present and overwrite and is_main:
-        for n in present:
-            p = run_dir / n
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-    return run_dir
+class RunDirectory:
+    """The run directory of a run being started, continued or replaced; used by every trainer as
+    `with RunDirectory(...) as run:` around the whole run.
+
+    A run never replaces another by accident: a directory that holds a run is refused unless the run is
+    resumed or `overwrite` asks to start again. A resume never starts a fresh run over run files (a directory
+    with a best.pth but no last.pth has nothing to continue from). Starting again moves the old run's files
+    aside into RUN/.replaced and deletes them only when the new run has written its first checkpoint
+    (`commit`, called by CheckpointManager); if the new run fails before that (bad data found after an epoch, a
+    non-finite loss at step 1, a signal), the old run is put back. A replacement killed outright is finished or
+    undone by the next command on the directory. An input inside a directory being replaced (`inputs`:
+    (option, path)) is refused. Only the main process touches files."""
+
+    ASIDE = ".replaced"
+
+    def __init__(self, run_dir: os.PathLike | str, resume: Optional[str], overwrite: bool, is_main: bool,
+                 inputs: Sequence[tuple] = ()) -> None:
+        self.path = Path(run_dir)
+        self.is_main, self.overwrite = is_main, overwrite
+        self.aside = self.path / self.ASIDE
+        self._moved: list = []
+        if resume and overwrite:
+            raise ConfigError("resume and overwrite exclude each other: continue the run, or start it again")
+        if self.path.exists() and not self.path.is_dir():
+            raise OutputError(f"run directory {self.path}: is a file")
+        if not is_main:  # rank 0 decides (the others may look after it has started writing the new run)
+            return
+        self._recover()
+        present = self.present()
+        if present and not resume and not overwrite:
+            raise OutputError(f"run directory {self.path} already holds a run ({', '.join(present)}): resume it, or "
+                              "start it again with overwrite")
+        if resume == "auto" and present and not (self.path / "last.pth").is_file():
+            raise OutputError(f"run directory {self.path} holds {', '.join(present)} but no last.pth: there is no run "
+                              "state to continue from (nothing was started over it); fine-tune its weights in a new "
+                              f"run (pretrained={self.path / 'best.pth'}), or start again here with overwrite",
+                              option="resume")
+        if present and overwrite:
+            real = Path(os.path.realpath(self.path))
+            for option, src in inputs:
+                if src and Path(src).exists():
+                    src_real = Path(os.path.realpath(src))
+                    if src_real == real or real in src_real.parents:
+                        raise OutputError(f"{src}: lies inside the run directory {self.path}, which overwrite "
+                                          "replaces; copy it out first, or write the new run elsewhere",
+                                          option=option)
+
+    def present(self) -> list:
+        return [n for n in RUN_FILES if (self.path / n).exists()]
+
+    def _recover(self) -> None:
+        """A replacement killed before its end: with a new last.pth the new run had checkpointed (drop the old
+        files); without, put the old run back."""
+        if not self.aside.is_dir():
+            return
+        import warnings
+
+        if (self.path / "last.pth").is_file():
+            shutil.rmtree(self.aside, ignore_errors=True)
+            return
+        self._moved = sorted(e.name for e in self.aside.iterdir())
+        self._restore()
+        warnings.warn(f"run directory {self.path}: put back the run ({', '.join(self._moved) or 'no files'}) that an "
+                      "interrupted restart had moved aside")
+        self._moved = []
+
+    def __enter__(self) -> "RunDirectory":
+        if self.is_main and self.overwrite:
+            present = self.present()
+            if present:
+                self.aside.mkdir()
+                for n in present:
+                    os.replace(self.path / n, self.aside / n)
+                    self._moved.append(n)
+        return self
+
+    def commit(self) -> None:
+        """The new run has a checkpoint: the replaced run's files go."""
+        if self._moved:
+            shutil.rmtree(self.aside, ignore_errors=True)
+            self._moved = []
+
+    def _restore(self) -> None:
+        for n in RUN_FILES:  # the old run's files are all aside: what is here the new run wrote before it failed
+            p = self.path / n
+            if p.exists():
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        for n in self._moved:
+            os.replace(self.aside / n, self.path / n)
+        shutil.rmtree(self.aside, ignore_errors=True)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._moved:  # no checkpoint was written by the new run: the old run stays
+            self._restore()
+            self._moved = []
+            if exc_type is None:
+                import warnings
+
+                warnings.warn(f"run directory {self.path}: the new run wrote no checkpoint; the run it was to "
+                              "replace is kept")
 
 
 class CheckpointManager:
@@ -123,9 +205,11 @@ class CheckpointManager:
     The best metric so far travels inside the checkpoint (`best_metric`), so a resumed run keeps
     comparing against it; call `.restore(state)` after loading."""
 
-    def __init__(self, run_dir: os.PathLike | str, is_main: bool = True) -> None:
+    def __init__(self, run_dir: os.PathLike | str, is_main: bool = True,
+                 run: Optional[RunDirectory] = None) -> None:
         self.run_dir = Path(run_dir)
         self.is_main = is_main
+        self.run = run
         self.best: Optional[float] = None
         self.last_path = self.run_dir / "last.pth"
         self.best_path = self.run_dir / "best.pth"
@@ -142,6 +226,8 @@ class CheckpointManager:
         if not self.is_main:
             return
         save_training_state(self.last_path, {**state, "best_metric": self.best})
+        if self.run is not None:  # a run this one replaces can go now
+            self.run.commit()
         if improved:
             with atomic_path(self.best_path) as tmp:
                 shutil.copyfile(self.last_path, tmp)

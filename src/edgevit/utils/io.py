@@ -1,42 +1,157 @@
 """Small file helpers shared by every command: atomic writes, input checks and JSON output."""
 from __future__ import annotations
 
+import atexit
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, List, Optional, Tuple
 
-from ..errors import MissingFileError
+from ..errors import DiskFullError, MissingFileError, OutputError
+
+# errno values that mean "the file system has no room": the full disk, a quota, a file-size limit
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# a directory written by replace_dir carries this file, so that replacing it again can tell it from a
+# directory of the user's (whose other files a replacement would delete)
+OUTPUT_MARKER = ".edgevit-output"
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _free_bytes(directory: Path) -> Optional[int]:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def is_disk_full(e: BaseException, directory: os.PathLike | str) -> bool:
+    """Whether `e` means the file system of `directory` ran out of room. An OSError says so by errno; writers
+    that wrap the failure (torch.save's zip writer raises a RuntimeError "file write failed", safetensors its own
+    error) are judged by the room left, which the caller must read before the partial file is removed."""
+    for err in (e, e.__cause__, e.__context__):
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            return True
+    if isinstance(e, OSError) or not isinstance(e, (RuntimeError, ValueError)):
+        return False
+    free = _free_bytes(Path(directory))
+    return free is not None and free < 1 << 16
+
+
+def disk_full_error(what: os.PathLike | str, directory: os.PathLike | str) -> DiskFullError:
+    return DiskFullError(f"{what}: could not be written, no space left on the device holding {directory}; "
+                         "every file that existed before is intact")
 
 
 @contextlib.contextmanager
 def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.
 
-    On any error the temporary file is removed and an existing `path` is left untouched."""
+    On any error the temporary file is removed and an existing `path` is left untouched; a full disk is one
+    `DiskFullError` naming `path`. The file gets the mode a plain open() would give (writers such as
+    safetensors recreate the temporary file, so the mode is set after they ran)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
     try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            yield tmp
+            os.chmod(tmp, 0o666 & ~_umask())
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except Exception as e:
+            if is_disk_full(e, path.parent):  # (judged before the partial file is removed)
+                raise disk_full_error(path, path.parent) from e
+            raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def append_line(path: os.PathLike | str, line: str) -> None:
+    """Append one line, flushed and fsynced. A full disk truncates the file back to what it held (no half line
+    left behind) and is one `DiskFullError`."""
+    path = Path(path)
+    with open(path, "a") as f:
+        size = f.tell()
+        try:
+            f.write(line.rstrip("\n") + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as e:
+            if e.errno in _NO_SPACE:
+                f.truncate(size)
+                raise disk_full_error(path, path.parent) from e
+            raise
+
+
+# ---------------------------------------------------------------- one writer per output
+_HELD: List[Tuple[int, Path]] = []
+
+
+def _lock_file_for(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    return path.parent / f".{path.name}.lock"
+
+
+def lock_output(path: os.PathLike | str, what: str) -> None:
+    """Hold an exclusive lock on the output `path` (a file or a directory) until `release_outputs()` or the
+    process ends: a second command writing the same output is refused by name instead of both reporting
+    success and one silently replacing the other. The lock is a hidden `.NAME.lock` file beside the output
+    (flock: released by the kernel even when the process is killed; a stale file left by a kill is reused)."""
+    lock = _lock_file_for(path)
+    if any(lock == held for _, held in _HELD):
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip()
+            os.close(fd)
+            raise OutputError(f"{what} {path}: another edgevit command (pid {holder or '?'}) is writing it; wait for "
+                              "it to finish, or choose another output") from None
+        try:  # the holder before us may have removed the file after we opened it: lock the file that is there
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD.append((fd, lock))
+
+
+def release_outputs() -> None:
+    """Give up every output lock this process holds (the command is done)."""
+    while _HELD:
+        fd, lock = _HELD.pop()
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+
+
+atexit.register(release_outputs)
 
 
 def write_text_atomic(path: os.PathLike | str, text: str) -> Path:
@@ -94,18 +209,34 @@ def require_dir(path: os.PathLike | str, what: str, expected: str = "") -> Path:
     return p
 
 
+def unmarked_entries(path: os.PathLike | str) -> List[str]:
+    """The entries of an existing directory that replacing it would delete without an edgevit command having
+    written them: all of them unless the directory carries `OUTPUT_MARKER` (written by `replace_dir`)."""
+    p = Path(path)
+    if not p.is_dir() or (p / OUTPUT_MARKER).is_file():
+        return []
+    return sorted(e.name for e in p.iterdir() if not e.name.endswith(".lock"))
+
+
 @contextlib.contextmanager
-def replace_dir(path: os.PathLike | str) -> Iterator[Path]:
+def replace_dir(path: os.PathLike | str, writer: str = "edgevit") -> Iterator[Path]:
     """Yield a new temporary directory beside `path`; on success it takes `path`'s place (an existing
     `path` is moved aside and removed only after the new one is in place), so readers see the old
-    directory or the whole new one, never a mix with stale files. On error the temporary one is removed."""
-    import shutil
-
-    path = Path(path)
+    directory or the whole new one, never a mix with stale files. On error the temporary one is removed;
+    a full disk is one `DiskFullError`. The new directory has the mode a plain mkdir gives and carries
+    `OUTPUT_MARKER` (naming `writer`)."""
+    path = Path(os.path.abspath(path))  # "." and "dir/.." have no name to put a sibling beside
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        try:
+            yield tmp
+            (tmp / OUTPUT_MARKER).write_text(f"{writer}\n")
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        except Exception as e:
+            if is_disk_full(e, path.parent):
+                raise disk_full_error(path, path.parent) from e
+            raise
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
