@@ -35,7 +35,8 @@ def files(tmp_path):
               {"format": "edgevit-energy/1", "method": "trace", "n": 50, "model": "mobilevit_xs",
                "runtime": "eager", "energy_mj_mean": 95.0, "energy_mj_std": 2.0, "power_w_mean": 3.0,
                "power_w_std": 0.1, "idle_power_w": 1.5, "warnings": []}]
-    acc = [{"model": "edgevit_xxs", "top1": 74.1, "top5": 92.0}, {"model": "foonet_9000", "top1": 50.0}]
+    acc = [{"model": "edgevit_xxs", "top1": 74.1, "top5": 92.0, "num_classes": 1000, "img_size": 224,
+            "data": "imagenet/val"}, {"model": "foonet_9000", "top1": 50.0}]
     paths = {}
     for name, obj in (("bench", bench), ("energy", energy), ("acc", acc)):
         paths[name] = tmp_path / f"{name}.json"
@@ -56,9 +57,11 @@ def test_rows_accuracy_precedence_and_pareto(files):
     assert any("foonet_9000" in w and "acc.json" in w for w in warnings)
     assert any("resnet18" in w for w in warnings)
     sets = mark_pareto(rows)
-    assert sets["accuracy_latency"]["eager"] == ["mobilenetv2_100", "edgevit_xxs (fused)", "efficientnet_b0",
+    (group,) = sets["accuracy_latency"]  # one runtime, one input size, ImageNet-1K accuracies only
+    assert group.startswith("eager, 224x224px, top-1 on ImageNet-1K")
+    assert sets["accuracy_latency"][group] == ["mobilenetv2_100", "edgevit_xxs (fused)", "efficientnet_b0",
                                                  "edgevit_xs (fused)", "edgevit_s (fused)"]
-    assert sets["accuracy_energy"]["trace"] == ["edgevit_xxs (fused)", "mobilevit_xs"]
+    assert sets["accuracy_energy"][next(iter(sets["accuracy_energy"]))] == ["edgevit_xxs (fused)", "mobilevit_xs"]
     assert by["mobilevit_xs"]["pareto_latency"] is False and by["resnet18"]["pareto_latency"] is None
 
 
@@ -73,11 +76,11 @@ def test_report_writes_markdown_png_svg(files, tmp_path):
         assert len(data) > 5000
         assert data[:8] == b"\x89PNG\r\n\x1a\n" if p.endswith(".png") else b"<svg" in data
     md = (out / "report.md").read_text()
-    assert "| **edgevit_xxs (fused)** | eager | 74.1 (eval (acc.json))" in md
+    assert "| **edgevit_xxs (fused)** | eager | 224x224px | 74.1 (eval (acc.json)) | ImageNet-1K" in md
     assert "![pareto_latency_eager](pareto_latency_eager.png)" in md
     assert "arXiv:2205.03436" in md and "foonet_9000" in md and "ci-vm" in md
     summary = json.loads((out / "report.json").read_text())
-    assert summary["pareto"]["accuracy_energy"]["trace"] == ["edgevit_xxs (fused)", "mobilevit_xs"]
+    assert list(summary["pareto"]["accuracy_energy"].values())[0] == ["edgevit_xxs (fused)", "mobilevit_xs"]
 
 
 def test_labels_do_not_overlap():

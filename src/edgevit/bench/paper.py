@@ -123,6 +123,21 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
     return float(kendalltau(a, b).statistic)
 
 
+PAPER_IMG_SIZE = 224  # every latency, energy and top-1 of the paper's Tables 2 and 3
+
+
+def _side(size) -> Optional[int]:
+    """One side of a square size (an int, or [H, W] with H == W); None for a non-square size."""
+    if isinstance(size, (list, tuple)):
+        return int(size[0]) if len(size) == 2 and size[0] == size[1] else None
+    return int(size)
+
+
+def _size_text(size) -> str:
+    h, w = (size if isinstance(size, (list, tuple)) else (size, size))
+    return f"{h}x{w} px"
+
+
 def _pick_rows(bench_docs: Sequence[dict]) -> Dict[str, dict]:
     """One measured row per timm model: an EdgeViT's fused form (what ships) before its release form."""
     out: Dict[str, dict] = {}
@@ -153,6 +168,12 @@ def compare_latency(bench_docs: Sequence[dict], accuracy: Optional[Dict[str, flo
                         f"of: {', '.join(table2)}")
     if reference not in common:
         raise DataError(f"the bench results have no {reference} (the paper's reference point for latency ratios)")
+    sizes = {m: measured[m].get("img_size") for m in common}
+    other = {m: sz for m, sz in sizes.items() if sz is not None and _side(sz) != PAPER_IMG_SIZE}
+    if other:
+        shown = ", ".join(f"{m} at {_size_text(sz)}" for m, sz in sorted(other.items()))
+        raise DataError(f"the paper's phone latencies (Table 2) are at {PAPER_IMG_SIZE}x{PAPER_IMG_SIZE} px; the bench "
+                        f"results measured {shown}: measure at {PAPER_IMG_SIZE} to compare with them")
     lat = {m: float(measured[m].get("median_ms", measured[m]["mean_ms"])) for m in common}
     acc = {m: float((accuracy or {}).get(m, table2[m]["top1"])) for m in common}
     out_rows = [{"name": table2[m]["model"], "model": m, "label": measured[m].get("label", m),

@@ -72,11 +72,12 @@ def build_rows(bench: Sequence[dict] = (), energy: Sequence[dict] = (),
     paper data (accuracy for the models it knows). A user's eval top-1 wins over the paper's."""
     warnings: List[str] = []
     paper_by_model = published_top1(paper) if paper else {}
-    acc: Dict[str, Tuple[float, str]] = {m: (float(r["top1"]), "paper") for m, r in paper_by_model.items()}
-    user_acc: Dict[str, Tuple[float, str]] = {}
+    # top-1, where it comes from, and what it was measured on: accuracies on different data sets (ImageNet's 1000
+    # classes vs a 10-class set) never meet in one Pareto set
+    acc: Dict[str, Tuple[float, str, str]] = {m: (float(r["top1"]), "paper", PAPER_DATA)
+                                              for m, r in paper_by_model.items()}
     for file, item in accuracy:
-        user_acc[item["model"]] = (float(item["top1"]), f"eval ({Path(file).name})")
-    acc.update(user_acc)
+        acc[item["model"]] = (float(item["top1"]), f"eval ({Path(file).name})", accuracy_data(item))
 
     rows: List[dict] = []
     by_key: Dict[tuple, dict] = {}
@@ -116,8 +117,15 @@ def build_rows(bench: Sequence[dict] = (), energy: Sequence[dict] = (),
             measured_models.add(m)
     for row in rows:
         a = acc.get(row.get("model"))
-        row["top1"], row["top1_source"] = (a if a else (None, None))
+        row["top1"], row["top1_source"], row["top1_data"] = (a if a else (None, None, None))
         row["edgevit"] = _is_edgevit(row.get("model"))
+        row["group"] = _group_label(row)
+    seen: Dict[str, set] = defaultdict(set)
+    for row in rows:
+        seen[row["name"]].add(_size_label(row.get("img_size")))
+    for row in rows:  # the same model at two input sizes: labels that say which is which
+        if len(seen[row["name"]]) > 1 and row.get("img_size") is not None:
+            row["name"] = f"{row['name']} @{_size_label(row['img_size'])}"
     no_acc = sorted({r["name"] for r in rows if r["top1"] is None})
     if no_acc:
         warnings.append(f"no top-1 accuracy for {', '.join(no_acc)} (not in the paper data; pass "
@@ -125,11 +133,44 @@ def build_rows(bench: Sequence[dict] = (), energy: Sequence[dict] = (),
     return add_efficiency(rows), warnings
 
 
+PAPER_DATA = "ImageNet-1K (1000 classes, 224 px)"
+
+
+def accuracy_data(item: dict) -> str:
+    """What an `edgevit eval --json` accuracy was measured on: ImageNet-1K like the paper's top-1 (1000 classes at
+    224 px), else the data, its class count and input size (an older file without them: 'unknown data')."""
+    if _imagenet_like(item):
+        return PAPER_DATA
+    data = item.get("data")
+    name = Path(str(data)).name if data else "unknown data"
+    bits = [f"{item['num_classes']} classes"] if item.get("num_classes") else []
+    if item.get("img_size") is not None:
+        bits.append(_size_label(item["img_size"]).replace("px", " px"))
+    return f"{name} ({', '.join(bits)})" if bits else name
+
+
+def _size_label(size) -> str:
+    if size is None:
+        return "?"
+    h, w = (size if isinstance(size, (list, tuple)) else (size, size))
+    return f"{h}x{w}px"
+
+
+def _group_label(row: dict) -> str:
+    """The Pareto group of a row: one runtime at one input size, accuracies on one data set."""
+    parts = [str(row.get("runtime") or row.get("energy_method") or "-")]
+    if row.get("img_size") is not None:
+        parts.append(_size_label(row["img_size"]))
+    if row.get("top1_data"):
+        parts.append(f"top-1 on {row['top1_data']}")
+    return ", ".join(parts)
+
+
 def _groups(rows: Iterable[dict], key: str, by: str) -> Dict[str, List[dict]]:
     g: Dict[str, List[dict]] = defaultdict(list)
     for r in rows:
         if r.get(key) is not None and r.get("top1") is not None:
-            g[str(r.get(by) or "-")].append(r)
+            g[f"{r.get(by) or '-'}; {r['group']}" if by != "runtime" else r["group"]].append(r)
     return dict(g)
 
 
@@ -172,14 +213,16 @@ def _fmt(v, std=None, digits=1) -> str:
 
 
 def _table(rows: Sequence[dict]) -> List[str]:
-    out = ["| model | runtime | top-1 % | params (M) | GMACs | latency (ms) | energy (mJ) | top-1 %/mJ | "
-           "Pareto lat. | Pareto energy |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| model | runtime | input | top-1 % | top-1 measured on | params (M) | GMACs | latency (ms) | energy (mJ) "
+           "| top-1 %/mJ | Pareto lat. | Pareto energy |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         name = f"**{r['name']}**" if r["edgevit"] else r["name"]
         src = f" ({r['top1_source']})" if r.get("top1_source") else ""
         mark = {True: "✔", False: "", None: "—", "uncertain": "? (intervals overlap)"}
-        out.append(f"| {name} | {r.get('runtime') or '—'} | {_fmt(r.get('top1'))}{src} | "
+        size = _size_label(r.get("img_size")) if r.get("img_size") is not None else "—"
+        out.append(f"| {name} | {r.get('runtime') or '—'} | {size} | {_fmt(r.get('top1'))}{src} | "
+                   f"{r.get('top1_data') or '—'} | "
                    f"{_fmt(r.get('params_m'), digits=2)} | {_fmt(r.get('gmacs'), digits=3)} | "
                    f"{_fmt(r.get('latency_ms'), r.get('latency_std_ms'), 2)} | "
                    f"{_fmt(r.get('energy_mj'), r.get('energy_std_mj'), 2)} | {_fmt(r.get('efficiency'), digits=2)} | "
@@ -224,16 +267,20 @@ def make_report(out_dir: os.PathLike | str, bench: Sequence[str] = (), energy: S
     out.mkdir(parents=True, exist_ok=True)
 
     plots: List[Path] = []
-    for runtime, rs in sorted(_groups(rows, "latency_ms", "runtime").items()):
+    latency_groups = sorted(_groups(rows, "latency_ms", "runtime").items())
+    for i, (group, rs) in enumerate(latency_groups):
         machine = next((r.get("machine") for r in rs if r.get("machine")), None)
         ci = all(r.get("latency_ci_ms") for r in rs)
+        stem = f"pareto_latency_{rs[0]['runtime']}" + (f"_{i + 1}" if len(latency_groups) > 1 else "")
         plots += plot_tradeoff(rs, "latency_ms", "median latency per image, batch 1 (ms)" + (", 95% CI" if ci else ""),
-                               f"Accuracy vs latency — {runtime}" + (f" on {machine}" if machine else ""),
-                               out / f"pareto_latency_{runtime}", err_key="latency_ci_ms" if ci else "latency_std_ms",
+                               f"Accuracy vs latency — {group}" + (f" on {machine}" if machine else ""),
+                               out / stem, err_key="latency_ci_ms" if ci else "latency_std_ms",
                                flag_key="pareto_latency")
-    for method, rs in sorted(_groups(rows, "energy_mj", "energy_method").items()):
-        plots += plot_tradeoff(rs, "energy_mj", "energy per inference (mJ)", f"Accuracy vs energy ({method})",
-                               out / f"pareto_energy_{method}", err_key="energy_std_mj")
+    energy_groups = sorted(_groups(rows, "energy_mj", "energy_method").items())
+    for i, (group, rs) in enumerate(energy_groups):
+        stem = f"pareto_energy_{rs[0].get('energy_method')}" + (f"_{i + 1}" if len(energy_groups) > 1 else "")
+        plots += plot_tradeoff(rs, "energy_mj", "energy per inference (mJ)", f"Accuracy vs energy ({group})",
+                               out / stem, err_key="energy_std_mj")
 
     md = [f"# {title}", ""]
     summary: dict = {"out_dir": str(shown), "report": str(shown / "report.md"), "pareto": sets}
@@ -245,9 +292,11 @@ def make_report(out_dir: os.PathLike | str, bench: Sequence[str] = (), energy: S
             md += ["Energy measured with `edgevit energy` (" +
                    ", ".join(sorted({str(e.get("method")) for e in energy_data})) + "); net of idle power.", ""]
         md += ["Top-1 accuracy: `eval` = measured here with `edgevit eval`; `paper` = published ImageNet-1K top-1 "
-               "from the shipped paper data. Pareto flags are within each runtime (latency) / measurement method "
-               "(energy); — means the numbers needed are missing; ? means the latencies' confidence intervals "
-               "leave the membership open (the front drawn is the medians').", ""]
+               "(224 px) from the shipped paper data. Pareto sets are within one group: one runtime (latency) or "
+               "measurement method (energy), at one input size, with accuracies measured on one data set (a "
+               "10-class accuracy and ImageNet top-1s are never compared); — means the numbers needed are "
+               "missing; ? means the latencies' confidence intervals leave the membership open (the front drawn "
+               "is the medians').", ""]
         md += _table(rows) + [""]
         for tag, title_ in (("accuracy_latency", "Accuracy–latency"), ("accuracy_energy", "Accuracy–energy")):
             for group, names in sets[tag].items():
@@ -262,7 +311,11 @@ def make_report(out_dir: os.PathLike | str, bench: Sequence[str] = (), energy: S
     if vs_paper:
         if not bench_data:
             raise UserError("the comparison with the paper's phone needs bench results")
-        acc_over = {it["model"]: float(it["top1"]) for _, it in acc_data}
+        acc_over = {it["model"]: float(it["top1"]) for _, it in acc_data if _imagenet_like(it)}
+        for f, it in acc_data:
+            if not _imagenet_like(it):
+                warnings.append(f"accuracy file {f}: {it['model']} top-1 on {accuracy_data(it)} is not an ImageNet-1K "
+                                "top-1 at 224 px: the comparison with the paper's phone keeps the paper's top-1")
         cmp = compare_latency(bench_data, acc_over, paper_data)
         summary["vs_paper"] = cmp
         md += _vs_paper_md(cmp)
@@ -284,10 +337,18 @@ def make_report(out_dir: os.PathLike | str, bench: Sequence[str] = (), energy: S
     return summary
 
 
+def _imagenet_like(item: dict) -> bool:
+    """An eval result that can stand beside the paper's top-1: 1000 classes, at 224 px."""
+    size = item.get("img_size")
+    square = size if not isinstance(size, (list, tuple)) else (size[0] if size[0] == size[1] else None)
+    return item.get("num_classes") == 1000 and square == 224
+
+
 def _vs_paper_md(cmp: dict) -> List[str]:
     md = ["## This machine vs the paper's phone", "", cmp["note"], "",
           f"Runtime here: {cmp['runtime']}. Latency ratios are to MobileNet-v2 on each side. Kendall's τ of the "
-          f"latencies (the same order = 1): **{cmp['kendall_tau']:.2f}** over {len(cmp['rows'])} models.", "",
+          f"latencies (the same order = 1): **{cmp['kendall_tau']:.2f}** over {len(cmp['rows'])} models. Input: "
+          "224x224 px here and on the phone; top-1: ImageNet-1K (the paper's unless an eval file gives one).", "",
           "| model | here (ms) | here / MobileNet-v2 | S21 (ms) | S21 / MobileNet-v2 | top-1 % |",
           "|---|---|---|---|---|---|"]
     for r in sorted(cmp["rows"], key=lambda r: r["paper_latency_ms"]):

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..utils.options import image_size, nonneg_int, positive_int
+from ..utils.options import thread_count, image_size, nonneg_int, positive_int
 from .common import add_overwrite_arg, add_progress_arg, check_output_file, show_progress
 
 
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="MODEL",
                    help="model names (EdgeViT variants or any timm model)")
     p.add_argument("--runtime", default="eager", choices=RUNTIMES, help="runtime (default eager)")
-    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads (default 2)")
+    p.add_argument("--threads", type=thread_count, default=2, help="CPU threads (default 2)")
     p.add_argument("--runs", type=positive_int, default=50, help="timed forward passes per model (default 50)")
     p.add_argument("--warmup", type=nonneg_int, default=10, help="untimed passes before timing (default 10)")
     p.add_argument("--img-size", type=image_size, default=None,

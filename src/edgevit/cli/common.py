@@ -23,6 +23,18 @@ from ..errors import OutputError
 from ..utils.io import lock_output, print_json, unmarked_entries
 
 
+class HelpWithDefaults(argparse.HelpFormatter):
+    """argparse's ArgumentDefaultsHelpFormatter without the defaults that say nothing: None, a switch's
+    True/False, a suppressed one, or one the help text already gives."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or action.default in (None, argparse.SUPPRESS) or isinstance(action.default, bool)
+                or action.nargs == 0 or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def add_model_args(p: argparse.ArgumentParser, default: str = "edgevit_xxs", checkpoint: bool = True) -> None:
     p.add_argument("--model", default=default, help=f"EdgeViT variant ({', '.join(VARIANTS)}) or any timm model")
     if checkpoint:

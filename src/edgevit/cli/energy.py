@@ -5,8 +5,8 @@ import argparse
 import sys
 
 from ..errors import ConfigError
-from ..utils.options import image_size, nonneg_int, open_fraction, positive_float, positive_int
-from .common import add_json_arg, add_overwrite_arg, add_progress_arg, check_output_file, show_progress
+from ..utils.options import thread_count, image_size, nonneg_int, open_fraction, positive_float, positive_int
+from .common import HelpWithDefaults, add_json_arg, add_overwrite_arg, add_progress_arg, check_output_file, show_progress
 
 # Options that mean something in one mode only; given in the other they would be silently ignored.
 LIVE_ONLY = ("checkpoint", "img_size", "threads", "unfused", "repeats", "warmup", "powercap", "zone")
@@ -20,7 +20,7 @@ def register(sub) -> None:
         description="Live (Linux powercap RAPL): run N forward passes per repeat, subtract the idle power "
                     "measured over an equal idle interval. Offline (--trace): find the N inferences in a "
                     "power-monitor CSV (e.g. a Monsoon export) and integrate each above the background.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpWithDefaults)
     live = p.add_argument_group("live (RAPL)")
     live.add_argument("--model", default=None,
                       help="model to run (EdgeViT variant or timm name; live default edgevit_xxs); with "
@@ -30,7 +30,7 @@ def register(sub) -> None:
                            "with --trace: a label")
     live.add_argument("--checkpoint", default=None, help="weights (.pth/.safetensors)")
     live.add_argument("--img-size", type=image_size, default=None, help="input size (default: the model's)")
-    live.add_argument("--threads", type=positive_int, default=2, help="intra-op threads")
+    live.add_argument("--threads", type=thread_count, default=2, help="intra-op threads")
     live.add_argument("--unfused", action="store_true", help="EdgeViT: run the release layout, not the fused one")
     p.add_argument("-n", "--n", "--runs", dest="n", type=positive_int, default=None,
                    help="N inferences: live, forward passes per repeat (default 50); with --trace, how many "

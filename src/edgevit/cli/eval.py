@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from ..utils.options import crop_fraction, image_size, json_object, nonneg_int, positive_int
+from ..utils.options import crop_pct, thread_count, image_size, json_object, nonneg_int, positive_int
 from .common import add_json_arg, add_progress_arg, show_progress
 from ..errors import UserError
 
@@ -31,13 +31,13 @@ def register(subparsers) -> None:
     p.add_argument("--exported", default=None, metavar="FILE",
                    help="evaluate an exported file (.pte, .onnx, .tflite, .ptl, .pt) in its own runtime (ExecuTorch, "
                         "ONNX Runtime, LiteRT, TorchScript), fp32 or int8, instead of a checkpoint")
-    p.add_argument("--threads", type=positive_int, default=2, help="runtime threads for --exported (default 2)")
+    p.add_argument("--threads", type=thread_count, default=2, help="runtime threads for --exported (default 2)")
     p.add_argument("--model", default=None, help="model name (default: from the checkpoint, else edgevit_xxs)")
     p.add_argument("--model-kwargs", type=json_object, default=None,
                    help="model constructor kwargs as JSON (default: from the checkpoint's training config)")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
     p.add_argument("--img-size", type=image_size, default=None, help="crop size (default: checkpoint's, else 224)")
-    p.add_argument("--crop-pct", type=crop_fraction, default=None, help="center-crop fraction (default 0.875)")
+    p.add_argument("--crop-pct", type=crop_pct, default=None, help="center-crop fraction (default 0.875)")
     p.add_argument("--interpolation", default=None, choices=("bicubic", "bilinear", "nearest"),
                    help="resize interpolation (default: the checkpoint's, else bicubic)")
     p.add_argument("--batch-size", type=positive_int, default=100)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from ..utils.options import image_size, positive_int
+from ..utils.options import thread_count, image_size, positive_int
 from .common import add_json_arg, add_model_args, add_overwrite_arg, add_progress_arg, check_output_file
 
 
@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_img_size_arg(p, "default: the checkpoint's training size, else 224")
     p.add_argument("--no-fuse", action="store_true", help="export the release-layout graph as is")
     add_quantize_args(p)
-    p.add_argument("--threads", type=positive_int, default=2, help="threads for the runtime check (default 2)")
+    p.add_argument("--threads", type=thread_count, default=2, help="threads for the runtime check (default 2)")
     p.add_argument("-o", "--output", required=True, help="file to write (atomically, after a successful check)")
     add_overwrite_arg(p, "-o")
     add_progress_arg(p)
@@ -74,16 +74,21 @@ def check_quantize_args(args: argparse.Namespace, fmt: str) -> None:
         raise ConfigError(f"--quantize int8 is available for --format {' or '.join(QUANT_FORMATS)}, not {fmt}")
 
 
-def calibration(args: argparse.Namespace, size, cfg: dict, model):
-    """(images, label) for --calib: the model's eval transform (the checkpoint's crop and interpolation,
-    the model's mean/std) on --calib-images images of DIR, or random inputs when asked for by name."""
-    from ..deploy.quantize import RANDOM, model_calibration
+# images of --calib that calibration does not use, on which the int8 file's agreement and SQNR are measured
+CHECK_IMAGES = 64
 
-    images = model_calibration(model, args.calib, args.calib_images, size, cfg.get("crop_pct"),
-                               cfg.get("eval_interpolation"))
+
+def calibration(args: argparse.Namespace, size, cfg: dict, model):
+    """(images, label, check images, what they are) for --calib: the model's eval transform (the checkpoint's
+    crop and interpolation, the model's mean/std) on --calib-images images of DIR and up to CHECK_IMAGES others,
+    or random inputs when asked for by name."""
+    from ..deploy.quantize import RANDOM, calibration_and_check
+
+    images, check, checked_on = calibration_and_check(model, args.calib, args.calib_images, CHECK_IMAGES, size,
+                                                      cfg.get("crop_pct"), cfg.get("eval_interpolation"))
     if args.calib == RANDOM:
-        return images, "random (timing only: accuracy meaningless)"
-    return images, f"{len(images)} images of {args.calib}"
+        return images, "random (timing only: accuracy meaningless)", check, checked_on
+    return images, f"{len(images)} images of {args.calib}", check, checked_on
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.quantize import export_int8, is_qat_checkpoint, load_qat_model
     from ..models import VARIANTS
     from ..models.checkpoint import model_from_checkpoint, read_state_dict
+    from ..utils.images import warn_if_not_trained_size
     from ..utils.io import print_json
 
     check_quantize_args(args, args.format)
@@ -112,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     model, meta = model_from_checkpoint(args.model, args.checkpoint) if not qat else (None, None)
     cfg = meta["config"] if meta else read_state_dict(args.checkpoint)["config"]
     size = img_size_arg(args, int(cfg.get("img_size") or 224))
+    warn_if_not_trained_size(size, cfg.get("img_size"), f"exporting {args.output}")
     if qat:
         prepared, model, meta = load_qat_model(args.checkpoint, size)
     name = meta["name"]
@@ -119,9 +126,10 @@ def run(args: argparse.Namespace) -> int:
     if fused and not qat:  # (a QAT model is its fused form already)
         model = fuse(model, FORMAT_RUNTIME[args.format])
     if args.quantize:
-        images, label = calibration(args, size, cfg, model) if args.calib else (None, None)
+        images, label, check, checked_on = calibration(args, size, cfg, model) if args.calib else (None,) * 4
         report = export_int8(model, args.format, args.output, images, threads=args.threads, calibrated=label,
-                             prepared=prepared if qat else None, img_size=size)
+                             prepared=prepared if qat else None, img_size=size, check=check,
+                             checked_on=checked_on or "")
     else:
         report = export_model(model, args.format, args.output, img_size=size, threads=args.threads)
     report = {"model": name, "fused": fused, **report}
@@ -143,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_fuse and name in VARIANTS and not args.json:
         print(f"(--no-fuse: the release-layout graph of {name}, converted as it is, for comparison)")
     if args.quantize:
-        check = (f"{report['runtime']} vs {report['checked_against']} in PyTorch on {report['calibration']}: "
+        check = (f"{report['runtime']} vs {report['checked_against']} in PyTorch on {report['checked_on']}: "
                  f"top-1 agreement {report['top1_agreement']:.1f}%, logits SQNR {report['sqnr_db']:.1f} dB")
     else:
         check = f"{report['runtime']} vs PyTorch max |diff| {report['max_abs_diff']:.2e}"

@@ -18,9 +18,9 @@ from ..train.data import eval_transform
 from ..utils.io import print_json
 from .common import add_json_arg
 from ..errors import DataError
-from ..utils.images import read_image
+from ..utils.images import warn_if_not_trained_size, read_image
 from ..utils.io import require_file
-from ..utils.options import crop_fraction, image_size, positive_int
+from ..utils.options import crop_pct, image_size, positive_int
 
 
 def read_labels(path: str | Path, num_classes: int) -> list[str]:
@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     elif names is None:
         names = (ImageNetInfo().label_descriptions() if model.num_classes == 1000
                  else [str(i) for i in range(model.num_classes)])
+    warn_if_not_trained_size(args.img_size, cfg.get("img_size"), f"predicting {args.image}")
     img_size = args.img_size or int(cfg.get("img_size") or 224)
     crop_pct = args.crop_pct or float(cfg.get("crop_pct") or 0.875)
     idx, probs = predict(model, image, args.topk, img_size, crop_pct, cfg.get("eval_interpolation") or "bicubic")
@@ -96,6 +97,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", default=None, help="class names: text file (one per line) or JSON list")
     p.add_argument("--img-size", type=image_size, default=None,
                    help="default: the checkpoint's training size, else 224")
-    p.add_argument("--crop-pct", type=crop_fraction, default=None, help="default: the checkpoint's, else 0.875")
+    p.add_argument("--crop-pct", type=crop_pct, default=None, help="default: the checkpoint's, else 0.875")
     add_json_arg(p)
     p.set_defaults(func=run)

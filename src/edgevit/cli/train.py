@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_json_arg, check_output_dir
+from .common import HelpWithDefaults, add_json_arg, check_output_dir
 from ..errors import ConfigError, UserError
 
 
@@ -16,7 +16,7 @@ def register(subparsers) -> None:
         description="Train on DIR/train, evaluate on DIR/val every epoch. Defaults are the paper's recipe; "
                     "every option can be set in a --config YAML (same names, underscores) and overridden by "
                     "flags. Under torchrun each process uses one GPU (NCCL) or CPU (gloo).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpWithDefaults)
     add_recipe_args(p)
     add_json_arg(p)
     p.set_defaults(func=run)

@@ -57,11 +57,70 @@ def require_format(fmt: str) -> None:
         require_module(package)
 
 
+# ---- what a shipped file carries ----------------------------------------------------------------
+# An app ships the exported file: it must not carry the exporting machine's paths (the virtual environment, the
+# user's directories). The exporters record them as debugging aids: TorchScript's *.debug_pkl (source ranges
+# with file names, per code file), the ONNX exporter's per-node metadata (stack traces, FX node names, module
+# paths) and doc strings. The graphs, their op and node names, and the model's own metadata stay.
+def strip_torch_archive(path: Path) -> None:
+    """Rewrite a TorchScript / lite-interpreter archive without its *.debug_pkl records (with torch's own zip
+    reader and writer, which keep the record alignment torch needs); loading and outputs are unchanged."""
+    reader = torch._C.PyTorchFileReader(str(path))
+    tmp = path.with_name(path.name + ".strip")
+    try:
+        writer = torch._C.PyTorchFileWriter(str(tmp))
+        for name in reader.get_all_records():
+            if name.endswith(".debug_pkl") or name in ("version", ".data/version"):  # (the writer adds the version)
+                continue
+            data = reader.get_record(name)
+            writer.write_record(name, data, len(data))
+        writer.write_end_of_file()
+        del writer
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def strip_onnx(path: Path) -> None:
+    """Drop every node's metadata_props and doc strings (graph, nodes, values, functions) from an ONNX file."""
+    import onnx
+
+    m = onnx.load(str(path))
+
+    def clean(graph) -> None:
+        graph.doc_string = ""
+        for item in (*graph.node, *graph.input, *graph.output, *graph.value_info, *graph.initializer):
+            if hasattr(item, "metadata_props"):
+                del item.metadata_props[:]
+            if hasattr(item, "doc_string"):
+                item.doc_string = ""
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    clean(attr.g)
+                for g in attr.graphs:
+                    clean(g)
+        if hasattr(graph, "metadata_props"):
+            del graph.metadata_props[:]
+
+    clean(m.graph)
+    m.doc_string = ""
+    for f in m.functions:
+        f.doc_string = ""
+        del f.metadata_props[:]
+        for node in f.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+    onnx.save(m, str(path))
+
+
 # ---- TorchScript / lite interpreter --------------------------------------------------------------
 def save_torchscript(model: nn.Module, x: torch.Tensor, path: Path) -> None:
     with torch.no_grad():
         traced = torch.jit.freeze(torch.jit.trace(model.eval(), x, check_trace=False))
     torch.jit.save(traced, str(path))
+    strip_torch_archive(path)
 
 
 def save_ptl(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
@@ -75,12 +134,14 @@ def save_ptl(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]
         traced = torch.jit.trace(model.eval(), x, check_trace=False)
         try:
             optimize_for_mobile(traced)._save_for_lite_interpreter(str(path))
-            return {"mobile_optimized": True}
+            optimized = True
         except RuntimeError as e:
             if "XNNPACK is not enabled" not in str(e):
                 raise
-        torch.jit.freeze(traced)._save_for_lite_interpreter(str(path))
-        return {"mobile_optimized": False}
+            torch.jit.freeze(traced)._save_for_lite_interpreter(str(path))
+            optimized = False
+    strip_torch_archive(path)
+    return {"mobile_optimized": optimized}
 
 
 def load_ptl(path: Path):
@@ -99,6 +160,7 @@ def save_onnx(model: nn.Module, x: torch.Tensor, path: Path, opset: int = 20) ->
         prog = torch.onnx.export(model.eval(), (x,), dynamo=True, opset_version=opset, optimize=True,
                                  verbose=False)
         prog.save(str(path), external_data=False)
+    strip_onnx(path)
 
 
 def session_options(threads: int = 2):

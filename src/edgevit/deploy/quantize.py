@@ -36,9 +36,12 @@ ORT_INT8 = {"activation_type": "QUInt8", "weight_type": "QInt8", "reduce_range":
 
 
 # ---- calibration images ---------------------------------------------------------------------------
-def calibration_files(folder: str | Path, count: int, seed: int = 0) -> List[Path]:
+def calibration_files(folder: str | Path, count: int, seed: int = 0, check: int = 0) -> List[Path]:
     """Up to `count` image files under `folder` (any depth: an ImageFolder root or split, or a flat folder),
-    a seeded random sample of them when there are more (so every class of an ImageFolder is likely in)."""
+    a seeded random sample of them when there are more (so every class of an ImageFolder is likely in).
+    With `check`, (calibration files, check files): up to `check` more files that calibration does not use, to
+    measure the int8 file on (agreement measured on the calibration images themselves says little: a folder of
+    noise would agree 100%); a folder too small for both gives a fifth of its images to the check."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     if not Path(folder).is_dir():
@@ -50,9 +53,13 @@ def calibration_files(folder: str | Path, count: int, seed: int = 0) -> List[Pat
     if not files:
         raise DataError(f"calibration folder {folder}: no images ({', '.join(IMG_EXTENSIONS)}) inside",
                         option="calib")
-    if len(files) > count:
-        files = sorted(random.Random(seed).sample(files, count))
-    return files
+    if not check:
+        return sorted(random.Random(seed).sample(files, count)) if len(files) > count else files
+    order = random.Random(seed).sample(files, len(files))
+    if len(order) < count + check:
+        held = len(order) // 5 if len(order) >= 2 else 0
+        count, check = len(order) - max(held, 1 if len(order) >= 2 else 0), max(held, 1 if len(order) >= 2 else 0)
+    return sorted(order[:count]), sorted(order[count:count + check])
 
 
 def calibration_images(folder: str | Path, count: int, img_size, crop_pct: float = 0.875,
@@ -60,11 +67,32 @@ def calibration_images(folder: str | Path, count: int, img_size, crop_pct: float
     """(N, 3, H, W) calibration batch: up to `count` images of `folder` through the model's eval transform
     (the one `edgevit eval` applies). An image that cannot be read is an error naming it (a calibration set
     that silently lost images would calibrate on less than asked)."""
+    return _read_batch(calibration_files(folder, count), img_size, crop_pct, interpolation, mean, std)
+
+
+def _read_batch(files, img_size, crop_pct, interpolation, mean, std) -> torch.Tensor:
     from ..utils.images import eval_transform, read_image
 
     transform = eval_transform(size_hw(img_size), crop_pct, interpolation, mean, std)
-    return torch.stack([transform(read_image(f, "calibration image"))
-                        for f in calibration_files(folder, count)])
+    return torch.stack([transform(read_image(f, "calibration image")) for f in files])
+
+
+def calibration_and_check(model: nn.Module, calib: Optional[str], count: int, check: int, img_size,
+                          crop_pct: Optional[float] = None, interpolation: Optional[str] = None
+                          ) -> Tuple[torch.Tensor, Optional[torch.Tensor], str]:
+    """(calibration batch, check batch or None, what the check ran on) for an int8 export: as
+    `model_calibration`, plus up to `check` images of the folder that calibration does not use."""
+    if calib is None or calib == RANDOM:
+        images = model_calibration(model, calib, count, img_size)
+        return images, random_calibration(min(check, 8) or 1, img_size, seed=1), "random inputs (timing only)"
+    card = getattr(model, "pretrained_cfg", None) or {}
+    args = (img_size, float(crop_pct or card.get("crop_pct") or 0.875),
+            interpolation or card.get("interpolation") or "bicubic", card.get("mean"), card.get("std"))
+    cal_files, check_files = calibration_files(calib, count, check=check)
+    images = _read_batch(cal_files, *args)
+    if not check_files:
+        return images, None, f"the {len(images)} calibration images (the folder holds no other image)"
+    return images, _read_batch(check_files, *args), f"{len(check_files)} images of {calib} calibration did not use"
 
 
 def model_calibration(model: nn.Module, calib: Optional[str], count: int, img_size,
@@ -269,7 +297,7 @@ def save_onnx_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from .export import save_onnx
+    from .export import save_onnx, strip_onnx
 
     cfg = {**ORT_INT8, **options}
 
@@ -293,6 +321,7 @@ def save_onnx_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.
                             per_channel=True, activation_type=getattr(QuantType, cfg["activation_type"]),
                             weight_type=getattr(QuantType, cfg["weight_type"]), reduce_range=cfg["reduce_range"],
                             op_types_to_quantize=op_types)
+    strip_onnx(Path(path))  # (quantize_static writes its own doc strings)
     return {"onnx_quantization": {k: cfg[k] for k in ORT_INT8}}
 
 
@@ -316,14 +345,15 @@ def run_batch(run, images: torch.Tensor) -> torch.Tensor:
 
 def export_int8(model: nn.Module, fmt: str, output, images: Optional[torch.Tensor], threads: int = 2,
                 prepared: Optional[torch.fx.GraphModule] = None, calibrated: str = "images",
-                img_size=None) -> Dict[str, object]:
+                img_size=None, check: Optional[torch.Tensor] = None, checked_on: str = "") -> Dict[str, object]:
     """Quantize `model` (eval, fused or not) to int8 for `fmt` ("pte"/"onnx"), write `output` atomically and
     check the file in its runtime against the float model on the calibration images.
 
     `prepared`: a QAT-fine-tuned PT2E graph (fake quantizers already hold their scales): converted as is,
     no calibration; the file is checked against that fake-quantized model (what the run trained and
-    validated), on `images` if given, else on 8 random inputs of `img_size`. Returns the report: bytes,
-    partitions (pte), top-1 agreement and logits SQNR."""
+    validated), on `images` if given, else on 8 random inputs of `img_size`. `check`: the images the file is
+    measured on (`calibration_and_check`: ones calibration did not use; default the calibration images), named
+    by `checked_on`. Returns the report: bytes, partitions (pte), top-1 agreement and logits SQNR."""
     from ..utils.io import atomic_path
     from .export import FORMAT_RUNTIME, load_file
 
@@ -338,12 +368,15 @@ def export_int8(model: nn.Module, fmt: str, output, images: Optional[torch.Tenso
     if hasattr(model, "check_input"):
         model.check_input(x)
     model = model.eval()
+    measured = check if check is not None else images
+    checked_on = checked_on or ("the calibration images" if check is None else f"{len(check)} check images")
     with torch.no_grad():
-        reference = run_batch(prepared if prepared is not None else model, images)
+        reference = run_batch(prepared if prepared is not None else model, measured)
     report: Dict[str, object] = {"format": fmt, "runtime": FORMAT_RUNTIME[fmt], "output": str(output),
                                  "precision": "int8", "checked_against": "the float model" if prepared is None
                                  else "the fake-quantized QAT model", "img_size": list(x.shape[-2:]),
-                                 "calibration": calibrated, "calibration_images": len(images)}
+                                 "calibration": calibrated, "calibration_images": len(images),
+                                 "checked_on": checked_on, "check_images": len(measured)}
     with atomic_path(output) as tmp:
         if fmt == "pte":
             if prepared is None:
@@ -357,7 +390,7 @@ def export_int8(model: nn.Module, fmt: str, output, images: Optional[torch.Tenso
                                 "was trained with); ONNX Runtime files are quantized after training",
                                 option="format")
             report.update(save_onnx_int8(model, x, tmp, images))
-        got = run_batch(load_file(fmt, tmp, threads), images)
+        got = run_batch(load_file(fmt, tmp, threads), measured)
         report.update(agreement(reference, got))
         report["bytes"] = tmp.stat().st_size
     return report

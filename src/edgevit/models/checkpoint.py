@@ -43,11 +43,40 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     return obj
 
 
+# safetensors metadata keys of the weights a run writes (values are JSON text: safetensors metadata is str -> str)
+META_CONFIG, META_CLASSES, META_PRETRAINED_CFG = "edgevit_config", "edgevit_classes", "pretrained_cfg"
+
+
+def weights_metadata(path: PathLike) -> Dict[str, Any]:
+    """{"config", "classes"} stored in a .safetensors file's metadata by `save_checkpoint` (empty for other files
+    and for weights written elsewhere)."""
+    import json
+
+    from safetensors import safe_open
+
+    if Path(path).suffix != ".safetensors":
+        return {}
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        return {k: json.loads(meta[key]) for k, key in (("config", META_CONFIG), ("classes", META_CLASSES))
+                if key in meta}
+    except Exception as e:  # unreadable metadata: one line naming the file (the tensors were readable)
+        raise CheckpointError(f"checkpoint {path}: its metadata cannot be read ({type(e).__name__}: {e})") from e
+
+
 def checkpoint_weights(path: str | Path, ema: bool = False) -> Dict[str, Any]:
-    """Weights and metadata of a checkpoint: ours (training state or bare weights) or the authors'.
+    """Weights and metadata of a checkpoint: ours (training state, or a run's model.safetensors with its
+    preprocessing in the metadata, or bare weights) or the authors'.
 
     Returns {"state_dict", "config" (training config or None), "classes" (or None)}."""
     raw = read_state_dict(path)
+    meta = weights_metadata(path)
+    if meta:
+        raw = {**raw, **{k: v for k, v in meta.items()}}
+        if ema:
+            raise UserError(f"checkpoint {path} holds one set of weights (a run's EMA weights are its "
+                            "model_ema.safetensors)", option="ema")
     arch = raw["meta"].get("arch") if isinstance(raw.get("meta"), dict) else None
     if arch:  # a detection / segmentation run's checkpoint
         raise CheckpointError(f"checkpoint {path}: a {arch} checkpoint of `edgevit "
@@ -58,7 +87,9 @@ def checkpoint_weights(path: str | Path, ema: bool = False) -> Dict[str, Any]:
         raise CheckpointError(f"checkpoint {path}: a quantization-aware training checkpoint; its weights run only "
                               "inside the fake-quantized graph that training built (evaluating it or exporting it "
                               "as int8 builds that graph; as a float model it does not load)")
-    if ema:
+    if meta:
+        sd = {k: v for k, v in raw.items() if k not in ("config", "classes")}
+    elif ema:
         if not isinstance(raw.get("model_ema"), dict):
             raise UserError(f"checkpoint {path} holds no EMA weights (its run kept no model_ema)", option="ema")
         sd = raw["model_ema"]
@@ -104,15 +135,31 @@ def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True, skip:
     return model
 
 
-def save_checkpoint(model: nn.Module, path: PathLike) -> Path:
-    """Write the model's weights in this project's layout (safetensors; `.pth` if the name says so)."""
-    from ..utils.io import atomic_path
+def save_checkpoint(model: nn.Module, path: PathLike, config: Optional[Dict[str, Any]] = None,
+                    classes: Optional[list] = None) -> Path:
+    """Write the model's weights in this project's layout (safetensors; `.pth` if the name says so). With the
+    training `config` and `classes`, a .safetensors file carries them in its metadata (and timm's pretrained-cfg
+    fields: input size, crop, interpolation, mean/std, classes), so the weights are evaluated, run and exported
+    with the preprocessing they were trained with."""
+    import json
+
+    from ..utils.io import atomic_path, to_plain
 
     path = Path(path)
     state_dict = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {"format": "pt"}
+    if config is not None:
+        from ..utils.images import size_hw
+
+        h, w = size_hw(config.get("img_size") or 224)
+        pcfg = {**(getattr(model, "pretrained_cfg", None) or {}), "input_size": [3, h, w],
+                "crop_pct": config.get("crop_pct"), "interpolation": config.get("eval_interpolation"),
+                "num_classes": config.get("num_classes"), "label_names": list(classes or [])}
+        metadata.update({META_CONFIG: json.dumps(to_plain(config)), META_CLASSES: json.dumps(list(classes or [])),
+                         META_PRETRAINED_CFG: json.dumps(to_plain(pcfg))})
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
-            save_file(state_dict, str(tmp))
+            save_file(state_dict, str(tmp), metadata=metadata)
         else:
             torch.save(state_dict, tmp)
     return path

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import DataError, MissingDependencyError, MissingFileError, UserError
+from ..utils.images import ShownRGB8
 from .data import CheckedImageFolder, SampleError, check_data_root, check_split_dir
 
 __all__ = ["DATASET_FORMS", "dataset_prefix", "is_streamed", "TrainData", "build_train_data", "build_eval_data",
@@ -159,7 +160,7 @@ def wds_split(root: str | Path, split: Optional[str], training: bool, option: Op
 
 
 def check_shards(root: str | Path, filenames: Sequence[str], num_classes: Optional[int] = None,
-                 label_key: str = _LABEL_KEY) -> None:
+                 label_key: str = _LABEL_KEY, lengths: Optional[Sequence[int]] = None) -> None:
     """Every shard exists, is a tar file, and its first sample holds a decodable image and a label in
     [0, num_classes). (timm's reader logs and skips a sample it cannot decode or label, and refills the epoch by
     repetition, so shards written with another label key, or in a format PIL cannot read, would otherwise train
@@ -202,6 +203,35 @@ def check_shards(root: str | Path, filenames: Sequence[str], num_classes: Option
         except (OSError, ValueError) as e:
             raise DataError(f"shard {path}: sample {key!r}: {key}.{image} is not a readable image ({e})") from None
         check_label(entries[label_key], num_classes, f"shard {path}: sample {key!r}")
+        if lengths is not None:
+            _check_whole_shard(path, int(lengths[filenames.index(name)]), num_classes, label_key)
+
+
+def _check_whole_shard(path: Path, declared: int, num_classes: Optional[int], label_key: str) -> None:
+    """Every sample's label (the small .cls entries are read; images are skipped over) and the sample count
+    against what _info.json declares: a shard holding fewer samples would make the reader wait for samples
+    that never come, a bad label would stop a run mid-stream without naming the shard."""
+    from webdataset.tariterators import base_plus_ext
+
+    keys = set()
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                prefix, ext = base_plus_ext(member.name)
+                if prefix is None:
+                    continue
+                keys.add(prefix)
+                if ext.lower() == label_key:
+                    check_label(tar.extractfile(member).read(), num_classes, f"shard {path}: sample {prefix!r}")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"shard {path}: not a readable tar file to its end ({_first_line(e)}): truncated?") from None
+    except SampleError as e:
+        raise DataError(str(e)) from None
+    if len(keys) != declared:
+        raise DataError(f"shard {path}: holds {len(keys)} samples, but _info.json declares {declared} for it "
+                        "(shard_lengths); write _info.json again from the shards")
 
 
 def check_label(value, num_classes: Optional[int], where: str) -> int:
@@ -277,6 +307,13 @@ def _timm_dataset(name: str, root: str, split: str, training: bool, transform, *
     except (FileNotFoundError, RuntimeError) as e:  # a missing split or files of a library dataset
         hint = " (edgevit never downloads: put the dataset's files there)" if "download" in str(e) else ""
         raise DataError(f"dataset {name or 'tar'} in {root}, split {split!r}: {e}{hint}") from None
+    # timm's datasets and readers convert("RGB"), which clips 16-bit images and drops the orientation and alpha:
+    # they are told to keep the image's own mode, and the one decoder (edgevit.utils.images) takes it from there
+    owners = [o for o in (ds, getattr(ds, "reader", None)) if getattr(o, "input_img_mode", None)]
+    for o in owners:
+        o.input_img_mode = None
+    if owners and transform is not None:
+        transform = ShownRGB8(transform, f"a sample of {root}")
     ds.transform = transform
     return ds
 
@@ -315,6 +352,7 @@ def _val_stream(name: str, root: Path, entry: Dict[str, Any], transform, rank: i
     count = sum(int(n) for n in list(entry["shard_lengths"])[rank::world_size])
     ds = _timm_dataset(name, str(root), "::".join(mine), False, transform, num_samples=count)
     ds.reader.dist_rank, ds.reader.dist_num_replicas = 0, 1  # (read in the reader's lazy init)
+    ds.declared_samples, ds.where = count, f"{root} split {entry['name']!r}"  # evaluate() checks it read them all
     if classes:
         ds.target_transform = LabelCheck(len(classes), f"{root} split {entry['name']!r}")
     return ds
@@ -337,8 +375,8 @@ def build_train_data(cfg: Dict[str, Any], train_transform, val_transform, rank: 
         t_entry = wds_split(root, cfg.get("train_split"), True)
         v_entry = wds_split(root, cfg.get("val_split"), False)
         classes = _stream_classes(t_entry, cfg.get("num_classes"), root)
-        check_shards(root, t_entry["filenames"], len(classes))
-        check_shards(root, v_entry["filenames"], len(classes))
+        check_shards(root, t_entry["filenames"], len(classes), lengths=t_entry["shard_lengths"])
+        check_shards(root, v_entry["filenames"], len(classes), lengths=v_entry["shard_lengths"])
         workers = world_size * max(1, cfg["workers"])
         n_shards = len(t_entry["filenames"])
         notes = []
@@ -394,10 +432,18 @@ def build_train_data(cfg: Dict[str, Any], train_transform, val_transform, rank: 
     return TrainData(lambda: train_set, val, classes, len(train_set), False, f"{name} in {root}")
 
 
+# folder names that are splits of a data set root, not classes
+_SPLIT_NAMES = {"train", "val", "validation", "test"}
+
+
 def eval_split(data: str | Path) -> Path:
-    """The folder to evaluate: `data`, or its val/ when `data` is the root `edgevit train` takes."""
+    """The folder to evaluate: `data`, or its val/ when `data` is a data set root (the root `edgevit train`
+    takes, or one holding only split folders such as val/ alone)."""
     data = Path(data)
-    return data / "val" if (data / "train").is_dir() and (data / "val").is_dir() else data
+    if not (data / "val").is_dir():
+        return data
+    subdirs = {e.name for e in data.iterdir() if e.is_dir() and not e.name.startswith(".")}
+    return data / "val" if subdirs <= _SPLIT_NAMES else data
 
 
 def check_eval_data(data: str | Path, dataset: Optional[str], split: Optional[str]) -> None:
@@ -440,7 +486,7 @@ def build_eval_data(data: str | Path, dataset: Optional[str], split: Optional[st
                             option="data")
         known = names or (list(classes) if classes else None)
         n = len(known) if known else entry.get("num_classes")
-        check_shards(data, entry["filenames"], n)
+        check_shards(data, entry["filenames"], n, lengths=entry["shard_lengths"])
         ds = _val_stream(name, Path(data), entry, transform, rank, world_size, known or ([None] * n if n else None))
         return ds, known, f"{data} split {entry['name']!r}"
     if prefix == "tar":

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..models.checkpoint import model_from_checkpoint
-from ..utils.images import size_hw
+from ..utils.images import size_hw, warn_if_not_trained_size
 from .data import build_eval_loader, eval_transform
 from .distributed import all_reduce_sum
-from ..errors import UserError
+from ..errors import DataError, UserError
 
 __all__ = ["evaluate", "evaluate_checkpoint", "evaluate_exported"]
 
@@ -40,7 +40,15 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, amp_dtype: Op
             torch.tensor(float(target.numel()), dtype=torch.float64, device=device),
             hits[:, :1].sum().double(), hits.sum().double(),
             F.cross_entropy(logits, target, reduction="sum").double()])
+    declared = torch.tensor([float(getattr(loader.dataset, "declared_samples", 0) or 0)], dtype=torch.float64,
+                            device=device)  # a stream's own count (this process's shards)
     all_reduce_sum(sums)
+    all_reduce_sum(declared)
+    if declared.item() and sums[0].item() < declared.item():  # webdataset skips a sample it cannot read
+        raise DataError(f"{getattr(loader.dataset, 'where', 'the data')}: evaluated {int(sums[0].item())} of the "
+                        f"{int(declared.item())} samples its shards declare; the others could not be read (the "
+                        "lines above name them): mend or drop them (and their count in _info.json) before "
+                        "trusting an accuracy")
     n = max(sums[0].item(), 1.0)
     return {"num_images": int(sums[0].item()), "top1": 100.0 * sums[1].item() / n,
             "top5": 100.0 * sums[2].item() / n, "loss": sums[3].item() / n}
@@ -78,6 +86,7 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
         check_model_options(model_name or "edgevit_xxs", model_kwargs)
     model, meta = inference_model(model_name, checkpoint, ema=ema, model_kwargs=model_kwargs)
     cfg, classes, model_name = meta["config"], meta["classes"], meta["name"]
+    warn_if_not_trained_size(img_size, cfg.get("img_size"), f"evaluating {checkpoint}")
     img_size = int(img_size or cfg.get("img_size") or 224)
     crop_pct = float(crop_pct or cfg.get("crop_pct") or 0.875)
     interpolation = interpolation or cfg.get("eval_interpolation") or "bicubic"
@@ -92,7 +101,7 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
     loader = build_eval_loader(images, batch_size, workers, device, rank, world_size)
     metrics = evaluate(model, loader, device, progress=progress and rank == 0)
     return {"model": model_name, "checkpoint": str(checkpoint), "data": where, "ema": ema,
-            "img_size": img_size, "crop_pct": crop_pct, **metrics}
+            "img_size": img_size, "crop_pct": crop_pct, "num_classes": int(model.num_classes), **metrics}
 
 
 
@@ -142,6 +151,7 @@ def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, cro
         import warnings
         warnings.warn(f"{exported}: the file does not record the crop and interpolation it was trained with; "
                       "using crop 0.875 / bicubic unless given (or pass the checkpoint it came from)")
+    warn_if_not_trained_size(size, cfg.get("img_size"), f"{exported} runs")
     crop_pct = float(crop_pct or cfg.get("crop_pct") or 0.875)
     interpolation = interpolation or cfg.get("eval_interpolation") or "bicubic"
     images, data_classes, where = build_eval_data(data, dataset, split, eval_transform(size_hw(size), crop_pct,
@@ -159,5 +169,5 @@ def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, cro
     metrics = evaluate(model, loader, torch.device("cpu"), progress=progress, desc=f"eval {fmt}")
     h, w = size_hw(size)
     return {"exported": str(exported), "format": fmt, "data": where, "img_size": [h, w],
-            "crop_pct": crop_pct, "interpolation": interpolation, **metrics}
+            "crop_pct": crop_pct, "interpolation": interpolation, "num_classes": int(probe.shape[-1]), **metrics}
 

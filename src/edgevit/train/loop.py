@@ -453,9 +453,10 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
 
     if summary["stopped"] is None and info.is_main and not cfg["qat"]:  # (a QAT graph's weights are only
         # meaningful with its quantizers: its last.pth/best.pth is what `edgevit export --quantize` takes)
-        save_checkpoint(model, run_dir / "model.safetensors")
+        recorded = public_config(cfg)  # the weights carry their preprocessing (input size, crop, classes)
+        save_checkpoint(model, run_dir / "model.safetensors", recorded, list(classes))
         if ema is not None:
-            save_checkpoint(ema.module, run_dir / "model_ema.safetensors")
+            save_checkpoint(ema.module, run_dir / "model_ema.safetensors", recorded, list(classes))
     summary.update(best_val_top1=ckpt.best, epochs_completed=epochs_done,
                    checkpoint=str(ckpt.last_path),
                    best_checkpoint=str(ckpt.best_path) if ckpt.best is not None else None)

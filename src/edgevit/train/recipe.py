@@ -14,7 +14,7 @@ import argparse
 import os
 from typing import Any, Dict, Optional
 
-from ..utils.options import (check_pair, choice, crop_fraction, image_size, json_object,
+from ..utils.options import (check_pair, choice, crop_fraction, crop_pct, thread_count, image_size, json_object,
                              nonneg_float, nonneg_int, open_fraction, positive_float, positive_int,
                              probability, rate, read_config)
 from ..errors import ConfigError, UserError
@@ -90,7 +90,7 @@ RECIPE: Dict[str, tuple] = {
     "model_ema": (True, bool, "keep an exponential moving average of the weights (evaluated too)"),
     "model_ema_decay": (0.99996, open_fraction, "EMA decay per optimizer step"),
     # evaluation
-    "crop_pct": (0.875, crop_fraction, "evaluation: resize to img_size/crop_pct, center-crop img_size"),
+    "crop_pct": (0.875, crop_pct, "evaluation: resize to img_size/crop_pct, center-crop img_size"),
     "eval_interpolation": ("bicubic", INTERPOLATION, "evaluation resize interpolation"),
     "eval_batch_size": (None, positive_int, "evaluation batch per process (default: 1.5 x batch_size as DeiT)"),
     # performance
@@ -100,7 +100,7 @@ RECIPE: Dict[str, tuple] = {
     "compile": (False, bool, "torch.compile the model"),
     "grad_checkpointing": (False, bool, "recompute each stage's blocks in the backward pass (less activation "
                                         "memory for larger batches, about a third more compute; timm's set_grad_checkpointing)"),
-    "threads": (None, positive_int, "CPU intra-op threads per process (default: torch's; 1 is often fastest on a busy CPU)"),
+    "threads": (None, thread_count, "CPU intra-op threads per process (default: torch's; 1 is often fastest on a busy CPU)"),
     # logging
     "tensorboard": (False, bool, "also write TensorBoard scalars to RUN_DIR/tensorboard"),
     "progress": (True, bool, "tqdm progress bars on stderr (rank 0)"),
@@ -167,6 +167,9 @@ def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
         cfg["aa"] = None
     for key in ("scale", "ratio"):
         check_pair(cfg[key], origin(key))
+    if cfg["cooldown_epochs"] >= cfg["epochs"]:
+        raise ConfigError(f"{origin('cooldown_epochs')} {cfg['cooldown_epochs']}: must be fewer than the "
+                          f"{cfg['epochs']} epochs (the cooldown runs at min_lr after the cosine, within epochs)")
     if cfg["opt_betas"] is not None and len(cfg["opt_betas"]) != 2:
         raise ConfigError(f"{origin('opt_betas')} {cfg['opt_betas']}: expected two values (beta1 beta2)")
     if cfg["model_kwargs"] is None:

@@ -1,4 +1,5 @@
-"""One image reader for every command: 8-bit RGB by the image's real value range, or one clear error.
+"""One image reader for every command: 8-bit RGB by the image's real value range, as a viewer shows it
+(EXIF orientation applied, transparency over white), or one clear error.
 
 PIL's `convert("RGB")` clips 16-bit and float images to 0..255 instead of scaling them, so a 16-bit scan
 (0..65535) becomes almost all white and a float image in 0..1 almost all black: the model then answers
@@ -8,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 from .io import require_file
 
-__all__ = ["read_image", "to_rgb8", "eval_transform", "size_hw"]
+__all__ = ["read_image", "decode_image", "as_shown", "shown_rgb8", "ShownRGB8", "to_rgb8", "eval_transform", "size_hw", "warn_if_not_trained_size"]
 
 
 def size_hw(img_size) -> tuple:
@@ -22,6 +23,19 @@ def size_hw(img_size) -> tuple:
         return img_size, img_size
     h, w = img_size
     return int(h), int(w)
+
+
+def warn_if_not_trained_size(size, trained, what: str) -> None:
+    """A warning when `size` (one side or (H, W)) differs from the size the weights were trained at (`trained`,
+    None when unknown): a model run at another size than it learned answers worse, often much worse."""
+    if size is None or trained is None or size_hw(size) == size_hw(trained):
+        return
+    import warnings
+
+    h, w = size_hw(size)
+    th, tw = size_hw(trained)
+    warnings.warn(f"{what} at {h}x{w}, but the model was trained at {th}x{tw}: expect lower accuracy than at "
+                  "its training size")
 
 
 def eval_transform(img_size, crop_pct: float = 0.875, interpolation: str = "bicubic", mean=None, std=None):
@@ -64,15 +78,52 @@ def to_rgb8(img: Image.Image, name: str = "image") -> Image.Image:
     return Image.fromarray(grey, mode="L").convert("RGB")
 
 
-def read_image(path: str | Path, what: str = "image") -> Image.Image:
-    """The image at `path` as 8-bit RGB; a missing file, a directory or an undecodable file is one
-    `UserError` naming it."""
-    path = require_file(path, what)
+def as_shown(img: Image.Image) -> Image.Image:
+    """The picture a person sees: the EXIF orientation applied (phones store a portrait photo as landscape pixels
+    plus a rotation tag), and transparency composited on white (what a viewer or a browser shows on a page; strokes
+    carried by the alpha channel alone would vanish in a plain RGB conversion, which drops alpha over black)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    return img
+
+
+def shown_rgb8(img: Image.Image, name: str = "image") -> Image.Image:
+    """A decoded image as the model takes it: as shown (`as_shown`), 8-bit RGB by its value range (`to_rgb8`)."""
+    return to_rgb8(as_shown(img), name)
+
+
+class ShownRGB8:
+    """`shown_rgb8` as the first step of a transform, for readers that decode images themselves (timm's
+    WebDataset and tar readers, told to keep the image's own mode)."""
+
+    def __init__(self, transform, name: str = "a sample"):
+        self.transform, self.name = transform, name
+
+    def __call__(self, img):
+        return self.transform(shown_rgb8(img, self.name))
+
+
+def decode_image(source, name: str) -> Image.Image:
+    """The one image decoder (folders, shards, tars, calibration, dense data): a path or a binary file object as
+    8-bit RGB as shown (`as_shown`), scaled by its value range (`to_rgb8`); anything undecodable is one
+    `DataError` naming `name`."""
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()
-            return to_rgb8(im, f"{what} {path}")
+            return shown_rgb8(im, name)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         if isinstance(e, DataError):
             raise
-        raise DataError(f"{what} {path}: not a readable image ({type(e).__name__}: {e})") from None
+        raise DataError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def read_image(path: str | Path, what: str = "image") -> Image.Image:
+    """The image at `path` as 8-bit RGB, as shown; a missing file, a directory or an undecodable file is one
+    `UserError` naming it."""
+    path = require_file(path, what)
+    return decode_image(path, f"{what} {path}")

@@ -18,12 +18,17 @@ from ..errors import ConfigError
 from .io import require_file
 
 __all__ = ["number", "positive_int", "nonneg_int", "positive_float", "nonneg_float", "probability",
-           "rate", "crop_fraction", "open_fraction", "image_size", "choice", "json_object", "check_value",
-           "load_config", "read_config", "MAX_IMAGE_SIZE"]
+           "rate", "crop_fraction", "crop_pct", "thread_count", "open_fraction", "image_size", "choice", "json_object", "check_value",
+           "load_config", "read_config", "MAX_IMAGE_SIZE", "MAX_THREADS"]
 
-# Largest input side accepted anywhere: 4096 px already needs ~10 GB of activations for EdgeViT-S training;
-# beyond it a typo (100000) would only end in an out-of-memory kill after minutes.
-MAX_IMAGE_SIZE = 4096
+# Largest input side accepted anywhere. EdgeViT's global attention runs over one delegate token per 4x4 window of
+# the stride-4 stage: (side / 16)^2 tokens, an attention matrix of (side / 16)^4 floats per head; at 4096 px that
+# is 65,536^2 x 4 bytes = 17 GB for one head of one image (the process is killed for memory with nothing said),
+# at 2048 px 1 GB. Beyond 2048 a typo would only end in an out-of-memory kill.
+MAX_IMAGE_SIZE = 2048
+# Most compute threads accepted: far beyond the cores only oversubscribes (and 100,000 threads hang OpenMP or crash
+# the runtimes' thread pools).
+MAX_THREADS = max(8, 4 * (os.cpu_count() or 1))
 
 
 def number(kind: type, lo: Optional[float] = None, hi: Optional[float] = None, *, lo_open: bool = False,
@@ -69,7 +74,11 @@ positive_float = number(float, 0, lo_open=True)
 nonneg_float = number(float, 0)
 probability = number(float, 0, 1)
 rate = number(float, 0, 1, hi_open=True)  # drop-path, dropout, label smoothing: 1 would erase everything
-crop_fraction = number(float, 0, 1, lo_open=True)  # crop_pct: resize to size / crop_pct, crop size
+crop_fraction = number(float, 0, 1, lo_open=True)  # RandomResizedCrop's scale range
+# crop_pct: resize to size / crop_pct, then center-crop size. Below 1/4 the resize is over 4x the input size
+# (1e-9 overflows the resize); timm's pretrained configs use 0.8 to 1.0.
+crop_pct = number(float, 0.25, 1, what="a center-crop fraction")
+thread_count = number(int, 1, MAX_THREADS, what="a thread count")
 open_fraction = number(float, 0, 1, lo_open=True, hi_open=True)
 image_size = number(int, 32, MAX_IMAGE_SIZE, multiple=32, what="an image side in pixels")
 
