@@ -16,9 +16,14 @@ THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() 
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
+    """Each test starts seeded, with the suite's threads, and leaves the process's global kernel choices as it
+    found them (an in-process `train --deterministic` turns deterministic algorithms on for the whole process,
+    which changes later tests' numerics in the last bits)."""
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     yield
+    torch.use_deterministic_algorithms(deterministic)
 
 
 @pytest.fixture(scope="session")

@@ -232,11 +232,11 @@ def test_bad_shards_and_tars_are_named_before_or_while_training(tiny, tmp_path, 
     assert "split 'train' must be an object" in wds(bad("split", edit_info=lambda i: i["splits"].update(train=5)))
     assert "num_classes must be a positive integer" in wds(bad("nc", edit_info=lambda i: i.update(num_classes="x")))
     assert "is a file; expected the directory" in wds(shards / "_info.json")
-    # a label outside the classes: in the first sample (checked before training) or later (while reading)
+    # a label outside the classes, in the first sample or later: named with its shard and key before training
     e = wds(bad("first", relabel=lambda i, y: 7))
     assert "shard " in e and "label 7 is outside the 3 classes (0..2)" in e
     e = wds(bad("later", relabel=lambda i, y: 9 if i == 2 else y))  # the third sample of every shard
-    assert e.startswith("edgevit train: error: a sample of") and "label 9 is outside the 3 classes" in e
+    assert "tiny-train-000000.tar: sample '" in e and "label 9 is outside the 3 classes" in e
     # eval names its own option for a missing split
     import timm
     from edgevit.models import save_checkpoint

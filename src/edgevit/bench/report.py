@@ -141,8 +141,9 @@ def accuracy_data(item: dict) -> str:
     224 px), else the data, its class count and input size (an older file without them: 'unknown data')."""
     if _imagenet_like(item):
         return PAPER_DATA
-    data = item.get("data")
-    name = Path(str(data)).name if data else "unknown data"
+    data = Path(str(item.get("data") or ""))
+    name = (f"{data.parent.name}/{data.name}" if data.name in ("val", "validation", "test", "train")
+            and data.parent.name else data.name) or "unknown data"
     bits = [f"{item['num_classes']} classes"] if item.get("num_classes") else []
     if item.get("img_size") is not None:
         bits.append(_size_label(item["img_size"]).replace("px", " px"))

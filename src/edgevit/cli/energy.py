@@ -1,7 +1,6 @@
 """`edgevit energy`: energy per inference, live from RAPL or offline from a power-monitor trace."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 from ..errors import ConfigError

@@ -45,7 +45,10 @@ def run(args) -> int:
         raise ConfigError("--vs-paper compares --bench latencies with the paper's: give --bench FILE")
     if args.no_paper and (args.paper or args.vs_paper or args.paper_data):
         raise ConfigError("--no-paper excludes --paper, --vs-paper and --paper-data")
-    check_output_dir(args.out, "--out", overwrite=args.overwrite)
+    inputs = [(flag, f) for flag, files in (("--bench", args.bench), ("--energy", args.energy),
+                                            ("--accuracy", args.accuracy), ("--paper-data", [args.paper_data]))
+              for f in files if f]
+    check_output_dir(args.out, "--out", overwrite=args.overwrite, inputs=inputs)
     paper = False if args.no_paper else (args.paper_data or True)
     with replace_dir(args.out) as tmp:  # the whole report or none; no plots left from an earlier one
         summary = make_report(tmp, bench=args.bench, energy=args.energy, accuracy=args.accuracy,

@@ -22,7 +22,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 from ..errors import MissingFileError, UserError
-from ..utils.images import read_image
+from ..utils.images import read_image_for
 
 IGNORE = 255
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -83,11 +83,11 @@ class ADESegmentation(Dataset):
         """(image float 0..1 [3, H, W], label int64 [H, W] in 0..num_classes-1 or 255), checked."""
         ipath, lpath = self.images[idx], self.labels[idx]
         try:
-            img = read_image(ipath)
             with Image.open(lpath) as lm:
                 if lm.mode not in ("L", "P", "I", "I;16"):
                     raise UserError(f"label {lpath}: mode {lm.mode}, expected a single-channel PNG of class ids")
                 lab = np.array(lm, dtype=np.int64)
+            img = read_image_for(ipath, (lab.shape[1], lab.shape[0]))
         except OSError as e:
             raise UserError(f"cannot read {ipath} or {lpath} ({e})") from e
         if lab.shape != (img.size[1], img.size[0]):

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 from ..errors import MissingFileError, UserError
 from ..utils.io import require_file
-from ..utils.images import read_image
+from ..utils.images import read_image_for
 
 
 def load_coco(ann_file: str | Path):
@@ -126,7 +126,7 @@ class CocoDetection(Dataset):
     def load_image(self, image_id: int) -> torch.Tensor:
         info = self.coco.imgs[image_id]
         path = self.img_dir / info["file_name"]
-        img = read_image(path)
+        img = read_image_for(path, (info["width"], info["height"]))
         if img.size != (info["width"], info["height"]):
             raise UserError(f"image {path} is {img.size[0]}x{img.size[1]} but {self.ann_file} says "
                              f"{info['width']}x{info['height']}")

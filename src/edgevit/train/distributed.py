@@ -71,7 +71,7 @@ def peer_stopped(e: BaseException, rank: int) -> "PeerStoppedError | None":
     traceback. None for anything else (a bug here keeps its traceback)."""
     backend_error = getattr(dist, "DistBackendError", ())
     text = str(e)
-    if not (dist.is_available() and dist.is_initialized()):
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:  # (the group may already be destroyed by the trainer's cleanup)
         return None
     if (backend_error and isinstance(e, backend_error)) or (isinstance(e, RuntimeError) and
                                                              any(m.lower() in text.lower() for m in _PEER_GONE)):

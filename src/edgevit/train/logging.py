@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict
 
-from ..utils.io import to_plain
+from ..utils.io import append_line, to_plain
 
 __all__ = ["MetricsLogger"]
 
@@ -27,10 +27,7 @@ class MetricsLogger:
         """Append `record` as one JSON line (flushed + fsynced: a killed run keeps every finished epoch)."""
         if not self.is_main:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(to_plain(record)) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.path, json.dumps(to_plain(record)))
         if self._tb is not None:
             step = int(record.get("epoch", record.get("step", 0)))
             for k, v in record.items():

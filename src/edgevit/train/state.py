@@ -163,6 +163,15 @@ class RunDirectory:
                       "interrupted restart had moved aside")
         self._moved = []
 
+    @classmethod
+    def recover(cls, run_dir: os.PathLike | str) -> None:
+        """Finish or undo a replacement of `run_dir` that was killed (see `_recover`): what a command checks the
+        directory for must be the run that is there."""
+        self = cls.__new__(cls)
+        self.path, self._moved = Path(run_dir), []
+        self.aside = self.path / cls.ASIDE
+        self._recover()
+
     def __enter__(self) -> "RunDirectory":
         if self.is_main and self.overwrite:
             present = self.present()

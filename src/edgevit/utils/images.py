@@ -14,7 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import DataError
 from .io import require_file
 
-__all__ = ["read_image", "decode_image", "as_shown", "shown_rgb8", "ShownRGB8", "to_rgb8", "eval_transform", "size_hw", "warn_if_not_trained_size"]
+__all__ = ["read_image", "read_image_for", "decode_image", "as_shown", "shown_rgb8", "ShownRGB8", "to_rgb8", "eval_transform", "size_hw", "warn_if_not_trained_size"]
 
 
 def size_hw(img_size) -> tuple:
@@ -78,11 +78,13 @@ def to_rgb8(img: Image.Image, name: str = "image") -> Image.Image:
     return Image.fromarray(grey, mode="L").convert("RGB")
 
 
-def as_shown(img: Image.Image) -> Image.Image:
+def as_shown(img: Image.Image, orientation: bool = True) -> Image.Image:
     """The picture a person sees: the EXIF orientation applied (phones store a portrait photo as landscape pixels
     plus a rotation tag), and transparency composited on white (what a viewer or a browser shows on a page; strokes
-    carried by the alpha channel alone would vanish in a plain RGB conversion, which drops alpha over black)."""
-    img = ImageOps.exif_transpose(img)
+    carried by the alpha channel alone would vanish in a plain RGB conversion, which drops alpha over black).
+    `orientation=False` keeps the stored pixel grid (annotations made on it: see `read_image_for`)."""
+    if orientation:
+        img = ImageOps.exif_transpose(img)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
@@ -92,9 +94,9 @@ def as_shown(img: Image.Image) -> Image.Image:
     return img
 
 
-def shown_rgb8(img: Image.Image, name: str = "image") -> Image.Image:
+def shown_rgb8(img: Image.Image, name: str = "image", orientation: bool = True) -> Image.Image:
     """A decoded image as the model takes it: as shown (`as_shown`), 8-bit RGB by its value range (`to_rgb8`)."""
-    return to_rgb8(as_shown(img), name)
+    return to_rgb8(as_shown(img, orientation), name)
 
 
 class ShownRGB8:
@@ -108,22 +110,34 @@ class ShownRGB8:
         return self.transform(shown_rgb8(img, self.name))
 
 
-def decode_image(source, name: str) -> Image.Image:
+def decode_image(source, name: str, orientation: bool = True) -> Image.Image:
     """The one image decoder (folders, shards, tars, calibration, dense data): a path or a binary file object as
     8-bit RGB as shown (`as_shown`), scaled by its value range (`to_rgb8`); anything undecodable is one
     `DataError` naming `name`."""
     try:
         with Image.open(source) as im:
             im.load()
-            return shown_rgb8(im, name)
+            return shown_rgb8(im, name, orientation)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         if isinstance(e, DataError):
             raise
         raise DataError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
 
 
-def read_image(path: str | Path, what: str = "image") -> Image.Image:
+def read_image(path: str | Path, what: str = "image", orientation: bool = True) -> Image.Image:
     """The image at `path` as 8-bit RGB, as shown; a missing file, a directory or an undecodable file is one
     `UserError` naming it."""
     path = require_file(path, what)
-    return decode_image(path, f"{what} {path}")
+    return decode_image(path, f"{what} {path}", orientation)
+
+
+def read_image_for(path: str | Path, size: tuple, what: str = "image") -> Image.Image:
+    """The image at `path` on the pixel grid its annotations (boxes, masks, a label map) of `size` (W, H) were
+    made on: as shown when that fits (tools that honour EXIF), else as stored when that fits (COCO-style
+    width/height of the stored pixels); the caller reports a size that fits neither."""
+    img = read_image(path, what)
+    if img.size != tuple(size):
+        stored = read_image(path, what, orientation=False)
+        if stored.size == tuple(size):
+            return stored
+    return img

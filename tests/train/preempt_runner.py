@@ -1,0 +1,32 @@
+"""Run by test_faults.py (not a test module): `edgevit train ARGS...` whose training transform is slowed down and,
+at its 10th image (in whichever process reads it: a loader worker), creates the file $EDGEVIT_TEST_MARK, so the
+test knows the run is mid-epoch and can signal the whole process group as a scheduler would."""
+import os
+import sys
+import time
+from pathlib import Path
+
+from edgevit.cli.main import main
+from edgevit.train import loop
+
+_real = loop.train_transform
+
+
+def _slow_transform(cfg):
+    t = _real(cfg)
+    calls = {"n": 0}
+    mark = Path(os.environ["EDGEVIT_TEST_MARK"])
+
+    def fn(img):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            mark.touch()
+        time.sleep(0.05)
+        return t(img)
+    return fn
+
+
+loop.train_transform = _slow_transform
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
