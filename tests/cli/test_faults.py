@@ -228,6 +228,21 @@ def test_damaged_shards_are_named_and_eval_never_reports_over_fewer_samples(tmp_
     bad_label = _wds(tmp_path / "label", ok, [0, 1, 0, 7])
     refused(capsys, ["eval", "--data", str(bad_label), "--dataset", "wds/t", "--checkpoint", ck], "t-validation-000000.tar", "s003",
             "label 7")
+    # a text label, a sample without its label, a truncated shard: each named before any work
+    text = _wds(tmp_path / "text", ok, [0, 1, "abc", 1])
+    refused(capsys, ["eval", "--data", str(text), "--dataset", "wds/t", "--checkpoint", ck], "s002",
+            "not a class index")
+    nolabel = _wds(tmp_path / "nolabel", ok, [0, 1, 0, 1])
+    tar = nolabel / "t-validation-000000.tar"
+    _shard(tar, [(f"s{i:03d}", ext, data) for i, img in enumerate(ok)
+                 for ext, data in (("png", _png_bytes(img)), ("cls", b"0")) if not (i == 2 and ext == "cls")])
+    refused(capsys, ["eval", "--data", str(nolabel), "--dataset", "wds/t", "--checkpoint", ck], "s002",
+            "no 'cls' entry")
+    truncated = _wds(tmp_path / "truncated", ok, [0, 1, 0, 1])
+    tar = truncated / "t-validation-000000.tar"
+    tar.write_bytes(tar.read_bytes()[:3000])
+    refused(capsys, ["eval", "--data", str(truncated), "--dataset", "wds/t", "--checkpoint", ck],
+            "t-validation-000000.tar")
     # an undecodable image later in a shard: webdataset skips it; eval fails instead of a top-1 over 3 of 4
     broken = _wds(tmp_path / "broken", [*ok[:3], b"not an image"], [0, 1, 0, 1])
     refused(capsys, ["eval", "--data", str(broken), "--dataset", "wds/t", "--workers", "0", "--checkpoint", ck,

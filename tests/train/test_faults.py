@@ -251,3 +251,37 @@ def test_a_rank_that_fails_with_a_user_error_leaves_one_line_on_the_others(tiny,
     err = err.decode()
     assert "cannot read" in err and "another process of this torchrun job stopped" in err, err[-3000:]
     assert "Connection closed by peer" not in err and "gloo" not in err.lower(), err[-3000:]
+
+
+# ---------------------------------------------------------------- streams that skip
+def _break_image(shard: Path, nth: int) -> str:
+    """Replace the image of the `nth` sample of a shard with bytes no decoder reads; returns its key."""
+    import io
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+    keys = sorted({m.name.split(".")[0] for m, _ in members})
+    key = keys[nth]
+    with tarfile.open(shard, "w") as tar:
+        for m, data in members:
+            if m.name == f"{key}.png":
+                data = b"not an image"
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    return key
+
+
+def test_a_stream_that_skips_samples_stops_after_saving_the_epoch(tiny, tmp_path, capsys):
+    shards = tiny.make_shards(tmp_path / "shards", shards=4)
+    _break_image(sorted(shards.glob("tiny-train-*.tar"))[0], 1)  # not the first sample: only the reader meets it
+    run = tmp_path / "run"
+    common = [*args(tiny, shards, run)[1:], "--dataset", "wds/tiny", "--epochs", "2"]
+    assert cli(["train", *common]) == 2
+    one_error(capsys, "epoch 1", "skipped", "max_skipped 0")
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["skipped_samples"] >= 1
+    assert load_training_state(run / "last.pth")["epoch"] == 1  # the epoch is saved: mend the data, or allow
+    assert cli(["train", *common, "--resume", "auto", "--max-skipped", "10"]) == 0
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and records[1]["skipped_samples"] >= 1

@@ -120,3 +120,27 @@ def test_int8_bad_inputs(runs, tmp_path, capsys):
     _refused(capsys, ["bench", "--models", "mobilenetv2_100", "--precision", "int8", "--runtime", "onnxruntime"],
              "--calib")
     assert not (tmp_path / "m.pte").exists()
+
+
+def test_a_qat_checkpoint_is_read_as_what_it_is(runs, tmp_path, capsys):
+    """predict runs a QAT checkpoint as its fake-quantized graph (the answer eval scores), and resuming the QAT
+    run without --qat continues it as the QAT run it is; a float-only reader names it in one line."""
+    import shutil
+
+    from edgevit.models.checkpoint import CheckpointError, model_from_checkpoint
+
+    data, fp, qat = runs
+    image = next((data / "val" / "red").iterdir())
+    p = _json(capsys, ["predict", str(image), "--checkpoint", str(qat / "best.pth"), "--json", "--topk", "1"])
+    assert p["img_size"] == 32 and p["top"][0]["label"] in ("blue", "green", "red")
+    with pytest.raises(CheckpointError, match="quantization-aware") as e:
+        model_from_checkpoint(None, qat / "best.pth")
+    assert len(str(e.value).splitlines()) == 1 and "missing keys" not in str(e.value)
+    run = tmp_path / "qat"
+    shutil.copytree(qat, run)
+    assert cli(["train", "--data", str(data), "--output", str(run), "--resume", "auto", "--epochs", "3",
+                "--workers", "0", "--no-progress", "--device", "cpu"]) == 0  # no --qat: the run's own recipe
+    from edgevit.train.state import load_training_state
+
+    state = load_training_state(run / "last.pth")
+    assert state["epoch"] == 3 and state["config"]["qat"] is True

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import logging
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from ..utils.images import ShownRGB8
 from .data import CheckedImageFolder, SampleError, check_data_root, check_split_dir
 
 __all__ = ["DATASET_FORMS", "dataset_prefix", "is_streamed", "TrainData", "build_train_data", "build_eval_data",
-           "stream_loader", "check_shards", "wds_split", "write_wds_shards", "eval_split"]
+           "stream_loader", "SkipCounter", "check_shards", "wds_split", "write_wds_shards", "eval_split"]
 
 # prefix -> (streamed, package it needs or None)
 _PREFIXES: Dict[str, tuple] = {"": (False, None), "folder": (False, None), "tar": (False, None),
@@ -213,7 +214,7 @@ def _check_whole_shard(path: Path, declared: int, num_classes: Optional[int], la
     that never come, a bad label would stop a run mid-stream without naming the shard."""
     from webdataset.tariterators import base_plus_ext
 
-    keys = set()
+    keys: Dict[str, set] = {}
     try:
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
@@ -222,13 +223,17 @@ def _check_whole_shard(path: Path, declared: int, num_classes: Optional[int], la
                 prefix, ext = base_plus_ext(member.name)
                 if prefix is None:
                     continue
-                keys.add(prefix)
+                keys.setdefault(prefix, set()).add(ext.lower())
                 if ext.lower() == label_key:
                     check_label(tar.extractfile(member).read(), num_classes, f"shard {path}: sample {prefix!r}")
     except (tarfile.TarError, OSError, EOFError) as e:
         raise DataError(f"shard {path}: not a readable tar file to its end ({_first_line(e)}): truncated?") from None
     except SampleError as e:
         raise DataError(str(e)) from None
+    for key, exts in keys.items():  # (timm's reader would skip such a sample without a word)
+        if label_key not in exts or not exts & set(_IMAGE_EXTS):
+            what = f"'{label_key}' entry (its class index)" if label_key not in exts else "image entry"
+            raise DataError(f"shard {path}: sample {key!r} has no {what}; it has: {', '.join(sorted(exts))}")
     if len(keys) != declared:
         raise DataError(f"shard {path}: holds {len(keys)} samples, but _info.json declares {declared} for it "
                         "(shard_lengths); write _info.json again from the shards")
@@ -537,14 +542,67 @@ def _stream_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 1009 + rank) % (2 ** 63)
 
 
+class SkipCounter(logging.Handler):
+    """Counts the samples timm's WebDataset reader skips (a sample it cannot decode or label is logged as
+    "Handling webdataset error (...). Ignoring." by its `log_and_continue`, and the worker refills its epoch from
+    its shards): a logging handler on that logger in every loader worker (`worker_init`) or, without workers, in
+    this process (`attach`), adding to a counter shared with the trainer (`take`). Written by hand because the
+    reader has no hook of its own for what it skips; training would otherwise run on less than it says."""
+
+    LOGGER = "timm.data.readers.reader_wds"
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        super().__init__(logging.WARNING)
+        self.count = multiprocessing.Value("q", 0)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Ignoring" in record.getMessage():
+            with self.count.get_lock():
+                self.count.value += 1
+
+    def worker_init(self, worker_id: int) -> None:
+        from .data import leave_signals_to_the_trainer
+
+        leave_signals_to_the_trainer(worker_id)
+        self.attach()
+
+    def attach(self) -> None:
+        logger = logging.getLogger(self.LOGGER)
+        if self not in logger.handlers:
+            logger.addHandler(self)
+
+    def detach(self) -> None:
+        logging.getLogger(self.LOGGER).removeHandler(self)
+
+    def take(self) -> int:
+        """The samples skipped since the last call."""
+        with self.count.get_lock():
+            n, self.count.value = self.count.value, 0
+        return int(n)
+
+    def __getstate__(self):  # (a handler's lock does not travel to a spawned worker; the shared counter does)
+        return {"count": self.count}
+
+    def __setstate__(self, state) -> None:
+        logging.Handler.__init__(self, logging.WARNING)
+        self.count = state["count"]
+
+
 def stream_loader(dataset, batch_size: int, workers: int, device: torch.device, seed: int, epoch: int,
-                  rank: int) -> DataLoader:
+                  rank: int, skips: Optional[SkipCounter] = None) -> DataLoader:
     """A training loader over a stream: whole batches only (each worker yields a multiple of the batch), worker
-    seeds from (seed, epoch, rank) so the epoch's stream is reproducible (module docstring)."""
+    seeds from (seed, epoch, rank) so the epoch's stream is reproducible (module docstring); `skips` counts the
+    samples the reader skips."""
     g = torch.Generator()
     g.manual_seed(_stream_seed(seed, epoch, rank))
     from .data import leave_signals_to_the_trainer
 
+    init = None
+    if workers:
+        init = skips.worker_init if skips is not None else leave_signals_to_the_trainer
+    elif skips is not None:
+        skips.attach()
     return DataLoader(dataset, batch_size=batch_size, drop_last=True, num_workers=workers, generator=g,
-                      pin_memory=device.type == "cuda", persistent_workers=False,
-                      worker_init_fn=leave_signals_to_the_trainer if workers else None)
+                      pin_memory=device.type == "cuda", persistent_workers=False, worker_init_fn=init)

@@ -28,7 +28,7 @@ from ..models import VARIANTS, CheckpointError, fit_report, load_checkpoint, rea
 from ..models.edgevit import checkpoint_filter_fn
 from .data import (EpochSeeded, build_eval_loader, build_train_loader, build_train_sampler, eval_transform,
                    train_transform)
-from .datasets import build_train_data, stream_loader
+from .datasets import SkipCounter, build_train_data, stream_loader
 from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup_distributed,
                           init_distributed, one_line_when_a_peer_stops)
 from .evaluate import evaluate
@@ -37,7 +37,7 @@ from .logging import MetricsLogger
 from .recipe import amp_dtype, public_config, resumed_config, scaled_lr
 from .state import (CheckpointManager, capture_rng_state, load_training_state, restore_rng_state, RunDirectory,
                     save_config, set_determinism)
-from ..errors import UserError
+from ..errors import DataError, UserError
 from ..utils.io import to_plain
 
 __all__ = ["train"]
@@ -332,6 +332,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
 
     # ---- epochs -------------------------------------------------------------------------------------
     summary: Dict[str, Any] = {"run_dir": str(run_dir), "stopped": None}
+    skips = SkipCounter() if data.streamed else None  # samples a stream's reader skipped (counted per epoch)
     epochs_done = 0
     with GracefulStop() as stop:
         for epoch in range(start_epoch, cfg["epochs"]):
@@ -339,7 +340,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
                 train_set = data.make_train() if epoch > start_epoch else train_set
                 train_set.set_epoch(epoch)
                 loader = _skipped(stream_loader(train_set, cfg["batch_size"], cfg["workers"], device, cfg["seed"],
-                                                epoch, info.rank), skip_steps, cfg["progress"] and info.is_main)
+                                                epoch, info.rank, skips), skip_steps, cfg["progress"] and info.is_main)
             else:
                 loader = build_train_loader(train_set, sampler, cfg, device, epoch, skip_steps, info.rank)
             ddp_model.train()
@@ -426,6 +427,8 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
                 "val_loss": val["loss"], "val_images": val["num_images"], "epoch_time_s": epoch_time,
                 "images_per_s": n_steps * cfg["batch_size"] * info.world_size / max(epoch_time, 1e-9),
                 "data_wait_share": data_wait / max(epoch_time, 1e-9)}
+            if skips is not None:  # (a stream: summed over processes)
+                record["skipped_samples"] = int(all_reduce_sum(torch.tensor(float(skips.take()), device=device)).item())
             carried_loss, carried_steps = 0.0, 0
             if ema is not None:
                 ev = evaluate(ema.module, val_loader, device, amp_eval, channels_last, desc="val ema")
@@ -437,9 +440,16 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
                        f"{val['top1']:.2f}%, top-5 {val['top5']:.2f}%"
                        + (f", EMA top-1 {record['ema_val_top1']:.2f}%" if ema is not None else "")
                        + f", {record['images_per_s']:.1f} img/s ({record['data_wait_share']:.0%} of the "
-                       "epoch waiting for data)")
+                       "epoch waiting for data)"
+                       + (f", {record['skipped_samples']} unreadable samples skipped"
+                          if record.get("skipped_samples") else ""))
             summary.update(last=record)
             epochs_done += 1
+            if record.get("skipped_samples", 0) > cfg["max_skipped"]:  # the epoch is saved: fix, then resume
+                raise DataError(f"epoch {epoch + 1}: the reader skipped {record['skipped_samples']} samples of "
+                                f"{cfg['data']} it could not read (the warnings above name them), more than "
+                                f"max_skipped {cfg['max_skipped']}; {ckpt.last_path} holds the epoch: mend or drop "
+                                "them (and their count in _info.json), or allow them with max_skipped, and resume")
             if cfg["stop_after_epochs"] and epochs_done >= cfg["stop_after_epochs"] and epoch + 1 < cfg["epochs"]:
                 summary["stopped"] = "stop_after_epochs"
                 _log(info, f"stopping after {epochs_done} epoch(s) (stop_after_epochs); resume the run to continue")
@@ -450,6 +460,8 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
                 _log(info, f"stopped by signal after epoch {epoch + 1}; resume the run to continue")
                 break
     metrics_log.close()
+    if skips is not None:
+        skips.detach()
 
     if summary["stopped"] is None and info.is_main and not cfg["qat"]:  # (a QAT graph's weights are only
         # meaningful with its quantizers: its last.pth/best.pth is what `edgevit export --quantize` takes)

@@ -105,6 +105,8 @@ RECIPE: Dict[str, tuple] = {
     "tensorboard": (False, bool, "also write TensorBoard scalars to RUN_DIR/tensorboard"),
     "progress": (True, bool, "tqdm progress bars on stderr (rank 0)"),
     "stop_after_epochs": (None, positive_int, "debug: stop (as if killed) after this many epochs of this invocation"),
+    "max_skipped": (0, nonneg_int, "streams: samples the reader may skip in an epoch (an image it cannot decode) "
+                                   "before the run stops, after saving that epoch"),
 }
 
 # Stochastic depth per variant: the release trains all three with DeiT's --drop-path default, 0.1.
@@ -191,7 +193,7 @@ def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
 # What a resumed run may change: where and how it runs, not what it trains. `epochs` may change how long the
 # run lasts; the learning-rate schedule keeps the length it was built with (restored with the scheduler).
 RESUME_MAY_CHANGE = ("output", "resume", "overwrite", "config", "data", "device", "workers", "threads", "progress",
-                     "tensorboard", "stop_after_epochs", "eval_batch_size", "compile", "channels_last",
+                     "tensorboard", "stop_after_epochs", "max_skipped", "eval_batch_size", "compile", "channels_last",
                      "grad_checkpointing", "epochs")
 
 
