@@ -309,9 +309,9 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
     elif cfg["resume"] == "auto":
         _log(info, f"no {ckpt.last_path} to resume: starting a new run")
 
+    lr = float(optimizer.param_groups[0].get("initial_lr", lr))  # (a resumed run's is its own, restored)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        lr = float(optimizer.param_groups[0].get("initial_lr", lr))  # (a resumed run's is its own: restored)
         save_config(run_dir, {**public_config(cfg), "lr": lr, "world_size": info.world_size,
                               "global_batch": cfg["batch_size"] * info.world_size * cfg["accum_steps"]})
     metrics_log = MetricsLogger(run_dir, info.is_main, tensorboard=cfg["tensorboard"])

@@ -43,7 +43,7 @@ def is_disk_full(e: BaseException, directory: os.PathLike | str) -> bool:
     for err in (e, e.__cause__, e.__context__):
         if isinstance(err, OSError) and err.errno in _NO_SPACE:
             return True
-    if isinstance(e, OSError) or not isinstance(e, (RuntimeError, ValueError)):
+    if isinstance(e, OSError):
         return False
     free = _free_bytes(Path(directory))
     return free is not None and free < 1 << 16
@@ -219,19 +219,19 @@ def unmarked_entries(path: os.PathLike | str) -> List[str]:
 
 
 @contextlib.contextmanager
-def replace_dir(path: os.PathLike | str, writer: str = "edgevit") -> Iterator[Path]:
+def replace_dir(path: os.PathLike | str) -> Iterator[Path]:
     """Yield a new temporary directory beside `path`; on success it takes `path`'s place (an existing
     `path` is moved aside and removed only after the new one is in place), so readers see the old
     directory or the whole new one, never a mix with stale files. On error the temporary one is removed;
     a full disk is one `DiskFullError`. The new directory has the mode a plain mkdir gives and carries
-    `OUTPUT_MARKER` (naming `writer`)."""
+    `OUTPUT_MARKER`."""
     path = Path(os.path.abspath(path))  # "." and "dir/.." have no name to put a sibling beside
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         try:
             yield tmp
-            (tmp / OUTPUT_MARKER).write_text(f"{writer}\n")
+            (tmp / OUTPUT_MARKER).write_text("written by edgevit\n")
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         except Exception as e:
             if is_disk_full(e, path.parent):
