@@ -1,7 +1,8 @@
 """Where training time goes: the model's training step alone, and the input pipeline alone, per worker.
 
     .venv/bin/python benchmarks/train_throughput.py [--models edgevit_xxs mobilenetv2_100 ...]
-        [--device cpu|cuda] [--batch 64] [--amp none|bfloat16|float16] [--channels-last] [--json out.json]
+        [--device cpu|cuda] [--batch 64] [--amp none|bfloat16|float16] [--channels-last] [--teacher MODEL]
+        [--json out.json]
 
 (a) Training step (synthetic batch at 224 x 224: forward, loss, backward, AdamW step, EMA update) for each
 model, timed in interleaved rounds (`edgevit.bench.bench.time_runners`, CUDA synchronised per step):
@@ -41,8 +42,36 @@ MODELS = ["edgevit_xxs", "edgevit_xs", "edgevit_s", "mobilenetv2_100", "pvt_v2_b
 DTYPES = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def step_runner(name: str, batch: int, device: torch.device, amp, channels_last: bool):
-    """One training step of `name` on a fixed synthetic batch, as a callable (the loop's work, no data)."""
+def teacher_distiller(teacher: str, device: torch.device, channels_last: bool, kind: str = "hard"):
+    """The package's Distiller around `teacher` with random weights (timing only: its forward costs the same)."""
+    from timm.task.distillation import DistillationTeacher
+
+    from edgevit.train.distill import Distiller
+
+    t = DistillationTeacher(timm.create_model(teacher, num_classes=1000).eval(), device=device).to(device)
+    for p in t.parameters():
+        p.requires_grad_(False)
+    if channels_last:
+        t = t.to(memory_format=torch.channels_last)
+    return Distiller(t, kind, 0.5, 1.0, (224, 224), 224, device)
+
+
+def teacher_ms(distiller, batch: int, device: torch.device, amp, channels_last: bool, steps: int) -> float:
+    """Median ms of the teacher's part of a distilled step (re-normalise, forward) on a batch of that size."""
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = []
+    for _ in range(steps + 1):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            distiller.teacher_logits(x)
+        out.append(1e3 * distiller.take_seconds())
+    return statistics.median(out[1:])
+
+
+def step_runner(name: str, batch: int, device: torch.device, amp, channels_last: bool, distiller=None):
+    """One training step of `name` on a fixed synthetic batch, as a callable (the loop's work, no data); with a
+    `distiller`, the distilled step (the teacher's forward pass and DeiT's loss added)."""
     model = timm.create_model(name, num_classes=1000).to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -57,7 +86,8 @@ def step_runner(name: str, batch: int, device: torch.device, amp, channels_last:
 
     def step():
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = F.cross_entropy(model(x), y)
+            out = model(x)
+            loss = F.cross_entropy(out, y) if distiller is None else distiller.loss(x, out, y, F.cross_entropy)
         (scaler.scale(loss) if scaler else loss).backward()
         if scaler:
             scaler.step(opt)
@@ -110,6 +140,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps per model (interleaved rounds)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--teacher", default=None, metavar="MODEL",
+                   help="also time each model's distilled step with this timm teacher (DeiT's hard distillation), "
+                        "and the teacher's share of it")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -119,20 +152,33 @@ def main() -> int:
     if args.amp == "float16" and device.type != "cuda":
         raise SystemExit("train_throughput: --amp float16 needs --device cuda (use bfloat16 on CPU)")
     amp = DTYPES[args.amp]
-    built = [(m, *step_runner(m, args.batch, device, amp, args.channels_last)) for m in args.models]
-    times = time_runners([s for _, s, _ in built], args.steps, args.warmup)
+    built = [(m, *step_runner(m, args.batch, device, amp, args.channels_last), None) for m in args.models]
+    if args.teacher:
+        for m in args.models:
+            d = teacher_distiller(args.teacher, device, args.channels_last)
+            built.append((f"{m} + teacher {args.teacher}", *step_runner(m, args.batch, device, amp,
+                                                                        args.channels_last, d), d))
+    times = time_runners([s for _, s, _, _ in built], args.steps, args.warmup)
     rows = []
-    for (name, _, gmacs), ts in zip(built, times):
+    for (name, _, gmacs, d), ts in zip(built, times):
         ms = statistics.median(ts)
         ips = args.batch / (ms / 1e3)
-        rows.append({"model": name, "step_ms": ms, "images_per_s": ips, "gmacs": gmacs, "gmac_per_s": ips * gmacs})
+        row = {"model": name, "step_ms": ms, "images_per_s": ips, "gmacs": gmacs, "gmac_per_s": ips * gmacs}
+        if d is not None:  # the teacher's forward alone on the same batch, against the distilled step
+            row["teacher_ms"] = teacher_ms(d, args.batch, device, amp, args.channels_last, args.steps)
+            row["teacher_share"] = row["teacher_ms"] / ms
+            plain = next(r for r in rows if r["model"] == name.split(" + ")[0])
+            row["overhead_vs_plain"] = ms / plain["step_ms"]
+        rows.append(row)
     pipe = pipeline_rate()
     print(f"training step, {args.device}, batch {args.batch}, amp {args.amp}, channels_last {args.channels_last}, "
           f"{args.threads} threads, {args.steps} interleaved rounds (median):")
     for r in rows:
         print(f"  {r['model']:<24} {r['step_ms']:9.1f} ms/step  {r['images_per_s']:8.1f} img/s  "
               f"{r['gmacs']:.3f} GMACs/img  {r['gmac_per_s']:7.1f} forward GMAC/s  "
-              f"workers to feed it: {r['images_per_s'] / pipe['images_per_s']:.1f}")
+              f"workers to feed it: {r['images_per_s'] / pipe['images_per_s']:.1f}"
+              + (f"  ({r['overhead_vs_plain']:.2f}x the plain step; teacher {r['teacher_share']:.0%} of it)"
+                 if "teacher_share" in r else ""))
     print(f"input pipeline, one worker: {pipe['images_per_s']:.1f} img/s (decode {pipe['decode_ms']:.1f} ms, "
           f"transform {pipe['transform_ms']:.1f} ms, mixup/cutmix {pipe['mixup_ms_per_image']:.2f} ms per image)")
     if args.json:

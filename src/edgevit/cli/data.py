@@ -24,6 +24,9 @@ def register(subparsers) -> None:
     d.add_argument("--size", type=number(int, 8, MAX_IMAGE_SIZE), default=64, help="PNG side in pixels (default 64)")
     d.add_argument("--val-fraction", type=open_fraction, default=0.2, help="share of each class in val/ (default 0.2)")
     d.add_argument("--seed", type=nonneg_int, default=0, help="split seed (default 0)")
+    d.add_argument("--train-fraction", type=number(float, 0, 1, lo_open=True), default=1.0,
+                   help="keep this stratified share of train/ (same seed, same val/): a small-data set, e.g. 0.1 "
+                        "(default 1)")
     add_overwrite_arg(d, "the whole directory")
     add_json_arg(d)
     d.set_defaults(func=run_digits)
@@ -40,7 +43,7 @@ def run_digits(args: argparse.Namespace) -> int:
     check_output_dir(args.out, "--out", overwrite=args.overwrite)
     with replace_dir(args.out) as tmp:  # a complete set or none; no stale files from an earlier one
         result = export_digits(tmp, args.size, args.val_fraction, args.seed, args.format, args.shards or 8,
-                               args.val_shards or 4)
+                               args.val_shards or 4, args.train_fraction)
     result["out"] = str(args.out)
     if args.json:
         print_json(result)

@@ -384,6 +384,23 @@ class FusedLGLBlock(nn.Module):
         return self.global_attn(self.local_agg(x))
 
 
+def merged_classifier(head: nn.Module) -> nn.Module:
+    """The head's classifier; with a distillation head, one linear layer computing the two heads' average
+    (W = (W_cls + W_dist) / 2, b = (b_cls + b_dist) / 2: exact, as evaluation averages them), so every exported
+    file has one output."""
+    fc = head.fc
+    dist = getattr(head, "fc_dist", None) if getattr(head, "distill", False) else None
+    if not isinstance(dist, nn.Linear):
+        return fc
+    merged = nn.Linear(fc.in_features, fc.out_features, bias=fc.bias is not None or dist.bias is not None)
+    merged.weight.data.copy_((fc.weight.detach() + dist.weight.detach()) / 2)
+    if merged.bias is not None:
+        zero = torch.zeros(fc.out_features, dtype=fc.weight.dtype)
+        merged.bias.data.copy_(((fc.bias.detach() if fc.bias is not None else zero)
+                                + (dist.bias.detach() if dist.bias is not None else zero)) / 2)
+    return merged.to(fc.weight.dtype)
+
+
 class FusedHead(nn.Module):
     """The head's BatchNorm folded into the classifier where pooling averages (a per-channel affine
     commutes with the mean); else the BN is kept (eval mode: one scale and shift)."""
@@ -391,7 +408,7 @@ class FusedHead(nn.Module):
     def __init__(self, head: nn.Module):
         super().__init__()
         self.pool = head.global_pool == "avg"
-        fc = head.fc
+        fc = merged_classifier(head)
         if isinstance(fc, nn.Linear) and self.pool:
             s, t = _bn_scale_shift(head.norm)
             w, b = _fold_input_affine(fc.weight.detach(), fc.bias.detach() if fc.bias is not None else None, s, t)

@@ -286,30 +286,48 @@ class EdgeViTHead(Fusable, nn.Module):
     """The release's final BatchNorm, global average pooling, dropout and classifier, as one module.
 
     The BN sits in the head (as in ConvNeXt's NormMlpClassifierHead) so that `fuse()` (timm's
-    reparameterize_model) can fold it into the classifier: a per-channel affine commutes with averaging."""
+    reparameterize_model) can fold it into the classifier: a per-channel affine commutes with averaging.
 
-    def __init__(self, in_features: int, num_classes: int, pool_type: str = "avg", drop_rate: float = 0.0):
+    `distill`: a second classifier `fc_dist` trained on a teacher's targets (DeiT's distillation token, LeViT's
+    and RepViT's `head_dist`): while distilled training is on, training returns (class logits, distillation
+    logits); otherwise the two heads' average (as DeiT, LeViT and RepViT evaluate). `fuse()` merges the two
+    into one linear layer (the average of two affine maps is one)."""
+
+    def __init__(self, in_features: int, num_classes: int, pool_type: str = "avg", drop_rate: float = 0.0,
+                 distill: bool = False):
         super().__init__()
         self.in_features = in_features
         self.norm = nn.BatchNorm2d(in_features)
         self.global_pool = _check_choice("global_pool", pool_type, ("avg", ""))
         self.drop = nn.Dropout(drop_rate)
+        self.distill = distill
+        self.distilled_training = False
         self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+        if distill:
+            self.fc_dist = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def reset(self, num_classes: int, pool_type: Optional[str] = None) -> None:
         if pool_type is not None:
             self.global_pool = _check_choice("global_pool", pool_type, ("avg", ""))
         ref = next(self.parameters(), None)  # a new classifier on the device / in the dtype of the rest
         dd = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
-        self.fc = nn.Linear(self.in_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
-        self.fc.train(self.training)
+        for name in ("fc", "fc_dist") if self.distill else ("fc",):
+            fc = nn.Linear(self.in_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+            setattr(self, name, fc.train(self.training))
 
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pre_logits: bool = False):
         x = self.norm(x)
         if self.global_pool == "avg":
             x = x.mean((2, 3))
         x = self.drop(x)
-        return x if pre_logits else self.fc(x)
+        if pre_logits:
+            return x
+        if not self.distill:
+            return self.fc(x)
+        x, x_dist = self.fc(x), self.fc_dist(x)
+        if self.distilled_training and self.training and not torch.jit.is_scripting():
+            return x, x_dist
+        return (x + x_dist) / 2
 
 
 class EdgeViTStage(nn.Module):
@@ -350,6 +368,7 @@ class EdgeViT(nn.Module):
             proj_drop_rate: float = 0.0,
             attn_drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
+            distill_head: bool = False,
             device: Optional[Union[str, torch.device]] = None,
             dtype: Optional[torch.dtype] = None,
     ):
@@ -386,7 +405,8 @@ class EdgeViT(nn.Module):
             in_chs = embed_dims[i]
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=2 ** (i + 2), module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.head = EdgeViTHead(self.num_features, num_classes, global_pool, drop_rate)  # final BN + classifier
+        self.head = EdgeViTHead(self.num_features, num_classes, global_pool, drop_rate,  # final BN + classifier
+                                distill=distill_head)
         self.apply(self._init_weights)
         if device is not None or dtype is not None:  # timm's factory kwargs: built on CPU in fp32, then moved
             self.to(device=device, dtype=dtype)
@@ -423,6 +443,12 @@ class EdgeViT(nn.Module):
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head.fc
+
+    @torch.jit.ignore
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """With a distillation head: training returns (class logits, distillation logits) (timm's DeiT/LeViT
+        API); evaluation always returns their average."""
+        self.head.distilled_training = enable
 
     @property
     def global_pool(self) -> str:
@@ -525,6 +551,26 @@ def convert_authors_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str,
     return _head_module_keys(out)
 
 
+def _fit_distill_head(state_dict: Dict[str, torch.Tensor], model: "EdgeViT") -> Dict[str, torch.Tensor]:
+    """The rule between checkpoints and models with and without a distillation head, chosen so the loaded model
+    answers what the checkpoint's model answered: a checkpoint with `head.fc_dist` into a model without one
+    gets the two heads' average as its classifier (what the distilled model evaluates); a checkpoint without
+    it into a model with one starts `fc_dist` as a copy of `fc` (same answers, and the two heads then diverge
+    in distilled training)."""
+    has = "head.fc_dist.weight" in state_dict
+    wants = bool(getattr(model.head, "distill", False))
+    if has and not wants:
+        out = {k: v for k, v in state_dict.items() if not k.startswith("head.fc_dist.")}
+        for leaf in ("weight", "bias"):
+            if f"head.fc.{leaf}" in out and f"head.fc_dist.{leaf}" in state_dict:
+                out[f"head.fc.{leaf}"] = (state_dict[f"head.fc.{leaf}"] + state_dict[f"head.fc_dist.{leaf}"]) / 2
+        return out
+    if wants and not has and "head.fc.weight" in state_dict:
+        return {**state_dict, **{f"head.fc_dist.{leaf}": state_dict[f"head.fc.{leaf}"].clone()
+                                 for leaf in ("weight", "bias") if f"head.fc.{leaf}" in state_dict}}
+    return state_dict
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EdgeViT) -> Dict[str, torch.Tensor]:
     """timm hook: accept a `{"model": ...}` / `{"state_dict": ...}` wrapper, DDP / torch.compile prefixes, the
     authors' layout or ours (before or after the final BN moved into the head)."""
@@ -537,6 +583,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EdgeViT) ->
         state_dict = convert_authors_state_dict(state_dict)
     if isinstance(model, EdgeViT):
         state_dict = _head_module_keys(state_dict)  # this project's earlier checkpoints: `norm.*`, `head.weight`
+        state_dict = _fit_distill_head(state_dict, model)
     target = model.state_dict()
     return {k: v.to(target[k].dtype) if k in target and v.is_floating_point() else v for k, v in state_dict.items()}
 

@@ -17,9 +17,11 @@ DIGITS_FORMATS = ("folder", "wds")
 _WDS_SPLITS = {"train": "train", "val": "validation"}
 
 
-def _digits(size: int, val_fraction: float, seed: int) -> Dict[str, List[Tuple[int, int, Image.Image]]]:
+def _digits(size: int, val_fraction: float, seed: int, train_fraction: float = 1.0
+            ) -> Dict[str, List[Tuple[int, int, Image.Image]]]:
     """{'train'|'val': [(scan index, label, size x size grey PIL image)]}: a stratified split, grey levels
-    0..16 mapped to 0..255 (white digit on black as scanned), upscaled bicubic."""
+    0..16 mapped to 0..255 (white digit on black as scanned), upscaled bicubic. `train_fraction` < 1 keeps a
+    stratified, seeded share of the training split (the same val split: a small-data fine-tuning set)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -27,6 +29,9 @@ def _digits(size: int, val_fraction: float, seed: int) -> Dict[str, List[Tuple[i
     images = (digits.images * (255.0 / 16.0)).round().clip(0, 255).astype(np.uint8)
     idx = np.arange(len(images))
     train_idx, val_idx = train_test_split(idx, test_size=val_fraction, stratify=digits.target, random_state=seed)
+    if train_fraction < 1.0:
+        train_idx, _ = train_test_split(train_idx, train_size=train_fraction, stratify=digits.target[train_idx],
+                                        random_state=seed)
     return {split: [(int(i), int(digits.target[i]),
                      Image.fromarray(images[i], mode="L").resize((size, size), Image.BICUBIC)) for i in sorted(ids)]
             for split, ids in (("train", train_idx), ("val", val_idx))}
@@ -41,7 +46,7 @@ def _write_folder(out: Path, splits) -> None:
 
 
 def export_digits(out: str | Path, size: int = 64, val_fraction: float = 0.2, seed: int = 0, fmt: str = "folder",
-                  shards: int = 8, val_shards: int = 4) -> Dict[str, object]:
+                  shards: int = 8, val_shards: int = 4, train_fraction: float = 1.0) -> Dict[str, object]:
     """Write the digits, stratified train/val, `size` x `size` PNGs, as an ImageFolder (OUT/train/<digit>/*.png,
     OUT/val/<digit>/*.png) or as WebDataset shards (`shards` train, `val_shards` validation; see
     edgevit.train.datasets.write_wds_shards)."""
@@ -54,7 +59,10 @@ def export_digits(out: str | Path, size: int = 64, val_fraction: float = 0.2, se
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise OutputError(f"digits output {out}: directory is not empty (choose a new one; nothing was written)")
-    splits = _digits(size, val_fraction, seed)
+    if not 0.0 < train_fraction <= 1.0 or round(train_fraction * (1 - val_fraction) * 1797) < 10:
+        raise UserError(f"{train_fraction}: expected a share in (0, 1] that keeps at least one image per class",
+                        option="train_fraction")
+    splits = _digits(size, val_fraction, seed, train_fraction)
     result: Dict[str, object] = {"out": str(out), "format": fmt, "size": size,
                                  "num_images": sum(len(v) for v in splits.values()), "classes": 10,
                                  "train": len(splits["train"]), "val": len(splits["val"])}

@@ -108,6 +108,25 @@ def _load_model_weights(model, sd, path, cfg) -> None:
     model.load_state_dict(sd)
 
 
+def _distiller(cfg: Dict[str, Any], num_classes: int, device, channels_last: bool, state, resume_from):
+    """The run's Distiller (edgevit.train.distill), or None. The teacher is not saved in the run's checkpoints:
+    its checkpoint's checksum is (in the config), and a resumed run refuses a teacher that is not the same."""
+    if not cfg.get("teacher"):
+        return None
+    from .distill import Distiller, build_teacher, file_sha256
+
+    sha = file_sha256(cfg["teacher_checkpoint"]) if cfg.get("teacher_checkpoint") else None
+    had = (state.get("config") or {}).get("teacher_sha256") if state is not None else None
+    if state is not None and had != sha:
+        raise UserError(f"{cfg.get('teacher_checkpoint') or '(timm pretrained weights)'}: not the teacher the run "
+                        f"{resume_from} was distilled from (checksum {str(sha)[:12]} vs {str(had)[:12]}); resume "
+                        "with that teacher, or start a new run", option="teacher_checkpoint")
+    cfg["teacher_sha256"] = sha
+    teacher, size = build_teacher(cfg["teacher"], cfg.get("teacher_checkpoint"), num_classes, device, channels_last)
+    return Distiller(teacher, cfg["distillation"], cfg["distillation_alpha"], cfg["distillation_tau"], size,
+                     cfg["img_size"], device)
+
+
 def check_compiler(device_type: str) -> None:
     """torch.compile's inductor writes C++ for CPUs and Triton kernels for CUDA; a missing toolchain would
     surface as an inductor traceback at the first step. Say what is missing, in one line, before training."""
@@ -229,8 +248,11 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
     # ---- model, optimiser, schedule, EMA ------------------------------------------------------------
     if not timm.is_model(cfg["model"]):
         raise UserError(f"{cfg['model']!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)}", option="model")
+    head_kw = {"distill_head": True} if cfg["distill_head"] else {}
     model = timm.create_model(cfg["model"], num_classes=num_classes, drop_rate=cfg["drop"],
-                              drop_path_rate=cfg["drop_path"], **cfg["model_kwargs"])
+                              drop_path_rate=cfg["drop_path"], **head_kw, **cfg["model_kwargs"])
+    if cfg["distill_head"]:
+        model.set_distilled_training(True)  # training: (class, distillation) logits; evaluation: their average
     if cfg["qat"]:  # fine-tune the same task with int8 fake quantization: every weight kept, head included
         model = prepare_qat_model(model, cfg, state is None)
     elif cfg["pretrained"]:
@@ -250,6 +272,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
                         "(CPU autocast) or none", option="amp")
     autocast_dtype = _DTYPES.get(dtype_name) if dtype_name else None
     scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
+    distiller = _distiller(cfg, num_classes, device, channels_last, state, resume_from)
 
     lr = scaled_lr(cfg, info.world_size)
     opt_kwargs = {"eps": cfg["opt_eps"]}
@@ -367,7 +390,9 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
                 sync = nullcontext() if (last_micro or not info.distributed) else ddp_model.no_sync()
                 with sync:
                     with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
-                        loss = criterion(ddp_model(images), target)
+                        outputs = ddp_model(images)
+                        loss = (distiller.loss(images, outputs, target, criterion) if distiller is not None
+                                else criterion(outputs, target))
                     loss_all, stop_all = agree(loss, stop, step, epoch)  # every process decides alike
                     scaled = loss / cfg["accum_steps"]
                     (scaler.scale(scaled) if scaler else scaled).backward()
@@ -427,6 +452,8 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
                 "val_loss": val["loss"], "val_images": val["num_images"], "epoch_time_s": epoch_time,
                 "images_per_s": n_steps * cfg["batch_size"] * info.world_size / max(epoch_time, 1e-9),
                 "data_wait_share": data_wait / max(epoch_time, 1e-9)}
+            if distiller is not None:  # the teacher's forward passes, as a share of the epoch
+                record["teacher_share"] = distiller.take_seconds() / max(epoch_time, 1e-9)
             if skips is not None:  # (a stream: summed over processes)
                 record["skipped_samples"] = int(all_reduce_sum(torch.tensor(float(skips.take()), device=device)).item())
             carried_loss, carried_steps = 0.0, 0
@@ -442,7 +469,8 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
                        + f", {record['images_per_s']:.1f} img/s ({record['data_wait_share']:.0%} of the "
                        "epoch waiting for data)"
                        + (f", {record['skipped_samples']} unreadable samples skipped"
-                          if record.get("skipped_samples") else ""))
+                          if record.get("skipped_samples") else "")
+                       + (f", teacher {record['teacher_share']:.0%} of the epoch" if distiller is not None else ""))
             summary.update(last=record)
             epochs_done += 1
             if record.get("skipped_samples", 0) > cfg["max_skipped"]:  # the epoch is saved: fix, then resume

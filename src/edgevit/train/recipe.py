@@ -42,6 +42,16 @@ RECIPE: Dict[str, tuple] = {
     "qat": (False, bool, "quantization-aware fine-tuning of the pretrained checkpoint (same classes, head kept) "
                          "for an int8 ExecuTorch file (export --quantize int8): the fused graph with XNNPACK's "
                          "fake quantizers; fp32 only (no amp, compile, channels_last), no drop path"),
+    # distillation (DeiT's, as the authors' release trains): off unless a teacher is given
+    "teacher": (None, str, "distil from this timm model (EdgeViTs included): DeiT's --teacher-model"),
+    "teacher_checkpoint": (None, str, "the teacher's weights: this project's, timm's or the authors' layout "
+                                      "(default: timm's pretrained weights, where timm can fetch them)"),
+    "distillation": ("none", choice("none", "soft", "hard"), "DeiT's distillation: none, soft (KL at temperature "
+                                                              "tau) or hard (cross-entropy on the teacher's argmax)"),
+    "distillation_alpha": (0.5, probability, "weight of the distillation term (1 - alpha on the labels)"),
+    "distillation_tau": (1.0, positive_float, "soft distillation temperature"),
+    "distill_head": (False, bool, "EdgeViT: a second classifier trained on the teacher's targets; eval and predict "
+                                  "average the two heads, export merges them into one"),
     "resume": (None, str, "'auto' (RUN_DIR/last.pth if present) or a checkpoint path to continue from"),
     "overwrite": (False, bool, "start again in an output directory that holds a run: its checkpoints, config and "
                                "metrics are deleted first (without it such a directory is refused)"),
@@ -156,6 +166,9 @@ def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
             raise ConfigError(f"{key} is required (on the command line or in the config file)")
     if cfg["qat"]:
         _check_qat(cfg, origin)
+    from .distill import check_distillation
+
+    check_distillation(cfg, flags | set(from_file), origin)
     from .datasets import is_streamed
 
     if is_streamed(cfg["dataset"]) and cfg["repeated_aug"]:  # (unknown dataset forms are refused here too)
@@ -192,9 +205,10 @@ def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
 
 # What a resumed run may change: where and how it runs, not what it trains. `epochs` may change how long the
 # run lasts; the learning-rate schedule keeps the length it was built with (restored with the scheduler).
+# (`teacher_checkpoint` may move: the teacher is compared by name and by the checkpoint's checksum)
 RESUME_MAY_CHANGE = ("output", "resume", "overwrite", "config", "data", "device", "workers", "threads", "progress",
-                     "tensorboard", "stop_after_epochs", "max_skipped", "eval_batch_size", "compile", "channels_last",
-                     "grad_checkpointing", "epochs")
+                     "tensorboard", "stop_after_epochs", "max_skipped", "eval_batch_size", "teacher_checkpoint",
+                     "compile", "channels_last", "grad_checkpointing", "epochs")
 
 
 def public_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
