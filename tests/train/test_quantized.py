@@ -144,3 +144,23 @@ def test_a_qat_checkpoint_is_read_as_what_it_is(runs, tmp_path, capsys):
 
     state = load_training_state(run / "last.pth")
     assert state["epoch"] == 3 and state["config"]["qat"] is True
+
+
+def test_distilling_into_the_fake_quantized_model(runs, tmp_path):
+    """QAT with a teacher (the float run it fine-tunes): DeiT's loss on the fake-quantized graph's logits."""
+    import yaml
+
+    from edgevit.train.recipe import resolve_config
+
+    data, fp, _ = runs
+    out = tmp_path / "qat_kd"
+    recorded = yaml.safe_load((fp / "config.yaml").read_text())
+    cfg = {k: recorded[k] for k in ("model", "model_kwargs", "img_size", "batch_size", "workers", "device")}
+    summary = train(resolve_config(dict(
+        cfg, data=str(data), output=str(out), pretrained=str(fp / "best.pth"), qat=True, epochs=1, lr=2e-4,
+        warmup_epochs=0, aa="none", mixup=0, cutmix=0, reprob=0, model_ema=False, drop_path=0.0, repeated_aug=False,
+        progress=False, teacher="edgevit_xxs", teacher_checkpoint=str(fp / "best.pth"), distillation="soft",
+        distillation_alpha=0.5, distillation_tau=2.0)))
+    assert summary["stopped"] is None
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 < record["teacher_share"] < 1 and record["val_images"] == 18

@@ -34,6 +34,7 @@ from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, 
 from .evaluate import evaluate
 from .guard import GracefulStop, agree
 from .logging import MetricsLogger
+from .distill import check_distillation
 from .recipe import amp_dtype, public_config, resumed_config, scaled_lr
 from .state import (CheckpointManager, capture_rng_state, load_training_state, restore_rng_state, RunDirectory,
                     save_config, set_determinism)
@@ -195,6 +196,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
     notes: list = []
     if state is not None:  # the run's own recipe (a changed one is refused by name)
         cfg, notes = resumed_config(cfg, state.get("config"), resume_from)
+        check_distillation(cfg, set(cfg.get("_given", ())), lambda key: key)
 
     # ---- data ---------------------------------------------------------------------------------------
     # An ImageFolder (checked), any timm dataset name, or a stream such as WebDataset shards (train/datasets.py

@@ -168,7 +168,8 @@ def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
         _check_qat(cfg, origin)
     from .distill import check_distillation
 
-    check_distillation(cfg, flags | set(from_file), origin)
+    if not cfg["resume"]:  # (a resumed run's teacher comes from its checkpoint: checked once merged, in the loop)
+        check_distillation(cfg, flags | set(from_file), origin)
     from .datasets import is_streamed
 
     if is_streamed(cfg["dataset"]) and cfg["repeated_aug"]:  # (unknown dataset forms are refused here too)
