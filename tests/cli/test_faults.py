@@ -66,9 +66,21 @@ def test_a_full_disk_is_one_line_and_what_existed_is_intact(full_disk, tmp_path,
     msg = refused(capsys, ["export", "--format", "onnx", "--img-size", "64", "-o", str(kept), "--overwrite"],
                   str(kept), "no space left", "intact")
     assert "Traceback" not in msg and snapshot(full_disk) == before
-    # a data set that does not fit: nothing half-written left
+    # TorchScript (whose zip writer aborts the process on a full disk): refused before writing
+    refused(capsys, ["export", "--format", "torchscript", "--img-size", "64", "-o", str(full_disk / "m.pt")],
+            "m.pt", "no space left")
+    # a data set that does not fit: nothing half-written left, no lock file either
     refused(capsys, ["data", "digits", "--out", str(full_disk / "digits"), "--size", "256"], "no space left")
     assert snapshot(full_disk) == before and sorted(p.name for p in full_disk.iterdir()) == ["m.onnx"]
+    # a disk with no room at all: still one line naming the output
+    filler = full_disk / "filler"
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+    msg = refused(capsys, ["data", "digits", "--out", str(full_disk / "d2")], "no space left")
+    assert str(full_disk / "d2") in msg
+    filler.unlink()
+    assert sorted(p.name for p in full_disk.iterdir()) == ["m.onnx"]
 
 
 def test_a_training_run_on_a_full_disk_says_so(tmp_path, capsys):
@@ -150,9 +162,16 @@ def test_overwrite_never_deletes_its_inputs_or_foreign_files(tmp_path, capsys, m
         refused(capsys, [*command, "--out", ".", "--overwrite"], "current directory")
     refused(capsys, ["detect", "shapes", ".", "--overwrite"], "current directory")
     assert snapshot(tmp_path) == before and not [p for p in tmp_path.iterdir() if p.name.endswith(".old")]
-    # its own earlier output is replaced, with the mode a plain mkdir gives
+    # a file the user added to a directory edgevit wrote: refused too (the marker lists what edgevit wrote)
     monkeypatch.chdir(tmp_path)
     inside.unlink()
+    (out / "my_analysis.md").write_text("mine")
+    before = snapshot(tmp_path)
+    refused(capsys, ["report", "--bench", str(bench), "--out", str(out), "--overwrite"], "my_analysis.md",
+            "not written by edgevit")
+    assert snapshot(tmp_path) == before
+    (out / "my_analysis.md").unlink()
+    # its own earlier output is replaced, with the mode a plain mkdir gives
     assert cli(["report", "--bench", str(bench), "--out", str(out), "--overwrite"]) == 0
     umask = os.umask(0)
     os.umask(umask)
@@ -311,6 +330,10 @@ def test_reports_keep_input_sizes_and_data_sets_apart(tmp_path, capsys):
     (["bench", "--models", "edgevit_xxs", "--threads", "100000"], ["--threads"]),
     (["train", "--data", "D", "--output", "O", "--threads", "100000"], ["--threads"]),
     (["info", "--img-size", "4096"], ["--img-size", "2048"]),
+    (["data", "digits", "--out", "O", "--val-fraction", "0.001"], ["--val-fraction", "at least one per class"]),
+    (["data", "digits", "--out", "O", "--val-fraction", "0.999"], ["--val-fraction", "1 for train/"]),
+    (["train", "--data", "D", "--output", "O", "--model-kwargs", '{"head_dim": 0}'], ["--model-kwargs", "head_dim=0"]),
+    (["train", "--data", "D", "--output", "O", "--model-kwargs", '{"depths": [1, 1, 1, -1]}'], ["depths"]),
 ])
 def test_values_beyond_the_machine_are_refused(argv, names, capsys):
     refused(capsys, argv, *names)
@@ -341,3 +364,40 @@ def test_int8_agreement_is_measured_on_images_calibration_did_not_use(tmp_path):
     assert len(cal) == 16 and len(check) == 8 and not set(cal) & set(check)
     cal, check = calibration_files(tmp_path, 256, check=64)  # too few for both: a fifth held out
     assert len(check) == 6 and len(cal) == 24 and not set(cal) & set(check)
+
+
+def test_report_refuses_impossible_latencies(tmp_path, capsys):
+    for bad in (float("nan"), -5.0):
+        b = tmp_path / "b.json"
+        b.write_text(json.dumps({"meta": {}, "results": [{"model": "edgevit_xxs", "runtime": "onnxruntime",
+                                                          "mean_ms": 10.0, "median_ms": bad}]}))
+        refused(capsys, ["report", "--bench", str(b), "--out", str(tmp_path / "r")], "median_ms", "not a latency")
+
+
+def test_sigterm_outside_training_leaves_nothing_half_written(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "digits"
+    proc = subprocess.Popen([sys.executable, "-m", "edgevit.cli.main", "data", "digits", "--out", str(out),
+                             "--size", "256"], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    t0 = time.time()
+    while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):  # writing has begun
+        assert proc.poll() is None and time.time() - t0 < 120, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary, no lock, no half data set
+
+
+def test_eval_names_a_checkpoint_given_as_an_exported_file_and_a_root_without_val(tmp_path, capsys):
+    ck = _tiny_checkpoint(tmp_path / "m.pth")
+    (tmp_path / "d" / "train" / "a").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(tmp_path / "d" / "train" / "a" / "x.png")
+    torch.save({"model": {"w": torch.ones(1)}}, tmp_path / "best.pth")
+    refused(capsys, ["eval", "--data", str(tmp_path / "d" / "train"), "--exported", str(tmp_path / "best.pth")],
+            "--exported", "a PyTorch checkpoint")
+    refused(capsys, ["eval", "--data", str(tmp_path / "d"), "--checkpoint", str(ck)], "--data", "no val/")

@@ -285,3 +285,46 @@ def test_a_stream_that_skips_samples_stops_after_saving_the_epoch(tiny, tmp_path
     assert cli(["train", *common, "--resume", "auto", "--max-skipped", "10"]) == 0
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2 and records[1]["skipped_samples"] >= 1
+    # a validation sample the reader skips: the epoch is saved first, then the run stops (no top-1 over fewer)
+    shards2 = tiny.make_shards(tmp_path / "shards2", shards=4)
+    _break_image(sorted(shards2.glob("tiny-validation-*.tar"))[0], 1)
+    run2 = tmp_path / "run2"
+    assert cli(["train", *args(tiny, shards2, run2)[1:], "--dataset", "wds/tiny"]) == 2
+    one_error(capsys, "evaluated 11 of the 12", "holds the epoch")
+    assert load_training_state(run2 / "last.pth")["epoch"] == 1
+
+
+def test_sighup_saves_like_sigterm(tiny, tmp_path):
+    data = tiny.make_dataset(tmp_path / "d")
+    run, mark = tmp_path / "run", tmp_path / "mark"
+    proc = subprocess.Popen([sys.executable, str(HERE / "preempt_runner.py"), *args(tiny, data, run, "--epochs", "2")],
+                            env={**os.environ, "EDGEVIT_TEST_MARK": str(mark), "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for(mark, proc)
+    proc.send_signal(signal.SIGHUP)  # the terminal it ran in was closed
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signal.SIGHUP, err.decode()[-2000:]
+    assert load_training_state(run / "last.pth")["step_in_epoch"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".lock")) == []
+
+
+def test_what_the_messages_advise_exists(tiny, tmp_path, capsys):
+    data = tiny.make_dataset(tmp_path / "d", n_train=4, n_val=2)
+    run = tmp_path / "run"
+    # a minimum learning rate above the peak: refused before training
+    assert cli(args(tiny, data, run, "--lr", "1e-3", "--min-lr", "1")) == 2
+    one_error(capsys, "--min-lr", "above the peak learning rate")
+    assert cli(args(tiny, data, run, "--epochs", "2", "--stop-after-epochs", "1")) == 0
+    capsys.readouterr()
+    # renamed class folder: the message says which names differ
+    os.rename(data / "train" / "red", data / "train" / "rouge")
+    os.rename(data / "val" / "red", data / "val" / "rouge")
+    assert cli(args(tiny, data, run, "--epochs", "2", "--resume", "auto")) == 2
+    one_error(capsys, "only the run has red", "only the data has rouge")
+    # a run killed before its first checkpoint: no weights to reuse, and the message does not invent any
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.yaml").write_text("model: edgevit_xxs\n")
+    with pytest.raises(Exception, match="no weights to reuse") as e:
+        RunDirectory(bare, "auto", False, True)
+    assert "best.pth" not in str(e.value)

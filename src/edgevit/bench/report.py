@@ -7,6 +7,7 @@ of the paper: front drawn, EdgeViTs highlighted, labels that do not overlap), PN
 """
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -37,6 +38,14 @@ def load_bench_json(path: os.PathLike | str) -> dict:
         missing = [k for k in ("model", "runtime", "mean_ms") if k not in r]
         if missing:
             raise UserError(f"bench results {path}: result {i} lacks {', '.join(missing)}")
+        for k in ("mean_ms", "median_ms", "std_ms", "ci_lo_ms", "ci_hi_ms"):
+            v = r.get(k)
+            if v is None and k != "mean_ms":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or \
+                    (v == 0 and k in ("mean_ms", "median_ms")):
+                raise UserError(f"bench results {path}: result {i} ({r.get('model')}): {k} {v!r} is not a latency "
+                                "(expected a finite number of milliseconds > 0)")
     return data
 
 
@@ -115,8 +124,14 @@ def build_rows(bench: Sequence[dict] = (), energy: Sequence[dict] = (),
             rows.append({"name": m, "model": m, "runtime": None, "params_m": None, "gmacs": None,
                          "latency_ms": None, "latency_std_ms": None})
             measured_models.add(m)
+    evaluated_params = {item["model"]: item.get("params_m") for _, item in accuracy}
     for row in rows:
         a = acc.get(row.get("model"))
+        p_eval, p_bench = evaluated_params.get(row.get("model")), row.get("params_m")
+        if a and a[1] != "paper" and p_eval and p_bench and abs(p_eval - p_bench) > 0.01 * p_bench:
+            warnings.append(f"{row['name']}: the accuracy file's {row['model']} has {p_eval:g} M parameters, the "
+                            f"measured one {p_bench:g} M (another configuration): its top-1 is not attached")
+            a = None
         row["top1"], row["top1_source"], row["top1_data"] = (a if a else (None, None, None))
         row["edgevit"] = _is_edgevit(row.get("model"))
         row["group"] = _group_label(row)

@@ -63,12 +63,16 @@ def run(args: argparse.Namespace) -> int:
     print(header)
     print("-" * len(header))
     for r in rows:
-        rel = r["release"] or {"params_m": float("nan"), "gmacs": float("nan")}
+        rel = r["release"]
         t = r["paper_text_config"]
+        rel_m, rel_g = (f"{rel['params_m']:>10.3f}", f"{rel['gmacs']:>10.3f}") if rel else (f"{'-':>10}", f"{'-':>10}")
         print(f"{r['model']:<12} {str(r['depths']):<13} {r['params_m']:>7.3f} {r['gmacs']:>7.3f} "
-              f"{rel['params_m']:>10.3f} {rel['gmacs']:>10.3f} {r['paper_table1']['params_m']:>8.1f} "
+              f"{rel_m} {rel_g} {r['paper_table1']['params_m']:>8.1f} "
               f"{r['paper_table1']['gmacs']:>8.2f} {t['params_m']:>9.3f}/{t['gmacs']:.3f}")
     print("paper-text cfg: the depths and 3x3 local kernel of the paper's Table 1 text, built and counted.")
+    if args.img_size != 224:
+        print(f"paper and release columns: at 224x224 (their only size; '-': the release was measured at 224 only); "
+              f"ours and paper-text cfg: at {args.img_size}x{args.img_size}.")
     return 0
 
 

@@ -11,6 +11,7 @@ import errno
 import importlib
 import os
 import pkgutil
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -69,8 +70,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args._explicit = explicit_options(parser, argv)  # what --config files may not override
     warnings.formatwarning = lambda msg, *a, **k: f"edgevit {args.command}: warning: {msg}\n"  # one line
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    old_handlers = _stop_on_signals()
     try:
         return int(args.func(args) or 0)
+    except Terminated as e:  # every temporary was removed on the way out (atomic writes, replace_dir)
+        print(f"edgevit {args.command}: stopped by {signal.Signals(e.signum).name}; nothing half-written is left, "
+              "what existed is intact", file=sys.stderr)
+        return 128 + e.signum
     except BrokenPipeError:  # `edgevit ... | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -101,16 +107,46 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     finally:
         release_outputs()
+        for signum, handler in old_handlers.items():
+            signal.signal(signum, handler)
+
+
+class Terminated(BaseException):
+    """SIGTERM / SIGHUP outside a training loop (which stops at a step boundary and saves instead): raised where
+    the program is, so that every `finally` removes its temporaries. A BaseException, as KeyboardInterrupt, so
+    that no `except Exception` takes it for an error to report."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_on_signals() -> dict:
+    """SIGTERM (schedulers, `timeout`, `docker stop`) and SIGHUP (a closed terminal) raise `Terminated`; returns
+    the handlers they replace (only the main thread can set them)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def stop(signum, frame):
+        raise Terminated(signum)
+    return {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
 
 
 def _after_divergence(args: argparse.Namespace) -> str:
-    """What is on disk after a non-finite loss, and what to change (only flags this command has)."""
-    last = Path(args.output) / "last.pth" if getattr(args, "output", None) else None
-    kept = (f"{last} holds the last checkpoint saved before it; change the recipe and continue with "
-            "--resume auto" if last is not None and last.is_file()
-            else "No checkpoint had been saved yet; change the recipe and start again with --overwrite")
+    """What is on disk after a non-finite loss, and what to change (only flags this command has; a resumed
+    classification run keeps its recipe but may change --clip-grad)."""
+    out = Path(args.output) if getattr(args, "output", None) else None
+    last = out / "last.pth" if out is not None else None
     amp = "; with --amp float16 try --amp bfloat16" if getattr(args, "amp", None) == "float16" else ""
-    return f"{kept} (e.g. a lower --lr, or --clip-grad 1.0{amp})"  # every training command has both
+    if getattr(args, "overwrite", False) and last is not None and last.is_file():
+        return (f"The run it was to replace is kept in {out}; change the recipe and start again with --overwrite "
+                f"(e.g. a lower --lr, or --clip-grad 1.0{amp})")
+    if last is not None and last.is_file():
+        return (f"{last} holds the last checkpoint saved before it: continue with --resume auto --clip-grad 1.0, or "
+                f"start again with a lower --lr (--overwrite, or a new --output){amp}")
+    return f"No checkpoint had been saved yet; start again with --overwrite and a lower --lr, or --clip-grad 1.0{amp}"
 
 
 if __name__ == "__main__":

@@ -65,6 +65,9 @@ def require_format(fmt: str) -> None:
 def strip_torch_archive(path: Path) -> None:
     """Rewrite a TorchScript / lite-interpreter archive without its *.debug_pkl records (with torch's own zip
     reader and writer, which keep the record alignment torch needs); loading and outputs are unchanged."""
+    from ..utils.io import require_room
+
+    require_room(path, path.stat().st_size)  # torch's writer aborts the process (a C++ terminate) on a full disk
     reader = torch._C.PyTorchFileReader(str(path))
     tmp = path.with_name(path.name + ".strip")
     try:
@@ -116,7 +119,14 @@ def strip_onnx(path: Path) -> None:
 
 
 # ---- TorchScript / lite interpreter --------------------------------------------------------------
+def _weights_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
 def save_torchscript(model: nn.Module, x: torch.Tensor, path: Path) -> None:
+    from ..utils.io import require_room
+
+    require_room(path, 2 * _weights_bytes(model))  # (the file, then its stripped copy; torch's writer aborts)
     with torch.no_grad():
         traced = torch.jit.freeze(torch.jit.trace(model.eval(), x, check_trace=False))
     torch.jit.save(traced, str(path))
@@ -130,6 +140,10 @@ def save_ptl(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]
     ("Mobile optimization only available with XNNPACK at the moment"), so there the traced graph is
     frozen instead (constants folded, no XNNPACK prepacking) and saved for the same lite interpreter."""
     from torch.utils.mobile_optimizer import optimize_for_mobile
+
+    from ..utils.io import require_room
+
+    require_room(path, 2 * _weights_bytes(model))  # (the file, then its stripped copy; torch's writer aborts)
     with torch.no_grad():
         traced = torch.jit.trace(model.eval(), x, check_trace=False)
         try:
@@ -460,6 +474,23 @@ def open_exported(path: os.PathLike | str, threads: int = 2):
     except UserError:
         raise
     except Exception as e:  # the runtime's own loader: a corrupt/foreign file is the user's input, not a bug
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"{path}: {FORMAT_RUNTIME[fmt]} cannot load it as a .{fmt} file ({first})",
+        if fmt == "torchscript" and _is_training_checkpoint(path):
+            raise UserError(f"{path}: a PyTorch checkpoint (weights), not an exported model; give it as the "
+                            "checkpoint instead", option="exported") from e
+        # torch's messages span lines and append advice about checkpoints: the first sentence, whole
+        first = " ".join(str(e).split()).split(" This is an internal miniz error")[0]
+        first = first if len(first) <= 300 else first[:297] + "..."
+        raise UserError(f"{path}: {FORMAT_RUNTIME[fmt]} cannot load it as a .{fmt} file ({first or type(e).__name__})",
                         option="exported") from e
+
+
+def _is_training_checkpoint(path: Path) -> bool:
+    """A torch.save file of tensors (a checkpoint), as opposed to a TorchScript archive (it holds code/)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return not any("/code/" in n for n in names) and any(n.endswith("data.pkl") for n in names)

@@ -89,6 +89,14 @@ def calibration_and_check(model: nn.Module, calib: Optional[str], count: int, ch
     args = (img_size, float(crop_pct or card.get("crop_pct") or 0.875),
             interpolation or card.get("interpolation") or "bicubic", card.get("mean"), card.get("std"))
     cal_files, check_files = calibration_files(calib, count, check=check)
+    import warnings
+
+    if len(cal_files) < count:
+        warnings.warn(f"calibration folder {calib}: {len(cal_files)} images for calibration of the {count} asked "
+                      f"(it holds {len(cal_files) + len(check_files)}; {len(check_files)} kept apart for the check)")
+    if check_files and len(check_files) < 16:
+        warnings.warn(f"the int8 file's agreement is measured on only {len(check_files)} images calibration did not "
+                      "use: a rough check (a folder with more images gives up to 64)")
     images = _read_batch(cal_files, *args)
     if not check_files:
         return images, None, f"the {len(images)} calibration images (the folder holds no other image)"

@@ -375,6 +375,13 @@ class EdgeViT(nn.Module):
         super().__init__()
         if len(embed_dims) != 4 or len(depths) != 4 or len(sr_ratios) != 4:
             raise UserError("embed_dims, depths and sr_ratios each need 4 values (one per stage)")
+        for name, values, low in (("embed_dims", embed_dims, 1), ("depths", depths, 0), ("sr_ratios", sr_ratios, 1),
+                                  ("head_dim", [head_dim], 1), ("in_chans", [in_chans], 1)):
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values):
+                raise UserError(f"{name}={list(values) if len(values) > 1 else values[0]}: expected "
+                                f"{'integers' if len(values) > 1 else 'an integer'} >= {low}")
+        if not (isinstance(mlp_ratio, (int, float)) and mlp_ratio > 0):
+            raise UserError(f"mlp_ratio={mlp_ratio}: expected a number > 0")
         _check_choice("local_agg", local_agg, LOCAL_AGG)
         _check_choice("sampler", sampler, SAMPLERS)
         _check_choice("local_prop", local_prop, LOCAL_PROPS)

@@ -213,14 +213,14 @@ class EpochSeeded(torch.utils.data.Dataset):
 
 
 def leave_signals_to_the_trainer(worker_id: int = 0) -> None:
-    """A DataLoader worker's init: ignore SIGTERM and SIGINT. Schedulers (SLURM, Kubernetes, systemd, timeout,
+    """A DataLoader worker's init: ignore SIGTERM, SIGINT and SIGHUP. Schedulers (SLURM, Kubernetes, systemd, timeout,
     docker stop) signal every process of the job, loader workers included; a worker that died of it would end
     the trainer with "DataLoader worker ... is killed" before it could save. The trainer stops cleanly and
     ends its workers itself (and a worker whose trainer is gone exits: torch's watchdog)."""
     import signal
 
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def _loader_kwargs(workers: int, device: torch.device) -> dict:

@@ -445,10 +445,16 @@ def eval_split(data: str | Path) -> Path:
     """The folder to evaluate: `data`, or its val/ when `data` is a data set root (the root `edgevit train`
     takes, or one holding only split folders such as val/ alone)."""
     data = Path(data)
-    if not (data / "val").is_dir():
+    if not data.is_dir():
         return data
     subdirs = {e.name for e in data.iterdir() if e.is_dir() and not e.name.startswith(".")}
-    return data / "val" if subdirs <= _SPLIT_NAMES else data
+    if not subdirs or not subdirs <= _SPLIT_NAMES:
+        return data
+    if (data / "val").is_dir():
+        return data / "val"
+    raise DataError(f"{data}: a data set root holding {', '.join(sorted(subdirs))} but no val/ to evaluate; give the "
+                    f"split folder to evaluate (e.g. {data / sorted(subdirs)[0]}), or the split by name",
+                    option="data")
 
 
 def check_eval_data(data: str | Path, dataset: Optional[str], split: Optional[str]) -> None:
@@ -557,10 +563,20 @@ class SkipCounter(logging.Handler):
         super().__init__(logging.WARNING)
         self.count = multiprocessing.Value("q", 0)
 
+    SHOWN = 20  # skipped samples said on stderr per process (the count has them all)
+
     def emit(self, record: logging.LogRecord) -> None:
-        if "Ignoring" in record.getMessage():
-            with self.count.get_lock():
-                self.count.value += 1
+        message = record.getMessage()
+        if "Ignoring" not in message:
+            return
+        with self.count.get_lock():
+            self.count.value += 1
+            n = self.count.value
+        if n <= self.SHOWN:  # (this handler replaces logging's last-resort one, which would have printed it)
+            import sys
+
+            print(f"edgevit train: warning: the stream reader skipped a sample: {message}", file=sys.stderr,
+                  flush=True)
 
     def worker_init(self, worker_id: int) -> None:
         from .data import leave_signals_to_the_trainer

@@ -2,6 +2,7 @@
 shards: no download, so every dataset path of `edgevit train` / `edgevit eval` is tested on real images."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -13,6 +14,7 @@ from .datasets import write_wds_shards
 __all__ = ["export_digits", "DIGITS_FORMATS"]
 
 DIGITS_FORMATS = ("folder", "wds")
+DIGITS_SCANS = 1797  # scikit-learn's load_digits
 # WebDataset split names as timm's ImageNet shards (timm/imagenet-1k-wds) name them
 _WDS_SPLITS = {"train": "train", "val": "validation"}
 
@@ -59,7 +61,12 @@ def export_digits(out: str | Path, size: int = 64, val_fraction: float = 0.2, se
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise OutputError(f"digits output {out}: directory is not empty (choose a new one; nothing was written)")
-    if not 0.0 < train_fraction <= 1.0 or round(train_fraction * (1 - val_fraction) * 1797) < 10:
+    n_val = math.ceil(val_fraction * DIGITS_SCANS)  # (scikit-learn's count for a fractional test_size)
+    if n_val < 10 or DIGITS_SCANS - n_val < 10:
+        raise UserError(f"{val_fraction}: keeps {n_val} of the {DIGITS_SCANS} scans for val/ and "
+                        f"{DIGITS_SCANS - n_val} for train/; each needs at least one per class (10)",
+                        option="val_fraction")
+    if not 0.0 < train_fraction <= 1.0 or math.floor(train_fraction * (DIGITS_SCANS - n_val)) < 10:
         raise UserError(f"{train_fraction}: expected a share in (0, 1] that keeps at least one image per class",
                         option="train_fraction")
     splits = _digits(size, val_fraction, seed, train_fraction)

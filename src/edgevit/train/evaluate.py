@@ -20,8 +20,11 @@ __all__ = ["evaluate", "evaluate_checkpoint", "evaluate_exported"]
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
-             channels_last: bool = False, progress: bool = False, desc: str = "eval") -> Dict[str, float]:
-    """Top-1, top-5 (%) and mean cross-entropy over every image of `loader`, summed across processes."""
+             channels_last: bool = False, progress: bool = False, desc: str = "eval",
+             strict: bool = True) -> Dict[str, float]:
+    """Top-1, top-5 (%) and mean cross-entropy over every image of `loader`, summed across processes. A stream
+    that yields fewer samples than its shards declare (its reader skipped some) is a `DataError` when `strict`,
+    else counted in "missing_samples" (the training loop saves its epoch first, then decides)."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # n, top1 hits, top5 hits, loss sum
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
@@ -44,14 +47,22 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, amp_dtype: Op
                             device=device)  # a stream's own count (this process's shards)
     all_reduce_sum(sums)
     all_reduce_sum(declared)
-    if declared.item() and sums[0].item() < declared.item():  # webdataset skips a sample it cannot read
-        raise DataError(f"{getattr(loader.dataset, 'where', 'the data')}: evaluated {int(sums[0].item())} of the "
-                        f"{int(declared.item())} samples its shards declare; the others could not be read (the "
-                        "lines above name them): mend or drop them (and their count in _info.json) before "
-                        "trusting an accuracy")
+    missing = int(declared.item() - sums[0].item()) if declared.item() else 0
+    if missing > 0 and strict:  # webdataset skips a sample it cannot read
+        raise DataError(missing_samples_message(getattr(loader.dataset, "where", "the data"), int(sums[0].item()),
+                                                int(declared.item())))
     n = max(sums[0].item(), 1.0)
-    return {"num_images": int(sums[0].item()), "top1": 100.0 * sums[1].item() / n,
-            "top5": 100.0 * sums[2].item() / n, "loss": sums[3].item() / n}
+    out = {"num_images": int(sums[0].item()), "top1": 100.0 * sums[1].item() / n,
+           "top5": 100.0 * sums[2].item() / n, "loss": sums[3].item() / n}
+    if declared.item():
+        out["missing_samples"] = max(missing, 0)
+    return out
+
+
+def missing_samples_message(where: str, got: int, declared: int) -> str:
+    return (f"{where}: evaluated {got} of the {declared} samples its shards declare; the others could not be read "
+            "(webdataset's 'Handling webdataset error ... Ignoring.' lines above give each error, not its shard): "
+            "mend or drop them (and their count in _info.json) before trusting an accuracy")
 
 
 def inference_model(model_name: Optional[str], checkpoint, ema: bool = False, model_kwargs=None):
@@ -101,7 +112,8 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
     loader = build_eval_loader(images, batch_size, workers, device, rank, world_size)
     metrics = evaluate(model, loader, device, progress=progress and rank == 0)
     return {"model": model_name, "checkpoint": str(checkpoint), "data": where, "ema": ema,
-            "img_size": img_size, "crop_pct": crop_pct, "num_classes": int(model.num_classes), **metrics}
+            "img_size": img_size, "crop_pct": crop_pct, "num_classes": int(model.num_classes),
+            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 4), **metrics}
 
 
 

@@ -11,12 +11,12 @@ __all__ = ["GracefulStop", "NonFiniteLossError", "check_finite", "agree"]
 
 
 class GracefulStop:
-    """Context manager: SIGTERM/SIGINT set `.requested = True` instead of killing the process.
+    """Context manager: SIGTERM/SIGINT/SIGHUP set `.requested = True` instead of killing the process.
 
     The training loop checks `.requested` after each step, saves a checkpoint and exits; a second
     SIGINT while a stop is pending falls back to the default behaviour (interrupt)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __init__(self) -> None:
         self.requested = False

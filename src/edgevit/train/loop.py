@@ -6,12 +6,13 @@ also used by the dense-prediction trainer.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import timm
 import torch
@@ -31,7 +32,7 @@ from .data import (EpochSeeded, build_eval_loader, build_train_loader, build_tra
 from .datasets import SkipCounter, build_train_data, stream_loader
 from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup_distributed,
                           init_distributed, one_line_when_a_peer_stops)
-from .evaluate import evaluate
+from .evaluate import evaluate, missing_samples_message
 from .guard import GracefulStop, agree
 from .logging import MetricsLogger
 from .distill import check_distillation
@@ -66,14 +67,20 @@ def _filtered(model, sd: Dict[str, torch.Tensor], name: str) -> Dict[str, torch.
     return checkpoint_filter_fn(sd, model) if name in VARIANTS else sd
 
 
-def load_pretrained(model: torch.nn.Module, path: str, model_name: str) -> None:
+def load_pretrained(model: torch.nn.Module, path: str, model_name: str, model_kwargs: Optional[dict] = None) -> None:
     """Fine-tuning: every weight from `path` (ours or the authors' layout) except the classifier head,
     which keeps its fresh initialisation."""
-    read_state_dict(path)  # unreadable -> its own message (not "does not fit")
+    raw = read_state_dict(path)  # unreadable -> its own message (not "does not fit")
     try:
         load_checkpoint(model, path, skip=tuple(_head_keys(model)))
     except CheckpointError as e:
-        raise UserError(f"{path} does not fit {model_name} (apart from the head): {e}", option="pretrained") from e
+        trained = raw.get("config") if isinstance(raw.get("config"), dict) else {}
+        hint = ""
+        if trained and (trained.get("model_kwargs") or {}) != (model_kwargs or {}):
+            hint = (f"it was trained as {trained.get('model')} with model_kwargs "
+                    f"{json.dumps(trained.get('model_kwargs') or {})}: give the same; ")
+        raise UserError(f"{path} does not fit {model_name} (apart from the head): {hint}{e}",
+                        option="pretrained") from e
 
 
 def prepare_qat_model(model: torch.nn.Module, cfg: Dict[str, Any], load: bool) -> torch.nn.Module:
@@ -206,10 +213,14 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
                             info.rank, info.world_size)
     classes = data.classes
     if state is not None and state.get("classes") and list(state["classes"]) != list(classes):
+        run_only = [c for c in state["classes"] if c not in classes]
+        data_only = [c for c in classes if c not in state["classes"]]
+        differ = (f"only the run has {_shown(run_only)}; only the data has {_shown(data_only)}" if run_only or data_only
+                  else "the same names in another order")
         raise UserError(f"checkpoint {resume_from}: the run was trained on the classes {_shown(state['classes'])}, "
-                        f"but the data {cfg['data']} has {_shown(classes)}; resume on the run's data, or fine-tune it "
-                        f"on these classes in a new run (pretrained={resume_from}, a new output directory)",
-                        option="resume")
+                        f"but the data {cfg['data']} has {_shown(classes)} ({differ}); resume on the run's data, or "
+                        f"fine-tune it on these classes in a new run (pretrained={resume_from}, a new output "
+                        "directory)", option="resume")
     num_classes = cfg["num_classes"] or len(classes)
     if cfg["num_classes"] and cfg["num_classes"] != len(classes):
         raise UserError(f"{cfg['num_classes']}, but the data {cfg['data']} has {len(classes)} classes",
@@ -258,7 +269,7 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
     if cfg["qat"]:  # fine-tune the same task with int8 fake quantization: every weight kept, head included
         model = prepare_qat_model(model, cfg, state is None)
     elif cfg["pretrained"]:
-        load_pretrained(model, cfg["pretrained"], cfg["model"])
+        load_pretrained(model, cfg["pretrained"], cfg["model"], cfg["model_kwargs"])
     if cfg["grad_checkpointing"]:
         if not hasattr(model, "set_grad_checkpointing"):
             raise UserError(f"{cfg['model']} has no gradient checkpointing (timm's set_grad_checkpointing)",
@@ -277,6 +288,13 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
     distiller = _distiller(cfg, num_classes, device, channels_last, state, resume_from)
 
     lr = scaled_lr(cfg, info.world_size)
+    if cfg["min_lr"] > lr:  # the cosine would climb from the peak to min_lr
+        if "min_lr" in cfg.get("_given", ()):
+            raise UserError(f"{cfg['min_lr']}: above the peak learning rate {lr:.3g} (lr, or base_lr scaled by the "
+                            "global batch); the schedule would rise instead of decay", option="min_lr")
+        warnings.warn(f"min_lr {cfg['min_lr']} (the default) is above the peak learning rate {lr:.3g} of this global "
+                      f"batch: min_lr set to {lr:.3g} (a constant learning rate after warm-up)")
+        cfg["min_lr"] = lr
     opt_kwargs = {"eps": cfg["opt_eps"]}
     if cfg["opt_betas"]:
         opt_kwargs["betas"] = tuple(cfg["opt_betas"])
@@ -306,6 +324,9 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
     if cfg["warmup_epochs"] >= cfg["epochs"]:  # (warned only once every input has been checked)
         warnings.warn(f"warmup_epochs {cfg['warmup_epochs']} >= epochs {cfg['epochs']}: the learning rate never "
                       "reaches its peak")
+    elif cfg["warmup_epochs"] + cfg["cooldown_epochs"] >= cfg["epochs"]:
+        warnings.warn(f"warmup_epochs {cfg['warmup_epochs']} + cooldown_epochs {cfg['cooldown_epochs']} >= epochs "
+                      f"{cfg['epochs']}: no epoch is left for the cosine, and the learning rate never reaches its peak")
     for note in notes:
         warnings.warn(note)
     if state is not None:
@@ -446,7 +467,8 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
                 broadcast_buffers(ema.module)
             amp_eval = autocast_dtype if device.type == "cuda" else None
             show = cfg["progress"] and info.is_main
-            val = evaluate(model, val_loader, device, amp_eval, channels_last, progress=show, desc="val")
+            val = evaluate(model, val_loader, device, amp_eval, channels_last, progress=show, desc="val",
+                           strict=False)  # (a stream's missing validation samples: decided once the epoch is saved)
             record: Dict[str, Any] = {
                 "epoch": epoch + 1,
                 "train_loss": (carried_loss + loss_sum.item()) / max(carried_steps + n_steps, 1),
@@ -475,11 +497,16 @@ def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, 
                        + (f", teacher {record['teacher_share']:.0%} of the epoch" if distiller is not None else ""))
             summary.update(last=record)
             epochs_done += 1
+            if val.get("missing_samples"):  # the epoch is saved: an accuracy over fewer samples is not reported
+                raise DataError(missing_samples_message(f"epoch {epoch + 1}: the validation split of {cfg['data']}",
+                                                        val["num_images"], val["num_images"] + val["missing_samples"])
+                                + f"; {ckpt.last_path} holds the epoch: resume once mended")
             if record.get("skipped_samples", 0) > cfg["max_skipped"]:  # the epoch is saved: fix, then resume
-                raise DataError(f"epoch {epoch + 1}: the reader skipped {record['skipped_samples']} samples of "
-                                f"{cfg['data']} it could not read (the warnings above name them), more than "
-                                f"max_skipped {cfg['max_skipped']}; {ckpt.last_path} holds the epoch: mend or drop "
-                                "them (and their count in _info.json), or allow them with max_skipped, and resume")
+                raise DataError(f"epoch {epoch + 1}: the reader skipped {record['skipped_samples']} training samples "
+                                f"of {cfg['data']} it could not read (webdataset's 'Ignoring' lines give each error, "
+                                f"not its shard), more than max_skipped {cfg['max_skipped']}; {ckpt.last_path} holds "
+                                "the epoch: mend or drop them (and their count in _info.json), or allow them with "
+                                "max_skipped, and resume")
             if cfg["stop_after_epochs"] and epochs_done >= cfg["stop_after_epochs"] and epoch + 1 < cfg["epochs"]:
                 summary["stopped"] = "stop_after_epochs"
                 _log(info, f"stopping after {epochs_done} epoch(s) (stop_after_epochs); resume the run to continue")

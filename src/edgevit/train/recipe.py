@@ -204,12 +204,13 @@ def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
     return cfg
 
 
-# What a resumed run may change: where and how it runs, not what it trains. `epochs` may change how long the
-# run lasts; the learning-rate schedule keeps the length it was built with (restored with the scheduler).
+# What a resumed run may change: where and how it runs, not what it trains, and `clip_grad` (applied at every
+# step, no state: the remedy for a run that diverged). `epochs` may change how long the run lasts; the
+# learning-rate schedule keeps the length it was built with (restored with the scheduler).
 # (`teacher_checkpoint` may move: the teacher is compared by name and by the checkpoint's checksum)
 RESUME_MAY_CHANGE = ("output", "resume", "overwrite", "config", "data", "device", "workers", "threads", "progress",
                      "tensorboard", "stop_after_epochs", "max_skipped", "eval_batch_size", "teacher_checkpoint",
-                     "compile", "channels_last", "grad_checkpointing", "epochs")
+                     "compile", "channels_last", "grad_checkpointing", "clip_grad", "epochs")
 
 
 def public_config(cfg: Dict[str, Any]) -> Dict[str, Any]:

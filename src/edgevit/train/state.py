@@ -130,10 +130,12 @@ class RunDirectory:
             raise OutputError(f"run directory {self.path} already holds a run ({', '.join(present)}): resume it, or "
                               "start it again with overwrite")
         if resume == "auto" and present and not (self.path / "last.pth").is_file():
+            weights = [n for n in ("best.pth", "model.safetensors") if (self.path / n).is_file()]
+            reuse = (f"fine-tune its weights in a new run (pretrained={self.path / weights[0]}), or "
+                     if weights else "it has no weights to reuse (no checkpoint was written); ")
             raise OutputError(f"run directory {self.path} holds {', '.join(present)} but no last.pth: there is no run "
-                              "state to continue from (nothing was started over it); fine-tune its weights in a new "
-                              f"run (pretrained={self.path / 'best.pth'}), or start again here with overwrite",
-                              option="resume")
+                              f"state to continue from (nothing was started over it); {reuse}start again here with "
+                              "overwrite", option="resume")
         if present and overwrite:
             real = Path(os.path.realpath(self.path))
             for option, src in inputs:

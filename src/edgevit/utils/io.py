@@ -51,7 +51,7 @@ def is_disk_full(e: BaseException, directory: os.PathLike | str) -> bool:
 
 def disk_full_error(what: os.PathLike | str, directory: os.PathLike | str) -> DiskFullError:
     return DiskFullError(f"{what}: could not be written, no space left on the device holding {directory}; "
-                         "every file that existed before is intact")
+                         f"nothing was half-written, and a {Path(what).name} that existed there is intact")
 
 
 @contextlib.contextmanager
@@ -62,8 +62,13 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
     `DiskFullError` naming `path`. The file gets the mode a plain open() would give (writers such as
     safetensors recreate the temporary file, so the mode is set after they ran)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            raise disk_full_error(path, path.parent) from e
+        raise
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -79,11 +84,20 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
             finally:
                 os.close(dir_fd)
         except Exception as e:
-            if is_disk_full(e, path.parent):  # (judged before the partial file is removed)
+            if isinstance(e, DiskFullError) or is_disk_full(e, path.parent):  # (judged before the file is removed)
                 raise disk_full_error(path, path.parent) from e
             raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def require_room(path: os.PathLike | str, nbytes: int) -> None:
+    """A `DiskFullError` unless the file system of `path` has `nbytes` free (plus 1 MiB): for writers that abort
+    the process instead of raising when the disk fills (torch's zip writer under TorchScript saves)."""
+    path = Path(path)
+    free = _free_bytes(path.parent)
+    if free is not None and free < nbytes + (1 << 20):
+        raise disk_full_error(path, path.parent)
 
 
 def append_line(path: os.PathLike | str, line: str) -> None:
@@ -137,9 +151,27 @@ def lock_output(path: os.PathLike | str, what: str) -> None:
         if same:
             break
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
     _HELD.append((fd, lock))
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as e:  # a full disk: the lock holds all the same (flock), only the pid could not be written
+        if e.errno not in _NO_SPACE:
+            raise
+    _remove_stale_temporaries(Path(os.path.abspath(path)))
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporaries of `path` left by a command that was killed (SIGKILL, power): `atomic_path`'s `.NAME.*.tmp` and
+    `replace_dir`'s `.NAME.*.tmp` / `.NAME.*.old`. Safe while this process holds the output's lock: no other
+    writer of it runs."""
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for p in siblings:
+        if p.name.startswith(f".{path.name}.") and p.name.endswith((".tmp", ".old")):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def release_outputs() -> None:
@@ -209,13 +241,21 @@ def require_dir(path: os.PathLike | str, what: str, expected: str = "") -> Path:
     return p
 
 
+def _tree(root: Path) -> List[str]:
+    """Every file and directory below `root`, as relative paths."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
 def unmarked_entries(path: os.PathLike | str) -> List[str]:
-    """The entries of an existing directory that replacing it would delete without an edgevit command having
-    written them: all of them unless the directory carries `OUTPUT_MARKER` (written by `replace_dir`)."""
+    """What replacing an existing directory would delete that an edgevit command did not write: everything in it
+    that is not listed in its `OUTPUT_MARKER` (the manifest `replace_dir` writes: a file added there afterwards,
+    by the user, is not in it)."""
     p = Path(path)
-    if not p.is_dir() or (p / OUTPUT_MARKER).is_file():
+    if not p.is_dir():
         return []
-    return sorted(e.name for e in p.iterdir() if not e.name.endswith(".lock"))
+    marker = p / OUTPUT_MARKER
+    written = set(marker.read_text().splitlines()[1:]) if marker.is_file() else set()
+    return [e for e in _tree(p) if e != OUTPUT_MARKER and e not in written and not e.endswith(".lock")]
 
 
 @contextlib.contextmanager
@@ -226,12 +266,18 @@ def replace_dir(path: os.PathLike | str) -> Iterator[Path]:
     a full disk is one `DiskFullError`. The new directory has the mode a plain mkdir gives and carries
     `OUTPUT_MARKER`."""
     path = Path(os.path.abspath(path))  # "." and "dir/.." have no name to put a sibling beside
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            raise disk_full_error(path, path.parent) from e
+        raise
     try:
         try:
             yield tmp
-            (tmp / OUTPUT_MARKER).write_text("written by edgevit\n")
+            # the manifest: what this command wrote (a later replacement deletes only directories holding no more)
+            (tmp / OUTPUT_MARKER).write_text("\n".join(["written by edgevit:", *_tree(tmp)]) + "\n")
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         except Exception as e:
             if is_disk_full(e, path.parent):
