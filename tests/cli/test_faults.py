@@ -401,3 +401,47 @@ def test_eval_names_a_checkpoint_given_as_an_exported_file_and_a_root_without_va
     refused(capsys, ["eval", "--data", str(tmp_path / "d" / "train"), "--exported", str(tmp_path / "best.pth")],
             "--exported", "a PyTorch checkpoint")
     refused(capsys, ["eval", "--data", str(tmp_path / "d"), "--checkpoint", str(ck)], "--data", "no val/")
+
+
+def test_an_accuracy_of_another_configuration_is_not_attached(tmp_path):
+    from edgevit.bench.report import build_rows
+
+    bench = {"meta": {}, "results": [{"model": "edgevit_xxs", "runtime": "onnxruntime", "mean_ms": 10.0,
+                                      "img_size": 224, "params_m": 4.07}]}
+    tiny = {"model": "edgevit_xxs", "top1": 56.9, "num_classes": 1000, "img_size": 224, "params_m": 0.03}
+    rows, warnings = build_rows([bench], (), [("acc.json", tiny)], None)
+    assert rows[0]["top1"] is None and any("0.03 M parameters" in w for w in warnings)
+    same = dict(tiny, params_m=4.07)
+    rows, _ = build_rows([bench], (), [("acc.json", same)], None)
+    assert rows[0]["top1"] == 56.9
+
+
+def test_a_calibration_cut_short_is_said(tmp_path):
+    import timm
+
+    from edgevit.deploy.quantize import calibration_and_check
+
+    for i in range(20):
+        Image.new("RGB", (32, 32), (i, i, i)).save(tmp_path / f"{i:02d}.png")
+    model = timm.create_model("edgevit_xxs", num_classes=2, embed_dims=[16, 16, 16, 16], depths=[1, 1, 1, 1],
+                              head_dim=16)
+    with pytest.warns(UserWarning) as w:
+        images, check, checked_on = calibration_and_check(model, str(tmp_path), 1000, 64, 32)
+    said = " ".join(str(x.message) for x in w)
+    assert "16 images for calibration of the 1000 asked" in said and "only 4 images" in said
+    assert len(images) == 16 and len(check) == 4 and "did not use" in checked_on
+
+
+def test_a_pretrained_checkpoint_of_other_model_options_says_which(tmp_path, capsys):
+    from edgevit.train.loop import load_pretrained
+
+    kw = {"embed_dims": [16, 16, 16, 16], "depths": [1, 1, 1, 1], "head_dim": 16}
+    ck = tmp_path / "best.pth"
+    import timm
+
+    src = timm.create_model("edgevit_xxs", num_classes=3, **kw)
+    torch.save({"model": src.state_dict(), "config": {"model": "edgevit_xxs", "model_kwargs": kw}}, ck)
+    with pytest.raises(Exception, match='model_kwargs {"embed_dims": \\[16, 16, 16, 16\\]') as e:
+        load_pretrained(timm.create_model("edgevit_xxs", num_classes=5), str(ck), "edgevit_xxs", {})
+    msg = str(e.value)
+    assert msg.index("give the same") < msg.index("shape conflicts")  # the hint first, then the keys

@@ -20,7 +20,7 @@ import torch
 
 from ..models import VARIANTS
 from ..errors import OutputError
-from ..utils.io import lock_output, print_json, unmarked_entries
+from ..utils.io import is_within, lock_output, print_json, unmarked_entries
 
 
 class HelpWithDefaults(argparse.HelpFormatter):
@@ -118,13 +118,11 @@ def check_output_dir(path: str | os.PathLike, flag: str, overwrite: bool = False
     if str(path) == "":
         raise OutputError(f"{flag}: expected a directory name")
     inputs = list(inputs)
-    real = Path(os.path.realpath(p))
     for in_flag, src in inputs:
-        if src and Path(src).is_dir():
-            src_real = Path(os.path.realpath(src))
-            if real == src_real or src_real in real.parents:
-                raise OutputError(f"{flag} {p}: is {'' if real == src_real else 'inside '}{in_flag} {src}; "
-                                  "choose a directory outside the data")
+        if src and Path(src).is_dir() and is_within(p, src):
+            same = os.path.realpath(p) == os.path.realpath(src)
+            raise OutputError(f"{flag} {p}: is {'' if same else 'inside '}{in_flag} {src}; "
+                              "choose a directory outside the data")
     if p.exists() and not p.is_dir():
         raise OutputError(f"{flag} {p}: is a file; expected a directory")
     main_rank = os.environ.get("RANK", "0") == "0"
@@ -153,17 +151,14 @@ def check_output_dir(path: str | os.PathLike, flag: str, overwrite: bool = False
 
 def _check_replaceable(p: Path, flag: str, inputs) -> None:
     """`p` is to be replaced whole: refuse where that deletes what must stay (see check_output_dir)."""
-    real = Path(os.path.realpath(p))
-    cwd = Path(os.getcwd())
-    if real == cwd or real in cwd.parents:
-        raise OutputError(f"{flag} {p}: is the current directory{'' if real == cwd else ' or holds it'}; "
+    if is_within(os.getcwd(), p):
+        same = os.path.realpath(p) == os.path.realpath(os.getcwd())
+        raise OutputError(f"{flag} {p}: is the current directory{'' if same else ' or holds it'}; "
                           "--overwrite replaces the whole directory: choose a directory of its own")
     for in_flag, src in inputs:
-        if src and Path(src).exists():
-            src_real = Path(os.path.realpath(src))
-            if src_real == real or real in src_real.parents:
-                raise OutputError(f"{flag} {p}: holds {in_flag} {src}, which --overwrite would delete with the "
-                                  "whole directory: choose another output directory, or move the input out")
+        if src and Path(src).exists() and is_within(src, p):
+            raise OutputError(f"{flag} {p}: holds {in_flag} {src}, which --overwrite would delete with the "
+                              "whole directory: choose another output directory, or move the input out")
     foreign = unmarked_entries(p)
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")

@@ -303,8 +303,8 @@ class EdgeViTHead(Fusable, nn.Module):
         self.distill = distill
         self.distilled_training = False
         self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
-        if distill:
-            self.fc_dist = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+        # (an Identity without the distillation head: no weights, and TorchScript compiles forward all the same)
+        self.fc_dist = nn.Linear(in_features, num_classes) if distill and num_classes > 0 else nn.Identity()
 
     def reset(self, num_classes: int, pool_type: Optional[str] = None) -> None:
         if pool_type is not None:

@@ -162,81 +162,59 @@ def wds_split(root: str | Path, split: Optional[str], training: bool, option: Op
 
 def check_shards(root: str | Path, filenames: Sequence[str], num_classes: Optional[int] = None,
                  label_key: str = _LABEL_KEY, lengths: Optional[Sequence[int]] = None) -> None:
-    """Every shard exists, is a tar file, and its first sample holds a decodable image and a label in
-    [0, num_classes). (timm's reader logs and skips a sample it cannot decode or label, and refills the epoch by
-    repetition, so shards written with another label key, or in a format PIL cannot read, would otherwise train
-    on nothing or on a fraction of the data; a label outside the classes would end the run in the loss.)"""
-    from PIL import Image
+    """Every shard exists and is a tar file readable to its end; every sample has a label in [0, num_classes)
+    and an image entry, the first sample's image decodes, and (with `lengths`, _info.json's shard_lengths) the
+    shard holds as many samples as declared. One pass per shard: the images are skipped over, not read (only
+    the first one is decoded). Why: timm's reader logs and skips a sample it cannot decode or label and refills
+    the epoch by repetition, so shards written with another label key, in a format PIL cannot read, or shorter
+    than declared would otherwise train on less than they say, or wait for samples that never come; a label
+    outside the classes would stop the run mid-stream without naming the shard."""
     from webdataset.tariterators import base_plus_ext
 
-    for name in filenames:
+    from ..utils.images import decode_image
+
+    for index, name in enumerate(filenames):
         path = Path(root) / name
         if not path.is_file():
             raise MissingFileError(f"shard {path}: no such file (listed in {Path(root) / '_info.json'})")
+        keys: Dict[str, set] = {}
+        first, first_image = None, None
         try:
-            with tarfile.open(path, "r|*") as tar:
-                key, entries = None, {}
+            with tarfile.open(path, "r:*") as tar:
                 for member in tar:
                     if not member.isfile():
                         continue
-                    prefix, ext = base_plus_ext(member.name)
-                    if prefix is None:
+                    key, ext = base_plus_ext(member.name)
+                    if key is None:
                         continue
-                    if key is not None and prefix != key:
-                        break
-                    key = prefix
-                    entries[ext.lower()] = tar.extractfile(member).read()
+                    ext = ext.lower()
+                    keys.setdefault(key, set()).add(ext)
+                    first = first or key
+                    if ext == label_key:
+                        check_label(tar.extractfile(member).read(), num_classes, f"shard {path}: sample {key!r}")
+                    elif key == first and first_image is None and ext in _IMAGE_EXTS:
+                        first_image = (ext, tar.extractfile(member).read())
         except (tarfile.TarError, OSError, EOFError) as e:
-            raise DataError(f"shard {path}: not a readable tar file ({_first_line(e)})") from None
-        exts = set(entries)
-        if key is None:
+            raise DataError(f"shard {path}: not a tar file readable to its end ({_first_line(e)}): truncated?") from None
+        except SampleError as e:
+            raise DataError(str(e)) from None
+        if first is None:
             raise DataError(f"shard {path}: holds no samples")
-        if label_key not in exts:
-            raise DataError(f"shard {path}: sample {key!r} has no '{label_key}' entry (its class index; it has: "
-                            f"{', '.join(sorted(exts))})")
-        image = next((e for e in _IMAGE_EXTS if e in exts), None)
-        if image is None:
-            raise DataError(f"shard {path}: sample {key!r} has no image entry ({', '.join(_IMAGE_EXTS)}; it has: "
-                            f"{', '.join(sorted(exts))})")
+        for key, exts in keys.items():  # (timm's reader would skip such a sample without a word)
+            if label_key not in exts:
+                raise DataError(f"shard {path}: sample {key!r} has no '{label_key}' entry (its class index; it has: "
+                                f"{', '.join(sorted(exts))})")
+            if not exts & set(_IMAGE_EXTS):
+                raise DataError(f"shard {path}: sample {key!r} has no image entry ({', '.join(_IMAGE_EXTS)}; it has: "
+                                f"{', '.join(sorted(exts))})")
+        ext, data = first_image
         try:
-            with Image.open(io.BytesIO(entries[image])) as img:
-                img.load()
-        except (OSError, ValueError) as e:
-            raise DataError(f"shard {path}: sample {key!r}: {key}.{image} is not a readable image ({e})") from None
-        check_label(entries[label_key], num_classes, f"shard {path}: sample {key!r}")
-        if lengths is not None:
-            _check_whole_shard(path, int(lengths[filenames.index(name)]), num_classes, label_key)
-
-
-def _check_whole_shard(path: Path, declared: int, num_classes: Optional[int], label_key: str) -> None:
-    """Every sample's label (the small .cls entries are read; images are skipped over) and the sample count
-    against what _info.json declares: a shard holding fewer samples would make the reader wait for samples
-    that never come, a bad label would stop a run mid-stream without naming the shard."""
-    from webdataset.tariterators import base_plus_ext
-
-    keys: Dict[str, set] = {}
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                prefix, ext = base_plus_ext(member.name)
-                if prefix is None:
-                    continue
-                keys.setdefault(prefix, set()).add(ext.lower())
-                if ext.lower() == label_key:
-                    check_label(tar.extractfile(member).read(), num_classes, f"shard {path}: sample {prefix!r}")
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(f"shard {path}: not a readable tar file to its end ({_first_line(e)}): truncated?") from None
-    except SampleError as e:
-        raise DataError(str(e)) from None
-    for key, exts in keys.items():  # (timm's reader would skip such a sample without a word)
-        if label_key not in exts or not exts & set(_IMAGE_EXTS):
-            what = f"'{label_key}' entry (its class index)" if label_key not in exts else "image entry"
-            raise DataError(f"shard {path}: sample {key!r} has no {what}; it has: {', '.join(sorted(exts))}")
-    if len(keys) != declared:
-        raise DataError(f"shard {path}: holds {len(keys)} samples, but _info.json declares {declared} for it "
-                        "(shard_lengths); write _info.json again from the shards")
+            decode_image(io.BytesIO(data), f"shard {path}: sample {first!r}: {first}.{ext}")
+        except DataError as e:
+            raise DataError(str(e).replace("not a readable image", "is not a readable image")) from None
+        if lengths is not None and len(keys) != int(lengths[index]):
+            raise DataError(f"shard {path}: holds {len(keys)} samples, but _info.json declares {int(lengths[index])} "
+                            "for it (shard_lengths); write _info.json again from the shards")
 
 
 def check_label(value, num_classes: Optional[int], where: str) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import yaml
 
-from ..utils.io import atomic_path, require_file, to_plain, write_text_atomic
+from ..utils.io import atomic_path, is_within, require_file, to_plain, write_text_atomic
 from ..utils.options import load_config  # noqa: F401  (re-exported: the one YAML reader)
 from ..errors import ConfigError, OutputError
 from ..models.checkpoint import CheckpointError
@@ -137,14 +137,10 @@ class RunDirectory:
                               f"state to continue from (nothing was started over it); {reuse}start again here with "
                               "overwrite", option="resume")
         if present and overwrite:
-            real = Path(os.path.realpath(self.path))
             for option, src in inputs:
-                if src and Path(src).exists():
-                    src_real = Path(os.path.realpath(src))
-                    if src_real == real or real in src_real.parents:
-                        raise OutputError(f"{src}: lies inside the run directory {self.path}, which overwrite "
-                                          "replaces; copy it out first, or write the new run elsewhere",
-                                          option=option)
+                if src and Path(src).exists() and is_within(src, self.path):
+                    raise OutputError(f"{src}: lies inside the run directory {self.path}, which overwrite "
+                                      "replaces; copy it out first, or write the new run elsewhere", option=option)
 
     def present(self) -> list:
         return [n for n in RUN_FILES if (self.path / n).exists()]

@@ -241,6 +241,12 @@ def require_dir(path: os.PathLike | str, what: str, expected: str = "") -> Path:
     return p
 
 
+def is_within(path: os.PathLike | str, directory: os.PathLike | str) -> bool:
+    """Whether `path` is `directory` or lies inside it (symbolic links resolved)."""
+    p, d = Path(os.path.realpath(path)), Path(os.path.realpath(directory))
+    return p == d or d in p.parents
+
+
 def _tree(root: Path) -> List[str]:
     """Every file and directory below `root`, as relative paths."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
