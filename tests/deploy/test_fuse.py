@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgevit.deploy import BACKENDS, FusedEdgeViT, fuse, set_impl
-from edgevit.deploy.fused import LN_IMPLS, PROP_IMPLS, SAMPLE_IMPLS, ChannelNorm
+from edgevit.deploy import FusedEdgeViT, fuse, set_impl
+from edgevit.deploy.fused import LN_IMPLS, ChannelNorm
 from edgevit.models import VARIANTS
 from edgevit.models.complexity import count_gmacs
 
