@@ -241,7 +241,8 @@ def resumed_config(cfg: Dict[str, Any], saved: Optional[Dict[str, Any]], checkpo
         if k in RESUME_MAY_CHANGE:  # this invocation's own (its values, or the defaults)
             continue
         if k in given and not same:
-            changed.append(f"{k} {now!r} (the run has {v!r})")
+            had = "base_lr scaled by the global batch" if k == "lr" and v is None else repr(v)
+            changed.append(f"{k} {now!r} (the run has {had})")
         else:
             out[k] = v
     if changed:
