@@ -304,7 +304,7 @@ def test_a_runs_safetensors_carries_its_size_crop_and_classes(tmp_path, capsys):
 def test_reports_keep_input_sizes_and_data_sets_apart(tmp_path, capsys):
     b224, b64 = _bench_file(tmp_path / "b224.json"), _bench_file(tmp_path / "b64.json", img_size=64)
     refused(capsys, ["report", "--bench", str(b64), "--vs-paper", "--out", str(tmp_path / "r0")],
-            "224x224", "64x64")
+            "edgevit_xxs at 64x64 px (the paper: 224)")
     acc = tmp_path / "acc.json"
     acc.write_text(json.dumps([{"model": "edgevit_xxs", "top1": 99.0, "num_classes": 10, "img_size": 64,
                                 "data": "digits/val"}]))
