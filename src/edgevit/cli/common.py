@@ -276,7 +276,7 @@ def start_dense_train(args: argparse.Namespace, task: str) -> argparse.Namespace
     """Config file applied, required options present, the run directory and a --resume file checked: all
     before any work (data sets, model)."""
     from ..errors import ConfigError
-    from ..train.state import RUN_FILES, RunDirectory
+    from ..train.state import RUN_FILES, recover_run_dir
 
     args = apply_config(args, args._parser)
     for n in ("data", "output"):
@@ -285,7 +285,7 @@ def start_dense_train(args: argparse.Namespace, task: str) -> argparse.Namespace
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run, or start it again")
     if os.environ.get("RANK", "0") == "0":
-        RunDirectory.recover(args.output)  # a replacement killed outright: the run that is there
+        recover_run_dir(args.output)  # a replacement killed outright: the run that is there
     check_output_dir(args.output, "--output", overwrite=args.overwrite, holds=RUN_FILES, resume=bool(args.resume),
                      inputs=[("--data", args.data)])
     if args.resume and args.resume != "auto":

@@ -30,13 +30,13 @@ def run(args: argparse.Namespace) -> int:
     from ..utils.io import print_json
 
     as_json = args.json
-    from ..train.state import RUN_FILES, RunDirectory
+    from ..train.state import RUN_FILES, recover_run_dir
 
     cfg = resolve_config({k: v for k, v in vars(args).items() if k not in ("func", "command", "json")})
     if cfg["resume"] and cfg["overwrite"]:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run, or start it again")
     if os.environ.get("RANK", "0") == "0":
-        RunDirectory.recover(cfg["output"])  # a replacement killed outright: the run that is there
+        recover_run_dir(cfg["output"])  # a replacement killed outright: the run that is there
     check_output_dir(cfg["output"], "--output", overwrite=cfg["overwrite"], holds=RUN_FILES, resume=bool(cfg["resume"]),
                      inputs=[("--data", cfg["data"])])
     cfg["progress"] = cfg["progress"] and sys.stderr.isatty()

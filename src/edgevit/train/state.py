@@ -20,7 +20,7 @@ from ..errors import ConfigError, OutputError
 from ..models.checkpoint import CheckpointError
 
 __all__ = ["capture_rng_state", "restore_rng_state", "save_training_state", "load_training_state",
-           "CheckpointManager", "set_determinism", "save_config", "load_config", "RUN_FILES", "RunDirectory"]
+           "CheckpointManager", "set_determinism", "save_config", "load_config", "RUN_FILES", "RunDirectory", "recover_run_dir"]
 
 
 # ---------------------------------------------------------------- RNG
@@ -124,7 +124,7 @@ class RunDirectory:
             raise OutputError(f"run directory {self.path}: is a file")
         if not is_main:  # rank 0 decides (the others may look after it has started writing the new run)
             return
-        self._recover()
+        recover_run_dir(self.path)
         present = self.present()
         if present and not resume and not overwrite:
             raise OutputError(f"run directory {self.path} already holds a run ({', '.join(present)}): resume it, or "
@@ -145,31 +145,6 @@ class RunDirectory:
     def present(self) -> list:
         return [n for n in RUN_FILES if (self.path / n).exists()]
 
-    def _recover(self) -> None:
-        """A replacement killed before its end: with a new last.pth the new run had checkpointed (drop the old
-        files); without, put the old run back."""
-        if not self.aside.is_dir():
-            return
-        import warnings
-
-        if (self.path / "last.pth").is_file():
-            shutil.rmtree(self.aside, ignore_errors=True)
-            return
-        self._moved = sorted(e.name for e in self.aside.iterdir())
-        self._restore()
-        warnings.warn(f"run directory {self.path}: put back the run ({', '.join(self._moved) or 'no files'}) that an "
-                      "interrupted restart had moved aside")
-        self._moved = []
-
-    @classmethod
-    def recover(cls, run_dir: os.PathLike | str) -> None:
-        """Finish or undo a replacement of `run_dir` that was killed (see `_recover`): what a command checks the
-        directory for must be the run that is there."""
-        self = cls.__new__(cls)
-        self.path, self._moved = Path(run_dir), []
-        self.aside = self.path / cls.ASIDE
-        self._recover()
-
     def __enter__(self) -> "RunDirectory":
         if self.is_main and self.overwrite:
             present = self.present()
@@ -186,24 +161,47 @@ class RunDirectory:
             shutil.rmtree(self.aside, ignore_errors=True)
             self._moved = []
 
-    def _restore(self) -> None:
-        for n in RUN_FILES:  # the old run's files are all aside: what is here the new run wrote before it failed
-            p = self.path / n
-            if p.exists():
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-        for n in self._moved:
-            os.replace(self.aside / n, self.path / n)
-        shutil.rmtree(self.aside, ignore_errors=True)
-
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._moved:  # no checkpoint was written by the new run: the old run stays
-            self._restore()
+            _put_back(self.path, self._moved)
             self._moved = []
             if exc_type is None:
                 import warnings
 
                 warnings.warn(f"run directory {self.path}: the new run wrote no checkpoint; the run it was to "
                               "replace is kept")
+
+
+def _put_back(run_dir: Path, moved: Sequence[str]) -> None:
+    """The replaced run's files (`moved`, in RUN/.replaced) back in place; the run files there now (all the new run
+    wrote before it failed: the old ones are all aside) go."""
+    aside = run_dir / RunDirectory.ASIDE
+    for n in RUN_FILES:
+        p = run_dir / n
+        if p.exists():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    for n in moved:
+        os.replace(aside / n, run_dir / n)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover_run_dir(run_dir: os.PathLike | str) -> None:
+    """Finish or undo a replacement of `run_dir` that was killed before its end (call before checking the
+    directory: what a command checks must be the run that is there): with a new last.pth the new run had
+    checkpointed (the old files go); without, the old run is put back, and said so."""
+    run_dir = Path(run_dir)
+    aside = run_dir / RunDirectory.ASIDE
+    if not aside.is_dir():
+        return
+    if (run_dir / "last.pth").is_file():
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    import warnings
+
+    moved = sorted(e.name for e in aside.iterdir())
+    _put_back(run_dir, moved)
+    warnings.warn(f"run directory {run_dir}: put back the run ({', '.join(moved) or 'no files'}) that an "
+                  "interrupted restart had moved aside")
 
 
 class CheckpointManager:
