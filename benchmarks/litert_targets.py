@@ -23,25 +23,24 @@ import torch
 
 from edgevit.bench.bench import time_runners
 from edgevit.bench.runners import build_runner
-from edgevit.deploy import BACKENDS, fuse, set_impl
+from edgevit.deploy import BACKEND_FORMS, fuse
 from edgevit.deploy.export import load_file, save_file
-from edgevit.deploy.fused import EMBED_IMPLS, LN_IMPLS, PROP_IMPLS, QKV_IMPLS, SAMPLE_IMPLS
+from edgevit.deploy.fused import FORM_CHOICES
 from edgevit.models.checkpoint import create_model
 from edgevit.utils.io import write_text_atomic
 
-PARTS = {"ln": LN_IMPLS, "prop": PROP_IMPLS, "sample": SAMPLE_IMPLS, "embed": EMBED_IMPLS, "qkv": QKV_IMPLS}
 
 
 def form_runners(threads: int, tmp: Path) -> dict:
     """The fused XXS with one part in each other form than the LiteRT backend's: name -> (run, op report)."""
-    base = {k: v for k, v in BACKENDS["litert"].items() if k != "pad"}
+    base = BACKEND_FORMS["litert"]
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     out = {}
-    for part, impls in PARTS.items():
+    for part, impls in FORM_CHOICES.items():
         for impl in impls:
-            if impl == base[part]:
+            if impl == getattr(base, part):
                 continue
-            net = set_impl(fuse(create_model("edgevit_xxs"), "litert"), **{part: impl})
+            net = fuse(create_model("edgevit_xxs"), base.replace(**{part: impl}))
             print(f"converting edgevit_xxs (fused, {part}={impl})", file=sys.stderr)
             path = tmp / f"{part}_{impl}.tflite"
             report = save_file("tflite", net, x, path)

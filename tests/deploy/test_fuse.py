@@ -1,12 +1,20 @@
-"""`edgevit.deploy.fuse`: the inference graph computes what the release graph (and the authors' code) does."""
+"""`edgevit.deploy.fuse`: the inference graph computes what the release graph (and the authors' code) does,
+as the same model class with timm's API."""
 import pytest
+import timm
 import torch
 import torch.nn as nn
 
-from edgevit.deploy import FusedEdgeViT, fuse, set_impl
-from edgevit.deploy.fused import LN_IMPLS, ChannelNorm
-from edgevit.models import VARIANTS
+from edgevit.deploy import BACKEND_FORMS, Forms, fuse, is_fused, set_forms
+from edgevit.deploy.fused import FORM_CHOICES, ChannelNorm, forms_of
+from edgevit.errors import UserError
+from edgevit.models import VARIANTS, EdgeViT
 from edgevit.models.complexity import count_gmacs
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> bool:
+    return a.shape == b.shape and (a - b).abs().max().item() <= tol
+
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_fused_matches_authors_reference(variant, reference_case):
@@ -16,10 +24,12 @@ def test_fused_matches_authors_reference(variant, reference_case):
     # one qkv conv), ExecuTorch (channels padded to 16, conv norm, pixel-shuffle LocalProp, space-to-depth embedding)
     for backend in ("eager", "onnxruntime", "executorch", "litert"):
         fused = fuse(model, backend)
-        assert isinstance(fused, FusedEdgeViT)
+        assert type(fused) is EdgeViT and is_fused(fused) and forms_of(fused) == BACKEND_FORMS[backend]
         with torch.no_grad():
-            stages = fused.stage_outputs(io["input"])
+            final, stages = fused.forward_intermediates(io["input"])
             logits = fused(io["input"])
+            assert torch.equal(fused.forward_head(fused.forward_features(io["input"])), logits)
+            assert torch.equal(final, fused.forward_features(io["input"]))
         # 1e-4, plus 1e-5 of the reference's own magnitude: fp32 rounding of a reordered sum grows with the values
         # (XS/S stage-3 outputs reach |x| ~ 10, where ExecuTorch's padded, conv-norm form differs by 1.03e-4 on
         # one thread on some CPUs: 1e-5 relative, rounding, not a wrong fold)
@@ -30,8 +40,8 @@ def test_fused_matches_authors_reference(variant, reference_case):
         assert (logits - io["logits"]).abs().max().item() <= 1e-4, backend
     # the release model is untouched (it still trains and loads checkpoints)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    # the fused graph really is cheaper: no BatchNorm left, fewer norm layers and parameters
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    # the fused graph really is cheaper: no BatchNorm on its path, no LayerNorm at all
+    assert not any(isinstance(m, nn.BatchNorm2d) for n, m in fused.named_modules() if "final_norm" not in n)
     assert not any(isinstance(m, nn.LayerNorm) for m in fused.modules())
     if variant == "edgevit_xxs":  # (fvcore tracing is slow: once is enough)
         # (the unpadded form; ExecuTorch's padding adds 9% multiply-adds that XNNPACK runs faster)
@@ -51,17 +61,21 @@ def test_fused_matches_every_table4_option(option, make_tiny):
     with torch.no_grad():
         ref_final, ref_stages = model.forward_intermediates(x)
         ref = model.forward_head(ref_final)
-        forms = [("eager", {}), ("onnxruntime", {}), ("executorch", {}), ("litert", {}),  # + forms no backend picks:
-                 ("eager", dict(ln="native", prop="shuffle", sample="pool", embed="s2d", qkv="merged")),
-                 ("executorch", dict(prop="deconv", sample="slice", embed="conv", qkv="merged")),
-                 ("executorch", dict(prop="d2s")), ("litert", dict(prop="shuffle"))]
-        for backend, impls in forms:
-            fused = set_impl(fuse(model, backend), **impls)
-            for a, b in zip(fused.stage_outputs(x), ref_stages):
-                assert (a - b).abs().max().item() <= 1e-4, (backend, impls)
+        forms = [BACKEND_FORMS[b] for b in ("eager", "onnxruntime", "executorch", "litert")] + [  # + no backend's:
+            Forms(ln="native", prop="shuffle", sample="pool", embed="s2d", qkv="merged"),
+            BACKEND_FORMS["executorch"].replace(prop="deconv", sample="slice", embed="conv", qkv="merged"),
+            BACKEND_FORMS["executorch"].replace(prop="d2s"), BACKEND_FORMS["litert"].replace(prop="shuffle")]
+        for f in forms:
+            if option.get("local_agg") == "lsa" and f.pad > 1:  # (the tiny widths need padding: refused, named)
+                with pytest.raises(UserError, match="LSA"):
+                    fuse(model, f)
+                continue
+            fused = fuse(model, f)
+            for a, b in zip(fused.forward_intermediates(x, intermediates_only=True), ref_stages):
+                assert _close(a, b), f
             out = fused(x)
             assert out.shape == (2, 7)
-            assert (out - ref).abs().max().item() <= 1e-4, (backend, impls)
+            assert _close(out, ref), f
 
 
 @pytest.mark.parametrize("backend", ["eager", "executorch"])
@@ -70,57 +84,70 @@ def test_fuse_without_head_keeps_final_norm(make_tiny, backend):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
-        out = fuse(model, backend)(x)
+        fused = fuse(model, backend)
+        out = fused(x)
+        # norm=True: the final BN on the last feature map, as the release model applies it
+        ref_norm = model.forward_intermediates(x, norm=True, intermediates_only=True)[-1]
+        got_norm = fused.forward_intermediates(x, norm=True, intermediates_only=True)[-1]
+        assert _close(fused.forward_head(fused.forward_features(x), pre_logits=True),
+                      model.forward_head(model.forward_features(x), pre_logits=True))
     assert out.shape == ref.shape == (1, 60)  # the padding channels are dropped before the final norm
-    assert (out - ref).abs().max().item() <= 1e-4
+    assert _close(out, ref) and _close(got_norm, ref_norm)
 
 
 def test_pad_channels_widens_stages_per_head(make_tiny):
     """ExecuTorch's form pads each stage to a multiple of 16 (XNNPACK's GEMM tile), each head at its end."""
     model = make_tiny()
     fused = fuse(model, "executorch")
-    assert fused.pad_multiple == 16
+    assert forms_of(fused).pad == 16
     # 12 = 1 head of 12 -> 16; 24 = 2 x 12 -> 2 x 16; 36 = 3 x 12 -> 3 x 16; 48 stays
-    assert [s[0].proj.out_channels for s in fused.stages] == [16, 32, 48, 48]
+    assert [s.downsample.proj.out_channels for s in fused.stages] == [16, 32, 48, 48]
     convs = [m for m in fused.stages.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     assert all(c.out_channels % 16 == 0 for c in convs)  # (MLP hidden widths 4 x C are already)
-    assert all(c.in_channels % 16 == 0 for c in convs if c is not fused.stages[0][0].proj)  # (but RGB)
-    assert fused.real_channels_1.tolist() == list(range(12)) + list(range(16, 28))
-    gb = fused.stages[2][1].global_attn
-    assert (gb.num_heads, gb.head_dim) == (3, 16)
+    assert all(c.in_channels % 16 == 0 for c in convs if c is not fused.stages[0].downsample.proj)  # (but RGB)
+    assert fused.stages[1].real_channels.tolist() == list(range(12)) + list(range(16, 28))
+    assert fused.stages[3].real_channels is None  # (48 needs no padding)
+    gb = fused.stages[2].blocks[0].global_attn
+    assert gb.num_heads == 3 and gb.qkv.q.out_channels == 48
     # the padded rows of q/k/v are zero: q.k only ever adds 0 * 0
     pad_rows = torch.ones(48, dtype=torch.bool)
-    pad_rows[fused.real_channels_2] = False
-    for conv in (gb.q, gb.k, gb.v):
+    pad_rows[fused.stages[2].real_channels] = False
+    for conv in (gb.qkv.q, gb.qkv.k, gb.qkv.v):
         assert conv.weight[pad_rows].abs().max() == 0 and conv.bias[pad_rows].abs().max() == 0
-    with pytest.raises(ValueError, match="padded model"):
-        set_impl(fused, ln="mean")
-    with pytest.raises(ValueError, match="already padded"):
+    with pytest.raises(UserError, match="padded model"):
+        set_forms(fused, forms_of(fused).replace(ln="mean"))
+    with pytest.raises(UserError, match="already padded"):
         fuse(fused, "eager")
-    # the LSA ablation (timm's token attention) is left unpadded, and stays exact (Table-4 test above)
-    assert fuse(make_tiny(local_agg="lsa"), "executorch").pad_multiple == 1
+    # the LSA ablation (timm's token attention) has no padded form: refused, by name
+    with pytest.raises(UserError, match="LSA ablation"):
+        fuse(make_tiny(local_agg="lsa"), "executorch")
+    # ... unless its widths need no padding (Table 4's LSA row: 32/64/128/288 channels, heads of 32)
+    lsa = timm.create_model("edgevit_xxs", local_agg="lsa", embed_dims=(32, 64, 128, 288), head_dim=32).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert _close(fuse(lsa, "executorch")(x), lsa(x))
 
 
 def test_channel_norm_forms_equal_layernorm():
     x = torch.randn(2, 12, 5, 7) * 3 + 1
     w, b = torch.rand(12) + 0.5, torch.randn(12)
     ref = nn.functional.layer_norm(x.permute(0, 2, 3, 1), (12,), w, b, 1e-6).permute(0, 3, 1, 2)
-    for impl in LN_IMPLS:
+    for impl in FORM_CHOICES["ln"]:
         out = ChannelNorm(12, 1e-6, w, b, impl=impl)(x)
         assert (out - ref).abs().max().item() <= 1e-5, impl
 
 
 def test_fuse_bad_input(make_tiny):
-    with pytest.raises(ValueError, match="EdgeViT"):
+    with pytest.raises(UserError, match="EdgeViT"):
         fuse(nn.Linear(2, 2))
     fused = fuse(make_tiny())
-    with pytest.raises(ValueError, match="multiples of 32"):
+    with pytest.raises(UserError, match="multiples of 32"):
         fused.check_input(torch.randn(1, 3, 64, 40))
-    with pytest.raises(ValueError, match="backend"):
+    with pytest.raises(UserError, match="backend"):
         fuse(fused, "tflite")
-    for kw in (dict(ln="x"), dict(prop="x"), dict(sample="x"), dict(embed="x"), dict(qkv="x")):
-        with pytest.raises(ValueError, match="not one of"):
-            set_impl(fused, **kw)
+    for kw in (dict(ln="x"), dict(prop="x"), dict(sample="x"), dict(embed="x"), dict(qkv="x"), dict(pad=0)):
+        with pytest.raises(UserError, match="not one of|expected an integer"):
+            Forms(**kw)
 
 
 def test_module_fuse_methods_timm_style(make_tiny):
@@ -140,22 +167,49 @@ def test_module_fuse_methods_timm_style(make_tiny):
         assert (fuse(model)(x) - model(x)).abs().max().item() <= 1e-4  # the one entry point for a whole model
 
 
-def test_timm_reparameterize_model_fuses_every_block(make_tiny):
-    """timm.utils.reparameterize_model (which calls `fuse()` on every child that has it) gives a model with
-    every patch embedding and LGL block in its inference form, the same outputs, the original untouched."""
+def test_timm_reparameterize_model_is_fuse(make_tiny):
+    """timm.utils.reparameterize_model (which calls `fuse()` on every child that has it) gives the same kind of
+    model as `fuse()`: an EdgeViT with every part in its inference form, the same outputs, the original
+    untouched; `fuse()` of it switches its forms in place."""
     from timm.utils import reparameterize_model
 
-    from edgevit.deploy.fused import FusedLGLBlock, FusedPatchEmbed
-    from edgevit.models.edgevit import LGLBlock, PatchEmbed
+    from edgevit.deploy.fused import FusedHead, FusedLGLBlock, FusedPatchEmbed
+    from edgevit.models.edgevit import EdgeViTHead, LGLBlock, PatchEmbed
 
     model = make_tiny()
     rep = reparameterize_model(model)
     kinds = {type(m) for m in rep.modules()}
-    assert FusedPatchEmbed in kinds and FusedLGLBlock in kinds and not kinds & {PatchEmbed, LGLBlock}
-    assert {type(m) for m in model.modules()} & {PatchEmbed, LGLBlock} == {PatchEmbed, LGLBlock}
+    assert type(rep) is EdgeViT and is_fused(rep) and not is_fused(model)
+    assert {FusedPatchEmbed, FusedLGLBlock, FusedHead} <= kinds and not kinds & {PatchEmbed, LGLBlock, EdgeViTHead}
+    assert {type(m) for m in model.modules()} >= {PatchEmbed, LGLBlock, EdgeViTHead}
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
-        assert (rep(x) - model(x)).abs().max().item() <= 1e-4
+        ref = model(x)
+        assert _close(rep(x), ref)
+        assert _close(fuse(model)(x), rep(x), 0.0)  # the same computation as fuse()'s eager form
+        assert fuse(rep, "onnxruntime") is rep and _close(rep(x), ref)
+
+
+@pytest.mark.parametrize("backend", ["eager", "executorch"])
+def test_fused_body_in_features_only_and_dense_models(make_tiny, backend):
+    """A fused body gives the same feature maps through timm's features_only wrapper and inside the dense
+    models (torchvision's FPN reads `forward_intermediates`)."""
+    from edgevit.dense.models import create_segmenter
+
+    torch.manual_seed(0)
+    feats = timm.create_model("edgevit_xxs", features_only=True, out_indices=(1, 2, 3), embed_dims=(12, 24, 36, 48),
+                              depths=(1, 1, 2, 1), head_dim=12).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = feats(x)
+        fused = fuse(feats, backend)
+        got = fused(x)
+        assert fused.feature_info.channels() == [24, 36, 48] and is_fused(fused) and not is_fused(feats)
+        assert len(got) == 3 and all(_close(a, b) for a, b in zip(got, ref))
+        seg = create_segmenter(5, "edgevit_xxs", fpn_channels=32).eval()
+        fused_seg = fuse(seg, backend)
+        assert type(fused_seg) is type(seg) and is_fused(fused_seg.backbone.body)
+        assert _close(fused_seg(x), seg(x))
 
 
 LAYERS = {"models": 0, "deploy": 1, "bench": 2, "train": 2, "dense": 2, "cli": 3}
@@ -194,29 +248,29 @@ def test_imports_run_one_way():
 
 
 def test_fused_model_keeps_only_the_form_it_runs(make_tiny):
-    """Each fused module holds the one form its backend runs (no q/k/v beside the stacked qkv, no deconv
-    beside its pixel-shuffle form, no k x k conv beside its space-to-depth 1x1), so a parameter count is a
-    plain sum; switching forms rewrites the weights and keeps the outputs."""
-    from edgevit.deploy.fused import FusedGlobalBlock, FusedPatchEmbed
+    """Each fused module holds the one form it runs (no q/k/v beside the stacked qkv, no deconv beside its
+    pixel-shuffle form, no k x k conv beside its space-to-depth 1x1), so a parameter count is a plain sum;
+    switching forms rewrites the weights and keeps the outputs."""
+    from edgevit.deploy.fused import FusedPatchEmbed, LocalProp, QKVProjection
     from edgevit.models.complexity import count_params
 
     model = make_tiny()
     x = torch.randn(1, 3, 64, 64)
     release = count_params(model)
     ort = fuse(model, "onnxruntime")
-    blocks = [m for m in ort.modules() if isinstance(m, FusedGlobalBlock) and not m.sra]
-    assert blocks and all(hasattr(b, "qkv") and not hasattr(b, "q") for b in blocks)
+    qkvs = [m for m in ort.modules() if isinstance(m, QKVProjection)]
+    assert qkvs and all(hasattr(m, "qkv") and not hasattr(m, "q") for m in qkvs)
     assert count_params(ort) < release  # BNs and LayerNorm affines folded away, nothing kept twice
     with torch.no_grad():
         ref = model(x)
         for impls in (dict(qkv="split", prop="shuffle", embed="s2d"), dict(qkv="merged", prop="deconv", embed="conv")):
-            f = set_impl(fuse(model), **impls)
+            f = fuse(model, Forms(**impls))
             pes = [m for m in f.modules() if isinstance(m, FusedPatchEmbed)]
-            gbs = [m for m in f.modules() if isinstance(m, FusedGlobalBlock) and m.r > 1]
-            assert all(m.impl == impls["embed"] for m in pes)
-            assert all(hasattr(m, "prop_shuffle") != hasattr(m, "local_prop") for m in gbs)
-            assert (f(x) - ref).abs().max().item() <= 1e-4, impls
+            props = [m for m in f.modules() if isinstance(m, LocalProp)]
+            assert pes and props and all(m.impl == impls["embed"] for m in pes)
+            assert all(hasattr(m, "shuffle") != hasattr(m, "deconv") for m in props)
+            assert _close(f(x), ref), impls
             before = count_params(f)
-            set_impl(f, qkv="split", prop="deconv", embed="conv")  # and back: the same weights, counted once
+            set_forms(f, Forms())  # and back: the same weights, counted once
             assert count_params(f) == pytest.approx(count_params(fuse(model)))
-            assert before > 0 and (f(x) - ref).abs().max().item() <= 1e-4
+            assert before > 0 and _close(f(x), ref)

@@ -1,24 +1,36 @@
-"""Deploying EdgeViTs: `fuse` (the exact inference graph) and `export` (ExecuTorch, ONNX, TorchScript)."""
+"""Deploying EdgeViTs: `fuse` (the exact inference graph) and `export` (ExecuTorch, ONNX, LiteRT, TorchScript)."""
 from __future__ import annotations
+
+from typing import Union
 
 import torch.nn as nn
 
-from .fused import BACKENDS, FusedEdgeViT, fuse_edgevit, set_backend, set_impl
-from .padding import pad_channels
-from ..errors import UserError
-from ..models.edgevit import EdgeViT
+from .fused import Forms, fuse_model, is_fused, set_forms
 
-__all__ = ["fuse", "FusedEdgeViT", "set_backend", "set_impl", "pad_channels", "BACKENDS"]
+__all__ = ["fuse", "Forms", "set_forms", "is_fused", "BACKEND_FORMS"]
+
+BACKEND_FORMS = {
+    "eager": Forms(),
+    "torchscript": Forms(),
+    "ptl": Forms(),
+    "onnxruntime": Forms(qkv="merged", ln="native", sample="pool"),
+    "executorch": Forms(embed="s2d", ln="conv", prop="shuffle", sample="pool", pad=16),
+    "litert": Forms(qkv="merged", prop="d2s", sample="pool"),
+}
 
 
-def fuse(model: nn.Module, backend: str = "eager") -> FusedEdgeViT:
-    """Inference copy of an EdgeViT with BN/CPE/LayerNorm-affine folded, same outputs (max |diff| <= 1e-4).
+def fuse(model: nn.Module, runtime: Union[str, Forms] = "eager") -> nn.Module:
+    """Inference copy of an EdgeViT (or of a model holding EdgeViTs: a detector, a segmenter, timm's
+    features_only wrapper) with BN/CPE/LayerNorm-affine folded, the same outputs (max |diff| <= 1e-4).
 
-    `backend` (one of BACKENDS) picks the form of each part that runtime runs fastest, and for ExecuTorch
-    pads the stages to XNNPACK's 16-channel GEMM tile; the release-layout `model` is left untouched (it is
-    the one that trains and loads checkpoints)."""
-    if isinstance(model, FusedEdgeViT):
-        return set_backend(model, backend)
-    if not isinstance(model, EdgeViT):
-        raise UserError(f"fuse() takes an EdgeViT, got {type(model).__name__}")
-    return fuse_edgevit(model, backend)
+    `runtime` (a runtime's name, or `Forms`) picks the form of each part that runtime runs fastest, and for
+    ExecuTorch pads the stages to XNNPACK's 16-channel GEMM tile; `model` is left untouched (it is the one that
+    trains and loads checkpoints). The result is the same class with timm's API (`forward_intermediates`...)."""
+    if isinstance(runtime, Forms):
+        forms = runtime
+    elif runtime in BACKEND_FORMS:
+        forms = BACKEND_FORMS[runtime]
+    else:
+        from ..errors import UserError
+        raise UserError(f"backend {runtime!r} is not one of {', '.join(BACKEND_FORMS)}")
+    return fuse_model(model, forms)

@@ -194,13 +194,11 @@ def qat_form(model: nn.Module) -> nn.Module:
     ExecuTorch's op forms but without the 16-channel padding (zero channels would start to train);
     other models as they are. Trainable: every weight is a parameter."""
     from ..models.edgevit import EdgeViT
-    from .fused import BACKENDS, fuse_edgevit, set_impl
+    from . import BACKEND_FORMS, fuse
 
     if not isinstance(model, EdgeViT):
         return model
-    fused = fuse_edgevit(model, "eager")
-    set_impl(fused, **{k: v for k, v in BACKENDS["executorch"].items() if k != "pad"})
-    return fused.train()
+    return fuse(model, BACKEND_FORMS["executorch"].replace(pad=1)).train()
 
 
 def prepare_qat(model: nn.Module, img_size, batch: int = 2) -> torch.fx.GraphModule:

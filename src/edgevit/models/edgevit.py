@@ -33,7 +33,7 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models.twins import LocallyGroupedAttn
 from ..errors import UserError
 
-__all__ = ["EdgeViT", "checkpoint_filter_fn", "LOCAL_AGG", "SAMPLERS", "LOCAL_PROPS"]
+__all__ = ["EdgeViT", "checkpoint_filter_fn", "LOCAL_AGG", "SAMPLERS", "LOCAL_PROPS", "SpatialReductionAttn"]
 
 LOCAL_AGG = ("conv", "lsa", "none")
 SAMPLERS = ("corner", "center", "avg", "max")
@@ -108,6 +108,8 @@ class LocalAgg(Fusable, nn.Module):
     def __init__(self, dim: int, mlp_ratio: float = 4.0, kernel_size: int = 5, drop_path: float = 0.0,
                  act_layer=nn.GELU):
         super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise UserError(f"local_kernel={kernel_size} must be a positive odd number")
         self.cpe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = nn.BatchNorm2d(dim)
         self.pw1 = nn.Conv2d(dim, dim, 1)
@@ -154,8 +156,8 @@ class GlobalSparseAttn(nn.Module):
               release; the paper calls it the centre), "center" = the true middle token, "avg"/"max" =
               pooling over the window.
     local_prop spreads the delegates back: "deconv" = depthwise ConvTranspose2d(k=r, s=r) (release),
-              "bilinear" = parameter-free bilinear upsampling, "none" = no propagation: every token
-              queries the subsampled keys/values (PVTv2's spatial-reduction attention).
+              "bilinear" = parameter-free bilinear upsampling. (Table 4's third choice, no propagation, is
+              another attention: `SpatialReductionAttn`.)
     """
 
     def __init__(self, dim: int, num_heads: int, sr_ratio: int = 1, qkv_bias: bool = True,
@@ -169,17 +171,16 @@ class GlobalSparseAttn(nn.Module):
         self.scale = self.head_dim ** -0.5
         self.sr_ratio = sr_ratio
         self.sampler_kind = _check_choice("sampler", sampler, SAMPLERS)
-        self.local_prop_kind = _check_choice("local_prop", local_prop, LOCAL_PROPS)
+        self.local_prop_kind = _check_choice("local_prop", local_prop, ("deconv", "bilinear"))
         self.fused_attn = use_fused_attn()
 
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
-        # Identity where a part is absent (r = 1, or another LocalProp): no parameters, so the state_dict is the
+        # Identity where a part is absent (r = 1, or bilinear LocalProp): no parameters, so the state_dict is the
         # release's, and every attribute exists on every path (TorchScript compiles all of forward).
         self.local_prop = nn.ConvTranspose2d(dim, dim, sr_ratio, stride=sr_ratio, groups=dim) \
             if sr_ratio > 1 and local_prop == "deconv" else nn.Identity()
-        # LayerNorm after propagation (release); with SRA it normalises the reduced keys/values (PVTv2).
-        self.norm = nn.LayerNorm(dim, eps=1e-5) if sr_ratio > 1 else nn.Identity()
+        self.norm = nn.LayerNorm(dim, eps=1e-5) if sr_ratio > 1 else nn.Identity()  # after LocalProp (release)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -209,18 +210,6 @@ class GlobalSparseAttn(nn.Module):
         B, N, C = x.shape
         H, W = size
         r = self.sr_ratio
-        if r > 1 and self.local_prop_kind == "none":  # PVTv2 SRA: all queries, reduced keys/values
-            q_w, kv_w = self.qkv.weight.split([C, 2 * C])
-            bias = self.qkv.bias
-            q_b: Optional[torch.Tensor] = None
-            kv_b: Optional[torch.Tensor] = None
-            if bias is not None:
-                q_b, kv_b = bias.split([C, 2 * C])
-            d = self.sample(x.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2)
-            k, v = F.linear(self.norm(d), kv_w, kv_b).chunk(2, dim=-1)
-            x = self._attend(self._heads(F.linear(x, q_w, q_b)), self._heads(k), self._heads(v))
-            return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
-
         if r > 1:  # one delegate per r x r window
             x = self.sample(x.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2)
         q, k, v = self.qkv(x).chunk(3, dim=-1)
@@ -236,6 +225,34 @@ class GlobalSparseAttn(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
+class SpatialReductionAttn(GlobalSparseAttn):
+    """Table 4's "no LocalProp" row: every token queries the delegates' keys and values, so nothing is
+    propagated back (PVTv2's spatial-reduction attention, with EdgeViT's sampler). The release's parameter
+    names: `qkv` (q's rows first), `norm` on the reduced keys/values (PVTv2's), `proj`."""
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int = 2, qkv_bias: bool = True,
+                 sampler: str = "corner", attn_drop: float = 0.0, proj_drop: float = 0.0):
+        if sr_ratio < 2:
+            raise UserError(f"spatial-reduction attention needs sr_ratio >= 2, got {sr_ratio}")
+        # (the parent's parts without a LocalProp: its `norm` is PVTv2's, on the reduced keys/values)
+        super().__init__(dim, num_heads, sr_ratio, qkv_bias, sampler, "bilinear", attn_drop, proj_drop)
+        self.local_prop_kind = "none"
+
+    def forward(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        B, N, C = x.shape
+        H, W = size
+        q_w, kv_w = self.qkv.weight.split([C, 2 * C])
+        bias = self.qkv.bias
+        q_b: Optional[torch.Tensor] = None
+        kv_b: Optional[torch.Tensor] = None
+        if bias is not None:
+            q_b, kv_b = bias.split([C, 2 * C])
+        d = self.sample(x.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2)
+        k, v = F.linear(self.norm(d), kv_w, kv_b).chunk(2, dim=-1)
+        x = self._attend(self._heads(F.linear(x, q_w, q_b)), self._heads(k), self._heads(v))
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+
+
 class GlobalBlock(Fusable, nn.Module):
     """The global half of an LGL block: sparse attention + FFN on tokens (Eq. 1c, 1d)."""
 
@@ -245,7 +262,11 @@ class GlobalBlock(Fusable, nn.Module):
         super().__init__()
         self.cpe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = GlobalSparseAttn(dim, num_heads, sr_ratio, qkv_bias, sampler, local_prop, attn_drop, proj_drop)
+        if _check_choice("local_prop", local_prop, LOCAL_PROPS) == "none" and sr_ratio > 1:
+            self.attn = SpatialReductionAttn(dim, num_heads, sr_ratio, qkv_bias, sampler, attn_drop, proj_drop)
+        else:  # (at r = 1 every token is a delegate: full attention, nothing to propagate)
+            self.attn = GlobalSparseAttn(dim, num_heads, sr_ratio, qkv_bias, sampler,
+                                         "deconv" if local_prop == "none" else local_prop, attn_drop, proj_drop)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
@@ -266,16 +287,17 @@ class LGLBlock(Fusable, nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, sr_ratio: int = 1,
                  qkv_bias: bool = True, local_agg: str = "conv", sampler: str = "corner",
                  local_prop: str = "deconv", local_kernel: int = 5, proj_drop: float = 0.0,
-                 attn_drop: float = 0.0, drop_path: float = 0.0):
+                 attn_drop: float = 0.0, drop_path: float = 0.0, act_layer=nn.GELU):
         super().__init__()
+        _check_choice("local_agg", local_agg, LOCAL_AGG)
         if sr_ratio > 1 and local_agg == "conv":
-            self.local_agg = LocalAgg(dim, mlp_ratio, local_kernel, drop_path)
+            self.local_agg = LocalAgg(dim, mlp_ratio, local_kernel, drop_path, act_layer)
         elif sr_ratio > 1 and local_agg == "lsa":
-            self.local_agg = LocalAggLSA(dim, num_heads, mlp_ratio, drop_path=drop_path)
+            self.local_agg = LocalAggLSA(dim, num_heads, mlp_ratio, drop_path=drop_path, act_layer=act_layer)
         else:
             self.local_agg = nn.Identity()
         self.global_attn = GlobalBlock(dim, num_heads, mlp_ratio, sr_ratio, qkv_bias, sampler, local_prop,
-                                       proj_drop, attn_drop, drop_path)
+                                       proj_drop, attn_drop, drop_path, act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.global_attn(self.local_agg(x))
@@ -315,6 +337,10 @@ class EdgeViTHead(Fusable, nn.Module):
             fc = nn.Linear(self.in_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
             setattr(self, name, fc.train(self.training))
 
+    def feature_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The final BN alone (`forward_intermediates(norm=True)`)."""
+        return self.norm(x)
+
     def forward(self, x: torch.Tensor, pre_logits: bool = False):
         x = self.norm(x)
         if self.global_pool == "avg":
@@ -338,12 +364,21 @@ class EdgeViTStage(nn.Module):
         self.blocks = nn.Sequential(*[
             LGLBlock(dim, num_heads, drop_path=drop_path[i], **block_kwargs) for i in range(depth)])
         self.grad_checkpointing = False
+        # An inference form may run the stage wider than `dim`, zero-padded to a backend's SIMD width
+        # (edgevit.deploy's channel padding); it names here which channels of the output are the features.
+        self.register_buffer("real_channels", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The stage's output map (in a padded inference form: the padded map the next stage reads)."""
         x = self.downsample(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The stage's output map as features: its `dim` channels."""
+        idx = self.real_channels
+        return x if idx is None else x.index_select(1, idx)
 
 
 class EdgeViT(nn.Module):
@@ -382,11 +417,6 @@ class EdgeViT(nn.Module):
                                 f"{'integers' if len(values) > 1 else 'an integer'} >= {low}")
         if not (isinstance(mlp_ratio, (int, float)) and mlp_ratio > 0):
             raise UserError(f"mlp_ratio={mlp_ratio}: expected a number > 0")
-        _check_choice("local_agg", local_agg, LOCAL_AGG)
-        _check_choice("sampler", sampler, SAMPLERS)
-        _check_choice("local_prop", local_prop, LOCAL_PROPS)
-        if local_kernel < 1 or local_kernel % 2 == 0:
-            raise UserError(f"local_kernel={local_kernel} must be a positive odd number")
         for i, (dim, r) in enumerate(zip(embed_dims, sr_ratios)):
             if dim % head_dim:
                 raise UserError(f"embed_dims[{i}]={dim} is not a multiple of head_dim={head_dim}")
@@ -398,7 +428,6 @@ class EdgeViT(nn.Module):
         self.embed_dims = tuple(embed_dims)
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.drop_rate = drop_rate
-        self.grad_checkpointing = False
 
         dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
         stages, in_chs, self.feature_info = [], in_chans, []
@@ -443,7 +472,6 @@ class EdgeViT(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
         for s in self.stages:
             s.grad_checkpointing = enable
 
@@ -489,10 +517,11 @@ class EdgeViT(nn.Module):
         for i, stage in enumerate(stages):
             x = stage(x)
             if i in take_indices:
-                intermediates.append(self.head.norm(x) if norm and i == last else x)
+                feat = stage.features(x)
+                intermediates.append(self.head.feature_norm(feat) if norm and i == last else feat)
         if intermediates_only:
             return intermediates
-        return x, intermediates
+        return stages[-1].features(x), intermediates
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
@@ -508,7 +537,7 @@ class EdgeViT(nn.Module):
         """The last stage's output (the release's `forward_features` also applies the final BN: here the head
         does, so that it folds into the classifier)."""
         self.check_input(x)
-        return self.stages(x)
+        return self.stages[-1].features(self.stages(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
