@@ -23,7 +23,7 @@ import torch
 
 from edgevit.bench.bench import time_runners
 from edgevit.bench.runners import build_runner
-from edgevit.deploy import BACKEND_FORMS, fuse
+from edgevit.deploy import forms_for, fuse
 from edgevit.deploy.export import load_file, save_file
 from edgevit.deploy.fused import FORM_CHOICES
 from edgevit.models.checkpoint import create_model
@@ -33,7 +33,7 @@ from edgevit.utils.io import write_text_atomic
 
 def form_runners(threads: int, tmp: Path) -> dict:
     """The fused XXS with one part in each other form than the LiteRT backend's: name -> (run, op report)."""
-    base = BACKEND_FORMS["litert"]
+    base = forms_for("litert")
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     out = {}
     for part, impls in FORM_CHOICES.items():

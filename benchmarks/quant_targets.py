@@ -29,14 +29,15 @@ from edgevit.bench.bench import time_runners
 from edgevit.bench.runners import build_runner
 from edgevit.deploy import fuse
 from edgevit.deploy import quantize as q
-from edgevit.deploy.export import FORMAT_RUNTIME, export_model, load_file, onnx_session
+from edgevit.deploy import runtimes
+from edgevit.deploy.export import export_model, load_file
+from edgevit.deploy.runtimes.onnxruntime import onnx_session, save_onnx_int8
 from edgevit.errors import UserError
 from edgevit.models.checkpoint import model_from_checkpoint
 from edgevit.utils.images import eval_transform
 from edgevit.utils.io import write_text_atomic
 
-FMT = {v: k for k, v in FORMAT_RUNTIME.items()}
-# ONNX Runtime variants of the int8 XXS tried against the default (deploy.quantize.ORT_INT8)
+# ONNX Runtime variants of the int8 XXS tried against the default (deploy.runtimes.onnxruntime.ORT_INT8)
 ORT_FORMS = {"s8 activations": dict(activation_type="QInt8"), "no reduce_range": dict(reduce_range=False),
              "GEMMs only (Conv/MatMul/Gemm)": dict(op_types=["Conv", "MatMul", "Gemm"])}
 
@@ -60,7 +61,7 @@ def speed(args, runtime: str, calib: str) -> dict:
         for name, opts in ORT_FORMS.items():
             print(f"building edgevit_xxs int8 [{name}]", file=sys.stderr)
             path = Path(tmp.name) / f"{len(runners)}.onnx"
-            q.save_onnx_int8(net, x, path, images, **opts)
+            save_onnx_int8(net, x, path, images, **opts)
             sess = onnx_session(path, args.threads)
             feed = {sess.get_inputs()[0].name: x.numpy()}
             runners[f"edgevit_xxs int8 [{name}]"] = (lambda s=sess, f=feed: s.run(None, f))
@@ -79,7 +80,7 @@ def speed(args, runtime: str, calib: str) -> dict:
 
 def accuracy(args, runtime: str, val, qat: bool = False) -> dict:
     """Top-1 on the val split of the float model, the fp32 file and the int8 file (own runtimes)."""
-    fmt = FMT[runtime]
+    fmt = runtimes.get(runtime).format
     model, meta = model_from_checkpoint(None, args.checkpoint)
     cfg = meta["config"]
     size = int(cfg["img_size"])
@@ -127,7 +128,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="out/demo/digits_run/best.pth", help="the digits XXS (make demo)")
     p.add_argument("--data", default="out/demo/digits", help="the digits data (make demo): train/ and val/")
-    p.add_argument("--runtimes", nargs="+", default=["onnxruntime", "executorch"], choices=sorted(FMT))
+    p.add_argument("--runtimes", nargs="+", default=["onnxruntime", "executorch"], choices=[r.name for r in runtimes.RUNTIMES.values() if r.int8])
     p.add_argument("--runs", type=int, default=40, help="interleaved timing rounds")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--forms", action="store_true", help="also time ONNX Runtime variants of the int8 XXS")

@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from edgevit.bench.profile import executorch_op_times
-from edgevit.deploy.export import save_pte
+from edgevit.deploy.runtimes.executorch import profile as executorch_op_times, save_pte
 from edgevit.utils.io import write_text_atomic
 
 

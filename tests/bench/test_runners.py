@@ -4,12 +4,13 @@ import importlib.util
 import pytest
 import torch
 
-from edgevit.bench.runners import RUNTIMES, build_runner
+from edgevit.bench.runners import build_runner
+from edgevit.deploy import runtimes
 
 TINY = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), head_dim=16, num_classes=5)
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", runtimes.names())
 def test_every_runtime_matches_eager(runtime):
     torch.manual_seed(0)  # both runners build the same random weights
     ref = build_runner("edgevit_xxs", "eager", img_size=64, fused=False, **TINY)
@@ -31,7 +32,7 @@ def test_baseline_default_size_and_label():
 
 
 def test_bad_input(monkeypatch):
-    with pytest.raises(ValueError, match="eager, torchscript, ptl, onnxruntime, executorch"):
+    with pytest.raises(ValueError, match="eager, executorch, onnxruntime, litert, ptl, torchscript"):
         build_runner("edgevit_xxs", "tflite")
     with pytest.raises(ValueError, match="edgevit_xxs"):
         build_runner("edgevit_xxxxl")

@@ -1,9 +1,10 @@
 """Every export format round-trips: the file, run in its own runtime, gives the PyTorch outputs."""
 import pytest
 import torch
+import torch.nn as nn
 
 from edgevit.cli.main import main
-from edgevit.deploy import fuse
+from edgevit.deploy import fuse, runtimes
 from edgevit.deploy import export as ex
 
 
@@ -12,9 +13,9 @@ def tiny(make_tiny):
     return make_tiny()
 
 
-@pytest.mark.parametrize("fmt", [f for f in ex.FORMATS if f != "tflite"])  # (tflite: tests/deploy/test_litert.py)
+@pytest.mark.parametrize("fmt", [f for f in runtimes.formats() if f != "tflite"])  # (tflite: tests/deploy/test_litert.py)
 def test_export_round_trip(fmt, tiny, tmp_path):
-    fused = fuse(tiny, ex.FORMAT_RUNTIME[fmt])
+    fused = fuse(tiny, runtimes.by_format(fmt).name)
     out = tmp_path / f"m.{fmt}"
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     report = ex.export_model(fused, fmt, out, img_size=64, check_x=x)
@@ -73,7 +74,9 @@ def test_missing_runtime_package_is_named(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))
     with pytest.raises(ImportError, match="onnxruntime"):
-        ex.onnx_session("unused.onnx")
+        runtimes.get("onnxruntime").require()
+    with pytest.raises(ImportError, match="pip install onnxruntime"):
+        ex.export_model(nn.Identity(), "onnx", "unused.onnx")
 
 
 def test_cli_export_trained_checkpoint_keeps_its_head(tmp_path, capsys):

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from edgevit.cli.main import main
-from edgevit.deploy import fuse
+from edgevit.deploy import fuse, runtimes
 from edgevit.deploy import export as ex
 
 
@@ -43,7 +43,7 @@ def test_litert_every_table4_option_non_square(make_tiny, tmp_path):
     assert got.shape == ref.shape == (1, 7 * len(TABLE4_GROUPS))
     for i, option in enumerate(TABLE4_GROUPS):  # the file against each release-layout model
         assert (got - ref)[:, 7 * i:7 * (i + 1)].abs().max().item() <= 1e-4, option
-    assert report["img_size"] == [64, 96] and ex.input_size("tflite", out) == (64, 96)
+    assert report["img_size"] == [64, 96] and runtimes.get("litert").input_size(out) == (64, 96)
 
 
 def test_cli_export_bench_and_eval_tflite(make_tiny, tmp_path, capsys, monkeypatch):
@@ -94,13 +94,13 @@ def test_cli_export_bench_and_eval_tflite(make_tiny, tmp_path, capsys, monkeypat
     import shutil
 
     from edgevit.bench import profile as bp
-    from edgevit.deploy import export as deploy_export
+    from edgevit.deploy.runtimes import litert
 
     def copy_instead_of_converting(net, x, path):
         shutil.copy(out, path)
-        return deploy_export.tflite_report(path)
+        return litert.tflite_report(path)
 
-    monkeypatch.setattr(deploy_export, "save_tflite", copy_instead_of_converting)
+    monkeypatch.setattr(litert, "save_tflite", copy_instead_of_converting)
     prof = bp.profile("edgevit_xxs", fused=False, runtime="litert", runs=2, img_size=64, checkpoint=str(ck))
     e = prof["export"]
     assert prof["median_ms"] > 0 and e["ops"] == sum(e["op_counts"].values()) == rep_ops
@@ -118,11 +118,12 @@ def test_litert_bad_input(monkeypatch, tmp_path, capsys):
     # an op the converter cannot lower: one line naming the op and the module it is in; nothing written
     model = nn.Sequential(nn.Conv2d(3, 4, 3), _FFT()).eval()
     out = tmp_path / "fft.tflite"
-    with pytest.raises(ex.ConversionError) as e:
+    with pytest.raises(runtimes.ConversionError) as e:
         ex.export_model(model, "tflite", out, img_size=32)
     msg = str(e.value)
     assert "_fft_r2c" in msg and "module 1 (_FFT)" in msg and "\n" not in msg
     assert not list(tmp_path.iterdir())
+    capsys.readouterr()  # (the converter's own import-time log lines, written while it was called above)
     # the packages missing: one line naming them
     import importlib.util
     real = importlib.util.find_spec

@@ -6,7 +6,9 @@ import torch
 
 from edgevit.deploy import fuse
 from edgevit.deploy import quantize as q
-from edgevit.deploy.export import FORMAT_RUNTIME, load_file
+from edgevit.deploy import runtimes
+from edgevit.deploy.export import load_file
+from edgevit.deploy.runtimes.executorch import convert_pt2e_model
 from edgevit.errors import UserError
 
 # Thresholds, and why: int8 activations carry ~8 bits (48 dB for one ideally scaled tensor); the noise of
@@ -40,10 +42,10 @@ def test_agreement_is_exact_for_the_same_logits_and_drops_with_noise():
 SMALLEST = dict(embed_dims=(16, 16, 16, 16), depths=(1, 1, 1, 1), head_dim=16, num_classes=7)
 
 
-@pytest.mark.parametrize("fmt", q.QUANT_FORMATS)
+@pytest.mark.parametrize("fmt", runtimes.int8_formats())
 def test_ptq_file_runs_in_its_runtime_and_agrees_with_the_float_model(fmt, make_tiny, tmp_path):
     kw = SMALLEST if fmt == "pte" else {}
-    model = fuse(make_tiny(**kw), FORMAT_RUNTIME[fmt])
+    model = fuse(make_tiny(**kw), runtimes.by_format(fmt).name)
     calib = images(24)
     out = tmp_path / f"m.{fmt}"
     report = q.export_int8(model, fmt, out, calib, calibrated="test")
@@ -118,7 +120,7 @@ def test_qat_trains_then_converts_to_what_it_trained(make_tiny, tmp_path):
         before = prepared(x)
         torch.testing.assert_close(prepared(x * 3), prepared(x * 3))  # evaluating moves no scale
         assert torch.equal(prepared(x), before)
-    converted = q.convert_pt2e_model(prepared)
+    converted = convert_pt2e_model(prepared)
     with torch.no_grad():
         r = q.agreement(before, converted(x))
     assert r["sqnr_db"] >= 30 and r["top1_agreement"] == 100.0, r

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from edgevit.deploy import fuse
-from edgevit.deploy.export import FORMAT_RUNTIME, export_model, run_file
+from edgevit.deploy import runtimes
+from edgevit.deploy.export import export_model, run_file
 from edgevit.deploy.quantize import export_int8, random_calibration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +36,7 @@ def _machine_paths(path: Path, tmp_path: Path) -> set:
 def test_no_exported_format_carries_machine_paths(fmt, make_tiny, tmp_path):
     model = make_tiny()
     out = tmp_path / f"m.{fmt}"
-    report = export_model(fuse(model, FORMAT_RUNTIME[fmt]), fmt, out, img_size=64)
+    report = export_model(fuse(model, runtimes.by_format(fmt).name), fmt, out, img_size=64)
     assert report["max_abs_diff"] < 1e-3  # (checked in its runtime after stripping)
     assert _machine_paths(out, tmp_path) == set()
     if fmt == "onnx":
@@ -54,7 +55,7 @@ def test_int8_onnx_file_carries_no_machine_paths(make_tiny, tmp_path):
 
 
 def test_stripping_a_torchscript_file_keeps_its_outputs(make_tiny, tmp_path):
-    from edgevit.deploy.export import strip_torch_archive
+    from edgevit.deploy.runtimes.torchscript import strip_torch_archive
 
     model = make_tiny()
     x = torch.randn(1, 3, 64, 64)

@@ -140,9 +140,13 @@ def ranking_ties(results: Sequence[dict]) -> List[Tuple[str, str]]:
 
 
 def runtime_versions() -> Dict[str, str]:
+    """The installed version of every package a runtime record names (to run or to write its files)."""
     from importlib import metadata
+
+    from ..deploy.runtimes import RUNTIMES
+
     out = {}
-    for pkg in ("torch", "onnxruntime", "onnx", "executorch"):
+    for pkg in dict.fromkeys(p.pip or p.module for r in RUNTIMES.values() for p in (*r.packages, *r.export_packages)):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

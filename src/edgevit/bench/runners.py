@@ -15,21 +15,21 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+
+from ..deploy import runtimes
 from ..errors import UserError
 
-RUNTIMES = ("eager", "torchscript", "ptl", "onnxruntime", "executorch", "litert")
-INT8_RUNTIMES = ("executorch", "onnxruntime")
-
 def check_runtime(runtime: str) -> str:
-    if runtime not in RUNTIMES:
-        raise UserError(f"{runtime!r} is not one of {', '.join(RUNTIMES)}", option="runtime")
-    return runtime
+    return runtimes.get(runtime).name
 
 
 def require_package(runtime: str) -> None:
-    """ImportError naming the package when `runtime` is not installed."""
-    from ..deploy.export import require_runtime
-    require_runtime(check_runtime(runtime))
+    """MissingDependencyError naming the package when `runtime` is not installed."""
+    runtimes.get(runtime).require()
+
+
+def int8_runtimes() -> tuple:
+    return tuple(r.name for r in runtimes.RUNTIMES.values() if r.int8)
 
 
 def default_img_size(model: nn.Module) -> int:
@@ -101,20 +101,19 @@ def _to_tensor(out) -> torch.Tensor:
 def build_runner(model: str, runtime: str = "eager", img_size: int | None = None, threads: int = 2,
                  fused: bool = True, checkpoint: str | None = None, precision: str = "fp32",
                  calib: Optional[str] = None, calib_images: int = 64, **model_kwargs) -> Runner:
-    """A warm session for `model` in `runtime` (one of RUNTIMES) at `img_size` (default: the model's);
+    """A warm session for `model` in `runtime` (a runtime record's name, edgevit.deploy.runtimes) at `img_size` (default: the model's);
     `precision` "int8": the file `edgevit export --quantize int8` writes (executorch, onnxruntime), calibrated
     on `calib_images` images of the folder `calib` (or "random").
 
     Unknown model/runtime -> ValueError listing the choices; runtime package missing -> ImportError."""
-    from ..deploy import export as ex
     from ..models import VARIANTS
 
-    check_runtime(runtime)
-    require_package(runtime)
+    rt = runtimes.get(runtime)
+    rt.require(writing=rt.format is not None)
     if precision not in ("fp32", "int8"):
         raise UserError(f"{precision!r} is not fp32 or int8", option="precision")
-    if precision == "int8" and runtime not in INT8_RUNTIMES:
-        raise UserError(f"int8 runs in {' and '.join(INT8_RUNTIMES)}, not {runtime}", option="runtime")
+    if precision == "int8" and not rt.int8:
+        raise UserError(f"int8 runs in {' and '.join(int8_runtimes())}, not {runtime}", option="runtime")
     if threads < 1:
         raise UserError(f"{threads} must be >= 1", option="threads")
     torch.set_num_threads(threads)
@@ -128,25 +127,22 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
     info: dict = {}
     tmp = None
 
-    if runtime == "eager":
+    if rt.format is None:  # eager: the module itself
         def fn():
             with torch.inference_mode():
                 return net(x)
     else:  # a file in its own runtime: the very file `edgevit export` writes and checks (TorchScript too)
-        fmt = {v: k for k, v in ex.FORMAT_RUNTIME.items()}[runtime]
-        tmp = tempfile.TemporaryDirectory(prefix=f"edgevit-{fmt}-")
-        path = Path(tmp.name) / f"model.{fmt}"
+        tmp = tempfile.TemporaryDirectory(prefix=f"edgevit-{rt.format}-")
+        path = Path(tmp.name) / f"model{rt.suffix}"
         if precision == "int8":
-            from ..deploy import quantize as q
-            images = q.model_calibration(net, calib, calib_images, size)
-            info = (q.save_pte_int8(q.quantize_pt2e(net, x, images), x, path) if fmt == "pte"
-                    else q.save_onnx_int8(net, x, path, images))
+            from ..deploy.quantize import model_calibration
+            info = rt.save_int8(net, x, path, model_calibration(net, calib, calib_images, size))
         else:
-            info = ex.save_file(fmt, net, x, path)
-        run = ex.load_file(fmt, path, threads)
+            info = rt.save(net, x, path)
+        run, a = rt.load(path, threads), x.numpy()
 
         def fn():
-            return run(x)
+            return run(a)
 
     fn()  # first call: loads/plans, allocates
     return Runner(model, runtime, size, fn, threads, net, fused if is_edgevit else None, info, tmp)

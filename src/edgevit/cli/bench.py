@@ -12,7 +12,8 @@ from .common import add_overwrite_arg, add_progress_arg, check_output_file, show
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..bench.bench import DEFAULT_MODELS, FORMS
-    from ..bench.runners import RUNTIMES
+    from ..bench.runners import int8_runtimes
+    from ..deploy.runtimes import names
     p = sub.add_parser("bench", help="CPU latency of EdgeViTs and baselines, batch 1, fp32 or int8",
                        description="Batch 1, fp32, CPU: every model built and warmed up, then --runs rounds, each "
                                    "timing every model once in a new random order (load on the machine hits "
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    + ", ".join(DEFAULT_MODELS))
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="MODEL",
                    help="model names (EdgeViT variants or any timm model)")
-    p.add_argument("--runtime", default="eager", choices=RUNTIMES, help="runtime (default eager)")
+    p.add_argument("--runtime", default="eager", choices=names(), help="runtime (default eager)")
     p.add_argument("--threads", type=thread_count, default=2, help="CPU threads (default 2)")
     p.add_argument("--runs", type=positive_int, default=50, help="timed forward passes per model (default 50)")
     p.add_argument("--warmup", type=nonneg_int, default=10, help="untimed passes before timing (default 10)")
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "paper's Table 4 beside them with whether its orderings hold here")
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "int8"),
                    help="fp32 and/or int8 (both: each model twice, interleaved in the same rounds); int8 = the "
-                        "file export --quantize int8 writes, for --runtime executorch or onnxruntime")
+                        "file export --quantize int8 writes, for --runtime " + " or ".join(int8_runtimes()))
     p.add_argument("--calib", default=None, metavar="DIR",
                    help="int8 calibration images (a folder), or 'random' (timing only, labelled so)")
     p.add_argument("--calib-images", type=positive_int, default=64, help="calibration images per model (default 64)")
@@ -62,11 +63,11 @@ def run(args: argparse.Namespace) -> int:
     require_package(args.runtime)
     precisions = list(dict.fromkeys(args.precision))
     if "int8" in precisions:
-        from ..bench.runners import INT8_RUNTIMES
+        from ..bench.runners import int8_runtimes
         from ..deploy.quantize import RANDOM, calibration_files
 
-        if args.runtime not in INT8_RUNTIMES:
-            raise ConfigError(f"--precision int8 runs in --runtime {' or '.join(INT8_RUNTIMES)}, not {args.runtime}")
+        if args.runtime not in int8_runtimes():
+            raise ConfigError(f"--precision int8 runs in --runtime {' or '.join(int8_runtimes())}, not {args.runtime}")
         if args.calib is None:
             raise ConfigError("--precision int8 needs --calib DIR (calibration images), or --calib random for "
                               "timing only")

@@ -10,6 +10,13 @@ from .common import add_json_arg, add_progress_arg, show_progress
 from ..errors import UserError
 
 
+def exported_kinds() -> str:
+    """".pte: ExecuTorch + XNNPACK, .onnx: ..." from the runtime records."""
+    from ..deploy.runtimes import RUNTIMES
+
+    return "; ".join(f"{'/'.join(r.suffixes)}: {r.title.split(' (')[0]}" for r in RUNTIMES.values() if r.format)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval", help="top-1/top-5 of a checkpoint on an ImageFolder (e.g. ImageNet val)",
@@ -29,8 +36,8 @@ def register(subparsers) -> None:
                    help="last.pth/best.pth/model.safetensors or the authors' .pth (with --exported: optional, "
                         "only its crop, interpolation and classes are used)")
     p.add_argument("--exported", default=None, metavar="FILE",
-                   help="evaluate an exported file (.pte, .onnx, .tflite, .ptl, .pt) in its own runtime (ExecuTorch, "
-                        "ONNX Runtime, LiteRT, TorchScript), fp32 or int8, instead of a checkpoint")
+                   help=f"evaluate an exported file ({exported_kinds()}) in its own runtime, fp32 or int8, instead "
+                        "of a checkpoint")
     p.add_argument("--threads", type=thread_count, default=2, help="runtime threads for --exported (default 2)")
     p.add_argument("--model", default=None, help="model name (default: from the checkpoint, else edgevit_xxs)")
     p.add_argument("--model-kwargs", type=json_object, default=None,

@@ -9,9 +9,6 @@ from ..utils.options import thread_count, image_size, positive_int
 from .common import add_json_arg, add_model_args, add_overwrite_arg, add_progress_arg, check_output_file
 
 
-SUFFIXES = {"pte": (".pte",), "onnx": (".onnx",), "tflite": (".tflite",), "ptl": (".ptl",), "torchscript": (".pt", ".pth", ".torchscript")}
-
-
 def add_img_size_arg(p: argparse.ArgumentParser, default_help: str) -> None:
     p.add_argument("--img-size", type=image_size, nargs="+", default=None, metavar="SIZE",
                    help=f"input size: one side (square) or H W, multiples of 32 ({default_help})")
@@ -28,9 +25,12 @@ def img_size_arg(args: argparse.Namespace, default: int) -> int | tuple:
 
 
 def add_quantize_args(p: argparse.ArgumentParser) -> None:
+    from ..deploy.runtimes import RUNTIMES
+
+    flows = "; ".join(f"{r.format}: {r.int8_how}" for r in RUNTIMES.values() if r.int8)
     p.add_argument("--quantize", choices=("int8",), default=None,
-                   help="static int8 (pte: PT2E + XNNPACK quantizer; onnx: ONNX Runtime QDQ), per-channel "
-                        "weights; a quantization-aware checkpoint (train --qat) is converted as trained")
+                   help=f"static int8 ({flows}), per-channel weights; a quantization-aware checkpoint "
+                        "(train --qat) is converted as trained")
     p.add_argument("--calib", default=None, metavar="DIR",
                    help="calibration images (any folder of images, e.g. the train split), read with the "
                         "model's eval transform; 'random' = random inputs (timing only, labelled so)")
@@ -39,16 +39,17 @@ def add_quantize_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..deploy.export import FORMATS
+    from ..deploy.export import TOLERANCE
+    from ..deploy.runtimes import RUNTIMES, formats
+
+    kinds = ", ".join(f"{r.format} = {r.title}" for r in RUNTIMES.values() if r.format)
     p = sub.add_parser("export", help="fuse and export a model for deployment (fp32 or int8), checked in its runtime",
                        description="Fuse (EdgeViTs), export, then run the file in its runtime and compare with "
-                                   "PyTorch: fp32 on a random input (error if max |diff| > 1e-3); int8 on the "
-                                   "calibration images (top-1 agreement and logits SQNR reported). pte = "
-                                   "ExecuTorch + XNNPACK, onnx = ONNX (checked with onnxruntime), tflite = LiteRT "
-                                   "(litert-torch, checked in ai-edge-litert's interpreter), ptl = "
-                                   "TorchScript lite interpreter, torchscript = frozen TorchScript.")
+                                   f"PyTorch: fp32 on a random input (error if max |diff| > {TOLERANCE:g}); int8 on "
+                                   "the calibration images (top-1 agreement and logits SQNR reported). "
+                                   f"{kinds}.")
     add_model_args(p)
-    p.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    p.add_argument("--format", required=True, choices=formats(), help="output format")
     add_img_size_arg(p, "default: the checkpoint's training size, else 224")
     p.add_argument("--no-fuse", action="store_true", help="export the release-layout graph as is")
     add_quantize_args(p)
@@ -63,15 +64,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def check_quantize_args(args: argparse.Namespace, fmt: str) -> None:
     """--quantize needs a format that has an int8 flow and --calib (or a QAT checkpoint); --calib alone
     means nothing."""
-    from ..deploy.quantize import QUANT_FORMATS
+    from ..deploy.runtimes import int8_formats
 
     if args.quantize is None:
         for flag, dest in (("--calib", "calib"), ("--calib-images", "calib_images")):
             if dest in getattr(args, "_explicit", ()) or (dest == "calib" and args.calib is not None):
                 raise ConfigError(f"{flag}: only used with --quantize int8")
         return
-    if fmt not in QUANT_FORMATS:
-        raise ConfigError(f"--quantize int8 is available for --format {' or '.join(QUANT_FORMATS)}, not {fmt}")
+    if fmt not in int8_formats():
+        raise ConfigError(f"--quantize int8 is available for --format {' or '.join(int8_formats())}, not {fmt}")
 
 
 # images of --calib that calibration does not use, on which the int8 file's agreement and SQNR are measured
@@ -92,8 +93,8 @@ def calibration(args: argparse.Namespace, size, cfg: dict, model):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..deploy import fuse
-    from ..deploy.export import FORMAT_RUNTIME, export_model, require_format
+    from ..deploy import fuse, runtimes
+    from ..deploy.export import export_model
     from ..deploy.quantize import export_int8, is_qat_checkpoint, load_qat_model
     from ..models import VARIANTS
     from ..models.checkpoint import model_from_checkpoint, read_state_dict
@@ -102,10 +103,10 @@ def run(args: argparse.Namespace) -> int:
 
     check_quantize_args(args, args.format)
     check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=[args.checkpoint, args.calib])
-    suffixes = SUFFIXES[args.format]
-    if not str(args.output).lower().endswith(suffixes):
-        raise ConfigError(f"-o {args.output}: expected a {' or '.join(suffixes)} file name for --format {args.format}")
-    require_format(args.format)
+    rt = runtimes.by_format(args.format)
+    if not str(args.output).lower().endswith(rt.suffixes):
+        raise ConfigError(f"-o {args.output}: expected a {' or '.join(rt.suffixes)} file name for --format {args.format}")
+    rt.require(writing=True)
     qat = bool(args.checkpoint) and is_qat_checkpoint(args.checkpoint)
     if qat and args.quantize is None:
         raise ConfigError(f"--checkpoint {args.checkpoint} was trained quantization-aware (train --qat): "
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     name = meta["name"]
     fused = name in VARIANTS and not args.no_fuse
     if fused and not qat:  # (a QAT model is its fused form already)
-        model = fuse(model, FORMAT_RUNTIME[args.format])
+        model = fuse(model, rt.name)
     if args.quantize:
         images, label, check, checked_on = calibration(args, size, cfg, model) if args.calib else (None,) * 4
         report = export_int8(model, args.format, args.output, images, threads=args.threads, calibrated=label,
@@ -137,17 +138,8 @@ def run(args: argparse.Namespace) -> int:
         print_json(report)
         return 0
     h, w = report["img_size"]
-    extra = ""
-    if args.format == "pte":
-        extra = (f"; XNNPACK delegate partitions: {report['delegate_partitions']}, non-delegated ops: "
-                 f"{report['non_delegated_ops']}"
-                 + (f" ({', '.join(f'{k} x{v}' for k, v in report['non_delegated'].items())})"
-                    if report["non_delegated_ops"] else ""))
-    if args.format == "tflite":
-        extra = (f"; {report['ops']} LiteRT ops, {report['transposes']} of them TRANSPOSE; XNNPACK partitions: "
-                 f"{report['xnnpack_partitions']}, ops outside them: {report['ops_outside_xnnpack']}"
-                 + (f" ({', '.join(f'{k} x{v}' for k, v in report['outside_xnnpack'].items())})"
-                    if report["ops_outside_xnnpack"] else ""))
+    extra = rt.describe(report)
+    extra = f"; {extra}" if extra else ""
     if args.no_fuse and name in VARIANTS and not args.json:
         print(f"(--no-fuse: the release-layout graph of {name}, converted as it is, for comparison)")
     if args.quantize:

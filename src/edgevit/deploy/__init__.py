@@ -1,22 +1,22 @@
-"""Deploying EdgeViTs: `fuse` (the exact inference graph) and `export` (ExecuTorch, ONNX, LiteRT, TorchScript)."""
+"""Deploying EdgeViTs: `fuse` (the exact inference graph), the runtimes' records (`runtimes`), `export` and
+`load_exported` (ExecuTorch, ONNX Runtime, LiteRT, TorchScript)."""
 from __future__ import annotations
 
 from typing import Union
 
 import torch.nn as nn
 
-from .fused import Forms, fuse_model, is_fused, set_forms
+from . import runtimes
+from .export import ExportedModel, export_model, load_exported
+from .fused import Forms, forms_of, fuse_model, is_fused, set_forms
 
-__all__ = ["fuse", "Forms", "set_forms", "is_fused", "BACKEND_FORMS"]
+__all__ = ["fuse", "Forms", "forms_for", "forms_of", "set_forms", "is_fused", "runtimes", "export_model",
+           "load_exported", "ExportedModel"]
 
-BACKEND_FORMS = {
-    "eager": Forms(),
-    "torchscript": Forms(),
-    "ptl": Forms(),
-    "onnxruntime": Forms(qkv="merged", ln="native", sample="pool"),
-    "executorch": Forms(embed="s2d", ln="conv", prop="shuffle", sample="pool", pad=16),
-    "litert": Forms(qkv="merged", prop="d2s", sample="pool"),
-}
+
+def forms_for(runtime: str) -> Forms:
+    """The fused EdgeViT's forms for `runtime` (its record's, chosen by measurement)."""
+    return runtimes.get(runtime).forms
 
 
 def fuse(model: nn.Module, runtime: Union[str, Forms] = "eager") -> nn.Module:
@@ -26,11 +26,4 @@ def fuse(model: nn.Module, runtime: Union[str, Forms] = "eager") -> nn.Module:
     `runtime` (a runtime's name, or `Forms`) picks the form of each part that runtime runs fastest, and for
     ExecuTorch pads the stages to XNNPACK's 16-channel GEMM tile; `model` is left untouched (it is the one that
     trains and loads checkpoints). The result is the same class with timm's API (`forward_intermediates`...)."""
-    if isinstance(runtime, Forms):
-        forms = runtime
-    elif runtime in BACKEND_FORMS:
-        forms = BACKEND_FORMS[runtime]
-    else:
-        from ..errors import UserError
-        raise UserError(f"backend {runtime!r} is not one of {', '.join(BACKEND_FORMS)}")
-    return fuse_model(model, forms)
+    return fuse_model(model, runtime if isinstance(runtime, Forms) else forms_for(runtime))

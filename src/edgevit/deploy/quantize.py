@@ -1,12 +1,7 @@
-"""int8 files for ExecuTorch-XNNPACK and ONNX Runtime: post-training (static, calibrated) and from a
-quantization-aware fine-tuned model, each checked against the float model it came from.
-
-ExecuTorch: the PT2E flow — `torch.export` → torchao's `prepare_pt2e` (or `prepare_qat_pt2e`) with
-ExecuTorch's `XNNPACKQuantizer` (per-channel symmetric int8 weights, static int8 activations) →
-calibration → `convert_pt2e` → lowered with the XNNPACK partitioner like the fp32 file.
-ONNX Runtime: static QDQ quantization of the fp32 ONNX file (`onnxruntime.quantization.quantize_static`,
-per-channel weights) over the same calibration images; the activation type and `reduce_range` are
-`ORT_INT8` below (why: docs/deploy.md, "int8").
+"""int8 files for the runtimes whose record has an int8 flow (`edgevit.deploy.runtimes`: ExecuTorch-XNNPACK's
+PT2E, ONNX Runtime's QDQ): post-training (static, calibrated) and from a quantization-aware fine-tuned model,
+each checked against the float model it came from. This module holds what every flow shares: the calibration
+images, the agreement measure, quantization-aware training's graph, and the one export-and-check call.
 
 Nothing here is specific to EdgeViT: the CNN/ViT baselines go through the same two flows, so `edgevit
 bench --precision int8` compares like with like.
@@ -26,14 +21,7 @@ import torch.nn as nn
 from ..errors import DataError, MissingFileError, UserError
 from ..utils.images import size_hw
 
-QUANT_FORMATS = ("pte", "onnx")
 RANDOM = "random"  # the calibration "folder" that asks for random inputs (speed only: labelled as such)
-
-# ONNX Runtime on x86 without VNNI multiplies u8 activations by s8 weights with pmaddubsw, whose 16-bit
-# intermediate sums can saturate; 7-bit weights (reduce_range) keep them exact. s8 activations take a slower
-# path there (measured: docs/deploy.md). On ARM (dot-product instructions) neither restriction applies.
-ORT_INT8 = {"activation_type": "QUInt8", "weight_type": "QInt8", "reduce_range": True}
-
 
 # ---- calibration images ---------------------------------------------------------------------------
 def calibration_files(folder: str | Path, count: int, seed: int = 0, check: int = 0) -> List[Path]:
@@ -136,69 +124,18 @@ def agreement(reference: torch.Tensor, got: torch.Tensor) -> Dict[str, float]:
     return {"top1_agreement": top1, "sqnr_db": sqnr}
 
 
-# ---- PT2E (ExecuTorch) -----------------------------------------------------------------------------
-def xnnpack_quantizer(qat: bool = False):
-    """ExecuTorch's XNNPACK quantizer: per-channel symmetric int8 weights, static per-tensor int8
-    activations (QAT: the same with fake quantization); EdgeViT's channel LayerNorms stay float.
-
-    Why the LayerNorms: their statistics (a mean, a variance, a reciprocal square root) through int8 lose
-    what normalisation is for; measured on the digits XXS, logits SQNR 28.6 dB with them quantized, 33.0
-    without (docs/deploy.md, "int8"). XNNPACK still runs them, in fp32, inside the same partition."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                          get_symmetric_quantization_config)
-    from .fused import ChannelNorm
-
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
-    return quantizer.set_module_type(ChannelNorm, None)
-
-
-def prepare_pt2e_model(model: nn.Module, x: torch.Tensor, qat: bool = False) -> torch.fx.GraphModule:
-    """`model` exported at `x` with observers (PTQ) or fake quantizers (QAT: any batch size, train()/eval()
-    switch as on a module) where the XNNPACK quantizer annotates the graph."""
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
-
-    if qat:
-        batch = torch.export.Dim("batch", min=1, max=65536)
-        gm = torch.export.export(model.train(), (x,), dynamic_shapes=({0: batch},)).module()
-        return _with_train_eval(prepare_qat_pt2e(gm, xnnpack_quantizer(qat=True)))
-    with torch.no_grad():
-        gm = torch.export.export(model.eval(), (x,)).module()
-    return prepare_pt2e(gm, xnnpack_quantizer())
-
-
 # ---- quantization-aware training ----------------------------------------------------------------------
-def _with_train_eval(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """train()/eval() for a prepared QAT graph (an exported graph has none of its own): torchao's switch of
-    the train/eval op forms, plus the observers — on while training, off while evaluating, so validation
-    images never move the quantization scales (eager QAT does the same with disable_observer)."""
-    import types
-
-    from torchao.quantization.pt2e import (disable_observer, enable_observer, move_exported_model_to_eval,
-                                           move_exported_model_to_train)
-
-    def train(self, mode: bool = True):
-        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self)
-        self.apply(enable_observer if mode else disable_observer)
-        for m in self.modules():
-            m.training = mode
-        return self
-
-    prepared.train = types.MethodType(train, prepared)
-    prepared.eval = types.MethodType(lambda self: self.train(False), prepared)
-    return prepared
-
-
 def qat_form(model: nn.Module) -> nn.Module:
     """The graph a QAT run trains and `export_int8` converts: for an EdgeViT its fused form (BN, CPE and
     LayerNorm affines folded, so the weights that get fake-quantized are the ones the file holds) in
     ExecuTorch's op forms but without the 16-channel padding (zero channels would start to train);
     other models as they are. Trainable: every weight is a parameter."""
     from ..models.edgevit import EdgeViT
-    from . import BACKEND_FORMS, fuse
+    from . import forms_for, fuse
 
     if not isinstance(model, EdgeViT):
         return model
-    return fuse(model, BACKEND_FORMS["executorch"].replace(pad=1)).train()
+    return fuse(model, forms_for("executorch").replace(pad=1)).train()
 
 
 def prepare_qat(model: nn.Module, img_size, batch: int = 2) -> torch.fx.GraphModule:
@@ -207,6 +144,8 @@ def prepare_qat(model: nn.Module, img_size, batch: int = 2) -> torch.fx.GraphMod
 
     h, w = size_hw(img_size)
     x = torch.randn(max(batch, 2), 3, h, w, generator=torch.Generator().manual_seed(0))
+    from .runtimes.executorch import prepare_pt2e_model
+
     prepared = prepare_pt2e_model(qat_form(model), x, qat=True)
     # One pass with only the weights' observers on: their per-channel scales take their final shape now
     # (so a copy made before training, e.g. the EMA, matches the model) without random inputs moving the
@@ -255,94 +194,6 @@ def load_qat_model(path: str | Path, img_size=None, ema: bool = False
     return prepared, qat_form(base).eval(), meta
 
 
-def calibrate(prepared: torch.fx.GraphModule, images: torch.Tensor, batch: int = 1) -> None:
-    """Run the calibration images through the observers (at the batch size the graph was exported with)."""
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            prepared(images[i:i + batch])
-
-
-def convert_pt2e_model(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """Observers/fake quantizers → quantize/dequantize pairs with the recorded scales (eval mode); the
-    prepared model itself is left as it was (a QAT run keeps training it)."""
-    import copy
-
-    from torchao.quantization.pt2e import move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-
-    prepared = copy.deepcopy(prepared)
-    move_exported_model_to_eval(prepared)
-    return convert_pt2e(prepared)
-
-
-def quantize_pt2e(model: nn.Module, x: torch.Tensor, images: torch.Tensor) -> torch.fx.GraphModule:
-    """Post-training static int8 of `model` calibrated on `images` (N, 3, H, W)."""
-    prepared = prepare_pt2e_model(model, x)
-    calibrate(prepared, images)
-    return convert_pt2e_model(prepared)
-
-
-def save_pte_int8(quantized: torch.fx.GraphModule, x: torch.Tensor, path: Path) -> Dict[str, object]:
-    """Lower a converted (quantize/dequantize) graph to XNNPACK and write the .pte; the partition report."""
-    from .export import lower_program
-
-    with torch.no_grad():
-        ep = torch.export.export(quantized, (x,))
-    prog, report = lower_program(ep)
-    with open(path, "wb") as f:
-        prog.write_to_file(f)
-    return report
-
-
-# ---- ONNX Runtime QDQ ------------------------------------------------------------------------------
-def save_onnx_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.Tensor,
-                   op_types: Optional[Sequence[str]] = None, **options) -> Dict[str, object]:
-    """fp32 ONNX export of `model`, then ONNX Runtime's static QDQ quantization calibrated on `images`
-    (min/max of each activation), per-channel weights; `options` override ORT_INT8."""
-    import tempfile
-
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    from .export import save_onnx, strip_onnx
-
-    cfg = {**ORT_INT8, **options}
-
-    class Reader(CalibrationDataReader):  # the interface quantize_static pulls its inputs through
-        def __init__(self, name: str):
-            self.name, self.i = name, 0
-
-        def get_next(self):
-            if self.i >= len(images):
-                return None
-            self.i += 1
-            return {self.name: images[self.i - 1:self.i].numpy()}
-
-    with tempfile.TemporaryDirectory(prefix="edgevit-onnx-int8-") as tmp:
-        fp32 = Path(tmp) / "fp32.onnx"
-        save_onnx(model, x, fp32)
-        import onnx
-        graph = onnx.load(str(fp32)).graph
-        with _root_log_level(logging.ERROR):  # its advice to pre-process, per-channel axis notes on 1-d weights
-            quantize_static(str(fp32), str(path), Reader(graph.input[0].name), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=getattr(QuantType, cfg["activation_type"]),
-                            weight_type=getattr(QuantType, cfg["weight_type"]), reduce_range=cfg["reduce_range"],
-                            op_types_to_quantize=op_types)
-    strip_onnx(Path(path))  # (quantize_static writes its own doc strings)
-    return {"onnx_quantization": {k: cfg[k] for k in ORT_INT8}}
-
-
-@contextmanager
-def _root_log_level(level: int):
-    """onnxruntime.quantization logs through the root logger; quiet it for one call."""
-    root = logging.getLogger()
-    old = root.level
-    root.setLevel(level)
-    try:
-        yield
-    finally:
-        root.setLevel(old)
-
-
 # ---- one call: quantize, export, verify -----------------------------------------------------------------
 def run_batch(run, images: torch.Tensor) -> torch.Tensor:
     """Outputs of a batch-1 runtime function over every image."""
@@ -361,10 +212,12 @@ def export_int8(model: nn.Module, fmt: str, output, images: Optional[torch.Tenso
     measured on (`calibration_and_check`: ones calibration did not use; default the calibration images), named
     by `checked_on`. Returns the report: bytes, partitions (pte), top-1 agreement and logits SQNR."""
     from ..utils.io import atomic_path
-    from .export import FORMAT_RUNTIME, load_file
+    from .runtimes import RUNTIMES, by_format, first_output, int8_formats
 
-    if fmt not in QUANT_FORMATS:
-        raise UserError(f"int8 export is for {', '.join(QUANT_FORMATS)}, not {fmt!r}", option="format")
+    rt = by_format(fmt)
+    if not rt.int8:
+        raise UserError(f"int8 export is for {', '.join(int8_formats())}, not {fmt!r}", option="format")
+    rt.require(writing=True)
     torch.set_num_threads(threads)
     if images is None:
         if prepared is None:
@@ -378,25 +231,18 @@ def export_int8(model: nn.Module, fmt: str, output, images: Optional[torch.Tenso
     checked_on = checked_on or ("the calibration images" if check is None else f"{len(check)} check images")
     with torch.no_grad():
         reference = run_batch(prepared if prepared is not None else model, measured)
-    report: Dict[str, object] = {"format": fmt, "runtime": FORMAT_RUNTIME[fmt], "output": str(output),
+    report: Dict[str, object] = {"format": fmt, "runtime": rt.name, "output": str(output),
                                  "precision": "int8", "checked_against": "the float model" if prepared is None
                                  else "the fake-quantized QAT model", "img_size": list(x.shape[-2:]),
                                  "calibration": calibrated, "calibration_images": len(images),
                                  "checked_on": checked_on, "check_images": len(measured)}
+    if prepared is not None and rt.save_qat is None:
+        qat_formats = [r.format for r in RUNTIMES.values() if r.save_qat]
+        raise UserError(f"a quantization-aware checkpoint exports to {' or '.join(qat_formats)} (the quantizer it "
+                        f"was trained with); {rt.name} files are quantized after training", option="format")
     with atomic_path(output) as tmp:
-        if fmt == "pte":
-            if prepared is None:
-                quantized = quantize_pt2e(model, x, images)
-            else:
-                quantized = convert_pt2e_model(prepared)
-            report.update(save_pte_int8(quantized, x, tmp))
-        else:
-            if prepared is not None:
-                raise UserError("a quantization-aware checkpoint exports to pte (the XNNPACK quantizer it "
-                                "was trained with); ONNX Runtime files are quantized after training",
-                                option="format")
-            report.update(save_onnx_int8(model, x, tmp, images))
-        got = run_batch(load_file(fmt, tmp, threads), measured)
+        report.update(rt.save_qat(prepared, x, tmp) if prepared is not None else rt.save_int8(model, x, tmp, images))
+        got = run_batch(first_output(rt.load(tmp, threads)), measured)
         report.update(agreement(reference, got))
         report["bytes"] = tmp.stat().st_size
     return report

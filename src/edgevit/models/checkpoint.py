@@ -1,17 +1,19 @@
 """Read, convert and write EdgeViT checkpoints (this project's layout or the authors')."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterator, Optional, Union
 
+import timm
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from .edgevit import checkpoint_filter_fn
 from ..errors import ConfigError, UserError
+from .edgevit import VARIANTS, checkpoint_filter_fn, convert_authors_state_dict, is_authors_layout
 
 PathLike = Union[str, os.PathLike]
 
@@ -20,27 +22,49 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be read, or does not fit the model."""
 
 
-def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
-    """Tensors of a `.safetensors` or `.pth/.pt/.bin` file (read with weights_only=True)."""
-    path = Path(path)
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A file that cannot be read as a checkpoint: one CheckpointError naming it (timm's loaders and torch's say
+    neither the file nor, for an empty one, anything at all)."""
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path}: is a directory; expected a .pth or .safetensors file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
     try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        yield
+    except UserError:
+        raise
     except pickle.UnpicklingError as e:  # corrupt, or objects that weights_only=True refuses to unpickle
         raise CheckpointError(f"checkpoint {path}: not a readable weights-only torch file (corrupt, or it "
                               f"holds pickled objects other than tensors and plain containers)") from e
     except Exception as e:  # truncated file, wrong format: one message naming the file
         kind = "safetensors" if path.suffix == ".safetensors" else "a torch file"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]  # an empty file: no message at all
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise CheckpointError(f"checkpoint {path}: cannot be read as {kind} ({first or type(e).__name__})") from e
+
+
+def read_state_dict(path: PathLike) -> Dict[str, Any]:
+    """What a `.safetensors` or `.pth/.pt/.bin` file holds, as it is (a training state keeps its config,
+    classes, EMA and optimizer; read with weights_only=True). For the weights alone: `load_weights`."""
+    path = Path(path)
+    with _reading(path):
+        obj = load_file(str(path)) if path.suffix == ".safetensors" else \
+            torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path}: expected a state_dict (a dict of tensors), got {type(obj).__name__}")
     return obj
+
+
+def load_weights(path: PathLike, ema: bool = False) -> Dict[str, torch.Tensor]:
+    """The weights of a checkpoint file, through timm's `load_state_dict` (safetensors or weights-only torch.load;
+    a training state's `model` — `model_ema` with `ema` — or `state_dict`; DDP / torch.compile prefixes removed)."""
+    path = Path(path)
+    with _reading(path):
+        try:
+            return timm.models.load_state_dict(str(path), use_ema=ema, weights_only=True)
+        except Exception:
+            read_state_dict(path)  # what is wrong with the file, in our words (not a dict, corrupt, ...)
+            raise
 
 
 # safetensors metadata keys of the weights a run writes (values are JSON text: safetensors metadata is str -> str)
@@ -87,14 +111,9 @@ def checkpoint_weights(path: str | Path, ema: bool = False) -> Dict[str, Any]:
         raise CheckpointError(f"checkpoint {path}: a quantization-aware training checkpoint; its weights run only "
                               "inside the fake-quantized graph that training built (evaluating it or exporting it "
                               "as int8 builds that graph; as a float model it does not load)")
-    if meta:
-        sd = {k: v for k, v in raw.items() if k not in ("config", "classes")}
-    elif ema:
-        if not isinstance(raw.get("model_ema"), dict):
-            raise UserError(f"checkpoint {path} holds no EMA weights (its run kept no model_ema)", option="ema")
-        sd = raw["model_ema"]
-    else:
-        sd = raw
+    if ema and not meta and not isinstance(raw.get("model_ema"), dict):  # (timm's reader would take `model`)
+        raise UserError(f"checkpoint {path} holds no EMA weights (its run kept no model_ema)", option="ema")
+    sd = {k: v for k, v in raw.items() if k not in ("config", "classes")} if meta else load_weights(path, ema)
     return {"state_dict": sd, "config": config, "classes": classes}
 
 
@@ -125,13 +144,16 @@ def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True, skip:
     {"model": ...}) into a model. Keys starting with any of `skip` (e.g. the classifier when fine-tuning on
     new classes) are left as the model has them. Raises CheckpointError listing every key or shape that
     does not fit."""
-    state_dict = {k: v for k, v in checkpoint_filter_fn(read_state_dict(path), model).items()
-                  if not k.startswith(skip)}
-    target = {k: v for k, v in model.state_dict().items() if k.startswith(skip)}
-    problems = fit_report(model, {**state_dict, **target})
-    if problems and (strict or "shape" in problems):
-        raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: {problems}")
-    model.load_state_dict(state_dict, strict=strict and not skip)
+    def fitting(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+        state_dict = {k: v for k, v in checkpoint_filter_fn(state_dict, model).items() if not k.startswith(skip)}
+        target = {k: v for k, v in model.state_dict().items() if k.startswith(skip)}
+        problems = fit_report(model, {**state_dict, **target})
+        if problems and (strict or "shape" in problems):
+            raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: {problems}")
+        return state_dict
+
+    # (timm's load_checkpoint is these two steps; ours names the file in every error)
+    model.load_state_dict(fitting(load_weights(path), model), strict=strict and not skip)
     return model
 
 
@@ -193,20 +215,18 @@ def model_from_checkpoint(name: str | None, checkpoint: str | None = None, ema: 
     elif model_kwargs:
         kwargs = {**model_kwargs, **kwargs}
     name = name or "edgevit_xxs"
-    import timm
-
-    from . import VARIANTS
-
     if not timm.is_model(name):
         raise ConfigError(f"model {name!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)} "
                          "(or any name from timm.list_models())")
     meta["name"] = name
     if not checkpoint:
         return timm.create_model(name, **kwargs).eval(), meta
-    # unwraps {"model": ...} / DDP prefixes for any model; renames the authors' EdgeViT layout
-    state_dict = checkpoint_filter_fn(w["state_dict"], timm.create_model(name, **{**kwargs, "num_classes": 1}))
+    state_dict = w["state_dict"]
+    if is_authors_layout(state_dict):  # (their key names, so that the head's width is read from ours)
+        state_dict = convert_authors_state_dict(state_dict)
     kwargs.setdefault("num_classes", head_classes(state_dict) or 1000)
     model = timm.create_model(name, **kwargs)
+    state_dict = checkpoint_filter_fn(state_dict, model)
     problems = fit_report(model, state_dict)
     if problems:
         raise CheckpointError(f"checkpoint {checkpoint} does not fit {name}: {problems}")

@@ -26,8 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_, use_fused_attn
-from timm.models import (build_model_with_cfg, clean_state_dict, generate_default_cfgs, register_model,
-                         register_notrace_function)
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_function
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models.twins import LocallyGroupedAttn
@@ -48,7 +47,10 @@ def check_input(x: torch.Tensor, in_chans: int) -> None:
     """[B, in_chans, H, W] with H and W multiples of 32; else a UserError saying what was expected.
 
     Python control flow on the input's shape: FX cannot trace it, so it is a leaf call in FX graphs (it then
-    runs on the real tensor), and TorchScript compiles its raise as an exception with the same message."""
+    runs on the real tensor), and TorchScript compiles its raise as an exception with the same message. While
+    torch.jit.trace records a graph it is skipped (a traced graph has fixed shapes; the exporter checked them)."""
+    if torch.jit.is_tracing():
+        return
     if x.dim() != 4 or x.shape[1] != in_chans:
         raise UserError(f"expected input [B, {in_chans}, H, W], got {list(x.shape)}")
     H, W = x.shape[-2], x.shape[-1]
@@ -608,13 +610,9 @@ def _fit_distill_head(state_dict: Dict[str, torch.Tensor], model: "EdgeViT") -> 
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EdgeViT) -> Dict[str, torch.Tensor]:
-    """timm hook: accept a `{"model": ...}` / `{"state_dict": ...}` wrapper, DDP / torch.compile prefixes, the
-    authors' layout or ours (before or after the final BN moved into the head)."""
-    for wrapper in ("model", "state_dict", "model_ema"):
-        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
-            state_dict = state_dict[wrapper]
-            break
-    state_dict = clean_state_dict(state_dict)  # timm's: DDP `module.` / torch.compile `_orig_mod.` prefixes
+    """timm hook (after timm's reader has unwrapped a training state and removed DDP / torch.compile prefixes):
+    the authors' layout or ours (before or after the final BN moved into the head), a distillation head or not,
+    in the model's dtype."""
     if is_authors_layout(state_dict):
         state_dict = convert_authors_state_dict(state_dict)
     if isinstance(model, EdgeViT):
@@ -645,11 +643,14 @@ default_cfgs = generate_default_cfgs({
 })
 
 # The authors' release (the configuration that reproduces the paper's Table 1 params/GMACs).
-MODEL_ARGS = {
+MODEL_ARGS: Dict[str, dict] = {
     "edgevit_xxs": dict(embed_dims=(36, 72, 144, 288), depths=(1, 1, 3, 2), head_dim=36),
     "edgevit_xs": dict(embed_dims=(48, 96, 240, 384), depths=(1, 1, 3, 1), head_dim=48),
     "edgevit_s": dict(embed_dims=(48, 96, 240, 384), depths=(1, 2, 5, 3), head_dim=48),
 }
+
+
+VARIANTS = tuple(MODEL_ARGS)
 
 
 def _create_edgevit(variant: str, pretrained: bool = False, **kwargs) -> EdgeViT:

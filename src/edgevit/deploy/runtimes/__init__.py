@@ -1,0 +1,70 @@
+"""The runtimes, one record each (`base.Runtime`): what export, bench, eval --exported, quantize, the profiler
+and the command line know about a runtime, they read here.
+
+Adding a runtime: a module beside these that defines its `Runtime` (see `onnxruntime.py` for a complete one),
+its tests, and one line below.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Tuple
+
+from ...errors import UserError
+from . import eager, executorch, litert, onnxruntime, torchscript
+from .base import ConversionError, Package, Runtime, first_output
+
+__all__ = ["Runtime", "Package", "ConversionError", "RUNTIMES", "get", "by_format", "for_file", "names",
+           "formats", "int8_formats", "first_output"]
+
+RUNTIMES: Dict[str, Runtime] = {}
+
+
+def register(runtime: Runtime) -> Runtime:
+    RUNTIMES[runtime.name] = runtime
+    return runtime
+
+
+register(eager.RUNTIME)
+register(executorch.RUNTIME)
+register(onnxruntime.RUNTIME)
+register(litert.RUNTIME)
+register(torchscript.PTL)
+register(torchscript.TORCHSCRIPT)
+
+
+def names() -> Tuple[str, ...]:
+    return tuple(RUNTIMES)
+
+
+def formats() -> Tuple[str, ...]:
+    """The export formats, one per runtime that writes a file."""
+    return tuple(r.format for r in RUNTIMES.values() if r.format)
+
+
+def int8_formats() -> Tuple[str, ...]:
+    return tuple(r.format for r in RUNTIMES.values() if r.int8)
+
+
+def get(name: str) -> Runtime:
+    """The record of runtime `name` (one UserError listing the runtimes otherwise)."""
+    if name not in RUNTIMES:
+        raise UserError(f"{name!r} is not one of {', '.join(RUNTIMES)}", option="runtime")
+    return RUNTIMES[name]
+
+
+def by_format(fmt: str) -> Runtime:
+    for r in RUNTIMES.values():
+        if r.format == fmt:
+            return r
+    raise UserError(f"{fmt!r} is not one of {', '.join(formats())}", option="format")
+
+
+def for_file(path: os.PathLike | str) -> Runtime:
+    """The runtime of an exported file, by its suffix (one UserError naming the file otherwise)."""
+    suffix = Path(path).suffix.lower()
+    for r in RUNTIMES.values():
+        if suffix in r.suffixes:
+            return r
+    known = ", ".join(s for r in RUNTIMES.values() for s in r.suffixes)
+    raise UserError(f"{path}: unknown exported-file extension; expected one of {known}", option="exported")

@@ -1,0 +1,95 @@
+"""What a runtime record holds: one `Runtime` per runtime, defined in its own module of this package.
+
+Everything the package knows about a runtime lives in its record: the name (`bench --runtime`), the export
+format and file suffixes, the Python packages it needs (import and pip names, the requirements file that pins
+them), the fused EdgeViT's forms for it, the input layout, how to write a file, how to load one and run it on
+numpy arrays, the exported input size, int8 support, and the op/partition report. Export, bench, eval
+--exported, quantize, the profiler and the CLI read these records; none of them branches on a runtime's name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ...errors import MissingDependencyError, UserError
+from ..fused import Forms
+
+# run(*inputs) -> every output, as numpy arrays (batch-1 float32 NCHW images in, for the models here)
+RunFn = Callable[..., List[np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Package:
+    """A Python package: its import name, what to pip install, and the requirements file that pins it."""
+
+    module: str
+    pip: str = ""
+    requirements: str = "requirements.txt"
+
+    def require(self) -> None:
+        """One MissingDependencyError naming the package when it is not installed."""
+        if importlib.util.find_spec(self.module) is None:
+            raise MissingDependencyError(f"this needs the Python package {self.module!r}: pip install "
+                                         f"{self.pip or self.module} (pinned in {self.requirements})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """One runtime. `format` None: the runtime runs the PyTorch module itself (eager), there is no file."""
+
+    name: str
+    title: str  # one line for help texts
+    format: Optional[str] = None  # `export --format`
+    suffixes: Tuple[str, ...] = ()  # file names it takes; the first is what export writes
+    packages: Tuple[Package, ...] = (Package("torch"),)  # to load and run a file
+    export_packages: Tuple[Package, ...] = ()  # beyond `packages`, to write one
+    forms: Forms = Forms()  # the fused EdgeViT's forms (edgevit.deploy.fused), chosen by measurement
+    layout: str = "NCHW"  # the input the file takes
+    # write `model` traced at `x` to a path; returns the format's report (e.g. XNNPACK partitions)
+    save: Optional[Callable[[nn.Module, torch.Tensor, Path], Dict[str, object]]] = None
+    # a written file -> run(*numpy inputs) -> [numpy outputs], with `threads` threads
+    load: Optional[Callable[[Path, int], RunFn]] = None
+    # (H, W) a file was exported at, where the file says
+    input_size: Callable[[Path], Optional[Tuple[int, int]]] = lambda path: None
+    # int8: write a file of `model` at `x` calibrated on `images` (N, 3, H, W); returns its report
+    save_int8: Optional[Callable[[nn.Module, torch.Tensor, Path, torch.Tensor], Dict[str, object]]] = None
+    # int8 from a quantization-aware trained graph (fake quantizers hold the scales)
+    save_qat: Optional[Callable[[torch.fx.GraphModule, torch.Tensor, Path], Dict[str, object]]] = None
+    int8_how: str = ""  # one line: the int8 flow (help texts)
+    # per-operator times of a written file: (path, x, threads, runs, warmup, desc) -> [{op, kind, median_ms}]
+    profile: Optional[Callable[..., List[dict]]] = None
+    # one line for the export command from the save report (partitions, ops left outside the delegate)
+    describe: Callable[[Dict[str, object]], str] = lambda report: ""
+    # substrings of the runtime's own log lines on loading a file, kept out of the user's terminal
+    noise: Sequence[str] = ()
+
+    @property
+    def suffix(self) -> str:
+        return self.suffixes[0]
+
+    @property
+    def int8(self) -> bool:
+        return self.save_int8 is not None
+
+    def require(self, writing: bool = False) -> None:
+        """The packages to run this runtime's files (and, `writing`, to write them): one error naming the
+        first that is missing."""
+        for package in (*self.packages, *(self.export_packages if writing else ())):
+            package.require()
+
+
+def first_output(run: RunFn) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A classifier's run function on torch tensors: its one output, as a tensor."""
+    def call(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(run(x.detach().cpu().numpy())[0]))
+    return call
+
+
+class ConversionError(UserError):
+    """A converter cannot lower an op of the model; the message names the op and where it is."""

@@ -1,0 +1,208 @@
+"""ExecuTorch with its XNNPACK delegate (.pte): torch.export -> edge dialect -> XnnpackPartitioner -> program.
+
+int8 is the PT2E flow: `torch.export` -> torchao's `prepare_pt2e` (or `prepare_qat_pt2e`) with ExecuTorch's
+`XNNPACKQuantizer` (per-channel symmetric int8 weights, static int8 activations) -> calibration ->
+`convert_pt2e` -> lowered with the XNNPACK partitioner like the fp32 file.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import statistics
+import sys
+import tempfile
+import types
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+import torch.nn as nn
+
+from ...utils.quiet import filter_native_stderr
+from ..fused import ChannelNorm, Forms
+from .base import Package, Runtime
+
+PACKAGE = Package("executorch")
+
+
+# ---- fp32 ------------------------------------------------------------------------------------------
+def lower_program(ep: torch.export.ExportedProgram):
+    """An exported program (fp32, or int8 with quantize/dequantize pairs) -> edge dialect with the XNNPACK
+    partitioner -> (ExecuTorch program, partition report)."""
+    PACKAGE.require()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+    report = partition_report(edge.exported_program().graph_module)
+    return edge.to_executorch(), report
+
+
+def partition_report(gm: torch.fx.GraphModule) -> Dict[str, object]:
+    """Delegate partitions and the ops left to portable kernels, from ExecuTorch's own
+    `get_delegation_info` (its `getitem` nodes only unpack a delegate's outputs: not counted as ops)."""
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(gm)
+    others = {op: b.non_delegated for op, b in info.delegation_by_operator.items()
+              if b.non_delegated and op != "getitem"}
+    return {"delegate_partitions": info.num_delegated_subgraphs, "non_delegated_ops": sum(others.values()),
+            "non_delegated": dict(sorted(others.items()))}
+
+
+def write_program(ep: torch.export.ExportedProgram, path: Path) -> Dict[str, object]:
+    prog, report = lower_program(ep)
+    with open(path, "wb") as f:
+        prog.write_to_file(f)
+    return report
+
+
+def save_pte(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
+    PACKAGE.require()
+    with torch.no_grad():
+        ep = torch.export.export(model.eval(), (x,))
+    return write_program(ep, path)
+
+
+def executorch_program(path: Path, threads: int = 2, etdump: bool = False):
+    """The program at `path` loaded by ExecuTorch's public `Runtime` (with ETDump profiling if asked);
+    XNNPACK's threadpool set to `threads` (the runtime has no public setting for it yet)."""
+    PACKAGE.require()
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime as ETRuntime
+
+    with filter_native_stderr():  # the C++ runtime's CPU-probe lines, printed on first use
+        portable_lib._unsafe_reset_threadpool(threads)
+        return ETRuntime.get().load_program(Path(path), enable_etdump=etdump)
+
+
+def load(path: Path, threads: int = 2):
+    method = executorch_program(path, threads).load_method("forward")
+
+    def run(*inputs) -> list:
+        outs = method.execute(tuple(torch.from_numpy(a) for a in inputs))
+        return [o.numpy().copy() for o in outs]
+    return run
+
+
+def input_size(path: Path):
+    sizes = executorch_program(path).load_method("forward").metadata.input_tensor_meta(0).sizes()
+    return int(sizes[-2]), int(sizes[-1])
+
+
+def profile(path: Path, x: torch.Tensor, threads: int, runs: int, warmup: int, desc: str = "profiled") -> List[dict]:
+    """Run the program warmup + runs times with ETDump on (ExecuTorch's event tracer, read with
+    `executorch.devtools.Inspector`); one row per delegate operator, its median over the timed runs."""
+    from executorch.devtools import Inspector
+    from tqdm import tqdm
+
+    program = executorch_program(path, threads, etdump=True)
+    method = program.load_method("forward")
+    for _ in tqdm(range(warmup + runs), desc=desc, file=sys.stderr):
+        method.execute((x,))
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.etdp"
+        program.write_etdump_result_to_file(str(trace), str(Path(tmp) / "debug.bin"))  # (no debug buffer kept)
+        df = Inspector(etdump_path=str(trace)).to_dataframe()
+    ops = []
+    for name, raw in zip(df.event_name, df.raw):
+        if re.search(r"Method::|Program::|DELEGATE_CALL|OPERATOR_CALL|Execute", name):
+            continue
+        ops.append({"op": name, "kind": re.sub(r" #\d+$", "", name), "median_ms": statistics.median(raw[warmup:])})
+    return ops
+
+
+def describe(report: Dict[str, object]) -> str:
+    others = report.get("non_delegated") or {}
+    return (f"XNNPACK delegate partitions: {report['delegate_partitions']}, non-delegated ops: "
+            f"{report['non_delegated_ops']}" + (f" ({', '.join(f'{k} x{v}' for k, v in others.items())})"
+                                                 if report["non_delegated_ops"] else ""))
+
+
+# ---- int8: PT2E with the XNNPACK quantizer -------------------------------------------------------------
+def xnnpack_quantizer(qat: bool = False):
+    """ExecuTorch's XNNPACK quantizer: per-channel symmetric int8 weights, static per-tensor int8
+    activations (QAT: the same with fake quantization); EdgeViT's channel LayerNorms stay float.
+
+    Why the LayerNorms: their statistics (a mean, a variance, a reciprocal square root) through int8 lose
+    what normalisation is for (docs/deploy.md, "int8", has the logits SQNR with and without). XNNPACK still
+    runs them, in fp32, inside the same partition."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                          get_symmetric_quantization_config)
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+    return quantizer.set_module_type(ChannelNorm, None)
+
+
+def _with_train_eval(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """train()/eval() for a prepared QAT graph (an exported graph has none of its own): torchao's switch of
+    the train/eval op forms, plus the observers — on while training, off while evaluating, so validation
+    images never move the quantization scales (eager QAT does the same with disable_observer)."""
+    from torchao.quantization.pt2e import (disable_observer, enable_observer, move_exported_model_to_eval,
+                                           move_exported_model_to_train)
+
+    def train(self, mode: bool = True):
+        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self)
+        self.apply(enable_observer if mode else disable_observer)
+        for m in self.modules():
+            m.training = mode
+        return self
+
+    prepared.train = types.MethodType(train, prepared)
+    prepared.eval = types.MethodType(lambda self: self.train(False), prepared)
+    return prepared
+
+
+def prepare_pt2e_model(model: nn.Module, x: torch.Tensor, qat: bool = False) -> torch.fx.GraphModule:
+    """`model` exported at `x` with observers (PTQ) or fake quantizers (QAT: any batch size, train()/eval()
+    switch as on a module) where the XNNPACK quantizer annotates the graph."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
+
+    if qat:
+        batch = torch.export.Dim("batch", min=1, max=65536)
+        gm = torch.export.export(model.train(), (x,), dynamic_shapes=({0: batch},)).module()
+        return _with_train_eval(prepare_qat_pt2e(gm, xnnpack_quantizer(qat=True)))
+    with torch.no_grad():
+        gm = torch.export.export(model.eval(), (x,)).module()
+    return prepare_pt2e(gm, xnnpack_quantizer())
+
+
+def calibrate(prepared: torch.fx.GraphModule, images: torch.Tensor, batch: int = 1) -> None:
+    """Run the calibration images through the observers (at the batch size the graph was exported with)."""
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            prepared(images[i:i + batch])
+
+
+def convert_pt2e_model(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Observers/fake quantizers -> quantize/dequantize pairs with the recorded scales (eval mode); the
+    prepared model itself is left as it was (a QAT run keeps training it)."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    prepared = copy.deepcopy(prepared)
+    move_exported_model_to_eval(prepared)
+    return convert_pt2e(prepared)
+
+
+def quantize_pt2e(model: nn.Module, x: torch.Tensor, images: torch.Tensor) -> torch.fx.GraphModule:
+    """Post-training static int8 of `model` calibrated on `images` (N, 3, H, W)."""
+    prepared = prepare_pt2e_model(model, x)
+    calibrate(prepared, images)
+    return convert_pt2e_model(prepared)
+
+
+def save_pte_int8(quantized: torch.fx.GraphModule, x: torch.Tensor, path: Path) -> Dict[str, object]:
+    """Lower a converted (quantize/dequantize) graph to XNNPACK and write the .pte; the partition report."""
+    with torch.no_grad():
+        ep = torch.export.export(quantized, (x,))
+    return write_program(ep, path)
+
+
+RUNTIME = Runtime(
+    name="executorch", title="ExecuTorch + XNNPACK", format="pte", suffixes=(".pte",), packages=(PACKAGE,),
+    forms=Forms(embed="s2d", ln="conv", prop="shuffle", sample="pool", pad=16),
+    save=save_pte, load=load, input_size=input_size,
+    save_int8=lambda model, x, path, images: save_pte_int8(quantize_pt2e(model, x, images), x, path),
+    save_qat=lambda prepared, x, path: save_pte_int8(convert_pt2e_model(prepared), x, path),
+    int8_how="PT2E + XNNPACK quantizer", profile=profile, describe=describe)

@@ -1,0 +1,132 @@
+"""LiteRT, formerly TensorFlow Lite (.tflite): litert-torch converts a torch.export program to a flatbuffer
+(NHWC inside: it inserts and cancels layout transposes itself); ai-edge-litert's interpreter runs it with its
+default CPU delegate (XNNPACK). The converted signature keeps torch's NCHW input."""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Dict
+
+import torch
+import torch.nn as nn
+
+from ...utils.quiet import filter_native_stderr
+from ..fused import Forms
+from .base import ConversionError, Package, Runtime
+
+REQUIREMENTS = "requirements-litert.txt"  # an extra: installed by `make` after requirements.txt
+INTERPRETER = Package("ai_edge_litert", "ai-edge-litert", REQUIREMENTS)
+CONVERTER = Package("litert_torch", "litert-torch", REQUIREMENTS)
+
+_NOISE = ("LiteRT-Torch Convert", "ExportedProgram Run", "Decompositions", "MLIR Module", "Write Model",
+          "flatbuffer_export.cc", "Estimated count of arithmetic ops", "LiteRT Converter Passes",
+          "is an Enum subclass", "Lower to MLIR", "Run FX Passes", "Merge MLIR",
+          "All log messages before absl::InitializeLog()")
+
+
+def conversion_error(e: Exception, model: nn.Module) -> ConversionError:
+    """One line from a converter failure: the aten op, the source line and module that call it, the reason."""
+    text = str(e)
+    op = re.search(r"target=torch\.ops\.([\w.]+)", text)
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.*)', text.split("Original traceback", 1)[-1])
+    src = frames[-1] if frames else None  # the innermost frame: the model code that calls the op
+    reason = (text.strip().splitlines() or [type(e).__name__])[0][:200]
+    where = ""
+    if src:
+        file, line, func, code = src
+        where = f" at {Path(file).name}:{line} in {func} ({code.strip()[:80]})"
+        owner = next((n for n, m in model.named_modules() if type(m).forward.__code__.co_filename == file
+                      and type(m).forward.__code__.co_name == func), None)
+        if owner is not None:
+            where += f", module {owner or type(model).__name__} ({type(model.get_submodule(owner)).__name__})"
+    name = op.group(1) if op else type(e).__name__
+    return ConversionError(f"litert-torch cannot convert {name}{where}: {reason}")
+
+
+def save_tflite(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
+    """litert-torch conversion at `x` (batch 1, fp32) written to `path`; returns the op report."""
+    CONVERTER.require()
+    with filter_native_stderr(patterns=_NOISE), contextlib.redirect_stdout(io.StringIO()):
+        import litert_torch
+
+        try:
+            edge = litert_torch.convert(model.eval(), (x,))
+        except (NotImplementedError, RuntimeError) as e:  # an op without a lowering: the user's model part
+            raise conversion_error(e, model) from e
+        edge.export(str(path))
+    return tflite_report(path)
+
+
+def litert_interpreter(path: Path, threads: int = 2):
+    INTERPRETER.require()
+    from ai_edge_litert.interpreter import Interpreter
+
+    with filter_native_stderr(patterns=("INFO: Created TensorFlow Lite XNNPACK delegate",)):
+        interp = Interpreter(model_path=str(path), num_threads=threads)
+        interp.allocate_tensors()
+    return interp
+
+
+def tflite_report(path: Path) -> Dict[str, object]:
+    """The file's ops by kind (LiteRT's builtin names), the layout changes among them, and what the interpreter's
+    default XNNPACK delegate takes: its partitions and the ops left to LiteRT's own kernels.
+
+    The interpreter lists the file's ops and then one DELEGATE node per partition; an op outside every
+    partition is one whose output a partition (or the graph's output) reads without a partition producing it,
+    found by walking back from those tensors through ops that no partition produces (the Python interpreter
+    exposes no execution plan)."""
+    interp = litert_interpreter(path, 1)
+    details = interp._get_ops_details()
+    original = [op for op in details if op["op_name"] != "DELEGATE"]
+    partitions = [op for op in details if op["op_name"] == "DELEGATE"]
+    producer = {t: op for op in original for t in op["outputs"]}
+    from_partitions = {t for d in partitions for t in d["outputs"]}
+    outside, seen = {}, set()
+    frontier = [t for d in partitions for t in d["inputs"]] + [o["index"] for o in interp.get_output_details()]
+    while frontier:
+        t = frontier.pop()
+        if t in seen or t in from_partitions or t not in producer:
+            continue
+        seen.add(t)
+        op = producer[t]
+        outside[op["index"]] = op["op_name"]
+        frontier.extend(op["inputs"])
+    kinds = Counter(op["op_name"] for op in original)
+    return {"ops": len(original), "transposes": kinds.get("TRANSPOSE", 0), "op_counts": dict(kinds.most_common()),
+            "xnnpack_partitions": len(partitions), "ops_outside_xnnpack": len(outside),
+            "outside_xnnpack": dict(Counter(outside.values()).most_common())}
+
+
+def load(path: Path, threads: int = 2):
+    interp = litert_interpreter(path, threads)
+    ins = [d["index"] for d in interp.get_input_details()]
+    outs = [d["index"] for d in interp.get_output_details()]
+
+    def run(*inputs) -> list:
+        for i, a in zip(ins, inputs):
+            interp.set_tensor(i, a)
+        interp.invoke()
+        return [interp.get_tensor(o).copy() for o in outs]
+    return run
+
+
+def input_size(path: Path):
+    shape = litert_interpreter(path, 1).get_input_details()[0]["shape"]
+    return int(shape[-2]), int(shape[-1])
+
+
+def describe(report: Dict[str, object]) -> str:
+    outside = report.get("outside_xnnpack") or {}
+    return (f"{report['ops']} LiteRT ops, {report['transposes']} of them TRANSPOSE; XNNPACK partitions: "
+            f"{report['xnnpack_partitions']}, ops outside them: {report['ops_outside_xnnpack']}"
+            + (f" ({', '.join(f'{k} x{v}' for k, v in outside.items())})" if report["ops_outside_xnnpack"] else ""))
+
+
+RUNTIME = Runtime(
+    name="litert", title="LiteRT (litert-torch, checked in ai-edge-litert's interpreter)", format="tflite",
+    suffixes=(".tflite",), packages=(INTERPRETER,), export_packages=(CONVERTER,),
+    forms=Forms(qkv="merged", prop="d2s", sample="pool"),
+    save=save_tflite, load=load, input_size=input_size, describe=describe)

@@ -1,0 +1,190 @@
+"""ONNX Runtime (.onnx): torch.onnx's dynamo exporter at opset 20, run on ONNX Runtime's CPU provider.
+
+int8 is ONNX Runtime's static QDQ quantization of the fp32 file (`onnxruntime.quantization.quantize_static`,
+per-channel weights) over the calibration images; the activation type and `reduce_range` are `ORT_INT8` below
+(why: docs/deploy.md, "int8").
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import statistics
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..fused import Forms
+from .base import Package, Runtime
+
+PACKAGE = Package("onnxruntime")
+EXPORTER = (Package("onnx"), Package("onnxscript"))
+# Opset 20 has a native Gelu op: ONNX Runtime runs it as one kernel where opset 18 spells it as five elementwise
+# ops (Div, Erf, Add, Mul, Mul); docs/deploy.md has the measured difference. Every bench model exports at 20.
+OPSET = 20
+
+# ONNX Runtime on x86 without VNNI multiplies u8 activations by s8 weights with pmaddubsw, whose 16-bit
+# intermediate sums can saturate; 7-bit weights (reduce_range) keep them exact. s8 activations take a slower
+# path there (measured: docs/deploy.md). On ARM (dot-product instructions) neither restriction applies.
+ORT_INT8 = {"activation_type": "QUInt8", "weight_type": "QInt8", "reduce_range": True}
+
+
+def strip_onnx(path: Path) -> None:
+    """Drop every node's metadata_props and doc strings (graph, nodes, values, functions) from an ONNX file: the
+    exporter records the exporting machine's paths there (stack traces, module paths), which a shipped file
+    must not carry."""
+    import onnx
+
+    m = onnx.load(str(path))
+
+    def clean(graph) -> None:
+        graph.doc_string = ""
+        for item in (*graph.node, *graph.input, *graph.output, *graph.value_info, *graph.initializer):
+            if hasattr(item, "metadata_props"):
+                del item.metadata_props[:]
+            if hasattr(item, "doc_string"):
+                item.doc_string = ""
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    clean(attr.g)
+                for g in attr.graphs:
+                    clean(g)
+        if hasattr(graph, "metadata_props"):
+            del graph.metadata_props[:]
+
+    clean(m.graph)
+    m.doc_string = ""
+    for f in m.functions:
+        f.doc_string = ""
+        del f.metadata_props[:]
+        for node in f.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+    onnx.save(m, str(path))
+
+
+def save_onnx(model: nn.Module, x: torch.Tensor, path: Path, opset: int = OPSET) -> Dict[str, object]:
+    for package in EXPORTER:
+        package.require()
+    with torch.no_grad():
+        # the dynamo exporter (torch's default) with constant folding; one file, weights embedded
+        prog = torch.onnx.export(model.eval(), (x,), dynamo=True, opset_version=opset, optimize=True,
+                                 verbose=False)
+        prog.save(str(path), external_data=False)
+    strip_onnx(path)
+    return {}
+
+
+def session_options(threads: int = 2):
+    """The ONNX Runtime session options every EdgeViT session uses (bench, export check, profiling)."""
+    PACKAGE.require()
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    # no busy-waiting between ops: spinning threads only burn the cores that a phone (or a shared
+    # machine) needs for the other thread; it changes no result
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+def onnx_session(path: Path, threads: int = 2, options=None):
+    import onnxruntime as ort
+    return ort.InferenceSession(str(path), options or session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def load(path: Path, threads: int = 2):
+    sess = onnx_session(path, threads)
+    names = [i.name for i in sess.get_inputs()]
+
+    def run(*inputs) -> list:
+        return sess.run(None, dict(zip(names, inputs)))
+    return run
+
+
+def input_size(path: Path):
+    shape = onnx_session(path, 1).get_inputs()[0].shape
+    return (int(shape[-2]), int(shape[-1])) if all(isinstance(s, int) for s in shape[-2:]) else None
+
+
+def profile(path: Path, x: torch.Tensor, threads: int, runs: int, warmup: int, desc: str = "profiled") -> List[dict]:
+    """ONNX Runtime's session profiling: one row per node of the optimised graph, its median kernel time."""
+    from tqdm import tqdm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = session_options(threads)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "ort_profile")
+        sess = onnx_session(path, threads, so)
+        name, a = sess.get_inputs()[0].name, x.numpy()
+        for _ in tqdm(range(warmup + runs), desc=desc, file=sys.stderr):
+            sess.run(None, {name: a})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_node = collections.defaultdict(list)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_node[(e["args"]["op_name"], e["name"][:-len("_kernel_time")])].append(e["dur"] / 1e3)
+    return [{"op": node, "kind": kind, "median_ms": statistics.median(d[warmup:])}
+            for (kind, node), d in per_node.items()]
+
+
+# ---- int8: static QDQ ---------------------------------------------------------------------------------
+@contextmanager
+def _root_log_level(level: int):
+    """onnxruntime.quantization logs through the root logger; quiet it for one call."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(old)
+
+
+def save_onnx_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.Tensor,
+                   op_types: Optional[Sequence[str]] = None, **options) -> Dict[str, object]:
+    """fp32 ONNX export of `model`, then ONNX Runtime's static QDQ quantization calibrated on `images`
+    (min/max of each activation), per-channel weights; `options` override ORT_INT8."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    cfg = {**ORT_INT8, **options}
+
+    class Reader(CalibrationDataReader):  # the interface quantize_static pulls its inputs through
+        def __init__(self, name: str):
+            self.name, self.i = name, 0
+
+        def get_next(self):
+            if self.i >= len(images):
+                return None
+            self.i += 1
+            return {self.name: images[self.i - 1:self.i].numpy()}
+
+    with tempfile.TemporaryDirectory(prefix="edgevit-onnx-int8-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        save_onnx(model, x, fp32)
+        import onnx
+        graph = onnx.load(str(fp32)).graph
+        with _root_log_level(logging.ERROR):  # its advice to pre-process, per-channel axis notes on 1-d weights
+            quantize_static(str(fp32), str(path), Reader(graph.input[0].name), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=getattr(QuantType, cfg["activation_type"]),
+                            weight_type=getattr(QuantType, cfg["weight_type"]), reduce_range=cfg["reduce_range"],
+                            op_types_to_quantize=op_types)
+    strip_onnx(Path(path))  # (quantize_static writes its own doc strings)
+    return {"onnx_quantization": {k: cfg[k] for k in ORT_INT8}}
+
+
+RUNTIME = Runtime(
+    name="onnxruntime", title="ONNX (checked with onnxruntime)", format="onnx", suffixes=(".onnx",),
+    packages=(PACKAGE,), export_packages=EXPORTER,
+    forms=Forms(qkv="merged", ln="native", sample="pool"),
+    save=save_onnx, load=load, input_size=input_size, save_int8=save_onnx_int8,
+    int8_how="ONNX Runtime static QDQ", profile=profile)

@@ -1,0 +1,84 @@
+"""The runtime records: each runtime is one definition that export, bench, eval --exported and the Python loader
+read; a runtime added with one registration works everywhere without another edit."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgevit.cli.main import main
+from edgevit.deploy import Forms, fuse, load_exported, runtimes
+from edgevit.deploy.runtimes.base import Runtime
+from edgevit.deploy.runtimes.torchscript import load_torchscript, save_torchscript
+from edgevit.errors import UserError
+
+
+def test_every_record_is_complete():
+    assert runtimes.names()[0] == "eager" and set(runtimes.formats()) == {"pte", "onnx", "tflite", "ptl", "torchscript"}
+    suffixes = [s for r in runtimes.RUNTIMES.values() for s in r.suffixes]
+    assert len(suffixes) == len(set(suffixes))  # a file's suffix names one runtime
+    for r in runtimes.RUNTIMES.values():
+        assert isinstance(r.forms, Forms) and r.title and r.layout == "NCHW"
+        if r.format is None:
+            assert r.name == "eager" and r.save is None and r.load is None
+            continue
+        assert r.save and r.load and r.suffixes and all(s.startswith(".") for s in r.suffixes)
+        assert runtimes.by_format(r.format) is r and runtimes.for_file(f"m{r.suffix}") is r
+        assert (r.save_int8 is not None) == bool(r.int8_how)
+    assert runtimes.int8_formats() == ("pte", "onnx")
+    with pytest.raises(UserError, match="runtime 'coreml' is not one of eager"):
+        runtimes.get("coreml")
+    with pytest.raises(UserError, match="format 'mlmodel' is not one of pte"):
+        runtimes.by_format("mlmodel")
+    with pytest.raises(UserError, match=r"m\.mlmodel: unknown exported-file extension; expected one of \.pte"):
+        runtimes.for_file("m.mlmodel")
+
+
+def test_load_exported_runs_a_file_on_numpy(tmp_path, make_tiny):
+    """The public loader: any exported file, by its suffix, as a function of numpy arrays."""
+    from edgevit.deploy import export_model
+
+    model = make_tiny()
+    out = tmp_path / "tiny.onnx"
+    export_model(fuse(model, "onnxruntime"), "onnx", out, img_size=(64, 96))
+    m = load_exported(out)
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 96)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    y = m(x)
+    assert m.format == "onnx" and m.runtime.name == "onnxruntime" and m.input_size == (64, 96)
+    assert isinstance(y, np.ndarray) and y.shape == (1, 7) and np.abs(y - ref).max() <= 1e-4
+    with pytest.raises(UserError, match="no such file"):
+        load_exported(tmp_path / "missing.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(UserError, match="bad.onnx: onnxruntime cannot load it"):
+        load_exported(bad)
+
+
+@pytest.fixture
+def added_runtime(monkeypatch):
+    """A runtime added as a new module would add it: one record, one registration (removed after the test)."""
+    record = Runtime(name="ts2", title="TorchScript under another name", format="ts2", suffixes=(".ts2",),
+                     forms=Forms(qkv="merged", prop="shuffle"), save=save_torchscript, load=load_torchscript)
+    monkeypatch.setitem(runtimes.RUNTIMES, record.name, record)
+    return record
+
+
+def test_a_registered_runtime_works_everywhere(added_runtime, tmp_path, capsys, make_tiny):
+    out = tmp_path / "xxs.ts2"
+    assert main(["export", "--model", "edgevit_xxs", "--format", "ts2", "--img-size", "64", "-o", str(out),
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["runtime"] == "ts2" and report["max_abs_diff"] <= 1e-3 and out.stat().st_size == report["bytes"]
+    m = load_exported(out)
+    assert m.runtime is added_runtime and m(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 1000)
+    assert fuse(make_tiny(), "ts2").deploy_forms == added_runtime.forms  # its fused form comes from its record
+    assert main(["bench", "--models", "edgevit_xxs", "--runtime", "ts2", "--edgevit-form", "fused", "--img-size",
+                 "32", "--runs", "2", "--warmup", "1", "--json", str(tmp_path / "b.json")]) == 0
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert [r["runtime"] for r in rows] == ["ts2"] and rows[0]["median_ms"] > 0
+    # what it cannot do is refused from its record: no int8 flow
+    assert main(["export", "--model", "edgevit_xxs", "--format", "ts2", "--quantize", "int8", "--calib", "random",
+                 "-o", str(tmp_path / "q.ts2")]) == 2
+    assert "--quantize int8 is available for --format pte or onnx, not ts2" in capsys.readouterr().err
