@@ -39,9 +39,11 @@ demo: setup
 	$(EV) report --paper --out $(DEMO)/paper
 	@echo "== Done: $(DEMO)/report/report.md (this machine vs the paper's phone) and $(DEMO)/paper/report.md"
 
-# two test processes (pytest-xdist, whole files per process): most tests are single-threaded (exporters,
-# converters, tiny models), so the suite takes about half the wall time on 2 cores
+# ruff first (lint and import order, pyproject.toml; zero findings), then two test processes (pytest-xdist,
+# whole files per process): most tests are single-threaded (exporters, converters, tiny models), so the suite
+# takes about half the wall time on 2 cores
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # timm's own generic model tests (tests/test_models.py from the sdist of the installed timm) on edgevit_*

@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from edgevit.bench.bench import meta
-from edgevit.bench.bench import time_runners
+from edgevit.bench.bench import meta, time_runners
 from edgevit.bench.runners import build_runner
 from edgevit.utils.io import write_json_atomic
 

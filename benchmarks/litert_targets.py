@@ -30,7 +30,6 @@ from edgevit.models.checkpoint import create_model
 from edgevit.utils.io import write_text_atomic
 
 
-
 def form_runners(threads: int, tmp: Path) -> dict:
     """The fused XXS with one part in each other form than the LiteRT backend's: name -> (run, op report)."""
     base = forms_for("litert")

@@ -27,9 +27,8 @@ import torch
 
 from edgevit.bench.bench import time_runners
 from edgevit.bench.runners import build_runner
-from edgevit.deploy import fuse
+from edgevit.deploy import fuse, runtimes
 from edgevit.deploy import quantize as q
-from edgevit.deploy import runtimes
 from edgevit.deploy.export import export_model, load_file
 from edgevit.deploy.runtimes.onnxruntime import onnx_session, save_onnx_int8
 from edgevit.errors import UserError
@@ -128,7 +127,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="out/demo/digits_run/best.pth", help="the digits XXS (make demo)")
     p.add_argument("--data", default="out/demo/digits", help="the digits data (make demo): train/ and val/")
-    p.add_argument("--runtimes", nargs="+", default=["onnxruntime", "executorch"], choices=[r.name for r in runtimes.RUNTIMES.values() if r.int8])
+    p.add_argument("--runtimes", nargs="+", default=["onnxruntime", "executorch"],
+                   choices=[r.name for r in runtimes.RUNTIMES.values() if r.int8])
     p.add_argument("--runs", type=int, default=40, help="interleaved timing rounds")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--forms", action="store_true", help="also time ONNX Runtime variants of the int8 XXS")

@@ -4,9 +4,8 @@ pads its 36/72-channel stages to multiples of 16 (`edgevit.deploy.fused.pad_chan
     .venv/bin/python benchmarks/xnnpack_gemm_tile.py [--hw 56] [--cin 36 48 144] [--cout 32 36 40 48 64 144]
 
 Each input width gets one ExecuTorch program holding one 1x1 conv per output width (all on the same
-input); XNNPACK's own per-operator timings (ETDump, `edgevit.bench.profile`) give each conv's median
-time, reported as GMAC/s. On the 2-core AMD EPYC development VM (AVX2/FMA3), 36 or 40 output channels ran at ~40 GMAC/s and 32, 48
-or 64 at ~85-90: the f32 GEMM kernels tile output channels by 16.
+input); XNNPACK's own per-operator timings (ETDump, `edgevit.deploy.runtimes.executorch.profile`) give each
+conv's median time, reported as GMAC/s. The figures, with the machine they were measured on: docs/deploy.md.
 """
 from __future__ import annotations
 
@@ -19,7 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from edgevit.deploy.runtimes.executorch import profile as executorch_op_times, save_pte
+from edgevit.deploy.runtimes.executorch import profile as executorch_op_times
+from edgevit.deploy.runtimes.executorch import save_pte
 from edgevit.utils.io import write_text_atomic
 
 

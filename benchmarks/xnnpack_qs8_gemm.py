@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from edgevit.deploy.runtimes.executorch import profile as executorch_op_times, save_pte
-from edgevit.deploy.runtimes.executorch import quantize_pt2e, save_pte_int8
+from edgevit.deploy.runtimes.executorch import profile as executorch_op_times
+from edgevit.deploy.runtimes.executorch import quantize_pt2e, save_pte, save_pte_int8
 from edgevit.utils.io import write_text_atomic
 
 # (model, spatial size, input channels, output channels) of typical 1x1 convs at 224 x 224

@@ -7,7 +7,8 @@ that escapes is a bug and keeps its traceback. They subclass `ValueError` so tha
 standard type keeps working."""
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "DataError", "OutputError", "DiskFullError", "MissingDependencyError", "MissingFileError"]
+__all__ = ["UserError", "ConfigError", "DataError", "OutputError", "DiskFullError", "MissingDependencyError",
+           "MissingFileError"]
 
 
 class UserError(ValueError):

@@ -80,6 +80,7 @@ def test_plan_and_ablations():
 def test_ablations_stay_at_xxs_compute():
     """Table-4 rows compare designs at equal compute: each within 10% of the release XXS's GMACs."""
     import timm
+
     from edgevit.models.complexity import count_gmacs
     xxs = count_gmacs(timm.create_model("edgevit_xxs").eval(), 224)
     for tag, kw in ABLATIONS.items():

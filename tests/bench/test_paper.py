@@ -7,8 +7,14 @@ import json
 import pytest
 
 from edgevit.bench.bench import ablation_check, add_paper_columns, median_ci, ranking_ties, time_runners
-from edgevit.bench.paper import (claims, compare_latency, efficiency_rows, kendall_tau, paper_pareto,
-                                 vits_no_edgevit_dominates)
+from edgevit.bench.paper import (
+    claims,
+    compare_latency,
+    efficiency_rows,
+    kendall_tau,
+    paper_pareto,
+    vits_no_edgevit_dominates,
+)
 from edgevit.cli.main import main
 from edgevit.errors import DataError
 from edgevit.paper import FORMAT, load_paper
@@ -115,7 +121,8 @@ def test_vs_paper_needs_bench(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("break_it, named", [
-    (lambda d: d["tables"]["table3"]["rows"][2].pop("energy_mj"), "table 'table3' row 2 (EfficientNet-B0) has no field 'energy_mj'"),
+    (lambda d: d["tables"]["table3"]["rows"][2].pop("energy_mj"),
+     "table 'table3' row 2 (EfficientNet-B0) has no field 'energy_mj'"),
     (lambda d: d["tables"]["table2"]["rows"][0].update(latency_ms="fast"), "latency_ms = 'fast', expected a number"),
     (lambda d: d["tables"]["table4"].pop("source"), "table 'table4' has no 'source'"),
     (lambda d: d.update(format="v0"), "'format' is 'v0'"),

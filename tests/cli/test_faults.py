@@ -241,11 +241,13 @@ def test_damaged_shards_are_named_and_eval_never_reports_over_fewer_samples(tmp_
     ok = [Image.new("RGB", (32, 32), (i * 40, 0, 0)) for i in range(4)]
     # a declared count above what the shards hold: refused before any work, naming the shard
     short = _wds(tmp_path / "short", ok, [0, 1, 0, 1], lengths_declared=6)
-    refused(capsys, ["eval", "--data", str(short), "--dataset", "wds/t", "--checkpoint", ck], "t-validation-000000.tar", "holds 4",
+    refused(capsys, ["eval", "--data", str(short), "--dataset", "wds/t", "--checkpoint", ck],
+            "t-validation-000000.tar", "holds 4",
             "declares 6")
     # a label out of range in a later sample: named with its shard and key before any work
     bad_label = _wds(tmp_path / "label", ok, [0, 1, 0, 7])
-    refused(capsys, ["eval", "--data", str(bad_label), "--dataset", "wds/t", "--checkpoint", ck], "t-validation-000000.tar", "s003",
+    refused(capsys, ["eval", "--data", str(bad_label), "--dataset", "wds/t", "--checkpoint", ck],
+            "t-validation-000000.tar", "s003",
             "label 7")
     # a text label, a sample without its label, a truncated shard: each named before any work
     text = _wds(tmp_path / "text", ok, [0, 1, "abc", 1])

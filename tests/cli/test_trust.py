@@ -85,7 +85,8 @@ def test_shapes_refuses_an_existing_set_and_replaces_it_whole(tmp_path, capsys):
     assert snapshot(out) == before  # (the third training image of this set would be stale in a 2-image set)
     assert cli(["detect", "shapes", str(out), "--num-train", "2", "--num-val", "1", "--size", "64",
                 "--overwrite"]) == 0
-    listed = {im["file_name"] for im in json.loads((out / "annotations" / "instances_training.json").read_text())["images"]}
+    annotations = json.loads((out / "annotations" / "instances_training.json").read_text())
+    listed = {im["file_name"] for im in annotations["images"]}
     assert {p.name for p in (out / "images" / "training").iterdir()} == listed == {
         "shapes_000000.png", "shapes_000001.png"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shapes")]  # no temporary left behind
@@ -135,11 +136,11 @@ def test_report_refuses_an_existing_directory_and_no_inputs(tmp_path, capsys):
 
 # ---------------------------------------------------------------- 2. never a silently wrong answer
 def test_16bit_and_float_images_give_the_same_answer_as_8bit(tmp_path):
+    import timm
     from sklearn.datasets import load_digits
 
     from edgevit.cli.predict import predict
     from edgevit.utils.images import read_image
-    import timm
 
     digit = (load_digits().images[7] * (255 / 16)).round().astype(np.uint8)
     digit = np.kron(digit, np.ones((8, 8), dtype=np.uint8))  # 64 x 64
@@ -204,10 +205,10 @@ def test_config_file_values_are_checked_like_flags(tmp_path, capsys):
 
 
 def test_config_file_never_overrides_an_explicit_flag_equal_to_the_default():
+    import tempfile
+
     from edgevit.cli.common import apply_config, explicit_options
     from edgevit.cli.main import build_parser
-
-    import tempfile
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write("lr: 0.5\nweight_decay: 0.3\n")
     parser = build_parser()

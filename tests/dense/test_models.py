@@ -3,11 +3,11 @@ import timm
 import torch
 
 from edgevit.dense.complexity import dense_info, paper_dense
-
-PAPER = paper_dense()
 from edgevit.dense.models import create_backbone, create_detector, create_segmenter
 from edgevit.models import load_checkpoint
 from edgevit.models.complexity import count_gmacs
+
+PAPER = paper_dense()
 
 
 def test_param_counts_within_3pct_of_paper():

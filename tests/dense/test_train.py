@@ -9,8 +9,7 @@ from PIL import Image
 
 from edgevit.cli.main import main
 from edgevit.dense.ade import ADESegmentation
-from edgevit.dense.engine import (evaluate_segmenter, fit, poly_schedule,
-                                  segmentation_loss)
+from edgevit.dense.engine import evaluate_segmenter, fit, poly_schedule, segmentation_loss
 from edgevit.dense.models import create_segmenter
 from edgevit.train.guard import NonFiniteLossError
 from edgevit.train.state import load_training_state, set_determinism

@@ -4,8 +4,8 @@ import torch
 import torch.nn as nn
 
 from edgevit.cli.main import main
-from edgevit.deploy import fuse, runtimes
 from edgevit.deploy import export as ex
+from edgevit.deploy import fuse, runtimes
 
 
 @pytest.fixture
@@ -13,7 +13,8 @@ def tiny(make_tiny):
     return make_tiny()
 
 
-@pytest.mark.parametrize("fmt", [f for f in runtimes.formats() if f != "tflite"])  # (tflite: tests/deploy/test_litert.py)
+# (tflite: tests/deploy/test_litert.py)
+@pytest.mark.parametrize("fmt", [f for f in runtimes.formats() if f != "tflite"])
 def test_export_round_trip(fmt, tiny, tmp_path):
     fused = fuse(tiny, runtimes.by_format(fmt).name)
     out = tmp_path / f"m.{fmt}"

@@ -9,9 +9,8 @@ import torch
 import torch.nn as nn
 
 from edgevit.cli.main import main
-from edgevit.deploy import fuse, runtimes
 from edgevit.deploy import export as ex
-
+from edgevit.deploy import fuse, runtimes
 
 # every value of every Table-4 option (tests/deploy/test_fuse.py::TABLE4) not already in the variants above
 # (local_agg conv, sampler corner, local_prop deconv, kernel 5, qkv bias), in three one-block-per-stage models

@@ -1,8 +1,8 @@
 """The LiteRT file of each EdgeViT variant (the LiteRT form, 224 x 224) computes the authors' outputs."""
 import pytest
 
-from edgevit.deploy import fuse
 from edgevit.deploy import export as ex
+from edgevit.deploy import fuse
 from edgevit.models import VARIANTS
 
 

@@ -4,9 +4,8 @@ import math
 import pytest
 import torch
 
-from edgevit.deploy import fuse
+from edgevit.deploy import fuse, runtimes
 from edgevit.deploy import quantize as q
-from edgevit.deploy import runtimes
 from edgevit.deploy.export import load_file
 from edgevit.deploy.runtimes.executorch import convert_pt2e_model
 from edgevit.errors import UserError

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgevit.deploy import fuse
-from edgevit.deploy import runtimes
+from edgevit.deploy import fuse, runtimes
 from edgevit.deploy.export import export_model, run_file
 from edgevit.deploy.quantize import export_int8, random_calibration
 

@@ -44,7 +44,8 @@ def test_features_only(variant):
     assert model.feature_info.reduction() == [4, 8, 16, 32]
     assert model.feature_info.channels() == CHANNELS[variant]
     feats = model(torch.randn(1, 3, 128, 96))
-    assert [tuple(f.shape[1:]) for f in feats] == [(c, 128 // r, 96 // r) for c, r in zip(CHANNELS[variant], [4, 8, 16, 32])]
+    expected = [(c, 128 // r, 96 // r) for c, r in zip(CHANNELS[variant], [4, 8, 16, 32])]
+    assert [tuple(f.shape[1:]) for f in feats] == expected
     sub = timm.create_model(variant, features_only=True, out_indices=(1, 3))
     assert sub.feature_info.reduction() == [8, 32]
 

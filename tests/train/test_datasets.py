@@ -169,7 +169,8 @@ def test_bad_datasets_are_named(tiny, tmp_path, capsys):
     assert "_info.json: no such file" in err(["--data", str(bad), "--dataset", "wds/tiny", *common])
     # more loader workers than shards: each worker reads whole shards
     e = err(["--data", str(shards), "--dataset", "wds/tiny", *common, "--workers", "3"])  # (the last one counts)
-    assert e.startswith("edgevit train: error: --workers 3 (x 1 process(es)): the training split") and "has 2 shards" in e
+    assert e.startswith("edgevit train: error: --workers 3 (x 1 process(es)): the training split")
+    assert "has 2 shards" in e
     # a split that is not there; repeated augmentation asked for on a stream
     assert "'nope': no such split" in err(["--data", str(shards), "--dataset", "wds/tiny", "--train-split", "nope",
                                            *common])
@@ -239,6 +240,7 @@ def test_bad_shards_and_tars_are_named_before_or_while_training(tiny, tmp_path, 
     assert "tiny-train-000000.tar: sample '" in e and "label 9 is outside the 3 classes" in e
     # eval names its own option for a missing split
     import timm
+
     from edgevit.models import save_checkpoint
 
     ck = tmp_path / "tiny.safetensors"

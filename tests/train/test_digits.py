@@ -8,8 +8,6 @@ from sklearn.datasets import load_digits
 from edgevit.cli.main import main as cli
 
 
-
-
 def test_digits_export_counts_split_and_pixels(tmp_path, capsys):
     out = tmp_path / "digits"
     assert cli(["data", "digits", "--out", str(out), "--size", "8", "--json"]) == 0

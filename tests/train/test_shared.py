@@ -12,8 +12,14 @@ import yaml
 from edgevit.train.guard import GracefulStop, NonFiniteLossError, check_finite
 from edgevit.train.logging import MetricsLogger
 from edgevit.train.recipe import resolve_config, scaled_lr
-from edgevit.train.state import (CheckpointManager, capture_rng_state, load_training_state, restore_rng_state,
-                                 save_config, save_training_state)
+from edgevit.train.state import (
+    CheckpointManager,
+    capture_rng_state,
+    load_training_state,
+    restore_rng_state,
+    save_config,
+    save_training_state,
+)
 
 
 def _draw():

@@ -19,8 +19,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .runners import build_runner, check_runtime, form_label
 from ..errors import UserError
+from .runners import build_runner, check_runtime, form_label
 
 EDGEVITS = ("edgevit_xxs", "edgevit_xs", "edgevit_s")
 # The paper's baselines (Table 1; MobileViT at 256 as the paper) and what users pick today.
@@ -65,6 +65,7 @@ def plan(models: Sequence[str], form: str = "both", ablations: bool = False,
          precisions: Sequence[str] = ("fp32",)) -> List[Entry]:
     """The rows to measure, in order; EdgeViTs once per requested form, every model once per precision."""
     import timm
+
     from .. import models as _m  # noqa: F401  registers the EdgeViTs
     if form not in FORMS:
         raise UserError(f"{form!r} is not one of {', '.join(FORMS)}", option="edgevit_form")
@@ -297,7 +298,8 @@ def ablation_check(doc: dict, paper: Optional[dict] = None) -> List[dict]:
             pb = by_tag[slow]
             pa = by_tag[fast] if fast else default_of[pb["part"]]
             out.append({"form": "fused" if fused else "unfused", "faster": pa["variant"], "slower": pb["variant"],
-                        "paper_ms": [pa["latency_ms"], pb["latency_ms"]], "paper_ratio": pb["latency_ms"] / pa["latency_ms"],
+                        "paper_ms": [pa["latency_ms"], pb["latency_ms"]],
+                        "paper_ratio": pb["latency_ms"] / pa["latency_ms"],
                         "paper_top1": [pa["top1"], pb["top1"]],
                         "here_ms": [a["median_ms"], b["median_ms"]], "here_ratio": b["median_ms"] / a["median_ms"],
                         "holds": a["median_ms"] < b["median_ms"],
@@ -335,7 +337,8 @@ def format_table(doc: dict) -> str:
     precision = "/".join(sorted({r.get("precision", "fp32") for r in rows})) or "fp32"
     calib = f" (int8 calibrated on {m['int8_calibration']})" if m.get("int8_calibration") else ""
     lines.append(f"batch 1, {precision}{calib}, {m['threads']} threads, {m['runs']} interleaved rounds; {m['cpu']}; "
-                 f"torch {m['torch']}, " + ", ".join(f"{k} {v}" for k, v in m["runtime_versions"].items() if k != "torch"))
+                 f"torch {m['torch']}, "
+                 + ", ".join(f"{k} {v}" for k, v in m["runtime_versions"].items() if k != "torch"))
     if tied:
         lines.append(f"~ : its 95% interval overlaps another model's ({len(m['ties'])} pair(s)): this run does not "
                      "rank them; measure again with more runs on a quieter machine. paper M/G: Table 2's params/FLOPs.")

@@ -5,10 +5,11 @@ An `EnergyResult`'s `to_json()` is what `edgevit energy --json` prints and `edge
 reads."""
 from __future__ import annotations
 
-import numpy as np
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
+
+import numpy as np
 
 from ..errors import UserError
 from ..utils.io import read_json

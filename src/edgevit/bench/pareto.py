@@ -7,6 +7,7 @@ as costly, and strictly better in one of the two.
 from __future__ import annotations
 
 from typing import Iterable, List, Mapping, Optional, Sequence
+
 from ..errors import UserError
 
 

@@ -5,20 +5,16 @@ event per node of the optimised graph). Per operator: the median over the timed 
 from __future__ import annotations
 
 import collections
-import json
-import re
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import List, Tuple
 
 import torch
-from tqdm import tqdm
 
 from ..deploy import runtimes
-from .runners import default_img_size, load_model
 from ..errors import UserError
+from .runners import default_img_size, load_model
 
 
 def _summary(model, fused, size, threads, runs, report, ops):

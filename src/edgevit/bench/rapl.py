@@ -19,7 +19,6 @@ from ..errors import UserError
 from .energy import POWERCAP_ROOT, EnergyResult, _mean_std
 
 
-
 class RaplUnavailable(UserError):
     """No readable RAPL energy counter: the message says what is missing and points to the trace mode."""
 

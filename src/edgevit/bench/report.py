@@ -13,16 +13,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from ..errors import UserError
+from ..paper import load_paper, published_top1
 from ..utils.io import read_json, write_json_atomic, write_text_atomic
 from .energy import load_energy_json
-from ..paper import load_paper, published_top1
-from .paper import (TRADEOFFS, RUNTIME_NOTE, claims, compare_latency, efficiency_rows, paper_pareto,
-                    tradeoff_rows)
+from .paper import RUNTIME_NOTE, TRADEOFFS, claims, compare_latency, efficiency_rows, paper_pareto, tradeoff_rows
 from .pareto import add_efficiency, pareto_front, pareto_membership
 from .plots import plot_tradeoff
-from ..errors import UserError
-
-
 
 # --------------------------------------------------------------------------------------------------
 # Inputs

@@ -19,6 +19,7 @@ import torch.nn as nn
 from ..deploy import runtimes
 from ..errors import UserError
 
+
 def check_runtime(runtime: str) -> str:
     return runtimes.get(runtime).name
 
@@ -43,8 +44,8 @@ def load_model(model: str, fused: bool = True, checkpoint: Optional[str] = None,
                **model_kwargs) -> nn.Module:
     """An eval-mode model ready for inference.  EdgeViT: fused (in `runtime`'s fastest exact form) or
     release layout.  Others: timm's deploy form."""
-    from ..models.checkpoint import create_model
     from ..models import VARIANTS
+    from ..models.checkpoint import create_model
 
     net = create_model(model, checkpoint, **model_kwargs)
     if model in VARIANTS:
@@ -101,7 +102,8 @@ def _to_tensor(out) -> torch.Tensor:
 def build_runner(model: str, runtime: str = "eager", img_size: int | None = None, threads: int = 2,
                  fused: bool = True, checkpoint: str | None = None, precision: str = "fp32",
                  calib: Optional[str] = None, calib_images: int = 64, **model_kwargs) -> Runner:
-    """A warm session for `model` in `runtime` (a runtime record's name, edgevit.deploy.runtimes) at `img_size` (default: the model's);
+    """A warm session for `model` in `runtime` (a runtime record's name, edgevit.deploy.runtimes) at `img_size`
+    (default: the model's);
     `precision` "int8": the file `edgevit export --quantize int8` writes (executorch, onnxruntime), calibrated
     on `calib_images` images of the folder `calib` (or "random").
 

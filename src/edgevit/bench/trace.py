@@ -20,7 +20,6 @@ from ..errors import DataError, UserError
 from ..utils.io import require_file
 from .energy import EnergyResult, _mean_std
 
-
 _SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "W": 1.0, "mW": 1e-3, "uW": 1e-6, "A": 1.0, "mA": 1e-3,
           "uA": 1e-6, "V": 1.0, "mV": 1e-3}
 TIME_UNITS, POWER_UNITS, CURRENT_UNITS, VOLTAGE_UNITS = ("s", "ms", "us"), ("W", "mW", "uW"), \

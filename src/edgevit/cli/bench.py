@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..utils.options import thread_count, image_size, nonneg_int, positive_int
+from ..utils.options import image_size, nonneg_int, positive_int, thread_count
 from .common import add_overwrite_arg, add_progress_arg, check_output_file, show_progress
 
 
@@ -49,8 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench.bench import (ablation_check, add_paper_columns, format_ablations, format_table, plan, run_bench,
-                               to_csv)
+    from ..bench.bench import ablation_check, add_paper_columns, format_ablations, format_table, plan, run_bench, to_csv
     from ..bench.runners import check_runtime, require_package
     from ..utils.io import print_json, write_json_atomic, write_text_atomic
 

@@ -18,8 +18,8 @@ from typing import Iterable, Optional
 
 import torch
 
-from ..models import VARIANTS
 from ..errors import OutputError
+from ..models import VARIANTS
 from ..utils.io import is_within, lock_output, print_json, unmarked_entries
 
 
@@ -244,7 +244,7 @@ def explicit_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[st
 
 # ---------------------------------------------------------------- dense prediction (detect, segment)
 def add_train_common(p: argparse.ArgumentParser) -> None:
-    from ..utils.options import nonneg_int, positive_float, positive_int, nonneg_float, rate
+    from ..utils.options import nonneg_float, nonneg_int, positive_float, positive_int, rate
 
     p.add_argument("--config", default=None, help="YAML file of option: value defaults (e.g. configs/dense_*.yaml)")
     p.add_argument("--model", default="edgevit_xxs", choices=VARIANTS, help="EdgeViT variant")

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import argparse
 
-from ..train.digits import DIGITS_FORMATS
 from ..errors import UserError
+from ..train.digits import DIGITS_FORMATS
 from ..utils.options import MAX_IMAGE_SIZE, nonneg_int, number, open_fraction, positive_int
 from .common import add_json_arg, add_overwrite_arg, check_output_dir
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("data", help="write a bundled dataset as an ImageFolder or WebDataset shards (no download)")
+    p = subparsers.add_parser("data",
+                              help="write a bundled dataset as an ImageFolder or WebDataset shards (no download)")
     sub = p.add_subparsers(dest="dataset", metavar="DATASET", required=True)
     d = sub.add_parser("digits", help="scikit-learn's 1,797 handwritten 8x8 digit scans, stratified train/val",
                        description="Writes OUT/train/<0-9>/*.png and OUT/val/<0-9>/*.png (upscaled PNGs), or with "

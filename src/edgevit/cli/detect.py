@@ -14,9 +14,22 @@ from typing import List
 from ..errors import ConfigError
 from ..utils.io import print_json
 from ..utils.options import nonneg_int, positive_int, probability
-from .common import (run_inputs, add_json_arg, add_predict_output_args, add_progress_arg, add_shapes_parser, add_train_common,
-                     config_of, load_image_tensor, load_trained, predict_output, report_train, setup_run, show_progress,
-                     start_dense_train)
+from .common import (
+    add_json_arg,
+    add_predict_output_args,
+    add_progress_arg,
+    add_shapes_parser,
+    add_train_common,
+    config_of,
+    load_image_tensor,
+    load_trained,
+    predict_output,
+    report_train,
+    run_inputs,
+    setup_run,
+    show_progress,
+    start_dense_train,
+)
 
 
 # ---------------------------------------------------------------- detect
@@ -71,7 +84,8 @@ def run_train(args: argparse.Namespace) -> int:
     if list(args.milestones) != sorted(set(args.milestones)):
         raise ConfigError(f"--milestones {' '.join(map(str, args.milestones))}: expected increasing epochs")
     if args.milestones[-1] > args.epochs and "milestones" in getattr(args, "_explicit", ()):
-        warnings.warn(f"--milestones {args.milestones[-1]} is beyond --epochs {args.epochs}: that lr drop never happens")
+        warnings.warn(f"--milestones {args.milestones[-1]} is beyond --epochs {args.epochs}: that lr drop never "
+                      "happens")
     masks = args.arch == "maskrcnn"
     train_ann, train_dir = resolve_split(args.data, args.train_split)
     val_ann, val_dir = resolve_split(args.data, args.val_split)
@@ -150,9 +164,9 @@ def run_predict(args: argparse.Namespace) -> int:
     det["labels"] = det["labels"] - model.label_offset
     names: List[str] = list(model.meta["class_names"])
     save_png(draw_detections(img, det, names), out)
-    rows = [{"label": int(l), "name": names[int(l)], "score": round(float(s), 4),
+    rows = [{"label": int(lab), "name": names[int(lab)], "score": round(float(s), 4),
              "box_xyxy": [round(float(v), 1) for v in b]}
-            for l, s, b in zip(det["labels"], det["scores"], det["boxes"])]
+            for lab, s, b in zip(det["labels"], det["scores"], det["boxes"])]
     if "masks" in det:
         for r, m in zip(rows, det["masks"]):
             r["mask_area"] = int((m[0] >= 0.5).sum())

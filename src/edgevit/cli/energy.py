@@ -4,8 +4,15 @@ from __future__ import annotations
 import sys
 
 from ..errors import ConfigError
-from ..utils.options import thread_count, image_size, nonneg_int, open_fraction, positive_float, positive_int
-from .common import HelpWithDefaults, add_json_arg, add_overwrite_arg, add_progress_arg, check_output_file, show_progress
+from ..utils.options import image_size, nonneg_int, open_fraction, positive_float, positive_int, thread_count
+from .common import (
+    HelpWithDefaults,
+    add_json_arg,
+    add_overwrite_arg,
+    add_progress_arg,
+    check_output_file,
+    show_progress,
+)
 
 # Options that mean something in one mode only; given in the other they would be silently ignored.
 LIVE_ONLY = ("checkpoint", "img_size", "threads", "unfused", "repeats", "warmup", "powercap", "zone")
@@ -61,7 +68,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..bench import rapl, trace as tr
+    from ..bench import rapl
+    from ..bench import trace as tr
 
     labels = {}
     wrong = [o for o in (LIVE_ONLY if args.trace else TRACE_ONLY) if o in getattr(args, "_explicit", ())]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from ..utils.options import thread_count, image_size, positive_int
+from ..utils.options import image_size, positive_int, thread_count
 from .common import add_json_arg, add_model_args, add_overwrite_arg, add_progress_arg, check_output_file
 
 
@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=[args.checkpoint, args.calib])
     rt = runtimes.by_format(args.format)
     if not str(args.output).lower().endswith(rt.suffixes):
-        raise ConfigError(f"-o {args.output}: expected a {' or '.join(rt.suffixes)} file name for --format {args.format}")
+        raise ConfigError(f"-o {args.output}: expected a {' or '.join(rt.suffixes)} file name for --format "
+                          f"{args.format}")
     rt.require(writing=True)
     qat = bool(args.checkpoint) and is_qat_checkpoint(args.checkpoint)
     if qat and args.quantize is None:

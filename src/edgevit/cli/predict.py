@@ -13,14 +13,13 @@ import torch
 from PIL import Image
 from timm.data import ImageNetInfo
 
+from ..errors import DataError
 from ..models import VARIANTS
 from ..train.data import eval_transform
-from ..utils.io import print_json
-from .common import add_json_arg
-from ..errors import DataError
-from ..utils.images import warn_if_not_trained_size, read_image
-from ..utils.io import require_file
+from ..utils.images import read_image, warn_if_not_trained_size
+from ..utils.io import print_json, require_file
 from ..utils.options import crop_pct, image_size, positive_int
+from .common import add_json_arg
 
 
 def read_labels(path: str | Path, num_classes: int) -> list[str]:

@@ -11,9 +11,22 @@ import sys
 
 from ..utils.io import print_json, require_dir
 from ..utils.options import image_size, nonneg_int, positive_float, positive_int
-from .common import (run_inputs, add_json_arg, add_predict_output_args, add_progress_arg, add_shapes_parser, add_train_common,
-                     config_of, load_image_tensor, load_trained, predict_output, report_train, setup_run,
-                     show_progress, start_dense_train)
+from .common import (
+    add_json_arg,
+    add_predict_output_args,
+    add_progress_arg,
+    add_shapes_parser,
+    add_train_common,
+    config_of,
+    load_image_tensor,
+    load_trained,
+    predict_output,
+    report_train,
+    run_inputs,
+    setup_run,
+    show_progress,
+    start_dense_train,
+)
 
 
 def _scale(text: str):

@@ -5,8 +5,8 @@ import argparse
 import os
 import sys
 
-from .common import HelpWithDefaults, add_json_arg, check_output_dir
 from ..errors import ConfigError, UserError
+from .common import HelpWithDefaults, add_json_arg, check_output_dir
 
 
 def register(subparsers) -> None:

@@ -21,6 +21,7 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
+
 from ..errors import MissingFileError, UserError
 from ..utils.images import read_image_for
 
@@ -99,9 +100,9 @@ class ADESegmentation(Dataset):
         bad = np.unique(lab[(lab >= self.num_classes) & (lab != IGNORE)])
         if bad.size:
             shown = (bad + 1 if self.reduce_zero_label else bad)[:10].tolist()
-            raise UserError(f"label {lpath} has class values {shown} outside 0..{self.num_classes - 1}"
-                             f"{' after reduce-zero-label (file values 1..' + str(self.num_classes) + ')' if self.reduce_zero_label else ''}"
-                             " and not 255 (ignore)")
+            after = f" after reduce-zero-label (file values 1..{self.num_classes})" if self.reduce_zero_label else ""
+            raise UserError(f"label {lpath} has class values {shown} outside 0..{self.num_classes - 1}{after}"
+                            " and not 255 (ignore)")
         return pil_to_tensor(img).float().div_(255), torch.from_numpy(lab)
 
     def __getitem__(self, idx: int):

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
+
 from ..errors import MissingFileError, UserError
-from ..utils.io import require_file
 from ..utils.images import read_image_for
+from ..utils.io import require_file
 
 
 def load_coco(ann_file: str | Path):

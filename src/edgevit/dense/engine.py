@@ -24,17 +24,23 @@ from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from ..errors import UserError
+from ..models.checkpoint import CheckpointError
 from ..train.data import ShardSampler, leave_signals_to_the_trainer
 from ..train.distributed import DistInfo, all_reduce_sum, one_line_when_a_peer_stops
 from ..train.guard import GracefulStop, agree
 from ..train.logging import MetricsLogger
-from ..train.state import (CheckpointManager, capture_rng_state, load_training_state, restore_rng_state, RunDirectory,
-                           save_config)
+from ..train.state import (
+    CheckpointManager,
+    RunDirectory,
+    capture_rng_state,
+    load_training_state,
+    restore_rng_state,
+    save_config,
+)
 from .ade import IGNORE
 from .metrics import coco_evaluate, confusion_matrix, detections_to_coco, segmentation_scores
 from .models import create_detector, create_segmenter
-from ..errors import UserError
-from ..models.checkpoint import CheckpointError
 
 SINGLE = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), distributed=False)
 
@@ -87,13 +93,15 @@ def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Ca
         run_dir = run.path
         device, world = dist_info.device, dist_info.world_size
         if batch_size % world:
-            raise UserError(f"{batch_size}: must be divisible by the number of processes ({world})", option="batch_size")
+            raise UserError(f"{batch_size}: must be divisible by the number of processes ({world})",
+                            option="batch_size")
         per_proc = batch_size // world
         sampler = DistributedSampler(train_set, num_replicas=world, rank=dist_info.rank, shuffle=True, seed=seed,
                                      drop_last=True)
         iters_per_epoch = len(sampler) // per_proc
         if iters_per_epoch == 0:
-            raise UserError(f"{batch_size}: larger than the training set ({len(train_set)} images)", option="batch_size")
+            raise UserError(f"{batch_size}: larger than the training set ({len(train_set)} images)",
+                            option="batch_size")
 
         model.to(device)
         optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)  # no decay on norms/biases

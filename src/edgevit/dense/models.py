@@ -21,11 +21,15 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.ops.feature_pyramid_network import (ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool,
-                                                     LastLevelP6P7)
+from torchvision.ops.feature_pyramid_network import (
+    ExtraFPNBlock,
+    FeaturePyramidNetwork,
+    LastLevelMaxPool,
+    LastLevelP6P7,
+)
 
-from ..models import VARIANTS, load_checkpoint
 from ..errors import UserError
+from ..models import VARIANTS, load_checkpoint
 
 ARCHS = ("retinanet", "maskrcnn", "semfpn")
 FPN_CHANNELS = 256

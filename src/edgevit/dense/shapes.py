@@ -22,6 +22,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
+
 from ..errors import UserError
 
 CATEGORIES = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"}]

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from ..utils.io import atomic_path
 from ..errors import UserError
+from ..utils.io import atomic_path
 
 
 def palette(n: int) -> List[tuple]:

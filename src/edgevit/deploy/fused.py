@@ -48,10 +48,28 @@ import torch.nn.functional as F
 from timm.utils.model import reparameterize_model
 
 from ..errors import UserError
-from ..models.edgevit import (EdgeViT, EdgeViTHead, GlobalBlock, LGLBlock, LocalAgg, LocalAggLSA, PatchEmbed,
-                              SpatialReductionAttn, register_fused_form)
-from .folding import (bn_scale_shift, conv1x1, copy_conv, expand_index, fold_input_affine, merge_cpe, pad_conv,
-                      pad_depthwise, padded_index)
+from ..models.edgevit import (
+    EdgeViT,
+    EdgeViTHead,
+    GlobalBlock,
+    LGLBlock,
+    LocalAgg,
+    LocalAggLSA,
+    PatchEmbed,
+    SpatialReductionAttn,
+    register_fused_form,
+)
+from .folding import (
+    bn_scale_shift,
+    conv1x1,
+    copy_conv,
+    expand_index,
+    fold_input_affine,
+    merge_cpe,
+    pad_conv,
+    pad_depthwise,
+    padded_index,
+)
 
 FORM_CHOICES = {"ln": ("mean", "conv", "native"), "embed": ("conv", "s2d"), "qkv": ("split", "merged"),
                 "prop": ("deconv", "shuffle", "d2s"), "sample": ("slice", "pool")}

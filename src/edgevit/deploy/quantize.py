@@ -8,12 +8,10 @@ bench --precision int8` compares like with like.
 """
 from __future__ import annotations
 
-import logging
 import math
 import random
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn

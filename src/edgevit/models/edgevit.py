@@ -30,6 +30,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models.twins import LocallyGroupedAttn
+
 from ..errors import UserError
 
 __all__ = ["EdgeViT", "checkpoint_filter_fn", "LOCAL_AGG", "SAMPLERS", "LOCAL_PROPS", "SpatialReductionAttn"]

@@ -12,6 +12,7 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Sampler, SequentialSampler
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
+
 from ..errors import MissingFileError, UserError
 from ..utils.images import eval_transform, read_image
 from ..utils.io import require_dir

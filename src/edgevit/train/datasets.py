@@ -195,7 +195,8 @@ def check_shards(root: str | Path, filenames: Sequence[str], num_classes: Option
                     elif key == first and first_image is None and ext in _IMAGE_EXTS:
                         first_image = (ext, tar.extractfile(member).read())
         except (tarfile.TarError, OSError, EOFError) as e:
-            raise DataError(f"shard {path}: not a tar file readable to its end ({_first_line(e)}): truncated?") from None
+            raise DataError(f"shard {path}: not a tar file readable to its end ({_first_line(e)}): "
+                            "truncated?") from None
         except SampleError as e:
             raise DataError(str(e)) from None
         if first is None:
@@ -401,7 +402,8 @@ def build_train_data(cfg: Dict[str, Any], train_transform, val_transform, rank: 
         classes = _stream_classes({}, cfg.get("num_classes"), root)
         return TrainData(make_train, val, classes, num_train, True, f"{name} in {root}")
     if prefix == "tar":  # timm reads a .tar root with its images-in-tar reader
-        train_root, val_root = tar_split(root, cfg.get("train_split"), True), tar_split(root, cfg.get("val_split"), False)
+        train_root = tar_split(root, cfg.get("train_split"), True)
+        val_root = tar_split(root, cfg.get("val_split"), False)
         train_set = _timm_dataset("", str(train_root), train_split, True, train_transform)
         val = _timm_dataset("", str(val_root), val_split, False, val_transform)
     else:

@@ -8,6 +8,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image
+
 from ..errors import OutputError, UserError
 from .datasets import write_wds_shards
 

@@ -138,8 +138,8 @@ def check_distillation(cfg: Dict[str, Any], given: set, origin: Callable[[str], 
         extra = [k for k in ("distillation", "distillation_alpha", "distillation_tau", "teacher_checkpoint",
                              "distill_head") if k in given and cfg.get(k) not in (None, False, "none")]
         if extra:
-            raise ConfigError(f"{', '.join(origin(k) for k in extra)}: distillation needs a teacher ({origin('teacher')} "
-                              "MODEL)")
+            raise ConfigError(f"{', '.join(origin(k) for k in extra)}: distillation needs a teacher "
+                              f"({origin('teacher')} MODEL)")
         return
     if kind == "none":
         raise ConfigError(f"{origin('teacher')} {teacher}: choose how to distil from it: {origin('distillation')} "

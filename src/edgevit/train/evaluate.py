@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..errors import DataError, UserError
 from ..models.checkpoint import model_from_checkpoint
 from ..utils.images import size_hw, warn_if_not_trained_size
 from .data import build_eval_loader, eval_transform
 from .distributed import all_reduce_sum
-from ..errors import DataError, UserError
 
 __all__ = ["evaluate", "evaluate_checkpoint", "evaluate_exported"]
 
@@ -142,7 +142,6 @@ def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, cro
     order `edgevit train` gives them."""
     from ..deploy.export import open_exported
     from ..models.checkpoint import checkpoint_weights
-
     from .datasets import build_eval_data, check_eval_data
 
     check_eval_data(data, dataset, split)

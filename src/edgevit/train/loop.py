@@ -25,22 +25,42 @@ from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ..errors import DataError, UserError
 from ..models import VARIANTS, CheckpointError, fit_report, load_checkpoint, read_state_dict, save_checkpoint
 from ..models.edgevit import checkpoint_filter_fn
-from .data import (EpochSeeded, build_eval_loader, build_train_loader, build_train_sampler, eval_transform,
-                   train_transform)
+from ..utils.io import to_plain
+from .data import (
+    EpochSeeded,
+    build_eval_loader,
+    build_train_loader,
+    build_train_sampler,
+    eval_transform,
+    train_transform,
+)
 from .datasets import SkipCounter, build_train_data, stream_loader
-from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup_distributed,
-                          init_distributed, one_line_when_a_peer_stops)
+from .distill import check_distillation
+from .distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_buffers,
+    cleanup_distributed,
+    init_distributed,
+    one_line_when_a_peer_stops,
+)
 from .evaluate import evaluate, missing_samples_message
 from .guard import GracefulStop, agree
 from .logging import MetricsLogger
-from .distill import check_distillation
 from .recipe import amp_dtype, public_config, resumed_config, scaled_lr
-from .state import (CheckpointManager, capture_rng_state, load_training_state, restore_rng_state, RunDirectory,
-                    save_config, set_determinism)
-from ..errors import DataError, UserError
-from ..utils.io import to_plain
+from .state import (
+    CheckpointManager,
+    RunDirectory,
+    capture_rng_state,
+    load_training_state,
+    restore_rng_state,
+    save_config,
+    set_determinism,
+)
 
 __all__ = ["train"]
 

@@ -14,10 +14,24 @@ import argparse
 import os
 from typing import Any, Dict, Optional
 
-from ..utils.options import (check_pair, choice, crop_fraction, crop_pct, thread_count, image_size, json_object,
-                             nonneg_float, nonneg_int, open_fraction, positive_float, positive_int,
-                             probability, rate, read_config)
 from ..errors import ConfigError, UserError
+from ..utils.options import (
+    check_pair,
+    choice,
+    crop_fraction,
+    crop_pct,
+    image_size,
+    json_object,
+    nonneg_float,
+    nonneg_int,
+    open_fraction,
+    positive_float,
+    positive_int,
+    probability,
+    rate,
+    read_config,
+    thread_count,
+)
 
 __all__ = ["RECIPE", "DROP_PATH", "add_recipe_args", "resolve_config", "resumed_config", "public_config", "scaled_lr"]
 
@@ -61,7 +75,8 @@ RECIPE: Dict[str, tuple] = {
     # schedule and optimiser
     "epochs": (300, positive_int, "training epochs"),
     "batch_size": (128, positive_int, "images per process per step"),
-    "accum_steps": (1, positive_int, "gradient accumulation steps (global batch = batch_size x processes x accum_steps)"),
+    "accum_steps": (1, positive_int,
+                    "gradient accumulation steps (global batch = batch_size x processes x accum_steps)"),
     "lr": (None, nonneg_float, "peak learning rate (default: base_lr x global_batch / base_batch)"),
     "base_lr": (1e-3, positive_float, "learning rate for a global batch of base_batch"),
     "base_batch": (1024, positive_int, "the global batch base_lr refers to"),
@@ -105,12 +120,15 @@ RECIPE: Dict[str, tuple] = {
     "eval_batch_size": (None, positive_int, "evaluation batch per process (default: 1.5 x batch_size as DeiT)"),
     # performance
     "workers": (min(8, os.cpu_count() or 1), nonneg_int, "data-loading worker processes per training process"),
-    "amp": ("auto", choice("auto", "bfloat16", "float16", "none"), "mixed precision: auto (bfloat16 on CUDA, off on CPU), bfloat16, float16, none"),
+    "amp": ("auto", choice("auto", "bfloat16", "float16", "none"),
+            "mixed precision: auto (bfloat16 on CUDA, off on CPU), bfloat16, float16, none"),
     "channels_last": (None, bool, "channels_last memory format (default: on for CUDA)"),
     "compile": (False, bool, "torch.compile the model"),
     "grad_checkpointing": (False, bool, "recompute each stage's blocks in the backward pass (less activation "
-                                        "memory for larger batches, about a third more compute; timm's set_grad_checkpointing)"),
-    "threads": (None, thread_count, "CPU intra-op threads per process (default: torch's; 1 is often fastest on a busy CPU)"),
+                                        "memory for larger batches, about a third more compute; timm's "
+                                        "set_grad_checkpointing)"),
+    "threads": (None, thread_count,
+                "CPU intra-op threads per process (default: torch's; 1 is often fastest on a busy CPU)"),
     # logging
     "tensorboard": (False, bool, "also write TensorBoard scalars to RUN_DIR/tensorboard"),
     "progress": (True, bool, "tqdm progress bars on stderr (rank 0)"),
@@ -283,7 +301,7 @@ def _optimizers() -> set:
 
 def _check_auto_augment(policy: str) -> None:
     """timm parses the policy string only when the transform is built; build it now so a typo is one line."""
-    from timm.data.auto_augment import auto_augment_transform, augment_and_mix_transform, rand_augment_transform
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 
     hparams = dict(translate_const=100, img_mean=(124, 116, 104))
     try:

@@ -14,13 +14,14 @@ import numpy as np
 import torch
 import yaml
 
-from ..utils.io import atomic_path, is_within, require_file, to_plain, write_text_atomic
-from ..utils.options import load_config  # noqa: F401  (re-exported: the one YAML reader)
 from ..errors import ConfigError, OutputError
 from ..models.checkpoint import CheckpointError
+from ..utils.io import atomic_path, is_within, require_file, to_plain, write_text_atomic
+from ..utils.options import load_config  # noqa: F401  (re-exported: the one YAML reader)
 
 __all__ = ["capture_rng_state", "restore_rng_state", "save_training_state", "load_training_state",
-           "CheckpointManager", "set_determinism", "save_config", "load_config", "RUN_FILES", "RunDirectory", "recover_run_dir"]
+           "CheckpointManager", "set_determinism", "save_config", "load_config", "RUN_FILES", "RunDirectory",
+           "recover_run_dir"]
 
 
 # ---------------------------------------------------------------- RNG

@@ -18,7 +18,8 @@ from ..errors import ConfigError
 from .io import require_file
 
 __all__ = ["number", "positive_int", "nonneg_int", "positive_float", "nonneg_float", "probability",
-           "rate", "crop_fraction", "crop_pct", "thread_count", "open_fraction", "image_size", "choice", "json_object", "check_value",
+           "rate", "crop_fraction", "crop_pct", "thread_count", "open_fraction", "image_size", "choice", "json_object",
+           "check_value",
            "load_config", "read_config", "MAX_IMAGE_SIZE", "MAX_THREADS"]
 
 # Largest input side accepted anywhere. EdgeViT's global attention runs over one delegate token per 4x4 window of

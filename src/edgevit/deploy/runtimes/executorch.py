@@ -127,8 +127,10 @@ def xnnpack_quantizer(qat: bool = False):
     Why the LayerNorms: their statistics (a mean, a variance, a reciprocal square root) through int8 lose
     what normalisation is for (docs/deploy.md, "int8", has the logits SQNR with and without). XNNPACK still
     runs them, in fp32, inside the same partition."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                          get_symmetric_quantization_config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
     return quantizer.set_module_type(ChannelNorm, None)
@@ -138,8 +140,12 @@ def _with_train_eval(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """train()/eval() for a prepared QAT graph (an exported graph has none of its own): torchao's switch of
     the train/eval op forms, plus the observers — on while training, off while evaluating, so validation
     images never move the quantization scales (eager QAT does the same with disable_observer)."""
-    from torchao.quantization.pt2e import (disable_observer, enable_observer, move_exported_model_to_eval,
-                                           move_exported_model_to_train)
+    from torchao.quantization.pt2e import (
+        disable_observer,
+        enable_observer,
+        move_exported_model_to_eval,
+        move_exported_model_to_train,
+    )
 
     def train(self, mode: bool = True):
         (move_exported_model_to_train if mode else move_exported_model_to_eval)(self)
