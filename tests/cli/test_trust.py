@@ -207,7 +207,7 @@ def test_config_file_values_are_checked_like_flags(tmp_path, capsys):
 def test_config_file_never_overrides_an_explicit_flag_equal_to_the_default():
     import tempfile
 
-    from edgevit.cli.common import apply_config, explicit_options
+    from edgevit.cli.config import apply_config, explicit_options
     from edgevit.cli.main import build_parser
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write("lr: 0.5\nweight_decay: 0.3\n")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..utils.options import image_size, nonneg_int, positive_int, thread_count
-from .common import add_overwrite_arg, add_progress_arg, check_output_file, show_progress
+from .args import add_overwrite_arg, add_progress_arg, show_progress
+from .outputs import check_output_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,8 @@ import argparse
 from ..errors import UserError
 from ..train.digits import DIGITS_FORMATS
 from ..utils.options import MAX_IMAGE_SIZE, nonneg_int, number, open_fraction, positive_int
-from .common import add_json_arg, add_overwrite_arg, check_output_dir
+from .args import add_json_arg, add_overwrite_arg
+from .outputs import check_output_dir
 
 
 def register(subparsers) -> None:

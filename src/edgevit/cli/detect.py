@@ -14,11 +14,9 @@ from typing import List
 from ..errors import ConfigError
 from ..utils.io import print_json
 from ..utils.options import nonneg_int, positive_int, probability
-from .common import (
-    add_json_arg,
+from .args import add_json_arg, add_progress_arg, show_progress
+from .dense_args import (
     add_predict_output_args,
-    add_progress_arg,
-    add_shapes_parser,
     add_train_common,
     config_of,
     load_image_tensor,
@@ -27,9 +25,9 @@ from .common import (
     report_train,
     run_inputs,
     setup_run,
-    show_progress,
     start_dense_train,
 )
+from .shapes import add_shapes_parser
 
 
 # ---------------------------------------------------------------- detect

@@ -5,14 +5,8 @@ import sys
 
 from ..errors import ConfigError
 from ..utils.options import image_size, nonneg_int, open_fraction, positive_float, positive_int, thread_count
-from .common import (
-    HelpWithDefaults,
-    add_json_arg,
-    add_overwrite_arg,
-    add_progress_arg,
-    check_output_file,
-    show_progress,
-)
+from .args import HelpWithDefaults, add_json_arg, add_overwrite_arg, add_progress_arg, show_progress
+from .outputs import check_output_file
 
 # Options that mean something in one mode only; given in the other they would be silently ignored.
 LIVE_ONLY = ("checkpoint", "img_size", "threads", "unfused", "repeats", "warmup", "powercap", "zone")

@@ -7,7 +7,7 @@ import sys
 
 from ..errors import UserError
 from ..utils.options import crop_pct, image_size, json_object, nonneg_int, positive_int, thread_count
-from .common import add_json_arg, add_progress_arg, show_progress
+from .args import add_json_arg, add_progress_arg, show_progress
 
 
 def exported_kinds() -> str:

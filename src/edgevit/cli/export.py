@@ -6,7 +6,8 @@ import argparse
 
 from ..errors import ConfigError
 from ..utils.options import image_size, positive_int, thread_count
-from .common import add_json_arg, add_model_args, add_overwrite_arg, add_progress_arg, check_output_file
+from .args import add_json_arg, add_model_args, add_overwrite_arg, add_progress_arg
+from .outputs import check_output_file
 
 
 def add_img_size_arg(p: argparse.ArgumentParser, default_help: str) -> None:

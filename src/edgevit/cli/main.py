@@ -58,7 +58,8 @@ def _pkg_path() -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .common import explicit_options, quiet_third_party
+    from .config import explicit_options
+    from .noise import quiet_third_party
 
     quiet_third_party()
     parser = build_parser()

@@ -19,7 +19,7 @@ from ..train.data import eval_transform
 from ..utils.images import read_image, warn_if_not_trained_size
 from ..utils.io import print_json, require_file
 from ..utils.options import crop_pct, image_size, positive_int
-from .common import add_json_arg
+from .args import add_json_arg
 
 
 def read_labels(path: str | Path, num_classes: int) -> list[str]:

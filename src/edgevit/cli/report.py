@@ -4,7 +4,8 @@ from __future__ import annotations
 import sys
 
 from ..errors import ConfigError
-from .common import add_json_arg, add_overwrite_arg, check_output_dir
+from .args import add_json_arg, add_overwrite_arg
+from .outputs import check_output_dir
 
 
 def register(sub) -> None:

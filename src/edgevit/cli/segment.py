@@ -11,11 +11,9 @@ import sys
 
 from ..utils.io import print_json, require_dir
 from ..utils.options import image_size, nonneg_int, positive_float, positive_int
-from .common import (
-    add_json_arg,
+from .args import add_json_arg, add_progress_arg, show_progress
+from .dense_args import (
     add_predict_output_args,
-    add_progress_arg,
-    add_shapes_parser,
     add_train_common,
     config_of,
     load_image_tensor,
@@ -24,9 +22,9 @@ from .common import (
     report_train,
     run_inputs,
     setup_run,
-    show_progress,
     start_dense_train,
 )
+from .shapes import add_shapes_parser
 
 
 def _scale(text: str):

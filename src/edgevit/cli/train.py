@@ -6,7 +6,8 @@ import os
 import sys
 
 from ..errors import ConfigError, UserError
-from .common import HelpWithDefaults, add_json_arg, check_output_dir
+from .args import HelpWithDefaults, add_json_arg
+from .outputs import check_output_dir
 
 
 def register(subparsers) -> None:

@@ -1,0 +1,132 @@
+"""What `edgevit detect` and `edgevit segment` share: their training options and start, the run's inputs,
+loading a trained model, the predict output."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+from ..models import VARIANTS
+from ..utils.io import print_json
+from .args import add_json_arg, add_overwrite_arg, add_progress_arg
+from .config import apply_config
+from .outputs import check_output_dir, check_output_file
+
+
+def add_train_common(p: argparse.ArgumentParser) -> None:
+    from ..utils.options import nonneg_float, nonneg_int, positive_float, positive_int, rate
+
+    p.add_argument("--config", default=None, help="YAML file of option: value defaults (e.g. configs/dense_*.yaml)")
+    p.add_argument("--model", default="edgevit_xxs", choices=VARIANTS, help="EdgeViT variant")
+    p.add_argument("--backbone-checkpoint", default=None,
+                   help="ImageNet EdgeViT checkpoint (this project's or the authors' layout) for the backbone")
+    p.add_argument("--data", required=False, help="data set root")
+    p.add_argument("--output", required=False, help="run directory (last.pth, best.pth, metrics.jsonl, config.yaml)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="total over all processes (paper: 16)")
+    p.add_argument("--lr", type=positive_float, default=1e-4)
+    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
+    p.add_argument("--drop-path", type=rate, default=0.1, help="backbone stochastic depth rate")
+    p.add_argument("--fpn-channels", type=positive_int, default=256,
+                   help="FPN width (paper: 256; smaller only for quick CPU runs, the heads dominate the cost)")
+    p.add_argument("--clip-grad", type=positive_float, default=None, help="clip the gradient norm to this value")
+    p.add_argument("--workers", type=nonneg_int, default=2, help="DataLoader worker processes per process")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels (on CPU, kill + --resume auto then equals a straight run)")
+    p.add_argument("--resume", default=None, help="'auto' (RUN_DIR/last.pth if present) or a checkpoint path")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --output that holds a run (its checkpoints and logs are deleted first)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--log-every", type=positive_int, default=20, help="iterations between metrics.jsonl loss lines")
+    add_progress_arg(p)
+    add_json_arg(p)
+
+
+def start_dense_train(args: argparse.Namespace, task: str) -> argparse.Namespace:
+    """Config file applied, required options present, the run directory and a --resume file checked: all
+    before any work (data sets, model)."""
+    from ..errors import ConfigError
+    from ..train.state import RUN_FILES, recover_run_dir
+
+    args = apply_config(args, args._parser)
+    for n in ("data", "output"):
+        if getattr(args, n) in (None, ""):
+            raise ConfigError(f"--{n} is required (on the command line or in the --config file)")
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: continue the run, or start it again")
+    if os.environ.get("RANK", "0") == "0":
+        recover_run_dir(args.output)  # a replacement killed outright: the run that is there
+    check_output_dir(args.output, "--output", overwrite=args.overwrite, holds=RUN_FILES, resume=bool(args.resume),
+                     inputs=[("--data", args.data)])
+    if args.resume and args.resume != "auto":
+        from ..dense.engine import STATE_KEYS
+        from ..train.state import load_training_state
+
+        load_training_state(args.resume, f"edgevit {task} train", STATE_KEYS)
+    return args
+
+
+def run_inputs(args: argparse.Namespace) -> list:
+    """(option, path) of the files a dense training run reads: refused inside a run directory it replaces."""
+    return [(k, getattr(args, k, None)) for k in ("backbone_checkpoint", "data", "config")]
+
+
+def setup_run(args: argparse.Namespace):
+    from ..train.distributed import init_distributed
+    from ..train.state import set_determinism
+
+    info = init_distributed(args.device)
+    set_determinism(args.seed + info.rank, args.deterministic)
+    return info
+
+
+def config_of(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("func", "json") and not k.startswith("_")}
+
+
+def report_train(args: argparse.Namespace, result: dict, key: str) -> int:
+    """Print how a dense training run ended (`edgevit detect|segment train`)."""
+    if args.json:
+        print_json({"run_dir": str(args.output), **result})
+    else:
+        state = "stopped (resume with --resume auto)" if result["stopped"] else "finished"
+        last = result["last_eval"] or {}
+        print(f"{state} at iteration {result['iteration']}; last {key} {last.get(key, float('nan')):.4f}, "
+              f"best {result['best'] if result['best'] is not None else float('nan'):.4f}; run dir {args.output}")
+    return 0
+
+
+def predict_output(args: argparse.Namespace, suffix: str) -> Path:
+    """--out, or IMAGE's stem + suffix in the current directory: a .png name that is not the input and does not
+    exist (unless --overwrite); checked before any work."""
+    from ..errors import ConfigError
+
+    out = Path(args.out) if args.out else Path(Path(args.image).stem + suffix)
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: expected a .png file name")
+    return check_output_file(out, "--out", overwrite=args.overwrite, inputs=[args.image])
+
+
+def add_predict_output_args(p: argparse.ArgumentParser, suffix: str) -> None:
+    p.add_argument("--out", default=None, help=f"output PNG (default: IMAGE_STEM{suffix} here)")
+    add_overwrite_arg(p, "--out")
+
+
+def load_trained(args: argparse.Namespace, task: str):
+    """(distributed info, the dense model of --checkpoint on its device) for eval / predict."""
+    from ..dense.engine import load_dense_checkpoint
+    from ..train.distributed import init_distributed
+
+    info = init_distributed(args.device)
+    return info, load_dense_checkpoint(args.checkpoint, task).to(info.device)
+
+
+def load_image_tensor(path: str):
+    """An image file as a float [3, H, W] tensor in [0, 1] (the detectors' input), by the shared reader."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from ..utils.images import read_image
+
+    return pil_to_tensor(read_image(path)).to(torch.float32).div_(255)

@@ -1,0 +1,116 @@
+"""Output guards: every command that writes declares its outputs through `check_output_file` /
+`check_output_dir` before any work starts. An output that exists is refused with a line saying how to continue
+(`--resume`) or replace it (`--overwrite`), an output that cannot be written (a directory where a file is meant, a
+file where a directory is meant, a read-only place, the command's own input) is refused at once, and the files
+themselves are written atomically (`edgevit.utils.io`), so nothing that exists is lost."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional
+
+from ..errors import OutputError
+from ..utils.io import is_within, lock_output, unmarked_entries
+
+
+def _writable_dir(path: Path, flag: str, shown: Optional[Path] = None) -> None:
+    """The nearest existing ancestor of `path` must be a directory this process can create files in
+    (`shown`: the output as the user gave it, for the message)."""
+    shown = shown or path
+    anc = path
+    while not anc.exists():
+        if anc.parent == anc:
+            break
+        anc = anc.parent
+    if not anc.is_dir():
+        raise OutputError(f"{flag} {shown}: {anc} is a file, not a directory")
+    try:  # a real probe: os.access says yes to root on a read-only file system
+        fd, probe = tempfile.mkstemp(prefix=".edgevit-probe-", dir=anc)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"{flag} {shown}: cannot write in {anc} ({e.strerror})") from None
+
+
+def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool = False,
+                      inputs: Iterable[Optional[str | os.PathLike]] = ()) -> Path:
+    """Refuse, before any work, an output file that exists (unless `overwrite`), is a directory, is one of
+    the command's `inputs`, lies where nothing can be written, or that another command is writing (the lock
+    taken here is held until the command ends)."""
+    p = Path(path)
+    if str(path) in ("", "-"):
+        raise OutputError(f"{flag}: expected a file name")
+    if p.is_dir():
+        raise OutputError(f"{flag} {p}: is a directory; expected a file name")
+    _writable_dir(p.parent if p.parent != Path("") else Path("."), flag, shown=p)
+    lock_output(p, flag)
+    for src in inputs:
+        if src and Path(src).exists() and p.exists() and os.path.samefile(src, p):
+            raise OutputError(f"{flag} {p}: is the input {src}; choose another output file")
+    if p.exists() and not overwrite:
+        raise OutputError(f"{flag} {p}: exists; choose a new file name, or replace it with --overwrite")
+    return p
+
+
+def check_output_dir(path: str | os.PathLike, flag: str, overwrite: bool = False,
+                     holds: Optional[Iterable[str]] = None, resume: bool = False,
+                     inputs: Iterable[tuple[str, Optional[str | os.PathLike]]] = ()) -> Path:
+    """Refuse, before any work, an output directory that holds something (or, with `holds`, one of those
+    names: a run's checkpoints) unless `overwrite` (or, for a run, `resume`); that is a file, cannot be
+    written, is (or lies inside) one of the command's input directories (`inputs`: (flag, path)), or that
+    another command is writing (the lock taken here is held until the command ends).
+
+    Without `holds`, `overwrite` replaces the whole directory: it is refused where that would delete what
+    this package did not write (a directory without `replace_dir`'s marker that holds anything, the current
+    directory or one above it) or one of the command's `inputs` (files too)."""
+    p = Path(path)
+    if str(path) == "":
+        raise OutputError(f"{flag}: expected a directory name")
+    inputs = list(inputs)
+    for in_flag, src in inputs:
+        if src and Path(src).is_dir() and is_within(p, src):
+            same = os.path.realpath(p) == os.path.realpath(src)
+            raise OutputError(f"{flag} {p}: is {'' if same else 'inside '}{in_flag} {src}; "
+                              "choose a directory outside the data")
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{flag} {p}: is a file; expected a directory")
+    main_rank = os.environ.get("RANK", "0") == "0"
+    # under torchrun only rank 0 decides and locks: the others may start after it has begun writing the new
+    # run (if rank 0 refuses, it exits and torchrun stops the whole group)
+    _writable_dir(p, flag)
+    if main_rank:
+        lock_output(p, flag)
+    if p.is_dir() and main_rank:
+        present = sorted(e.name for e in p.iterdir() if (holds is None and not e.name.endswith(".lock"))
+                         or (holds is not None and e.name in set(holds)))
+        if present and not (overwrite or resume):
+            shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+            if holds is None:
+                how = "choose a new directory, or replace it with --overwrite"
+            elif (p / "last.pth").is_file():
+                how = "continue that run with --resume auto, or start it again with --overwrite"
+            else:
+                how = ("it has no last.pth to continue from: choose a new directory (its weights can start a new "
+                       "run there), or start it again with --overwrite")
+            raise OutputError(f"{flag} {p}: already holds {shown}; {how}")
+        if present and overwrite and holds is None:
+            _check_replaceable(p, flag, inputs)
+    return p
+
+
+def _check_replaceable(p: Path, flag: str, inputs) -> None:
+    """`p` is to be replaced whole: refuse where that deletes what must stay (see check_output_dir)."""
+    if is_within(os.getcwd(), p):
+        same = os.path.realpath(p) == os.path.realpath(os.getcwd())
+        raise OutputError(f"{flag} {p}: is the current directory{'' if same else ' or holds it'}; "
+                          "--overwrite replaces the whole directory: choose a directory of its own")
+    for in_flag, src in inputs:
+        if src and Path(src).exists() and is_within(src, p):
+            raise OutputError(f"{flag} {p}: holds {in_flag} {src}, which --overwrite would delete with the "
+                              "whole directory: choose another output directory, or move the input out")
+    foreign = unmarked_entries(p)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise OutputError(f"{flag} {p}: holds {shown}, not written by edgevit; --overwrite replaces the whole "
+                          "directory and would delete them: choose a new directory")
