@@ -6,12 +6,12 @@ also used by the dense-prediction trainer.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
 import warnings
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 import timm
@@ -22,7 +22,6 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, dispatch_clip_grad
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..errors import DataError, UserError
@@ -50,15 +49,11 @@ from .distributed import (
 )
 from .evaluate import evaluate, missing_samples_message
 from .guard import GracefulStop, agree
-from .logging import MetricsLogger
 from .recipe import amp_dtype, public_config, resumed_config, scaled_lr
+from .run import TrainingRun, autocast_context, training_run
 from .state import (
-    CheckpointManager,
-    RunDirectory,
     capture_rng_state,
-    load_training_state,
     restore_rng_state,
-    save_config,
     set_determinism,
 )
 
@@ -197,358 +192,422 @@ def _gather_rng(info: DistInfo) -> list:
     return out
 
 
+STATE_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng")
+
+
 @one_line_when_a_peer_stops
 def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Run (or continue) a training run described by a resolved config (see recipe.resolve_config)."""
     info = init_distributed(cfg["device"])
     inputs = [(k, cfg.get(k)) for k in ("pretrained", "data", "config")]
     try:
-        with RunDirectory(cfg["output"], cfg["resume"], cfg["overwrite"], info.is_main, inputs) as run:
-            return _train(cfg, info, run)
+        with training_run(cfg["output"], cfg["resume"], cfg["overwrite"], info, inputs, "edgevit train",
+                          STATE_KEYS) as run:
+            trainer = Trainer.setup(cfg, info, run)
+            return trainer.fit()
     finally:
         cleanup_distributed()
 
 
-def _train(cfg: Dict[str, Any], info: DistInfo, run: RunDirectory) -> Dict[str, Any]:
-    device = info.device
-    run_dir = Path(cfg["output"])
-    set_determinism(cfg["seed"] + info.rank, cfg["deterministic"])
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
+@dataclasses.dataclass
+class Trainer:
+    """Everything a run trains with, built once by `setup`; `fit` runs the epochs, `train_epoch` one epoch,
+    `step` one (micro-)batch, `end_epoch` the evaluation, checkpoint and log that close an epoch."""
 
-    ckpt = CheckpointManager(run_dir, info.is_main, run)
-    resume_from = ckpt.resume_path(cfg["resume"])
-    state = (load_training_state(resume_from, "edgevit train", ("model", "optimizer", "scheduler", "epoch", "rng"))
-             if resume_from is not None else None)  # checked before any work
-    notes: list = []
-    if state is not None:  # the run's own recipe (a changed one is refused by name)
-        cfg, notes = resumed_config(cfg, state.get("config"), resume_from)
-        check_distillation(cfg, set(cfg.get("_given", ())), lambda key: key)
+    cfg: Dict[str, Any]
+    info: DistInfo
+    run: TrainingRun
+    data: Any  # build_train_data's TrainData
+    train_set: Any
+    sampler: Any
+    steps: int  # (micro-)batches per epoch
+    val_loader: Any
+    classes: list
+    model: torch.nn.Module
+    ddp_model: torch.nn.Module
+    criterion: Any
+    mixup_fn: Any
+    distiller: Any
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    ema: Any
+    ctx: Any  # the forward pass's precision (autocast or nothing), decided once
+    amp_eval: Optional[torch.dtype]
+    channels_last: bool
+    lr: float
+    start_epoch: int = 0
+    skip_steps: int = 0
+    num_updates: int = 0
+    carried_loss: float = 0.0  # a resumed epoch's loss before the stop (its train_loss covers all of it)
+    carried_steps: int = 0
+    skips: Any = None
 
-    # ---- data ---------------------------------------------------------------------------------------
-    # An ImageFolder (checked), any timm dataset name, or a stream such as WebDataset shards (train/datasets.py
-    # says how a stream's epochs, shards per process and resume work).
-    data = build_train_data(cfg, train_transform(cfg), eval_transform(cfg["img_size"], cfg["crop_pct"],
-                                                                      cfg["eval_interpolation"]),
-                            info.rank, info.world_size)
-    classes = data.classes
-    if state is not None and state.get("classes") and list(state["classes"]) != list(classes):
-        run_only = [c for c in state["classes"] if c not in classes]
-        data_only = [c for c in classes if c not in state["classes"]]
-        differ = (f"only the run has {_shown(run_only)}; only the data has {_shown(data_only)}" if run_only or data_only
-                  else "the same names in another order")
-        raise UserError(f"checkpoint {resume_from}: the run was trained on the classes {_shown(state['classes'])}, "
-                        f"but the data {cfg['data']} has {_shown(classes)} ({differ}); resume on the run's data, or "
-                        f"fine-tune it on these classes in a new run (pretrained={resume_from}, a new output "
-                        "directory)", option="resume")
-    num_classes = cfg["num_classes"] or len(classes)
-    if cfg["num_classes"] and cfg["num_classes"] != len(classes):
-        raise UserError(f"{cfg['num_classes']}, but the data {cfg['data']} has {len(classes)} classes",
-                        option="num_classes")
-    cfg = {**cfg, "num_classes": num_classes}
-    for note in data.notes:
-        warnings.warn(note)
-    train_set, val_set = data.make_train(), data.val
-    if data.streamed:  # each process's share of the epoch, in whole batches (timm's reader)
-        sampler, per_process = None, len(train_set)
-    else:
-        sampler = build_train_sampler(train_set, cfg, info.rank, info.world_size, cfg["seed"])
-        per_process = len(sampler)
-        train_set = EpochSeeded(train_set, cfg["seed"], info.rank)
-    steps = per_process // cfg["batch_size"]
-    updates_per_epoch = steps // cfg["accum_steps"]
-    if updates_per_epoch < 1:
-        raise UserError(f"{cfg['batch_size']} x accum_steps {cfg['accum_steps']}: more than the "
-                        f"{per_process} training images per process of {cfg['data']} (no full optimizer step)",
-                        option="batch_size")
-    steps = updates_per_epoch * cfg["accum_steps"]
-    eval_bs = cfg["eval_batch_size"] or max(1, int(1.5 * cfg["batch_size"]))
-    val_loader = build_eval_loader(val_set, eval_bs, cfg["workers"], device, info.rank, info.world_size)
+    # ---- setup ------------------------------------------------------------------------------------------
+    @classmethod
+    def setup(cls, cfg: Dict[str, Any], info: DistInfo, run: TrainingRun) -> "Trainer":
+        """Processes, data, model, optimiser, schedule, EMA, precision; then the resumed state, if any."""
+        device = info.device
+        set_determinism(cfg["seed"] + info.rank, cfg["deterministic"])
+        if cfg["threads"]:
+            torch.set_num_threads(cfg["threads"])
+        state, resume_from = run.state, run.resume_from
+        notes: list = []
+        if state is not None:  # the run's own recipe (a changed one is refused by name)
+            cfg, notes = resumed_config(cfg, state.get("config"), resume_from)
+            check_distillation(cfg, set(cfg.get("_given", ())), lambda key: key)
 
-    mixup_on = cfg["mixup"] > 0 or cfg["cutmix"] > 0
-    mixup_fn = Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], prob=cfg["mixup_prob"],
-                     switch_prob=cfg["mixup_switch_prob"], mode=cfg["mixup_mode"],
-                     label_smoothing=cfg["smoothing"], num_classes=num_classes) if mixup_on else None
-    if mixup_on and cfg["batch_size"] % 2:
-        raise UserError(f"{cfg['batch_size']}: mixup/cutmix need an even batch per process", option="batch_size")
-    if mixup_on:
-        criterion = SoftTargetCrossEntropy()  # smoothing is inside the mixed targets
-    elif cfg["smoothing"] > 0:
-        criterion = LabelSmoothingCrossEntropy(smoothing=cfg["smoothing"])
-    else:
-        criterion = torch.nn.CrossEntropyLoss()
+        # ---- data ---------------------------------------------------------------------------------------
+        # An ImageFolder (checked), any timm dataset name, or a stream such as WebDataset shards (train/datasets.py
+        # says how a stream's epochs, shards per process and resume work).
+        data = build_train_data(cfg, train_transform(cfg), eval_transform(cfg["img_size"], cfg["crop_pct"],
+                                                                          cfg["eval_interpolation"]),
+                                info.rank, info.world_size)
+        classes = data.classes
+        if state is not None and state.get("classes") and list(state["classes"]) != list(classes):
+            run_only = [c for c in state["classes"] if c not in classes]
+            data_only = [c for c in classes if c not in state["classes"]]
+            differ = (f"only the run has {_shown(run_only)}; only the data has {_shown(data_only)}"
+                      if run_only or data_only else "the same names in another order")
+            raise UserError(f"checkpoint {resume_from}: the run was trained on the classes "
+                            f"{_shown(state['classes'])}, but the data {cfg['data']} has {_shown(classes)} ({differ}); "
+                            f"resume on the run's data, or fine-tune it on these classes in a new run "
+                            f"(pretrained={resume_from}, a new output directory)", option="resume")
+        num_classes = cfg["num_classes"] or len(classes)
+        if cfg["num_classes"] and cfg["num_classes"] != len(classes):
+            raise UserError(f"{cfg['num_classes']}, but the data {cfg['data']} has {len(classes)} classes",
+                            option="num_classes")
+        cfg = {**cfg, "num_classes": num_classes}
+        for note in data.notes:
+            warnings.warn(note)
+        train_set, val_set = data.make_train(), data.val
+        if data.streamed:  # each process's share of the epoch, in whole batches (timm's reader)
+            sampler, per_process = None, len(train_set)
+        else:
+            sampler = build_train_sampler(train_set, cfg, info.rank, info.world_size, cfg["seed"])
+            per_process = len(sampler)
+            train_set = EpochSeeded(train_set, cfg["seed"], info.rank)
+        steps = per_process // cfg["batch_size"]
+        updates_per_epoch = steps // cfg["accum_steps"]
+        if updates_per_epoch < 1:
+            raise UserError(f"{cfg['batch_size']} x accum_steps {cfg['accum_steps']}: more than the "
+                            f"{per_process} training images per process of {cfg['data']} (no full optimizer step)",
+                            option="batch_size")
+        steps = updates_per_epoch * cfg["accum_steps"]
+        eval_bs = cfg["eval_batch_size"] or max(1, int(1.5 * cfg["batch_size"]))
+        val_loader = build_eval_loader(val_set, eval_bs, cfg["workers"], device, info.rank, info.world_size)
 
-    # ---- model, optimiser, schedule, EMA ------------------------------------------------------------
-    if not timm.is_model(cfg["model"]):
-        raise UserError(f"{cfg['model']!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)}", option="model")
-    head_kw = {"distill_head": True} if cfg["distill_head"] else {}
-    model = timm.create_model(cfg["model"], num_classes=num_classes, drop_rate=cfg["drop"],
-                              drop_path_rate=cfg["drop_path"], **head_kw, **cfg["model_kwargs"])
-    if cfg["distill_head"]:
-        model.set_distilled_training(True)  # training: (class, distillation) logits; evaluation: their average
-    if cfg["qat"]:  # fine-tune the same task with int8 fake quantization: every weight kept, head included
-        model = prepare_qat_model(model, cfg, state is None)
-    elif cfg["pretrained"]:
-        load_pretrained(model, cfg["pretrained"], cfg["model"], cfg["model_kwargs"])
-    if cfg["grad_checkpointing"]:
-        if not hasattr(model, "set_grad_checkpointing"):
-            raise UserError(f"{cfg['model']} has no gradient checkpointing (timm's set_grad_checkpointing)",
-                            option="grad_checkpointing")
-        model.set_grad_checkpointing(True)
-    channels_last = cfg["channels_last"] if cfg["channels_last"] is not None else device.type == "cuda"
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    dtype_name = amp_dtype(cfg, device.type)
-    if dtype_name == "float16" and device.type != "cuda":
-        raise UserError(f"float16 needs CUDA (its GradScaler and fp16 kernels); on {device.type} use bfloat16 "
-                        "(CPU autocast) or none", option="amp")
-    autocast_dtype = _DTYPES.get(dtype_name) if dtype_name else None
-    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
-    distiller = _distiller(cfg, num_classes, device, channels_last, state, resume_from)
+        mixup_on = cfg["mixup"] > 0 or cfg["cutmix"] > 0
+        mixup_fn = Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], prob=cfg["mixup_prob"],
+                         switch_prob=cfg["mixup_switch_prob"], mode=cfg["mixup_mode"],
+                         label_smoothing=cfg["smoothing"], num_classes=num_classes) if mixup_on else None
+        if mixup_on and cfg["batch_size"] % 2:
+            raise UserError(f"{cfg['batch_size']}: mixup/cutmix need an even batch per process", option="batch_size")
+        if mixup_on:
+            criterion = SoftTargetCrossEntropy()  # smoothing is inside the mixed targets
+        elif cfg["smoothing"] > 0:
+            criterion = LabelSmoothingCrossEntropy(smoothing=cfg["smoothing"])
+        else:
+            criterion = torch.nn.CrossEntropyLoss()
 
-    lr = scaled_lr(cfg, info.world_size)
-    if cfg["min_lr"] > lr:  # the cosine would climb from the peak to min_lr
-        if "min_lr" in cfg.get("_given", ()):
-            raise UserError(f"{cfg['min_lr']}: above the peak learning rate {lr:.3g} (lr, or base_lr scaled by the "
-                            "global batch); the schedule would rise instead of decay", option="min_lr")
-        warnings.warn(f"min_lr {cfg['min_lr']} (the default) is above the peak learning rate {lr:.3g} of this global "
-                      f"batch: min_lr set to {lr:.3g} (a constant learning rate after warm-up)")
-        cfg["min_lr"] = lr
-    opt_kwargs = {"eps": cfg["opt_eps"]}
-    if cfg["opt_betas"]:
-        opt_kwargs["betas"] = tuple(cfg["opt_betas"])
-    optimizer = create_optimizer_v2(model, opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
-                                    momentum=cfg["momentum"], **opt_kwargs)
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched=cfg["sched"], num_epochs=cfg["epochs"] - cfg["cooldown_epochs"],
-        warmup_epochs=cfg["warmup_epochs"], warmup_lr=cfg["warmup_lr"], min_lr=cfg["min_lr"],
-        cooldown_epochs=cfg["cooldown_epochs"], step_on_epochs=not cfg["sched_on_updates"],
-        updates_per_epoch=updates_per_epoch)
-    ema = ModelEmaV3(model, decay=cfg["model_ema_decay"]) if cfg["model_ema"] else None
+        # ---- model, optimiser, schedule, EMA ------------------------------------------------------------
+        if not timm.is_model(cfg["model"]):
+            raise UserError(f"{cfg['model']!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)}", option="model")
+        head_kw = {"distill_head": True} if cfg["distill_head"] else {}
+        model = timm.create_model(cfg["model"], num_classes=num_classes, drop_rate=cfg["drop"],
+                                  drop_path_rate=cfg["drop_path"], **head_kw, **cfg["model_kwargs"])
+        if cfg["distill_head"]:
+            model.set_distilled_training(True)  # training: (class, distillation) logits; evaluation: their average
+        if cfg["qat"]:  # fine-tune the same task with int8 fake quantization: every weight kept, head included
+            model = prepare_qat_model(model, cfg, state is None)
+        elif cfg["pretrained"]:
+            load_pretrained(model, cfg["pretrained"], cfg["model"], cfg["model_kwargs"])
+        if cfg["grad_checkpointing"]:
+            if not hasattr(model, "set_grad_checkpointing"):
+                raise UserError(f"{cfg['model']} has no gradient checkpointing (timm's set_grad_checkpointing)",
+                                option="grad_checkpointing")
+            model.set_grad_checkpointing(True)
+        channels_last = cfg["channels_last"] if cfg["channels_last"] is not None else device.type == "cuda"
+        model.to(device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        dtype_name = amp_dtype(cfg, device.type)
+        if dtype_name == "float16" and device.type != "cuda":
+            raise UserError(f"float16 needs CUDA (its GradScaler and fp16 kernels); on {device.type} use bfloat16 "
+                            "(CPU autocast) or none", option="amp")
+        autocast_dtype = _DTYPES.get(dtype_name) if dtype_name else None
+        scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
+        distiller = _distiller(cfg, num_classes, device, channels_last, state, resume_from)
 
-    ddp_model = model
-    if cfg["compile"]:
-        check_compiler(device.type)
-        ddp_model = torch.compile(ddp_model)
-    if info.distributed:
-        # Depthwise kernels [C, 1, k, k] get gradients whose stride on the size-1 dim differs from the bucket's;
-        # the layouts are the same memory order, so DDP's warning about it says nothing useful.
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        ddp_model = DistributedDataParallel(ddp_model, device_ids=[device.index] if device.type == "cuda" else None,
-                                            gradient_as_bucket_view=True)
+        lr = scaled_lr(cfg, info.world_size)
+        if cfg["min_lr"] > lr:  # the cosine would climb from the peak to min_lr
+            if "min_lr" in cfg.get("_given", ()):
+                raise UserError(f"{cfg['min_lr']}: above the peak learning rate {lr:.3g} (lr, or base_lr scaled by the "
+                                "global batch); the schedule would rise instead of decay", option="min_lr")
+            warnings.warn(f"min_lr {cfg['min_lr']} (the default) is above the peak learning rate {lr:.3g} of this "
+                          f"global batch: min_lr set to {lr:.3g} (a constant learning rate after warm-up)")
+            cfg["min_lr"] = lr
+        opt_kwargs = {"eps": cfg["opt_eps"]}
+        if cfg["opt_betas"]:
+            opt_kwargs["betas"] = tuple(cfg["opt_betas"])
+        optimizer = create_optimizer_v2(model, opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
+                                        momentum=cfg["momentum"], **opt_kwargs)
+        scheduler, _ = create_scheduler_v2(
+            optimizer, sched=cfg["sched"], num_epochs=cfg["epochs"] - cfg["cooldown_epochs"],
+            warmup_epochs=cfg["warmup_epochs"], warmup_lr=cfg["warmup_lr"], min_lr=cfg["min_lr"],
+            cooldown_epochs=cfg["cooldown_epochs"], step_on_epochs=not cfg["sched_on_updates"],
+            updates_per_epoch=updates_per_epoch)
+        ema = ModelEmaV3(model, decay=cfg["model_ema_decay"]) if cfg["model_ema"] else None
 
-    # ---- resume -------------------------------------------------------------------------------------
-    start_epoch, skip_steps, num_updates = 0, 0, 0
-    carried_loss, carried_steps = 0.0, 0  # a resumed epoch's loss before the stop (its train_loss covers all of it)
-    if cfg["warmup_epochs"] >= cfg["epochs"]:  # (warned only once every input has been checked)
-        warnings.warn(f"warmup_epochs {cfg['warmup_epochs']} >= epochs {cfg['epochs']}: the learning rate never "
-                      "reaches its peak")
-    elif cfg["warmup_epochs"] + cfg["cooldown_epochs"] >= cfg["epochs"]:
-        warnings.warn(f"warmup_epochs {cfg['warmup_epochs']} + cooldown_epochs {cfg['cooldown_epochs']} >= epochs "
-                      f"{cfg['epochs']}: no epoch is left for the cosine, and the learning rate never reaches its peak")
-    for note in notes:
-        warnings.warn(note)
-    if state is not None:
-        _load_model_weights(model, state["model"], resume_from, cfg)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("model_ema") is not None:
-            ema.module.load_state_dict(state["model_ema"])
-        ckpt.restore(state)
-        start_epoch, skip_steps = int(state["epoch"]), int(state.get("step_in_epoch", 0))
-        num_updates = int(state["num_updates"])
-        if skip_steps:
-            carried_loss = float(state["metrics"].get("epoch_loss_sum", 0.0))
-            carried_steps = int(state["metrics"].get("epoch_loss_steps", 0))
-        if start_epoch >= cfg["epochs"]:
-            warnings.warn(f"the run already has its {start_epoch} epoch(s) of epochs {cfg['epochs']}: nothing to train "
-                          "(raise epochs to continue it)")
+
+        ddp_model = model
+        if cfg["compile"]:
+            check_compiler(device.type)
+            ddp_model = torch.compile(ddp_model)
+        ddp_model = run.parallel(ddp_model)
+
+        trainer = cls(cfg=cfg, info=info, run=run, data=data, train_set=train_set, sampler=sampler, steps=steps,
+                      val_loader=val_loader, classes=list(classes), model=model, ddp_model=ddp_model,
+                      criterion=criterion, mixup_fn=mixup_fn, distiller=distiller, optimizer=optimizer,
+                      scheduler=scheduler, scaler=scaler, ema=ema, ctx=autocast_context(device, autocast_dtype),
+                      amp_eval=autocast_dtype if device.type == "cuda" else None, channels_last=channels_last,
+                      lr=lr, skips=SkipCounter() if data.streamed else None)
+        if cfg["warmup_epochs"] >= cfg["epochs"]:  # (warned only once every input has been checked)
+            warnings.warn(f"warmup_epochs {cfg['warmup_epochs']} >= epochs {cfg['epochs']}: the learning rate never "
+                          "reaches its peak")
+        elif cfg["warmup_epochs"] + cfg["cooldown_epochs"] >= cfg["epochs"]:
+            warnings.warn(f"warmup_epochs {cfg['warmup_epochs']} + cooldown_epochs {cfg['cooldown_epochs']} >= "
+                          f"epochs {cfg['epochs']}: no epoch is left for the cosine, and the learning rate never "
+                          "reaches its peak")
+        for note in notes:
+            warnings.warn(note)
+        if state is not None:
+            trainer.resume(state)
+        elif cfg["resume"] == "auto":
+            _log(info, f"no {run.ckpt.last_path} to resume: starting a new run")
+        trainer.lr = float(optimizer.param_groups[0].get("initial_lr", lr))  # (a resumed run's is its own)
+        run.start({**public_config(cfg), "lr": trainer.lr, "world_size": info.world_size,
+                   "global_batch": cfg["batch_size"] * info.world_size * cfg["accum_steps"]},
+                  tensorboard=cfg["tensorboard"])
+        _log(info, f"training {cfg['model']} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on "
+                   f"{data.num_train} images / {len(classes)} classes ({data.describe}), {info.world_size} "
+                   f"process(es) on {device.type}, "
+                   f"global batch {cfg['batch_size'] * info.world_size * cfg['accum_steps']}, lr {trainer.lr:.3g}, "
+                   f"amp {dtype_name or 'off'}, epochs {trainer.start_epoch}->{cfg['epochs']}"
+                   + (", repeated augmentation off (a stream is read once per epoch)" if data.streamed else ""))
+        return trainer
+
+    def resume(self, state: Dict[str, Any]) -> None:
+        """Every part's state from the checkpoint, the epoch and step to continue from, each process's RNG."""
+        cfg, info = self.cfg, self.info
+        _load_model_weights(self.model, state["model"], self.run.resume_from, cfg)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("model_ema") is not None:
+            self.ema.module.load_state_dict(state["model_ema"])
+        self.run.restore(state)
+        self.start_epoch, self.skip_steps = int(state["epoch"]), int(state.get("step_in_epoch", 0))
+        self.num_updates = int(state["num_updates"])
+        if self.skip_steps:
+            self.carried_loss = float(state["metrics"].get("epoch_loss_sum", 0.0))
+            self.carried_steps = int(state["metrics"].get("epoch_loss_steps", 0))
+        if self.start_epoch >= cfg["epochs"]:
+            warnings.warn(f"the run already has its {self.start_epoch} epoch(s) of epochs {cfg['epochs']}: nothing "
+                          "to train (raise epochs to continue it)")
         rngs = state["rng"]
         if len(rngs) == info.world_size:
             restore_rng_state(rngs[info.rank])
         else:  # another process count: new streams, but still seeded and distinct per rank
-            set_determinism(cfg["seed"] + info.rank + 1000 * start_epoch, cfg["deterministic"])
-        _log(info, f"resumed from {resume_from}: epoch {start_epoch}" + (f", step {skip_steps}" if skip_steps else ""))
-    elif cfg["resume"] == "auto":
-        _log(info, f"no {ckpt.last_path} to resume: starting a new run")
+            set_determinism(cfg["seed"] + info.rank + 1000 * self.start_epoch, cfg["deterministic"])
+        _log(info, f"resumed from {self.run.resume_from}: epoch {self.start_epoch}"
+             + (f", step {self.skip_steps}" if self.skip_steps else ""))
 
-    lr = float(optimizer.param_groups[0].get("initial_lr", lr))  # (a resumed run's is its own, restored)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(run_dir, {**public_config(cfg), "lr": lr, "world_size": info.world_size,
-                              "global_batch": cfg["batch_size"] * info.world_size * cfg["accum_steps"]})
-    metrics_log = MetricsLogger(run_dir, info.is_main, tensorboard=cfg["tensorboard"])
-    _log(info, f"training {cfg['model']} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on "
-               f"{data.num_train} images / {num_classes} classes ({data.describe}), {info.world_size} process(es) on "
-               f"{device.type}, "
-               f"global batch {cfg['batch_size'] * info.world_size * cfg['accum_steps']}, lr {lr:.3g}, "
-               f"amp {dtype_name or 'off'}, epochs {start_epoch}->{cfg['epochs']}"
-               + (", repeated augmentation off (a stream is read once per epoch)" if data.streamed else ""))
-
-    def training_state(epoch: int, step_in_epoch: int, metrics: Dict[str, Any]) -> Dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "model_ema": ema.module.state_dict() if ema is not None else None,
-                "epoch": epoch, "step_in_epoch": step_in_epoch, "num_updates": num_updates,
-                "rng": _gather_rng(info), "config": to_plain(public_config(cfg)), "classes": list(classes),
+    def training_state(self, epoch: int, step_in_epoch: int, metrics: Dict[str, Any]) -> Dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "model_ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "epoch": epoch, "step_in_epoch": step_in_epoch, "num_updates": self.num_updates,
+                "rng": _gather_rng(self.info), "config": to_plain(public_config(self.cfg)), "classes": self.classes,
                 "metrics": metrics}
 
-    # ---- epochs -------------------------------------------------------------------------------------
-    summary: Dict[str, Any] = {"run_dir": str(run_dir), "stopped": None}
-    skips = SkipCounter() if data.streamed else None  # samples a stream's reader skipped (counted per epoch)
-    epochs_done = 0
-    with GracefulStop() as stop:
-        for epoch in range(start_epoch, cfg["epochs"]):
-            if data.streamed:  # a fresh reader each epoch: the epoch's stream depends on (seed, epoch, rank) only
-                train_set = data.make_train() if epoch > start_epoch else train_set
-                train_set.set_epoch(epoch)
-                loader = _skipped(stream_loader(train_set, cfg["batch_size"], cfg["workers"], device, cfg["seed"],
-                                                epoch, info.rank, skips), skip_steps, cfg["progress"] and info.is_main)
-            else:
-                loader = build_train_loader(train_set, sampler, cfg, device, epoch, skip_steps, info.rank)
-            ddp_model.train()
-            t0 = time.time()
-            loss_sum = torch.zeros((), dtype=torch.float64)
-            n_steps, interrupted = 0, False
-            total = steps - skip_steps
-            bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not (
-                cfg["progress"] and info.is_main), dynamic_ncols=True, file=sys.stderr)
-            data_wait = 0.0  # seconds the step loop sat waiting for the loader (host side)
+    # ---- the epochs --------------------------------------------------------------------------------------
+    def fit(self) -> Dict[str, Any]:
+        cfg, info, ckpt = self.cfg, self.info, self.run.ckpt
+        summary: Dict[str, Any] = {"run_dir": str(self.run.path), "stopped": None}
+        epochs_done = 0
+        with GracefulStop() as stop:
+            for epoch in range(self.start_epoch, cfg["epochs"]):
+                n_steps, loss_sum, epoch_time, data_wait, interrupted = self.train_epoch(epoch, stop)
+                if interrupted:  # SIGTERM/SIGINT: save where we are, exit; --resume auto continues from this step
+                    ckpt.save(self.training_state(epoch, self.skip_steps + n_steps, {
+                        "interrupted": True, "epoch_loss_sum": self.carried_loss + loss_sum,
+                        "epoch_loss_steps": self.carried_steps + n_steps}))
+                    barrier()
+                    _log(info, f"stopped by signal at epoch {epoch + 1}, step {self.skip_steps + n_steps}; saved "
+                               f"{ckpt.last_path}; resume the run to continue")
+                    summary["stopped"], summary["signal"] = "signal", int(stop.signum or 0)
+                    break
+                record = self.end_epoch(epoch, n_steps, loss_sum, epoch_time, data_wait)
+                summary.update(last=record)
+                epochs_done += 1
+                if cfg["stop_after_epochs"] and epochs_done >= cfg["stop_after_epochs"] and epoch + 1 < cfg["epochs"]:
+                    summary["stopped"] = "stop_after_epochs"
+                    _log(info, f"stopping after {epochs_done} epoch(s) (stop_after_epochs); resume the run to "
+                               "continue")
+                    break
+                stop_now = all_reduce_sum(torch.tensor(float(stop.requested), device=info.device)).item() > 0
+                if stop_now and epoch + 1 < cfg["epochs"]:  # signal during evaluation: the epoch is already saved
+                    summary["stopped"], summary["signal"] = "signal", int(stop.signum or 0)
+                    _log(info, f"stopped by signal after epoch {epoch + 1}; resume the run to continue")
+                    break
+        self.run.close()
+        if self.skips is not None:
+            self.skips.detach()
+        if summary["stopped"] is None and info.is_main and not cfg["qat"]:  # (a QAT graph's weights are only
+            # meaningful with its quantizers: its last.pth/best.pth is what `edgevit export --quantize` takes)
+            recorded = public_config(cfg)  # the weights carry their preprocessing (input size, crop, classes)
+            save_checkpoint(self.model, self.run.path / "model.safetensors", recorded, self.classes)
+            if self.ema is not None:
+                save_checkpoint(self.ema.module, self.run.path / "model_ema.safetensors", recorded, self.classes)
+        summary.update(best_val_top1=ckpt.best, epochs_completed=epochs_done, checkpoint=str(ckpt.last_path),
+                       best_checkpoint=str(ckpt.best_path) if ckpt.best is not None else None)
+        return summary
+
+    def loader(self, epoch: int):
+        """The epoch's batches from `skip_steps` on: a map-style dataset's sampler starts there (SkipSampler); a
+        stream, which cannot seek, is read from its start and the first batches dropped (`_skipped`)."""
+        cfg, info = self.cfg, self.info
+        if not self.data.streamed:
+            return build_train_loader(self.train_set, self.sampler, cfg, info.device, epoch, self.skip_steps,
+                                      info.rank)
+        # a fresh reader each epoch: the epoch's stream depends on (seed, epoch, rank) only
+        self.train_set = self.data.make_train() if epoch > self.start_epoch else self.train_set
+        self.train_set.set_epoch(epoch)
+        return _skipped(stream_loader(self.train_set, cfg["batch_size"], cfg["workers"], info.device, cfg["seed"],
+                                      epoch, info.rank, self.skips), self.skip_steps, cfg["progress"] and info.is_main)
+
+    def train_epoch(self, epoch: int, stop: GracefulStop):
+        """One epoch (from `skip_steps` on): (steps run, summed loss, seconds, seconds waiting for data,
+        stopped by a signal)."""
+        cfg, info = self.cfg, self.info
+        loader = self.loader(epoch)
+        self.ddp_model.train()
+        t0 = time.time()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        n_steps, interrupted = 0, False
+        total = self.steps - self.skip_steps
+        bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not (
+            cfg["progress"] and info.is_main), dynamic_ncols=True, file=sys.stderr)
+        data_wait = 0.0  # seconds the step loop sat waiting for the loader (host side)
+        t_fetch = time.perf_counter()
+        for i, (images, target) in enumerate(loader):
+            data_wait += time.perf_counter() - t_fetch
+            if i >= total:
+                break
+            loss_all, stop_all, last_micro = self.step(images, target, self.skip_steps + i, epoch, stop)
+            loss_sum += loss_all / info.world_size
+            n_steps += 1
+            ips = (n_steps * cfg["batch_size"] * info.world_size) / max(time.time() - t0, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_all / info.world_size:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}",
+                            img_s=f"{ips:.1f}", data_wait=f"{data_wait / max(time.time() - t0, 1e-9):.0%}")
+            if last_micro and stop_all:
+                interrupted = True
+                break
             t_fetch = time.perf_counter()
-            for i, (images, target) in enumerate(loader):
-                data_wait += time.perf_counter() - t_fetch
-                if i >= total:
-                    break
-                step = skip_steps + i
-                images = images.to(device, non_blocking=True)
-                target = target.to(device, non_blocking=True)
-                if mixup_fn is not None:
-                    images, target = mixup_fn(images, target)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                last_micro = (step + 1) % cfg["accum_steps"] == 0
-                sync = nullcontext() if (last_micro or not info.distributed) else ddp_model.no_sync()
-                with sync:
-                    with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
-                        outputs = ddp_model(images)
-                        loss = (distiller.loss(images, outputs, target, criterion) if distiller is not None
-                                else criterion(outputs, target))
-                    loss_all, stop_all = agree(loss, stop, step, epoch)  # every process decides alike
-                    scaled = loss / cfg["accum_steps"]
-                    (scaler.scale(scaled) if scaler else scaled).backward()
-                if last_micro:
-                    if scaler is not None:
-                        if cfg["clip_grad"]:
-                            scaler.unscale_(optimizer)
-                            dispatch_clip_grad(model.parameters(), cfg["clip_grad"])
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        if cfg["clip_grad"]:
-                            dispatch_clip_grad(model.parameters(), cfg["clip_grad"])
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    num_updates += 1
-                    if ema is not None:
-                        ema.update(model, step=num_updates)
-                    scheduler.step_update(num_updates)
-                loss_sum += loss_all / info.world_size
-                n_steps += 1
-                lr_now = optimizer.param_groups[0]["lr"]
-                ips = (n_steps * cfg["batch_size"] * info.world_size) / max(time.time() - t0, 1e-9)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_all / info.world_size:.4f}", lr=f"{lr_now:.3g}",
-                                img_s=f"{ips:.1f}", data_wait=f"{data_wait / max(time.time() - t0, 1e-9):.0%}")
-                if last_micro and stop_all:
-                    interrupted = True
-                    break
-                t_fetch = time.perf_counter()
-            bar.close()
-            epoch_time = time.time() - t0
+        bar.close()
+        return n_steps, loss_sum.item(), time.time() - t0, data_wait, interrupted
 
-            if interrupted:  # SIGTERM/SIGINT: save where we are, exit; --resume auto continues from this step
-                ckpt.save(training_state(epoch, skip_steps + n_steps, {
-                    "interrupted": True, "epoch_loss_sum": carried_loss + loss_sum.item(),
-                    "epoch_loss_steps": carried_steps + n_steps}))
-                barrier()
-                _log(info, f"stopped by signal at epoch {epoch + 1}, step {skip_steps + n_steps}; saved "
-                           f"{ckpt.last_path}; resume the run to continue")
-                summary["stopped"] = "signal"
-                summary["signal"] = int(stop.signum or 0)
-                break
+    def step(self, images: torch.Tensor, target: torch.Tensor, step: int, epoch: int, stop: GracefulStop):
+        """One micro-batch: forward and backward; on the last micro-batch of an accumulation, the optimizer step,
+        the EMA and the schedule. Returns (the loss summed over processes, whether every process stops, whether
+        this was the accumulation's last micro-batch)."""
+        cfg, info, device = self.cfg, self.info, self.info.device
+        images = images.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        if self.mixup_fn is not None:
+            images, target = self.mixup_fn(images, target)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        last_micro = (step + 1) % cfg["accum_steps"] == 0
+        sync = nullcontext() if (last_micro or not info.distributed) else self.ddp_model.no_sync()
+        with sync:
+            with self.ctx:
+                outputs = self.ddp_model(images)
+                loss = (self.distiller.loss(images, outputs, target, self.criterion) if self.distiller is not None
+                        else self.criterion(outputs, target))
+            loss_all, stop_all = agree(loss, stop, step, epoch)  # every process decides alike
+            scaled = loss / cfg["accum_steps"]
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        if last_micro:
+            if self.scaler is not None and cfg["clip_grad"]:
+                self.scaler.unscale_(self.optimizer)
+            if cfg["clip_grad"]:
+                dispatch_clip_grad(self.model.parameters(), cfg["clip_grad"])
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.num_updates += 1
+            if self.ema is not None:
+                self.ema.update(self.model, step=self.num_updates)
+            self.scheduler.step_update(self.num_updates)
+        return loss_all, stop_all, last_micro
 
-            skip_steps = 0
-            scheduler.step(epoch + 1)
-            broadcast_buffers(model)  # evaluate (and save) rank 0's statistics on every rank
-            if ema is not None:
-                broadcast_buffers(ema.module)
-            amp_eval = autocast_dtype if device.type == "cuda" else None
-            show = cfg["progress"] and info.is_main
-            val = evaluate(model, val_loader, device, amp_eval, channels_last, progress=show, desc="val",
-                           strict=False)  # (a stream's missing validation samples: decided once the epoch is saved)
-            record: Dict[str, Any] = {
-                "epoch": epoch + 1,
-                "train_loss": (carried_loss + loss_sum.item()) / max(carried_steps + n_steps, 1),
-                "lr": optimizer.param_groups[0]["lr"], "val_top1": val["top1"], "val_top5": val["top5"],
-                "val_loss": val["loss"], "val_images": val["num_images"], "epoch_time_s": epoch_time,
-                "images_per_s": n_steps * cfg["batch_size"] * info.world_size / max(epoch_time, 1e-9),
-                "data_wait_share": data_wait / max(epoch_time, 1e-9)}
-            if distiller is not None:  # the teacher's forward passes, as a share of the epoch
-                record["teacher_share"] = distiller.take_seconds() / max(epoch_time, 1e-9)
-            if skips is not None:  # (a stream: summed over processes)
-                record["skipped_samples"] = int(all_reduce_sum(torch.tensor(float(skips.take()), device=device)).item())
-            carried_loss, carried_steps = 0.0, 0
-            if ema is not None:
-                ev = evaluate(ema.module, val_loader, device, amp_eval, channels_last, desc="val ema")
-                record.update(ema_val_top1=ev["top1"], ema_val_top5=ev["top5"])
-            ckpt.save(training_state(epoch + 1, 0, record), metric=val["top1"], higher_is_better=True)
-            metrics_log.log(record)
-            barrier()
-            _log(info, f"epoch {epoch + 1}/{cfg['epochs']}: train loss {record['train_loss']:.4f}, val top-1 "
-                       f"{val['top1']:.2f}%, top-5 {val['top5']:.2f}%"
-                       + (f", EMA top-1 {record['ema_val_top1']:.2f}%" if ema is not None else "")
-                       + f", {record['images_per_s']:.1f} img/s ({record['data_wait_share']:.0%} of the "
-                       "epoch waiting for data)"
-                       + (f", {record['skipped_samples']} unreadable samples skipped"
-                          if record.get("skipped_samples") else "")
-                       + (f", teacher {record['teacher_share']:.0%} of the epoch" if distiller is not None else ""))
-            summary.update(last=record)
-            epochs_done += 1
-            if val.get("missing_samples"):  # the epoch is saved: an accuracy over fewer samples is not reported
-                raise DataError(missing_samples_message(f"epoch {epoch + 1}: the validation split of {cfg['data']}",
-                                                        val["num_images"], val["num_images"] + val["missing_samples"])
-                                + f"; {ckpt.last_path} holds the epoch: resume once mended")
-            if record.get("skipped_samples", 0) > cfg["max_skipped"]:  # the epoch is saved: fix, then resume
-                raise DataError(f"epoch {epoch + 1}: the reader skipped {record['skipped_samples']} training samples "
-                                f"of {cfg['data']} it could not read (webdataset's 'Ignoring' lines give each error, "
-                                f"not its shard), more than max_skipped {cfg['max_skipped']}; {ckpt.last_path} holds "
-                                "the epoch: mend or drop them (and their count in _info.json), or allow them with "
-                                "max_skipped, and resume")
-            if cfg["stop_after_epochs"] and epochs_done >= cfg["stop_after_epochs"] and epoch + 1 < cfg["epochs"]:
-                summary["stopped"] = "stop_after_epochs"
-                _log(info, f"stopping after {epochs_done} epoch(s) (stop_after_epochs); resume the run to continue")
-                break
-            stop_now = all_reduce_sum(torch.tensor(float(stop.requested), device=device)).item() > 0
-            if stop_now and epoch + 1 < cfg["epochs"]:  # signal during evaluation: the epoch is already saved
-                summary["stopped"], summary["signal"] = "signal", int(stop.signum or 0)
-                _log(info, f"stopped by signal after epoch {epoch + 1}; resume the run to continue")
-                break
-    metrics_log.close()
-    if skips is not None:
-        skips.detach()
-
-    if summary["stopped"] is None and info.is_main and not cfg["qat"]:  # (a QAT graph's weights are only
-        # meaningful with its quantizers: its last.pth/best.pth is what `edgevit export --quantize` takes)
-        recorded = public_config(cfg)  # the weights carry their preprocessing (input size, crop, classes)
-        save_checkpoint(model, run_dir / "model.safetensors", recorded, list(classes))
-        if ema is not None:
-            save_checkpoint(ema.module, run_dir / "model_ema.safetensors", recorded, list(classes))
-    summary.update(best_val_top1=ckpt.best, epochs_completed=epochs_done,
-                   checkpoint=str(ckpt.last_path),
-                   best_checkpoint=str(ckpt.best_path) if ckpt.best is not None else None)
-    return summary
-
-
+    def end_epoch(self, epoch: int, n_steps: int, loss_sum: float, epoch_time: float,
+                  data_wait: float) -> Dict[str, Any]:
+        """The schedule's epoch step, evaluation (and the EMA's), the checkpoint, the log line; then what the
+        epoch found wrong in the data (after it is saved: mend it, then resume)."""
+        cfg, info, ckpt = self.cfg, self.info, self.run.ckpt
+        self.skip_steps = 0
+        self.scheduler.step(epoch + 1)
+        broadcast_buffers(self.model)  # evaluate (and save) rank 0's statistics on every rank
+        if self.ema is not None:
+            broadcast_buffers(self.ema.module)
+        show = cfg["progress"] and info.is_main
+        val = evaluate(self.model, self.val_loader, info.device, self.amp_eval, self.channels_last, progress=show,
+                       desc="val", strict=False)  # (a stream's missing validation samples: decided once saved)
+        record: Dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": (self.carried_loss + loss_sum) / max(self.carried_steps + n_steps, 1),
+            "lr": self.optimizer.param_groups[0]["lr"], "val_top1": val["top1"], "val_top5": val["top5"],
+            "val_loss": val["loss"], "val_images": val["num_images"], "epoch_time_s": epoch_time,
+            "images_per_s": n_steps * cfg["batch_size"] * info.world_size / max(epoch_time, 1e-9),
+            "data_wait_share": data_wait / max(epoch_time, 1e-9)}
+        if self.distiller is not None:  # the teacher's forward passes, as a share of the epoch
+            record["teacher_share"] = self.distiller.take_seconds() / max(epoch_time, 1e-9)
+        if self.skips is not None:  # (a stream: summed over processes)
+            record["skipped_samples"] = int(all_reduce_sum(torch.tensor(float(self.skips.take()),
+                                                                        device=info.device)).item())
+        self.carried_loss, self.carried_steps = 0.0, 0
+        if self.ema is not None:
+            ev = evaluate(self.ema.module, self.val_loader, info.device, self.amp_eval, self.channels_last,
+                          desc="val ema")
+            record.update(ema_val_top1=ev["top1"], ema_val_top5=ev["top5"])
+        ckpt.save(self.training_state(epoch + 1, 0, record), metric=val["top1"], higher_is_better=True)
+        self.run.log.log(record)
+        barrier()
+        _log(info, f"epoch {epoch + 1}/{cfg['epochs']}: train loss {record['train_loss']:.4f}, val top-1 "
+                   f"{val['top1']:.2f}%, top-5 {val['top5']:.2f}%"
+                   + (f", EMA top-1 {record['ema_val_top1']:.2f}%" if self.ema is not None else "")
+                   + f", {record['images_per_s']:.1f} img/s ({record['data_wait_share']:.0%} of the "
+                   "epoch waiting for data)"
+                   + (f", {record['skipped_samples']} unreadable samples skipped"
+                      if record.get("skipped_samples") else "")
+                   + (f", teacher {record['teacher_share']:.0%} of the epoch" if self.distiller is not None else ""))
+        if val.get("missing_samples"):  # the epoch is saved: an accuracy over fewer samples is not reported
+            raise DataError(missing_samples_message(f"epoch {epoch + 1}: the validation split of {cfg['data']}",
+                                                    val["num_images"], val["num_images"] + val["missing_samples"])
+                            + f"; {ckpt.last_path} holds the epoch: resume once mended")
+        if record.get("skipped_samples", 0) > cfg["max_skipped"]:  # the epoch is saved: fix, then resume
+            raise DataError(f"epoch {epoch + 1}: the reader skipped {record['skipped_samples']} training samples "
+                            f"of {cfg['data']} it could not read (webdataset's 'Ignoring' lines give each error, "
+                            f"not its shard), more than max_skipped {cfg['max_skipped']}; {ckpt.last_path} holds "
+                            "the epoch: mend or drop them (and their count in _info.json), or allow them with "
+                            "max_skipped, and resume")
+        return record
