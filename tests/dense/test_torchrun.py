@@ -39,7 +39,7 @@ def _segment(shapes_root, run, tmp_path, fault=None, resume=False):
     (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "edgevit.cli.main", "segment", "train", "--data", str(shapes_root), "--output", str(run),
-           "--iters", "4", "--crop-size", "64", "--scale", "64,64", "--batch-size", "2", "--fpn-channels", "32",
+           "--iters", "4", "--crop-size", "64", "--scale", "64,64", "--batch-size", "1", "--fpn-channels", "32",
            "--workers", "0", "--eval-every", "0", "--save-every", "1", "--device", "cpu", "--no-progress"]
     if resume:
         cmd += ["--resume", "auto"]

@@ -24,7 +24,9 @@ def add_train_common(p: argparse.ArgumentParser) -> None:
                    help="ImageNet EdgeViT checkpoint (this project's or the authors' layout) for the backbone")
     p.add_argument("--data", required=False, help="data set root")
     p.add_argument("--output", required=False, help="run directory (last.pth, best.pth, metrics.jsonl, config.yaml)")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="total over all processes (paper: 16)")
+    p.add_argument("--batch-size", type=positive_int, default=2,
+                   help="images per process, as edgevit train's batch_size (the paper: 2 on each of 8 GPUs, 16 in "
+                        "all)")
     p.add_argument("--lr", type=positive_float, default=1e-4)
     p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
     p.add_argument("--drop-path", type=rate, default=0.1, help="backbone stochastic depth rate")

@@ -33,7 +33,11 @@ def run(args: argparse.Namespace) -> int:
     as_json = args.json
     from ..train.state import RUN_FILES, recover_run_dir
 
-    cfg = resolve_config({k: v for k, v in vars(args).items() if k not in ("func", "command", "json")})
+    # only what the command line gave (args._explicit, the one way every command layers a --config file under
+    # its flags): the recipe's defaults < the config file < these
+    given = getattr(args, "_explicit", None)
+    cfg = resolve_config({k: v for k, v in vars(args).items() if k not in ("func", "command", "json", "_explicit")
+                          and (given is None or k in given or k == "config")})
     if cfg["resume"] and cfg["overwrite"]:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run, or start it again")
     if os.environ.get("RANK", "0") == "0":

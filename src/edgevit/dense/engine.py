@@ -12,7 +12,6 @@ private generator, so a run stopped after iteration k (SIGTERM/SIGINT -> save ->
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -26,18 +25,11 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..models.checkpoint import CheckpointError
-from ..train.data import ShardSampler, leave_signals_to_the_trainer
+from ..train.data import ShardSampler, SkipSampler, leave_signals_to_the_trainer
 from ..train.distributed import DistInfo, all_reduce_sum, one_line_when_a_peer_stops
 from ..train.guard import GracefulStop, agree
-from ..train.logging import MetricsLogger
-from ..train.state import (
-    CheckpointManager,
-    RunDirectory,
-    capture_rng_state,
-    load_training_state,
-    restore_rng_state,
-    save_config,
-)
+from ..train.run import training_run
+from ..train.state import capture_rng_state, load_training_state, restore_rng_state
 from .ade import IGNORE
 from .metrics import coco_evaluate, confusion_matrix, detections_to_coco, segmentation_scores
 from .models import create_detector, create_segmenter
@@ -87,47 +79,35 @@ def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Ca
         cfg: Dict[str, Any], dist_info: DistInfo = SINGLE, resume: Optional[str] = None, seed: int = 0,
         workers: int = 0, clip_grad: Optional[float] = None, log_every: int = 20,
         overwrite: bool = False, progress: bool = True, inputs: Sequence[tuple] = ()) -> Dict[str, Any]:
-    """Train for `total_iters` iterations; returns {"iteration", "stopped", "last_eval", "best"}. `inputs`:
-    (option, path) of the files the run reads (refused inside a run directory being replaced)."""
-    with RunDirectory(run_dir, resume, overwrite, dist_info.is_main, inputs) as run:
-        run_dir = run.path
+    """Train for `total_iters` iterations of `batch_size` images per process; returns {"iteration", "stopped",
+    "last_eval", "best"}. `inputs`: (option, path) of the files the run reads (refused inside a run directory
+    being replaced)."""
+    with training_run(run_dir, resume, overwrite, dist_info, inputs, _command(meta["arch"]), STATE_KEYS) as run:
         device, world = dist_info.device, dist_info.world_size
-        if batch_size % world:
-            raise UserError(f"{batch_size}: must be divisible by the number of processes ({world})",
-                            option="batch_size")
-        per_proc = batch_size // world
         sampler = DistributedSampler(train_set, num_replicas=world, rank=dist_info.rank, shuffle=True, seed=seed,
                                      drop_last=True)
-        iters_per_epoch = len(sampler) // per_proc
-        if iters_per_epoch == 0:
-            raise UserError(f"{batch_size}: larger than the training set ({len(train_set)} images)",
-                            option="batch_size")
+        per_epoch = len(sampler) // batch_size
+        if per_epoch == 0:
+            raise UserError(f"{batch_size} per process x {world} process(es): more than the training set "
+                            f"({len(train_set)} images)", option="batch_size")
 
         model.to(device)
         optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)  # no decay on norms/biases
         scheduler = schedule(optimizer)
-        ckpt = CheckpointManager(run_dir, dist_info.is_main, run)
         it = 0
-        resume_from = ckpt.resume_path(resume)
-        if resume_from is not None:
-            state = load_training_state(resume_from, _command(meta["arch"]), STATE_KEYS)
+        if run.state is not None:
+            state = run.state
             if state["meta"].get("arch") != meta["arch"] or state["meta"].get("variant") != meta["variant"]:
-                raise CheckpointError(f"checkpoint {resume_from}: a {state['meta'].get('arch')} / "
+                raise CheckpointError(f"checkpoint {run.resume_from}: a {state['meta'].get('arch')} / "
                                       f"{state['meta'].get('variant')} run, not {meta['arch']} / {meta['variant']}")
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             restore_rng_state(state["rng"])
-            ckpt.restore(state)
+            run.restore(state)
             it = int(state["iteration"])
-        if dist_info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(run_dir, cfg)
-        logger = MetricsLogger(run_dir, dist_info.is_main)
-        if dist_info.distributed:  # (channels_last-style kernels: the same memory order, DDP's warning says nothing)
-            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
-            if dist_info.distributed else model
+        logger = run.start(cfg)
+        ddp = run.parallel(model)
 
         def snapshot() -> Dict[str, Any]:
             return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -139,12 +119,12 @@ def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Ca
                    dynamic_ncols=True)
         with GracefulStop() as stop:
             while it < total_iters and not stopped:
-                epoch, skip = divmod(it, iters_per_epoch)
+                epoch, skip = divmod(it, per_epoch)
                 sampler.set_epoch(epoch)
                 train_set.epoch = epoch
-                indices = list(sampler)[skip * per_proc: iters_per_epoch * per_proc]
-                loader = DataLoader(train_set, batch_size=per_proc, sampler=indices, collate_fn=collate_fn,
-                                    num_workers=workers, drop_last=True,
+                loader = DataLoader(train_set, batch_size=batch_size,
+                                    sampler=SkipSampler(sampler, skip * batch_size, positions=False),
+                                    collate_fn=collate_fn, num_workers=workers, drop_last=True,
                                     worker_init_fn=leave_signals_to_the_trainer if workers else None,
                                     generator=torch.Generator().manual_seed(seed * 100003 + epoch))
                 for batch in loader:
@@ -171,16 +151,14 @@ def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Ca
                         logger.log({"step": it, "epoch": epoch, **{k: v for k, v in last_eval.items()
                                                                    if not isinstance(v, dict)}})
                     if do_eval or it % save_every == 0 or it == total_iters or stop_all:
-                        ckpt.save(snapshot(), metric)
+                        run.ckpt.save(snapshot(), metric)
                     if stop_all:
                         stopped = True
                         break
                     if it >= total_iters:
                         break
         bar.close()
-        logger.close()
-        return {"iteration": it, "stopped": stopped, "last_eval": last_eval, "best": ckpt.best}
-
+        return {"iteration": it, "stopped": stopped, "last_eval": last_eval, "best": run.ckpt.best}
 
 
 # ---------------------------------------------------------------- detection
@@ -290,5 +268,5 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def iters_per_epoch(dataset_len: int, batch_size: int, world_size: int = 1) -> int:
-    """Iterations in one epoch as `fit` runs them (DistributedSampler with drop_last, per-process batches)."""
-    return (dataset_len // world_size) // max(batch_size // world_size, 1)
+    """Iterations in one epoch as `fit` runs them (DistributedSampler with drop_last, `batch_size` per process)."""
+    return (dataset_len // world_size) // batch_size

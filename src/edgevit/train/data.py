@@ -140,23 +140,25 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-class SkipSampler(Sampler[tuple]):
-    """Wraps an epoch sampler, drops its first `skip` indices and yields (position in the epoch, index):
-    resuming mid-epoch (after SIGTERM) continues with the next batch of the same epoch order instead of reading
-    the skipped images again, and `EpochSeeded` augments each position as a straight run would.
-    (No torch/timm sampler can start part-way; `set_epoch` is forwarded so the order is the epoch's.)"""
+class SkipSampler(Sampler):
+    """Wraps an epoch sampler, drops its first `skip` indices and yields (position in the epoch, index) — or the
+    index alone (`positions=False`): resuming mid-epoch (after SIGTERM) continues with the next batch of the same
+    epoch order instead of reading the skipped images again, and `EpochSeeded` augments each position as a
+    straight run would. The one way both trainers resume inside an epoch of a map-style dataset (a stream cannot
+    seek: it is read and its first batches dropped). (No torch/timm sampler can start part-way; `set_epoch` is
+    forwarded so the order is the epoch's.)"""
 
-    def __init__(self, sampler: Sampler, skip: int = 0):
-        self.sampler, self.skip = sampler, skip
+    def __init__(self, sampler: Sampler, skip: int = 0, positions: bool = True):
+        self.sampler, self.skip, self.positions = sampler, skip, positions
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[tuple]:
+    def __iter__(self) -> Iterator:
         for pos, idx in enumerate(self.sampler):
             if pos >= self.skip:
-                yield pos, idx
+                yield (pos, idx) if self.positions else idx
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip)

@@ -150,18 +150,18 @@ RECIPE_CHECKS = {k: (check, 2 if isinstance(default, list) else (0 if k == "opt_
 
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
-    """One flag per recipe option. Defaults are suppressed so that only flags given explicitly override YAML."""
+    """One flag per recipe option, with the recipe's default (the command line passes `resolve_config` only the
+    flags a user gave, so that those alone override a config file)."""
     p.add_argument("--config", default=None, help="YAML file of recipe options (keys as below, with underscores)")
     for name, (default, typ, help_) in RECIPE.items():
         flags = [f"--{name.replace('_', '-')}"] + [f for f in _SHORT.get(name, []) if f != f"--{name}"]
         text = f"{help_} (default: {default})" if default not in (None, {}) else help_
         if typ is bool:
-            p.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=text)
+            p.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif isinstance(default, list) or name == "opt_betas":
-            p.add_argument(*flags, dest=name, type=typ, nargs="+", default=argparse.SUPPRESS, help=text)
+            p.add_argument(*flags, dest=name, type=typ, nargs="+", default=default, help=text)
         else:
-            p.add_argument(*flags, dest=name, type=typ, default=argparse.SUPPRESS, help=text)
+            p.add_argument(*flags, dest=name, type=typ, default=default, help=text)
 
 
 def resolve_config(args: argparse.Namespace | Dict[str, Any]) -> Dict[str, Any]:
