@@ -30,7 +30,7 @@ def make_shards(root: Path, classes=("blue", "green", "red"), n_train: int = 8, 
                 val_shards: int = 2, images: Path | None = None) -> Path:
     """The same tiny images as WebDataset shards (ROOT/tiny-{train,validation}-NNNNNN.tar + _info.json), written
     by the package's own writer; `images`: an ImageFolder made by make_dataset to convert (else one is made)."""
-    from edgevit.train.datasets import write_wds_shards
+    from edgevit.train.shards import write_wds_shards
 
     folder = images or make_dataset(root.parent / f"{root.name}_folder", classes, n_train, n_val)
     splits = {}

@@ -6,8 +6,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-from edgevit.train.datasets import build_train_data, stream_loader
+from edgevit.train.datasets import build_train_data
 from edgevit.train.distributed import cleanup_distributed, init_distributed
+from edgevit.train.loaders import stream_loader
 
 
 def sample_id(img):  # the writer put each sample's id in the red channel of its pixels

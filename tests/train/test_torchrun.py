@@ -77,7 +77,7 @@ def test_torchrun_each_process_reads_its_own_shards(tmp_path):
     that padding (32 - 25 = 7)."""
     from PIL import Image
 
-    from edgevit.train.datasets import write_wds_shards
+    from edgevit.train.shards import write_wds_shards
 
     root = tmp_path / "ids"
     samples = [(f"{i:03d}", Image.new("RGB", (8, 8), (i, 0, 0)), i % 2) for i in range(25)]

@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..models.checkpoint import CheckpointError
-from ..train.data import ShardSampler, SkipSampler, leave_signals_to_the_trainer
 from ..train.distributed import DistInfo, all_reduce_sum, one_line_when_a_peer_stops
 from ..train.guard import GracefulStop, agree
+from ..train.loaders import ShardSampler, SkipSampler, leave_signals_to_the_trainer
 from ..train.run import training_run
 from ..train.state import capture_rng_state, load_training_state, restore_rng_state
 from .ade import IGNORE

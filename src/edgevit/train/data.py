@@ -1,15 +1,13 @@
-"""ImageFolder datasets and loaders for training and evaluation (timm transforms, torch samplers)."""
+"""Images for training and evaluation: ImageFolder splits checked before any work, a sample that cannot be read
+named (`SampleError`), and the recipe's transforms (timm's)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
-import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.data import auto_augment as _auto_augment
-from timm.data.distributed_sampler import RepeatAugSampler
-from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Sampler, SequentialSampler
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -18,8 +16,7 @@ from ..utils.images import eval_transform, read_image
 from ..utils.io import require_dir
 
 __all__ = ["SampleError", "UnreadableImageError", "CheckedImageFolder", "check_split_dir", "check_data_root",
-           "train_transform", "eval_transform", "build_train_loader", "build_eval_loader", "ShardSampler",
-           "SkipSampler", "EpochSeeded", "sample_seed", "leave_signals_to_the_trainer", "sample_error_message"]
+           "train_transform", "eval_transform", "sample_error_message"]
 
 
 def _posterize_any_bits(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
@@ -124,175 +121,23 @@ def train_transform(cfg: dict, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_
         re_prob=cfg["reprob"], re_mode=cfg["remode"], re_count=cfg["recount"]))
 
 
-class ShardSampler(Sampler[int]):
-    """Indices rank, rank + world, ... of a dataset, in order and without padding.
-
-    Written by hand because torch's DistributedSampler pads with duplicates, which would change the
-    reported accuracy; here every image is evaluated exactly once across processes."""
-
-    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
-        self.indices = list(range(rank, n, world_size))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
-class SkipSampler(Sampler):
-    """Wraps an epoch sampler, drops its first `skip` indices and yields (position in the epoch, index) — or the
-    index alone (`positions=False`): resuming mid-epoch (after SIGTERM) continues with the next batch of the same
-    epoch order instead of reading the skipped images again, and `EpochSeeded` augments each position as a
-    straight run would. The one way both trainers resume inside an epoch of a map-style dataset (a stream cannot
-    seek: it is read and its first batches dropped). (No torch/timm sampler can start part-way; `set_epoch` is
-    forwarded so the order is the epoch's.)"""
-
-    def __init__(self, sampler: Sampler, skip: int = 0, positions: bool = True):
-        self.sampler, self.skip, self.positions = sampler, skip, positions
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator:
-        for pos, idx in enumerate(self.sampler):
-            if pos >= self.skip:
-                yield (pos, idx) if self.positions else idx
-
-    def __len__(self) -> int:
-        return max(0, len(self.sampler) - self.skip)
 
 
-def sample_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (seed, epoch, rank, position): numpy's SeedSequence mixes them, so nearby
-    tuples give unrelated streams."""
-    import numpy as np
-
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-class EpochSeeded(torch.utils.data.Dataset):
-    """A training dataset whose sample at epoch position `pos` is read and augmented with python's, numpy's and
-    torch's RNGs seeded from (seed, epoch, rank, pos), the caller's RNG states put back afterwards.
-
-    Why by hand: torch seeds each loader worker once per epoch and every augmentation advances that worker's
-    RNG, so a run resumed mid-epoch (which skips the trained positions) would augment every later image
-    differently from a straight run as soon as there is a worker; and with no worker the augmentations would
-    draw on the training RNG. Seeding per position makes the augmentations a function of the position only:
-    bitwise-equal resume with any number of workers."""
-
-    def __init__(self, dataset, seed: int, rank: int):
-        self.dataset, self.seed, self.rank, self.epoch = dataset, seed, rank, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        import random
-
-        import numpy as np
-
-        pos, idx = key
-        s = sample_seed(self.seed, self.epoch, self.rank, pos)
-        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
-        random.seed(s)
-        np.random.seed(s % 2 ** 32)
-        torch.manual_seed(s)
-        try:
-            return self.dataset[idx]
-        finally:
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])
-            torch.set_rng_state(saved[2])
-
-    def __getattr__(self, name):  # classes, samples, ... of the wrapped dataset
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
 
 
-def leave_signals_to_the_trainer(worker_id: int = 0) -> None:
-    """A DataLoader worker's init: ignore SIGTERM, SIGINT and SIGHUP. Schedulers (SLURM, Kubernetes, systemd, timeout,
-    docker stop) signal every process of the job, loader workers included; a worker that died of it would end
-    the trainer with "DataLoader worker ... is killed" before it could save. The trainer stops cleanly and
-    ends its workers itself (and a worker whose trainer is gone exits: torch's watchdog)."""
-    import signal
-
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(s, signal.SIG_IGN)
 
 
-def _loader_kwargs(workers: int, device: torch.device) -> dict:
-    kw = dict(num_workers=workers, pin_memory=device.type == "cuda")
-    if workers > 0:
-        # Fresh workers each epoch (the dataset carries the epoch for EpochSeeded); starting workers is cheap
-        # next to an epoch.
-        kw["persistent_workers"] = False
-        kw["worker_init_fn"] = leave_signals_to_the_trainer
-    return kw
 
 
-def build_train_sampler(dataset, cfg: dict, rank: int, world_size: int, seed: int) -> Sampler:
-    if cfg["repeated_aug"]:
-        # timm's repeated augmentation (DeiT): each image 3x per epoch on different processes, epoch length
-        # kept at len(dataset). selected_round=256 as DeiT unless the dataset is too small for it.
-        rounding = 256 if len(dataset) >= 256 * world_size else 0
-        return RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                selected_round=rounding)
-    if world_size > 1:
-        return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                  drop_last=True)
-    return _EpochRandomSampler(dataset, seed)
 
 
-class _EpochRandomSampler(Sampler[int]):
-    """Single-process shuffling that depends only on (seed, epoch), like DistributedSampler: a resumed run
-    sees the same order as a straight one."""
-
-    def __init__(self, dataset, seed: int):
-        self.n, self.seed, self.epoch = len(dataset), seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator()
-        g.manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
 
 
-def build_train_loader(dataset: EpochSeeded, sampler: Sampler, cfg: dict, device: torch.device, epoch: int,
-                       skip_batches: int = 0, rank: int = 0):
-    """The epoch's training loader: the sampler's order from batch `skip_batches` on, each sample augmented as a
-    function of (seed, epoch, rank, position) (EpochSeeded), worker seeds from a generator of its own (loader
-    creation leaves the training RNG alone)."""
-    sampler.set_epoch(epoch)
-    dataset.set_epoch(epoch)
-    skip = SkipSampler(sampler, skip_batches * cfg["batch_size"])
-    if len(skip) < cfg["batch_size"] and skip_batches == 0:
-        raise UserError(f"{cfg['batch_size']}: more than the {len(dataset)} images per process of the train split; "
-                        "use a smaller batch", option="batch_size")
-    g = torch.Generator()
-    g.manual_seed(sample_seed(cfg["seed"], epoch, rank))  # (3 parts: not a position's seed)
-    return DataLoader(dataset, batch_size=cfg["batch_size"], sampler=skip, drop_last=True, generator=g,
-                      **_loader_kwargs(cfg["workers"], device))
 
 
-def build_eval_loader(dataset, batch_size: int, workers: int, device: torch.device, rank: int = 0,
-                      world_size: int = 1) -> DataLoader:
-    """Every image once across processes: a map-style dataset is split by index; a stream (IterableDataset) is
-    already this process's part (edgevit.train.datasets gives each process its own shards)."""
-    if isinstance(dataset, IterableDataset):
-        return DataLoader(dataset, batch_size=batch_size, drop_last=False, **_loader_kwargs(workers, device))
-    sampler = ShardSampler(len(dataset), rank, world_size) if world_size > 1 else SequentialSampler(dataset)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
-                      **_loader_kwargs(workers, device))
 
 

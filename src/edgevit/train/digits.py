@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import OutputError, UserError
-from .datasets import write_wds_shards
+from .shards import write_wds_shards
 
 __all__ = ["export_digits", "DIGITS_FORMATS"]
 

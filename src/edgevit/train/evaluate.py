@@ -12,8 +12,9 @@ from tqdm import tqdm
 from ..errors import DataError, UserError
 from ..models.checkpoint import model_from_checkpoint
 from ..utils.images import size_hw, warn_if_not_trained_size
-from .data import build_eval_loader, eval_transform
+from .data import eval_transform
 from .distributed import all_reduce_sum
+from .loaders import build_eval_loader
 
 __all__ = ["evaluate", "evaluate_checkpoint", "evaluate_exported"]
 

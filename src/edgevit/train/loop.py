@@ -28,15 +28,8 @@ from ..errors import DataError, UserError
 from ..models import VARIANTS, CheckpointError, fit_report, load_checkpoint, read_state_dict, save_checkpoint
 from ..models.edgevit import checkpoint_filter_fn
 from ..utils.io import to_plain
-from .data import (
-    EpochSeeded,
-    build_eval_loader,
-    build_train_loader,
-    build_train_sampler,
-    eval_transform,
-    train_transform,
-)
-from .datasets import SkipCounter, build_train_data, stream_loader
+from .data import eval_transform, train_transform
+from .datasets import build_train_data
 from .distill import check_distillation
 from .distributed import (
     DistInfo,
@@ -49,6 +42,7 @@ from .distributed import (
 )
 from .evaluate import evaluate, missing_samples_message
 from .guard import GracefulStop, agree
+from .loaders import EpochSeeded, SkipCounter, build_eval_loader, build_train_loader, build_train_sampler, stream_loader
 from .recipe import amp_dtype, public_config, resumed_config, scaled_lr
 from .run import TrainingRun, autocast_context, training_run
 from .state import (
