@@ -11,6 +11,7 @@ from edgevit.cli.main import main
 from edgevit.dense.ade import ADESegmentation
 from edgevit.dense.engine import evaluate_segmenter, fit, poly_schedule, segmentation_loss
 from edgevit.dense.models import create_segmenter
+from edgevit.errors import UserError
 from edgevit.train.guard import NonFiniteLossError
 from edgevit.train.state import load_training_state, set_determinism
 
@@ -92,7 +93,7 @@ def test_segment_train_eval_predict(shapes_root, tmp_path, capsys):
     assert "semfpn checkpoint" in capsys.readouterr().err
 
 
-def _segment_fit(root, run, total, resume=None, stop_at=None, loss_scale=1.0):
+def _segment_fit(root, run, total, resume=None, stop_at=None, loss_scale=1.0, batch_size=2):
     set_determinism(0, deterministic=True)
     try:
         model = create_segmenter(4, fpn_channels=32, drop_path_rate=0.1)
@@ -108,7 +109,7 @@ def _segment_fit(root, run, total, resume=None, stop_at=None, loss_scale=1.0):
             return loss * loss_scale, parts
 
         result = fit(model, train, None, loss_fn, lambda m, d: evaluate_segmenter(m, val, d, progress=False),
-                     run_dir=run, total_iters=total, batch_size=2, lr=1e-3, weight_decay=1e-4,
+                     run_dir=run, total_iters=total, batch_size=batch_size, lr=1e-3, weight_decay=1e-4,
                      schedule=poly_schedule(total), eval_every=0, save_every=100, metric_key="mIoU",
                      meta={"arch": "semfpn", "variant": "edgevit_xxs"}, cfg={"test": True}, resume=resume)
         return model, result
@@ -126,6 +127,11 @@ def test_sigterm_then_resume_equals_straight_run(shapes_root, tmp_path):
     assert r2["iteration"] == 5 and not r2["stopped"]
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # another batch per process would change what an iteration and an epoch are: refused, the run kept
+    before = (tmp_path / "b" / "last.pth").read_bytes()
+    with pytest.raises(UserError, match="trains 2 images per process; resume it with the same"):
+        _segment_fit(shapes_root, tmp_path / "b", total=6, resume="auto", batch_size=1)
+    assert (tmp_path / "b" / "last.pth").read_bytes() == before
 
 
 def test_non_finite_loss_stops_and_keeps_checkpoint(shapes_root, tmp_path):

@@ -239,3 +239,36 @@ def test_fused_model_keeps_only_the_form_it_runs(make_tiny):
             set_forms(f, Forms())  # and back: the same weights, counted once
             assert count_params(f) == pytest.approx(count_params(fuse(model)))
             assert before > 0 and _close(f(x), ref)
+
+
+def test_fused_head_api_and_pruning(make_tiny):
+    """The fused head answers timm's head API: global_pool, reset_classifier (a new classifier on the BN's output),
+    prune_intermediate_layers with prune_norm; and it keeps no unused weights (the BN as scale/shift buffers
+    outside the state dict)."""
+    model = make_tiny()
+    fused = fuse(model)
+    x = torch.randn(1, 3, 64, 64)
+    assert fused.global_pool == "avg" and not any("head.norm" in k for k in fused.state_dict())
+    with torch.no_grad():
+        feats = fused.forward_features(x)
+        pooled = fused.forward_head(feats, pre_logits=True)
+        assert _close(pooled, model.forward_head(model.forward_features(x), pre_logits=True))
+        fused.reset_classifier(3)
+        torch.manual_seed(0)
+        w = fused.head.fc.weight
+        assert _close(fused(x), pooled @ w.T + fused.head.fc.bias)  # the new classifier reads the BN's output
+    pruned = fuse(make_tiny())
+    pruned.prune_intermediate_layers([2], prune_norm=True)
+    m = torch.randn(1, 36, 2, 2)
+    assert len(pruned.stages) == 3 and torch.equal(pruned.forward_head(m), m)  # no norm, no pool, no classifier
+    with pytest.raises(UserError, match="prune the norm of the release model"):
+        fuse(make_tiny()).head.drop_norm()
+
+
+def test_lsa_refusal_leaves_the_model_as_it_was(make_tiny):
+    fused = fuse(make_tiny(local_agg="lsa"))
+    before = {k: v.clone() for k, v in fused.state_dict().items()}
+    with pytest.raises(UserError, match="LSA ablation"):
+        set_forms(fused, forms_for("executorch"))
+    after = fused.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

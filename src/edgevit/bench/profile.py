@@ -70,8 +70,8 @@ def profile_litert(model: str, fused: bool = True, runs: int = 20, threads: int 
                    img_size: int | None = None, checkpoint: str | None = None) -> dict:
     """LiteRT's side of the profile. ai-edge-litert's Python interpreter exposes no per-operator timings (its
     profiler is C++ only), so this reports what its op details do tell: the file's ops by kind, the layout
-    transposes, the XNNPACK delegate's partitions and the ops left outside them (edgevit.deploy.export.
-    tflite_report), with the file's median latency over `runs`."""
+    transposes, the XNNPACK delegate's partitions and the ops left outside them (edgevit.deploy.runtimes.
+    litert.tflite_report), with the file's median latency over `runs`."""
     from ..deploy.export import load_file
     from ..deploy.runtimes.litert import save_tflite
     from .bench import time_runner

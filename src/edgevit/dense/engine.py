@@ -91,6 +91,7 @@ def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Ca
             raise UserError(f"{batch_size} per process x {world} process(es): more than the training set "
                             f"({len(train_set)} images)", option="batch_size")
 
+        meta = {**meta, "batch_per_process": batch_size}  # (what an epoch is depends on it: resumed only alike)
         model.to(device)
         optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)  # no decay on norms/biases
         scheduler = schedule(optimizer)
@@ -100,6 +101,15 @@ def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Ca
             if state["meta"].get("arch") != meta["arch"] or state["meta"].get("variant") != meta["variant"]:
                 raise CheckpointError(f"checkpoint {run.resume_from}: a {state['meta'].get('arch')} / "
                                       f"{state['meta'].get('variant')} run, not {meta['arch']} / {meta['variant']}")
+            saved = state["meta"].get("batch_per_process")
+            if saved is None:  # written when batch_size counted every process
+                raise UserError(f"{batch_size}: checkpoint {run.resume_from} was saved when batch_size counted the "
+                                f"images of all processes; it now counts one process's: resume with that run's "
+                                f"batch_size divided by its number of processes ({world} here)", option="batch_size")
+            if saved != batch_size:
+                raise UserError(f"{batch_size}: the run {run.resume_from} trains {saved} images per process; resume "
+                                "it with the same (another batch changes what an epoch and an iteration are)",
+                                option="batch_size")
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])

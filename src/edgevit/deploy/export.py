@@ -108,9 +108,9 @@ def load_exported(path: os.PathLike | str, threads: int = 2) -> ExportedModel:
     except UserError:
         raise
     except Exception as e:  # the runtime's own loader: a corrupt/foreign file is the user's input, not a bug
-        if rt.name == "torchscript" and _is_training_checkpoint(path):
-            raise UserError(f"{path}: a PyTorch checkpoint (weights), not an exported model; give it as the "
-                            "checkpoint instead", option="exported") from e
+        instead = rt.misread(path)
+        if instead:
+            raise UserError(f"{path}: {instead}", option="exported") from e
         # torch's messages span lines and append advice about checkpoints: the first sentence, whole
         first = " ".join(str(e).split()).split(" This is an internal miniz error")[0]
         first = first if len(first) <= 300 else first[:297] + "..."
@@ -123,14 +123,3 @@ def open_exported(path: os.PathLike | str, threads: int = 2):
     m = load_exported(path, threads)
     return m.format, first_output(m.run), m.input_size
 
-
-def _is_training_checkpoint(path: Path) -> bool:
-    """A torch.save file of tensors (a checkpoint), as opposed to a TorchScript archive (it holds code/)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-    return not any("/code/" in n for n in names) and any(n.endswith("data.pkl") for n in names)

@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Optional, Tuple
+import re
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -552,36 +553,57 @@ def merged_classifier(head: nn.Module) -> nn.Module:
 class FusedHead(nn.Module):
     """The final BN folded into the classifier where pooling averages (a per-channel affine commutes with the
     mean); else kept (eval mode: one scale and shift). `feature_norm` (forward_intermediates' `norm=True`) and
-    `pre_logits` still apply the BN itself."""
+    `pre_logits` apply the BN as its scale and shift (buffers outside the state dict: the fused model's weights
+    are the ones it runs)."""
 
     def __init__(self, head: nn.Module):
         super().__init__()
         self.pool = head.global_pool == "avg"
         self.in_features = head.in_features
         fc = merged_classifier(head)
-        self.final_norm = copy.deepcopy(head.norm).eval()
-        if isinstance(fc, nn.Linear) and self.pool and isinstance(head.norm, nn.BatchNorm2d):
-            s, t = bn_scale_shift(head.norm)
+        bn = head.norm if isinstance(head.norm, nn.BatchNorm2d) else None
+        s, t = bn_scale_shift(bn) if bn is not None else (None, None)
+        self.register_buffer("feature_scale", None if s is None else s.float().view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("feature_shift", None if t is None else t.float().view(1, -1, 1, 1), persistent=False)
+        self.folded = isinstance(fc, nn.Linear) and self.pool and bn is not None
+        if self.folded:
             w, b = fold_input_affine(fc.weight.detach(), fc.bias.detach() if fc.bias is not None else None, s, t)
             self.norm = nn.Identity()
             self.fc = nn.Linear(fc.in_features, fc.out_features)
             self.fc.weight.data.copy_(w.to(fc.weight.dtype))
             self.fc.bias.data.copy_(b.to(fc.weight.dtype))
         else:
-            self.norm, self.fc = self.final_norm, fc
+            self.norm, self.fc = (copy.deepcopy(bn).eval() if bn is not None else nn.Identity()), fc
+
+    @property
+    def global_pool(self) -> str:
+        return "avg" if self.pool else ""
 
     def feature_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return self.final_norm(x)
+        return x if self.feature_scale is None else x * self.feature_scale + self.feature_shift
 
     def reset(self, num_classes: int, pool_type: Optional[str] = None) -> None:
         """A new (untrained) classifier reads the BN's output: the BN comes back out of the old one."""
         if pool_type is not None:
             self.pool = pool_type == "avg"
-        self.norm = self.final_norm
-        self.fc = nn.Linear(self.in_features, num_classes) if num_classes > 0 else nn.Identity()
+        ref = next(self.parameters(), None)
+        dd = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
+        self.folded = False
+        self.fc = nn.Linear(self.in_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    def drop_norm(self) -> None:
+        """No final BN at all (timm's prune_norm); a BN already folded into the classifier cannot leave it."""
+        if self.folded:
+            raise UserError("this fused head holds the final BN inside its classifier; prune the norm of the "
+                            "release model before fusing it (or reset the classifier first)")
+        self.norm = nn.Identity()
+        self.feature_scale = self.feature_shift = None
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.final_norm(x) if pre_logits else self.norm(x)
+        if pre_logits or (not self.folded and isinstance(self.norm, nn.Identity)):
+            x = self.feature_norm(x)  # (the BN as scale and shift: pre-logits, or a reset classifier's input)
+        else:
+            x = self.norm(x)
         if self.pool:
             x = x.mean((2, 3), keepdim=True).flatten(1)  # keepdim: XNNPACK's global-average-pool form
         return x if pre_logits else self.fc(x)
@@ -615,11 +637,18 @@ def forms_of(model: EdgeViT) -> Forms:
 def pad_channels(model: EdgeViT, multiple: int) -> None:
     """Widen every stage of a fused EdgeViT to a multiple of `multiple` channels, in place; the same outputs
     (`forward_intermediates` and `forward_features` return the real channels: `EdgeViTStage.features`)."""
+    plan = []
+    for i, stage in enumerate(model.stages):
+        (heads,) = {blk.global_attn.num_heads for blk in stage.blocks}  # (one per stage)
+        plan.append(padded_index(model.embed_dims[i], heads, multiple))
+        if plan[-1][0] != model.embed_dims[i]:  # refused before anything is padded (no half-padded model)
+            for blk in stage.blocks:
+                if isinstance(blk.local_agg, FusedLocalAggLSA):
+                    blk.local_agg.pad(plan[-1][1], plan[-1][0])
     prev: Tuple[Optional[torch.Tensor], int] = (None, model.in_chans)
     for i, stage in enumerate(model.stages):
         dim = model.embed_dims[i]
-        (heads,) = {blk.global_attn.num_heads for blk in stage.blocks}  # (one per stage)
-        width, idx = padded_index(dim, heads, multiple)
+        width, idx = plan[i]
         if width != dim or prev[0] is not None:
             stage.downsample.pad(*prev, idx, width)
         if width != dim:
@@ -657,3 +686,44 @@ def fuse_model(model: nn.Module, forms: Forms = Forms()) -> nn.Module:
     if not is_fused(model):
         model = reparameterize_model(model)  # a deep copy with each part's `fuse()` (timm's, as FastViT's)
     return set_forms(model, forms).eval()
+
+
+# ---- the fused layout of earlier releases ----------------------------------------------------------
+# Before the fused model became an EdgeViT (edgevit 0.1 up to issue #20), its modules had other paths: stages were
+# Sequential(patch embedding, blocks...), q/k/v, LocalProp and the FFN sat on the global block itself, the head's
+# parts at the top. A quantization-aware run's checkpoint stores the fused graph's weights under those paths.
+_LEGACY_STAGE = re.compile(r"^stages\.(\d+)\.(\d+)\.")
+_LEGACY_LEAVES = (("global_attn.q.", "global_attn.qkv.q."), ("global_attn.k.", "global_attn.qkv.k."),
+                  ("global_attn.v.", "global_attn.qkv.v."), ("global_attn.qkv.", "global_attn.qkv.qkv."),
+                  ("global_attn.local_prop.", "global_attn.prop.deconv."),
+                  ("global_attn.prop_shuffle.", "global_attn.prop.shuffle."),
+                  ("global_attn.prop_norm.", "global_attn.prop.norm."), ("global_attn.norm2.", "global_attn.ffn.norm."),
+                  ("global_attn.fc1.", "global_attn.ffn.fc1."), ("global_attn.fc2.", "global_attn.ffn.fc2."),
+                  ("local_agg.fc1.", "local_agg.ffn.fc1."), ("local_agg.fc2.", "local_agg.ffn.fc2."))
+
+
+def legacy_fused_keys(state_dict: Dict[str, torch.Tensor], target: Iterable[str]) -> Dict[str, torch.Tensor]:
+    """A state dict of the earlier fused layout with its keys renamed to this one's (`target`: the keys of the
+    model it is for); keys already in `target` are kept as they are."""
+    target = set(target)
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        if key not in target:
+            m = _LEGACY_STAGE.match(key)
+            if m:
+                stage, pos = m.group(1), int(m.group(2))
+                part = "downsample" if pos == 0 else f"blocks.{pos - 1}"
+                new = f"stages.{stage}.{part}." + key[m.end():]
+                if new not in target:
+                    for old, leaf in _LEGACY_LEAVES:
+                        candidate = new.replace(old, leaf, 1)
+                        if old in new and candidate in target:
+                            new = candidate
+                            break
+            elif key in ("head.weight", "head.bias"):
+                new = "head.fc." + key.split(".")[1]
+            elif key.startswith("norm."):
+                new = "head." + key
+        out[new] = value
+    return out

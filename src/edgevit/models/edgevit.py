@@ -26,7 +26,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_, use_fused_attn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_function
+from timm.models import (
+    build_model_with_cfg,
+    clean_state_dict,
+    generate_default_cfgs,
+    register_model,
+    register_notrace_function,
+)
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models.twins import LocallyGroupedAttn
@@ -111,8 +117,6 @@ class LocalAgg(Fusable, nn.Module):
     def __init__(self, dim: int, mlp_ratio: float = 4.0, kernel_size: int = 5, drop_path: float = 0.0,
                  act_layer=nn.GELU):
         super().__init__()
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise UserError(f"local_kernel={kernel_size} must be a positive odd number")
         self.cpe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = nn.BatchNorm2d(dim)
         self.pw1 = nn.Conv2d(dim, dim, 1)
@@ -293,6 +297,9 @@ class LGLBlock(Fusable, nn.Module):
                  attn_drop: float = 0.0, drop_path: float = 0.0, act_layer=nn.GELU):
         super().__init__()
         _check_choice("local_agg", local_agg, LOCAL_AGG)
+        if isinstance(local_kernel, bool) or not isinstance(local_kernel, int) or local_kernel < 1 \
+                or local_kernel % 2 == 0:
+            raise UserError(f"local_kernel={local_kernel} must be a positive odd number")
         if sr_ratio > 1 and local_agg == "conv":
             self.local_agg = LocalAgg(dim, mlp_ratio, local_kernel, drop_path, act_layer)
         elif sr_ratio > 1 and local_agg == "lsa":
@@ -343,6 +350,10 @@ class EdgeViTHead(Fusable, nn.Module):
     def feature_norm(self, x: torch.Tensor) -> torch.Tensor:
         """The final BN alone (`forward_intermediates(norm=True)`)."""
         return self.norm(x)
+
+    def drop_norm(self) -> None:
+        """No final BN (timm's `prune_norm`)."""
+        self.norm = nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False):
         x = self.norm(x)
@@ -530,10 +541,10 @@ class EdgeViT(nn.Module):
                                   prune_head: bool = True) -> List[int]:
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[:max_index + 1]
-        if prune_norm:
-            self.head.norm = nn.Identity()
-        if prune_head:
+        if prune_head:  # (first: a fused head's classifier holds the final BN until it is reset)
             self.reset_classifier(0, "")
+        if prune_norm:
+            self.head.drop_norm()
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -611,9 +622,14 @@ def _fit_distill_head(state_dict: Dict[str, torch.Tensor], model: "EdgeViT") -> 
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EdgeViT) -> Dict[str, torch.Tensor]:
-    """timm hook (after timm's reader has unwrapped a training state and removed DDP / torch.compile prefixes):
-    the authors' layout or ours (before or after the final BN moved into the head), a distillation head or not,
-    in the model's dtype."""
+    """timm hook: the authors' layout or ours (before or after the final BN moved into the head), a distillation
+    head or not, in the model's dtype. timm's file reader has already unwrapped a training state and removed DDP /
+    torch.compile prefixes; its URL / Hugging Face Hub path hands the download over as it is, so a
+    `{"model": ...}` / `{"state_dict": ...}` wrapper is taken off here too."""
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state_dict.get(wrapper), dict):
+            state_dict = clean_state_dict(state_dict[wrapper])
+            break
     if is_authors_layout(state_dict):
         state_dict = convert_authors_state_dict(state_dict)
     if isinstance(model, EdgeViT):

@@ -52,7 +52,7 @@ def export_digits(out: str | Path, size: int = 64, val_fraction: float = 0.2, se
                   shards: int = 8, val_shards: int = 4, train_fraction: float = 1.0) -> Dict[str, object]:
     """Write the digits, stratified train/val, `size` x `size` PNGs, as an ImageFolder (OUT/train/<digit>/*.png,
     OUT/val/<digit>/*.png) or as WebDataset shards (`shards` train, `val_shards` validation; see
-    edgevit.train.datasets.write_wds_shards)."""
+    edgevit.train.shards.write_wds_shards)."""
     if size < 8:
         raise UserError(f"{size}: expected at least 8 (the scans are 8x8)", option="size")
     if not 0.0 < val_fraction < 1.0:

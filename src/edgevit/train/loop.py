@@ -112,7 +112,12 @@ def prepare_qat_model(model: torch.nn.Module, cfg: Dict[str, Any], load: bool) -
 
 def _load_model_weights(model, sd, path, cfg) -> None:
     """Resume: the checkpoint must fit exactly; a head of another class count gets a fine-tuning hint."""
-    sd = _filtered(model, sd, cfg["model"]) if not cfg["qat"] else sd
+    if cfg["qat"]:  # the fake-quantized fused graph (keys of an earlier release's fused layout renamed)
+        from ..deploy.fused import legacy_fused_keys
+
+        sd = legacy_fused_keys(sd, model.state_dict())
+    else:
+        sd = _filtered(model, sd, cfg["model"])
     problems = fit_report(model, sd)
     if problems:
         target = model.state_dict()
@@ -203,6 +208,135 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
         cleanup_distributed()
 
 
+def _train_data(cfg: Dict[str, Any], info: DistInfo, state, resume_from):
+    """The run's data: training set, its sampler and batches per epoch, the validation loader; `cfg` gets the
+    class count. An ImageFolder (checked), any timm dataset name, or a stream such as WebDataset shards
+    (train/datasets.py says how a stream's epochs, shards per process and resume work)."""
+    device = info.device
+    data = build_train_data(cfg, train_transform(cfg), eval_transform(cfg["img_size"], cfg["crop_pct"],
+                                                                      cfg["eval_interpolation"]),
+                            info.rank, info.world_size)
+    classes = data.classes
+    if state is not None and state.get("classes") and list(state["classes"]) != list(classes):
+        run_only = [c for c in state["classes"] if c not in classes]
+        data_only = [c for c in classes if c not in state["classes"]]
+        differ = (f"only the run has {_shown(run_only)}; only the data has {_shown(data_only)}"
+                  if run_only or data_only else "the same names in another order")
+        raise UserError(f"checkpoint {resume_from}: the run was trained on the classes "
+                        f"{_shown(state['classes'])}, but the data {cfg['data']} has {_shown(classes)} ({differ}); "
+                        f"resume on the run's data, or fine-tune it on these classes in a new run "
+                        f"(pretrained={resume_from}, a new output directory)", option="resume")
+    num_classes = cfg["num_classes"] or len(classes)
+    if cfg["num_classes"] and cfg["num_classes"] != len(classes):
+        raise UserError(f"{cfg['num_classes']}, but the data {cfg['data']} has {len(classes)} classes",
+                        option="num_classes")
+    cfg = {**cfg, "num_classes": num_classes}
+    for note in data.notes:
+        warnings.warn(note)
+    train_set, val_set = data.make_train(), data.val
+    if data.streamed:  # each process's share of the epoch, in whole batches (timm's reader)
+        sampler, per_process = None, len(train_set)
+    else:
+        sampler = build_train_sampler(train_set, cfg, info.rank, info.world_size, cfg["seed"])
+        per_process = len(sampler)
+        train_set = EpochSeeded(train_set, cfg["seed"], info.rank)
+    steps = per_process // cfg["batch_size"]
+    updates_per_epoch = steps // cfg["accum_steps"]
+    if updates_per_epoch < 1:
+        raise UserError(f"{cfg['batch_size']} x accum_steps {cfg['accum_steps']}: more than the "
+                        f"{per_process} training images per process of {cfg['data']} (no full optimizer step)",
+                        option="batch_size")
+    steps = updates_per_epoch * cfg["accum_steps"]
+    eval_bs = cfg["eval_batch_size"] or max(1, int(1.5 * cfg["batch_size"]))
+    val_loader = build_eval_loader(val_set, eval_bs, cfg["workers"], device, info.rank, info.world_size)
+
+    return cfg, data, train_set, sampler, steps, updates_per_epoch, val_loader
+
+
+def _objective(cfg: Dict[str, Any]):
+    """(mixup/cutmix or None, the loss): the recipe's targets."""
+    num_classes = cfg["num_classes"]
+    mixup_on = cfg["mixup"] > 0 or cfg["cutmix"] > 0
+    mixup_fn = Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], prob=cfg["mixup_prob"],
+                     switch_prob=cfg["mixup_switch_prob"], mode=cfg["mixup_mode"],
+                     label_smoothing=cfg["smoothing"], num_classes=num_classes) if mixup_on else None
+    if mixup_on and cfg["batch_size"] % 2:
+        raise UserError(f"{cfg['batch_size']}: mixup/cutmix need an even batch per process", option="batch_size")
+    if mixup_on:
+        criterion = SoftTargetCrossEntropy()  # smoothing is inside the mixed targets
+    elif cfg["smoothing"] > 0:
+        criterion = LabelSmoothingCrossEntropy(smoothing=cfg["smoothing"])
+    else:
+        criterion = torch.nn.CrossEntropyLoss()
+
+    return mixup_fn, criterion
+
+
+def _build_model(cfg: Dict[str, Any], device: torch.device, state) -> tuple:
+    """(the model on its device, channels_last): the recipe's model, its pretrained or QAT start, gradient
+    checkpointing."""
+    num_classes = cfg["num_classes"]
+    if not timm.is_model(cfg["model"]):
+        raise UserError(f"{cfg['model']!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)}", option="model")
+    head_kw = {"distill_head": True} if cfg["distill_head"] else {}
+    model = timm.create_model(cfg["model"], num_classes=num_classes, drop_rate=cfg["drop"],
+                              drop_path_rate=cfg["drop_path"], **head_kw, **cfg["model_kwargs"])
+    if cfg["distill_head"]:
+        model.set_distilled_training(True)  # training: (class, distillation) logits; evaluation: their average
+    if cfg["qat"]:  # fine-tune the same task with int8 fake quantization: every weight kept, head included
+        model = prepare_qat_model(model, cfg, state is None)
+    elif cfg["pretrained"]:
+        load_pretrained(model, cfg["pretrained"], cfg["model"], cfg["model_kwargs"])
+    if cfg["grad_checkpointing"]:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise UserError(f"{cfg['model']} has no gradient checkpointing (timm's set_grad_checkpointing)",
+                            option="grad_checkpointing")
+        model.set_grad_checkpointing(True)
+    channels_last = cfg["channels_last"] if cfg["channels_last"] is not None else device.type == "cuda"
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, channels_last
+
+
+def _precision(cfg: Dict[str, Any], device: torch.device) -> tuple:
+    """(amp name, autocast dtype or None, GradScaler or None), decided once for the run."""
+    dtype_name = amp_dtype(cfg, device.type)
+    if dtype_name == "float16" and device.type != "cuda":
+        raise UserError(f"float16 needs CUDA (its GradScaler and fp16 kernels); on {device.type} use bfloat16 "
+                        "(CPU autocast) or none", option="amp")
+    autocast_dtype = _DTYPES.get(dtype_name) if dtype_name else None
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
+    return dtype_name, autocast_dtype, scaler
+
+
+def _optimization(cfg: Dict[str, Any], model: torch.nn.Module, world_size: int, updates_per_epoch: int) -> tuple:
+    """(peak lr, optimizer, schedule, EMA or None): timm's optimizer and scheduler factories, the linear scaling
+    rule."""
+    lr = scaled_lr(cfg, world_size)
+    if cfg["min_lr"] > lr:  # the cosine would climb from the peak to min_lr
+        if "min_lr" in cfg.get("_given", ()):
+            raise UserError(f"{cfg['min_lr']}: above the peak learning rate {lr:.3g} (lr, or base_lr scaled by the "
+                            "global batch); the schedule would rise instead of decay", option="min_lr")
+        warnings.warn(f"min_lr {cfg['min_lr']} (the default) is above the peak learning rate {lr:.3g} of this "
+                      f"global batch: min_lr set to {lr:.3g} (a constant learning rate after warm-up)")
+        cfg["min_lr"] = lr
+    opt_kwargs = {"eps": cfg["opt_eps"]}
+    if cfg["opt_betas"]:
+        opt_kwargs["betas"] = tuple(cfg["opt_betas"])
+    optimizer = create_optimizer_v2(model, opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
+                                    momentum=cfg["momentum"], **opt_kwargs)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=cfg["sched"], num_epochs=cfg["epochs"] - cfg["cooldown_epochs"],
+        warmup_epochs=cfg["warmup_epochs"], warmup_lr=cfg["warmup_lr"], min_lr=cfg["min_lr"],
+        cooldown_epochs=cfg["cooldown_epochs"], step_on_epochs=not cfg["sched_on_updates"],
+        updates_per_epoch=updates_per_epoch)
+    ema = ModelEmaV3(model, decay=cfg["model_ema_decay"]) if cfg["model_ema"] else None
+
+
+    return lr, optimizer, scheduler, ema
+
+
 @dataclasses.dataclass
 class Trainer:
     """Everything a run trains with, built once by `setup`; `fit` runs the epochs, `train_epoch` one epoch,
@@ -251,109 +385,14 @@ class Trainer:
             cfg, notes = resumed_config(cfg, state.get("config"), resume_from)
             check_distillation(cfg, set(cfg.get("_given", ())), lambda key: key)
 
-        # ---- data ---------------------------------------------------------------------------------------
-        # An ImageFolder (checked), any timm dataset name, or a stream such as WebDataset shards (train/datasets.py
-        # says how a stream's epochs, shards per process and resume work).
-        data = build_train_data(cfg, train_transform(cfg), eval_transform(cfg["img_size"], cfg["crop_pct"],
-                                                                          cfg["eval_interpolation"]),
-                                info.rank, info.world_size)
-        classes = data.classes
-        if state is not None and state.get("classes") and list(state["classes"]) != list(classes):
-            run_only = [c for c in state["classes"] if c not in classes]
-            data_only = [c for c in classes if c not in state["classes"]]
-            differ = (f"only the run has {_shown(run_only)}; only the data has {_shown(data_only)}"
-                      if run_only or data_only else "the same names in another order")
-            raise UserError(f"checkpoint {resume_from}: the run was trained on the classes "
-                            f"{_shown(state['classes'])}, but the data {cfg['data']} has {_shown(classes)} ({differ}); "
-                            f"resume on the run's data, or fine-tune it on these classes in a new run "
-                            f"(pretrained={resume_from}, a new output directory)", option="resume")
-        num_classes = cfg["num_classes"] or len(classes)
-        if cfg["num_classes"] and cfg["num_classes"] != len(classes):
-            raise UserError(f"{cfg['num_classes']}, but the data {cfg['data']} has {len(classes)} classes",
-                            option="num_classes")
-        cfg = {**cfg, "num_classes": num_classes}
-        for note in data.notes:
-            warnings.warn(note)
-        train_set, val_set = data.make_train(), data.val
-        if data.streamed:  # each process's share of the epoch, in whole batches (timm's reader)
-            sampler, per_process = None, len(train_set)
-        else:
-            sampler = build_train_sampler(train_set, cfg, info.rank, info.world_size, cfg["seed"])
-            per_process = len(sampler)
-            train_set = EpochSeeded(train_set, cfg["seed"], info.rank)
-        steps = per_process // cfg["batch_size"]
-        updates_per_epoch = steps // cfg["accum_steps"]
-        if updates_per_epoch < 1:
-            raise UserError(f"{cfg['batch_size']} x accum_steps {cfg['accum_steps']}: more than the "
-                            f"{per_process} training images per process of {cfg['data']} (no full optimizer step)",
-                            option="batch_size")
-        steps = updates_per_epoch * cfg["accum_steps"]
-        eval_bs = cfg["eval_batch_size"] or max(1, int(1.5 * cfg["batch_size"]))
-        val_loader = build_eval_loader(val_set, eval_bs, cfg["workers"], device, info.rank, info.world_size)
+        cfg, data, train_set, sampler, steps, updates_per_epoch, val_loader = _train_data(cfg, info, state,
+                                                                                          resume_from)
+        mixup_fn, criterion = _objective(cfg)
+        model, channels_last = _build_model(cfg, device, state)
+        dtype_name, autocast_dtype, scaler = _precision(cfg, device)
+        distiller = _distiller(cfg, cfg["num_classes"], device, channels_last, state, resume_from)
 
-        mixup_on = cfg["mixup"] > 0 or cfg["cutmix"] > 0
-        mixup_fn = Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], prob=cfg["mixup_prob"],
-                         switch_prob=cfg["mixup_switch_prob"], mode=cfg["mixup_mode"],
-                         label_smoothing=cfg["smoothing"], num_classes=num_classes) if mixup_on else None
-        if mixup_on and cfg["batch_size"] % 2:
-            raise UserError(f"{cfg['batch_size']}: mixup/cutmix need an even batch per process", option="batch_size")
-        if mixup_on:
-            criterion = SoftTargetCrossEntropy()  # smoothing is inside the mixed targets
-        elif cfg["smoothing"] > 0:
-            criterion = LabelSmoothingCrossEntropy(smoothing=cfg["smoothing"])
-        else:
-            criterion = torch.nn.CrossEntropyLoss()
-
-        # ---- model, optimiser, schedule, EMA ------------------------------------------------------------
-        if not timm.is_model(cfg["model"]):
-            raise UserError(f"{cfg['model']!r} is not a known model; EdgeViTs: {', '.join(VARIANTS)}", option="model")
-        head_kw = {"distill_head": True} if cfg["distill_head"] else {}
-        model = timm.create_model(cfg["model"], num_classes=num_classes, drop_rate=cfg["drop"],
-                                  drop_path_rate=cfg["drop_path"], **head_kw, **cfg["model_kwargs"])
-        if cfg["distill_head"]:
-            model.set_distilled_training(True)  # training: (class, distillation) logits; evaluation: their average
-        if cfg["qat"]:  # fine-tune the same task with int8 fake quantization: every weight kept, head included
-            model = prepare_qat_model(model, cfg, state is None)
-        elif cfg["pretrained"]:
-            load_pretrained(model, cfg["pretrained"], cfg["model"], cfg["model_kwargs"])
-        if cfg["grad_checkpointing"]:
-            if not hasattr(model, "set_grad_checkpointing"):
-                raise UserError(f"{cfg['model']} has no gradient checkpointing (timm's set_grad_checkpointing)",
-                                option="grad_checkpointing")
-            model.set_grad_checkpointing(True)
-        channels_last = cfg["channels_last"] if cfg["channels_last"] is not None else device.type == "cuda"
-        model.to(device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        dtype_name = amp_dtype(cfg, device.type)
-        if dtype_name == "float16" and device.type != "cuda":
-            raise UserError(f"float16 needs CUDA (its GradScaler and fp16 kernels); on {device.type} use bfloat16 "
-                            "(CPU autocast) or none", option="amp")
-        autocast_dtype = _DTYPES.get(dtype_name) if dtype_name else None
-        scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
-        distiller = _distiller(cfg, num_classes, device, channels_last, state, resume_from)
-
-        lr = scaled_lr(cfg, info.world_size)
-        if cfg["min_lr"] > lr:  # the cosine would climb from the peak to min_lr
-            if "min_lr" in cfg.get("_given", ()):
-                raise UserError(f"{cfg['min_lr']}: above the peak learning rate {lr:.3g} (lr, or base_lr scaled by the "
-                                "global batch); the schedule would rise instead of decay", option="min_lr")
-            warnings.warn(f"min_lr {cfg['min_lr']} (the default) is above the peak learning rate {lr:.3g} of this "
-                          f"global batch: min_lr set to {lr:.3g} (a constant learning rate after warm-up)")
-            cfg["min_lr"] = lr
-        opt_kwargs = {"eps": cfg["opt_eps"]}
-        if cfg["opt_betas"]:
-            opt_kwargs["betas"] = tuple(cfg["opt_betas"])
-        optimizer = create_optimizer_v2(model, opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
-                                        momentum=cfg["momentum"], **opt_kwargs)
-        scheduler, _ = create_scheduler_v2(
-            optimizer, sched=cfg["sched"], num_epochs=cfg["epochs"] - cfg["cooldown_epochs"],
-            warmup_epochs=cfg["warmup_epochs"], warmup_lr=cfg["warmup_lr"], min_lr=cfg["min_lr"],
-            cooldown_epochs=cfg["cooldown_epochs"], step_on_epochs=not cfg["sched_on_updates"],
-            updates_per_epoch=updates_per_epoch)
-        ema = ModelEmaV3(model, decay=cfg["model_ema_decay"]) if cfg["model_ema"] else None
-
-
+        lr, optimizer, scheduler, ema = _optimization(cfg, model, info.world_size, updates_per_epoch)
         ddp_model = model
         if cfg["compile"]:
             check_compiler(device.type)
@@ -361,7 +400,7 @@ class Trainer:
         ddp_model = run.parallel(ddp_model)
 
         trainer = cls(cfg=cfg, info=info, run=run, data=data, train_set=train_set, sampler=sampler, steps=steps,
-                      val_loader=val_loader, classes=list(classes), model=model, ddp_model=ddp_model,
+                      val_loader=val_loader, classes=list(data.classes), model=model, ddp_model=ddp_model,
                       criterion=criterion, mixup_fn=mixup_fn, distiller=distiller, optimizer=optimizer,
                       scheduler=scheduler, scaler=scaler, ema=ema, ctx=autocast_context(device, autocast_dtype),
                       amp_eval=autocast_dtype if device.type == "cuda" else None, channels_last=channels_last,
@@ -384,7 +423,7 @@ class Trainer:
                    "global_batch": cfg["batch_size"] * info.world_size * cfg["accum_steps"]},
                   tensorboard=cfg["tensorboard"])
         _log(info, f"training {cfg['model']} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on "
-                   f"{data.num_train} images / {len(classes)} classes ({data.describe}), {info.world_size} "
+                   f"{data.num_train} images / {len(data.classes)} classes ({data.describe}), {info.world_size} "
                    f"process(es) on {device.type}, "
                    f"global batch {cfg['batch_size'] * info.world_size * cfg['accum_steps']}, lr {trainer.lr:.3g}, "
                    f"amp {dtype_name or 'off'}, epochs {trainer.start_epoch}->{cfg['epochs']}"

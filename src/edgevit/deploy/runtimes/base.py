@@ -3,15 +3,16 @@
 Everything the package knows about a runtime lives in its record: the name (`bench --runtime`), the export
 format and file suffixes, the Python packages it needs (import and pip names, the requirements file that pins
 them), the fused EdgeViT's forms for it, the input layout, how to write a file, how to load one and run it on
-numpy arrays, the exported input size, int8 support, and the op/partition report. Export, bench, eval
---exported, quantize, the profiler and the CLI read these records; none of them branches on a runtime's name.
+numpy arrays, the exported input size, int8 support, the op/partition report, and what to say about a file it
+cannot load. Export, bench, eval --exported, quantize, the profiler and the CLI read these records instead of
+naming runtimes (one exception: the LiteRT profile, whose Python interpreter has no per-operator timer).
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -66,8 +67,9 @@ class Runtime:
     profile: Optional[Callable[..., List[dict]]] = None
     # one line for the export command from the save report (partitions, ops left outside the delegate)
     describe: Callable[[Dict[str, object]], str] = lambda report: ""
-    # substrings of the runtime's own log lines on loading a file, kept out of the user's terminal
-    noise: Sequence[str] = ()
+    # a file this runtime cannot load: what it is instead, if that can be told (e.g. a checkpoint given as an
+    # exported file), else None
+    misread: Callable[[Path], Optional[str]] = lambda path: None
 
     @property
     def suffix(self) -> str:

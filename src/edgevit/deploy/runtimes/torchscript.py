@@ -89,7 +89,22 @@ def load_ptl(path: Path, threads: int = 2):
     return _runner(_load_for_lite_interpreter(str(path)))
 
 
+def misread(path: Path):
+    """A torch.save file of tensors (a checkpoint) given as a TorchScript archive (which holds code/)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    if not any("/code/" in n for n in names) and any(n.endswith("data.pkl") for n in names):
+        return "a PyTorch checkpoint (weights), not an exported model; give it as the checkpoint instead"
+    return None
+
+
 TORCHSCRIPT = Runtime(name="torchscript", title="frozen TorchScript", format="torchscript",
-                      suffixes=(".pt", ".pth", ".torchscript"), save=save_torchscript, load=load_torchscript)
+                      suffixes=(".pt", ".pth", ".torchscript"), save=save_torchscript, load=load_torchscript,
+                      misread=misread)
 PTL = Runtime(name="ptl", title="TorchScript lite interpreter (the paper's runtime)", format="ptl",
               suffixes=(".ptl",), save=save_ptl, load=load_ptl)
