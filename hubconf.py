@@ -25,7 +25,12 @@ def _model(variant: str, pretrained: bool, checkpoint, **kwargs):
     if pretrained:
         raise UserError(f"{variant}: no trained weights exist to download (the authors published none); "
                         "train your own and pass checkpoint=PATH")
-    return create_model(variant, checkpoint, **kwargs)
+    try:
+        return create_model(variant, checkpoint, **kwargs)
+    except TypeError as e:  # a keyword the model does not take (timm passes them to EdgeViT's constructor)
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise UserError(f"{variant}: {str(e).split(': ', 1)[-1]} (see EdgeViT's constructor for the options)") from None
 
 
 def edgevit_xxs(pretrained: bool = False, checkpoint=None, **kwargs):

@@ -45,3 +45,7 @@ def test_hub_model_options_and_refusals():
     assert m.num_classes == 10 and m(torch.randn(1, 3, 64, 64)).shape == (1, 10)
     with pytest.raises(UserError, match="no trained weights exist"):
         torch.hub.load(REPO, "edgevit_xs", source="local", pretrained=True)
+    with pytest.raises(UserError, match=r"edgevit_xxs: .*unexpected keyword argument 'foo'"):
+        torch.hub.load(REPO, "edgevit_xxs", source="local", foo=1)
+    with pytest.raises(UserError, match="num_classes=x: expected an integer >= 0"):
+        torch.hub.load(REPO, "edgevit_xxs", source="local", num_classes="x")

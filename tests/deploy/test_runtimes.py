@@ -30,6 +30,8 @@ def test_every_record_is_complete():
         runtimes.get("coreml")
     with pytest.raises(UserError, match="format 'mlmodel' is not one of pte"):
         runtimes.by_format("mlmodel")
+    with pytest.raises(UserError, match="format None is not one of"):  # (eager has no format: not a match)
+        runtimes.by_format(None)
     with pytest.raises(UserError, match=r"m\.mlmodel: unknown exported-file extension; expected one of \.pte"):
         runtimes.for_file("m.mlmodel")
 
@@ -48,6 +50,12 @@ def test_load_exported_runs_a_file_on_numpy(tmp_path, make_tiny):
     y = m(x)
     assert m.format == "onnx" and m.runtime.name == "onnxruntime" and m.input_size == (64, 96)
     assert isinstance(y, np.ndarray) and y.shape == (1, 7) and np.abs(y - ref).max() <= 1e-4
+    with pytest.raises(UserError, match=r"tiny.onnx: input of shape \[1, 3, 32, 32\]; the file takes .* at 64x96"):
+        m(np.zeros((1, 3, 32, 32), np.float32))
+    with pytest.raises(UserError, match="tiny.onnx: input of shape \\[3, 64, 96\\]"):
+        m(np.zeros((3, 64, 96), np.float32))
+    with pytest.raises(UserError, match="no input given"):
+        m()
     with pytest.raises(UserError, match="no such file"):
         load_exported(tmp_path / "missing.onnx")
     bad = tmp_path / "bad.onnx"

@@ -102,6 +102,12 @@ def test_bad_files(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="expected a state_dict"):
         edgevit.load_checkpoint(model, tmp_path / "list.pth")
+    torch.save({"state_dict": [1, 2]}, tmp_path / "sdlist.pth")  # (timm's reader would fail on it inside)
+    with pytest.raises(CheckpointError, match="sdlist.pth: its 'state_dict' is a list; expected a dict of tensors"):
+        edgevit.load_checkpoint(model, tmp_path / "sdlist.pth")
+    torch.save({"a": 1}, tmp_path / "numbers.pth")
+    with pytest.raises(CheckpointError, match=r"numbers.pth: holds values that are not tensors \(a \(int\)\)"):
+        edgevit.load_checkpoint(model, tmp_path / "numbers.pth")
     # weights_only=True refuses arbitrary pickled objects
     torch.save({"model": {"x": NotATensor()}}, tmp_path / "pickled.pth")
     with pytest.raises(CheckpointError, match="weights-only"):

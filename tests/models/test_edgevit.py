@@ -130,7 +130,7 @@ def test_depth_width_overrides_scale_gmacs():
     assert count_gmacs(small, 224) < 0.5 < count_gmacs(timm.create_model("edgevit_xxs"), 224)
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 224, 200), (1, 3, 100, 224), (1, 1, 224, 224), (3, 224, 224)])
+@pytest.mark.parametrize("shape", [(1, 3, 224, 200), (1, 3, 100, 224), (1, 1, 224, 224), (3, 224, 224), (1, 3, 0, 0)])
 def test_bad_input_sizes(shape):
     model = timm.create_model("edgevit_xxs")
     with pytest.raises(ValueError, match="multiples of 32|expected input"):

@@ -89,7 +89,14 @@ class ExportedModel:
         return self.runtime.format
 
     def __call__(self, *inputs: np.ndarray):
-        outs = self.run(*(np.ascontiguousarray(a, dtype=np.float32) for a in inputs))
+        arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in inputs]
+        if not arrays:
+            raise UserError(f"{self.path}: no input given; expected a float32 [1, C, H, W] array")
+        for a in arrays:
+            if a.ndim != 4 or (self.input_size is not None and tuple(a.shape[-2:]) != tuple(self.input_size)):
+                size = "x".join(map(str, self.input_size)) if self.input_size else "H x W"
+                raise UserError(f"{self.path}: input of shape {list(a.shape)}; the file takes [1, C, H, W] at {size}")
+        outs = self.run(*arrays)
         return outs[0] if len(outs) == 1 else outs
 
 

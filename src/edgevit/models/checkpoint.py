@@ -59,12 +59,24 @@ def load_weights(path: PathLike, ema: bool = False) -> Dict[str, torch.Tensor]:
     """The weights of a checkpoint file, through timm's `load_state_dict` (safetensors or weights-only torch.load;
     a training state's `model` — `model_ema` with `ema` — or `state_dict`; DDP / torch.compile prefixes removed)."""
     path = Path(path)
-    with _reading(path):
-        try:
-            return timm.models.load_state_dict(str(path), use_ema=ema, weights_only=True)
-        except Exception:
-            read_state_dict(path)  # what is wrong with the file, in our words (not a dict, corrupt, ...)
-            raise
+    try:
+        with _reading(path):  # (a missing file or a directory: said before timm's reader runs)
+            pass
+        sd = timm.models.load_state_dict(str(path), use_ema=ema, weights_only=True)
+    except UserError:
+        raise
+    except Exception:
+        raw = read_state_dict(path)  # what is wrong with the file, in our words (corrupt, not a dict, ...)
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if raw.get(key) is not None and not isinstance(raw[key], dict):
+                raise CheckpointError(f"checkpoint {path}: its {key!r} is a {type(raw[key]).__name__}; expected a "
+                                      "dict of tensors") from None
+        raise  # a readable dict that timm's reader fails on: not the user's input, the traceback stays
+    others = [f"{k} ({type(v).__name__})" for k, v in sd.items() if not torch.is_tensor(v)][:5]
+    if others:
+        raise CheckpointError(f"checkpoint {path}: holds values that are not tensors ({', '.join(others)}); "
+                              "expected a state_dict")
+    return sd
 
 
 # safetensors metadata keys of the weights a run writes (values are JSON text: safetensors metadata is str -> str)

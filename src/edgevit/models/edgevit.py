@@ -61,7 +61,7 @@ def check_input(x: torch.Tensor, in_chans: int) -> None:
     if x.dim() != 4 or x.shape[1] != in_chans:
         raise UserError(f"expected input [B, {in_chans}, H, W], got {list(x.shape)}")
     H, W = x.shape[-2], x.shape[-1]
-    if H % 32 != 0 or W % 32 != 0:
+    if H < 32 or W < 32 or H % 32 != 0 or W % 32 != 0:
         raise UserError(f"input H and W must be multiples of 32 (EdgeViT's total stride), got {H}x{W}")
 
 
@@ -425,7 +425,8 @@ class EdgeViT(nn.Module):
         if len(embed_dims) != 4 or len(depths) != 4 or len(sr_ratios) != 4:
             raise UserError("embed_dims, depths and sr_ratios each need 4 values (one per stage)")
         for name, values, low in (("embed_dims", embed_dims, 1), ("depths", depths, 0), ("sr_ratios", sr_ratios, 1),
-                                  ("head_dim", [head_dim], 1), ("in_chans", [in_chans], 1)):
+                                  ("head_dim", [head_dim], 1), ("in_chans", [in_chans], 1),
+                                  ("num_classes", [num_classes], 0)):
             if any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values):
                 raise UserError(f"{name}={list(values) if len(values) > 1 else values[0]}: expected "
                                 f"{'integers' if len(values) > 1 else 'an integer'} >= {low}")

@@ -55,7 +55,7 @@ def get(name: str) -> Runtime:
 
 def by_format(fmt: str) -> Runtime:
     for r in RUNTIMES.values():
-        if r.format == fmt:
+        if r.format is not None and r.format == fmt:
             return r
     raise UserError(f"{fmt!r} is not one of {', '.join(formats())}", option="format")
 
