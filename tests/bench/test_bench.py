@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from edgevit.bench.bench import ABLATIONS, Entry, format_table, plan, time_runner
+from edgevit.bench.bench import ABLATIONS, Entry, cpu_flags, format_table, plan, time_runner
 from edgevit.cli.main import main
 
 ROW = {"model", "label", "fused", "runtime", "img_size", "params_m", "gmacs", "mean_ms", "std_ms", "median_ms",
@@ -22,6 +22,8 @@ def test_bench_end_to_end(tmp_path, capsys):
     assert set(doc["meta"]) >= META
     assert doc["meta"]["runs"] == 2 and doc["meta"]["batch"] == 1 and doc["meta"]["dtype"] == "fp32"
     assert doc["meta"]["threads"] == 2
+    assert doc["meta"]["cpu_flags"] == cpu_flags()  # (the ISA features int8/bf16 speed depends on)
+    assert (not cpu_flags()) or " ".join(cpu_flags()) in format_table(doc)  # ... in the table's footer too
     rows = doc["results"]
     assert [r["label"] for r in rows] == ["edgevit_xxs (fused)", "edgevit_xxs (unfused)", "mobilenetv2_100"]
     assert [r["fused"] for r in rows] == [True, False, None]
@@ -94,3 +96,11 @@ def test_time_runner_counts_calls():
     assert len(times) == 4 and len(calls) == 7 and all(t >= 0 for t in times)
     doc = {"results": [], "meta": {"threads": 2, "runs": 4, "cpu": "x", "torch": "t", "runtime_versions": {}}}
     assert "median ms" in format_table(doc)
+
+
+def test_cpu_flags_from_x86_and_arm_cpuinfo():
+    x86 = "processor\t: 0\nflags\t\t: fpu sse avx2 fma avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimdhp asimddp i8mm bf16\n"
+    assert cpu_flags(x86) == ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"]
+    assert cpu_flags(arm) == ["asimd", "asimddp", "i8mm", "asimdhp", "bf16"]
+    assert cpu_flags("model name\t: no flags line\n") == []

@@ -10,7 +10,8 @@ from edgevit.cli.main import main
 from edgevit.paper import load_paper
 
 META = {"created": "2026-11-23T22:00:00Z", "machine": "ci-vm", "cpu": "x86_64", "torch": "2.14.1",
-        "timm": "1.0.31", "runtime_versions": {}, "threads": 2, "runs": 20, "batch": 1, "dtype": "fp32"}
+        "timm": "1.0.31", "runtime_versions": {}, "threads": 2, "runs": 20, "batch": 1, "dtype": "fp32",
+        "cpu_flags": ["avx2", "fma", "avx512_vnni"]}
 
 
 def _res(model, runtime, ms, label=None, fused=None):
@@ -80,6 +81,7 @@ def test_report_writes_markdown_png_svg(files, tmp_path):
     assert "| **edgevit_xxs (fused)** | eager | 224x224px | 74.1 (eval (acc.json)) | ImageNet-1K" in md
     assert "![pareto_latency_eager](pareto_latency_eager.png)" in md
     assert "arXiv:2205.03436" in md and "foonet_9000" in md and "ci-vm" in md
+    assert "cpu: x86_64; ISA: avx2 fma avx512_vnni" in md  # (int8 / bf16 figures depend on them)
     summary = json.loads((out / "report.json").read_text())
     assert list(summary["pareto"]["accuracy_energy"].values())[0] == ["edgevit_xxs (fused)", "mobilevit_xs"]
 

@@ -166,13 +166,36 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction-set features that change int8 / bf16 / fp16 speed, as /proc/cpuinfo names them: x86 (VNNI: int8
+# dot products; BF16 and AMX: bf16 matrix units) and ARM (asimddp: int8 dot product, i8mm: int8 matrix multiply,
+# asimdhp/fphp: fp16 arithmetic). Machines here differ (some only AVX2), so every figure carries them.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
+             "asimd", "asimddp", "i8mm", "asimdhp", "fphp", "bf16", "sve", "sve2")
+
+
+def cpu_flags(cpuinfo: Optional[str] = None) -> List[str]:
+    """The ISA_FLAGS this CPU has (read from /proc/cpuinfo, or the given text of one), in ISA_FLAGS' order."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return []
+    have = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # (x86, ARM)
+            have.update(value.split())
+    return [f for f in ISA_FLAGS if f in have]
+
+
 def meta(threads: int, runs: int) -> dict:
     import os
 
     import timm
     return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} ({platform.system()} {platform.machine()}, {os.cpu_count()} CPUs)",
-            "cpu": cpu_name(), "torch": torch.__version__, "timm": timm.__version__,
+            "cpu": cpu_name(), "cpu_flags": cpu_flags(), "torch": torch.__version__, "timm": timm.__version__,
             "runtime_versions": runtime_versions(), "threads": threads, "runs": runs, "batch": 1,
             "dtype": "fp32"}
 
@@ -336,7 +359,9 @@ def format_table(doc: dict) -> str:
     m = doc["meta"]
     precision = "/".join(sorted({r.get("precision", "fp32") for r in rows})) or "fp32"
     calib = f" (int8 calibrated on {m['int8_calibration']})" if m.get("int8_calibration") else ""
-    lines.append(f"batch 1, {precision}{calib}, {m['threads']} threads, {m['runs']} interleaved rounds; {m['cpu']}; "
+    flags = f" ({' '.join(m['cpu_flags'])})" if m.get("cpu_flags") else ""
+    lines.append(f"batch 1, {precision}{calib}, {m['threads']} threads, {m['runs']} interleaved rounds; "
+                 f"{m['cpu']}{flags}; "
                  f"torch {m['torch']}, "
                  + ", ".join(f"{k} {v}" for k, v in m["runtime_versions"].items() if k != "torch"))
     if tied:

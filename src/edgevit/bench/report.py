@@ -262,6 +262,8 @@ def _meta_lines(bench: Sequence[dict], bench_files: Sequence[str]) -> List[str]:
         m = b.get("meta") or {}
         bits = [f"{k}: {m[k]}" for k in ("machine", "cpu", "torch", "threads", "runs", "dtype", "created")
                 if m.get(k) is not None]
+        if m.get("cpu_flags"):  # (int8 / bf16 speed depends on them)
+            bits.insert(2, "ISA: " + " ".join(m["cpu_flags"]))
         lines.append(f"- `{f}` — " + ("; ".join(bits) if bits else "no meta"))
     return lines
 
