@@ -19,8 +19,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..deploy import runtimes
 from ..errors import UserError
-from .runners import build_runner, check_runtime, form_label
+from .runners import build_runner, form_label
 
 EDGEVITS = ("edgevit_xxs", "edgevit_xs", "edgevit_s")
 # The paper's baselines (Table 1; MobileViT at 256 as the paper) and what users pick today.
@@ -214,7 +215,7 @@ def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2
     from tqdm import tqdm
 
     from ..models.complexity import count_gmacs, count_params
-    check_runtime(runtime)
+    runtimes.get(runtime)  # (an unknown runtime: refused before any model is built)
     if runs < 1:
         raise UserError(f"{runs} must be >= 1", option="runs")
     failures: List[str] = []

@@ -20,19 +20,6 @@ from ..deploy import runtimes
 from ..errors import UserError
 
 
-def check_runtime(runtime: str) -> str:
-    return runtimes.get(runtime).name
-
-
-def require_package(runtime: str) -> None:
-    """MissingDependencyError naming the package when `runtime` is not installed."""
-    runtimes.get(runtime).require()
-
-
-def int8_runtimes() -> tuple:
-    return tuple(r.name for r in runtimes.RUNTIMES.values() if r.int8)
-
-
 def default_img_size(model: nn.Module) -> int:
     """The input size the model's card uses (MobileViT: 256, as in the paper; most others 224)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -115,7 +102,7 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
     if precision not in ("fp32", "int8"):
         raise UserError(f"{precision!r} is not fp32 or int8", option="precision")
     if precision == "int8" and not rt.int8:
-        raise UserError(f"int8 runs in {' and '.join(int8_runtimes())}, not {runtime}", option="runtime")
+        raise UserError(f"int8 runs in {' and '.join(runtimes.int8_names())}, not {runtime}", option="runtime")
     if threads < 1:
         raise UserError(f"{threads} must be >= 1", option="threads")
     torch.set_num_threads(threads)

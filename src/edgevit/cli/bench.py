@@ -13,8 +13,7 @@ from .outputs import check_output_file
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..bench.bench import DEFAULT_MODELS, FORMS
-    from ..bench.runners import int8_runtimes
-    from ..deploy.runtimes import names
+    from ..deploy.runtimes import int8_names, names
     p = sub.add_parser("bench", help="CPU latency of EdgeViTs and baselines, batch 1, fp32 or int8",
                        description="Batch 1, fp32, CPU: every model built and warmed up, then --runs rounds, each "
                                    "timing every model once in a new random order (load on the machine hits "
@@ -36,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "paper's Table 4 beside them with whether its orderings hold here")
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "int8"),
                    help="fp32 and/or int8 (both: each model twice, interleaved in the same rounds); int8 = the "
-                        "file export --quantize int8 writes, for --runtime " + " or ".join(int8_runtimes()))
+                        "file export --quantize int8 writes, for --runtime " + " or ".join(int8_names()))
     p.add_argument("--calib", default=None, metavar="DIR",
                    help="int8 calibration images (a folder), or 'random' (timing only, labelled so)")
     p.add_argument("--calib-images", type=positive_int, default=64, help="calibration images per model (default 64)")
@@ -51,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..bench.bench import ablation_check, add_paper_columns, format_ablations, format_table, plan, run_bench, to_csv
-    from ..bench.runners import check_runtime, require_package
+    from ..deploy import runtimes
     from ..utils.io import print_json, write_json_atomic, write_text_atomic
 
     for flag, path in (("--json", args.json if args.json != "-" else None), ("--csv", args.csv)):
@@ -59,15 +58,14 @@ def run(args: argparse.Namespace) -> int:
             check_output_file(path, flag, overwrite=args.overwrite)
     if args.json and args.json != "-" and args.csv and Path(args.json).resolve() == Path(args.csv).resolve():
         raise ConfigError(f"--json and --csv name the same file {args.json}")
-    check_runtime(args.runtime)
-    require_package(args.runtime)
+    runtimes.get(args.runtime).require()
     precisions = list(dict.fromkeys(args.precision))
     if "int8" in precisions:
-        from ..bench.runners import int8_runtimes
         from ..deploy.quantize import RANDOM, calibration_files
 
-        if args.runtime not in int8_runtimes():
-            raise ConfigError(f"--precision int8 runs in --runtime {' or '.join(int8_runtimes())}, not {args.runtime}")
+        if args.runtime not in runtimes.int8_names():
+            raise ConfigError(f"--precision int8 runs in --runtime {' or '.join(runtimes.int8_names())}, not "
+                              f"{args.runtime}")
         if args.calib is None:
             raise ConfigError("--precision int8 needs --calib DIR (calibration images), or --calib random for "
                               "timing only")

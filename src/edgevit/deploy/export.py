@@ -125,8 +125,4 @@ def load_exported(path: os.PathLike | str, threads: int = 2) -> ExportedModel:
                         option="exported") from e
 
 
-def open_exported(path: os.PathLike | str, threads: int = 2):
-    """(format, run function x -> logits on torch tensors, exported (H, W) or None) of an exported classifier."""
-    m = load_exported(path, threads)
-    return m.format, first_output(m.run), m.input_size
 

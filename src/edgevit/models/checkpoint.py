@@ -22,14 +22,18 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be read, or does not fit the model."""
 
 
-@contextlib.contextmanager
-def _reading(path: Path) -> Iterator[None]:
-    """A file that cannot be read as a checkpoint: one CheckpointError naming it (timm's loaders and torch's say
-    neither the file nor, for an empty one, anything at all)."""
+def _require_file(path: Path) -> None:
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path}: is a directory; expected a .pth or .safetensors file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A file that cannot be read as a checkpoint: one CheckpointError naming it (timm's loaders and torch's say
+    neither the file nor, for an empty one, anything at all)."""
+    _require_file(path)
     try:
         yield
     except UserError:
@@ -60,8 +64,7 @@ def load_weights(path: PathLike, ema: bool = False) -> Dict[str, torch.Tensor]:
     a training state's `model` — `model_ema` with `ema` — or `state_dict`; DDP / torch.compile prefixes removed)."""
     path = Path(path)
     try:
-        with _reading(path):  # (a missing file or a directory: said before timm's reader runs)
-            pass
+        _require_file(path)  # (said before timm's reader runs)
         sd = timm.models.load_state_dict(str(path), use_ema=ema, weights_only=True)
     except UserError:
         raise

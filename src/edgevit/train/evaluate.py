@@ -141,12 +141,14 @@ def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, cro
     file (pte, onnx) or `img_size`; crop and interpolation from `checkpoint`'s training config if given
     (the file does not carry them), else the recipe's defaults. Classes: the sorted class folders, the
     order `edgevit train` gives them."""
-    from ..deploy.export import open_exported
+    from ..deploy.export import load_exported
+    from ..deploy.runtimes import first_output
     from ..models.checkpoint import checkpoint_weights
     from .datasets import build_eval_data, check_eval_data
 
     check_eval_data(data, dataset, split)
-    fmt, run, size = open_exported(exported, threads)
+    m = load_exported(exported, threads)
+    fmt, run, size = m.format, first_output(m.run), m.input_size
     cfg, classes = {}, None
     if checkpoint:
         w = checkpoint_weights(checkpoint)

@@ -15,7 +15,7 @@ from . import eager, executorch, litert, onnxruntime, torchscript
 from .base import ConversionError, Package, Runtime, first_output
 
 __all__ = ["Runtime", "Package", "ConversionError", "RUNTIMES", "get", "by_format", "for_file", "names",
-           "formats", "int8_formats", "first_output"]
+           "formats", "int8_formats", "int8_names", "first_output"]
 
 RUNTIMES: Dict[str, Runtime] = {}
 
@@ -44,6 +44,11 @@ def formats() -> Tuple[str, ...]:
 
 def int8_formats() -> Tuple[str, ...]:
     return tuple(r.format for r in RUNTIMES.values() if r.int8)
+
+
+def int8_names() -> Tuple[str, ...]:
+    """The runtimes with an int8 flow."""
+    return tuple(r.name for r in RUNTIMES.values() if r.int8)
 
 
 def get(name: str) -> Runtime:
