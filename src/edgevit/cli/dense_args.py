@@ -132,3 +132,116 @@ def load_image_tensor(path: str):
     from ..utils.images import read_image
 
     return pil_to_tensor(read_image(path)).to(torch.float32).div_(255)
+
+
+# ---------------------------------------------------------------- export and exported files
+def add_export_parser(sub, task: str, archs: str) -> argparse.ArgumentParser:
+    """`edgevit detect|segment export`: the options both take (the caller adds its own)."""
+    from ..deploy.export import TOLERANCE
+    from ..deploy.runtimes import formats
+    from ..utils.options import image_size, thread_count
+
+    p = sub.add_parser("export", help=f"export a trained {archs} model (fused EdgeViT body) for a runtime, checked "
+                                      "in it",
+                       description=f"Fuse the EdgeViT body for the runtime, export at a fixed input size, run the "
+                                   f"file in its runtime on a seeded input and compare with PyTorch (max |diff| "
+                                   f"{TOLERANCE:g}); FILE.json beside it says what the file is and how to read "
+                                   "its outputs (docs/dense.md).")
+    p.add_argument("--checkpoint", required=True, help=f"last.pth / best.pth of `edgevit {task} train`")
+    p.add_argument("--format", required=True, choices=formats(), help="output format")
+    p.add_argument("--img-size", type=image_size, nargs="+", default=None, metavar="SIZE",
+                   help="input size: one side (square) or H W, multiples of 32 (default: "
+                        + ("512" if task == "segment" else "ssdlite 320; retinanet, maskrcnn the checkpoint's "
+                           "min and max size, rounded up to 32") + ")")
+    p.add_argument("--no-fuse", action="store_true", help="export the release-layout EdgeViT body as is")
+    p.add_argument("--threads", type=thread_count, default=2, help="threads for the runtime check (default 2)")
+    p.add_argument("-o", "--output", required=True, help="file to write (atomically, after a successful check), "
+                                                         "and FILE.json beside it")
+    add_overwrite_arg(p, "-o and its FILE.json")
+    add_json_arg(p)
+    p.set_defaults(func=run_export, _task=task)
+    return p
+
+
+def _export_size(args: argparse.Namespace, meta: dict):
+    from ..errors import ConfigError
+
+    if args.img_size is not None:
+        if len(args.img_size) > 2:
+            raise ConfigError(f"--img-size {' '.join(map(str, args.img_size))}: expected one side or H W")
+        size = (args.img_size[0], args.img_size[-1])
+    elif meta["arch"] == "ssdlite":
+        from ..dense.models import SSDLITE_SIZE
+        size = (SSDLITE_SIZE, SSDLITE_SIZE)
+    elif meta["arch"] in ("retinanet", "maskrcnn"):
+        size = tuple(-(-int(meta[k]) // 32) * 32 for k in ("min_size", "max_size"))
+    else:
+        size = (512, 512)
+    if size[0] % 32 or size[1] % 32:
+        raise ConfigError(f"--img-size {size[0]} {size[1]}: expected multiples of 32 (EdgeViT's stride)")
+    return size
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..dense.deploy import check_exportable, export_dense, sidecar_path
+    from ..dense.engine import load_dense_checkpoint
+    from ..deploy import runtimes
+    from ..errors import ConfigError
+
+    rt = runtimes.by_format(args.format)
+    if not str(args.output).lower().endswith(rt.suffixes):
+        raise ConfigError(f"-o {args.output}: expected a {' or '.join(rt.suffixes)} file name for --format "
+                          f"{args.format}")
+    check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=[args.checkpoint])
+    check_output_file(sidecar_path(args.output), "-o's sidecar", overwrite=args.overwrite, inputs=[args.checkpoint])
+    model = load_dense_checkpoint(args.checkpoint, args._task)
+    meta = model.meta
+    argmax = bool(getattr(args, "argmax", False))
+    check_exportable(meta["arch"], args.format, argmax)
+    size = _export_size(args, meta)
+    rt.require(writing=True)
+    report = export_dense(model, args.format, args.output, size, argmax=argmax,
+                          max_detections=getattr(args, "max_detections", None), fused=not args.no_fuse,
+                          threads=args.threads, meta=meta)
+    report = {"checkpoint": str(args.checkpoint), **report}
+    if args.json:
+        print_json(report)
+        return 0
+    if "max_abs_diff" in report:
+        check = f"max |diff| {report['max_abs_diff']:.2e}"
+    elif "pixel_agreement" in report:
+        check = f"class map agrees on {100 * report['pixel_agreement']:.2f}% of pixels"
+    else:
+        check = (f"{report['detections_checked']} detections, max box diff {report['max_box_diff']:.2e} px, "
+                 f"max score diff {report['max_score_diff']:.2e}")
+    extra = rt.describe(report)
+    print(f"wrote {args.output} + {Path(report['sidecar']).name} ({report['bytes'] / 1e6:.2f} MB, {args.format} "
+          f"fp32, {'fused' if report['fused'] else 'unfused'} {meta['variant']} {meta['arch']}, {size[0]}x{size[1]}, "
+          f"outputs {', '.join(report['outputs'])}); {report['runtime']} vs PyTorch: {check}"
+          + (f"; {extra}" if extra else ""))
+    return 0
+
+
+def add_model_source_args(p: argparse.ArgumentParser, task: str) -> None:
+    """--checkpoint or --exported (exactly one)."""
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--checkpoint", help=f"last.pth / best.pth of `edgevit {task} train`")
+    g.add_argument("--exported", metavar="FILE", help=f"a file of `edgevit {task} export` (its FILE.json beside "
+                                                      "it), run in its runtime")
+    from ..utils.options import thread_count
+
+    p.add_argument("--threads", type=thread_count, default=2, help="threads of the exported file's runtime "
+                                                                   "(default 2)")
+
+
+def load_model_or_file(args: argparse.Namespace, task: str):
+    """(distributed info, the model or exported file, its meta) for eval / predict."""
+    if getattr(args, "exported", None):
+        from ..dense.deploy import load_dense_file
+        from ..train.distributed import init_distributed
+
+        f = load_dense_file(args.exported, task, threads=args.threads)
+        meta = f.meta.get("model_meta") or {}
+        return init_distributed("cpu"), f, meta
+    info, model = load_trained(args, task)
+    return info, model, model.meta

@@ -16,11 +16,13 @@ from ..utils.io import print_json
 from ..utils.options import nonneg_int, positive_int, probability
 from .args import add_json_arg, add_progress_arg, show_progress
 from .dense_args import (
+    add_export_parser,
+    add_model_source_args,
     add_predict_output_args,
     add_train_common,
     config_of,
     load_image_tensor,
-    load_trained,
+    load_model_or_file,
     predict_output,
     report_train,
     run_inputs,
@@ -29,14 +31,19 @@ from .dense_args import (
 )
 from .shapes import add_shapes_parser
 
+DETECT_ARCHS = ("retinanet", "maskrcnn", "ssdlite")  # edgevit.dense.models.DETECT_ARCHS (--help stays fast)
+
 
 # ---------------------------------------------------------------- detect
 def register(subparsers) -> None:
-    det = subparsers.add_parser("detect", help="object detection / instance segmentation (RetinaNet, Mask R-CNN)")
+    det = subparsers.add_parser("detect", help="object detection / instance segmentation (RetinaNet, Mask R-CNN, "
+                                               "SSDLite)")
     sub = det.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
 
     t = sub.add_parser("train", help="train on a COCO-format data set")
-    t.add_argument("--arch", choices=("retinanet", "maskrcnn"), default="retinanet")
+    t.add_argument("--arch", choices=DETECT_ARCHS, default="retinanet",
+                   help="retinanet, maskrcnn: the paper's; ssdlite: torchvision's SSDLite head at 320x320, a mobile "
+                        "head (--min-size/--max-size/--fpn-channels do not apply)")
     add_train_common(t)
     t.add_argument("--train-split", default="train2017", help="ROOT/annotations/instances_SPLIT.json + images")
     t.add_argument("--val-split", default="val2017")
@@ -50,7 +57,7 @@ def register(subparsers) -> None:
     t.set_defaults(func=run_train, _parser=t)
 
     e = sub.add_parser("eval", help="COCO AP (bbox, and segm for Mask R-CNN) of a trained checkpoint")
-    e.add_argument("--checkpoint", required=True, help="last.pth / best.pth of `edgevit detect train`")
+    add_model_source_args(e, "detect")
     e.add_argument("--data", required=True, help="COCO-format root")
     e.add_argument("--split", default="val2017")
     e.add_argument("--device", default="auto")
@@ -60,12 +67,16 @@ def register(subparsers) -> None:
 
     pr = sub.add_parser("predict", help="detect objects in one image; writes a PNG with boxes/labels/masks")
     pr.add_argument("image")
-    pr.add_argument("--checkpoint", required=True, help="last.pth / best.pth of `edgevit detect train`")
+    add_model_source_args(pr, "detect")
     add_predict_output_args(pr, "_det.png")
     pr.add_argument("--score-thresh", type=probability, default=0.5, help="keep detections scoring at least this")
     pr.add_argument("--device", default="auto")
     add_json_arg(pr)
     pr.set_defaults(func=run_predict)
+
+    x = add_export_parser(sub, "detect", "RetinaNet / SSDLite")
+    x.add_argument("--max-detections", type=positive_int, default=None,
+                   help="detections kept per image after NMS (default: the checkpoint's, 300)")
 
     add_shapes_parser(sub)
 
@@ -77,6 +88,9 @@ def run_train(args: argparse.Namespace) -> int:
     from ..train.distributed import cleanup_distributed
 
     args = start_dense_train(args, "detect")
+    if args.arch == "ssdlite" and args.batch_size < 2:
+        raise ConfigError("--batch-size 1: SSDLite's last extra blocks are 1x1 maps, whose BatchNorm needs at least "
+                          "2 images per process in training")
     if args.min_size > args.max_size:
         raise ConfigError(f"--min-size {args.min_size} is larger than --max-size {args.max_size}")
     if list(args.milestones) != sorted(set(args.milestones)):
@@ -120,13 +134,14 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..dense.coco import CocoDetection, resolve_split
     from ..dense.engine import evaluate_detector
 
-    info, model = load_trained(args, "detect")
+    info, model, meta = load_model_or_file(args, "detect")
     ann, img_dir = resolve_split(args.data, args.split)
     ds = CocoDetection(ann, img_dir)
-    if list(ds.cat_ids) != list(model.meta["cat_ids"]):
-        raise ConfigError(f"{ann}: category ids {ds.cat_ids} differ from the checkpoint's {model.meta['cat_ids']}")
+    if list(ds.cat_ids) != list(meta["cat_ids"]):
+        raise ConfigError(f"{ann}: category ids {ds.cat_ids} differ from the model's {meta['cat_ids']}")
     scores = evaluate_detector(model, ds, info, progress=show_progress(args))
-    scores = {"checkpoint": str(args.checkpoint), "arch": model.arch, "split": args.split, **scores}
+    source = {"exported": str(args.exported)} if args.exported else {"checkpoint": str(args.checkpoint)}
+    scores = {**source, "arch": model.arch, "split": args.split, **scores}
     if args.json:
         print_json(scores)
     else:
@@ -146,21 +161,24 @@ def run_predict(args: argparse.Namespace) -> int:
 
     out = predict_output(args, "_det.png")
     img = load_image_tensor(args.image)
-    info, model = load_trained(args, "detect")
-    # the detector's own pre-NMS score cut (0.05) must not hide what --score-thresh asks to see
-    heads = model if model.arch == "retinanet" else model.roi_heads
-    heads.score_thresh = min(heads.score_thresh, args.score_thresh)
-    padded = pad_for_detector(img, model.meta["min_size"], model.meta["max_size"])
-    with torch.no_grad():
-        det = model([padded.to(info.device)])[0]
+    info, model, meta = load_model_or_file(args, "detect")
+    if args.exported:  # (the file's own score cut was fixed at export)
+        det = model.detect(img)
+    else:
+        # the detector's own pre-NMS score cut (0.05) must not hide what --score-thresh asks to see
+        heads = model.roi_heads if model.arch == "maskrcnn" else model
+        heads.score_thresh = min(heads.score_thresh, args.score_thresh)
+        padded = pad_for_detector(img, meta["min_size"], meta["max_size"])
+        with torch.no_grad():
+            det = model([padded.to(info.device)])[0]
+        det["labels"] = det["labels"] - model.label_offset
     det["boxes"][:, 0::2] = det["boxes"][:, 0::2].clamp(0, img.shape[-1])  # padding is not part of the image
     det["boxes"][:, 1::2] = det["boxes"][:, 1::2].clamp(0, img.shape[-2])
     if "masks" in det:
         det["masks"] = det["masks"][..., :img.shape[-2], :img.shape[-1]]
     keep = det["scores"] >= args.score_thresh
     det = {k: v[keep].cpu() for k, v in det.items()}
-    det["labels"] = det["labels"] - model.label_offset
-    names: List[str] = list(model.meta["class_names"])
+    names: List[str] = list(meta["class_names"])
     save_png(draw_detections(img, det, names), out)
     rows = [{"label": int(lab), "name": names[int(lab)], "score": round(float(s), 4),
              "box_xyxy": [round(float(v), 1) for v in b]}

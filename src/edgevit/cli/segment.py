@@ -1,4 +1,4 @@
-"""`edgevit segment train|eval|predict|shapes`: Semantic FPN with an EdgeViT backbone (ADE20K layout).
+"""`edgevit segment train|eval|predict|export|shapes`: Semantic FPN or LR-ASPP on an EdgeViT (ADE20K layout).
 
 Defaults are the paper's ADE20K recipe (PVT's mmseg Semantic FPN): 512x512 random crops of the
 (2048, 512) scale x0.5-2.0, AdamW lr 1e-4 (weight decay 1e-4), batch 16, 80k iterations, poly decay.
@@ -13,11 +13,13 @@ from ..utils.io import print_json, require_dir
 from ..utils.options import image_size, nonneg_int, positive_float, positive_int
 from .args import add_json_arg, add_progress_arg, show_progress
 from .dense_args import (
+    add_export_parser,
+    add_model_source_args,
     add_predict_output_args,
     add_train_common,
     config_of,
     load_image_tensor,
-    load_trained,
+    load_model_or_file,
     predict_output,
     report_train,
     run_inputs,
@@ -25,6 +27,8 @@ from .dense_args import (
     start_dense_train,
 )
 from .shapes import add_shapes_parser
+
+SEGMENT_ARCHS = ("semfpn", "lraspp")  # edgevit.dense.models.SEGMENT_ARCHS (not imported: --help stays fast)
 
 
 def _scale(text: str):
@@ -48,10 +52,13 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    seg = subparsers.add_parser("segment", help="semantic segmentation (Semantic FPN)")
+    seg = subparsers.add_parser("segment", help="semantic segmentation (Semantic FPN, LR-ASPP)")
     sub = seg.add_subparsers(dest="segment_command", metavar="ACTION", required=True)
 
     t = sub.add_parser("train", help="train on an ADE20K-layout data set")
+    t.add_argument("--arch", choices=SEGMENT_ARCHS, default="semfpn",
+                   help="semfpn: the paper's Semantic FPN; lraspp: torchvision's LR-ASPP head (stride 8 + 32), "
+                        "a mobile head")
     add_train_common(t)
     _add_data_args(t)
     t.add_argument("--train-split", default="training")
@@ -64,8 +71,8 @@ def register(subparsers) -> None:
     t.add_argument("--save-every", type=positive_int, default=2000, help="iterations between checkpoints")
     t.set_defaults(func=run_train, _parser=t)
 
-    e = sub.add_parser("eval", help="mIoU, mAcc and pixel accuracy of a trained checkpoint")
-    e.add_argument("--checkpoint", required=True, help="last.pth / best.pth of `edgevit segment train`")
+    e = sub.add_parser("eval", help="mIoU, mAcc and pixel accuracy of a trained checkpoint or an exported file")
+    add_model_source_args(e, "segment")
     e.add_argument("--data", required=True, help="ADE20K-layout root")
     e.add_argument("--split", default="validation")
     e.add_argument("--device", default="auto")
@@ -75,11 +82,15 @@ def register(subparsers) -> None:
 
     pr = sub.add_parser("predict", help="segment one image; writes a colour-overlay PNG")
     pr.add_argument("image")
-    pr.add_argument("--checkpoint", required=True, help="last.pth / best.pth of `edgevit segment train`")
+    add_model_source_args(pr, "segment")
     add_predict_output_args(pr, "_seg.png")
     pr.add_argument("--device", default="auto")
     add_json_arg(pr)
     pr.set_defaults(func=run_predict)
+
+    x = add_export_parser(sub, "segment", "Semantic FPN / LR-ASPP")
+    x.add_argument("--argmax", action="store_true",
+                   help="end the graph with the class map (uint8 up to 256 classes, else int32) instead of logits")
 
     add_shapes_parser(sub)
 
@@ -106,8 +117,8 @@ def run_train(args: argparse.Namespace) -> int:
     info = setup_run(args)
     try:
         model = create_segmenter(n, args.model, args.backbone_checkpoint, drop_path_rate=args.drop_path,
-                                 fpn_channels=args.fpn_channels)
-        meta = {"arch": "semfpn", "variant": args.model, "num_classes": n, "class_names": names,
+                                 fpn_channels=args.fpn_channels, arch=args.arch)
+        meta = {"arch": args.arch, "variant": args.model, "num_classes": n, "class_names": names,
                 "scale": list(args.scale), "reduce_zero_label": bool(args.reduce_zero_label),
                 "fpn_channels": args.fpn_channels}
         result = fit(model, train_set, None, segmentation_loss,
@@ -126,11 +137,11 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from ..dense.engine import evaluate_segmenter
 
-    info, model = load_trained(args, "segment")
-    meta = model.meta
+    info, model, meta = load_model_or_file(args, "segment")
     ds = _dataset(args, args.split, False, int(meta["num_classes"]), bool(meta["reduce_zero_label"]), meta["scale"])
     scores = evaluate_segmenter(model, ds, info, class_names=meta["class_names"], progress=show_progress(args))
-    scores = {"checkpoint": str(args.checkpoint), "split": args.split, **scores}
+    source = {"exported": str(args.exported)} if args.exported else {"checkpoint": str(args.checkpoint)}
+    scores = {**source, "arch": meta["arch"], "split": args.split, **scores}
     if args.json:
         print_json(scores)
     else:
@@ -150,12 +161,15 @@ def run_predict(args: argparse.Namespace) -> int:
 
     out = predict_output(args, "_seg.png")
     img = load_image_tensor(args.image)
-    info, model = load_trained(args, "segment")
-    h, w = fit_scale(*img.shape[-2:], model.meta["scale"])
+    info, model, meta = load_model_or_file(args, "segment")
+    h, w = fit_scale(*img.shape[-2:], meta["scale"])
     x = normalize(F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False)[0])
-    pred = segment_logits(model, x.to(info.device), img.shape[-2:]).argmax(0).cpu()
+    if args.exported:
+        pred = model.segment(x, img.shape[-2:])
+    else:
+        pred = segment_logits(model, x.to(info.device), img.shape[-2:]).argmax(0).cpu()
     save_png(draw_segmentation(img, pred, model.num_classes), out)
-    names = model.meta["class_names"]
+    names = meta["class_names"]
     counts = pred.flatten().bincount(minlength=model.num_classes)
     frac = {names[i]: round(float(c) / pred.numel(), 4) for i, c in enumerate(counts.tolist()) if c}
     if args.json:

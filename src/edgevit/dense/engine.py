@@ -31,8 +31,9 @@ from ..train.loaders import ShardSampler, SkipSampler, leave_signals_to_the_trai
 from ..train.run import training_run
 from ..train.state import capture_rng_state, load_training_state, restore_rng_state
 from .ade import IGNORE
+from .deploy import DenseFile
 from .metrics import coco_evaluate, confusion_matrix, detections_to_coco, segmentation_scores
-from .models import create_detector, create_segmenter
+from .models import DETECT_ARCHS, SEGMENT_ARCHS, create_detector, create_segmenter
 
 SINGLE = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), distributed=False)
 
@@ -69,7 +70,7 @@ STATE_KEYS = ("model", "optimizer", "scheduler", "iteration", "rng", "meta")
 
 
 def _command(arch: str) -> str:
-    return "edgevit segment train" if arch == "semfpn" else "edgevit detect train"
+    return "edgevit segment train" if arch in SEGMENT_ARCHS else "edgevit detect train"
 
 
 @one_line_when_a_peer_stops
@@ -185,14 +186,20 @@ def detection_loss(model: nn.Module, batch, device: torch.device):
 @torch.no_grad()
 def evaluate_detector(model: nn.Module, dataset, dist_info: DistInfo = SINGLE, progress: bool = True
                       ) -> Dict[str, Any]:
-    """COCO bbox (and segm for Mask R-CNN) AP on `dataset`; flat keys bbox_AP, bbox_AP50, ..."""
-    model.eval()
+    """COCO bbox (and segm for Mask R-CNN) AP on `dataset`; flat keys bbox_AP, bbox_AP50, ...
+
+    `model`: a torchvision detector, or an exported file (`dense.deploy.DenseFile`: run in its runtime, its
+    labels 0-based)."""
+    exported = isinstance(model, DenseFile)
+    if not exported:
+        model.eval()
     mine = ShardSampler(len(dataset), dist_info.rank, dist_info.world_size)  # each image once, no padding
     results: List[dict] = []
     for i in tqdm(mine, desc="eval", disable=not (progress and dist_info.is_main), dynamic_ncols=True):
         img, target = dataset[i]
-        out = model([img.to(dist_info.device)])[0]
-        results += detections_to_coco([out], [target["image_id"]], dataset.cat_ids, model.label_offset)
+        out = model.detect(img) if exported else model([img.to(dist_info.device)])[0]
+        results += detections_to_coco([out], [target["image_id"]], dataset.cat_ids,
+                                      0 if exported else model.label_offset)
     if dist_info.distributed:
         gathered: List[Any] = [None] * dist_info.world_size
         dist.all_gather_object(gathered, results)
@@ -235,13 +242,20 @@ def segment_logits(model: nn.Module, img: torch.Tensor, out_size: Sequence[int])
 @torch.no_grad()
 def evaluate_segmenter(model: nn.Module, dataset, dist_info: DistInfo = SINGLE, progress: bool = True,
                        class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    model.eval()
+    """mIoU, mAcc, aAcc (and per-class IoU) on `dataset`. `model`: a segmenter, or an exported file
+    (`dense.deploy.DenseFile`, run in its runtime at its fixed input size)."""
+    exported = isinstance(model, DenseFile)
+    if not exported:
+        model.eval()
     n = model.num_classes
     conf = torch.zeros(n, n, dtype=torch.int64, device=dist_info.device)
     mine = ShardSampler(len(dataset), dist_info.rank, dist_info.world_size)  # each image once, no padding
     for i in tqdm(mine, desc="eval", disable=not (progress and dist_info.is_main), dynamic_ncols=True):
         img, lab = dataset[i]
-        pred = segment_logits(model, img.to(dist_info.device), lab.shape).argmax(0)
+        if exported:
+            pred = model.segment(img, lab.shape).to(dist_info.device)
+        else:
+            pred = segment_logits(model, img.to(dist_info.device), lab.shape).argmax(0)
         conf += confusion_matrix(pred, lab.to(dist_info.device), n, IGNORE)
     all_reduce_sum(conf)
     scores = segmentation_scores(conf.cpu(), class_names)
@@ -255,19 +269,18 @@ def load_dense_checkpoint(path: str | Path, kind: str) -> nn.Module:
     with `.meta` (arch, variant, class names, sizes)."""
     state = load_training_state(path, f"edgevit {kind} train", ("model", "meta"))
     meta = state["meta"]
-    if kind == "detect" and meta.get("arch") not in ("retinanet", "maskrcnn"):
-        raise UserError(f"{path}: a {meta.get('arch')} checkpoint; `edgevit detect` needs "
-                        "retinanet or maskrcnn (use `edgevit segment` for semfpn)", option="checkpoint")
-    if kind == "segment" and meta.get("arch") != "semfpn":
-        raise UserError(f"{path}: a {meta.get('arch')} checkpoint; `edgevit segment` needs semfpn",
-                        option="checkpoint")
+    archs = DETECT_ARCHS if kind == "detect" else SEGMENT_ARCHS
+    if meta.get("arch") not in archs:
+        other = "segment" if kind == "detect" else "detect"
+        raise UserError(f"{path}: a {meta.get('arch')} checkpoint; `edgevit {kind}` takes {', '.join(archs)} "
+                        f"(`edgevit {other}` the others)", option="checkpoint")
     if kind == "detect":
         model = create_detector(meta["arch"], int(meta["num_classes"]), meta["variant"],
                                 min_size=int(meta["min_size"]), max_size=int(meta["max_size"]), drop_path_rate=0.0,
                                 fpn_channels=int(meta.get("fpn_channels", 256)))
     else:
         model = create_segmenter(int(meta["num_classes"]), meta["variant"], drop_path_rate=0.0,
-                                 fpn_channels=int(meta.get("fpn_channels", 256)))
+                                 fpn_channels=int(meta.get("fpn_channels", 256)), arch=meta["arch"])
     model.load_state_dict(state["model"])
     model.meta = meta
     return model.eval()

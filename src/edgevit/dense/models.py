@@ -7,6 +7,11 @@ torchvision (detectors, FPN, extra pyramid levels) so only the glue below is han
 * RetinaNet: FPN over C3-C5 (strides 8/16/32) plus P6 (3x3 stride-2 conv on C5, mmdet's
   ``add_extra_convs='on_input'``) and P7 -> P3-P7, 256 channels (torchvision ``LastLevelP6P7``).
 * Mask R-CNN: FPN over C2-C5 plus a max-pooled P6 -> P2-P6 (torchvision ``LastLevelMaxPool``).
+* SSDLite (beyond the paper, for phones): torchvision's ``SSD`` with its ``SSDLiteHead`` at 320x320 as
+  ``ssdlite320_mobilenet_v3_large``: C4 (stride 16) and C5 (stride 32), then torchvision's four extra blocks
+  (512, 256, 256, 128 channels) down to stride 512, six levels of ``DefaultBoxGenerator`` boxes.
+* LR-ASPP (beyond the paper, for phones): torchvision's ``LRASPP`` head on stride-8 ("low") and stride-32
+  ("high") features, as ``lraspp_mobilenet_v3_large``.
 * Semantic FPN (Kirillov et al. 2019): FPN C2-C5 -> 256 ch, then per level a stack of
   3x3 conv(128)-BN-ReLU(-2x up) until 1/4 scale, summed, 1x1 classifier, x4 upsample.  Written by
   hand because segmentation_models_pytorch's FPN omits the 3x3 FPN output convs (~2.4 M params),
@@ -31,7 +36,10 @@ from torchvision.ops.feature_pyramid_network import (
 from ..errors import UserError
 from ..models import VARIANTS, load_checkpoint
 
-ARCHS = ("retinanet", "maskrcnn", "semfpn")
+DETECT_ARCHS = ("retinanet", "maskrcnn", "ssdlite")
+SEGMENT_ARCHS = ("semfpn", "lraspp")
+ARCHS = DETECT_ARCHS + SEGMENT_ARCHS
+SSDLITE_SIZE = 320  # torchvision's ssdlite320 input: every image is resized to 320x320
 FPN_CHANNELS = 256
 SEM_CHANNELS = 128
 
@@ -78,11 +86,57 @@ def maskrcnn_backbone(body: nn.Module, channels: int = FPN_CHANNELS) -> EdgeViTF
     return EdgeViTFPN(body, (0, 1, 2, 3), channels, extra_blocks=LastLevelMaxPool())
 
 
+class SSDLiteFeatures(nn.Module):
+    """torchvision's ``SSDLiteFeatureExtractorMobileNet`` for an EdgeViT body: C4 and C5 (strides 16, 32), then
+    torchvision's own extra blocks (``_extra_block``: 1x1, 3x3 depthwise stride 2, 1x1, ReLU6) to strides 64-512.
+    (torchvision's extractor slices a MobileNetV3 ``Sequential``; an EdgeViT's stages come out of
+    ``forward_intermediates``, so only this forward is ours.)"""
+
+    def __init__(self, body: nn.Module, norm_layer, extra_channels: Sequence[int] = (512, 256, 256, 128)):
+        from torchvision.models.detection.ssdlite import _extra_block, _normal_init
+
+        super().__init__()
+        self.body = body
+        widths = [body.feature_info[3]["num_chs"], *extra_channels]
+        self.extra = nn.ModuleList(_extra_block(i, o, norm_layer) for i, o in zip(widths[:-1], widths[1:]))
+        _normal_init(self.extra)
+        self.out_channels = [body.feature_info[2]["num_chs"], *widths]
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        out = self.body.forward_intermediates(x, indices=[2, 3], intermediates_only=True)
+        x = out[-1]
+        for block in self.extra:
+            x = block(x)
+            out.append(x)
+        return OrderedDict((str(i), v) for i, v in enumerate(out))
+
+
+def _ssdlite(body: nn.Module, num_classes: int, **kwargs) -> nn.Module:
+    """torchvision's ``ssdlite320_mobilenet_v3_large`` construction with an EdgeViT body: its norm layer,
+    anchors, thresholds and head; the images normalised with the ImageNet mean/std the EdgeViT was trained
+    with (torchvision's MobileNet uses [-1, 1])."""
+    from functools import partial
+
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+    from torchvision.models.detection.ssd import SSD
+    from torchvision.models.detection.ssdlite import SSDLiteHead
+
+    norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+    features = SSDLiteFeatures(body, norm_layer)
+    anchors = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.2, max_ratio=0.95)
+    head = SSDLiteHead(features.out_channels, anchors.num_anchors_per_location(), num_classes + 1, norm_layer)
+    cfg = body.pretrained_cfg
+    defaults = {"score_thresh": 0.001, "nms_thresh": 0.55, "detections_per_img": 300, "topk_candidates": 300,
+                "image_mean": list(cfg["mean"]), "image_std": list(cfg["std"])}
+    return SSD(features, anchors, (SSDLITE_SIZE, SSDLITE_SIZE), num_classes + 1, head=head, **{**defaults, **kwargs})
+
+
 def create_detector(arch: str, num_classes: int, variant: str = "edgevit_xxs", checkpoint: Optional[str] = None,
                     min_size: int = 800, max_size: int = 1333, drop_path_rate: float = 0.1,
                     fpn_channels: int = FPN_CHANNELS, **kwargs) -> nn.Module:
-    """torchvision RetinaNet (``num_classes`` foreground classes, sigmoid focal loss, labels 0..K-1) or
-    Mask R-CNN (``num_classes + 1`` outputs incl. background, labels 1..K) on EdgeViT + FPN.
+    """torchvision RetinaNet (``num_classes`` foreground classes, sigmoid focal loss, labels 0..K-1),
+    Mask R-CNN (``num_classes + 1`` outputs incl. background, labels 1..K) on EdgeViT + FPN, or SSDLite
+    (``num_classes + 1``, labels 1..K, 320x320: `min_size`/`max_size`/`fpn_channels` do not apply).
 
     The model gets ``label_offset`` (0 / 1): dataset labels are 0-based, add the offset for the model.
     ``fpn_channels`` (paper: 256) is a knob for quick CPU runs: the 256-wide heads dominate the cost."""
@@ -105,8 +159,11 @@ def create_detector(arch: str, num_classes: int, variant: str = "edgevit_xxs", c
         model = MaskRCNN(maskrcnn_backbone(body, fpn_channels), num_classes=None, min_size=min_size,
                          max_size=max_size, **kwargs)
         model.label_offset = 1
+    elif arch == "ssdlite":
+        model = _ssdlite(body, num_classes, **kwargs)
+        model.label_offset = 1
     else:
-        raise UserError(f"{arch!r}: expected one of retinanet, maskrcnn", option="arch")
+        raise UserError(f"{arch!r}: expected one of {', '.join(DETECT_ARCHS)}", option="arch")
     model.transform.size_divisible = 32  # EdgeViT needs multiples of 32 (torchvision's default already)
     model.arch, model.num_classes, model.variant, model.fpn_channels = arch, num_classes, variant, fpn_channels
     return model
@@ -155,10 +212,45 @@ class SemanticFPN(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class LRASPPSegmenter(nn.Module):
+    """torchvision's ``LRASPP`` (Howard et al. 2019, as ``lraspp_mobilenet_v3_large``) on an EdgeViT: "low" =
+    stage 2 (stride 8), "high" = stage 4 (stride 32); logits at the input size, as a tensor."""
+
+    def __init__(self, body: nn.Module, num_classes: int, inter_channels: int = 128):
+        from torchvision.models.segmentation.lraspp import LRASPP
+
+        super().__init__()
+        self.lraspp = LRASPP(_LowHigh(body), body.feature_info[1]["num_chs"], body.feature_info[3]["num_chs"],
+                             num_classes, inter_channels)
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lraspp(x)["out"]
+
+
+class _LowHigh(nn.Module):
+    """The stride-8 and stride-32 stage outputs under LRASPP's names."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        low, high = self.body.forward_intermediates(x, indices=[1, 3], intermediates_only=True)
+        return {"low": low, "high": high}
+
+
 def create_segmenter(num_classes: int, variant: str = "edgevit_xxs", checkpoint: Optional[str] = None,
-                     drop_path_rate: float = 0.1, fpn_channels: int = FPN_CHANNELS) -> SemanticFPN:
-    """Semantic FPN; the semantic head is half the FPN width (paper: 256 / 128)."""
-    model = SemanticFPN(create_backbone(variant, checkpoint, drop_path_rate=drop_path_rate), num_classes,
-                        fpn_channels, fpn_channels // 2)
-    model.arch, model.variant = "semfpn", variant
+                     drop_path_rate: float = 0.1, fpn_channels: int = FPN_CHANNELS, arch: str = "semfpn"
+                     ) -> nn.Module:
+    """Semantic FPN (the semantic head half the FPN width; paper: 256 / 128) or LR-ASPP (torchvision's
+    128-channel head; `fpn_channels` does not apply)."""
+    body = create_backbone(variant, checkpoint, drop_path_rate=drop_path_rate)
+    if arch == "semfpn":
+        model = SemanticFPN(body, num_classes, fpn_channels, fpn_channels // 2)
+    elif arch == "lraspp":
+        model = LRASPPSegmenter(body, num_classes)
+    else:
+        raise UserError(f"{arch!r}: expected one of {', '.join(SEGMENT_ARCHS)}", option="arch")
+    model.arch, model.variant = arch, variant
     return model

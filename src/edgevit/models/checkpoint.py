@@ -118,8 +118,9 @@ def checkpoint_weights(path: str | Path, ema: bool = False) -> Dict[str, Any]:
                             "model_ema.safetensors)", option="ema")
     arch = raw["meta"].get("arch") if isinstance(raw.get("meta"), dict) else None
     if arch:  # a detection / segmentation run's checkpoint
-        raise CheckpointError(f"checkpoint {path}: a {arch} checkpoint of `edgevit "
-                              f"{'segment' if arch == 'semfpn' else 'detect'} train`, not a classification model")
+        task = "segment" if arch in ("semfpn", "lraspp") else "detect"
+        raise CheckpointError(f"checkpoint {path}: a {arch} checkpoint of `edgevit {task} train`, not a "
+                              "classification model")
     config = raw.get("config") if isinstance(raw.get("config"), dict) else None
     classes = raw.get("classes") if isinstance(raw.get("classes"), list) else None
     if config and config.get("qat"):

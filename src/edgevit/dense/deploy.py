@@ -1,0 +1,375 @@
+"""Detectors and segmenters as deployable files: the graph each exports, the export with its runtime check, and
+an exported file run the way the checkpoint's eval runs the model.
+
+A dense file takes one normalised image (float32 NCHW, the mean/std of its sidecar) at the fixed size it was
+exported at; the app resizes (keeping the aspect ratio and padding bottom/right, or, for SSDLite, stretching as
+torchvision's SSD does) and normalises. What a file is, and how to read its outputs, is in `FILE.json` beside it
+(`sidecar_path`): task, architecture, classes, input size and resize rule, mean/std, outputs, and for raw
+detector outputs the decoding `postprocess` applies. Files:
+
+* segmenters: logits at the input size, or (`argmax`) the class map in the graph (uint8 up to 256 classes);
+* RetinaNet / SSDLite to ONNX: decoding, top-k and class-wise NMS in the graph (`GraphPostprocess`; ONNX
+  `NonMaxSuppression`): boxes [N, 4], scores [N], 0-based labels [N], N <= max_detections;
+* Mask R-CNN to ONNX only: boxes, scores, labels and masks [N, 1, H, W] (probabilities at the input size), by
+  torch's TorchScript-based ONNX exporter (torch.export cannot trace torchvision's RPN/RoIHeads);
+* RetinaNet / SSDLite to runtimes without a general NMS (ExecuTorch, LiteRT): the head's class logits and box
+  deltas for every anchor, and the anchors; `postprocess` turns them into the same detections.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..deploy import fuse, runtimes
+from ..deploy.export import TOLERANCE
+from ..errors import UserError
+from ..utils.io import atomic_path
+from .models import DETECT_ARCHS, SEGMENT_ARCHS
+from .postprocess import Decoding, GraphPostprocess, decoding_of, match_detections, postprocess
+
+SIDECAR_VERSION = 1
+# an argmax file's class map may differ from PyTorch's where two logits tie within float error
+ARGMAX_AGREEMENT = 0.999
+
+
+class ExportError(UserError):
+    """A dense model cannot go to the format asked for; the message says why."""
+
+
+def sidecar_path(path: os.PathLike | str) -> Path:
+    return Path(str(path) + ".json")
+
+
+def task_of(arch: str) -> str:
+    return "segment" if arch in SEGMENT_ARCHS else "detect"
+
+
+# ---- the graphs --------------------------------------------------------------------------------------------
+class SegmenterGraph(nn.Module):
+    """A segmenter's logits at the input size, or its class map (`argmax`, uint8 for <= 256 classes)."""
+
+    def __init__(self, model: nn.Module, argmax: bool = False):
+        super().__init__()
+        self.model, self.argmax = model, argmax
+        self.dtype = torch.uint8 if model.num_classes <= 256 else torch.int32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        return logits.argmax(dim=1).to(self.dtype) if self.argmax else logits
+
+
+def _anchors(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
+    """The detector's anchors at `x`'s size ([A, 4], x1 y1 x2 y2 in input pixels) and the anchors per level,
+    from the model's own anchor generator."""
+    from torchvision.models.detection.image_list import ImageList
+
+    with torch.no_grad():
+        feats = list(model.backbone(x).values())
+        anchors = model.anchor_generator(ImageList(x, [tuple(x.shape[-2:])]), feats)[0]
+    per_loc = model.anchor_generator.num_anchors_per_location()
+    return anchors, [f.shape[-2] * f.shape[-1] * a for f, a in zip(feats, per_loc)]
+
+
+class DetectorHead(nn.Module):
+    """A RetinaNet / SSD up to its head: class logits [1, A, C] and box deltas [1, A, 4] for every anchor, and
+    (`with_anchors`) the anchors [A, 4] as a third output."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, with_anchors: bool = True):
+        super().__init__()
+        self.backbone, self.head = model.backbone, model.head
+        anchors, self.level_sizes = _anchors(model, x)
+        self.register_buffer("anchors", anchors, persistent=False)
+        self.with_anchors = with_anchors
+
+    def forward(self, x: torch.Tensor):
+        out = self.head(list(self.backbone(x).values()))
+        if self.with_anchors:
+            return out["cls_logits"], out["bbox_regression"], self.anchors
+        return out["cls_logits"], out["bbox_regression"]
+
+
+class DetectorGraph(nn.Module):
+    """A RetinaNet / SSD with its decoding and class-wise NMS: boxes [N, 4], scores [N], 0-based labels [N]."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, max_detections: int):
+        super().__init__()
+        self.raw = DetectorHead(model, x, with_anchors=False)
+        self.decoding = decoding_of(model, x.shape[-2:], self.raw.level_sizes, max_detections)
+        num_logits = model.num_classes + model.label_offset  # SSD's background is a logit, RetinaNet has none
+        self.post = GraphPostprocess(self.decoding, self.raw.anchors, num_logits)
+
+    def forward(self, x: torch.Tensor):
+        return self.post(*self.raw(x))
+
+
+# ---- export ------------------------------------------------------------------------------------------------
+def _input(size: Tuple[int, int]) -> torch.Tensor:
+    return torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
+
+
+class MaskRCNNGraph(nn.Module):
+    """torchvision's `GeneralizedRCNN.forward` for one normalised image at the file's size, without the
+    transform's normalise/resize (the app does them): boxes, scores, 0-based labels, masks [N, 1, H, W]."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        from torchvision.models.detection.image_list import ImageList
+
+        size = [(int(x.shape[-2]), int(x.shape[-1]))]
+        feats = self.model.backbone(x)
+        proposals, _ = self.model.rpn(ImageList(x, size), feats)
+        det, _ = self.model.roi_heads(feats, proposals, size)
+        det = self.model.transform.postprocess(det, size, size)[0]
+        return det["boxes"], det["scores"], det["labels"] - self.model.label_offset, det["masks"]
+
+
+def save_onnx_traced(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
+    """Mask R-CNN to ONNX through torch's TorchScript-based exporter, the path torchvision tests its detectors
+    on: torch.export (the dynamo exporter) stops at torchvision's `batched_nms` (a branch on the number of boxes,
+    unknown when tracing) inside the RPN and RoIHeads."""
+    import warnings
+
+    from ..deploy.runtimes.onnxruntime import strip_onnx
+
+    # the exporter's warnings (constant folding, traced size arithmetic) are about torchvision's code, not the
+    # user's; the file is checked in ONNX Runtime next
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (x,), str(path), dynamo=False, opset_version=17)
+    model.eval()  # (the exporter leaves the module in the mode it traced; restated)
+    strip_onnx(path)
+    return {"exporter": "torchscript"}
+
+
+def check_exportable(arch: str, fmt: str, argmax: bool = False) -> None:
+    """Refuse what an architecture cannot go to, before any work (one line saying why)."""
+    if arch == "maskrcnn" and fmt != "onnx":
+        raise ExportError(f"Mask R-CNN does not export to {fmt}: torch.export cannot trace torchvision's RPN and "
+                          "RoIHeads (NMS and RoIAlign over a data-dependent number of boxes) and that runtime has "
+                          "no NMS; use --format onnx, or retinanet/ssdlite for ExecuTorch and LiteRT")
+    if argmax and arch not in SEGMENT_ARCHS:
+        raise ExportError(f"the class map (argmax) is a segmenter's output, not {arch}'s")
+
+
+def graph_for(model: nn.Module, fmt: str, size: Tuple[int, int], argmax: bool = False,
+              max_detections: Optional[int] = None) -> Tuple[nn.Module, Dict[str, object]]:
+    """The graph `model` exports as for `fmt`, and what its sidecar says about the outputs."""
+    x = _input(size)
+    if model.arch in SEGMENT_ARCHS:
+        return SegmenterGraph(model, argmax).eval(), {"outputs": ["classes" if argmax else "logits"]}
+    if model.arch == "maskrcnn":
+        if max_detections:
+            model.roi_heads.detections_per_img = max_detections
+        return MaskRCNNGraph(model).eval(), {"outputs": ["boxes", "scores", "labels", "masks"],
+                                             "score_thresh": float(model.roi_heads.score_thresh)}
+    if fmt == "onnx":
+        graph = DetectorGraph(model, x, max_detections or model.detections_per_img).eval()
+        return graph, {"outputs": ["boxes", "scores", "labels"], "decoding": graph.decoding.to_dict()}
+    head = DetectorHead(model, x).eval()
+    dec = decoding_of(model, size, head.level_sizes, max_detections)
+    return head, {"outputs": ["cls_logits", "bbox_regression", "anchors"], "decoding": dec.to_dict()}
+
+
+def _normalization(model: nn.Module) -> Tuple[List[float], List[float]]:
+    if hasattr(model, "transform"):  # torchvision detectors normalise inside; the file does not
+        return list(model.transform.image_mean), list(model.transform.image_std)
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # the segmentation data's (dense.ade)
+
+    return list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
+
+
+def _compare(kind: str, got: List[np.ndarray], want: Sequence[torch.Tensor], score_thresh: float
+             ) -> Dict[str, object]:
+    """The runtime's outputs against PyTorch's; raises naming the output that disagrees."""
+    want = [w.detach().numpy() for w in want]
+    if kind == "classes":
+        agree = float((got[0] == want[0]).mean())
+        if agree < ARGMAX_AGREEMENT:
+            raise UserError(f"class map agrees with PyTorch on {100 * agree:.2f}% of pixels (< "
+                            f"{100 * ARGMAX_AGREEMENT:.1f}%)")
+        return {"pixel_agreement": agree}
+    if kind == "boxes":
+        m = match_detections(dict(zip(("boxes", "scores", "labels"), want)),
+                             dict(zip(("boxes", "scores", "labels"), got)), score_thresh=score_thresh)
+        if m["unmatched"]:
+            raise UserError(f"detections: {m['unmatched']} of {m['detections']} differ from PyTorch's")
+        return {"detections_checked": m["detections"], "max_box_diff": m["max_box_diff"],
+                "max_score_diff": m["max_score_diff"]}
+    diffs = {}
+    names = ["cls_logits", "bbox_regression", "anchors"] if kind == "cls_logits" else ["logits"]
+    for name, g, w in zip(names, got, want):
+        diff = float(np.abs(g.astype(np.float32) - w).max()) if w.size else 0.0
+        if not diff <= TOLERANCE:
+            raise UserError(f"output {name!r}: max |diff| {diff:.3g} > {TOLERANCE} against PyTorch")
+        diffs[name] = diff
+    return {"max_abs_diff": max(diffs.values())}
+
+
+def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tuple[int, int], *,
+                 argmax: bool = False, max_detections: Optional[int] = None, fused: bool = True,
+                 threads: int = 2, meta: Optional[dict] = None) -> Dict[str, object]:
+    """Export a trained detector / segmenter (`load_dense_checkpoint`) at `size` (H, W; multiples of 32) to
+    `output` in `fmt`, with its EdgeViT body fused for that runtime; run the file in its runtime on a seeded
+    input and compare with PyTorch; then write the sidecar. Both files are renamed into place only after the
+    check passes."""
+    arch = model.arch
+    check_exportable(arch, fmt, argmax)
+    if size[0] % 32 or size[1] % 32 or min(size) < 32:
+        raise UserError(f"input size {size[0]}x{size[1]}: expected multiples of 32", option="img_size")
+    rt = runtimes.by_format(fmt)
+    rt.require(writing=True)
+    torch.set_num_threads(threads)
+    model = fuse(model.eval(), rt.name) if fused else model.eval()
+    graph, outputs = graph_for(model, fmt, size, argmax, max_detections)
+    x = _input(size)
+    with torch.no_grad():
+        want = graph(x)
+    want = [want] if torch.is_tensor(want) else list(want)
+    thresh = outputs["decoding"]["score_thresh"] if "decoding" in outputs else outputs.get("score_thresh", 0.0)
+    mean, std = _normalization(model)
+    meta = dict(meta or {})
+    side = {"edgevit_dense_file": SIDECAR_VERSION, "task": task_of(arch), "arch": arch,
+            "variant": meta.get("variant"), "num_classes": int(meta.get("num_classes", 0)),
+            "class_names": list(meta.get("class_names", [])), "input_size": list(size),
+            "resize": "stretch" if arch == "ssdlite" else "fit", "mean": mean, "std": std, "format": fmt,
+            "precision": "fp32", "fused": fused, **outputs, "model_meta": meta}
+    report: Dict[str, object] = {"format": fmt, "runtime": rt.name, "arch": arch, "output": str(output),
+                                 "img_size": list(size), "precision": "fp32", "fused": fused,
+                                 "outputs": outputs["outputs"]}
+    with atomic_path(output) as tmp, atomic_path(sidecar_path(output)) as tmp_side:
+        save = save_onnx_traced if arch == "maskrcnn" else rt.save
+        report.update(save(graph, x, tmp))
+        got = rt.load(tmp, threads)(x.numpy())
+        try:
+            report.update(_compare(outputs["outputs"][0], got, want, thresh))
+        except UserError as e:
+            raise UserError(f"{fmt} export of {output}: {e} (nothing written)") from None
+        report["bytes"] = tmp.stat().st_size
+        tmp_side.write_text(json.dumps(side, indent=2) + "\n")
+    report["sidecar"] = str(sidecar_path(output))
+    return report
+
+
+# ---- an exported dense file, run like the model ----------------------------------------------------------
+@dataclasses.dataclass
+class DenseFile:
+    """An exported detector / segmenter (or, for comparison, its graph in PyTorch) with its sidecar: `segment`
+    and `detect` take the images the data sets give and answer as the model's eval does."""
+
+    path: Path
+    meta: dict
+    run: Callable[..., List[np.ndarray]]
+
+    @property
+    def arch(self) -> str:
+        return self.meta["arch"]
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        return tuple(self.meta["input_size"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    def _normalize(self, img: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.meta["mean"]).view(3, 1, 1)
+        std = torch.tensor(self.meta["std"]).view(3, 1, 1)
+        return (img - mean) / std
+
+    def segment(self, img: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
+        """Class map [H, W] at `out_size` of a normalised image (the segmentation data set's): resized to the
+        file's input, run, logits (or the class map, nearest) resized back."""
+        x = F.interpolate(img[None].float(), size=self.size, mode="bilinear", align_corners=False)
+        out = torch.from_numpy(np.ascontiguousarray(self.run(x.numpy())[0]))
+        if self.meta["outputs"][0] == "classes":
+            return F.interpolate(out[:, None].float(), size=tuple(out_size), mode="nearest")[0, 0].long()
+        return F.interpolate(out.float(), size=tuple(out_size), mode="bilinear", align_corners=False)[0].argmax(0)
+
+    def detect(self, img: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Detections (boxes in `img`'s pixels, scores, 0-based labels) of a [3, H, W] image in [0, 1]."""
+        h, w = img.shape[-2:]
+        th, tw = self.size
+        if self.meta["resize"] == "stretch":  # torchvision's SSD: every image to the fixed size
+            sy, sx = th / h, tw / w
+            x = F.interpolate(img[None], size=(th, tw), mode="bilinear", align_corners=False)
+        else:  # RetinaNet: the longer side fitted, the rest padded (bottom/right), as torchvision batches
+            sy = sx = min(th / h, tw / w)
+            nh, nw = min(th, max(1, round(h * sy))), min(tw, max(1, round(w * sx)))
+            x = F.interpolate(img[None], size=(nh, nw), mode="bilinear", align_corners=False)
+        x = F.pad(self._normalize(x[0]), (0, tw - x.shape[-1], 0, th - x.shape[-2]))[None]
+        outs = self.run(x.numpy())
+        if self.meta["outputs"][0] == "cls_logits":
+            det = postprocess(*outs[:3], Decoding.from_dict(self.meta["decoding"]))
+        else:
+            det = dict(zip(self.meta["outputs"], outs))
+        boxes = torch.from_numpy(np.asarray(det["boxes"], dtype=np.float32)).reshape(-1, 4).clone()
+        boxes[:, 0::2] = (boxes[:, 0::2] / sx).clamp(0, w)
+        boxes[:, 1::2] = (boxes[:, 1::2] / sy).clamp(0, h)
+        out = {"boxes": boxes, "scores": torch.from_numpy(np.asarray(det["scores"], dtype=np.float32)),
+               "labels": torch.from_numpy(np.asarray(det["labels"]).astype(np.int64))}
+        if "masks" in det:  # probabilities at the file's input: the image's part, back at the image's size
+            masks = torch.from_numpy(np.asarray(det["masks"], dtype=np.float32))
+            ih, iw = (round(h * sy), round(w * sx))
+            masks = masks[..., :min(th, ih), :min(tw, iw)]
+            out["masks"] = F.interpolate(masks, size=(h, w), mode="bilinear", align_corners=False) if len(masks) \
+                else masks.new_zeros(0, 1, h, w)
+        return out
+
+
+def read_sidecar(path: os.PathLike | str) -> dict:
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise UserError(f"{path}: no {side.name} beside it (the sidecar `edgevit detect|segment export` writes: "
+                        "what the file is and how to read its outputs)", option="exported")
+    try:
+        meta = json.loads(side.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{side}: not a JSON sidecar of an exported dense model ({e})", option="exported") from e
+    if not isinstance(meta, dict) or meta.get("edgevit_dense_file") != SIDECAR_VERSION:
+        raise UserError(f"{side}: not the sidecar of an exported dense model (version {SIDECAR_VERSION})",
+                        option="exported")
+    return meta
+
+
+def load_dense_file(path: os.PathLike | str, task: str, threads: int = 2) -> DenseFile:
+    """An exported dense file and its sidecar, checked: the task asked for, the input size the file takes."""
+    from ..deploy import load_exported
+
+    meta = read_sidecar(path)
+    if meta["task"] != task:
+        raise UserError(f"{path}: a {meta['arch']} file; `edgevit {task}` takes "
+                        f"{', '.join(DETECT_ARCHS if task == 'detect' else SEGMENT_ARCHS)}", option="exported")
+    exported = load_exported(path, threads)
+    if exported.input_size is not None and list(exported.input_size) != list(meta["input_size"]):
+        raise UserError(f"{path}: the file takes {exported.input_size[0]}x{exported.input_size[1]}, its sidecar "
+                        f"says {meta['input_size'][0]}x{meta['input_size'][1]}: they come from different exports",
+                        option="exported")
+    return DenseFile(Path(path), meta, exported.run)
+
+
+def eager_file(model: nn.Module, size: Tuple[int, int], fmt: str = "pte", argmax: bool = False,
+               max_detections: Optional[int] = None, meta: Optional[dict] = None) -> DenseFile:
+    """The graph a file of `fmt` would hold, run in PyTorch through the same pre/post-processing (what a file's
+    metrics are compared with)."""
+    graph, outputs = graph_for(model.eval(), fmt, size, argmax, max_detections)
+    mean, std = _normalization(model)
+    side = {"arch": model.arch, "input_size": list(size), "num_classes": int((meta or {}).get("num_classes", 0)),
+            "resize": "stretch" if model.arch == "ssdlite" else "fit", "mean": mean, "std": std, **outputs}
+
+    def run(*inputs):
+        with torch.no_grad():
+            out = graph(*(torch.from_numpy(a) for a in inputs))
+        return [o.numpy() for o in ([out] if torch.is_tensor(out) else out)]
+    return DenseFile(Path("<pytorch>"), side, run)
