@@ -114,7 +114,7 @@ def postprocess(cls_logits: np.ndarray, bbox_regression: np.ndarray, anchors: np
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
     picked_boxes, picked_scores, picked_labels = [], [], []
     if dec.kind == "retinanet":
-        scores = 1.0 / (1.0 + np.exp(-logits))
+        scores = np.exp(-np.logaddexp(0.0, -logits))  # sigmoid, without overflow for large negative logits
         classes = scores.shape[1]
         start = 0
         for n in dec.level_sizes:
