@@ -245,3 +245,61 @@ def load_model_or_file(args: argparse.Namespace, task: str):
         return init_distributed("cpu"), f, meta
     info, model = load_trained(args, task)
     return info, model, model.meta
+
+
+# ---------------------------------------------------------------- bench
+def add_bench_parser(sub, task: str) -> None:
+    from ..utils.options import image_size, nonneg_int, positive_int, thread_count
+
+    names = {"segment": "Semantic FPN / LR-ASPP beside torchvision's lraspp_ / deeplabv3_mobilenet_v3_large",
+             "detect": "RetinaNet / SSDLite beside torchvision's ssdlite320_mobilenet_v3_large and "
+                       "fasterrcnn_mobilenet_v3_large_320_fpn"}[task]
+    p = sub.add_parser("bench", help=f"latency of the {task} models in a runtime, fused and release body",
+                       description=f"{names}: each exported to the runtime's file (random weights), then --runs "
+                                   "interleaved rounds, median with a 95% confidence interval, params and GMACs; "
+                                   "post-processing of raw-output files timed separately.")
+    p.add_argument("--runtime", default="executorch", help="executorch, onnxruntime or litert (default executorch)")
+    p.add_argument("--models", nargs="+", default=None, metavar="ARCH", help="EdgeViT heads (default: all of the "
+                                                                             "task's)")
+    p.add_argument("--variants", nargs="+", default=["edgevit_xxs"], choices=VARIANTS, help="EdgeViT bodies")
+    p.add_argument("--edgevit-form", default="both", choices=("fused", "unfused", "both"))
+    p.add_argument("--no-baselines", dest="baselines", action="store_false", help="leave torchvision's out")
+    p.add_argument("--img-size", type=image_size, default=None, help="square input for every model (default: "
+                                                                     "each model's, 512 / 320)")
+    p.add_argument("--threads", type=thread_count, default=2)
+    p.add_argument("--runs", type=positive_int, default=30)
+    p.add_argument("--warmup", type=nonneg_int, default=5)
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help="write the results document to FILE (or print it with no FILE)")
+    p.add_argument("--csv", default=None, metavar="FILE")
+    add_overwrite_arg(p, "the --json / --csv files")
+    add_progress_arg(p)
+    p.set_defaults(func=run_bench, _task=task)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..bench.dense import dense_plan, format_dense_table, run_dense_bench, to_dense_csv
+    from ..deploy import runtimes
+    from ..utils.io import write_json_atomic, write_text_atomic
+    from .args import show_progress
+
+    for flag, path in (("--json", args.json if args.json != "-" else None), ("--csv", args.csv)):
+        if path:
+            check_output_file(path, flag, overwrite=args.overwrite)
+    rt = runtimes.get(args.runtime)
+    rt.require(writing=True)
+    entries = dense_plan(args._task, args.variants, args.edgevit_form, args.models, args.baselines)
+    doc = run_dense_bench(args._task, entries, args.runtime, args.threads, args.runs, args.warmup, args.img_size,
+                          show_progress=show_progress(args))
+    if args.json == "-":
+        print_json(doc)
+    else:
+        print(format_dense_table(doc))
+        if args.json:
+            write_json_atomic(args.json, doc)
+            print(f"wrote {args.json}", file=sys.stderr)
+    if args.csv:
+        write_text_atomic(args.csv, to_dense_csv(doc))
+    return 0

@@ -16,6 +16,7 @@ from ..utils.io import print_json
 from ..utils.options import nonneg_int, positive_int, probability
 from .args import add_json_arg, add_progress_arg, show_progress
 from .dense_args import (
+    add_bench_parser,
     add_export_parser,
     add_model_source_args,
     add_predict_output_args,
@@ -78,6 +79,7 @@ def register(subparsers) -> None:
     x.add_argument("--max-detections", type=positive_int, default=None,
                    help="detections kept per image after NMS (default: the checkpoint's, 300)")
 
+    add_bench_parser(sub, "detect")
     add_shapes_parser(sub)
 
 

@@ -13,6 +13,7 @@ from ..utils.io import print_json, require_dir
 from ..utils.options import image_size, nonneg_int, positive_float, positive_int
 from .args import add_json_arg, add_progress_arg, show_progress
 from .dense_args import (
+    add_bench_parser,
     add_export_parser,
     add_model_source_args,
     add_predict_output_args,
@@ -92,6 +93,7 @@ def register(subparsers) -> None:
     x.add_argument("--argmax", action="store_true",
                    help="end the graph with the class map (uint8 up to 256 classes, else int32) instead of logits")
 
+    add_bench_parser(sub, "segment")
     add_shapes_parser(sub)
 
 

@@ -115,9 +115,10 @@ def _input(size: Tuple[int, int]) -> torch.Tensor:
     return torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
 
 
-class MaskRCNNGraph(nn.Module):
-    """torchvision's `GeneralizedRCNN.forward` for one normalised image at the file's size, without the
-    transform's normalise/resize (the app does them): boxes, scores, 0-based labels, masks [N, 1, H, W]."""
+class RCNNGraph(nn.Module):
+    """torchvision's `GeneralizedRCNN.forward` (Mask / Faster R-CNN) for one normalised image at the file's
+    size, without the transform's normalise/resize (the app does them): boxes, scores, 0-based labels and, for
+    Mask R-CNN, masks [N, 1, H, W]."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -131,7 +132,11 @@ class MaskRCNNGraph(nn.Module):
         proposals, _ = self.model.rpn(ImageList(x, size), feats)
         det, _ = self.model.roi_heads(feats, proposals, size)
         det = self.model.transform.postprocess(det, size, size)[0]
-        return det["boxes"], det["scores"], det["labels"] - self.model.label_offset, det["masks"]
+        out = (det["boxes"], det["scores"], det["labels"] - self.model.label_offset)
+        return (*out, det["masks"]) if "masks" in det else out
+
+
+TWO_STAGE = ("maskrcnn", "fasterrcnn")  # (fasterrcnn: torchvision's, a benchmark baseline)
 
 
 def save_onnx_traced(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
@@ -154,8 +159,9 @@ def save_onnx_traced(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str,
 
 def check_exportable(arch: str, fmt: str, argmax: bool = False) -> None:
     """Refuse what an architecture cannot go to, before any work (one line saying why)."""
-    if arch == "maskrcnn" and fmt != "onnx":
-        raise ExportError(f"Mask R-CNN does not export to {fmt}: torch.export cannot trace torchvision's RPN and "
+    if arch in TWO_STAGE and fmt != "onnx":
+        name = "Mask R-CNN" if arch == "maskrcnn" else "Faster R-CNN"
+        raise ExportError(f"{name} does not export to {fmt}: torch.export cannot trace torchvision's RPN and "
                           "RoIHeads (NMS and RoIAlign over a data-dependent number of boxes) and that runtime has "
                           "no NMS; use --format onnx, or retinanet/ssdlite for ExecuTorch and LiteRT")
     if argmax and arch not in SEGMENT_ARCHS:
@@ -168,11 +174,12 @@ def graph_for(model: nn.Module, fmt: str, size: Tuple[int, int], argmax: bool = 
     x = _input(size)
     if model.arch in SEGMENT_ARCHS:
         return SegmenterGraph(model, argmax).eval(), {"outputs": ["classes" if argmax else "logits"]}
-    if model.arch == "maskrcnn":
+    if model.arch in TWO_STAGE:
         if max_detections:
             model.roi_heads.detections_per_img = max_detections
-        return MaskRCNNGraph(model).eval(), {"outputs": ["boxes", "scores", "labels", "masks"],
-                                             "score_thresh": float(model.roi_heads.score_thresh)}
+        masks = ["masks"] if model.arch == "maskrcnn" else []
+        return RCNNGraph(model).eval(), {"outputs": ["boxes", "scores", "labels", *masks],
+                                         "score_thresh": float(model.roi_heads.score_thresh)}
     if fmt == "onnx":
         graph = DetectorGraph(model, x, max_detections or model.detections_per_img).eval()
         return graph, {"outputs": ["boxes", "scores", "labels"], "decoding": graph.decoding.to_dict()}
@@ -216,6 +223,23 @@ def _compare(kind: str, got: List[np.ndarray], want: Sequence[torch.Tensor], sco
     return {"max_abs_diff": max(diffs.values())}
 
 
+def deploy_graph(model: nn.Module, fmt: str, size: Tuple[int, int], argmax: bool = False,
+                 max_detections: Optional[int] = None, fused: bool = True):
+    """(the model with its EdgeViT body fused for `fmt`'s runtime, or as released; the graph a file of `fmt`
+    holds; what its sidecar says about the outputs)."""
+    model = fuse(model.eval(), runtimes.by_format(fmt).name) if fused else model.eval()
+    return (model, *graph_for(model, fmt, size, argmax, max_detections))
+
+
+def save_graph(arch: str, fmt: str, graph: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
+    """Write a dense graph traced at `x` to `path` in `fmt` (the runtime record's writer; R-CNNs by the
+    TorchScript-based ONNX exporter)."""
+    check_exportable(arch, fmt)
+    if arch in TWO_STAGE:
+        return save_onnx_traced(graph, x, path)
+    return runtimes.by_format(fmt).save(graph, x, path)
+
+
 def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tuple[int, int], *,
                  argmax: bool = False, max_detections: Optional[int] = None, fused: bool = True,
                  threads: int = 2, meta: Optional[dict] = None) -> Dict[str, object]:
@@ -230,8 +254,7 @@ def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tu
     rt = runtimes.by_format(fmt)
     rt.require(writing=True)
     torch.set_num_threads(threads)
-    model = fuse(model.eval(), rt.name) if fused else model.eval()
-    graph, outputs = graph_for(model, fmt, size, argmax, max_detections)
+    model, graph, outputs = deploy_graph(model, fmt, size, argmax, max_detections, fused)
     x = _input(size)
     with torch.no_grad():
         want = graph(x)
@@ -248,8 +271,7 @@ def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tu
                                  "img_size": list(size), "precision": "fp32", "fused": fused,
                                  "outputs": outputs["outputs"]}
     with atomic_path(output) as tmp, atomic_path(sidecar_path(output)) as tmp_side:
-        save = save_onnx_traced if arch == "maskrcnn" else rt.save
-        report.update(save(graph, x, tmp))
+        report.update(save_graph(arch, fmt, graph, x, tmp))
         got = rt.load(tmp, threads)(x.numpy())
         try:
             report.update(_compare(outputs["outputs"][0], got, want, thresh))
