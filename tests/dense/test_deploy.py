@@ -214,3 +214,62 @@ def test_dense_export_bad_input(trained, tmp_path, capsys):
     refused(["segment", "eval", "--exported", str(alone), "--data", data], "64x64", "96x96")
     refused(["segment", "eval", "--exported", str(alone), "--checkpoint", seg, "--data", data], "not allowed")
     assert np.array_equal(np.frombuffer(alone.read_bytes(), np.uint8), np.frombuffer(out.read_bytes(), np.uint8))
+
+
+@pytest.mark.parametrize("arch,fmt", [("semfpn", "onnx"), ("lraspp", "pte")])
+def test_segment_int8_export_keeps_miou(arch, fmt, trained, shapes_root, tmp_path, capsys):
+    """Post-training int8 of the segmenters, calibrated on the training images: the file's mIoU in its
+    runtime within 1 point of the fp32 model's."""
+    capsys.readouterr()
+    out = tmp_path / f"seg8.{fmt}"
+    assert main(["segment", "export", "--checkpoint", str(trained[arch]), "--format", fmt, "--img-size", "64",
+                 "--quantize", "int8", "--calib", str(shapes_root), "--calib-images", "4", "-o", str(out),
+                 "--json"]) == 0
+    rep = _json(capsys)
+    assert rep["precision"] == "int8" and rep["sqnr_db"] > 15 and rep["pixel_agreement"] > 0.9
+    assert json.loads(sidecar_path(out).read_text())["precision"] == "int8"
+    fp32 = tmp_path / f"seg.{fmt}"
+    assert main(["segment", "export", "--checkpoint", str(trained[arch]), "--format", fmt, "--img-size", "64",
+                 "-o", str(fp32), "--json"]) == 0
+    assert rep["bytes"] < 0.5 * _json(capsys)["bytes"]  # int8 weights
+    want = _segment_eval(["--checkpoint", str(trained[arch])], shapes_root, capsys)
+    got = _segment_eval(["--exported", str(out)], shapes_root, capsys)
+    assert got["mIoU"] == pytest.approx(want["mIoU"], abs=0.01)
+
+
+def test_int8_refused_where_it_does_not_apply(trained, shapes_root, capsys):
+    from edgevit.dense.deploy import ExportError, check_quantizable
+
+    with pytest.raises(ExportError, match="segmenters"):
+        check_quantizable("retinanet", "onnx")
+    with pytest.raises(ExportError, match="tflite"):
+        check_quantizable("lraspp", "tflite")
+    assert main(["segment", "export", "--checkpoint", str(trained["lraspp"]), "--format", "onnx", "--quantize",
+                 "int8", "-o", "never.onnx"]) == 2
+    assert "--calib" in capsys.readouterr().err
+
+
+def test_dense_bench_rows_and_ratios(capsys):
+    """The dense bench exports each model to the runtime and times them in one run: fused and release body,
+    torchvision's model beside, the ratios the targets are stated in, post-processing apart for raw files."""
+    assert main(["segment", "bench", "--runtime", "onnxruntime", "--models", "lraspp", "--img-size", "64",
+                 "--runs", "3", "--warmup", "0", "--no-progress", "--json"]) == 0
+    doc = _json(capsys)
+    labels = [r["label"] for r in doc["results"]]
+    assert labels == ["lraspp-XXS (fused body)", "lraspp-XXS (release body)",
+                      "lraspp_mobilenet_v3_large (torchvision)", "deeplabv3_mobilenet_v3_large (torchvision)"]
+    assert all(r["median_ms"] > 0 and r["ci_lo_ms"] <= r["median_ms"] <= r["ci_hi_ms"] for r in doc["results"])
+    assert all(r["gmacs"] > 0 and r["params_m"] > 1 for r in doc["results"])
+    assert doc["meta"]["task"] == "segment" and "cpu_flags" in doc["meta"]
+    from edgevit.bench.dense import format_dense_table, ratios
+
+    assert [w for w, _ in ratios(doc)] == [
+        "lraspp-XXS (fused body): speed-up over the release body",
+        "lraspp-XXS (fused body) / lraspp_mobilenet_v3_large (torchvision): latency ratio",
+        "lraspp-XXS (release body) / lraspp_mobilenet_v3_large (torchvision): latency ratio"]
+    assert "latency ratio" in format_dense_table(doc)
+    assert main(["detect", "bench", "--runtime", "litert", "--models", "ssdlite", "--edgevit-form", "fused",
+                 "--no-baselines", "--img-size", "64", "--runs", "2", "--warmup", "0", "--no-progress",
+                 "--json"]) == 0
+    row, = _json(capsys)["results"]
+    assert row["post_ms"] > 0 and row["post"].startswith("numpy")

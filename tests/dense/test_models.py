@@ -12,7 +12,11 @@ PAPER = paper_dense()
 
 def test_param_counts_within_3pct_of_paper():
     rows = dense_info(gflops=False)
+    mobile = [r for r in rows if r["params_m_paper"] is None]
+    rows = [r for r in rows if r["params_m_paper"] is not None]
     assert {(r["arch"], r["variant"]) for r in rows} == {(a, v) for a in PAPER for v in PAPER[a]}
+    assert {(r["arch"], r["img_size"]) for r in mobile} == {("lraspp", 512), ("ssdlite", 320)} and len(mobile) == 6
+    assert all(0 < r["params_m"] < 10 for r in mobile)  # heads for phones: well under the paper's
     for r in rows:
         assert abs(r["params_m"] / PAPER[r["arch"]][r["variant"]]["params_m"] - 1) <= 0.03, r
     by = {(r["arch"], r["variant"]): r["params_m"] for r in rows}
@@ -34,6 +38,29 @@ def test_pyramid_levels(arch, strides):
     if arch == "retinanet":  # P6 from C5 (mmdet add_extra_convs='on_input'), not from P5
         assert model.backbone.fpn.extra_blocks.p6.in_channels == 288
         assert not model.backbone.fpn.extra_blocks.use_P5
+
+
+def test_mobile_heads_are_torchvisions():
+    """SSDLite: torchvision's SSD + SSDLiteHead, C4/C5 then torchvision's four extra blocks -> six levels at
+    320 (20, 10, 5, 3, 2, 1), as ssdlite320_mobilenet_v3_large; LR-ASPP: torchvision's LRASPPHead on the
+    stride-8 and stride-32 stages."""
+    from torchvision.models.detection.ssd import SSD
+    from torchvision.models.detection.ssdlite import SSDLiteHead
+    from torchvision.models.segmentation.lraspp import LRASPPHead
+
+    det = create_detector("ssdlite", 3, "edgevit_xxs").eval()
+    assert isinstance(det, SSD) and isinstance(det.head, SSDLiteHead) and det.label_offset == 1
+    with torch.no_grad():
+        feats = det.backbone(torch.zeros(1, 3, 320, 320))
+    assert [f.shape[-1] for f in feats.values()] == [20, 10, 5, 3, 2, 1]
+    assert [f.shape[1] for f in feats.values()] == [144, 288, 512, 256, 256, 128]
+    assert det.transform.fixed_size == (320, 320)
+    seg = create_segmenter(4, "edgevit_xxs", arch="lraspp").eval()
+    head = seg.lraspp.classifier
+    assert isinstance(head, LRASPPHead) and head.low_classifier.in_channels == 72
+    assert head.high_classifier.in_channels == 128 and head.cbr[0].in_channels == 288
+    with torch.no_grad():
+        assert seg(torch.zeros(1, 3, 96, 64)).shape == (1, 4, 96, 64)
 
 
 def test_backbone_from_authors_checkpoint(reference_dir):

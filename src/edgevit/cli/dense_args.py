@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..models import VARIANTS
-from ..utils.io import print_json
+from ..utils.io import print_json, require_dir
 from .args import add_json_arg, add_overwrite_arg, add_progress_arg
 from .config import apply_config
 from .outputs import check_output_dir, check_output_file
@@ -194,30 +194,47 @@ def run_export(args: argparse.Namespace) -> int:
                           f"{args.format}")
     check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=[args.checkpoint])
     check_output_file(sidecar_path(args.output), "-o's sidecar", overwrite=args.overwrite, inputs=[args.checkpoint])
+    quantize = getattr(args, "quantize", None)
+    if quantize and not args.calib:
+        raise ConfigError("--quantize int8 needs --calib ROOT (the training images to calibrate on)")
+    if args._task == "segment" and not quantize and args.calib:
+        raise ConfigError("--calib: only used with --quantize int8")
     model = load_dense_checkpoint(args.checkpoint, args._task)
     meta = model.meta
     argmax = bool(getattr(args, "argmax", False))
     check_exportable(meta["arch"], args.format, argmax)
+    if quantize:
+        from ..dense.deploy import check_quantizable
+        check_quantizable(meta["arch"], args.format)
     size = _export_size(args, meta)
     rt.require(writing=True)
+    calibration = None
+    if quantize:
+        from ..dense.deploy import segmentation_calibration
+
+        require_dir(args.calib, "--calib", "an ADE20K-layout root")
+        calibration = segmentation_calibration(args.calib, args.calib_split, meta, size, args.calib_images)
     report = export_dense(model, args.format, args.output, size, argmax=argmax,
                           max_detections=getattr(args, "max_detections", None), fused=not args.no_fuse,
-                          threads=args.threads, meta=meta)
+                          threads=args.threads, meta=meta, calibration=calibration)
     report = {"checkpoint": str(args.checkpoint), **report}
     if args.json:
         print_json(report)
         return 0
-    if "max_abs_diff" in report:
-        check = f"max |diff| {report['max_abs_diff']:.2e}"
+    if "sqnr_db" in report:
+        check = (f"int8 vs fp32 on {report['checked_on']}: logits SQNR {report['sqnr_db']:.1f} dB, class map "
+                 f"agrees on {100 * report['pixel_agreement']:.2f}% of pixels")
+    elif "max_abs_diff" in report:
+        check = f"max |diff| to PyTorch {report['max_abs_diff']:.2e}"
     elif "pixel_agreement" in report:
-        check = f"class map agrees on {100 * report['pixel_agreement']:.2f}% of pixels"
+        check = f"class map agrees with PyTorch's on {100 * report['pixel_agreement']:.2f}% of pixels"
     else:
-        check = (f"{report['detections_checked']} detections, max box diff {report['max_box_diff']:.2e} px, "
-                 f"max score diff {report['max_score_diff']:.2e}")
+        check = (f"{report['detections_checked']} detections as PyTorch's, max box diff {report['max_box_diff']:.2e} "
+                 f"px, max score diff {report['max_score_diff']:.2e}")
     extra = rt.describe(report)
     print(f"wrote {args.output} + {Path(report['sidecar']).name} ({report['bytes'] / 1e6:.2f} MB, {args.format} "
-          f"fp32, {'fused' if report['fused'] else 'unfused'} {meta['variant']} {meta['arch']}, {size[0]}x{size[1]}, "
-          f"outputs {', '.join(report['outputs'])}); {report['runtime']} vs PyTorch: {check}"
+          f"{report['precision']}, {'fused' if report['fused'] else 'unfused'} {meta['variant']} {meta['arch']}, "
+          f"{size[0]}x{size[1]}, outputs {', '.join(report['outputs'])}); {report['runtime']}: {check}"
           + (f"; {extra}" if extra else ""))
     return 0
 

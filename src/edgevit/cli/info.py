@@ -95,6 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     p.add_argument("--img-size", type=image_size, default=224, help="square input size (multiple of 32)")
     p.add_argument("--dense", action="store_true",
-                   help="detection/segmentation models (RetinaNet, Mask R-CNN, Semantic FPN) vs the paper")
+                   help="detection/segmentation models (RetinaNet, Mask R-CNN, Semantic FPN) vs the paper, and "
+                        "the mobile heads (LR-ASPP, SSDLite)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)

@@ -92,6 +92,12 @@ def register(subparsers) -> None:
     x = add_export_parser(sub, "segment", "Semantic FPN / LR-ASPP")
     x.add_argument("--argmax", action="store_true",
                    help="end the graph with the class map (uint8 up to 256 classes, else int32) instead of logits")
+    x.add_argument("--quantize", choices=("int8",), default=None,
+                   help="static int8 by the runtime's flow (pte: PT2E + XNNPACK quantizer; onnx: ONNX Runtime QDQ), "
+                        "calibrated on --calib")
+    x.add_argument("--calib", default=None, metavar="ROOT", help="ADE20K-layout root of the calibration images")
+    x.add_argument("--calib-split", default="training", help="its split to calibrate on (default training)")
+    x.add_argument("--calib-images", type=positive_int, default=64, help="how many (a seeded sample; default 64)")
 
     add_bench_parser(sub, "segment")
     add_shapes_parser(sub)

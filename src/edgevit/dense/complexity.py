@@ -27,15 +27,20 @@ def paper_dense() -> Dict[str, Dict[str, Dict[str, float]]]:
     return out
 
 
+# the mobile heads (beyond the paper), counted at their own input sizes
+MOBILE_HEADS = {"lraspp": 512, "ssdlite": 320}
+
+
 def build(arch: str, variant: str):
-    if arch == "semfpn":
-        return create_segmenter(ADE_CLASSES, variant)
+    if arch in ("semfpn", "lraspp"):
+        return create_segmenter(ADE_CLASSES, variant, arch=arch)
     return create_detector(arch, COCO_CLASSES, variant)
 
 
 def dense_info(img_size: int = 512, gflops: bool = True) -> List[dict]:
     """One row per (arch, variant): our params (M) and, for Semantic FPN, GMACs at img_size x img_size
-    (fvcore, one per multiply-add: the papers' "FLOPs"), beside the paper's figures."""
+    (fvcore, one per multiply-add: the papers' "FLOPs"), beside the paper's figures; then the mobile heads
+    (LR-ASPP at 512, SSDLite at 320) with params and GMACs, no paper columns."""
     rows = []
     for arch, by_variant in paper_dense().items():
         for variant in VARIANTS:
@@ -52,5 +57,23 @@ def dense_info(img_size: int = 512, gflops: bool = True) -> List[dict]:
                 row["gflops"] = round(count_gmacs(model.eval(), img_size), 3) if gflops else None
                 row["gflops_paper"] = paper["gflops"] if img_size == 512 else None
             rows.append(row)
+    for arch, size in MOBILE_HEADS.items():  # no paper figures: the heads are not the paper's
+        for variant in VARIANTS:
+            model = build(arch, variant).eval()
+            counted = model if arch == "lraspp" else _ssd_raw(model, size)
+            rows.append({"arch": arch, "variant": variant,
+                         "num_classes": ADE_CLASSES if arch == "lraspp" else COCO_CLASSES,
+                         "params_m": round(count_params(model), 3), "params_m_paper": None, "params_diff_pct": None,
+                         "img_size": size, "gflops": round(count_gmacs(counted, size), 3) if gflops else None,
+                         "gflops_paper": None})
     return rows
+
+
+def _ssd_raw(model, size: int):
+    """SSDLite up to its head (the GMACs are there; fvcore has no count for NMS)."""
+    import torch
+
+    from .deploy import DetectorHead
+
+    return DetectorHead(model, torch.zeros(1, 3, size, size), with_anchors=False).eval()
 

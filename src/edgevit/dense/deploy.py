@@ -223,6 +223,44 @@ def _compare(kind: str, got: List[np.ndarray], want: Sequence[torch.Tensor], sco
     return {"max_abs_diff": max(diffs.values())}
 
 
+def check_quantizable(arch: str, fmt: str) -> None:
+    """int8 is for the segmenters, in the runtimes with an int8 flow (one line otherwise, before any work)."""
+    if arch not in SEGMENT_ARCHS:
+        raise ExportError(f"int8 export is for the segmenters ({', '.join(SEGMENT_ARCHS)}), not {arch}")
+    if not runtimes.by_format(fmt).int8:
+        raise ExportError(f"int8 export is for --format {' or '.join(runtimes.int8_formats())}, not {fmt}")
+
+
+def _int8_check(graph: nn.Module, run, images: torch.Tensor) -> Dict[str, float]:
+    """The int8 file against its fp32 graph on `images`: logits SQNR (dB) and class-map agreement."""
+    from ..deploy.quantize import run_batch
+
+    with torch.no_grad():
+        want = torch.cat([graph(images[i:i + 1]) for i in range(len(images))])
+    got = run_batch(lambda x: torch.from_numpy(np.ascontiguousarray(run(x.numpy())[0])), images)
+    if want.dtype.is_floating_point:
+        noise = (got.float() - want).pow(2).mean().item()
+        sqnr = 10 * np.log10(want.pow(2).mean().item() / max(noise, 1e-30))
+        agree = (got.argmax(1) == want.argmax(1)).float().mean().item()
+        return {"sqnr_db": float(sqnr), "pixel_agreement": agree}
+    return {"pixel_agreement": (got.long() == want.long()).float().mean().item()}
+
+
+def segmentation_calibration(root: os.PathLike | str, split: str, meta: dict, size: Tuple[int, int], count: int,
+                             seed: int = 0) -> torch.Tensor:
+    """`count` images (a seeded sample) of an ADE20K-layout split as the segmenter's eval sees them (resized to
+    the checkpoint's scale, normalised), then to the file's input size as `DenseFile.segment` feeds them."""
+    from .ade import ADESegmentation
+
+    ds = ADESegmentation(root, split, num_classes=int(meta["num_classes"]),
+                         reduce_zero_label=bool(meta["reduce_zero_label"]), train=False, scale=meta["scale"])
+    if len(ds) == 0:
+        raise UserError(f"{root}: no images in split {split!r} to calibrate on", option="calib")
+    picks = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    return torch.stack([F.interpolate(ds[i][0][None].float(), size=size, mode="bilinear", align_corners=False)[0]
+                        for i in picks])
+
+
 def deploy_graph(model: nn.Module, fmt: str, size: Tuple[int, int], argmax: bool = False,
                  max_detections: Optional[int] = None, fused: bool = True):
     """(the model with its EdgeViT body fused for `fmt`'s runtime, or as released; the graph a file of `fmt`
@@ -242,13 +280,20 @@ def save_graph(arch: str, fmt: str, graph: nn.Module, x: torch.Tensor, path: Pat
 
 def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tuple[int, int], *,
                  argmax: bool = False, max_detections: Optional[int] = None, fused: bool = True,
-                 threads: int = 2, meta: Optional[dict] = None) -> Dict[str, object]:
+                 threads: int = 2, meta: Optional[dict] = None, calibration: Optional[torch.Tensor] = None,
+                 check_images: Optional[torch.Tensor] = None) -> Dict[str, object]:
     """Export a trained detector / segmenter (`load_dense_checkpoint`) at `size` (H, W; multiples of 32) to
     `output` in `fmt`, with its EdgeViT body fused for that runtime; run the file in its runtime on a seeded
     input and compare with PyTorch; then write the sidecar. Both files are renamed into place only after the
-    check passes."""
+    check passes.
+
+    `calibration` (N, 3, H, W normalised images at `size`): a static int8 file of a segmenter by the runtime's
+    int8 flow (the classifiers' one), checked on `check_images` (logits SQNR and class-map agreement with the
+    fp32 model; its accuracy is `eval --exported`'s)."""
     arch = model.arch
     check_exportable(arch, fmt, argmax)
+    if calibration is not None:
+        check_quantizable(arch, fmt)
     if size[0] % 32 or size[1] % 32 or min(size) < 32:
         raise UserError(f"input size {size[0]}x{size[1]}: expected multiples of 32", option="img_size")
     rt = runtimes.by_format(fmt)
@@ -270,13 +315,22 @@ def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tu
     report: Dict[str, object] = {"format": fmt, "runtime": rt.name, "arch": arch, "output": str(output),
                                  "img_size": list(size), "precision": "fp32", "fused": fused,
                                  "outputs": outputs["outputs"]}
+    if calibration is not None:
+        side["precision"] = report["precision"] = "int8"
+        side["int8"] = report["int8_calibration"] = f"{len(calibration)} images"
     with atomic_path(output) as tmp, atomic_path(sidecar_path(output)) as tmp_side:
-        report.update(save_graph(arch, fmt, graph, x, tmp))
-        got = rt.load(tmp, threads)(x.numpy())
-        try:
-            report.update(_compare(outputs["outputs"][0], got, want, thresh))
-        except UserError as e:
-            raise UserError(f"{fmt} export of {output}: {e} (nothing written)") from None
+        if calibration is not None:
+            report.update(rt.save_int8(graph, x, tmp, calibration))
+            check = calibration[:8] if check_images is None else check_images
+            report.update(_int8_check(graph, rt.load(tmp, threads), check))
+            report["checked_on"] = f"{len(check)} images"
+        else:
+            report.update(save_graph(arch, fmt, graph, x, tmp))
+            got = rt.load(tmp, threads)(x.numpy())
+            try:
+                report.update(_compare(outputs["outputs"][0], got, want, thresh))
+            except UserError as e:
+                raise UserError(f"{fmt} export of {output}: {e} (nothing written)") from None
         report["bytes"] = tmp.stat().st_size
         tmp_side.write_text(json.dumps(side, indent=2) + "\n")
     report["sidecar"] = str(sidecar_path(output))
