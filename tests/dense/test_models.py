@@ -16,7 +16,7 @@ def test_param_counts_within_3pct_of_paper():
     rows = [r for r in rows if r["params_m_paper"] is not None]
     assert {(r["arch"], r["variant"]) for r in rows} == {(a, v) for a in PAPER for v in PAPER[a]}
     assert {(r["arch"], r["img_size"]) for r in mobile} == {("lraspp", 512), ("ssdlite", 320)} and len(mobile) == 6
-    assert all(0 < r["params_m"] < 10 for r in mobile)  # heads for phones: well under the paper's
+    assert all(r["params_m"] < 6 for r in mobile if r["variant"] == "edgevit_xxs")  # phone-sized heads
     for r in rows:
         assert abs(r["params_m"] / PAPER[r["arch"]][r["variant"]]["params_m"] - 1) <= 0.03, r
     by = {(r["arch"], r["variant"]): r["params_m"] for r in rows}
