@@ -39,16 +39,22 @@ class DenseEntry:
     name: str  # an EdgeViT arch ("lraspp") or a torchvision model name
     variant: Optional[str] = None  # the EdgeViT, None for torchvision's
     fused: Optional[bool] = None
+    precision: str = "fp32"
 
     @property
     def label(self) -> str:
         if self.variant is None:
-            return f"{self.name} (torchvision)"
-        return f"{self.name}-{self.variant.split('_')[-1].upper()} ({'fused' if self.fused else 'release'} body)"
+            label = f"{self.name} (torchvision)"
+        else:
+            label = f"{self.name}-{self.variant.split('_')[-1].upper()} ({'fused' if self.fused else 'release'} body)"
+        return label if self.precision == "fp32" else f"{label} {self.precision}"
 
 
 def dense_plan(task: str, variants: Sequence[str] = ("edgevit_xxs",), form: str = "both",
-               archs: Optional[Sequence[str]] = None, baselines: bool = True) -> List[DenseEntry]:
+               archs: Optional[Sequence[str]] = None, baselines: bool = True,
+               precisions: Sequence[str] = ("fp32",)) -> List[DenseEntry]:
+    """The rows, in order: each EdgeViT head per variant and body form, then torchvision's; every row once per
+    precision (int8: segmenters only, the runtime's int8 flow)."""
     if task not in EDGEVIT_ARCHS:
         raise UserError(f"{task!r}: expected segment or detect", option="task")
     forms = {"fused": [True], "unfused": [False], "both": [True, False]}.get(form)
@@ -59,8 +65,13 @@ def dense_plan(task: str, variants: Sequence[str] = ("edgevit_xxs",), form: str 
         if a not in EDGEVIT_ARCHS[task]:
             raise UserError(f"{a!r}: the {task} models benchmarked are {', '.join(EDGEVIT_ARCHS[task])}",
                             option="archs")
+    for p in precisions:
+        if p not in ("fp32", "int8") or (p == "int8" and task != "segment"):
+            raise UserError(f"{p!r}: the {task} bench runs {'fp32 and int8' if task == 'segment' else 'fp32'}",
+                            option="precision")
     entries = [DenseEntry(a, v, f) for a in archs for v in variants for f in forms]
-    return entries + ([DenseEntry(b) for b in BASELINES[task]] if baselines else [])
+    entries += [DenseEntry(b) for b in BASELINES[task]] if baselines else []
+    return [dataclasses.replace(e, precision=p) for e in entries for p in precisions]
 
 
 class _Logits(nn.Module):
@@ -105,7 +116,11 @@ class _Built:
     tmp: tempfile.TemporaryDirectory
 
 
-def _build(entry: DenseEntry, task: str, runtime: str, size: int, threads: int) -> _Built:
+CALIBRATION = 16  # random images an int8 file of the bench is calibrated on (timing only: its accuracy is
+# `segment export --quantize int8` + `eval --exported`'s)
+
+
+def _build(entry: DenseEntry, task: str, runtime: str, size: int, threads: int, argmax: bool = False) -> _Built:
     from ..dense.deploy import deploy_graph, save_graph
     from ..dense.postprocess import Decoding, postprocess
     from ..models.complexity import count_gmacs, count_params
@@ -114,11 +129,18 @@ def _build(entry: DenseEntry, task: str, runtime: str, size: int, threads: int) 
     if rt.format is None:
         raise UserError(f"{runtime} runs no file; the dense bench times exported files", option="runtime")
     model = build_dense(entry, task)
-    model, graph, outputs = deploy_graph(model, rt.format, (size, size), fused=bool(entry.fused))
+    model, graph, outputs = deploy_graph(model, rt.format, (size, size), argmax, fused=bool(entry.fused))
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     tmp = tempfile.TemporaryDirectory(prefix=f"edgevit-dense-{rt.format}-")
     path = Path(tmp.name) / f"model{rt.suffix}"
-    save_graph(model.arch, rt.format, graph, x, path)
+    if entry.precision == "int8":
+        if not rt.int8:
+            raise UserError(f"int8 runs in {' and '.join(runtimes.int8_names())}, not {runtime}", option="runtime")
+        from ..deploy.quantize import random_calibration
+
+        rt.save_int8(graph, x, path, random_calibration(CALIBRATION, size))
+    else:
+        save_graph(model.arch, rt.format, graph, x, path)
     run_file, a = rt.load(path, threads), x.numpy()
     last: List[List[np.ndarray]] = [run_file(a)]  # first call: loads/plans, allocates
 
@@ -141,8 +163,9 @@ def _build(entry: DenseEntry, task: str, runtime: str, size: int, threads: int) 
 
 def run_dense_bench(task: str, entries: Sequence[DenseEntry], runtime: str, threads: int = 2, runs: int = 30,
                     warmup: int = 5, img_size: Optional[int] = None, show_progress: bool = True,
-                    on_error: str = "skip") -> dict:
-    """Measure `entries` (from `dense_plan`) in `runtime`; one document like `run_bench`'s."""
+                    on_error: str = "skip", argmax: bool = False) -> dict:
+    """Measure `entries` (from `dense_plan`) in `runtime`; one document like `run_bench`'s. `argmax`: the
+    segmenters end with the class map (the file `segment export --argmax` writes) instead of logits."""
     from tqdm import tqdm
 
     torch.set_num_threads(threads)
@@ -153,7 +176,7 @@ def run_dense_bench(task: str, entries: Sequence[DenseEntry], runtime: str, thre
     for e in bar:
         bar.set_postfix_str(e.label)
         try:
-            built.append(_build(e, task, runtime, int(img_size or SIZES[e.name]), threads))
+            built.append(_build(e, task, runtime, int(img_size or SIZES[e.name]), threads, argmax))
         except (UserError, RuntimeError, NotImplementedError, AssertionError, TypeError) as err:
             if on_error != "skip":
                 raise
@@ -168,7 +191,8 @@ def run_dense_bench(task: str, entries: Sequence[DenseEntry], runtime: str, thre
     for b, ts in zip(built, times):
         lo, hi = median_ci(ts)
         row = {"model": b.entry.name, "label": b.entry.label, "variant": b.entry.variant, "fused": b.entry.fused,
-               "runtime": runtime, "img_size": b.size, "params_m": b.params_m, "gmacs": b.gmacs,
+               "runtime": runtime, "precision": b.entry.precision, "img_size": b.size, "params_m": b.params_m,
+               "gmacs": b.gmacs,
                "median_ms": statistics.median(ts), "ci_lo_ms": lo, "ci_hi_ms": hi, "runs": runs,
                "post_ms": None, "post": "in the graph" if b.post is None and task == "detect" else None}
         if b.post is not None:
@@ -176,18 +200,22 @@ def run_dense_bench(task: str, entries: Sequence[DenseEntry], runtime: str, thre
             row["post_ms"], row["post"] = statistics.median(post_times), "numpy (dense.postprocess)"
         results.append(row)
         b.tmp.cleanup()
-    doc = {"meta": {**meta(threads, runs), "task": task, "weights": "random (latency does not depend on them; "
+    doc = {"meta": {**meta(threads, runs), "task": task, "output": "class map" if argmax else "logits/raw",
+                    "weights": "random (latency does not depend on them; "
                     "post-processing time does, through the number of boxes over the threshold)",
                     "timing": "interleaved rounds, random order per round; median with a 95% distribution-free "
                               "confidence interval"},
            "results": results}
     doc["meta"]["ties"] = [list(t) for t in ranking_ties(results)]
+    if any(e.precision == "int8" for e in entries):
+        doc["meta"]["int8_calibration"] = f"{CALIBRATION} random inputs (timing only)"
     if failures:
         doc["meta"]["failed"] = failures
     return doc
 
 
-ROW_KEYS = ("label", "runtime", "img_size", "params_m", "gmacs", "median_ms", "ci_lo_ms", "ci_hi_ms", "post_ms")
+ROW_KEYS = ("label", "runtime", "precision", "img_size", "params_m", "gmacs", "median_ms", "ci_lo_ms", "ci_hi_ms",
+            "post_ms")
 
 
 def ratios(doc: dict) -> List[Tuple[str, float]]:
@@ -197,12 +225,16 @@ def ratios(doc: dict) -> List[Tuple[str, float]]:
     by = {r["label"]: r for r in doc["results"]}
     out = []
     for r in doc["results"]:
+        if r["precision"] == "int8" and r["label"][:-len(" int8")] in by:
+            out.append((f"{r['label']}: speed-up over its fp32", by[r["label"][:-len(" int8")]]["median_ms"]
+                        / r["median_ms"]))
         if r["fused"]:
-            rel = r["label"].replace("(fused body)", "(release body)")
+            rel = r["label"].replace("(fused body)", "(release body)")  # (same precision)
             if rel in by:
                 out.append((f"{r['label']}: speed-up over the release body", by[rel]["median_ms"] / r["median_ms"]))
         pair = {"lraspp": "lraspp_mobilenet_v3_large (torchvision)",
                 "ssdlite": "ssdlite320_mobilenet_v3_large (torchvision)"}.get(r["model"])
+        pair = pair if pair is None or r["precision"] == "fp32" else f"{pair} {r['precision']}"
         if r["variant"] and pair in by:
             out.append((f"{r['label']} / {pair}: latency ratio", r["median_ms"] / by[pair]["median_ms"]))
     return out
@@ -222,8 +254,9 @@ def format_dense_table(doc: dict) -> str:
     lines = ["\n".join(rows), ""]
     lines += [f"{what}: {value:.2f}x" for what, value in ratios(doc)]
     m = doc["meta"]
-    lines.append(f"{m['cpu']} [{' '.join(m['cpu_flags'])}], {m['threads']} threads, batch 1, fp32, {m['runs']} "
-                 "interleaved rounds; weights random")
+    lines.append(f"{m['cpu']} [{' '.join(m['cpu_flags'])}], {m['threads']} threads, batch 1, {m['runs']} "
+                 "interleaved rounds; weights random" + (f"; int8 calibrated on {m['int8_calibration']}"
+                                                          if "int8_calibration" in m else ""))
     lines += [f"not measured: {f}" for f in m.get("failed", [])]
     return "\n".join(lines)
 

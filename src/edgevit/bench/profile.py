@@ -17,7 +17,7 @@ from ..errors import UserError
 from .runners import default_img_size, load_model
 
 
-def _summary(model, fused, size, threads, runs, report, ops):
+def summary(model, fused, size, threads, runs, report, ops):
     kinds = collections.Counter()
     for o in ops:
         kinds[o["kind"]] += o["median_ms"]
@@ -59,7 +59,7 @@ def profile(model: str, fused: bool = True, runtime: str = "executorch", runs: i
     images = model_calibration(net, calib, 64, size) if precision == "int8" else None
     report, ops = profile_file(runtime, net, x, threads, runs, 3, f"{model} ({runtime} {precision}, profiled)",
                                int8_images=images)
-    return {**_summary(model, fused, size, threads, runs, report, ops), "precision": precision}
+    return {**summary(model, fused, size, threads, runs, report, ops), "precision": precision}
 
 
 # runtimes with a per-operator profiler, and LiteRT (profile_litert: its Python interpreter has no per-operator timer)

@@ -283,6 +283,12 @@ def add_bench_parser(sub, task: str) -> None:
     p.add_argument("--no-baselines", dest="baselines", action="store_false", help="leave torchvision's out")
     p.add_argument("--img-size", type=image_size, default=None, help="square input for every model (default: "
                                                                      "each model's, 512 / 320)")
+    if task == "segment":
+        p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "int8"),
+                       help="fp32 and/or int8 (each model once per precision, interleaved); int8: the runtime's "
+                            "int8 flow (executorch, onnxruntime), calibrated on random inputs (timing only)")
+        p.add_argument("--argmax", action="store_true", help="end every model with its class map (uint8) instead "
+                                                             "of logits at the input size")
     p.add_argument("--threads", type=thread_count, default=2)
     p.add_argument("--runs", type=positive_int, default=30)
     p.add_argument("--warmup", type=nonneg_int, default=5)
@@ -307,9 +313,14 @@ def run_bench(args: argparse.Namespace) -> int:
             check_output_file(path, flag, overwrite=args.overwrite)
     rt = runtimes.get(args.runtime)
     rt.require(writing=True)
-    entries = dense_plan(args._task, args.variants, args.edgevit_form, args.models, args.baselines)
+    precisions = list(dict.fromkeys(getattr(args, "precision", ["fp32"])))
+    if "int8" in precisions and not rt.int8:
+        from ..errors import ConfigError
+        raise ConfigError(f"--precision int8 runs in --runtime {' or '.join(runtimes.int8_names())}, not "
+                          f"{args.runtime}")
+    entries = dense_plan(args._task, args.variants, args.edgevit_form, args.models, args.baselines, precisions)
     doc = run_dense_bench(args._task, entries, args.runtime, args.threads, args.runs, args.warmup, args.img_size,
-                          show_progress=show_progress(args))
+                          show_progress=show_progress(args), argmax=bool(getattr(args, "argmax", False)))
     if args.json == "-":
         print_json(doc)
     else:
