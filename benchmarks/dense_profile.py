@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from edgevit.bench.dense import SIZES, DenseEntry, build_dense
+from edgevit.bench.dense import EDGEVIT_ARCHS, SIZES, DenseEntry, build_dense
 from edgevit.bench.profile import profile_file, summary
 from edgevit.dense.deploy import deploy_graph
 from edgevit.utils.io import write_text_atomic
@@ -40,7 +40,7 @@ def main() -> int:
     fmt = {"executorch": "pte", "onnxruntime": "onnx"}[args.runtime]
     docs = []
     for name in args.models:
-        ours = name in ("semfpn", "lraspp", "retinanet", "ssdlite")
+        ours = name in EDGEVIT_ARCHS[args.task]
         entry = DenseEntry(name, args.variant if ours else None, not args.unfused if ours else None)
         size = args.img_size or SIZES[name]
         model, graph, outputs = deploy_graph(build_dense(entry, args.task), fmt, (size, size),

@@ -34,18 +34,26 @@ def _spread_scores(model):
     return model
 
 
-@pytest.mark.parametrize("arch,size", [("retinanet", 64), ("ssdlite", 320)])
-def test_postprocess_matches_torchvision(arch, size):
-    """The numpy reference (raw-output files) and the in-graph torch version (ONNX files) give torchvision's
-    own detections: same boxes, scores and labels."""
-    model = _spread_scores(create_detector(arch, 3, fpn_channels=32, min_size=size, max_size=size)).eval()
-    img = torch.rand(3, size, size, generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize("arch,size,image,min_max,forms", [
+    ("retinanet", 64, (64, 64), (64, 64), ("pte", "onnx")),
+    ("ssdlite", 320, (320, 320), (320, 320), ("pte", "onnx")),
+    # a landscape image fitted into the canvas at half size (96x128 -> 48x64, padded to 64x64), as torchvision's
+    # transform does with min/max size 48/64; and an SSD image stretched (torchvision's fixed size)
+    ("retinanet", 64, (96, 128), (48, 64), ("pte",)),
+    ("ssdlite", 320, (200, 300), (320, 320), ("pte", "onnx")),
+])
+def test_postprocess_matches_torchvision(arch, size, image, min_max, forms):
+    """The numpy reference (raw-output files) and the in-graph torch version (ONNX files), behind the file's
+    resize rule, give torchvision's own detections on the original image: same boxes, scores and labels."""
+    model = _spread_scores(create_detector(arch, 3, fpn_channels=32, min_size=min_max[0], max_size=min_max[1]))
+    model = model.eval()
+    img = torch.rand(3, *image, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = model([img])[0]
     assert len(want["scores"]) > 20
     want = {k: v.numpy() for k, v in want.items()}
     want["labels"] = want["labels"] - model.label_offset
-    for fmt in ("pte", "onnx"):  # raw head + numpy `postprocess`; `GraphPostprocess` in the graph
+    for fmt in forms:  # raw head + numpy `postprocess`; `GraphPostprocess` in the graph
         got = {k: v.numpy() for k, v in eager_file(model, (size, size), fmt).detect(img).items()}
         np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-5, atol=1e-6)  # (same order)
         # one to one, as sets: detections of equal score (symmetric anchors on the 1x1 / 2x2 levels) may come
@@ -175,8 +183,10 @@ def test_dense_export_bad_input(trained, tmp_path, capsys):
     from edgevit.cli.detect import DETECT_ARCHS
     from edgevit.cli.segment import SEGMENT_ARCHS
     from edgevit.dense import models
+    from edgevit.models import checkpoint
 
     assert (DETECT_ARCHS, SEGMENT_ARCHS) == (models.DETECT_ARCHS, models.SEGMENT_ARCHS)
+    assert checkpoint.SEGMENT_ARCHS == models.SEGMENT_ARCHS
 
     def refused(argv, *needles):
         capsys.readouterr()
@@ -238,16 +248,19 @@ def test_segment_int8_export_keeps_miou(arch, fmt, trained, shapes_root, tmp_pat
     assert got["mIoU"] == pytest.approx(want["mIoU"], abs=0.01)
 
 
-def test_int8_refused_where_it_does_not_apply(trained, shapes_root, capsys):
+def test_int8_refused_where_it_does_not_apply(trained, shapes_root, tmp_path, capsys):
     from edgevit.dense.deploy import ExportError, check_quantizable
 
     with pytest.raises(ExportError, match="segmenters"):
         check_quantizable("retinanet", "onnx")
     with pytest.raises(ExportError, match="tflite"):
         check_quantizable("lraspp", "tflite")
-    assert main(["segment", "export", "--checkpoint", str(trained["lraspp"]), "--format", "onnx", "--quantize",
-                 "int8", "-o", "never.onnx"]) == 2
-    assert "--calib" in capsys.readouterr().err
+    out = tmp_path / "never.onnx"
+    for extra, flag in ((["--quantize", "int8"], "--calib"), (["--calib-images", "8"], "--calib-images")):
+        assert main(["segment", "export", "--checkpoint", str(trained["lraspp"]), "--format", "onnx", *extra,
+                     "-o", str(out)]) == 2
+        assert flag in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_dense_bench_rows_and_ratios(capsys):

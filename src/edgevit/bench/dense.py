@@ -18,12 +18,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..dense.models import SEGMENT_ARCHS
 from ..deploy import runtimes
 from ..errors import UserError
 from .bench import median_ci, meta, ranking_ties, time_runners
 
 # EdgeViT dense models per task, and torchvision's mobile models run beside them
-EDGEVIT_ARCHS = {"segment": ("semfpn", "lraspp"), "detect": ("retinanet", "ssdlite")}
+EDGEVIT_ARCHS = {"segment": SEGMENT_ARCHS, "detect": ("retinanet", "ssdlite")}
 BASELINES = {"segment": ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"),
              "detect": ("ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn")}
 # default input (H = W) per model: the paper's ADE20K crop for segmenters, 320 for the SSDLite pair and the
@@ -52,9 +53,10 @@ class DenseEntry:
 
 def dense_plan(task: str, variants: Sequence[str] = ("edgevit_xxs",), form: str = "both",
                archs: Optional[Sequence[str]] = None, baselines: bool = True,
-               precisions: Sequence[str] = ("fp32",)) -> List[DenseEntry]:
-    """The rows, in order: each EdgeViT head per variant and body form, then torchvision's; every row once per
-    precision (int8: segmenters only, the runtime's int8 flow)."""
+               precisions: Sequence[str] = ("fp32",), runtime: Optional[str] = None) -> List[DenseEntry]:
+    """The rows, in order: each EdgeViT head per variant and body form, then torchvision's (the two-stage
+    Faster R-CNN only where it exports: onnxruntime); every row once per precision (int8: segmenters only, the
+    runtime's int8 flow)."""
     if task not in EDGEVIT_ARCHS:
         raise UserError(f"{task!r}: expected segment or detect", option="task")
     forms = {"fused": [True], "unfused": [False], "both": [True, False]}.get(form)
@@ -64,13 +66,14 @@ def dense_plan(task: str, variants: Sequence[str] = ("edgevit_xxs",), form: str 
     for a in archs:
         if a not in EDGEVIT_ARCHS[task]:
             raise UserError(f"{a!r}: the {task} models benchmarked are {', '.join(EDGEVIT_ARCHS[task])}",
-                            option="archs")
+                            option="models")
     for p in precisions:
         if p not in ("fp32", "int8") or (p == "int8" and task != "segment"):
             raise UserError(f"{p!r}: the {task} bench runs {'fp32 and int8' if task == 'segment' else 'fp32'}",
                             option="precision")
     entries = [DenseEntry(a, v, f) for a in archs for v in variants for f in forms]
-    entries += [DenseEntry(b) for b in BASELINES[task]] if baselines else []
+    two_stage_ok = runtime in (None, "onnxruntime")  # (dense.deploy.check_exportable says why)
+    entries += [DenseEntry(b) for b in BASELINES[task] if baselines and (two_stage_ok or not b.startswith("faster"))]
     return [dataclasses.replace(e, precision=p) for e in entries for p in precisions]
 
 
@@ -200,7 +203,8 @@ def run_dense_bench(task: str, entries: Sequence[DenseEntry], runtime: str, thre
             row["post_ms"], row["post"] = statistics.median(post_times), "numpy (dense.postprocess)"
         results.append(row)
         b.tmp.cleanup()
-    doc = {"meta": {**meta(threads, runs), "task": task, "output": "class map" if argmax else "logits/raw",
+    doc = {"meta": {**meta(threads, runs), "task": task,
+                    "output": "class map" if argmax and task == "segment" else "logits/raw head/detections",
                     "weights": "random (latency does not depend on them; "
                     "post-processing time does, through the number of boxes over the threshold)",
                     "timing": "interleaved rounds, random order per round; median with a 95% distribution-free "

@@ -57,7 +57,7 @@ def register(subparsers) -> None:
     t.add_argument("--eval-every", type=nonneg_int, default=1, help="epochs between evaluations (0: only at the end)")
     t.set_defaults(func=run_train, _parser=t)
 
-    e = sub.add_parser("eval", help="COCO AP (bbox, and segm for Mask R-CNN) of a trained checkpoint")
+    e = sub.add_parser("eval", help="COCO AP (bbox, and segm for Mask R-CNN) of a checkpoint or an exported file")
     add_model_source_args(e, "detect")
     e.add_argument("--data", required=True, help="COCO-format root")
     e.add_argument("--split", default="val2017")
@@ -75,9 +75,10 @@ def register(subparsers) -> None:
     add_json_arg(pr)
     pr.set_defaults(func=run_predict)
 
-    x = add_export_parser(sub, "detect", "RetinaNet / SSDLite")
+    x = add_export_parser(sub, "detect", "RetinaNet / SSDLite / Mask R-CNN (onnx)")
     x.add_argument("--max-detections", type=positive_int, default=None,
-                   help="detections kept per image after NMS (default: the checkpoint's, 300)")
+                   help="detections kept per image after NMS (default: the model's; RetinaNet and SSDLite 300, "
+                        "Mask R-CNN 100)")
 
     add_bench_parser(sub, "detect")
     add_shapes_parser(sub)
@@ -164,8 +165,11 @@ def run_predict(args: argparse.Namespace) -> int:
     out = predict_output(args, "_det.png")
     img = load_image_tensor(args.image)
     info, model, meta = load_model_or_file(args, "detect")
-    if args.exported:  # (the file's own score cut was fixed at export)
-        det = model.detect(img)
+    if args.exported:
+        if args.score_thresh < model.score_thresh and model.meta["outputs"][0] != "cls_logits":
+            warnings.warn(f"--score-thresh {args.score_thresh}: {args.exported} applies its own cut "
+                          f"{model.score_thresh:g} inside the graph; nothing below it can be shown")
+        det = model.detect(img, score_thresh=args.score_thresh)
     else:
         # the detector's own pre-NMS score cut (0.05) must not hide what --score-thresh asks to see
         heads = model.roi_heads if model.arch == "maskrcnn" else model

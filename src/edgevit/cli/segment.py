@@ -96,8 +96,9 @@ def register(subparsers) -> None:
                    help="static int8 by the runtime's flow (pte: PT2E + XNNPACK quantizer; onnx: ONNX Runtime QDQ), "
                         "calibrated on --calib")
     x.add_argument("--calib", default=None, metavar="ROOT", help="ADE20K-layout root of the calibration images")
-    x.add_argument("--calib-split", default="training", help="its split to calibrate on (default training)")
-    x.add_argument("--calib-images", type=positive_int, default=64, help="how many (a seeded sample; default 64)")
+    x.add_argument("--calib-split", default=None, help="its split to calibrate on (default training)")
+    x.add_argument("--calib-images", type=positive_int, default=None,
+                   help="how many (a seeded sample; default 64)")
 
     add_bench_parser(sub, "segment")
     add_shapes_parser(sub)

@@ -5,7 +5,7 @@ from typing import Dict, List
 
 from ..models import VARIANTS
 from ..models.complexity import count_gmacs, count_params
-from .models import create_detector, create_segmenter
+from .models import SEGMENT_ARCHS, create_detector, create_segmenter
 
 COCO_CLASSES, ADE_CLASSES = 80, 150
 _BACKBONE = {"EdgeViT-XXS": "edgevit_xxs", "EdgeViT-XS": "edgevit_xs", "EdgeViT-S": "edgevit_s"}
@@ -32,7 +32,7 @@ MOBILE_HEADS = {"lraspp": 512, "ssdlite": 320}
 
 
 def build(arch: str, variant: str):
-    if arch in ("semfpn", "lraspp"):
+    if arch in SEGMENT_ARCHS:
         return create_segmenter(ADE_CLASSES, variant, arch=arch)
     return create_detector(arch, COCO_CLASSES, variant)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -161,9 +162,11 @@ def check_exportable(arch: str, fmt: str, argmax: bool = False) -> None:
     """Refuse what an architecture cannot go to, before any work (one line saying why)."""
     if arch in TWO_STAGE and fmt != "onnx":
         name = "Mask R-CNN" if arch == "maskrcnn" else "Faster R-CNN"
-        raise ExportError(f"{name} does not export to {fmt}: torch.export cannot trace torchvision's RPN and "
-                          "RoIHeads (NMS and RoIAlign over a data-dependent number of boxes) and that runtime has "
-                          "no NMS; use --format onnx, or retinanet/ssdlite for ExecuTorch and LiteRT")
+        why = ("torch.export cannot trace torchvision's RPN and RoIHeads (NMS and RoIAlign over a data-dependent "
+               "number of boxes) and that runtime has no NMS" if fmt in ("pte", "tflite") else
+               "only the ONNX path is built and checked for the two-stage detectors")
+        raise ExportError(f"{name} does not export to {fmt}: {why}; export it to onnx, or a retinanet/ssdlite "
+                          "model for ExecuTorch and LiteRT", option="format")
     if argmax and arch not in SEGMENT_ARCHS:
         raise ExportError(f"the class map (argmax) is a segmenter's output, not {arch}'s")
 
@@ -173,7 +176,9 @@ def graph_for(model: nn.Module, fmt: str, size: Tuple[int, int], argmax: bool = 
     """The graph `model` exports as for `fmt`, and what its sidecar says about the outputs."""
     x = _input(size)
     if model.arch in SEGMENT_ARCHS:
-        return SegmenterGraph(model, argmax).eval(), {"outputs": ["classes" if argmax else "logits"]}
+        graph = SegmenterGraph(model, argmax).eval()
+        return graph, {"outputs": ["classes" if argmax else "logits"],
+                       "dtype": str(graph.dtype).replace("torch.", "") if argmax else "float32"}
     if model.arch in TWO_STAGE:
         if max_detections:
             model.roi_heads.detections_per_img = max_detections
@@ -207,12 +212,19 @@ def _compare(kind: str, got: List[np.ndarray], want: Sequence[torch.Tensor], sco
                             f"{100 * ARGMAX_AGREEMENT:.1f}%)")
         return {"pixel_agreement": agree}
     if kind == "boxes":
-        m = match_detections(dict(zip(("boxes", "scores", "labels"), want)),
-                             dict(zip(("boxes", "scores", "labels"), got)), score_thresh=score_thresh)
+        keys = ("boxes", "scores", "labels")
+        m = match_detections(dict(zip(keys, want)), dict(zip(keys, got)), score_thresh=score_thresh)
         if m["unmatched"]:
             raise UserError(f"detections: {m['unmatched']} of {m['detections']} differ from PyTorch's")
-        return {"detections_checked": m["detections"], "max_box_diff": m["max_box_diff"],
-                "max_score_diff": m["max_score_diff"]}
+        out = {"detections_checked": m["matched"], "detections_tied": m["excused"],
+               "max_box_diff": m["max_box_diff"], "max_score_diff": m["max_score_diff"]}
+        if len(want) > 3:  # Mask R-CNN: the matched detections' mask probabilities
+            diffs = [float(np.abs(got[3][j] - want[3][i]).mean()) for i, j in m["pairs"]]
+            out["max_mask_mean_diff"] = max(diffs, default=0.0)
+            if out["max_mask_mean_diff"] > TOLERANCE:
+                raise UserError(f"output 'masks': mean |diff| {out['max_mask_mean_diff']:.3g} > {TOLERANCE} "
+                                "against PyTorch's on a matched detection")
+        return out
     diffs = {}
     names = ["cls_logits", "bbox_regression", "anchors"] if kind == "cls_logits" else ["logits"]
     for name, g, w in zip(names, got, want):
@@ -228,7 +240,7 @@ def check_quantizable(arch: str, fmt: str) -> None:
     if arch not in SEGMENT_ARCHS:
         raise ExportError(f"int8 export is for the segmenters ({', '.join(SEGMENT_ARCHS)}), not {arch}")
     if not runtimes.by_format(fmt).int8:
-        raise ExportError(f"int8 export is for --format {' or '.join(runtimes.int8_formats())}, not {fmt}")
+        raise ExportError(f"{fmt}: int8 export is for {' or '.join(runtimes.int8_formats())}", option="format")
 
 
 def _int8_check(graph: nn.Module, run, images: torch.Tensor) -> Dict[str, float]:
@@ -239,26 +251,38 @@ def _int8_check(graph: nn.Module, run, images: torch.Tensor) -> Dict[str, float]
         want = torch.cat([graph(images[i:i + 1]) for i in range(len(images))])
     got = run_batch(lambda x: torch.from_numpy(np.ascontiguousarray(run(x.numpy())[0])), images)
     if want.dtype.is_floating_point:
-        noise = (got.float() - want).pow(2).mean().item()
-        sqnr = 10 * np.log10(want.pow(2).mean().item() / max(noise, 1e-30))
-        agree = (got.argmax(1) == want.argmax(1)).float().mean().item()
-        return {"sqnr_db": float(sqnr), "pixel_agreement": agree}
+        from ..deploy.quantize import agreement
+
+        a = agreement(want, got)  # (its top-1 over dim 1 is the per-pixel class here)
+        return {"sqnr_db": a["sqnr_db"], "pixel_agreement": a["top1_agreement"] / 100}
     return {"pixel_agreement": (got.long() == want.long()).float().mean().item()}
 
 
 def segmentation_calibration(root: os.PathLike | str, split: str, meta: dict, size: Tuple[int, int], count: int,
                              seed: int = 0) -> torch.Tensor:
     """`count` images (a seeded sample) of an ADE20K-layout split as the segmenter's eval sees them (resized to
-    the checkpoint's scale, normalised), then to the file's input size as `DenseFile.segment` feeds them."""
+    the checkpoint's scale, normalised), then fitted into the file's input as `DenseFile.segment` feeds them."""
     from .ade import ADESegmentation
 
-    ds = ADESegmentation(root, split, num_classes=int(meta["num_classes"]),
-                         reduce_zero_label=bool(meta["reduce_zero_label"]), train=False, scale=meta["scale"])
-    if len(ds) == 0:
-        raise UserError(f"{root}: no images in split {split!r} to calibrate on", option="calib")
+    try:
+        ds = ADESegmentation(root, split, num_classes=int(meta["num_classes"]),
+                             reduce_zero_label=bool(meta["reduce_zero_label"]), train=False, scale=meta["scale"])
+    except UserError as e:
+        raise UserError(f"calibration split {split!r} of {root}: {e}", option="calib") from e
     picks = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:count].tolist()
-    return torch.stack([F.interpolate(ds[i][0][None].float(), size=size, mode="bilinear", align_corners=False)[0]
-                        for i in picks])
+    return torch.cat([fit_into(ds[i][0][None].float(), size)[0] for i in picks])
+
+
+def fit_into(x: torch.Tensor, size: Sequence[int]) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """A [1, C, h, w] (normalised) image resized to fit `size` (H, W) keeping its aspect ratio, zero-padded
+    bottom/right to it (what torchvision's batching pads with after normalising); and the resized (h', w').
+    The resized size is floor(side * scale), as torchvision's resize with recompute_scale_factor."""
+    h, w = x.shape[-2:]
+    th, tw = size
+    s = min(th / h, tw / w)
+    nh, nw = min(th, max(1, math.floor(h * s))), min(tw, max(1, math.floor(w * s)))
+    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
+    return F.pad(x, (0, tw - nw, 0, th - nh)), (nh, nw)
 
 
 def deploy_graph(model: nn.Module, fmt: str, size: Tuple[int, int], argmax: bool = False,
@@ -295,7 +319,8 @@ def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tu
     if calibration is not None:
         check_quantizable(arch, fmt)
     if size[0] % 32 or size[1] % 32 or min(size) < 32:
-        raise UserError(f"input size {size[0]}x{size[1]}: expected multiples of 32", option="img_size")
+        raise UserError(f"{size[0]} {size[1]}: expected sides of at least 32 and multiples of 32",
+                        option="img_size")
     rt = runtimes.by_format(fmt)
     rt.require(writing=True)
     torch.set_num_threads(threads)
@@ -306,9 +331,9 @@ def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tu
     want = [want] if torch.is_tensor(want) else list(want)
     thresh = outputs["decoding"]["score_thresh"] if "decoding" in outputs else outputs.get("score_thresh", 0.0)
     mean, std = _normalization(model)
-    meta = dict(meta or {})
+    meta = dict(meta if meta is not None else getattr(model, "meta", {}))
     side = {"edgevit_dense_file": SIDECAR_VERSION, "task": task_of(arch), "arch": arch,
-            "variant": meta.get("variant"), "num_classes": int(meta.get("num_classes", 0)),
+            "variant": meta.get("variant"), "num_classes": int(meta.get("num_classes", model.num_classes)),
             "class_names": list(meta.get("class_names", [])), "input_size": list(size),
             "resize": "stretch" if arch == "ssdlite" else "fit", "mean": mean, "std": std, "format": fmt,
             "precision": "fp32", "fused": fused, **outputs, "model_meta": meta}
@@ -318,12 +343,13 @@ def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tu
     if calibration is not None:
         side["precision"] = report["precision"] = "int8"
         side["int8"] = report["int8_calibration"] = f"{len(calibration)} images"
-    with atomic_path(output) as tmp, atomic_path(sidecar_path(output)) as tmp_side:
+    # the sidecar is committed last: the model file is renamed into place first (inner context)
+    with atomic_path(sidecar_path(output)) as tmp_side, atomic_path(output) as tmp:
         if calibration is not None:
             report.update(rt.save_int8(graph, x, tmp, calibration))
             check = calibration[:8] if check_images is None else check_images
             report.update(_int8_check(graph, rt.load(tmp, threads), check))
-            report["checked_on"] = f"{len(check)} images"
+            report["checked_on"] = f"{len(check)} {'calibration ' if check_images is None else ''}images"
         else:
             report.update(save_graph(arch, fmt, graph, x, tmp))
             got = rt.load(tmp, threads)(x.numpy())
@@ -365,29 +391,39 @@ class DenseFile:
         return (img - mean) / std
 
     def segment(self, img: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
-        """Class map [H, W] at `out_size` of a normalised image (the segmentation data set's): resized to the
-        file's input, run, logits (or the class map, nearest) resized back."""
-        x = F.interpolate(img[None].float(), size=self.size, mode="bilinear", align_corners=False)
-        out = torch.from_numpy(np.ascontiguousarray(self.run(x.numpy())[0]))
+        """Class map [H, W] at `out_size` of a normalised image (the segmentation data set's): fitted into the
+        file's input (aspect ratio kept, zero-padded bottom/right: the sidecar's "fit"), run, the image's part
+        of the logits (or of the class map, nearest) resized to `out_size`."""
+        x, (nh, nw) = fit_into(img[None].float(), self.size)
+        out = torch.from_numpy(np.ascontiguousarray(self.run(x.numpy())[0]))[..., :nh, :nw]
         if self.meta["outputs"][0] == "classes":
             return F.interpolate(out[:, None].float(), size=tuple(out_size), mode="nearest")[0, 0].long()
         return F.interpolate(out.float(), size=tuple(out_size), mode="bilinear", align_corners=False)[0].argmax(0)
 
-    def detect(self, img: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Detections (boxes in `img`'s pixels, scores, 0-based labels) of a [3, H, W] image in [0, 1]."""
+    @property
+    def score_thresh(self) -> float:
+        """The score cut the file applies (raw-output files: the decoding's, which `detect` can lower)."""
+        return float(self.meta["decoding"]["score_thresh"] if "decoding" in self.meta else
+                     self.meta.get("score_thresh", 0.0))
+
+    def detect(self, img: torch.Tensor, score_thresh: Optional[float] = None) -> Dict[str, torch.Tensor]:
+        """Detections (boxes in `img`'s pixels, scores, 0-based labels[, masks]) of a [3, H, W] image in [0, 1].
+        `score_thresh` lowers the decoding's cut for raw-output files (files with NMS inside keep theirs)."""
         h, w = img.shape[-2:]
         th, tw = self.size
         if self.meta["resize"] == "stretch":  # torchvision's SSD: every image to the fixed size
-            sy, sx = th / h, tw / w
-            x = F.interpolate(img[None], size=(th, tw), mode="bilinear", align_corners=False)
-        else:  # RetinaNet: the longer side fitted, the rest padded (bottom/right), as torchvision batches
-            sy = sx = min(th / h, tw / w)
-            nh, nw = min(th, max(1, round(h * sy))), min(tw, max(1, round(w * sx)))
-            x = F.interpolate(img[None], size=(nh, nw), mode="bilinear", align_corners=False)
-        x = F.pad(self._normalize(x[0]), (0, tw - x.shape[-1], 0, th - x.shape[-2]))[None]
+            nh, nw = th, tw
+            x = F.interpolate(self._normalize(img)[None], size=(th, tw), mode="bilinear", align_corners=False)
+        else:  # RetinaNet, Mask R-CNN: fitted (aspect kept), padded bottom/right, as torchvision batches
+            x, (nh, nw) = fit_into(self._normalize(img)[None], self.size)
+        sy, sx = nh / h, nw / w  # the real resize ratio per axis (torchvision's resize_boxes)
         outs = self.run(x.numpy())
         if self.meta["outputs"][0] == "cls_logits":
-            det = postprocess(*outs[:3], Decoding.from_dict(self.meta["decoding"]))
+            dec = Decoding.from_dict(self.meta["decoding"])
+            # boxes clipped to the image's part of the canvas, as torchvision clips to the resized image
+            dec = dataclasses.replace(dec, image_size=(nh, nw), score_thresh=min(
+                dec.score_thresh, dec.score_thresh if score_thresh is None else score_thresh))
+            det = postprocess(*outs[:3], dec)
         else:
             det = dict(zip(self.meta["outputs"], outs))
         boxes = torch.from_numpy(np.asarray(det["boxes"], dtype=np.float32)).reshape(-1, 4).clone()
@@ -396,15 +432,20 @@ class DenseFile:
         out = {"boxes": boxes, "scores": torch.from_numpy(np.asarray(det["scores"], dtype=np.float32)),
                "labels": torch.from_numpy(np.asarray(det["labels"]).astype(np.int64))}
         if "masks" in det:  # probabilities at the file's input: the image's part, back at the image's size
-            masks = torch.from_numpy(np.asarray(det["masks"], dtype=np.float32))
-            ih, iw = (round(h * sy), round(w * sx))
-            masks = masks[..., :min(th, ih), :min(tw, iw)]
+            masks = torch.from_numpy(np.asarray(det["masks"], dtype=np.float32))[..., :nh, :nw]
             out["masks"] = F.interpolate(masks, size=(h, w), mode="bilinear", align_corners=False) if len(masks) \
                 else masks.new_zeros(0, 1, h, w)
         return out
 
 
+SIDECAR_KEYS = ("task", "arch", "input_size", "resize", "mean", "std", "outputs", "num_classes")
+
+
 def read_sidecar(path: os.PathLike | str) -> dict:
+    """The sidecar of an exported dense file, checked (the file first, then its FILE.json and its keys)."""
+    from ..utils.io import require_file
+
+    require_file(path, "exported file")
     side = sidecar_path(path)
     if not side.is_file():
         raise UserError(f"{path}: no {side.name} beside it (the sidecar `edgevit detect|segment export` writes: "
@@ -416,6 +457,9 @@ def read_sidecar(path: os.PathLike | str) -> dict:
     if not isinstance(meta, dict) or meta.get("edgevit_dense_file") != SIDECAR_VERSION:
         raise UserError(f"{side}: not the sidecar of an exported dense model (version {SIDECAR_VERSION})",
                         option="exported")
+    missing = [k for k in SIDECAR_KEYS if k not in meta]
+    if missing:
+        raise UserError(f"{side}: lacks {', '.join(missing)} (re-export the model)", option="exported")
     return meta
 
 
@@ -441,7 +485,8 @@ def eager_file(model: nn.Module, size: Tuple[int, int], fmt: str = "pte", argmax
     metrics are compared with)."""
     graph, outputs = graph_for(model.eval(), fmt, size, argmax, max_detections)
     mean, std = _normalization(model)
-    side = {"arch": model.arch, "input_size": list(size), "num_classes": int((meta or {}).get("num_classes", 0)),
+    side = {"arch": model.arch, "input_size": list(size),
+            "num_classes": int((meta or {}).get("num_classes", model.num_classes)),
             "resize": "stretch" if model.arch == "ssdlite" else "fit", "mean": mean, "std": std, **outputs}
 
     def run(*inputs):

@@ -75,7 +75,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> np.ndarray:
     """Greedy NMS as torchvision's `nms`: indices kept, by decreasing score; a box is dropped when its IoU
     with a kept one is above `iou_thresh`."""
     order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = boxes.T
+    x1, y1, x2, y2 = boxes.T  # (zero-area boxes: IoU 0/0 = nan, never above the threshold, as torchvision)
     areas = (x2 - x1) * (y2 - y1)
     keep: List[int] = []
     while order.size:
@@ -85,7 +85,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> np.ndarray:
         w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
         h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
         inter = w * h
-        iou = inter / (areas[i] + areas[rest] - inter)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = inter / (areas[i] + areas[rest] - inter)
         order = rest[~(iou > iou_thresh)]
     return np.asarray(keep, dtype=np.int64)
 
@@ -201,28 +202,36 @@ class GraphPostprocess(nn.Module):
 
 
 def match_detections(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray], score_tol: float = 1e-3,
-                     box_tol: float = 0.05, score_thresh: float = 0.0) -> Dict[str, float]:
-    """How two detection sets of one image agree (an exported file's against PyTorch's): greedy matching by
-    label, score within `score_tol` and every coordinate within `box_tol` px. A detection left unmatched counts
-    as a disagreement only when its score is unambiguous: not within `score_tol` of the threshold (either side
-    is right) nor of another detection's score in its own set (NMS and top-k may keep either of two tied
-    candidates, and what they suppress follows from that choice)."""
-    def counts(d: Dict[str, np.ndarray], used: np.ndarray) -> int:
-        s = d["scores"]
-        tied = (np.abs(s[:, None] - s[None, :]) <= score_tol).sum(axis=1) > 1
-        return int((~used & ~tied & (s > score_thresh + score_tol)).sum())
+                     box_tol: float = 0.05, score_thresh: float = 0.0) -> Dict[str, object]:
+    """How two detection sets of one image agree (an exported file's against PyTorch's): greedy one-to-one
+    matching by label, score within `score_tol` and every coordinate within `box_tol` px.
 
-    used_a = np.zeros(len(a["scores"]), dtype=bool)
-    used_b = np.zeros(len(b["scores"]), dtype=bool)
-    box_diff, score_diff = 0.0, 0.0
-    for i, (box, score, label) in enumerate(zip(a["boxes"], a["scores"], a["labels"])):
-        cand = np.nonzero(~used_b & (b["labels"] == label) & (np.abs(b["scores"] - score) <= score_tol)
-                          & (np.abs(b["boxes"] - box).max(axis=1, initial=0) <= box_tol))[0]
-        if len(cand):
-            j = cand[np.argmin(np.abs(b["scores"][cand] - score))]
-            used_a[i] = used_b[j] = True
-            box_diff = max(box_diff, float(np.abs(b["boxes"][j] - box).max()))
-            score_diff = max(score_diff, float(abs(b["scores"][j] - score)))
-    return {"detections": len(a["scores"]), "matched": int(used_a.sum()),
-            "unmatched": counts(a, used_a) + counts(b, used_b), "max_box_diff": box_diff,
-            "max_score_diff": score_diff}
+    A detection left unmatched is excused (either answer is right) when its score is within `score_tol` of the
+    threshold, or when it ties (within `score_tol`) with another detection of its set that is itself unmatched:
+    NMS and top-k may keep either of two tied candidates, and what they suppress follows from that choice.
+    Every other unmatched detection counts in `unmatched`. `pairs`: the matched (index in a, index in b)."""
+    with np.errstate(invalid="ignore"):
+        used_a = np.zeros(len(a["scores"]), dtype=bool)
+        used_b = np.zeros(len(b["scores"]), dtype=bool)
+        pairs, box_diff, score_diff = [], 0.0, 0.0
+        for i, (box, score, label) in enumerate(zip(a["boxes"], a["scores"], a["labels"])):
+            cand = np.nonzero(~used_b & (b["labels"] == label) & (np.abs(b["scores"] - score) <= score_tol)
+                              & (np.abs(b["boxes"] - box).max(axis=1, initial=0) <= box_tol))[0]
+            if len(cand):
+                j = int(cand[np.argmin(np.abs(b["scores"][cand] - score))])
+                used_a[i] = used_b[j] = True
+                pairs.append((i, j))
+                box_diff = max(box_diff, float(np.abs(b["boxes"][j] - box).max()))
+                score_diff = max(score_diff, float(abs(b["scores"][j] - score)))
+
+    def count(d: Dict[str, np.ndarray], used: np.ndarray) -> Tuple[int, int]:
+        s = d["scores"]
+        close = np.abs(s[:, None] - s[None, :]) <= score_tol
+        np.fill_diagonal(close, False)
+        tied = (close & ~used[None, :]).any(axis=1)  # tied with another unmatched detection
+        left = ~used & (s > score_thresh + score_tol)
+        return int((left & ~tied).sum()), int((~used & ~(left & ~tied)).sum())
+
+    (ua, ea), (ub, eb) = count(a, used_a), count(b, used_b)
+    return {"detections": len(a["scores"]), "matched": len(pairs), "unmatched": ua + ub, "excused": ea + eb,
+            "pairs": pairs, "max_box_diff": box_diff, "max_score_diff": score_diff}

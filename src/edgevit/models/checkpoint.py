@@ -21,6 +21,9 @@ PathLike = Union[str, os.PathLike]
 class CheckpointError(UserError):
     """A checkpoint that cannot be read, or does not fit the model."""
 
+# edgevit.dense.models.SEGMENT_ARCHS (the models layer cannot import dense; a test holds them equal)
+SEGMENT_ARCHS = ("semfpn", "lraspp")
+
 
 def _require_file(path: Path) -> None:
     if path.is_dir():
@@ -118,7 +121,7 @@ def checkpoint_weights(path: str | Path, ema: bool = False) -> Dict[str, Any]:
                             "model_ema.safetensors)", option="ema")
     arch = raw["meta"].get("arch") if isinstance(raw.get("meta"), dict) else None
     if arch:  # a detection / segmentation run's checkpoint
-        task = "segment" if arch in ("semfpn", "lraspp") else "detect"
+        task = "segment" if arch in SEGMENT_ARCHS else "detect"
         raise CheckpointError(f"checkpoint {path}: a {arch} checkpoint of `edgevit {task} train`, not a "
                               "classification model")
     config = raw.get("config") if isinstance(raw.get("config"), dict) else None
