@@ -24,7 +24,7 @@ CONVERTER = Package("litert_torch", "litert-torch", REQUIREMENTS)
 _NOISE = ("LiteRT-Torch Convert", "ExportedProgram Run", "Decompositions", "MLIR Module", "Write Model",
           "flatbuffer_export.cc", "Estimated count of arithmetic ops", "LiteRT Converter Passes",
           "is an Enum subclass", "Lower to MLIR", "Run FX Passes", "Merge MLIR",
-          "All log messages before absl::InitializeLog()")
+          "All log messages before absl::InitializeLog()", "oneDNN custom operations are on")
 
 
 def conversion_error(e: Exception, model: nn.Module) -> ConversionError:
