@@ -77,3 +77,17 @@ def test_train_throughput_rows_and_pipeline(tmp_path, monkeypatch):
     assert row["gmacs"] == pytest.approx(0.557, abs=0.01)  # the release XXS at 224, as fvcore counts it
     assert row["gmac_per_s"] == pytest.approx(row["images_per_s"] * row["gmacs"])
     assert doc["pipeline"]["images_per_s"] > 0 and doc["pipeline"]["decode_ms"] > 0
+
+
+def test_dense_profile_prints_kinds_side_by_side(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "p.json"
+    monkeypatch.setattr(sys, "argv", ["dense_profile.py", "segment", "lraspp", "lraspp_mobilenet_v3_large",
+                                      "--runtime", "onnxruntime", "--img-size", "64", "--runs", "2",
+                                      "--json", str(out)])
+    assert _load("dense_profile").main() == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| op kind | lraspp-XXS (fused body) | lraspp_mobilenet_v3_large (torchvision) |"
+    docs = json.loads(out.read_text())
+    assert [d["model"] for d in docs] == ["lraspp-XXS (fused body)", "lraspp_mobilenet_v3_large (torchvision)"]
+    assert all(d["total_ms"] > 0 and d["ops"] > 10 for d in docs)
+    assert table[-1].startswith("| total |")
