@@ -25,7 +25,7 @@ def _json(capsys):
     return json.loads(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("arch", ["retinanet", "maskrcnn"])
+@pytest.mark.parametrize("arch", ["retinanet", "maskrcnn", "ssdlite"])
 def test_detect_train_eval_predict(arch, shapes_root, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["detect", "train", "--arch", arch, "--data", str(shapes_root), "--train-split", "training",
@@ -34,7 +34,7 @@ def test_detect_train_eval_predict(arch, shapes_root, tmp_path, capsys):
     out = _json(capsys)
     assert out["iteration"] == 1 and not out["stopped"]
     keys = {"bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_APs", "bbox_APm", "bbox_APl"}
-    assert keys <= set(out["last_eval"]) and (arch == "retinanet") != ("segm_AP" in out["last_eval"])
+    assert keys <= set(out["last_eval"]) and (arch == "maskrcnn") == ("segm_AP" in out["last_eval"])
     assert all(-1.0 <= out["last_eval"][k] <= 1.0 for k in keys)
     assert {"last.pth", "best.pth", "config.yaml", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
     state = load_training_state(run / "last.pth")
@@ -63,12 +63,13 @@ def test_detect_train_eval_predict(arch, shapes_root, tmp_path, capsys):
     assert Image.open(tmp_path / "strip_det.png").size == (400, 6)
 
 
-def test_segment_train_eval_predict(shapes_root, tmp_path, capsys):
+@pytest.mark.parametrize("arch", ["semfpn", "lraspp"])
+def test_segment_train_eval_predict(arch, shapes_root, tmp_path, capsys):
     run = tmp_path / "run"
     cfg = tmp_path / "dense_test.yaml"
     cfg.write_text("iters: 1\ncrop_size: 64\nscale: [64, 64]\neval_every: 1\nlr: 0.5\n")
-    assert main(["segment", "train", "--config", str(cfg), "--data", str(shapes_root), "--output", str(run),
-                 "--lr", "0.001", *TINY]) == 0
+    assert main(["segment", "train", "--arch", arch, "--config", str(cfg), "--data", str(shapes_root), "--output",
+                 str(run), "--lr", "0.001", *TINY]) == 0
     out = _json(capsys)
     saved = (run / "config.yaml").read_text()
     assert "iters: 1\n" in saved and "crop_size: 64\n" in saved and "lr: 0.001\n" in saved  # command line wins
@@ -90,7 +91,7 @@ def test_segment_train_eval_predict(shapes_root, tmp_path, capsys):
     assert _json(capsys)["size"] == [400, 6]
     # a detection checkpoint is refused by `segment` and vice versa, with a clear message
     assert main(["detect", "eval", "--checkpoint", str(run / "last.pth"), "--data", str(shapes_root)]) == 2
-    assert "semfpn checkpoint" in capsys.readouterr().err
+    assert f"{arch} checkpoint" in capsys.readouterr().err
 
 
 def _segment_fit(root, run, total, resume=None, stop_at=None, loss_scale=1.0, batch_size=2):
@@ -185,3 +186,9 @@ def test_schedules_are_mmdet_and_mmseg_ones():
     assert lrs(step_schedule(5, [8, 11]), 14) == pytest.approx(mmdet, abs=1e-12)
     assert lrs(poly_schedule(10, 0.9), 12) == pytest.approx([(1 - min(i, 10) / 10) ** 0.9 for i in range(12)],
                                                             abs=1e-12)
+
+
+def test_ssdlite_refuses_one_image_per_process(shapes_root, tmp_path, capsys):
+    assert main(["detect", "train", "--arch", "ssdlite", "--data", str(shapes_root), "--output",
+                 str(tmp_path / "run"), "--batch-size", "1", "--device", "cpu"]) == 2
+    assert "--batch-size 1" in capsys.readouterr().err and not (tmp_path / "run").exists()
