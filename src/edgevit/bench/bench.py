@@ -274,9 +274,10 @@ ROW_KEYS = ("model", "label", "fused", "runtime", "precision", "img_size", "para
             "paper_gflops", "mean_ms", "std_ms", "median_ms", "ci_lo_ms", "ci_hi_ms", "runs")
 
 
-def to_csv(doc: dict) -> str:
+def to_csv(doc: dict, keys: Sequence[str] = ROW_KEYS) -> str:
+    """The result rows of a bench document as CSV, one column per key."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=ROW_KEYS, extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=list(keys), extrasaction="ignore")
     w.writeheader()
     for row in doc["results"]:
         w.writerow(row)

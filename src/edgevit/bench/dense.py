@@ -21,7 +21,7 @@ import torch.nn as nn
 from ..dense.models import SEGMENT_ARCHS
 from ..deploy import runtimes
 from ..errors import UserError
-from .bench import median_ci, meta, ranking_ties, time_runners
+from .bench import median_ci, meta, ranking_ties, time_runners, to_csv
 
 # EdgeViT dense models per task, and torchvision's mobile models run beside them
 EDGEVIT_ARCHS = {"segment": SEGMENT_ARCHS, "detect": ("retinanet", "ssdlite")}
@@ -266,12 +266,4 @@ def format_dense_table(doc: dict) -> str:
 
 
 def to_dense_csv(doc: dict) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=ROW_KEYS, extrasaction="ignore")
-    w.writeheader()
-    for r in doc["results"]:
-        w.writerow(r)
-    return buf.getvalue()
+    return to_csv(doc, ROW_KEYS)
