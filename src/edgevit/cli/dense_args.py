@@ -145,7 +145,7 @@ def add_export_parser(sub, task: str, archs: str) -> argparse.ArgumentParser:
                                       "in it",
                        description=f"Fuse the EdgeViT body for the runtime, export at a fixed input size, run the "
                                    f"file in its runtime on a seeded input and compare with PyTorch: logits and raw "
-                                   f"head outputs to max |diff| {TOLERANCE:g}, class maps on 99.9%% of pixels, "
+                                   f"head outputs to max |diff| {TOLERANCE:g}, class maps on 99.9% of pixels, "
                                    "detections one by one (score 1e-3, box 0.05 px; masks mean |diff| "
                                    f"{TOLERANCE:g}); int8 files report SQNR and class-map agreement. FILE.json "
                                    "beside it says what the file is and how to read its outputs (docs/dense.md).")

@@ -183,8 +183,11 @@ def graph_for(model: nn.Module, fmt: str, size: Tuple[int, int], argmax: bool = 
         if max_detections:
             model.roi_heads.detections_per_img = max_detections
         masks = ["masks"] if model.arch == "maskrcnn" else []
+        heads = model.roi_heads
         return RCNNGraph(model).eval(), {"outputs": ["boxes", "scores", "labels", *masks],
-                                         "score_thresh": float(model.roi_heads.score_thresh)}
+                                         "score_thresh": float(heads.score_thresh),
+                                         "nms_thresh": float(heads.nms_thresh),
+                                         "max_detections": int(heads.detections_per_img)}
     if fmt == "onnx":
         graph = DetectorGraph(model, x, max_detections or model.detections_per_img).eval()
         return graph, {"outputs": ["boxes", "scores", "labels"], "decoding": graph.decoding.to_dict()}
