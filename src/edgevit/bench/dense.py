@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from ..dense.models import SEGMENT_ARCHS
 from ..deploy import runtimes
+from ..deploy.export import seeded_input
 from ..errors import UserError
 from .bench import median_ci, meta, ranking_ties, time_runners, to_csv
 
@@ -133,7 +134,7 @@ def _build(entry: DenseEntry, task: str, runtime: str, size: int, threads: int, 
         raise UserError(f"{runtime} runs no file; the dense bench times exported files", option="runtime")
     model = build_dense(entry, task)
     model, graph, outputs = deploy_graph(model, rt.format, (size, size), argmax, fused=bool(entry.fused))
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    x = seeded_input(size)
     tmp = tempfile.TemporaryDirectory(prefix=f"edgevit-dense-{rt.format}-")
     path = Path(tmp.name) / f"model{rt.suffix}"
     if entry.precision == "int8":

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..deploy import runtimes
+from ..deploy.export import seeded_input
 from ..errors import UserError
 
 
@@ -108,8 +109,7 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
     torch.set_num_threads(threads)
     net = load_model(model, fused=fused, checkpoint=checkpoint, runtime=runtime, **model_kwargs)
     size = int(img_size or default_img_size(net))
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 3, size, size, generator=gen)
+    x = seeded_input(size)
     if hasattr(net, "check_input"):
         net.check_input(x)  # EdgeViT: sizes not multiples of 32 -> the model's error, before exporting
     is_edgevit = model in VARIANTS

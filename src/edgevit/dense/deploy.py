@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..deploy import fuse, runtimes
-from ..deploy.export import TOLERANCE
+from ..deploy.export import TOLERANCE, seeded_input
 from ..errors import UserError
 from ..utils.io import atomic_path
 from .models import DETECT_ARCHS, SEGMENT_ARCHS
@@ -112,10 +112,6 @@ class DetectorGraph(nn.Module):
 
 
 # ---- export ------------------------------------------------------------------------------------------------
-def _input(size: Tuple[int, int]) -> torch.Tensor:
-    return torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
-
-
 class RCNNGraph(nn.Module):
     """torchvision's `GeneralizedRCNN.forward` (Mask / Faster R-CNN) for one normalised image at the file's
     size, without the transform's normalise/resize (the app does them): boxes, scores, 0-based labels and, for
@@ -174,7 +170,7 @@ def check_exportable(arch: str, fmt: str, argmax: bool = False) -> None:
 def graph_for(model: nn.Module, fmt: str, size: Tuple[int, int], argmax: bool = False,
               max_detections: Optional[int] = None) -> Tuple[nn.Module, Dict[str, object]]:
     """The graph `model` exports as for `fmt`, and what its sidecar says about the outputs."""
-    x = _input(size)
+    x = seeded_input(size)
     if model.arch in SEGMENT_ARCHS:
         graph = SegmenterGraph(model, argmax).eval()
         return graph, {"outputs": ["classes" if argmax else "logits"],
@@ -194,6 +190,20 @@ def graph_for(model: nn.Module, fmt: str, size: Tuple[int, int], argmax: bool = 
     head = DetectorHead(model, x).eval()
     dec = decoding_of(model, size, head.level_sizes, max_detections)
     return head, {"outputs": ["cls_logits", "bbox_regression", "anchors"], "decoding": dec.to_dict()}
+
+
+def _reading(model: nn.Module, size: Tuple[int, int], outputs: Dict[str, object], meta: dict) -> dict:
+    """What a sidecar says to feed the file and read it (what `DenseFile` runs by): architecture, classes,
+    input size, resize rule, mean/std, outputs."""
+    mean, std = _normalization(model)
+    return {"arch": model.arch, "num_classes": int(meta.get("num_classes", model.num_classes)),
+            "input_size": list(size), "resize": "stretch" if model.arch == "ssdlite" else "fit", "mean": mean,
+            "std": std, **outputs}
+
+
+def score_cut(outputs: Dict[str, object]) -> float:
+    """The score threshold a file's detections pass (its decoding's, or the R-CNN graph's; 0 for segmenters)."""
+    return float(outputs["decoding"]["score_thresh"] if "decoding" in outputs else outputs.get("score_thresh", 0.0))
 
 
 def _normalization(model: nn.Module) -> Tuple[List[float], List[float]]:
@@ -328,18 +338,14 @@ def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tu
     rt.require(writing=True)
     torch.set_num_threads(threads)
     model, graph, outputs = deploy_graph(model, fmt, size, argmax, max_detections, fused)
-    x = _input(size)
+    x = seeded_input(size)
     with torch.no_grad():
         want = graph(x)
     want = [want] if torch.is_tensor(want) else list(want)
-    thresh = outputs["decoding"]["score_thresh"] if "decoding" in outputs else outputs.get("score_thresh", 0.0)
-    mean, std = _normalization(model)
     meta = dict(meta if meta is not None else getattr(model, "meta", {}))
-    side = {"edgevit_dense_file": SIDECAR_VERSION, "task": task_of(arch), "arch": arch,
-            "variant": meta.get("variant"), "num_classes": int(meta.get("num_classes", model.num_classes)),
-            "class_names": list(meta.get("class_names", [])), "input_size": list(size),
-            "resize": "stretch" if arch == "ssdlite" else "fit", "mean": mean, "std": std, "format": fmt,
-            "precision": "fp32", "fused": fused, **outputs, "model_meta": meta}
+    side = {"edgevit_dense_file": SIDECAR_VERSION, "task": task_of(arch), **_reading(model, size, outputs, meta),
+            "variant": meta.get("variant"), "class_names": list(meta.get("class_names", [])), "format": fmt,
+            "precision": "fp32", "fused": fused, "model_meta": meta}
     report: Dict[str, object] = {"format": fmt, "runtime": rt.name, "arch": arch, "output": str(output),
                                  "img_size": list(size), "precision": "fp32", "fused": fused,
                                  "outputs": outputs["outputs"]}
@@ -357,7 +363,7 @@ def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tu
             report.update(save_graph(arch, fmt, graph, x, tmp))
             got = rt.load(tmp, threads)(x.numpy())
             try:
-                report.update(_compare(outputs["outputs"][0], got, want, thresh))
+                report.update(_compare(outputs["outputs"][0], got, want, score_cut(outputs)))
             except UserError as e:
                 raise UserError(f"{fmt} export of {output}: {e} (nothing written)") from None
         report["bytes"] = tmp.stat().st_size
@@ -406,8 +412,7 @@ class DenseFile:
     @property
     def score_thresh(self) -> float:
         """The score cut the file applies (raw-output files: the decoding's, which `detect` can lower)."""
-        return float(self.meta["decoding"]["score_thresh"] if "decoding" in self.meta else
-                     self.meta.get("score_thresh", 0.0))
+        return score_cut(self.meta)
 
     def detect(self, img: torch.Tensor, score_thresh: Optional[float] = None) -> Dict[str, torch.Tensor]:
         """Detections (boxes in `img`'s pixels, scores, 0-based labels[, masks]) of a [3, H, W] image in [0, 1].
@@ -487,10 +492,7 @@ def eager_file(model: nn.Module, size: Tuple[int, int], fmt: str = "pte", argmax
     """The graph a file of `fmt` would hold, run in PyTorch through the same pre/post-processing (what a file's
     metrics are compared with)."""
     graph, outputs = graph_for(model.eval(), fmt, size, argmax, max_detections)
-    mean, std = _normalization(model)
-    side = {"arch": model.arch, "input_size": list(size),
-            "num_classes": int((meta or {}).get("num_classes", model.num_classes)),
-            "resize": "stretch" if model.arch == "ssdlite" else "fit", "mean": mean, "std": std, **outputs}
+    side = _reading(model, size, outputs, meta or {})
 
     def run(*inputs):
         with torch.no_grad():

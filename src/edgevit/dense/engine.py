@@ -31,7 +31,7 @@ from ..train.loaders import ShardSampler, SkipSampler, leave_signals_to_the_trai
 from ..train.run import training_run
 from ..train.state import capture_rng_state, load_training_state, restore_rng_state
 from .ade import IGNORE
-from .deploy import DenseFile
+from .deploy import DenseFile, task_of
 from .metrics import coco_evaluate, confusion_matrix, detections_to_coco, segmentation_scores
 from .models import DETECT_ARCHS, SEGMENT_ARCHS, create_detector, create_segmenter
 
@@ -70,7 +70,7 @@ STATE_KEYS = ("model", "optimizer", "scheduler", "iteration", "rng", "meta")
 
 
 def _command(arch: str) -> str:
-    return "edgevit segment train" if arch in SEGMENT_ARCHS else "edgevit detect train"
+    return f"edgevit {task_of(arch)} train"
 
 
 @one_line_when_a_peer_stops

@@ -145,10 +145,11 @@ def postprocess(cls_logits: np.ndarray, bbox_regression: np.ndarray, anchors: np
 
 # ---- torch: the same inside an exported graph -------------------------------------------------------------
 class GraphPostprocess(nn.Module):
-    """`postprocess` in torch ops that `torch.export` and ONNX take: fixed top-k sizes (torchvision's
-    min(topk, candidates) is a data-dependent size; taking the top k of all scores and then the ones above the
-    threshold picks the same set), class-wise NMS by torchvision's coordinate offset with a constant offset
-    (boxes are clipped to the image, so one image side + 1 separates the classes)."""
+    """`postprocess` in torch ops that `torch.export` and ONNX take (the decoding is torchvision's): fixed
+    top-k sizes (torchvision's min(topk, candidates) is a data-dependent size; taking the top k of all scores
+    and then the ones above the threshold picks the same set), class-wise NMS by torchvision's coordinate
+    offset with a constant offset (boxes are clipped to the image, so one image side + 1 separates the
+    classes)."""
 
     def __init__(self, dec: Decoding, anchors: torch.Tensor, num_logits: int):
         super().__init__()
@@ -157,17 +158,12 @@ class GraphPostprocess(nn.Module):
         self.num_logits = num_logits
 
     def decode(self, deltas: torch.Tensor) -> torch.Tensor:
-        wx, wy, ww, wh = self.dec.weights
-        a = self.anchors
-        widths, heights = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
-        cx, cy = a[:, 0] + 0.5 * widths, a[:, 1] + 0.5 * heights
-        dw = (deltas[:, 2] / ww).clamp(max=BBOX_XFORM_CLIP)
-        dh = (deltas[:, 3] / wh).clamp(max=BBOX_XFORM_CLIP)
-        pcx, pcy = deltas[:, 0] / wx * widths + cx, deltas[:, 1] / wy * heights + cy
-        half_w, half_h = 0.5 * dw.exp() * widths, 0.5 * dh.exp() * heights
-        h, w = self.dec.image_size
-        return torch.stack([(pcx - half_w).clamp(0, w), (pcy - half_h).clamp(0, h),
-                            (pcx + half_w).clamp(0, w), (pcy + half_h).clamp(0, h)], dim=1)
+        """torchvision's own box decoding and clipping (BoxCoder, clip_boxes_to_image), traced into the graph."""
+        from torchvision.models.detection._utils import BoxCoder
+        from torchvision.ops import clip_boxes_to_image
+
+        boxes = BoxCoder(self.dec.weights, BBOX_XFORM_CLIP).decode_single(deltas, self.anchors)
+        return clip_boxes_to_image(boxes, self.dec.image_size)
 
     def forward(self, cls_logits: torch.Tensor, bbox_regression: torch.Tensor):
         from torchvision.ops import nms as tv_nms

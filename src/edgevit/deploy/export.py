@@ -26,6 +26,12 @@ from .runtimes import Runtime, first_output
 TOLERANCE = 1e-3
 
 
+def seeded_input(img_size: int | Tuple[int, int] = 224) -> torch.Tensor:
+    """The batch-1 random image every export is traced at and checked on (seed 0, standard normal)."""
+    h, w = size_hw(img_size)
+    return torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+
+
 def save_file(fmt: str, model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
     """Write `model` traced/exported at `x` to `path` in `fmt`; returns the format's report (pte: partitions)."""
     return runtimes.by_format(fmt).save(model, x, path)
@@ -52,7 +58,7 @@ def export_model(model: nn.Module, fmt: str, output: os.PathLike | str, img_size
     rt.require(writing=True)
     torch.set_num_threads(threads)
     h, w = size_hw(img_size)
-    x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    x = seeded_input((h, w))
     if hasattr(model, "check_input"):
         model.check_input(x)
     check_x = x if check_x is None else check_x
