@@ -15,11 +15,12 @@ DEMO_BENCH ?= edgevit_xxs edgevit_xs edgevit_s mobilenetv2_100 mobilenetv3_large
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-litert.txt pyproject.toml
+$(STAMP): requirements.txt requirements-litert.txt requirements-edge.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet -r requirements-litert.txt
 	$(PY) -m pip install --quiet --no-deps litert-torch==0.10.0 litert-converter==0.5.0
+	$(PY) -m pip install --quiet --no-deps -r requirements-edge.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

@@ -1,6 +1,7 @@
 """The runtime records: each runtime is one definition that export, bench, eval --exported and the Python loader
 read; a runtime added with one registration works everywhere without another edit."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from edgevit.errors import UserError
 
 
 def test_every_record_is_complete():
-    assert runtimes.names()[0] == "eager" and set(runtimes.formats()) == {"pte", "onnx", "tflite", "ptl", "torchscript"}
+    assert runtimes.names()[0] == "eager" and set(runtimes.formats()) == {"pte", "onnx", "tflite", "ptl", "torchscript",
+                                                                           "openvino", "mnn", "ncnn"}
     suffixes = [s for r in runtimes.RUNTIMES.values() for s in r.suffixes]
     assert len(suffixes) == len(set(suffixes))  # a file's suffix names one runtime
     for r in runtimes.RUNTIMES.values():
@@ -25,7 +27,13 @@ def test_every_record_is_complete():
         assert r.save and r.load and r.suffixes and all(s.startswith(".") for s in r.suffixes)
         assert runtimes.by_format(r.format) is r and runtimes.for_file(f"m{r.suffix}") is r
         assert (r.save_int8 is not None) == bool(r.int8_how)
-    assert runtimes.int8_formats() == ("pte", "onnx")
+        assert set(r.float16) == set(r.float16_how) <= {"fp16", "bf16"}
+        assert r.precisions[0] == "fp32" and ("int8" in r.precisions) == r.int8
+    assert runtimes.int8_formats() == ("pte", "onnx", "openvino")
+    # multi-file formats: the companions are named from the main file
+    assert runtimes.for_file("m.ncnn.param").name == "ncnn" and runtimes.for_file("M.XML").name == "openvino"
+    assert runtimes.get("ncnn").files(Path("d/m.ncnn.param")) == (Path("d/m.ncnn.param"), Path("d/m.ncnn.bin"))
+    assert runtimes.get("openvino").files(Path("m.xml")) == (Path("m.xml"), Path("m.bin"))
     with pytest.raises(UserError, match="runtime 'coreml' is not one of eager"):
         runtimes.get("coreml")
     with pytest.raises(UserError, match="format 'mlmodel' is not one of pte"):
@@ -89,4 +97,4 @@ def test_a_registered_runtime_works_everywhere(added_runtime, tmp_path, capsys, 
     # what it cannot do is refused from its record: no int8 flow
     assert main(["export", "--model", "edgevit_xxs", "--format", "ts2", "--quantize", "int8", "--calib", "random",
                  "-o", str(tmp_path / "q.ts2")]) == 2
-    assert "--quantize int8 is available for --format pte or onnx, not ts2" in capsys.readouterr().err
+    assert "--quantize int8 is available for --format pte or onnx or openvino, not ts2" in capsys.readouterr().err

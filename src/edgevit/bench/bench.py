@@ -59,7 +59,7 @@ class Entry:
         return label if self.precision == "fp32" else f"{label} {self.precision}"
 
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "fp16", "bf16")  # (which runtime holds which: its record's `precisions`)
 
 
 def plan(models: Sequence[str], form: str = "both", ablations: bool = False,
@@ -260,7 +260,8 @@ def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2
     return doc
 
 
-_RUN_ERRORS = (RuntimeError, NotImplementedError, AssertionError, TypeError)
+# (a converter that cannot lower a model: that model's cell, not the run)
+_RUN_ERRORS = (RuntimeError, NotImplementedError, AssertionError, TypeError, runtimes.ConversionError)
 
 
 def _skip_or_raise(on_error: str, e: Entry, runtime: str, err: BaseException, failures: List[str]) -> None:

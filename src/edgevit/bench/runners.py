@@ -87,23 +87,30 @@ def _to_tensor(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else torch.from_numpy(out)
 
 
+def check_precision(rt: runtimes.Runtime, precision: str) -> None:
+    """One UserError unless `rt` writes `precision` files, naming the runtimes that do."""
+    if precision in rt.precisions or (precision == "fp32" and rt.format is None):
+        return
+    which = [r.name for r in runtimes.RUNTIMES.values() if precision in r.precisions]
+    raise UserError(f"{precision} runs in {', '.join(which) or 'no runtime'}, not {rt.name}"
+                    if which else f"{precision!r} is not a precision of any runtime", option="precision")
+
+
 def build_runner(model: str, runtime: str = "eager", img_size: int | None = None, threads: int = 2,
                  fused: bool = True, checkpoint: str | None = None, precision: str = "fp32",
                  calib: Optional[str] = None, calib_images: int = 64, **model_kwargs) -> Runner:
     """A warm session for `model` in `runtime` (a runtime record's name, edgevit.deploy.runtimes) at `img_size`
     (default: the model's);
-    `precision` "int8": the file `edgevit export --quantize int8` writes (executorch, onnxruntime), calibrated
-    on `calib_images` images of the folder `calib` (or "random").
+    `precision` one of the runtime's `precisions`: "int8" is the file `edgevit export --quantize int8` writes,
+    calibrated on `calib_images` images of the folder `calib` (or "random"); "fp16"/"bf16" the runtime's
+    16-bit float file.
 
     Unknown model/runtime -> ValueError listing the choices; runtime package missing -> ImportError."""
     from ..models import VARIANTS
 
     rt = runtimes.get(runtime)
     rt.require(writing=rt.format is not None)
-    if precision not in ("fp32", "int8"):
-        raise UserError(f"{precision!r} is not fp32 or int8", option="precision")
-    if precision == "int8" and not rt.int8:
-        raise UserError(f"int8 runs in {' and '.join(runtimes.int8_names())}, not {runtime}", option="runtime")
+    check_precision(rt, precision)
     if threads < 1:
         raise UserError(f"{threads} must be >= 1", option="threads")
     torch.set_num_threads(threads)
@@ -126,6 +133,8 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
         if precision == "int8":
             from ..deploy.quantize import model_calibration
             info = rt.save_int8(net, x, path, model_calibration(net, calib, calib_images, size))
+        elif precision in rt.float16:
+            info = rt.float16[precision](net, x, path)
         else:
             info = rt.save(net, x, path)
         run, a = rt.load(path, threads), x.numpy()

@@ -12,8 +12,8 @@ from .outputs import check_output_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..bench.bench import DEFAULT_MODELS, FORMS
-    from ..deploy.runtimes import int8_names, names
+    from ..bench.bench import DEFAULT_MODELS, FORMS, PRECISIONS
+    from ..deploy.runtimes import RUNTIMES, names
     p = sub.add_parser("bench", help="CPU latency of EdgeViTs and baselines, batch 1, fp32 or int8",
                        description="Batch 1, fp32, CPU: every model built and warmed up, then --runs rounds, each "
                                    "timing every model once in a new random order (load on the machine hits "
@@ -33,9 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ablations", action="store_true",
                    help="add the paper's Table-4 variants of XXS, each scaled to 0.52-0.56 GMACs, and print the "
                         "paper's Table 4 beside them with whether its orderings hold here")
-    p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "int8"),
-                   help="fp32 and/or int8 (both: each model twice, interleaved in the same rounds); int8 = the "
-                        "file export --quantize int8 writes, for --runtime " + " or ".join(int8_names()))
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=(*PRECISIONS, "all"),
+                   help="one or more (each model once per precision, interleaved in the same rounds), or all the "
+                        "runtime has: " + "; ".join(f"{r.name} {'/'.join(r.precisions)}" for r in RUNTIMES.values()
+                                                    if r.format) + ". int8 = the file export --quantize int8 "
+                        "writes; fp16/bf16 = export --quantize fp16/bf16")
     p.add_argument("--calib", default=None, metavar="DIR",
                    help="int8 calibration images (a folder), or 'random' (timing only, labelled so)")
     p.add_argument("--calib-images", type=positive_int, default=64, help="calibration images per model (default 64)")
@@ -48,6 +50,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def precisions_arg(asked, rt) -> list:
+    """--precision as a list: "all" = every precision `rt` writes; one the runtime lacks is refused by name."""
+    from ..deploy.runtimes import RUNTIMES
+
+    if "all" in asked:
+        return list(rt.precisions or ("fp32",))
+    precisions = list(dict.fromkeys(asked))
+    for p in precisions:
+        if p not in (rt.precisions or ("fp32",)):
+            which = " or ".join(r.name for r in RUNTIMES.values() if p in r.precisions)
+            raise ConfigError(f"--precision {p} runs in --runtime {which}, not {rt.name}")
+    return precisions
+
+
 def run(args: argparse.Namespace) -> int:
     from ..bench.bench import ablation_check, add_paper_columns, format_ablations, format_table, plan, run_bench, to_csv
     from ..deploy import runtimes
@@ -58,14 +74,12 @@ def run(args: argparse.Namespace) -> int:
             check_output_file(path, flag, overwrite=args.overwrite)
     if args.json and args.json != "-" and args.csv and Path(args.json).resolve() == Path(args.csv).resolve():
         raise ConfigError(f"--json and --csv name the same file {args.json}")
-    runtimes.get(args.runtime).require()
-    precisions = list(dict.fromkeys(args.precision))
+    rt = runtimes.get(args.runtime)
+    rt.require()
+    precisions = precisions_arg(args.precision, rt)
     if "int8" in precisions:
         from ..deploy.quantize import RANDOM, calibration_files
 
-        if args.runtime not in runtimes.int8_names():
-            raise ConfigError(f"--precision int8 runs in --runtime {' or '.join(runtimes.int8_names())}, not "
-                              f"{args.runtime}")
         if args.calib is None:
             raise ConfigError("--precision int8 needs --calib DIR (calibration images), or --calib random for "
                               "timing only")

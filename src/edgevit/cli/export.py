@@ -29,9 +29,11 @@ def add_quantize_args(p: argparse.ArgumentParser) -> None:
     from ..deploy.runtimes import RUNTIMES
 
     flows = "; ".join(f"{r.format}: {r.int8_how}" for r in RUNTIMES.values() if r.int8)
-    p.add_argument("--quantize", choices=("int8",), default=None,
+    halves = "; ".join(f"{r.format} {p}: {how}" for r in RUNTIMES.values() for p, how in r.float16_how.items())
+    p.add_argument("--quantize", choices=("int8", "fp16", "bf16"), default=None,
                    help=f"static int8 ({flows}), per-channel weights; a quantization-aware checkpoint "
-                        "(train --qat) is converted as trained")
+                        f"(train --qat) is converted as trained. fp16/bf16: {halves}; checked on --calib's "
+                        "images when given, else on random inputs")
     p.add_argument("--calib", default=None, metavar="DIR",
                    help="calibration images (any folder of images, e.g. the train split), read with the "
                         "model's eval transform; 'random' = random inputs (timing only, labelled so)")
@@ -72,8 +74,14 @@ def check_quantize_args(args: argparse.Namespace, fmt: str) -> None:
             if dest in getattr(args, "_explicit", ()) or (dest == "calib" and args.calib is not None):
                 raise ConfigError(f"{flag}: only used with --quantize int8")
         return
-    if fmt not in int8_formats():
+    if args.quantize == "int8" and fmt not in int8_formats():
         raise ConfigError(f"--quantize int8 is available for --format {' or '.join(int8_formats())}, not {fmt}")
+    if args.quantize in ("fp16", "bf16"):
+        from ..deploy.runtimes import RUNTIMES, by_format
+
+        if args.quantize not in by_format(fmt).float16:
+            which = " or ".join(r.format for r in RUNTIMES.values() if args.quantize in r.float16)
+            raise ConfigError(f"--quantize {args.quantize} is available for --format {which}, not {fmt}")
 
 
 # images of --calib that calibration does not use, on which the int8 file's agreement and SQNR are measured
@@ -96,7 +104,7 @@ def calibration(args: argparse.Namespace, size, cfg: dict, model):
 def run(args: argparse.Namespace) -> int:
     from ..deploy import fuse, runtimes
     from ..deploy.export import export_model
-    from ..deploy.quantize import export_int8, is_qat_checkpoint, load_qat_model
+    from ..deploy.quantize import export_int8, is_qat_checkpoint, load_qat_model, random_calibration
     from ..models import VARIANTS
     from ..models.checkpoint import model_from_checkpoint, read_state_dict
     from ..utils.images import warn_if_not_trained_size
@@ -110,12 +118,12 @@ def run(args: argparse.Namespace) -> int:
                           f"{args.format}")
     rt.require(writing=True)
     qat = bool(args.checkpoint) and is_qat_checkpoint(args.checkpoint)
-    if qat and args.quantize is None:
+    if qat and args.quantize != "int8":
         raise ConfigError(f"--checkpoint {args.checkpoint} was trained quantization-aware (train --qat): "
                           "export it with --quantize int8")
     if qat and args.no_fuse:
         raise ConfigError("--no-fuse: a quantization-aware checkpoint exports the fused graph it was trained as")
-    if args.quantize and not qat and args.calib is None:
+    if args.quantize == "int8" and not qat and args.calib is None:
         raise ConfigError("--quantize int8 needs --calib DIR (calibration images, e.g. the train split), "
                           "or --calib random for a timing-only file")
     model, meta = model_from_checkpoint(args.model, args.checkpoint) if not qat else (None, None)
@@ -128,7 +136,17 @@ def run(args: argparse.Namespace) -> int:
     fused = name in VARIANTS and not args.no_fuse
     if fused and not qat:  # (a QAT model is its fused form already)
         model = fuse(model, rt.name)
-    if args.quantize:
+    if args.quantize in ("fp16", "bf16"):
+        from ..deploy.quantize import export_float16
+
+        if args.calib:  # (no calibration: the images only measure the file; the folder's held-out part if any)
+            images, _, check, checked_on = calibration(args, size, cfg, model)
+            check = images if check is None else check
+        else:
+            check, checked_on = random_calibration(8, size, seed=1), "8 random inputs"
+        report = export_float16(model, args.format, args.output, args.quantize, check, threads=args.threads,
+                                checked_on=checked_on)
+    elif args.quantize:
         images, label, check, checked_on = calibration(args, size, cfg, model) if args.calib else (None,) * 4
         report = export_int8(model, args.format, args.output, images, threads=args.threads, calibrated=label,
                              prepared=prepared if qat else None, img_size=size, check=check,

@@ -67,7 +67,7 @@ def export_model(model: nn.Module, fmt: str, output: os.PathLike | str, img_size
         expected = model(check_x)
     report: Dict[str, object] = {"format": fmt, "runtime": rt.name, "output": str(output),
                                  "img_size": [h, w], "precision": "fp32"}
-    with atomic_path(output) as tmp:
+    with atomic_path(output, rt.companions) as tmp:
         report.update(rt.save(model, x, tmp))
         got = first_output(rt.load(tmp, threads))(check_x)
         diff = (got.float() - expected).abs().max().item()
@@ -75,7 +75,7 @@ def export_model(model: nn.Module, fmt: str, output: os.PathLike | str, img_size
         if not diff <= TOLERANCE:
             raise UserError(f"{fmt} export of {output} disagrees with PyTorch: max |diff| {diff:.3g} > "
                             f"{TOLERANCE} (file not written)")
-        report["bytes"] = tmp.stat().st_size
+        report["bytes"] = rt.size(tmp)
     return report
 
 

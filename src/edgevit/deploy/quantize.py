@@ -210,8 +210,7 @@ def export_int8(model: nn.Module, fmt: str, output, images: Optional[torch.Tenso
     validated), on `images` if given, else on 8 random inputs of `img_size`. `check`: the images the file is
     measured on (`calibration_and_check`: ones calibration did not use; default the calibration images), named
     by `checked_on`. Returns the report: bytes, partitions (pte), top-1 agreement and logits SQNR."""
-    from ..utils.io import atomic_path
-    from .runtimes import RUNTIMES, by_format, first_output, int8_formats
+    from .runtimes import RUNTIMES, by_format, int8_formats
 
     rt = by_format(fmt)
     if not rt.int8:
@@ -239,9 +238,51 @@ def export_int8(model: nn.Module, fmt: str, output, images: Optional[torch.Tenso
         qat_formats = [r.format for r in RUNTIMES.values() if r.save_qat]
         raise UserError(f"a quantization-aware checkpoint exports to {' or '.join(qat_formats)} (the quantizer it "
                         f"was trained with); {rt.name} files are quantized after training", option="format")
-    with atomic_path(output) as tmp:
-        report.update(rt.save_qat(prepared, x, tmp) if prepared is not None else rt.save_int8(model, x, tmp, images))
+    write = (lambda tmp: rt.save_qat(prepared, x, tmp)) if prepared is not None else \
+        (lambda tmp: rt.save_int8(model, x, tmp, images))
+    return checked_write(rt, output, write, reference, measured, threads, report)
+
+
+def checked_write(rt, output, write, reference: torch.Tensor, measured: torch.Tensor, threads: int,
+                  report: Dict[str, object]) -> Dict[str, object]:
+    """`write(tmp)` a reduced-precision file beside `output` (with its companions), run it in its runtime on
+    `measured`, add its agreement with `reference` (the float model's outputs) and max |diff| to `report`, then
+    rename it into place."""
+    from ..utils.io import atomic_path
+    from .runtimes import first_output
+
+    with atomic_path(output, rt.companions) as tmp:
+        report.update(write(tmp))
         got = run_batch(first_output(rt.load(tmp, threads)), measured)
         report.update(agreement(reference, got))
-        report["bytes"] = tmp.stat().st_size
+        report["max_abs_diff"] = (got - reference).abs().max().item()
+        report["bytes"] = rt.size(tmp)
     return report
+
+
+def export_float16(model: nn.Module, fmt: str, output, precision: str, check: torch.Tensor, threads: int = 2,
+                   checked_on: str = "") -> Dict[str, object]:
+    """`model` (eval, fused or not) as a 16-bit float file (`precision` "fp16"/"bf16", as the runtime of `fmt`
+    holds it), written atomically and checked in its runtime against the float model on `check` (N, 3, H, W):
+    top-1 agreement, logits SQNR, max |diff|."""
+    from .export import seeded_input
+    from .runtimes import RUNTIMES, by_format
+
+    rt = by_format(fmt)
+    if precision not in rt.float16:
+        have = [f"{r.format} ({'/'.join(r.float16)})" for r in RUNTIMES.values() if r.float16]
+        raise UserError(f"{precision} files are written for {', '.join(have)}, not {fmt}", option="format")
+    rt.require(writing=True)
+    torch.set_num_threads(threads)
+    x = seeded_input(tuple(check.shape[-2:]))
+    if hasattr(model, "check_input"):
+        model.check_input(x)
+    model = model.eval()
+    with torch.no_grad():
+        reference = run_batch(model, check)
+    report: Dict[str, object] = {"format": fmt, "runtime": rt.name, "output": str(output), "precision": precision,
+                                 "how": rt.float16_how.get(precision, ""), "img_size": list(x.shape[-2:]),
+                                 "checked_against": "the float model", "checked_on": checked_on or
+                                 f"{len(check)} images", "check_images": len(check)}
+    return checked_write(rt, output, lambda tmp: rt.float16[precision](model, x, tmp), reference, check, threads,
+                         report)

@@ -11,7 +11,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import DiskFullError, MissingFileError, OutputError
 
@@ -55,13 +55,24 @@ def disk_full_error(what: os.PathLike | str, directory: os.PathLike | str) -> Di
 
 
 @contextlib.contextmanager
-def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
+def atomic_path(path: os.PathLike | str,
+                companions: Optional[Callable[[Path], Sequence[Path]]] = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.
 
     On any error the temporary file is removed and an existing `path` is left untouched; a full disk is one
     `DiskFullError` naming `path`. The file gets the mode a plain open() would give (writers such as
-    safetensors recreate the temporary file, so the mode is set after they ran)."""
+    safetensors recreate the temporary file, so the mode is set after they ran).
+
+    `companions(p)`: the other files a writer puts beside `p` (OpenVINO's `.bin` beside its `.xml`, ncnn's
+    weights beside its `.param`), found by their name. Then the yielded path keeps `path`'s own name, inside a
+    hidden temporary folder beside it, so that the writer names its companions as they will be named; on
+    success each companion is renamed into place first and `path` last: the main file, which names the others,
+    is the commit (a reader that finds it finds its companions)."""
     path = Path(path)
+    if companions is not None:
+        with _atomic_group(path, companions) as tmp:
+            yield tmp
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -74,21 +85,54 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
     try:
         try:
             yield tmp
-            os.chmod(tmp, 0o666 & ~_umask())
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _commit(tmp, path)
         except Exception as e:
             if isinstance(e, DiskFullError) or is_disk_full(e, path.parent):  # (judged before the file is removed)
                 raise disk_full_error(path, path.parent) from e
             raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """fsync `tmp`, give it a plain open()'s mode, rename it over `path`, fsync the folder."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def _atomic_group(path: Path, companions: Callable[[Path], Sequence[Path]]) -> Iterator[Path]:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            raise disk_full_error(path, path.parent) from e
+        raise
+    tmp = folder / path.name
+    try:
+        try:
+            yield tmp
+            written = [Path(c) for c in companions(tmp)]
+            missing = [c.name for c in (tmp, *written) if not c.is_file()]
+            if missing:  # the writer did not write what its format holds: a bug, not the user's input
+                raise RuntimeError(f"{path}: the writer left no {', '.join(missing)}")
+            for c in written:
+                _commit(c, path.parent / c.name)
+            _commit(tmp, path)
+        except Exception as e:
+            if isinstance(e, DiskFullError) or is_disk_full(e, path.parent):
+                raise disk_full_error(path, path.parent) from e
+            raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def require_room(path: os.PathLike | str, nbytes: int) -> None:

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from typing import Iterator, Sequence
 
-__all__ = ["NATIVE_NOISE", "filter_native_stderr"]
+__all__ = ["NATIVE_NOISE", "filter_native_stderr", "capture_native_output", "NativeOutput"]
 
 NATIVE_NOISE = ("cpuinfo_utils.cpp", "threadpool.cpp:")
 
@@ -36,3 +36,32 @@ def filter_native_stderr(patterns: Sequence[str] = NATIVE_NOISE) -> Iterator[Non
                     if not any(p.encode() in ln for p in patterns)]
             if kept:
                 os.write(fd, b"".join(kept))
+
+
+class NativeOutput:
+    """What native code wrote inside a `capture_native_output` block (filled when the block ends)."""
+
+    text: str = ""
+
+
+@contextlib.contextmanager
+def capture_native_output() -> Iterator[NativeOutput]:
+    """Capture everything native code writes to fd 1 and fd 2 inside the block, for converters that print their
+    progress there (MNN's converter): nothing reaches the terminal; the caller reads `.text` to explain a failure."""
+    captured = NativeOutput()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, old in zip((1, 2), saved):
+                os.dup2(old, fd)
+                os.close(old)
+            tmp.seek(0)
+            captured.text = tmp.read().decode(errors="replace")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, Tuple
 
 from ...errors import UserError
-from . import eager, executorch, litert, onnxruntime, torchscript
+from . import eager, executorch, litert, mnn, ncnn, onnxruntime, openvino, torchscript
 from .base import ConversionError, Package, Runtime, first_output
 
 __all__ = ["Runtime", "Package", "ConversionError", "RUNTIMES", "get", "by_format", "for_file", "names",
@@ -31,6 +31,9 @@ register(onnxruntime.RUNTIME)
 register(litert.RUNTIME)
 register(torchscript.PTL)
 register(torchscript.TORCHSCRIPT)
+register(openvino.RUNTIME)
+register(mnn.RUNTIME)
+register(ncnn.RUNTIME)
 
 
 def names() -> Tuple[str, ...]:
@@ -66,10 +69,11 @@ def by_format(fmt: str) -> Runtime:
 
 
 def for_file(path: os.PathLike | str) -> Runtime:
-    """The runtime of an exported file, by its suffix (one UserError naming the file otherwise)."""
-    suffix = Path(path).suffix.lower()
-    for r in RUNTIMES.values():
-        if suffix in r.suffixes:
-            return r
+    """The runtime of an exported file, by its suffix (the longest that matches: `.ncnn.param`; one UserError
+    naming the file otherwise)."""
+    name = Path(path).name.lower()
+    matches = [(len(s), r) for r in RUNTIMES.values() for s in r.suffixes if name.endswith(s)]
+    if matches:
+        return max(matches, key=lambda m: m[0])[1]
     known = ", ".join(s for r in RUNTIMES.values() for s in r.suffixes)
     raise UserError(f"{path}: unknown exported-file extension; expected one of {known}", option="exported")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -63,6 +63,14 @@ class Runtime:
     # int8 from a quantization-aware trained graph (fake quantizers hold the scales)
     save_qat: Optional[Callable[[torch.fx.GraphModule, torch.Tensor, Path], Dict[str, object]]] = None
     int8_how: str = ""  # one line: the int8 flow (help texts)
+    # 16-bit floats: "fp16" / "bf16" -> write `model` at `x` to a path in that precision (the file says so, and
+    # `load` runs it so); returns its report
+    float16: Mapping[str, Callable[[nn.Module, torch.Tensor, Path], Dict[str, object]]] = \
+        dataclasses.field(default_factory=dict)
+    float16_how: Mapping[str, str] = dataclasses.field(default_factory=dict)  # one line each (help texts)
+    # the other files a written file needs beside it, by name (OpenVINO's weights .bin beside its .xml): written
+    # with it and renamed into place before it (utils.io.atomic_path)
+    companions: Optional[Callable[[Path], Tuple[Path, ...]]] = None
     # per-operator times of a written file: (path, x, threads, runs, warmup, desc) -> [{op, kind, median_ms}]
     profile: Optional[Callable[..., List[dict]]] = None
     # one line for the export command from the save report (partitions, ops left outside the delegate)
@@ -79,6 +87,19 @@ class Runtime:
     def int8(self) -> bool:
         return self.save_int8 is not None
 
+    @property
+    def precisions(self) -> Tuple[str, ...]:
+        """What this runtime's files can hold: fp32, then int8 (calibrated), then its 16-bit floats."""
+        return ("fp32",) * (self.format is not None) + ("int8",) * self.int8 + tuple(self.float16)
+
+    def files(self, path: Path) -> Tuple[Path, ...]:
+        """A written file and its companions."""
+        return (Path(path), *(self.companions(Path(path)) if self.companions else ()))
+
+    def size(self, path: Path) -> int:
+        """Bytes of a written file with its companions."""
+        return sum(f.stat().st_size for f in self.files(path))
+
     def require(self, writing: bool = False) -> None:
         """The packages to run this runtime's files (and, `writing`, to write them): one error naming the
         first that is missing."""
@@ -91,6 +112,19 @@ def first_output(run: RunFn) -> Callable[[torch.Tensor], torch.Tensor]:
     def call(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(run(x.detach().cpu().numpy())[0]))
     return call
+
+
+class Float16Graph(nn.Module):
+    """`model` in fp16 behind an fp32 interface: the file takes and returns float32 like every other file here
+    (the casts are the graph's first and last ops), so the same loaders and checks apply."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        import copy
+        self.model = copy.deepcopy(model).half().eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
 
 
 class ConversionError(UserError):

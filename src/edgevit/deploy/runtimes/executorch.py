@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from ...utils.quiet import filter_native_stderr
 from ..fused import ChannelNorm, Forms
-from .base import Package, Runtime
+from .base import Float16Graph, Package, Runtime
 
 PACKAGE = Package("executorch")
 
@@ -211,4 +211,6 @@ RUNTIME = Runtime(
     save=save_pte, load=load, input_size=input_size,
     save_int8=lambda model, x, path, images: save_pte_int8(quantize_pt2e(model, x, images), x, path),
     save_qat=lambda prepared, x, path: save_pte_int8(convert_pt2e_model(prepared), x, path),
-    int8_how="PT2E + XNNPACK quantizer", profile=profile, describe=describe)
+    int8_how="PT2E + XNNPACK quantizer", profile=profile, describe=describe,
+    float16={"fp16": lambda model, x, path: save_pte(Float16Graph(model), x, path)},
+    float16_how={"fp16": "the graph in fp16 (XNNPACK's fp16 kernels; GELU has none: left to portable kernels)"})

@@ -1,0 +1,141 @@
+"""MNN (.mnn): the model's ONNX file (`onnxruntime.save_onnx`) converted by MNN's converter, run by MNN's
+Module API on its CPU backend.
+
+The converter is called as the library function the `mnnconvert` script wraps (`_tools.mnnconvert`), never
+through that script or `mnnquant`: both import `MNN.tools.utils.log`, which runs `pip install
+aliyun-log-python-sdk` into whatever Python is first on PATH and uploads the conversion's details to Alibaba's
+log service. The converter prints its progress on fd 1/2 from C++; it is captured (`capture_native_output`) and
+read only to explain a failure.
+
+The file carries what MNN's format has no field for in its `bizCode` string: `edgevit <precision> 1x3xHxW`
+(the input size, and whether the weights are stored in fp16). fp32 files run with MNN's "high" precision; fp16
+files (`--fp16` weights) with "low", which on ARMv8.2 CPUs computes in fp16 and on x86 stays fp32 arithmetic
+over fp16-stored weights.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ...utils.quiet import capture_native_output
+from ..fused import Forms
+from .base import ConversionError, Package, Runtime
+from .onnxruntime import save_onnx
+
+REQUIREMENTS = "requirements-edge.txt"
+PACKAGE = Package("MNN", "MNN", REQUIREMENTS)
+BIZ = "edgevit"
+# MNN's CPU precision mode for each precision a file holds
+MODES = {"fp32": "high", "fp16": "low"}
+
+
+def _convert(onnx: Path, path: Path, precision: str) -> str:
+    """MNN's converter on `onnx`; returns its output (for the report); a failure is one ConversionError."""
+    h, w = _onnx_hw(onnx)
+    argv = ["mnnconvert", "-f", "ONNX", "--modelFile", str(onnx), "--MNNModel", str(path),
+            "--bizCode", f"{BIZ} {precision} 1x3x{h}x{w}"] + (["--fp16"] if precision == "fp16" else [])
+    with capture_native_output() as out:
+        import _tools  # MNN's converter library (the module the `mnnconvert` script calls)
+
+        _tools.mnnconvert(argv)  # (returns True whether or not it converted: the file and its log tell)
+    if not path.is_file() or "Converted Success" not in out.text:
+        raise conversion_error(out.text)
+    return out.text
+
+
+def conversion_error(text: str) -> ConversionError:
+    """One line from the converter's output: the op it does not support (and the node), else its last error."""
+    op = re.search(r"(?:not support|Don't support|unsupported)[^\n]*?(?:op|type)[^\w\n]*(\w+)[^\n]*", text, re.I)
+    if op:
+        return ConversionError(f"MNN's converter cannot convert {op.group(1)}: {op.group(0).strip()[:200]}")
+    lines = [ln.strip() for ln in text.splitlines() if re.search(r"error|fail|not", ln, re.I)]
+    return ConversionError("MNN's converter failed: " + (lines[-1][:200] if lines else "no file written"))
+
+
+def _onnx_hw(onnx: Path):
+    import onnx as onnx_lib
+
+    dims = onnx_lib.load(str(onnx), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return int(dims[-2].dim_value), int(dims[-1].dim_value)
+
+
+def _save(model: nn.Module, x: torch.Tensor, path: Path, precision: str) -> Dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="edgevit-mnn-") as tmp:
+        onnx = Path(tmp) / "model.onnx"
+        save_onnx(model, x, onnx)
+        _convert(onnx, Path(path), precision)
+    return {"mnn_precision": precision, **mnn_report(path)}
+
+
+def mnn_report(path: Path) -> Dict[str, object]:
+    """The file's ops by kind (MNN's names), with the layout conversions among them (ConvertTensor: between
+    MNN's packed NC4HW4 layout and NCHW)."""
+    with capture_native_output():
+        import MNN.expr as F
+
+        kinds = Counter(v.op_type for v in F.load_as_dict(str(path)).values())
+    kinds.pop("Const", None)
+    return {"mnn_ops": sum(kinds.values()), "layout_conversions": kinds.get("ConvertTensor", 0),
+            "op_counts": dict(kinds.most_common())}
+
+
+def describe(report: Dict[str, object]) -> str:
+    return (f"{report['mnn_ops']} MNN ops, {report['layout_conversions']} of them layout conversions "
+            f"(ConvertTensor); weights {report['mnn_precision']}")
+
+
+def save_mnn(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
+    return _save(model, x, path, "fp32")
+
+
+def save_mnn_fp16(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
+    return _save(model, x, path, "fp16")
+
+
+def file_info(path: Path) -> Dict[str, object]:
+    """What the file's bizCode says: precision and input shape (None for an .mnn written elsewhere)."""
+    with capture_native_output():  # (importing MNN prints its CPU feature probe)
+        import MNN.nn
+
+        info = MNN.nn.load_module_from_file(str(path), [], []).get_info()
+    m = re.fullmatch(rf"{BIZ} (\w+) 1x(\d+)x(\d+)x(\d+)", str(info.get("bizCode", "")))
+    return {"precision": m.group(1), "input": tuple(int(v) for v in m.groups()[1:])} if m else \
+        {"precision": "fp32", "input": None}
+
+
+def load(path: Path, threads: int = 2):
+    info = file_info(path)
+    import MNN.expr as F
+    import MNN.nn
+
+    config = {"backend": "CPU", "numThread": threads, "precision": MODES.get(info["precision"], "high")}
+    with capture_native_output():  # ("MNN use high precision", the CPU feature probe)
+        manager = MNN.nn.create_runtime_manager((config,))
+        net = MNN.nn.load_module_from_file(str(path), [], [], runtime_manager=manager)
+
+    def run(*inputs) -> list:
+        outs = net.forward([F.const(np.ascontiguousarray(a), list(a.shape), F.NCHW) for a in inputs])
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        # outputs of convolutions come back in MNN's packed NC4HW4 layout: converted to NCHW
+        return [np.array(F.convert(o, F.NCHW).read() if o.data_format == F.NC4HW4 else o.read()) for o in outs]
+    return run
+
+
+def input_size(path: Path):
+    shape = file_info(path)["input"]
+    return (shape[1], shape[2]) if shape else None
+
+
+RUNTIME = Runtime(
+    name="mnn", title="MNN (.mnn, MNN's converter from ONNX, checked in MNN's CPU backend)", format="mnn",
+    suffixes=(".mnn",), packages=(PACKAGE,), export_packages=(Package("onnx"), Package("onnxscript")),
+    forms=Forms(qkv="merged", ln="native", sample="pool"),
+    save=save_mnn, load=load, input_size=input_size, describe=describe, float16={"fp16": save_mnn_fp16},
+    float16_how={"fp16": "fp16 weights, MNN's low precision (fp16 arithmetic on ARMv8.2)"})

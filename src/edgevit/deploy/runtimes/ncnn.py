@@ -1,0 +1,193 @@
+"""ncnn (.ncnn.param + .ncnn.bin): the model's ONNX file (`onnxruntime.save_onnx`) converted by pnnx to ncnn's
+layer graph, run by ncnn's Python binding on the CPU.
+
+pnnx maps each ONNX op to an ncnn layer where ncnn has one and keeps the rest under pnnx's own names
+(`Tensor.slice`, `Tensor.reshape`, ...), which ncnn cannot load: such a graph is refused in one line naming the
+ops (the release EdgeViT's strided delegate slicing is one; the fused forms avoid it).
+
+Precision: pnnx's default stores fp16 weights and ncnn's default computes in fp16 where the CPU can (ARMv8.2
+phones; on x86, CPUs with AVX-512 FP16). An fp32 file here is fp32 weights (`fp16=0`) and `load` turns ncnn's
+fp16/bf16 options off for it; an fp16 file (`fp16=1`) runs with them on. An app shipping the fp32 file must turn
+them off too (`net.opt.use_fp16_storage = use_fp16_packed = use_fp16_arithmetic = False`), or its outputs are
+fp16's. Which one a file is, its weights say (ncnn's per-blob storage tag). The input shape is written into the
+graph's Input layer (`0=W 1=H 2=C`), where ncnn's format keeps it.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..fused import Forms
+from .base import ConversionError, Package, Runtime
+from .onnxruntime import save_onnx
+
+REQUIREMENTS = "requirements-edge.txt"
+PACKAGE = Package("ncnn", "ncnn", REQUIREMENTS)
+PNNX = Package("pnnx", "pnnx", REQUIREMENTS)
+FP16_TAG = 0x01306B47  # ncnn's tag before a weight blob stored as fp16 (fp32 blobs: 0)
+
+
+def companions(path: Path) -> Tuple[Path, ...]:
+    name = Path(path).name
+    return (Path(path).with_name(name[:-len(".param")] + ".bin"),) if name.endswith(".param") else ()
+
+
+def _graph(param: Path) -> List[List[str]]:
+    """The layer lines of an ncnn .param file: [type, name, n_in, n_out, blobs..., params...]."""
+    lines = Path(param).read_text().splitlines()
+    if not lines or lines[0].strip() != "7767517":
+        raise ValueError(f"{param}: not an ncnn param file (no 7767517 magic)")
+    return [ln.split() for ln in lines[2:] if ln.strip()]
+
+
+def _io_blobs(layers: List[List[str]]) -> Tuple[List[str], List[str]]:
+    """The graph's input blobs (its Input layers') and output blobs (produced, never read), in order."""
+    inputs = [layer[1] for layer in layers if layer[0] == "Input"]
+    read, made = set(), []
+    for layer in layers:
+        n_in, n_out = int(layer[2]), int(layer[3])
+        read.update(layer[4:4 + n_in])
+        made += layer[4 + n_in:4 + n_in + n_out]
+    return inputs, [b for b in made if b not in read]
+
+
+def _pnnx(onnx: Path, param: Path, bin_: Path, shape, precision: str) -> None:
+    PNNX.require()
+    import pnnx
+
+    work = onnx.parent
+    argv = [pnnx.EXEC_PATH, str(onnx), f"inputshape=[{','.join(map(str, shape))}]",
+            f"fp16={int(precision == 'fp16')}", f"ncnnparam={param}", f"ncnnbin={bin_}"]
+    argv += [f"{k}={work / v}" for k, v in (("pnnxparam", "m.pnnx.param"), ("pnnxbin", "m.pnnx.bin"),
+                                           ("pnnxpy", "m_pnnx.py"), ("pnnxonnx", "m.pnnx.onnx"),
+                                           ("ncnnpy", "m_ncnn.py"))]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=work)
+    if done.returncode != 0 or not param.is_file() or not bin_.is_file():
+        last = [ln for ln in (done.stderr + done.stdout).splitlines() if ln.strip()][-1:] or ["no file written"]
+        raise ConversionError(f"pnnx cannot convert the model to ncnn: {last[0][:200]}")
+
+
+def _check_layers(param: Path) -> Dict[str, object]:
+    """ncnn has a layer for every op pnnx wrote, or one ConversionError naming the ops it lacks; the op report."""
+    import ncnn
+
+    layers = _graph(param)
+    kinds = Counter(layer[0] for layer in layers)
+    unknown = {k: n for k, n in kinds.items() if "." in k or ncnn.layer_to_index(k) < 0}
+    if unknown:
+        names = [layer[1] for layer in layers if layer[0] in unknown][:3]
+        raise ConversionError("ncnn has no layer for " + ", ".join(f"{k} (x{n})" for k, n in unknown.items())
+                              + f", which pnnx left in the graph (layers {', '.join(names)}"
+                              + ("..." if sum(unknown.values()) > 3 else "") + ")")
+    return {"ncnn_layers": len(layers), "permutes": kinds.get("Permute", 0), "op_counts": dict(kinds.most_common())}
+
+
+def _with_input_shape(param: Path, shape) -> None:
+    """Write the input's W, H, C into the Input layer (ncnn's own place for it)."""
+    lines = param.read_text().splitlines()
+    for i, ln in enumerate(lines):
+        if ln.startswith("Input") and len(ln.split()) == 5:
+            lines[i] = f"{ln} 0={shape[3]} 1={shape[2]} 2={shape[1]}"
+            break
+    param.write_text("\n".join(lines) + "\n")
+
+
+def _save(model: nn.Module, x: torch.Tensor, path: Path, precision: str) -> Dict[str, object]:
+    path = Path(path)
+    (bin_,) = companions(path)
+    with tempfile.TemporaryDirectory(prefix="edgevit-ncnn-") as tmp:
+        onnx = Path(tmp) / "model.onnx"
+        save_onnx(model, x, onnx)
+        _pnnx(onnx, Path(tmp) / "m.ncnn.param", Path(tmp) / "m.ncnn.bin", tuple(x.shape), precision)
+        report = _check_layers(Path(tmp) / "m.ncnn.param")
+        _with_input_shape(Path(tmp) / "m.ncnn.param", tuple(x.shape))
+        shutil.move(Path(tmp) / "m.ncnn.param", path)
+        shutil.move(Path(tmp) / "m.ncnn.bin", bin_)
+    return {**report, "ncnn_weights": precision}
+
+
+def save_ncnn(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
+    return _save(model, x, path, "fp32")
+
+
+def save_ncnn_fp16(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
+    return _save(model, x, path, "fp16")
+
+
+def weights_precision(path: Path) -> str:
+    """fp16 or fp32, from the storage tag of the file's first weight blob."""
+    (bin_,) = companions(path)
+    with open(bin_, "rb") as f:
+        head = f.read(4)
+    return "fp16" if len(head) == 4 and struct.unpack("<I", head)[0] == FP16_TAG else "fp32"
+
+
+def load(path: Path, threads: int = 2):
+    import ncnn
+
+    path = Path(path)
+    (bin_,) = companions(path)
+    inputs, outputs = _io_blobs(_graph(path))
+    fp16 = weights_precision(path) == "fp16"
+    net = ncnn.Net()
+    net.opt.num_threads = threads
+    net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = fp16
+    net.opt.use_bf16_storage = False
+    if net.load_param(str(path)) != 0 or net.load_model(str(bin_)) != 0:
+        raise ValueError(f"ncnn could not load {path.name} with {bin_.name}")
+
+    def run(*arrays) -> list:
+        with net.create_extractor() as ex:
+            for name, a in zip(inputs, arrays):
+                ex.input(name, ncnn.Mat(np.ascontiguousarray(a[0])).clone())  # (ncnn's Mat has no batch axis)
+            outs = []
+            for name in outputs:
+                rc, mat = ex.extract(name)
+                if rc != 0:
+                    raise RuntimeError(f"ncnn could not compute {name} of {path.name}")
+                outs.append(np.array(mat)[None])
+        return outs
+    return run
+
+
+def input_size(path: Path):
+    for layer in _graph(path):
+        if layer[0] == "Input":
+            params = dict(p.split("=", 1) for p in layer[5:] if "=" in p)
+            return (int(params["1"]), int(params["0"])) if "0" in params and "1" in params else None
+    return None
+
+
+def misread(path: Path) -> Optional[str]:
+    (bin_,) = companions(path) or (None,)
+    if bin_ is None or not bin_.is_file():
+        return f"its weights file {bin_.name if bin_ else 'NAME.bin'} is not beside it (ncnn's model is the " \
+               ".param and its .bin)"
+    head = Path(path).read_bytes()[:16]
+    if not re.match(rb"\s*7767517", head):
+        return "not an ncnn param file (it does not start with ncnn's 7767517 magic)"
+    return None
+
+
+def describe(report: Dict[str, object]) -> str:
+    return (f"{report['ncnn_layers']} ncnn layers, {report['permutes']} of them Permute; "
+            f"weights {report['ncnn_weights']}")
+
+
+RUNTIME = Runtime(
+    name="ncnn", title="ncnn (.ncnn.param + .ncnn.bin, pnnx from ONNX, checked in ncnn)", format="ncnn",
+    suffixes=(".ncnn.param", ".param"), packages=(PACKAGE,), export_packages=(PNNX, Package("onnx"),
+                                                                             Package("onnxscript")),
+    forms=Forms(qkv="merged", ln="native", sample="pool"),
+    save=save_ncnn, load=load, input_size=input_size, describe=describe, misread=misread, companions=companions,
+    float16={"fp16": save_ncnn_fp16}, float16_how={"fp16": "fp16 weights and ncnn's fp16 storage/arithmetic"})
