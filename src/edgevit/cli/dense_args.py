@@ -192,6 +192,8 @@ def run_export(args: argparse.Namespace) -> int:
     if not str(args.output).lower().endswith(rt.suffixes):
         raise ConfigError(f"-o {args.output}: expected a {' or '.join(rt.suffixes)} file name for --format "
                           f"{args.format}")
+    for companion in rt.files(args.output)[1:]:  # (OpenVINO's .bin, ncnn's .bin: written with -o, refused alike)
+        check_output_file(companion, "-o", overwrite=args.overwrite, inputs=[args.checkpoint])
     check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=[args.checkpoint])
     check_output_file(sidecar_path(args.output), "-o's sidecar", overwrite=args.overwrite, inputs=[args.checkpoint])
     quantize = getattr(args, "quantize", None)

@@ -116,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     if not str(args.output).lower().endswith(rt.suffixes):
         raise ConfigError(f"-o {args.output}: expected a {' or '.join(rt.suffixes)} file name for --format "
                           f"{args.format}")
+    for companion in rt.files(args.output)[1:]:  # (OpenVINO's .bin, ncnn's .bin: written with -o, refused alike)
+        check_output_file(companion, "-o", overwrite=args.overwrite, inputs=[args.checkpoint])
     rt.require(writing=True)
     qat = bool(args.checkpoint) and is_qat_checkpoint(args.checkpoint)
     if qat and args.quantize != "int8":

@@ -165,6 +165,10 @@ def check_exportable(arch: str, fmt: str, argmax: bool = False) -> None:
                           "model for ExecuTorch and LiteRT", option="format")
     if argmax and arch not in SEGMENT_ARCHS:
         raise ExportError(f"the class map (argmax) is a segmenter's output, not {arch}'s")
+    if fmt == "ncnn" and arch not in SEGMENT_ARCHS:
+        raise ExportError(f"{arch} does not export to ncnn: its raw-output file returns the anchors as a constant "
+                          "output, which pnnx drops from the graph; export it to onnx, openvino or mnn",
+                          option="format")
 
 
 def graph_for(model: nn.Module, fmt: str, size: Tuple[int, int], argmax: bool = False,
@@ -216,8 +220,14 @@ def _normalization(model: nn.Module) -> Tuple[List[float], List[float]]:
 
 def _compare(kind: str, got: List[np.ndarray], want: Sequence[torch.Tensor], score_thresh: float
              ) -> Dict[str, object]:
-    """The runtime's outputs against PyTorch's; raises naming the output that disagrees."""
+    """The runtime's outputs against PyTorch's; raises naming the output that disagrees (or is missing)."""
     want = [w.detach().numpy() for w in want]
+    if len(got) != len(want):  # (a converter that drops an output: ncnn's pnnx drops a constant one)
+        names = {"cls_logits": ["cls_logits", "bbox_regression", "anchors"], "boxes": ["boxes", "scores", "labels",
+                                                                                      "masks"]}.get(kind, [kind])
+        raise UserError(f"the file has {len(got)} outputs where the graph has {len(want)} "
+                        f"({', '.join(names[:len(want)])}): the runtime's converter dropped "
+                        f"{', '.join(names[len(got):len(want)]) or 'some'}")
     if kind == "classes":
         agree = float((got[0] == want[0]).mean())
         if agree < ARGMAX_AGREEMENT:
@@ -353,7 +363,7 @@ def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tu
         side["precision"] = report["precision"] = "int8"
         side["int8"] = report["int8_calibration"] = f"{len(calibration)} images"
     # the sidecar is committed last: the model file is renamed into place first (inner context)
-    with atomic_path(sidecar_path(output)) as tmp_side, atomic_path(output) as tmp:
+    with atomic_path(sidecar_path(output)) as tmp_side, atomic_path(output, rt.companions) as tmp:
         if calibration is not None:
             report.update(rt.save_int8(graph, x, tmp, calibration))
             check = calibration[:8] if check_images is None else check_images
@@ -366,7 +376,7 @@ def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tu
                 report.update(_compare(outputs["outputs"][0], got, want, score_cut(outputs)))
             except UserError as e:
                 raise UserError(f"{fmt} export of {output}: {e} (nothing written)") from None
-        report["bytes"] = tmp.stat().st_size
+        report["bytes"] = rt.size(tmp)
         tmp_side.write_text(json.dumps(side, indent=2) + "\n")
     report["sidecar"] = str(sidecar_path(output))
     return report

@@ -58,7 +58,10 @@ def _io_blobs(layers: List[List[str]]) -> Tuple[List[str], List[str]]:
         n_in, n_out = int(layer[2]), int(layer[3])
         read.update(layer[4:4 + n_in])
         made += layer[4 + n_in:4 + n_in + n_out]
-    return inputs, [b for b in made if b not in read]
+    outputs = [b for b in made if b not in read]
+    if all(re.fullmatch(r"out\d+", b) for b in outputs):  # pnnx's names, in the ONNX graph's output order
+        outputs.sort(key=lambda b: int(b[3:]))
+    return inputs, outputs
 
 
 def _pnnx(onnx: Path, param: Path, bin_: Path, shape, precision: str) -> None:

@@ -1,0 +1,24 @@
+"""The OpenVINO, MNN and ncnn files of each EdgeViT variant (each runtime's fused form, 224 x 224) compute the
+authors' outputs, every image of their batch, to 1e-4."""
+import pytest
+
+from edgevit.deploy import export as ex
+from edgevit.deploy import fuse, runtimes
+from edgevit.models import VARIANTS
+
+EDGE = ("openvino", "mnn", "ncnn")
+
+
+@pytest.mark.parametrize("runtime", EDGE)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_edge_file_matches_authors_reference(runtime, variant, reference_case, tmp_path):
+    model, io = reference_case(variant)
+    rt = runtimes.get(runtime)
+    out = tmp_path / f"{variant}{rt.suffix}"
+    report = ex.export_model(fuse(model, runtime), rt.format, out, img_size=224, check_x=io["input"][:1])
+    assert report["max_abs_diff"] <= 1e-4 and report["bytes"] == rt.size(out)
+    assert rt.input_size(out) == (224, 224)
+    run = ex.load_file(rt.format, out)
+    for i in range(io["input"].shape[0]):  # batch-1 file: each image of the authors' batch
+        diff = (run(io["input"][i:i + 1]) - io["logits"][i:i + 1]).abs().max().item()
+        assert diff <= 1e-4, (runtime, variant, i, diff)

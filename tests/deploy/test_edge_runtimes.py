@@ -1,0 +1,192 @@
+"""OpenVINO, MNN and ncnn through every command: export (fp32 checked to 1e-3, the 16-bit files checked like int8
+ones), the two-file formats written and refused as one, eval --exported, bench, the Python loader, a dense model;
+what each runtime cannot do is one line naming it; neither MNN's logging scripts nor OpenVINO's telemetry-sending
+converter run."""
+import importlib.util
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgevit.cli.main import main
+from edgevit.deploy import load_exported, runtimes
+from edgevit.errors import UserError
+
+EDGE = ("openvino", "mnn", "ncnn")
+KWARGS = {"embed_dims": [12, 24, 36, 48], "depths": [1, 1, 2, 1], "head_dim": 12}
+
+
+@pytest.fixture
+def checkpoint(make_tiny, tmp_path):
+    """A checkpoint that carries its model options and classes, as a training run's, and a 3-class val folder."""
+    ck = tmp_path / "tiny.pth"
+    torch.save({"model": make_tiny(num_classes=3).state_dict(), "classes": ["c0", "c1", "c2"],
+                "config": {"model": "edgevit_xxs", "model_kwargs": KWARGS, "num_classes": 3, "img_size": 64,
+                           "crop_pct": 1.0, "eval_interpolation": "bicubic"}}, ck)
+    g = torch.Generator().manual_seed(0)
+    for c in range(3):
+        d = tmp_path / "val" / f"c{c}"
+        d.mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray((torch.rand(64, 64, 3, generator=g) * 255).byte().numpy()).save(d / f"{i}.png")
+    return ck
+
+
+def _json(capsys):
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("runtime", EDGE)
+def test_export_eval_bench_and_load(runtime, checkpoint, tmp_path, capsys):
+    from edgevit.train.evaluate import evaluate_checkpoint
+
+    rt = runtimes.get(runtime)
+    out = tmp_path / f"tiny{rt.suffix}"
+    args = ["export", "--checkpoint", str(checkpoint), "--format", rt.format, "-o", str(out)]
+    assert main(args + ["--json"]) == 0
+    rep = _json(capsys)
+    assert rep["runtime"] == runtime and rep["precision"] == "fp32" and rep["max_abs_diff"] <= 1e-3
+    assert rep["bytes"] == rt.size(out) > 10_000 and all(f.is_file() for f in rt.files(out))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("tiny") and p != checkpoint) == \
+        sorted(f.name for f in rt.files(out))  # the file and its companions, no temporaries
+    # written as one: an existing file, or only its companion, is refused and kept
+    before = [f.read_bytes() for f in rt.files(out)]
+    assert main(args) == 2 and "exists" in capsys.readouterr().err
+    assert [f.read_bytes() for f in rt.files(out)] == before
+    if len(rt.files(out)) > 1:
+        lone = tmp_path / f"lone{rt.suffix}"
+        rt.files(lone)[1].write_bytes(b"someone's weights")
+        assert main(["export", "--checkpoint", str(checkpoint), "--format", rt.format, "-o", str(lone)]) == 2
+        assert "exists" in capsys.readouterr().err and rt.files(lone)[1].read_bytes() == b"someone's weights"
+        assert not lone.exists()
+    # the Python loader: input size from the file, numpy in and out, the PyTorch model's logits
+    m = load_exported(out)
+    assert m.runtime is rt and m.input_size == (64, 64)
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    from edgevit.models.checkpoint import model_from_checkpoint
+
+    model, _ = model_from_checkpoint("edgevit_xxs", str(checkpoint))
+    with torch.no_grad():
+        ref = model.eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(m(x) - ref).max() <= 1e-3
+    # eval --exported: the checkpoint's own metrics
+    assert main(["eval", "--data", str(tmp_path / "val"), "--exported", str(out), "--checkpoint", str(checkpoint),
+                 "--workers", "0", "--no-progress", "--json"]) == 0
+    got = _json(capsys)
+    want = evaluate_checkpoint(tmp_path / "val", checkpoint, workers=0, progress=False)
+    assert got["format"] == rt.format and got["num_images"] == 12
+    assert got["top1"] == want["top1"] and abs(got["loss"] - want["loss"]) < 1e-3
+    # bench --runtime: the same file, timed in its runtime, with the runtime's version in the header
+    assert main(["bench", "--models", "edgevit_xxs", "mobilenetv2_100", "--runtime", runtime, "--edgevit-form",
+                 "fused", "--img-size", "32", "--runs", "2", "--warmup", "1", "--json", str(tmp_path / "b.json"),
+                 "--no-progress"]) == 0
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert [r["runtime"] for r in doc["results"]] == [runtime] * 2 and all(r["median_ms"] > 0 for r in doc["results"])
+    assert {"openvino": "openvino", "mnn": "MNN", "ncnn": "ncnn"}[runtime] in doc["meta"]["runtime_versions"]
+    # MNN's log-uploading module was never imported, and the environment `make` builds has no OpenVINO telemetry
+    # sender for openvino.convert_model or NNCF to call (requirements-edge.txt)
+    assert "MNN.tools.utils.log" not in sys.modules and importlib.util.find_spec("openvino_telemetry") is None
+
+
+@pytest.mark.parametrize("runtime,precision", [("openvino", "bf16"), ("mnn", "fp16"), ("ncnn", "fp16"),
+                                               ("executorch", "fp16")])
+def test_float16_files_are_checked_and_say_their_precision(runtime, precision, make_tiny, tmp_path, capsys):
+    rt = runtimes.get(runtime)
+    if runtime == "openvino":
+        from edgevit.deploy.runtimes.openvino import check_cpu_bf16
+        try:
+            check_cpu_bf16()
+        except UserError:
+            pytest.skip("this CPU has no bf16 instructions (the export refuses it: tested below)")
+    out, ref = tmp_path / f"h{rt.suffix}", tmp_path / f"f{rt.suffix}"
+    common = ["--model", "edgevit_xxs", "--format", rt.format, "--img-size", "64", "--json"]
+    assert main(["export", *common, "--quantize", precision, "-o", str(out)]) == 0
+    rep = _json(capsys)
+    assert rep["precision"] == precision and rep["checked_on"] == "8 random inputs" and rep["check_images"] == 8
+    assert rep["sqnr_db"] > 30 and rep["top1_agreement"] >= 75 and rep["bytes"] == rt.size(out)
+    assert main(["export", *common, "-o", str(ref)]) == 0
+    fp32 = _json(capsys)
+    if runtime == "openvino":  # the file says bf16; the plugin then runs most layers in it
+        assert rep["layer_precisions"].get("bf16", 0) > rep["openvino_layers"] // 2
+        assert "bf16" not in fp32["layer_precisions"]
+    elif runtime in ("mnn", "ncnn"):  # fp16 weights: about half the bytes; the loader reads the precision back
+        assert rep["bytes"] < 0.6 * fp32["bytes"]
+        from edgevit.deploy.runtimes import mnn, ncnn
+        said = mnn.file_info(out)["precision"] if runtime == "mnn" else ncnn.weights_precision(out)
+        assert said == "fp16"
+    m = load_exported(out)  # runs on float32 like every file
+    assert m(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 1000)
+    assert main(["export", *common, "--quantize", "bf16" if precision == "fp16" else "fp16",
+                 "-o", str(tmp_path / f"x{rt.suffix}")]) == 2
+    assert "is available for --format" in capsys.readouterr().err
+
+
+def test_bf16_is_refused_on_a_cpu_without_it(monkeypatch, make_tiny, tmp_path):
+    from edgevit.deploy.quantize import export_float16, random_calibration
+    from edgevit.deploy.runtimes import openvino
+
+    class NoBF16:
+        def get_property(self, device, name):
+            return ["FP32", "INT8"]
+
+    monkeypatch.setattr(openvino, "_core", lambda: NoBF16())
+    with pytest.raises(UserError, match="this CPU has no bf16 instructions"):
+        export_float16(make_tiny(), "openvino", tmp_path / "b.xml", "bf16", random_calibration(2, 64))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_release_graph_in_ncnn_is_one_line_naming_the_ops(tmp_path, capsys):
+    out = tmp_path / "r.ncnn.param"
+    assert main(["export", "--model", "edgevit_xxs", "--format", "ncnn", "--img-size", "64", "--no-fuse",
+                 "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ncnn has no layer for Tensor.slice" in err
+    assert list(tmp_path.iterdir()) == []
+    # the bench skips that cell with the same line and measures the rest
+    assert main(["bench", "--models", "edgevit_xxs", "--runtime", "ncnn", "--img-size", "32", "--runs", "2",
+                 "--warmup", "1", "--keep-going", "--json", str(tmp_path / "b.json"), "--no-progress"]) == 0
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert [r["label"] for r in doc["results"]] == ["edgevit_xxs (fused)"]
+    assert doc["meta"]["failed"] == ["edgevit_xxs (unfused)"]
+    assert "Tensor.slice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "ncnn"])
+def test_a_file_without_its_weights_is_named(runtime, make_tiny, tmp_path):
+    from edgevit.deploy import fuse
+    from edgevit.deploy.export import export_model
+
+    rt = runtimes.get(runtime)
+    out = tmp_path / f"m{rt.suffix}"
+    export_model(fuse(make_tiny(), runtime), rt.format, out, img_size=64)
+    rt.files(out)[1].unlink()
+    with pytest.raises(UserError, match=rf"m{rt.suffix}: its weights file m(\.ncnn)?\.bin is not beside it"):
+        load_exported(out)
+
+
+@pytest.mark.parametrize("runtime", EDGE)
+def test_a_segmenter_and_a_detector_export_to_each(runtime, tmp_path):
+    """The dense models go through the same records: logits and raw detection heads checked in the runtime."""
+    from edgevit.dense.deploy import export_dense, load_dense_file
+    from edgevit.dense.models import create_detector, create_segmenter
+
+    rt = runtimes.get(runtime)
+    torch.manual_seed(0)
+    seg = create_segmenter(4, "edgevit_xxs", drop_path_rate=0.0).eval()
+    rep = export_dense(seg, rt.format, tmp_path / f"s{rt.suffix}", (64, 96), meta={})
+    assert rep["max_abs_diff"] <= 1e-3 and rep["bytes"] == rt.size(tmp_path / f"s{rt.suffix}")
+    classes = load_dense_file(tmp_path / f"s{rt.suffix}", "segment").segment(torch.rand(3, 64, 96), (64, 96))
+    assert tuple(classes.shape) == (64, 96)
+    det = create_detector("retinanet", 3, "edgevit_xxs", min_size=64, max_size=64, drop_path_rate=0.0).eval()
+    if runtime == "ncnn":  # refused before any work, saying why
+        from edgevit.dense.deploy import ExportError
+        with pytest.raises(ExportError, match="pnnx drops"):
+            export_dense(det, rt.format, tmp_path / f"d{rt.suffix}", (64, 64), meta={})
+        return
+    rep = export_dense(det, rt.format, tmp_path / f"d{rt.suffix}", (64, 64), meta={})
+    assert rep["outputs"] == ["cls_logits", "bbox_regression", "anchors"] and rep["max_abs_diff"] <= 1e-3
+    found = load_dense_file(tmp_path / f"d{rt.suffix}", "detect").detect(torch.rand(3, 64, 64), score_thresh=0.0)
+    assert found["boxes"].shape[1] == 4 and len(found["scores"]) == len(found["labels"]) > 0
