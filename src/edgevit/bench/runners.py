@@ -10,6 +10,7 @@ FastViT, MobileOne... fold their train-time branches, as their users ship them).
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -64,6 +65,9 @@ class Runner:
         self.threads, self.model, self.fused = threads, model, fused
         self.info = info or {}  # e.g. ExecuTorch partition counts
         self._fn = fn
+        self.path: Optional[Path] = None  # the exported file it runs (None: eager)
+        self.run_file: Optional[Callable] = None  # that file's run(*numpy) -> [numpy]
+        self.export_s: Optional[float] = None  # seconds to write the file
         self._tmpdir = tmpdir  # keeps exported files alive as long as the session
 
     @property
@@ -130,6 +134,7 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
     else:  # a file in its own runtime: the very file `edgevit export` writes and checks (TorchScript too)
         tmp = tempfile.TemporaryDirectory(prefix=f"edgevit-{rt.format}-")
         path = Path(tmp.name) / f"model{rt.suffix}"
+        t0 = time.perf_counter()
         if precision == "int8":
             from ..deploy.quantize import model_calibration
             info = rt.save_int8(net, x, path, model_calibration(net, calib, calib_images, size))
@@ -137,10 +142,14 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
             info = rt.float16[precision](net, x, path)
         else:
             info = rt.save(net, x, path)
+        export_s = time.perf_counter() - t0
         run, a = rt.load(path, threads), x.numpy()
 
         def fn():
             return run(a)
 
     fn()  # first call: loads/plans, allocates
-    return Runner(model, runtime, size, fn, threads, net, fused if is_edgevit else None, info, tmp)
+    runner = Runner(model, runtime, size, fn, threads, net, fused if is_edgevit else None, info, tmp)
+    if rt.format is not None:
+        runner.path, runner.run_file, runner.export_s = path, run, export_s
+    return runner

@@ -13,6 +13,7 @@ from .outputs import check_output_file
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..bench.bench import DEFAULT_MODELS, FORMS, PRECISIONS
+    from ..bench.matrix import MATRIX_MODELS
     from ..deploy.runtimes import RUNTIMES, names
     p = sub.add_parser("bench", help="CPU latency of EdgeViTs and baselines, batch 1, fp32 or int8",
                        description="Batch 1, fp32, CPU: every model built and warmed up, then --runs rounds, each "
@@ -23,7 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    + ", ".join(DEFAULT_MODELS))
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="MODEL",
                    help="model names (EdgeViT variants or any timm model)")
-    p.add_argument("--runtime", default="eager", choices=names(), help="runtime (default eager)")
+    p.add_argument("--runtime", default="eager", choices=(*names(), "all"),
+                   help="runtime (default eager); all = the runtime x precision matrix: every runtime that writes a "
+                        "file and is installed, each --precision it has (default models there: "
+                        f"{' '.join(MATRIX_MODELS)})")
     p.add_argument("--threads", type=thread_count, default=2, help="CPU threads (default 2)")
     p.add_argument("--runs", type=positive_int, default=50, help="timed forward passes per model (default 50)")
     p.add_argument("--warmup", type=nonneg_int, default=10, help="untimed passes before timing (default 10)")
@@ -42,6 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="int8 calibration images (a folder), or 'random' (timing only, labelled so)")
     p.add_argument("--calib-images", type=positive_int, default=64, help="calibration images per model (default 64)")
     p.add_argument("--keep-going", action="store_true", help="skip a model that fails to export/run")
+    p.add_argument("--checkpoint", default=None, metavar="CK",
+                   help="--runtime all: the EdgeViT's weights (a training run's checkpoint); baselines stay random")
+    p.add_argument("--data", default=None, metavar="VAL",
+                   help="--runtime all: an ImageFolder split: each file's top-1 on it (models with --checkpoint) "
+                        "and the images the files are compared with PyTorch on")
+    p.add_argument("--check-images", type=positive_int, default=16,
+                   help="--runtime all: images each file is compared with PyTorch fp32 on (default 16)")
+    p.add_argument("--plot", default=None, metavar="FILE",
+                   help="--runtime all: latency by cell as a .png or .svg")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
                    help="write the results document to FILE (or print it with no FILE)")
     p.add_argument("--csv", default=None, metavar="FILE", help="write the result rows as CSV")
@@ -74,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
             check_output_file(path, flag, overwrite=args.overwrite)
     if args.json and args.json != "-" and args.csv and Path(args.json).resolve() == Path(args.csv).resolve():
         raise ConfigError(f"--json and --csv name the same file {args.json}")
+    if args.runtime == "all":
+        return run_matrix_command(args)
+    for flag, dest in (("--checkpoint", "checkpoint"), ("--data", "data"), ("--plot", "plot")):
+        if getattr(args, dest) is not None:
+            raise ConfigError(f"{flag}: only used with --runtime all")
     rt = runtimes.get(args.runtime)
     rt.require()
     precisions = precisions_arg(args.precision, rt)
@@ -107,4 +125,46 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         write_text_atomic(args.csv, to_csv(doc))
         print(f"wrote {args.csv}", file=sys.stderr)
+    return 0
+
+
+def run_matrix_command(args: argparse.Namespace) -> int:
+    """`bench --runtime all`: the runtime x precision matrix (edgevit.bench.matrix)."""
+    from ..bench.bench import to_csv
+    from ..bench.matrix import MATRIX_MODELS, ROW_KEYS, format_matrix, plot_matrix, run_matrix
+    from ..deploy.quantize import RANDOM, calibration_files
+    from ..utils.io import print_json, require_file, write_json_atomic, write_text_atomic
+
+    explicit = getattr(args, "_explicit", ())
+    for flag, dest in (("--ablations", "ablations"), ("--edgevit-form", "edgevit_form")):
+        if dest in explicit or (dest == "ablations" and args.ablations):
+            raise ConfigError(f"{flag}: not used with --runtime all (each cell runs the fused EdgeViT)")
+    if args.plot:
+        if Path(args.plot).suffix.lower() not in (".png", ".svg"):
+            raise ConfigError(f"--plot {args.plot}: expected a .png or .svg file name")
+        check_output_file(args.plot, "--plot", overwrite=args.overwrite)
+    if args.checkpoint:
+        require_file(args.checkpoint, "--checkpoint")
+    if args.data and not Path(args.data).is_dir():
+        raise ConfigError(f"--data {args.data}: no such folder; expected an ImageFolder split (class folders)")
+    if args.calib and args.calib != RANDOM:
+        calibration_files(args.calib, 1)
+    models = args.models if "models" in explicit else list(MATRIX_MODELS)
+    doc = run_matrix(models, ("all",), args.precision, checkpoint=args.checkpoint, data=args.data,
+                     calib=args.calib, calib_images=args.calib_images, check_images=args.check_images,
+                     runs=args.runs, warmup=args.warmup, threads=args.threads, img_size=args.img_size,
+                     show_progress=show_progress(args))
+    if args.json == "-":
+        print_json(doc)
+    else:
+        print(format_matrix(doc))
+        if args.json:
+            write_json_atomic(args.json, doc)
+            print(f"wrote {args.json}", file=sys.stderr)
+    if args.csv:
+        write_text_atomic(args.csv, to_csv(doc, ROW_KEYS))
+        print(f"wrote {args.csv}", file=sys.stderr)
+    if args.plot and doc["results"]:
+        plot_matrix(doc, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     return 0
