@@ -81,7 +81,8 @@ def run_matrix(models: Sequence[str] = MATRIX_MODELS, runtime_names: Sequence[st
                warmup: int = 5, threads: int = 2, img_size: Optional[int] = None, show_progress: bool = True,
                seed: int = 0) -> dict:
     """The matrix document: {"meta", "results": rows, "skipped": [{runtime, precision, model?, why}]}.
-    `checkpoint`: the EdgeViT models' weights (the baselines keep random weights: their top-1 is not given).
+    `checkpoint`: the EdgeViT models' weights (the baselines keep random weights: their top-1 is not given);
+    without `img_size`, every model runs at the size it was trained at.
     `calib`: int8 calibration images (a folder; default random inputs, labelled timing-only)."""
     from tqdm import tqdm
 
@@ -91,6 +92,10 @@ def run_matrix(models: Sequence[str] = MATRIX_MODELS, runtime_names: Sequence[st
 
     plan = plan_cells(runtime_names, precisions)
     calib = calib or RANDOM
+    if checkpoint and img_size is None:  # every model of every cell at the size the checkpoint was trained at
+        from ..models.checkpoint import read_state_dict
+
+        img_size = (read_state_dict(checkpoint).get("config") or {}).get("img_size")
     rows: List[dict] = []
     skipped = [{"runtime": c["runtime"], "precision": p, "why": why} for c in plan for p, why in c["skipped"].items()]
     cells = sum(len(c["precisions"]) for c in plan) * len(models)
