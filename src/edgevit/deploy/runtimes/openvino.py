@@ -203,7 +203,7 @@ RUNTIME = Runtime(
     name="openvino", title="OpenVINO IR (.xml + .bin, checked in OpenVINO's CPU plugin)", format="openvino",
     suffixes=(".xml",), packages=(PACKAGE,),
     export_packages=(Package("onnx"), Package("onnxscript")),
-    forms=Forms(qkv="merged", ln="native", sample="pool", prop="d2s"),
+    forms=Forms(qkv="split", ln="conv", sample="slice", prop="d2s"),
     save=save_openvino, load=load, input_size=input_size, save_int8=save_openvino_int8,
     int8_how="NNCF post-training quantization", float16={"bf16": save_openvino_bf16},
     float16_how={"bf16": "the CPU plugin's bf16 inference precision"},
