@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -20,6 +21,7 @@ from .base import ConversionError, Package, Runtime
 REQUIREMENTS = "requirements-litert.txt"  # an extra: installed by `make` after requirements.txt
 INTERPRETER = Package("ai_edge_litert", "ai-edge-litert", REQUIREMENTS)
 CONVERTER = Package("litert_torch", "litert-torch", REQUIREMENTS)
+QUANTIZER = Package("ai_edge_quantizer", "ai-edge-quantizer", REQUIREMENTS)
 
 _NOISE = ("LiteRT-Torch Convert", "ExportedProgram Run", "Decompositions", "MLIR Module", "Write Model",
           "flatbuffer_export.cc", "Estimated count of arithmetic ops", "LiteRT Converter Passes",
@@ -100,22 +102,60 @@ def tflite_report(path: Path) -> Dict[str, object]:
             "outside_xnnpack": dict(Counter(outside.values()).most_common())}
 
 
+def _quantize(a: np.ndarray, detail: dict) -> np.ndarray:
+    """A float array as the integer tensor a full-integer file's input takes (its own scale and zero point)."""
+    scale, zero = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(a / scale) + zero, info.min, info.max).astype(detail["dtype"])
+
+
+def _dequantize(q: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero = detail["quantization"]
+    return (q.astype(np.float32) - zero) * scale if scale else q
+
+
 def load(path: Path, threads: int = 2):
+    """run(*float32 arrays) -> [float32 arrays]; a full-integer (int8-in, int8-out) file gets its inputs quantized
+    and its outputs dequantized with the scales the file holds, as an app does around it."""
     interp = litert_interpreter(path, threads)
-    ins = [d["index"] for d in interp.get_input_details()]
-    outs = [d["index"] for d in interp.get_output_details()]
+    ins, outs = interp.get_input_details(), interp.get_output_details()
 
     def run(*inputs) -> list:
-        for i, a in zip(ins, inputs):
-            interp.set_tensor(i, a)
+        for d, a in zip(ins, inputs):
+            interp.set_tensor(d["index"], _quantize(a, d) if d["dtype"] in (np.int8, np.uint8) else a)
         interp.invoke()
-        return [interp.get_tensor(o).copy() for o in outs]
+        return [_dequantize(interp.get_tensor(d["index"]), d) if d["dtype"] in (np.int8, np.uint8)
+                else interp.get_tensor(d["index"]).copy() for d in outs]
     return run
 
 
 def input_size(path: Path):
     shape = litert_interpreter(path, 1).get_input_details()[0]["shape"]
     return int(shape[-2]), int(shape[-1])
+
+
+def save_tflite_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.Tensor) -> Dict[str, object]:
+    """Full-integer int8: the fp32 file (`save_tflite`) quantized by ai-edge-quantizer's static recipe (int8
+    weights per channel, int8 activations, min/max calibration over `images`); int8 input and output tensors with
+    their scales in the file (`load` quantizes around them)."""
+    QUANTIZER.require()
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgevit-litert-int8-") as tmp:
+        fp32 = Path(tmp) / "fp32.tflite"
+        save_tflite(model, x, fp32)
+        with filter_native_stderr(patterns=_NOISE), contextlib.redirect_stdout(io.StringIO()):
+            from ai_edge_quantizer import quantizer, recipe
+
+            interp = litert_interpreter(fp32, 1)
+            (key, sig), = interp.get_signature_list().items()
+            name = sig["inputs"][0]
+            qt = quantizer.Quantizer(str(fp32))
+            qt.load_quantization_recipe(recipe.static_wi8_ai8())
+            calibration = qt.calibrate({key: [{name: images[i:i + 1].numpy()} for i in range(len(images))]},
+                                       num_threads=1)
+            qt.quantize(calibration).export_model(str(path), overwrite=True)
+    return {**tflite_report(path), "litert_quantization": "ai-edge-quantizer static_wi8_ai8 (min/max)"}
 
 
 def describe(report: Dict[str, object]) -> str:
@@ -129,4 +169,5 @@ RUNTIME = Runtime(
     name="litert", title="LiteRT (litert-torch, checked in ai-edge-litert's interpreter)", format="tflite",
     suffixes=(".tflite",), packages=(INTERPRETER,), export_packages=(CONVERTER,),
     forms=Forms(qkv="merged", prop="d2s", sample="pool"),
-    save=save_tflite, load=load, input_size=input_size, describe=describe)
+    save=save_tflite, load=load, input_size=input_size, describe=describe, save_int8=save_tflite_int8,
+    int8_how="ai-edge-quantizer full-integer static int8")
