@@ -17,10 +17,13 @@ def _load(name):
 
 
 @pytest.mark.parametrize("runtime,gemm_kind", [("onnxruntime", "Conv"),
-                                              ("executorch", "Fully Connected (NC, F32) GEMM")])
+                                              ("executorch", "Fully Connected (NC, F32) GEMM"),
+                                              ("openvino", "Convolution (brgconv_avx512_1x1_f32)")])
 def test_op_profile_reads_runtime_trace(runtime, gemm_kind):
     prof = _load("op_profile").profile("edgevit_xxs", fused=True, runtime=runtime, runs=2, img_size=64)
     kinds = {k["kind"]: k for k in prof["by_kind"]}
+    if runtime == "openvino":  # the plugin names its kernel by the CPU's ISA: any 1x1 convolution kernel
+        gemm_kind = next((k for k in kinds if k.startswith("Convolution (") and "1x1" in k), gemm_kind)
     assert gemm_kind in kinds and kinds[gemm_kind]["ms"] > 0
     assert abs(sum(k["share"] for k in prof["by_kind"]) - 1) < 1e-9
     assert prof["ops"] == len(prof["per_op"]) > 20
@@ -91,3 +94,18 @@ def test_dense_profile_prints_kinds_side_by_side(tmp_path, monkeypatch, capsys):
     assert [d["model"] for d in docs] == ["lraspp-XXS (fused body)", "lraspp_mobilenet_v3_large (torchvision)"]
     assert all(d["total_ms"] > 0 and d["ops"] > 10 for d in docs)
     assert table[-1].startswith("| total |")
+
+
+def test_runtime_forms_times_each_form_and_reports_a_wrong_one(monkeypatch, capsys):
+    """benchmarks/runtime_forms.py on ncnn: a form it computes right is timed beside the release graph (which
+    does not convert: named) and MobileNetV2; the form it computes wrongly (ln="mean") is reported, not timed."""
+    mod = _load("runtime_forms")
+    monkeypatch.setattr(sys, "argv", ["runtime_forms.py", "ncnn", "--only", "merged-native-pool-deconv",
+                                      "merged-mean-pool-deconv", "--runs", "2", "--img-size", "64", "--json"])
+    assert mod.main() == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["form"] for r in doc["results"]] and {r["form"] for r in doc["results"]} == \
+        {"merged-native-pool-deconv", "mobilenetv2_100"}
+    assert all(r["median_ms"] > 0 for r in doc["results"])
+    assert "Tensor.slice" in doc["not_timed"]["release"]
+    assert "computes it wrongly" in doc["not_timed"]["merged-mean-pool-deconv"]

@@ -4,6 +4,7 @@ supports at a non-square size; export, eval, bench and profile end to end; the b
 the test processes share the slow conversions.)"""
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -133,3 +134,22 @@ def test_litert_bad_input(monkeypatch, tmp_path, capsys):
     assert len(err) == 1 and "ai_edge_litert" in err[0] and "pip install ai-edge-litert" in err[0]
     assert main(["bench", "--models", "edgevit_xxs", "--runtime", "litert", "--runs", "1"]) == 2
     assert "ai-edge-litert" in capsys.readouterr().err
+
+
+def test_full_integer_int8_file_runs_on_float_and_prints_nothing(tmp_path, capfd):
+    """export --format tflite --quantize int8: ai-edge-quantizer's static int8 file (int8 input and output
+    tensors), run by the loader on float32 like every file; the quantizer's progress bars and notices stay out."""
+    from edgevit.deploy import load_exported
+    from edgevit.deploy.runtimes import litert
+
+    out = tmp_path / "q.tflite"
+    assert main(["export", "--model", "edgevit_xxs", "--format", "tflite", "--img-size", "64", "--quantize", "int8",
+                 "--calib", "random", "-o", str(out), "--json"]) == 0
+    captured = capfd.readouterr()
+    rep = json.loads(captured.out)
+    assert captured.err == "" and rep["precision"] == "int8" and rep["sqnr_db"] > 10
+    interp = litert.litert_interpreter(out, 1)
+    assert interp.get_input_details()[0]["dtype"] == np.int8  # a full-integer file
+    y = load_exported(out)(np.zeros((1, 3, 64, 64), np.float32))
+    assert y.dtype == np.float32 and y.shape == (1, 1000)
+    assert rep["bytes"] < 0.4 * 4 * 4.07e6  # int8 weights: under 40% of the fp32 file's 4 bytes per parameter

@@ -16,6 +16,11 @@ from edgevit.errors import UserError
 # while a broken flow (a scale off by a factor, a missing dequantize, float weights read as int8) lands
 # far below 10 dB.
 MIN_SQNR_DB = 20.0
+# ai-edge-quantizer's static min/max recipe loses more in the weights of this random-norm model (13-15 dB, the same
+# with int16 activations or only the convolutions quantized); on the digits XXS it keeps the fp32 top-1 (98.89%) at
+# 18.1 dB, and on a random XXS at 224 it gives 26.7 dB (ExecuTorch 25.2): docs/deploy.md, "The runtime x precision
+# matrix"
+MIN_SQNR_DB_OF = {"tflite": 12.0}
 MIN_AGREEMENT = 85.0  # % top-1 on 24 inputs of a random 7-class model (logits close to ties are common)
 
 
@@ -49,7 +54,8 @@ def test_ptq_file_runs_in_its_runtime_and_agrees_with_the_float_model(fmt, make_
     out = tmp_path / f"m{runtimes.by_format(fmt).suffix}"
     report = q.export_int8(model, fmt, out, calib, calibrated="test")
     assert out.is_file() and report["bytes"] == runtimes.by_format(fmt).size(out)
-    assert report["sqnr_db"] >= MIN_SQNR_DB and report["top1_agreement"] >= MIN_AGREEMENT, report
+    floor = MIN_SQNR_DB_OF.get(fmt, MIN_SQNR_DB)
+    assert report["sqnr_db"] >= floor and report["top1_agreement"] >= MIN_AGREEMENT, report
     if fmt == "pte":
         assert report["delegate_partitions"] == 1 and report["non_delegated_ops"] == 0, report
     # independently: new inputs, the file loaded again, compared with the release model itself
@@ -57,7 +63,7 @@ def test_ptq_file_runs_in_its_runtime_and_agrees_with_the_float_model(fmt, make_
     got = q.run_batch(load_file(fmt, out), x)
     with torch.no_grad():
         ref = make_tiny(**kw)(x)
-    assert q.agreement(ref, got)["sqnr_db"] >= MIN_SQNR_DB
+    assert q.agreement(ref, got)["sqnr_db"] >= floor
 
 
 def test_int8_weights_are_a_quarter_of_fp32(make_tiny, tmp_path):

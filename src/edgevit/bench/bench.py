@@ -169,8 +169,10 @@ def cpu_name() -> str:
 
 # The instruction-set features that change int8 / bf16 / fp16 speed, as /proc/cpuinfo names them: x86 (VNNI: int8
 # dot products; BF16 and AMX: bf16 matrix units) and ARM (asimddp: int8 dot product, i8mm: int8 matrix multiply,
-# asimdhp/fphp: fp16 arithmetic). Machines here differ (some only AVX2), so every figure carries them.
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
+# asimdhp/fphp: fp16 arithmetic; avx512_fp16, amx_fp16: x86 fp16 arithmetic). Machines here differ (some only AVX2), so
+# every figure carries them.
+ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16",
+             "amx_int8", "amx_fp16",
              "asimd", "asimddp", "i8mm", "asimdhp", "fphp", "bf16", "sve", "sve2")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Dict
@@ -102,6 +103,9 @@ def tflite_report(path: Path) -> Dict[str, object]:
             "outside_xnnpack": dict(Counter(outside.values()).most_common())}
 
 
+INTEGER_IO = (np.int8, np.uint8, np.int16)  # a quantized file's input/output tensor types (a16w8: int16)
+
+
 def _quantize(a: np.ndarray, detail: dict) -> np.ndarray:
     """A float array as the integer tensor a full-integer file's input takes (its own scale and zero point)."""
     scale, zero = detail["quantization"]
@@ -122,9 +126,9 @@ def load(path: Path, threads: int = 2):
 
     def run(*inputs) -> list:
         for d, a in zip(ins, inputs):
-            interp.set_tensor(d["index"], _quantize(a, d) if d["dtype"] in (np.int8, np.uint8) else a)
+            interp.set_tensor(d["index"], _quantize(a, d) if d["dtype"] in INTEGER_IO else a)
         interp.invoke()
-        return [_dequantize(interp.get_tensor(d["index"]), d) if d["dtype"] in (np.int8, np.uint8)
+        return [_dequantize(interp.get_tensor(d["index"]), d) if d["dtype"] in INTEGER_IO
                 else interp.get_tensor(d["index"]).copy() for d in outs]
     return run
 
@@ -144,7 +148,11 @@ def save_tflite_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torc
     with tempfile.TemporaryDirectory(prefix="edgevit-litert-int8-") as tmp:
         fp32 = Path(tmp) / "fp32.tflite"
         save_tflite(model, x, fp32)
-        with filter_native_stderr(patterns=_NOISE), contextlib.redirect_stdout(io.StringIO()):
+        # its progress bars (sys.stderr), size report (stdout) and the interpreter's debugging-mode warning stay out
+        # of the user's output; what goes wrong still raises
+        with filter_native_stderr(patterns=_NOISE), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             from ai_edge_quantizer import quantizer, recipe
 
             interp = litert_interpreter(fp32, 1)
