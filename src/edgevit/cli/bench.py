@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..utils.options import image_size, nonneg_int, positive_int, thread_count
 from .args import add_overwrite_arg, add_progress_arg, show_progress
-from .outputs import check_output_file
+from .outputs import check_output_file, emit_results
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -80,7 +80,6 @@ def precisions_arg(asked, rt) -> list:
 def run(args: argparse.Namespace) -> int:
     from ..bench.bench import ablation_check, add_paper_columns, format_ablations, format_table, plan, run_bench, to_csv
     from ..deploy import runtimes
-    from ..utils.io import print_json, write_json_atomic, write_text_atomic
 
     for flag, path in (("--json", args.json if args.json != "-" else None), ("--csv", args.csv)):
         if path:
@@ -113,18 +112,8 @@ def run(args: argparse.Namespace) -> int:
     add_paper_columns(doc)
     if args.ablations:
         doc["ablation_check"] = ablation_check(doc)
-    if args.json == "-":
-        print_json(doc)
-    else:
-        print(format_table(doc))
-        if args.ablations:
-            print("\n" + format_ablations(doc["ablation_check"]))
-        if args.json:
-            write_json_atomic(args.json, doc)
-            print(f"wrote {args.json}", file=sys.stderr)
-    if args.csv:
-        write_text_atomic(args.csv, to_csv(doc))
-        print(f"wrote {args.csv}", file=sys.stderr)
+    table = format_table(doc) + ("\n\n" + format_ablations(doc["ablation_check"]) if args.ablations else "")
+    emit_results(args, doc, table, to_csv(doc))
     return 0
 
 
@@ -133,7 +122,7 @@ def run_matrix_command(args: argparse.Namespace) -> int:
     from ..bench.bench import to_csv
     from ..bench.matrix import MATRIX_MODELS, ROW_KEYS, format_matrix, plot_matrix, run_matrix
     from ..deploy.quantize import RANDOM, calibration_files
-    from ..utils.io import print_json, require_file, write_json_atomic, write_text_atomic
+    from ..utils.io import require_file
 
     explicit = getattr(args, "_explicit", ())
     for flag, dest in (("--ablations", "ablations"), ("--edgevit-form", "edgevit_form")):
@@ -154,16 +143,7 @@ def run_matrix_command(args: argparse.Namespace) -> int:
                      calib=args.calib, calib_images=args.calib_images, check_images=args.check_images,
                      runs=args.runs, warmup=args.warmup, threads=args.threads, img_size=args.img_size,
                      show_progress=show_progress(args))
-    if args.json == "-":
-        print_json(doc)
-    else:
-        print(format_matrix(doc))
-        if args.json:
-            write_json_atomic(args.json, doc)
-            print(f"wrote {args.json}", file=sys.stderr)
-    if args.csv:
-        write_text_atomic(args.csv, to_csv(doc, ROW_KEYS))
-        print(f"wrote {args.csv}", file=sys.stderr)
+    emit_results(args, doc, format_matrix(doc), to_csv(doc, ROW_KEYS))
     if args.plot and doc["results"]:
         plot_matrix(doc, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)

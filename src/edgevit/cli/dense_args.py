@@ -12,7 +12,7 @@ from ..models import VARIANTS
 from ..utils.io import print_json, require_dir
 from .args import add_json_arg, add_overwrite_arg, add_progress_arg
 from .config import apply_config
-from .outputs import check_output_dir, check_output_file
+from .outputs import check_output_dir, check_output_file, emit_results
 
 
 def add_train_common(p: argparse.ArgumentParser) -> None:
@@ -312,11 +312,9 @@ def add_bench_parser(sub, task: str) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    import sys
 
     from ..bench.dense import dense_plan, format_dense_table, run_dense_bench, to_dense_csv
     from ..deploy import runtimes
-    from ..utils.io import write_json_atomic, write_text_atomic
     from .args import show_progress
 
     for flag, path in (("--json", args.json if args.json != "-" else None), ("--csv", args.csv)):
@@ -333,13 +331,5 @@ def run_bench(args: argparse.Namespace) -> int:
                          runtime=args.runtime)
     doc = run_dense_bench(args._task, entries, args.runtime, args.threads, args.runs, args.warmup, args.img_size,
                           show_progress=show_progress(args), argmax=bool(getattr(args, "argmax", False)))
-    if args.json == "-":
-        print_json(doc)
-    else:
-        print(format_dense_table(doc))
-        if args.json:
-            write_json_atomic(args.json, doc)
-            print(f"wrote {args.json}", file=sys.stderr)
-    if args.csv:
-        write_text_atomic(args.csv, to_dense_csv(doc))
+    emit_results(args, doc, format_dense_table(doc), to_dense_csv(doc))
     return 0

@@ -6,6 +6,7 @@ themselves are written atomically (`edgevit.utils.io`), so nothing that exists i
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
@@ -114,3 +115,20 @@ def _check_replaceable(p: Path, flag: str, inputs) -> None:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise OutputError(f"{flag} {p}: holds {shown}, not written by edgevit; --overwrite replaces the whole "
                           "directory and would delete them: choose a new directory")
+
+
+def emit_results(args, doc: dict, table: str, csv_text: Optional[str] = None) -> None:
+    """What a command that reports numbers gives: with `--json` and no file, the document on stdout; otherwise
+    the table, and the document written to `--json FILE`; the rows to `--csv FILE` (both atomically)."""
+    from ..utils.io import print_json, write_json_atomic, write_text_atomic
+
+    if args.json == "-":
+        print_json(doc)
+    else:
+        print(table)
+        if args.json:
+            write_json_atomic(args.json, doc)
+            print(f"wrote {args.json}", file=sys.stderr)
+    if getattr(args, "csv", None) and csv_text is not None:
+        write_text_atomic(args.csv, csv_text)
+        print(f"wrote {args.csv}", file=sys.stderr)

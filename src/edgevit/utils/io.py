@@ -107,15 +107,21 @@ def _commit(tmp: Path, path: Path) -> None:
         os.close(dir_fd)
 
 
-@contextlib.contextmanager
-def _atomic_group(path: Path, companions: Callable[[Path], Sequence[Path]]) -> Iterator[Path]:
+def _temp_dir_beside(path: Path) -> Path:
+    """A new hidden `.NAME.*.tmp` folder beside `path` (what a killed command leaves is removed by the next one
+    that locks `path`); a full disk is one `DiskFullError` naming `path`."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     except OSError as e:
         if e.errno in _NO_SPACE:
             raise disk_full_error(path, path.parent) from e
         raise
+
+
+@contextlib.contextmanager
+def _atomic_group(path: Path, companions: Callable[[Path], Sequence[Path]]) -> Iterator[Path]:
+    folder = _temp_dir_beside(path)
     tmp = folder / path.name
     try:
         try:
@@ -316,13 +322,7 @@ def replace_dir(path: os.PathLike | str) -> Iterator[Path]:
     a full disk is one `DiskFullError`. The new directory has the mode a plain mkdir gives and carries
     `OUTPUT_MARKER`."""
     path = Path(os.path.abspath(path))  # "." and "dir/.." have no name to put a sibling beside
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    except OSError as e:
-        if e.errno in _NO_SPACE:
-            raise disk_full_error(path, path.parent) from e
-        raise
+    tmp = _temp_dir_beside(path)
     try:
         try:
             yield tmp
