@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,15 @@ REFERENCE = Path(os.environ.get("EDGEVIT_REFERENCE", REPO.parent / "shared" / "r
 # Under pytest-xdist (`make test`: 2 processes) each process computes with one thread, so the two share the
 # cores instead of oversubscribing them.
 THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1)
+
+
+@pytest.fixture(autouse=True)
+def _no_openvino_here(request):
+    """With EDGEVIT_NO_OPENVINO set (make test's first run), a test that loads OpenVINO fails by name: its files
+    belong in the Makefile's OPENVINO_TESTS (the second run), away from the training tests (why: the Makefile)."""
+    yield
+    if os.environ.get("EDGEVIT_NO_OPENVINO") and "openvino" in sys.modules:
+        pytest.fail(f"{request.node.nodeid} loaded openvino: list its file in the Makefile's OPENVINO_TESTS")
 
 
 @pytest.fixture(autouse=True)
