@@ -124,6 +124,27 @@ def test_float16_files_are_checked_and_say_their_precision(runtime, precision, m
     assert "is available for --format" in capsys.readouterr().err
 
 
+def test_mnn_int8_file_says_so_and_a_quantizer_failure_is_one_line(checkpoint, tmp_path, capsys):
+    """MNN's own quantizer, in a child process: the file keeps its input size and says int8; a quantizer that
+    dies (here on a file that is no model) is one ConversionError, not a crash of the caller."""
+    from edgevit.deploy.runtimes import mnn
+
+    out, ref = tmp_path / "q.mnn", tmp_path / "f.mnn"
+    common = ["--checkpoint", str(checkpoint), "--format", "mnn", "--json"]
+    assert main(["export", *common, "--quantize", "int8", "--calib", str(tmp_path / "val"), "--calib-images", "8",
+                 "-o", str(out)]) == 0
+    rep = _json(capsys)
+    assert rep["precision"] == "int8" and rep["calibration_images"] + rep["check_images"] == 12
+    assert mnn.file_info(out) == {"precision": "int8", "input": (3, 64, 64)}
+    assert main(["export", *common, "-o", str(ref)]) == 0
+    assert rep["bytes"] < 0.6 * _json(capsys)["bytes"]  # int8 weights
+    junk = tmp_path / "junk.mnn"
+    junk.write_bytes(b"\0" * 4096)
+    with pytest.raises(runtimes.ConversionError, match=r"^MNN's quantizer failed \((exit status|killed)"):
+        mnn._quantize(junk, tmp_path / "j8.mnn", torch.randn(2, 3, 64, 64), tmp_path)
+    assert not (tmp_path / "j8.mnn").exists()
+
+
 def test_bf16_is_refused_on_a_cpu_without_it(monkeypatch, make_tiny, tmp_path):
     from edgevit.deploy.quantize import export_float16, random_calibration
     from edgevit.deploy.runtimes import openvino

@@ -20,7 +20,9 @@ MIN_SQNR_DB = 20.0
 # with int16 activations or only the convolutions quantized); on the digits XXS it keeps the fp32 top-1 (98.89%) at
 # 18.1 dB, and on a random XXS at 224 it gives 26.7 dB (ExecuTorch 25.2): docs/deploy.md, "The runtime x precision
 # matrix"
-MIN_SQNR_DB_OF = {"tflite": 12.0}
+# MNN's EMA quantizer (per-tensor activations) gives this model 12.9 dB at 100% top-1 agreement; on the digits XXS
+# it keeps the fp32 top-1 (98.89%) at 21.3 dB (docs/deploy.md)
+MIN_SQNR_DB_OF = {"tflite": 12.0, "mnn": 11.0}
 MIN_AGREEMENT = 85.0  # % top-1 on 24 inputs of a random 7-class model (logits close to ties are common)
 
 

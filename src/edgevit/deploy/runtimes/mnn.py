@@ -11,14 +11,27 @@ The file carries what MNN's format has no field for in its `bizCode` string: `ed
 (the input size, and whether the weights are stored in fp16). fp32 files run with MNN's "high" precision; fp16
 files (`--fp16` weights) with "low", which on ARMv8.2 CPUs computes in fp16 and on x86 stays fp32 arithmetic
 over fp16-stored weights.
+
+int8 files come from MNN's own post-training quantizer (`_tools.mnnquant`, the library behind `quantized.out`),
+run in a child process: on a bad input it aborts the process it runs in (std::length_error, double free) instead
+of raising. It reads calibration *image files* and applies `(pixel - mean) * normal` itself, so the calibration
+batch (already through the model's eval transform) is written as 8-bit PNGs at the input size with a per-channel
+affine map that MNN's mean/normal undo (error at most half a step of 1/255 of each channel's range: enough for
+range statistics). Its EMA method is the one that works on these graphs (KL crashes in its first pass, ADMM
+corrupts its heap, both in MNN 3.6.1). Weights are per-channel symmetric int8, activations per-tensor int8.
+The quantizer drops the bizCode; the file is passed through the converter once more (MNN to MNN, which keeps the
+int8 weights and scales) to write it back.
 """
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -41,10 +54,11 @@ WINOGRAD_MEMORY_LEVEL = 3  # MNN's Interpreter::HintMode value (the Python bindi
 MODES = {"fp32": "high", "fp16": "low"}
 
 
-def _convert(onnx: Path, path: Path, precision: str) -> str:
-    """MNN's converter on `onnx`; returns its output (for the report); a failure is one ConversionError."""
-    h, w = _onnx_hw(onnx)
-    argv = ["mnnconvert", "-f", "ONNX", "--modelFile", str(onnx), "--MNNModel", str(path),
+def _convert(source: Path, path: Path, precision: str, source_format: str = "ONNX", hw=None) -> str:
+    """MNN's converter on `source` (an ONNX file, or an MNN file of input size `hw` to rewrite); returns its output
+    (for the report); a failure is one ConversionError."""
+    h, w = hw or _onnx_hw(source)
+    argv = ["mnnconvert", "-f", source_format, "--modelFile", str(source), "--MNNModel", str(path),
             "--bizCode", f"{BIZ} {precision} 1x3x{h}x{w}"] + (["--fp16"] if precision == "fp16" else [])
     with capture_native_output() as out:
         import _tools  # MNN's converter library (the module the `mnnconvert` script calls)
@@ -53,6 +67,34 @@ def _convert(onnx: Path, path: Path, precision: str) -> str:
     if not path.is_file() or "Converted Success" not in out.text:
         raise conversion_error(out.text)
     return out.text
+
+
+def _quantize(fp32: Path, path: Path, images: torch.Tensor, workdir: Path) -> str:
+    """MNN's quantizer on `fp32`, calibrated on `images` (N, 3, H, W, normalized), in a child process; returns
+    its output; a failure is one ConversionError."""
+    from PIL import Image
+
+    folder = workdir / "calibration"
+    folder.mkdir()
+    a = images.detach().float().numpy()
+    lo, hi = a.min(axis=(0, 2, 3)), a.max(axis=(0, 2, 3))
+    step = np.maximum(hi - lo, 1e-6) / 255.0  # x = (pixel - mean) * normal with pixel in 0..255
+    for i, img in enumerate(a):
+        pixels = np.rint((img - lo[:, None, None]) / step[:, None, None]).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels.transpose(1, 2, 0), "RGB").save(folder / f"{i:04d}.png")
+    config = {"format": "RGB", "mean": (-lo / step).tolist(), "normal": step.tolist(),
+              "width": int(a.shape[3]), "height": int(a.shape[2]), "path": f"{folder}/",
+              "used_image_num": len(a), "feature_quantize_method": "EMA", "weight_quantize_method": "MAX_ABS"}
+    (workdir / "quant.json").write_text(json.dumps(config))
+    code = "import sys, _tools; _tools.mnnquant(['mnnquant', *sys.argv[1:]])"
+    done = subprocess.run([sys.executable, "-c", code, str(fp32), str(path), str(workdir / "quant.json")],
+                          capture_output=True, text=True, errors="replace")
+    text = done.stdout + done.stderr
+    if done.returncode != 0 or not path.is_file() or "Quantize model done" not in text:
+        how = f"exit status {done.returncode}" if done.returncode >= 0 else f"killed by signal {-done.returncode}"
+        lines = [ln.strip() for ln in text.splitlines() if re.search(r"error|fail|not|what\(\)", ln, re.I)]
+        raise ConversionError(f"MNN's quantizer failed ({how}): " + (lines[-1][:200] if lines else "no file written"))
+    return text
 
 
 def conversion_error(text: str) -> ConversionError:
@@ -71,11 +113,18 @@ def _onnx_hw(onnx: Path):
     return int(dims[-2].dim_value), int(dims[-1].dim_value)
 
 
-def _save(model: nn.Module, x: torch.Tensor, path: Path, precision: str) -> Dict[str, object]:
+def _save(model: nn.Module, x: torch.Tensor, path: Path, precision: str,
+          images: Optional[torch.Tensor] = None) -> Dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="edgevit-mnn-") as tmp:
         onnx = Path(tmp) / "model.onnx"
         save_onnx(model, x, onnx, opset=OPSET)
-        _convert(onnx, Path(path), precision)
+        if precision != "int8":
+            _convert(onnx, Path(path), precision)
+        else:
+            fp32, int8 = Path(tmp) / "fp32.mnn", Path(tmp) / "int8.mnn"
+            _convert(onnx, fp32, "fp32")
+            _quantize(fp32, int8, images, Path(tmp))
+            _convert(int8, Path(path), "int8", "MNN", tuple(x.shape[-2:]))  # (the quantizer dropped the bizCode)
     return {"mnn_precision": precision, **mnn_report(path)}
 
 
@@ -98,6 +147,10 @@ def describe(report: Dict[str, object]) -> str:
 
 def save_mnn(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
     return _save(model, x, path, "fp32")
+
+
+def save_mnn_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.Tensor) -> Dict[str, object]:
+    return _save(model, x, path, "int8", images)
 
 
 def save_mnn_fp16(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
@@ -146,4 +199,5 @@ RUNTIME = Runtime(
     suffixes=(".mnn",), packages=(PACKAGE,), export_packages=(Package("onnx"), Package("onnxscript")),
     forms=Forms(qkv="merged", ln="native", sample="pool"),
     save=save_mnn, load=load, input_size=input_size, describe=describe, float16={"fp16": save_mnn_fp16},
+    save_int8=save_mnn_int8, int8_how="MNN's post-training quantizer (EMA activation ranges, per-channel weights)",
     float16_how={"fp16": "fp16 weights, MNN's low precision (fp16 arithmetic on ARMv8.2)"})
