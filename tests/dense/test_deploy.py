@@ -226,10 +226,12 @@ def test_dense_export_bad_input(trained, tmp_path, capsys):
     assert np.array_equal(np.frombuffer(alone.read_bytes(), np.uint8), np.frombuffer(out.read_bytes(), np.uint8))
 
 
-@pytest.mark.parametrize("arch,fmt", [("semfpn", "onnx"), ("lraspp", "pte")])
-def test_segment_int8_export_keeps_miou(arch, fmt, trained, shapes_root, tmp_path, capsys):
+# (MNN: within 2 points. Its quantizer's EMA ranges, the one method that runs in MNN 3.6, move a few border pixels
+# of the class these 12-iteration models barely find, whose IoU on the 2 val images is ~0.03; measured 1.7 points)
+@pytest.mark.parametrize("arch,fmt,points", [("semfpn", "onnx", 1), ("lraspp", "pte", 1), ("lraspp", "mnn", 2)])
+def test_segment_int8_export_keeps_miou(arch, fmt, points, trained, shapes_root, tmp_path, capsys):
     """Post-training int8 of the segmenters, calibrated on the training images: the file's mIoU in its
-    runtime within 1 point of the fp32 model's."""
+    runtime within a point (two for MNN) of the fp32 model's."""
     capsys.readouterr()
     out = tmp_path / f"seg8.{fmt}"
     assert main(["segment", "export", "--checkpoint", str(trained[arch]), "--format", fmt, "--img-size", "64",
@@ -245,7 +247,7 @@ def test_segment_int8_export_keeps_miou(arch, fmt, trained, shapes_root, tmp_pat
     assert rep["bytes"] < 0.4 * fp32_bytes  # int8 weights
     want = _segment_eval(["--checkpoint", str(trained[arch])], shapes_root, capsys)
     got = _segment_eval(["--exported", str(out)], shapes_root, capsys)
-    assert got["mIoU"] == pytest.approx(want["mIoU"], abs=0.01)
+    assert got["mIoU"] == pytest.approx(want["mIoU"], abs=points / 100)
 
 
 def test_int8_refused_where_it_does_not_apply(trained, shapes_root, tmp_path, capsys):
@@ -253,8 +255,8 @@ def test_int8_refused_where_it_does_not_apply(trained, shapes_root, tmp_path, ca
 
     with pytest.raises(ExportError, match="segmenters"):
         check_quantizable("retinanet", "onnx")
-    with pytest.raises(ExportError, match="mnn: int8 export is for pte or onnx"):
-        check_quantizable("lraspp", "mnn")
+    with pytest.raises(ExportError, match="ncnn: int8 export is for pte or onnx or tflite or openvino or mnn$"):
+        check_quantizable("lraspp", "ncnn")
     out = tmp_path / "never.onnx"
     for extra, flag in ((["--quantize", "int8"], "--calib"), (["--calib-images", "8"], "--calib-images")):
         assert main(["segment", "export", "--checkpoint", str(trained["lraspp"]), "--format", "onnx", *extra,

@@ -29,7 +29,7 @@ def test_every_record_is_complete():
         assert (r.save_int8 is not None) == bool(r.int8_how)
         assert set(r.float16) == set(r.float16_how) <= {"fp16", "bf16"}
         assert r.precisions[0] == "fp32" and ("int8" in r.precisions) == r.int8
-    assert runtimes.int8_formats() == ("pte", "onnx", "tflite", "openvino")
+    assert runtimes.int8_formats() == ("pte", "onnx", "tflite", "openvino", "mnn")
     # multi-file formats: the companions are named from the main file
     assert runtimes.for_file("m.ncnn.param").name == "ncnn" and runtimes.for_file("M.XML").name == "openvino"
     assert runtimes.get("ncnn").files(Path("d/m.ncnn.param")) == (Path("d/m.ncnn.param"), Path("d/m.ncnn.bin"))
@@ -98,4 +98,4 @@ def test_a_registered_runtime_works_everywhere(added_runtime, tmp_path, capsys, 
     assert main(["export", "--model", "edgevit_xxs", "--format", "ts2", "--quantize", "int8", "--calib", "random",
                  "-o", str(tmp_path / "q.ts2")]) == 2
     err = capsys.readouterr().err
-    assert "--quantize int8 is available for --format pte or onnx or tflite or openvino, not ts2" in err
+    assert "--quantize int8 is available for --format pte or onnx or tflite or openvino or mnn, not ts2" in err
