@@ -14,8 +14,17 @@ TINY = ["--img-size", "32", "--runs", "3", "--warmup", "1", "--no-progress"]
 def test_plan_names_every_cell_that_cannot_be_made(monkeypatch):
     plan = mx.plan_cells(("all",), ("all",))
     assert [c["runtime"] for c in plan] == [r.name for r in runtimes.RUNTIMES.values() if r.format]
-    for c in plan:
-        assert c["precisions"] == list(runtimes.get(c["runtime"]).precisions) and not c["skipped"]
+    for c in plan:  # every precision of every record, made or (only for want of CPU instructions) skipped
+        rt = runtimes.get(c["runtime"])
+        assert sorted(c["precisions"] + list(c["skipped"])) == sorted(rt.precisions)
+        assert c["skipped"] == {p: rt.cpu_lacks(p) for p in rt.precisions if rt.cpu_lacks(p)}
+    from edgevit.deploy.runtimes import openvino
+    monkeypatch.setattr(openvino, "_core", lambda: type("C", (), {"get_property": lambda self, *a: ["FP32", "INT8"]})())
+    plan = {c["runtime"]: c for c in mx.plan_cells(("openvino",), ("all",))}
+    assert plan["openvino"]["precisions"] == ["fp32", "int8"]
+    assert plan["openvino"]["skipped"] == {"bf16": "this CPU has no bf16 instructions (OpenVINO's capabilities: "
+                                                   "FP32, INT8)"}
+    monkeypatch.undo()
     plan = {c["runtime"]: c for c in mx.plan_cells(("onnxruntime", "mnn"), ("fp32", "bf16"))}
     assert plan["onnxruntime"]["precisions"] == ["fp32"] and "writes no bf16" in plan["onnxruntime"]["skipped"]["bf16"]
     # a runtime whose package is missing: every cell skipped, naming the package and its requirements file

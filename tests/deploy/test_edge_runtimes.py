@@ -92,7 +92,7 @@ def test_export_eval_bench_and_load(runtime, checkpoint, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("runtime,precision", [("openvino", "bf16"), ("mnn", "fp16"), ("ncnn", "fp16"),
-                                               ("executorch", "fp16")])
+                                               ("executorch", "fp16"), ("litert", "fp16")])
 def test_float16_files_are_checked_and_say_their_precision(runtime, precision, make_tiny, tmp_path, capsys):
     rt = runtimes.get(runtime)
     if runtime == "openvino":
@@ -117,6 +117,10 @@ def test_float16_files_are_checked_and_say_their_precision(runtime, precision, m
         from edgevit.deploy.runtimes import mnn, ncnn
         said = mnn.file_info(out)["precision"] if runtime == "mnn" else ncnn.weights_precision(out)
         assert said == "fp16"
+    elif runtime == "litert":  # fp16 weights, each behind a DEQUANTIZE op XNNPACK takes (none more left outside)
+        assert rep["bytes"] < 0.6 * fp32["bytes"] and "DEQUANTIZE" not in fp32["op_counts"]
+        assert rep["op_counts"]["DEQUANTIZE"] >= rep["op_counts"]["CONV_2D"]
+        assert rep["outside_xnnpack"] == fp32["outside_xnnpack"]
     m = load_exported(out)  # runs on float32 like every file
     assert m(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 1000)
     assert main(["export", *common, "--quantize", "bf16" if precision == "fp16" else "fp16",

@@ -32,7 +32,8 @@ ROW_KEYS = ("runtime", "precision", "model", "label", "bytes", "export_s", "max_
 
 def plan_cells(runtime_names: Sequence[str] = (ALL,), precisions: Sequence[str] = (ALL,)) -> List[dict]:
     """[{runtime, precisions: [...], skipped: {precision: why}}] for the file runtimes asked (all: every one),
-    in the registry's order. A runtime whose packages are missing has every cell skipped, saying which."""
+    in the registry's order. A runtime whose packages are missing has every cell skipped, saying which; a
+    precision this CPU cannot run in the runtime (its record's `cpu_lacks`) is skipped saying why."""
     names = [r.name for r in runtimes.RUNTIMES.values() if r.format] if ALL in runtime_names else \
         list(dict.fromkeys(runtime_names))
     plan = []
@@ -49,10 +50,12 @@ def plan_cells(runtime_names: Sequence[str] = (ALL,), precisions: Sequence[str] 
             plan.append(cell)
             continue
         for p in asked:
-            if p in rt.precisions:
-                cell["precisions"].append(p)
-            else:
+            if p not in rt.precisions:
                 cell["skipped"][p] = f"{name} writes no {p} files (its precisions: {', '.join(rt.precisions)})"
+            elif rt.cpu_lacks(p):
+                cell["skipped"][p] = rt.cpu_lacks(p)
+            else:
+                cell["precisions"].append(p)
         plan.append(cell)
     return plan
 

@@ -68,6 +68,9 @@ class Runtime:
     float16: Mapping[str, Callable[[nn.Module, torch.Tensor, Path], Dict[str, object]]] = \
         dataclasses.field(default_factory=dict)
     float16_how: Mapping[str, str] = dataclasses.field(default_factory=dict)  # one line each (help texts)
+    # why this machine's CPU cannot run `precision` files as that precision (None: it can), e.g. bf16 without bf16
+    # instructions, where the runtime would silently run f32
+    cpu_lacks: Callable[[str], Optional[str]] = lambda precision: None
     # the other files a written file needs beside it, by name (OpenVINO's weights .bin beside its .xml): written
     # with it and renamed into place before it (utils.io.atomic_path)
     companions: Optional[Callable[[Path], Tuple[Path, ...]]] = None

@@ -9,7 +9,7 @@ import re
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -138,14 +138,13 @@ def input_size(path: Path):
     return int(shape[-2]), int(shape[-1])
 
 
-def save_tflite_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.Tensor) -> Dict[str, object]:
-    """Full-integer int8: the fp32 file (`save_tflite`) quantized by ai-edge-quantizer's static recipe (int8
-    weights per channel, int8 activations, min/max calibration over `images`); int8 input and output tensors with
-    their scales in the file (`load` quantizes around them)."""
+def _quantized(model: nn.Module, x: torch.Tensor, path: Path, make_recipe, images: Optional[torch.Tensor] = None):
+    """The fp32 file (`save_tflite`) through ai-edge-quantizer with the recipe `make_recipe(recipe_module)`,
+    calibrated over `images` (N, 3, H, W) when given, written to `path`."""
     QUANTIZER.require()
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="edgevit-litert-int8-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgevit-litert-q-") as tmp:
         fp32 = Path(tmp) / "fp32.tflite"
         save_tflite(model, x, fp32)
         # its progress bars (sys.stderr), size report (stdout) and the interpreter's debugging-mode warning stay out
@@ -155,15 +154,40 @@ def save_tflite_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torc
             warnings.simplefilter("ignore")
             from ai_edge_quantizer import quantizer, recipe
 
-            interp = litert_interpreter(fp32, 1)
-            (key, sig), = interp.get_signature_list().items()
-            name = sig["inputs"][0]
             qt = quantizer.Quantizer(str(fp32))
-            qt.load_quantization_recipe(recipe.static_wi8_ai8())
-            calibration = qt.calibrate({key: [{name: images[i:i + 1].numpy()} for i in range(len(images))]},
-                                       num_threads=1)
+            qt.load_quantization_recipe(make_recipe(recipe))
+            calibration = None
+            if images is not None:
+                interp = litert_interpreter(fp32, 1)
+                (key, sig), = interp.get_signature_list().items()
+                name = sig["inputs"][0]
+                calibration = qt.calibrate({key: [{name: images[i:i + 1].numpy()} for i in range(len(images))]},
+                                           num_threads=1)
             qt.quantize(calibration).export_model(str(path), overwrite=True)
-    return {**tflite_report(path), "litert_quantization": "ai-edge-quantizer static_wi8_ai8 (min/max)"}
+    return tflite_report(path)
+
+
+def save_tflite_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.Tensor) -> Dict[str, object]:
+    """Full-integer int8: ai-edge-quantizer's static recipe (int8 weights per channel, int8 activations, min/max
+    calibration over `images`); int8 input and output tensors with their scales in the file (`load` quantizes
+    around them)."""
+    report = _quantized(model, x, path, lambda recipe: recipe.static_wi8_ai8(), images)
+    return {**report, "litert_quantization": "ai-edge-quantizer static_wi8_ai8 (min/max)"}
+
+
+def save_tflite_fp16(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
+    """LiteRT's float16 file: the weights of convolutions and fully connected layers stored in fp16, each behind a
+    DEQUANTIZE op (ai-edge-quantizer's float-casting weight-only recipe), activations float32. XNNPACK folds the
+    DEQUANTIZE into fp32 weights on x86 and on ARM without fp16 arithmetic, and may run the graph in fp16 where
+    the CPU has it (ARMv8.2 phones); the GPU delegate runs such files in fp16."""
+    def fp16_weights(recipe):
+        from ai_edge_quantizer import algorithm_manager, qtyping, recipe_manager
+
+        manager = recipe_manager.RecipeManager()
+        manager.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                       num_bits=16, algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING)
+        return manager.get_quantization_recipe()
+    return {**_quantized(model, x, path, fp16_weights), "litert_quantization": "ai-edge-quantizer float_casting fp16"}
 
 
 def describe(report: Dict[str, object]) -> str:
@@ -178,4 +202,5 @@ RUNTIME = Runtime(
     suffixes=(".tflite",), packages=(INTERPRETER,), export_packages=(CONVERTER,),
     forms=Forms(qkv="merged", prop="d2s", sample="pool"),
     save=save_tflite, load=load, input_size=input_size, describe=describe, save_int8=save_tflite_int8,
-    int8_how="ai-edge-quantizer full-integer static int8")
+    int8_how="ai-edge-quantizer full-integer static int8", float16={"fp16": save_tflite_fp16},
+    float16_how={"fp16": "fp16 weights behind DEQUANTIZE, fp32 activations (LiteRT's float16 file)"})

@@ -198,12 +198,19 @@ def misread(path: Path) -> Optional[str]:
     return None
 
 
+def cpu_lacks(precision: str) -> Optional[str]:
+    """Why this CPU cannot run `precision` in OpenVINO's CPU plugin (bf16 without bf16 instructions), or None."""
+    if precision != "bf16":
+        return None
+    caps = _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return None if "BF16" in caps else f"this CPU has no bf16 instructions (OpenVINO's capabilities: {', '.join(caps)})"
+
+
 def check_cpu_bf16() -> None:
     """One UserError where the CPU has no bf16 instructions: the plugin would silently run f32."""
-    caps = _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    if "BF16" not in caps:
-        raise UserError(f"this CPU has no bf16 instructions (OpenVINO's capabilities: {', '.join(caps)})",
-                        option="precision")
+    why = cpu_lacks("bf16")
+    if why:
+        raise UserError(why, option="precision")
 
 
 RUNTIME = Runtime(
@@ -212,6 +219,6 @@ RUNTIME = Runtime(
     export_packages=(Package("onnx"), Package("onnxscript")),
     forms=Forms(qkv="split", ln="conv", sample="slice", prop="d2s"),
     save=save_openvino, load=load, input_size=input_size, save_int8=save_openvino_int8,
-    int8_how="NNCF post-training quantization", float16={"bf16": save_openvino_bf16},
+    int8_how="NNCF post-training quantization", float16={"bf16": save_openvino_bf16}, cpu_lacks=cpu_lacks,
     float16_how={"bf16": "the CPU plugin's bf16 inference precision"},
     profile=profile, describe=describe, misread=misread, companions=companions)
