@@ -163,12 +163,16 @@ def test_bf16_is_refused_on_a_cpu_without_it(monkeypatch, make_tiny, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_release_graph_in_ncnn_is_one_line_naming_the_ops(tmp_path, capsys):
+def test_release_graph_in_ncnn_is_one_line_naming_the_ops_and_modules(tmp_path, capsys):
+    """The release graph's strided delegate slicing has no ncnn layer: the error names the op pnnx left and the
+    PyTorch modules it came from (found by shape among the ONNX nodes, as pnnx renames and merges them)."""
     out = tmp_path / "r.ncnn.param"
     assert main(["export", "--model", "edgevit_xxs", "--format", "ncnn", "--img-size", "64", "--no-fuse",
                  "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "ncnn has no layer for Tensor.slice" in err
+    assert len(err.splitlines()) == 1 and "ncnn has no layer for Tensor.slice (x5), which pnnx left" in err
+    assert err.endswith("(from stages.0.blocks.0.global_attn.attn (GlobalSparseAttn), stages.1.blocks.0.global_attn"
+                        ".attn (GlobalSparseAttn), stages.2.blocks.0.global_attn.attn (GlobalSparseAttn) and 2 more)")
     assert list(tmp_path.iterdir()) == []
     # the bench skips that cell with the same line and measures the rest
     assert main(["bench", "--models", "edgevit_xxs", "--runtime", "ncnn", "--img-size", "32", "--runs", "2",

@@ -80,18 +80,60 @@ def _pnnx(onnx: Path, param: Path, bin_: Path, shape, precision: str) -> None:
         raise ConversionError(f"pnnx cannot convert the model to ncnn: {last[0][:200]}")
 
 
-def _check_layers(param: Path) -> Dict[str, object]:
-    """ncnn has a layer for every op pnnx wrote, or one ConversionError naming the ops it lacks; the op report."""
+def _pnnx_shapes(pnnx_param: Path) -> Dict[str, Tuple[Optional[tuple], Optional[tuple]]]:
+    """Layer name -> (first input shape, first output shape) from pnnx's own graph (`#12=(1,36,16,16)f32`)."""
+    shapes = {}
+    for ln in Path(pnnx_param).read_text().splitlines()[2:]:
+        parts = ln.split()
+        if len(parts) < 4:
+            continue
+        n_in, n_out = int(parts[2]), int(parts[3])
+        blobs = parts[4:4 + n_in + n_out]
+        known = dict(re.findall(r"#(\S+?)=\(([\d,]*)\)", ln))
+
+        def shape(blob):
+            return tuple(int(d) for d in known[blob].split(",") if d) if blob in known else None
+        shapes[parts[1]] = (shape(blobs[0]) if n_in else None, shape(blobs[n_in]) if n_out else None)
+    return shapes
+
+
+def _modules_of(unknown: List[List[str]], shapes: Dict[str, tuple], model: nn.Module, x: torch.Tensor) -> List[str]:
+    """The PyTorch modules behind pnnx layers ncnn lacks: the ONNX nodes of the same kind (pnnx's `Tensor.slice`
+    is ONNX's Slice) that read the layer's input or write its output, by shape (pnnx renames every node and
+    merges some, e.g. two one-axis Slices into one two-axis `Tensor.slice`), and their modules' paths and types."""
+    from .onnxruntime import onnx_node_modules
+
+    nodes = onnx_node_modules(model, x)
+    found = []
+    for layer in unknown:
+        kind = layer[0].rsplit(".", 1)[-1].replace("_", "").lower()
+        s_in, s_out = shapes.get(layer[1], (None, None))
+        hits = [n["module"] for n in nodes if n["op_type"].lower() == kind and n["module"] and
+                ((s_in and n["inputs"] and n["inputs"][0] == s_in) or (s_out and n["outputs"][0] == s_out))]
+        for path in dict.fromkeys(hits):
+            if path not in found:
+                found.append(path)
+    return [f"{p} ({type(model.get_submodule(p)).__name__})" for p in found]
+
+
+def _check_layers(param: Path, pnnx_param: Path, model: nn.Module, x: torch.Tensor) -> Dict[str, object]:
+    """ncnn has a layer for every op pnnx wrote (`param`), or one ConversionError naming the ops it lacks and the
+    PyTorch modules of `model` they come from (found through pnnx's graph `pnnx_param`); the op report."""
     import ncnn
 
     layers = _graph(param)
     kinds = Counter(layer[0] for layer in layers)
     unknown = {k: n for k, n in kinds.items() if "." in k or ncnn.layer_to_index(k) < 0}
     if unknown:
-        names = [layer[1] for layer in layers if layer[0] in unknown][:3]
+        odd = [layer for layer in layers if layer[0] in unknown]
+        where = f"layers {', '.join(layer[1] for layer in odd[:3])}" + ("..." if len(odd) > 3 else "")
+        if pnnx_param.is_file():
+            modules = _modules_of(odd, _pnnx_shapes(pnnx_param), model, x)
+            if modules:
+                where = "from " + ", ".join(modules[:3]) + (f" and {len(modules) - 3} more" if len(modules) > 3
+                                                            else "")
         raise ConversionError("ncnn has no layer for " + ", ".join(f"{k} (x{n})" for k, n in unknown.items())
-                              + f", which pnnx left in the graph (layers {', '.join(names)}"
-                              + ("..." if sum(unknown.values()) > 3 else "") + ")")
+                              + f", which pnnx left in the graph ({where})")
     return {"ncnn_layers": len(layers), "permutes": kinds.get("Permute", 0), "op_counts": dict(kinds.most_common())}
 
 
@@ -112,7 +154,7 @@ def _save(model: nn.Module, x: torch.Tensor, path: Path, precision: str) -> Dict
         onnx = Path(tmp) / "model.onnx"
         save_onnx(model, x, onnx)
         _pnnx(onnx, Path(tmp) / "m.ncnn.param", Path(tmp) / "m.ncnn.bin", tuple(x.shape), precision)
-        report = _check_layers(Path(tmp) / "m.ncnn.param")
+        report = _check_layers(Path(tmp) / "m.ncnn.param", Path(tmp) / "m.pnnx.param", model, x)
         _with_input_shape(Path(tmp) / "m.ncnn.param", tuple(x.shape))
         shutil.move(Path(tmp) / "m.ncnn.param", path)
         shutil.move(Path(tmp) / "m.ncnn.bin", bin_)

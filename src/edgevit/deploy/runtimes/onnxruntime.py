@@ -6,6 +6,7 @@ per-channel weights) over the calibration images; the activation type and `reduc
 """
 from __future__ import annotations
 
+import ast
 import collections
 import json
 import logging
@@ -79,6 +80,25 @@ def save_onnx(model: nn.Module, x: torch.Tensor, path: Path, opset: int = OPSET)
         prog.save(str(path), external_data=False)
     strip_onnx(path)
     return {}
+
+
+def onnx_node_modules(model: nn.Module, x: torch.Tensor, opset: int = OPSET) -> List[dict]:
+    """Each node of `model`'s ONNX graph at `x` (the export `save_onnx` writes, before `strip_onnx` drops the
+    metadata): {op_type, inputs: [shapes], outputs: [shapes], module: the dotted path of the module whose forward
+    made it ("" for the model's own)}. For naming the PyTorch module behind a node a converter refuses."""
+    with torch.no_grad():
+        prog = torch.onnx.export(model.eval(), (x,), dynamo=True, opset_version=opset, optimize=True,
+                                 verbose=False)
+
+    def shape(v):
+        return tuple(int(d) if isinstance(d, int) else -1 for d in v.shape) if v is not None and v.shape else None
+    nodes = []
+    for node in prog.model.graph.all_nodes():
+        # the exporter's scopes, outermost first, as a list literal: ['', 'stages', 'stages.0', ..., 'slice_1']
+        path = ast.literal_eval(dict(node.metadata_props).get("pkg.torch.onnx.name_scopes", "[]"))[:-1]
+        nodes.append({"op_type": node.op_type, "inputs": [shape(v) for v in node.inputs],
+                      "outputs": [shape(v) for v in node.outputs], "module": path[-1] if path else ""})
+    return nodes
 
 
 def session_options(threads: int = 2):
