@@ -69,6 +69,39 @@ def test_deploy_targets_verdicts_and_check_exit():
     assert not missed[0]["met"] and dt.missed_targets(missed) == ["executorch edgevit_xxs"]
 
 
+def test_quant_targets_judges_each_reduced_precision_cell():
+    """benchmarks/quant_targets.py on a known matrix: the speed rule (XXS's gain >= 0.9 x MobileNetV2's, each
+    over its own fp32 file), the accuracy rule (top-1 within 0.5 points of the fp32 file), a cell that failed to
+    build is a miss, a cell the machine cannot make is not judged; a miss exits 1."""
+    qt = _load("quant_targets")
+    x, b = qt.MODEL, qt.BASELINE
+    rows = []
+    for rt, p, ms_x, ms_b, top1 in [("a", "fp32", 10, 5, 99.0), ("a", "int8", 8, 4.4, 98.6),  # 1.25 / 1.14: met
+                                    ("a", "fp16", 9.9, 2.5, 99.0),  # 1.01 vs 2.0: speed miss
+                                    ("b", "fp32", 10, 5, 99.0), ("b", "int8", 5, 2.5, 98.0)]:  # accuracy miss
+        rows += [{"runtime": rt, "precision": p, "model": x, "median_ms": ms_x, "sqnr_db": 30.0,
+                  "top1_agreement": 99.0, "top1": top1},
+                 {"runtime": rt, "precision": p, "model": b, "median_ms": ms_b, "sqnr_db": 30.0,
+                  "top1_agreement": 99.0}]
+    from edgevit.bench.matrix import _add_ratios
+    _add_ratios(rows)
+    skipped = [{"runtime": "a", "precision": "bf16", "why": "this CPU has no bf16 instructions"},
+               {"runtime": "c", "precision": "int8", "model": b, "why": "the quantizer died"}]
+    c32 = [dict(r, runtime="c") for r in rows[:2]]
+    verdicts = {(v["runtime"], v["precision"]): v for v in qt.standing({"results": rows + c32, "skipped": skipped})}
+    assert set(verdicts) == {("a", "int8"), ("a", "fp16"), ("b", "int8"), ("c", "int8")}
+    met = verdicts[("a", "int8")]
+    assert met["met"] and met["gain_ratio"] == pytest.approx(1.25 / (5 / 4.4))
+    assert met["top1_drop"] == pytest.approx(0.4)
+    assert not verdicts[("a", "fp16")]["speed_met"] and verdicts[("a", "fp16")]["accuracy_met"]
+    assert verdicts[("b", "int8")]["speed_met"] and not verdicts[("b", "int8")]["accuracy_met"]
+    assert verdicts[("c", "int8")] == {"runtime": "c", "precision": "int8", "met": False, "why": "the quantizer died"}
+    table = qt.format_standing(list(verdicts.values()))
+    assert "| a | int8 | 1.25 | 1.14 | 1.10 | 99.00 -> 98.60 | 30.0 | met |" in table
+    assert "| a | fp16 | 1.01 | 2.00 | 0.51 | 99.00 -> 99.00 | 30.0 | miss: speed |" in table
+    assert "| c | int8 | – | – | – | – | – | miss: the quantizer died |" in table
+
+
 def test_train_throughput_rows_and_pipeline(tmp_path, monkeypatch):
     out = tmp_path / "tt.json"
     monkeypatch.setattr(sys, "argv", ["x", "--models", "edgevit_xxs", "--batch", "2", "--steps", "1", "--warmup", "0",

@@ -78,6 +78,28 @@ def test_int8_weights_are_a_quarter_of_fp32(make_tiny, tmp_path):
     assert (tmp_path / "i.onnx").stat().st_size < 0.35 * (tmp_path / "f.onnx").stat().st_size
 
 
+def test_ort_int8_can_leave_short_reduction_convs_float(tmp_path):
+    """`float_below_k`: the convs whose reduction (in-channels per group x kernel area) is shorter stay float
+    (no QLinear/QDQ weights), the others are quantized: a form benchmarks/quant_targets.py measures."""
+    import onnx
+
+    from edgevit.deploy.runtimes.onnxruntime import save_onnx, save_onnx_int8, short_convs
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                              torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.Conv2d(16, 4, 1)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    save_onnx(net, x, tmp_path / "f.onnx")
+    graph = onnx.load(str(tmp_path / "f.onnx")).graph
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) == 4 and short_convs(graph, 10) == [convs[0], convs[1]]  # K = 3, 9 | 72, 16
+    assert short_convs(graph, 17) == [convs[0], convs[1], convs[3]] and short_convs(graph, 1) == []
+    save_onnx_int8(net, x, tmp_path / "q.onnx", torch.randn(4, 3, 16, 16), float_below_k=10)
+    q8 = onnx.load(str(tmp_path / "q.onnx")).graph
+    made_by = {o: n.op_type for n in q8.node for o in n.output}  # (QDQ: a quantized conv reads dequantized weights)
+    assert [made_by.get(n.input[1]) == "DequantizeLinear" for n in q8.node if n.op_type == "Conv"] == \
+        [False, False, True, True]
+
+
 def test_calibration_reads_every_image_of_any_depth_with_the_eval_transform(tmp_path):
     from PIL import Image
 

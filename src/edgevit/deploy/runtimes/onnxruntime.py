@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -170,10 +171,19 @@ def _root_log_level(level: int):
         root.setLevel(old)
 
 
+def short_convs(graph, min_k: int) -> List[str]:
+    """The Conv nodes of an ONNX graph whose reduction (input channels per group x kernel area) is below `min_k`:
+    where int8 GEMMs on CPUs without VNNI lose to fp32 (docs/deploy.md, "int8")."""
+    weights = {t.name: tuple(t.dims) for t in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "Conv" and len(weights.get(n.input[1], ())) == 4
+            and int(np.prod(weights[n.input[1]][1:])) < min_k]
+
+
 def save_onnx_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.Tensor,
-                   op_types: Optional[Sequence[str]] = None, **options) -> Dict[str, object]:
+                   op_types: Optional[Sequence[str]] = None, float_below_k: int = 0, **options) -> Dict[str, object]:
     """fp32 ONNX export of `model`, then ONNX Runtime's static QDQ quantization calibrated on `images`
-    (min/max of each activation), per-channel weights; `options` override ORT_INT8."""
+    (min/max of each activation), per-channel weights; `options` override ORT_INT8. `float_below_k`: convs whose
+    reduction is shorter stay float (`short_convs`; a form measured in benchmarks/quant_targets.py)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     cfg = {**ORT_INT8, **options}
@@ -197,7 +207,8 @@ def save_onnx_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.
             quantize_static(str(fp32), str(path), Reader(graph.input[0].name), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=getattr(QuantType, cfg["activation_type"]),
                             weight_type=getattr(QuantType, cfg["weight_type"]), reduce_range=cfg["reduce_range"],
-                            op_types_to_quantize=op_types)
+                            op_types_to_quantize=op_types,
+                            nodes_to_exclude=short_convs(graph, float_below_k) if float_below_k else None)
     strip_onnx(Path(path))  # (quantize_static writes its own doc strings)
     return {"onnx_quantization": {k: cfg[k] for k in ORT_INT8}}
 
