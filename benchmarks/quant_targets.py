@@ -10,12 +10,14 @@ with the digits weights and MobileNetV2, each exported through the runtime's own
 calibrated on 64 digits train images, every file of a runtime timed in the same interleaved rounds):
 - speed: XXS's speed-up over its own fp32 file >= 0.9 x MobileNetV2's speed-up over its fp32 file;
 - accuracy: the XXS file's top-1 on the digits val split, run in its runtime, within 0.5 points of the fp32
-  file's (its SQNR against PyTorch fp32 is reported beside).
+  file's; the same runtime x precision file exported at the checkpoint's own 64 px, since the digits XXS
+  classifies only there (the 224 file's SQNR against PyTorch fp32 on val images is reported beside).
 A cell this machine cannot make (a package missing, bf16 on a CPU without it) is listed and not judged; a cell
 that fails to build is a miss. Exit status 1 on any miss. The CPU and the ISA flags int8/bf16 speed depends on
 go into the header and the JSON: the same rule on a CPU without VNNI judges what that CPU gives MobileNetV2.
-`--forms` adds a second interleaved run of ONNX Runtime int8 variants of the XXS (activation type,
-reduce_range, which ops are quantized), each as its speed-up over the XXS fp32 file in that run.
+`--forms` adds, per runtime in FORMS (ONNX Runtime, ExecuTorch), an interleaved run of int8 variants of the XXS
+(activation type, reduce_range, which ops are quantized, short-reduction convs left float), each as its
+speed-up over the XXS fp32 file in that run, with its agreement with PyTorch fp32.
 """
 from __future__ import annotations
 
@@ -33,18 +35,48 @@ from edgevit.bench.bench import time_runners
 from edgevit.bench.matrix import BASELINE, format_matrix, run_matrix
 from edgevit.bench.runners import build_runner
 from edgevit.deploy import quantize as q
-from edgevit.deploy.runtimes.onnxruntime import onnx_session, save_onnx_int8
+from edgevit.deploy import runtimes
+from edgevit.deploy.runtimes.executorch import quantize_pt2e, save_pte_int8
+from edgevit.deploy.runtimes.onnxruntime import save_onnx_int8
 from edgevit.errors import UserError
 from edgevit.utils.io import write_text_atomic
 
 MODEL = "edgevit_xxs"
 MIN_RATIO = 0.9  # XXS's speed-up / MobileNetV2's speed-up, each over its own fp32 file
 MAX_DROP = 0.5  # top-1 points the reduced-precision file may lose against the fp32 file
-# ONNX Runtime variants of the int8 XXS tried against the default (deploy.runtimes.onnxruntime.ORT_INT8)
-ORT_FORMS = {"s8 activations": dict(activation_type="QInt8"), "no reduce_range": dict(reduce_range=False),
-             "GEMMs only (Conv/MatMul/Gemm)": dict(op_types=["Conv", "MatMul", "Gemm"]),
-             # (the reduction lengths where XNNPACK's and ORT's int8 GEMMs lose to fp32 without VNNI: docs/deploy.md)
-             "convs with K < 144 float": dict(float_below_k=144), "convs with K < 64 float": dict(float_below_k=64)}
+# int8 variants of the XXS tried against each runtime's default flow, as writers (model, x, path, images)
+FORMS = {
+    "onnxruntime": {
+        "s8 activations": lambda m, x, p, im: save_onnx_int8(m, x, p, im, activation_type="QInt8"),
+        "no reduce_range": lambda m, x, p, im: save_onnx_int8(m, x, p, im, reduce_range=False),
+        "GEMMs only (Conv/MatMul/Gemm)": lambda m, x, p, im: save_onnx_int8(m, x, p, im,
+                                                                            op_types=["Conv", "MatMul", "Gemm"]),
+        # (the reduction lengths where int8 GEMMs lose to fp32 without VNNI: docs/deploy.md, "int8")
+        "convs with K < 144 float": lambda m, x, p, im: save_onnx_int8(m, x, p, im, float_below_k=144),
+        "convs with K < 64 float": lambda m, x, p, im: save_onnx_int8(m, x, p, im, float_below_k=64)},
+    "executorch": {
+        "convs with K < 144 float": lambda m, x, p, im: save_pte_int8(quantize_pt2e(m, x, im, 144), x, p),
+        "convs with K < 64 float": lambda m, x, p, im: save_pte_int8(quantize_pt2e(m, x, im, 64), x, p)},
+}
+
+
+def file_top1(doc: dict, checkpoint: str, val: str, calib: str, threads: int) -> None:
+    """Each XXS row of the matrix gets `top1`: the top-1 on `val` of the same runtime x precision file exported
+    at the size the checkpoint was trained at (the matrix times at 224; the digits XXS only classifies at its
+    own 64 px), run in its runtime."""
+    from tqdm import tqdm
+
+    from edgevit.models.checkpoint import read_state_dict
+    from edgevit.train.evaluate import evaluate_exported
+
+    size = int(read_state_dict(checkpoint)["config"]["img_size"])
+    rows = [r for r in doc["results"] if r["model"] == MODEL]
+    for r in tqdm(rows, desc=f"top-1 of each XXS file at {size} px", unit="file", file=sys.stderr):
+        runner = build_runner(MODEL, r["runtime"], img_size=size, threads=threads, checkpoint=checkpoint,
+                              precision=r["precision"], calib=calib, calib_images=64)
+        r["top1"] = evaluate_exported(val, runner.path, checkpoint=checkpoint, workers=0, threads=threads,
+                                      progress=False)["top1"]
+        r["top1_img_size"] = size
 
 
 def standing(doc: dict, min_ratio: float = MIN_RATIO, max_drop: float = MAX_DROP) -> List[dict]:
@@ -66,7 +98,8 @@ def standing(doc: dict, min_ratio: float = MIN_RATIO, max_drop: float = MAX_DROP
         x, b, x32 = rows[(rt, p, MODEL)], rows[(rt, p, BASELINE)], rows[(rt, "fp32", MODEL)]
         v = {"runtime": rt, "precision": p, "speedup_xxs": x["speedup_vs_fp32"], "speedup_mnv2": b["speedup_vs_fp32"],
              "xxs_over_mnv2": x["ratio_to_baseline"], "sqnr_db": x["sqnr_db"],
-             "top1_agreement": x["top1_agreement"], "top1_fp32": x32.get("top1"), "top1": x.get("top1")}
+             "top1_agreement": x["top1_agreement"], "top1_fp32": x32.get("top1"), "top1": x.get("top1"),
+             "top1_img_size": x.get("top1_img_size")}
         v["gain_ratio"] = v["speedup_xxs"] / v["speedup_mnv2"]
         v["speed_met"] = v["gain_ratio"] >= min_ratio
         if v["top1"] is None or v["top1_fp32"] is None:
@@ -80,8 +113,10 @@ def standing(doc: dict, min_ratio: float = MIN_RATIO, max_drop: float = MAX_DROP
 
 
 def format_standing(verdicts: List[dict], min_ratio: float = MIN_RATIO, max_drop: float = MAX_DROP) -> str:
+    sizes = sorted({v["top1_img_size"] for v in verdicts if v.get("top1_img_size")})
     lines = [f"Target: XXS speed-up >= {min_ratio} x MobileNetV2's (each over its own fp32 file, one run), XXS "
-             f"top-1 within {max_drop} points of its fp32 file.", "",
+             f"top-1 within {max_drop} points of its fp32 file"
+             + (f" (top-1 of the files exported at {', '.join(map(str, sizes))} px)." if sizes else "."), "",
              "| runtime | precision | XXS speed-up | MNv2 speed-up | ratio | XXS top-1 fp32 -> file | SQNR dB | |",
              "|---|---|---|---|---|---|---|---|"]
     for v in verdicts:
@@ -96,24 +131,32 @@ def format_standing(verdicts: List[dict], min_ratio: float = MIN_RATIO, max_drop
     return "\n".join(lines)
 
 
-def ort_forms(checkpoint: str, calib: str, runs: int, threads: int) -> Dict[str, float]:
-    """One interleaved run of the XXS fp32 file, its default int8 file and the ORT_FORMS variants: each int8
-    file's speed-up over the fp32 one."""
-    runners = {p: build_runner(MODEL, "onnxruntime", img_size=224, threads=threads, checkpoint=checkpoint,
-                               precision=p, calib=calib, calib_images=64) for p in ("fp32", "int8")}
+def int8_forms(runtime: str, checkpoint: str, calib: str, val: str, runs: int, threads: int) -> Dict[str, dict]:
+    """One interleaved run of the XXS fp32 file, its default int8 file and the FORMS variants in `runtime`: each
+    int8 file's speed-up over the fp32 one, and its agreement with PyTorch fp32 on 32 val images."""
+    rt = runtimes.get(runtime)
+    runners = {p: build_runner(MODEL, runtime, img_size=224, threads=threads, checkpoint=checkpoint, precision=p,
+                               calib=calib, calib_images=64) for p in ("fp32", "int8")}
     net = runners["fp32"].model
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    images = q.calibration_images(calib, 64, 224, 1.0)
+    images = q.model_calibration(net, calib, 64, 224)
+    check = q.model_calibration(net, val, 32, 224)
+    with torch.no_grad():
+        ref = net(check)
+    files = {"int8": runners["int8"].run_file}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, opts in ORT_FORMS.items():
-            print(f"building {MODEL} int8 [{name}]", file=sys.stderr)
-            path = Path(tmp) / f"{len(runners)}.onnx"
-            save_onnx_int8(net, x, path, images, **opts)
-            sess = onnx_session(path, threads)
-            feed = {sess.get_inputs()[0].name: x.numpy()}
-            runners[name] = (lambda s=sess, f=feed: s.run(None, f))
+        for name, write in FORMS.get(runtime, {}).items():
+            print(f"building {MODEL} int8 [{name}] ({runtime})", file=sys.stderr)
+            path = Path(tmp) / f"{len(files)}{rt.suffix}"
+            write(net, x, path, images)
+            files[name] = rt.load(path, threads)
+            runners[name] = (lambda run=files[name]: run(x.numpy()))
         med = {k: statistics.median(t) for k, t in zip(runners, time_runners(list(runners.values()), runs, 5))}
-    return {k: med["fp32"] / v for k, v in med.items() if k != "fp32"}
+        out = {}
+        for k, run in files.items():
+            got = torch.cat([torch.from_numpy(run(check[i:i + 1].numpy())[0]).float() for i in range(len(check))])
+            out[k] = {"speedup_vs_fp32": med["fp32"] / med[k], **q.agreement(ref, got)}
+    return out
 
 
 def main() -> int:
@@ -133,18 +176,25 @@ def main() -> int:
             raise SystemExit(f"{path}: missing; run `make demo` first (it trains the digits XXS)")
     torch.set_num_threads(args.threads)
     calib = str(Path(args.data) / "train")
+    val = str(Path(args.data) / "val")
     doc = run_matrix((MODEL, BASELINE), args.runtimes, ["fp32", *args.precisions], checkpoint=args.checkpoint,
-                     data=str(Path(args.data) / "val"), calib=calib, calib_images=64, runs=args.runs,
-                     threads=args.threads, img_size=224)
+                     data=val, calib=calib, calib_images=64, runs=args.runs, threads=args.threads, img_size=224,
+                     top1=False)
+    file_top1(doc, args.checkpoint, val, calib, args.threads)
     verdicts = standing(doc)
     print(format_matrix(doc), "", format_standing(verdicts), sep="\n")
     out = {"meta": doc["meta"], "min_ratio": MIN_RATIO, "max_top1_drop": MAX_DROP, "verdicts": verdicts,
            "matrix": doc}
     if args.forms:
-        out["ort_int8_forms_speedup"] = forms = ort_forms(args.checkpoint, calib, args.runs, args.threads)
-        print("\nONNX Runtime int8 forms of the XXS (speed-up over its fp32 file, one interleaved run):")
-        for k, v in forms.items():
-            print(f"  {k:<32} {v:.2f}x")
+        out["int8_forms"] = {}
+        for rt in [r for r in FORMS if "all" in args.runtimes or r in args.runtimes]:
+            forms = out["int8_forms"][rt] = int8_forms(rt, args.checkpoint, calib, str(Path(args.data) / "val"),
+                                                       args.runs, args.threads)
+            print(f"\n{rt}: int8 forms of the XXS (speed-up over its fp32 file in one interleaved run; agreement "
+                  "with PyTorch fp32 on 32 val images):")
+            for k, v in forms.items():
+                print(f"  {k:<32} {v['speedup_vs_fp32']:.2f}x  SQNR {v['sqnr_db']:.1f} dB, top-1 agreement "
+                      f"{v['top1_agreement']:.1f}%")
     if args.json:
         write_text_atomic(args.json, json.dumps(out, indent=2) + "\n")
     missed = [f"{v['runtime']} {v['precision']}" for v in verdicts if not v["met"]]

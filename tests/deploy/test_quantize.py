@@ -100,6 +100,24 @@ def test_ort_int8_can_leave_short_reduction_convs_float(tmp_path):
         [False, False, True, True]
 
 
+def test_pt2e_int8_can_leave_short_reduction_convs_float():
+    """ExecuTorch's form of the same: the XNNPACK quantizer skips the named short-reduction convs, so their
+    weights are not quantized in the converted graph; the rest are."""
+    from edgevit.deploy.runtimes.executorch import quantize_pt2e, short_convs
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                              torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.Conv2d(16, 4, 1)).eval()
+    assert short_convs(net, 10) == ["0", "1"] and short_convs(net, 17) == ["0", "1", "3"]
+    x = torch.randn(1, 3, 16, 16)
+
+    def quantized_weights(gm):  # convolutions whose weight comes through a dequantize op
+        convs = [n for n in gm.graph.nodes if n.target == torch.ops.aten.conv2d.default]
+        return [w.op == "call_function" and "dequantize" in str(w.target) for w in (c.args[1] for c in convs)]
+    assert quantized_weights(quantize_pt2e(net, x, torch.randn(4, 3, 16, 16))) == [True] * 4
+    assert quantized_weights(quantize_pt2e(net, x, torch.randn(4, 3, 16, 16), float_below_k=10)) == \
+        [False, False, True, True]
+
+
 def test_calibration_reads_every_image_of_any_depth_with_the_eval_transform(tmp_path):
     from PIL import Image
 

@@ -82,11 +82,13 @@ def run_matrix(models: Sequence[str] = MATRIX_MODELS, runtime_names: Sequence[st
                precisions: Sequence[str] = (ALL,), checkpoint: Optional[str] = None, data: Optional[str] = None,
                calib: Optional[str] = None, calib_images: int = 64, check_images: int = 16, runs: int = 30,
                warmup: int = 5, threads: int = 2, img_size: Optional[int] = None, show_progress: bool = True,
-               seed: int = 0) -> dict:
+               seed: int = 0, top1: bool = True) -> dict:
     """The matrix document: {"meta", "results": rows, "skipped": [{runtime, precision, model?, why}]}.
     `checkpoint`: the EdgeViT models' weights (the baselines keep random weights: their top-1 is not given);
     without `img_size`, every model runs at the size it was trained at.
-    `calib`: int8 calibration images (a folder; default random inputs, labelled timing-only)."""
+    `calib`: int8 calibration images (a folder; default random inputs, labelled timing-only). `top1` False: no
+    top-1 on `data` (its images still check each file), e.g. when the cells run at another size than the
+    checkpoint was trained at."""
     from tqdm import tqdm
 
     from ..deploy.quantize import RANDOM
@@ -118,7 +120,7 @@ def run_matrix(models: Sequence[str] = MATRIX_MODELS, runtime_names: Sequence[st
                            "bytes": runtimes.get(cell["runtime"]).size(runner.path),
                            "export_s": runner.export_s, "weights": "checkpoint" if ck else "random",
                            **_accuracy(runner, _check_batch(runner.model, data, check_images, runner.img_size))}
-                    if data and ck:
+                    if data and ck and top1:
                         row["top1"] = evaluate_exported(data, runner.path, checkpoint=ck, workers=0,
                                                         threads=threads, progress=False)["top1"]
                     built.append((row, runner))

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import types
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch
 import torch.nn as nn
@@ -120,9 +120,17 @@ def describe(report: Dict[str, object]) -> str:
 
 
 # ---- int8: PT2E with the XNNPACK quantizer -------------------------------------------------------------
-def xnnpack_quantizer(qat: bool = False):
+def short_convs(model: nn.Module, min_k: int) -> List[str]:
+    """The names of `model`'s convolutions whose reduction (input channels per group x kernel area) is below
+    `min_k`: where int8 GEMMs on CPUs without VNNI lose to fp32 (docs/deploy.md, "int8")."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)
+            and m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] < min_k]
+
+
+def xnnpack_quantizer(qat: bool = False, float_modules: Sequence[str] = ()):
     """ExecuTorch's XNNPACK quantizer: per-channel symmetric int8 weights, static per-tensor int8
-    activations (QAT: the same with fake quantization); EdgeViT's channel LayerNorms stay float.
+    activations (QAT: the same with fake quantization); EdgeViT's channel LayerNorms stay float, and the modules
+    named in `float_modules` (a form: `short_convs`).
 
     Why the LayerNorms: their statistics (a mean, a variance, a reciprocal square root) through int8 lose
     what normalisation is for (docs/deploy.md, "int8", has the logits SQNR with and without). XNNPACK still
@@ -133,6 +141,11 @@ def xnnpack_quantizer(qat: bool = False):
     )
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+    if float_modules:  # (set_module_name takes no None config: a filter of the nodes to annotate instead)
+        from torchao.quantization.pt2e.quantizer import get_module_name_filter
+
+        skip = [get_module_name_filter(name) for name in float_modules]
+        quantizer = quantizer.set_filter_function(lambda node: not any(f(node) for f in skip))
     return quantizer.set_module_type(ChannelNorm, None)
 
 
@@ -159,7 +172,8 @@ def _with_train_eval(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return prepared
 
 
-def prepare_pt2e_model(model: nn.Module, x: torch.Tensor, qat: bool = False) -> torch.fx.GraphModule:
+def prepare_pt2e_model(model: nn.Module, x: torch.Tensor, qat: bool = False,
+                       float_modules: Sequence[str] = ()) -> torch.fx.GraphModule:
     """`model` exported at `x` with observers (PTQ) or fake quantizers (QAT: any batch size, train()/eval()
     switch as on a module) where the XNNPACK quantizer annotates the graph."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
@@ -167,10 +181,10 @@ def prepare_pt2e_model(model: nn.Module, x: torch.Tensor, qat: bool = False) -> 
     if qat:
         batch = torch.export.Dim("batch", min=1, max=65536)
         gm = torch.export.export(model.train(), (x,), dynamic_shapes=({0: batch},)).module()
-        return _with_train_eval(prepare_qat_pt2e(gm, xnnpack_quantizer(qat=True)))
+        return _with_train_eval(prepare_qat_pt2e(gm, xnnpack_quantizer(qat=True, float_modules=float_modules)))
     with torch.no_grad():
         gm = torch.export.export(model.eval(), (x,)).module()
-    return prepare_pt2e(gm, xnnpack_quantizer())
+    return prepare_pt2e(gm, xnnpack_quantizer(float_modules=float_modules))
 
 
 def calibrate(prepared: torch.fx.GraphModule, images: torch.Tensor, batch: int = 1) -> None:
@@ -191,9 +205,11 @@ def convert_pt2e_model(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return convert_pt2e(prepared)
 
 
-def quantize_pt2e(model: nn.Module, x: torch.Tensor, images: torch.Tensor) -> torch.fx.GraphModule:
-    """Post-training static int8 of `model` calibrated on `images` (N, 3, H, W)."""
-    prepared = prepare_pt2e_model(model, x)
+def quantize_pt2e(model: nn.Module, x: torch.Tensor, images: torch.Tensor,
+                  float_below_k: int = 0) -> torch.fx.GraphModule:
+    """Post-training static int8 of `model` calibrated on `images` (N, 3, H, W); `float_below_k`: convolutions
+    with a shorter reduction stay float (`short_convs`; a form benchmarks/quant_targets.py measures)."""
+    prepared = prepare_pt2e_model(model, x, float_modules=short_convs(model, float_below_k) if float_below_k else ())
     calibrate(prepared, images)
     return convert_pt2e_model(prepared)
 
