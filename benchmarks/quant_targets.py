@@ -15,7 +15,7 @@ calibrated on 64 digits train images, every file of a runtime timed in the same 
 A cell this machine cannot make (a package missing, bf16 on a CPU without it) is listed and not judged; a cell
 that fails to build is a miss. Exit status 1 on any miss. The CPU and the ISA flags int8/bf16 speed depends on
 go into the header and the JSON: the same rule on a CPU without VNNI judges what that CPU gives MobileNetV2.
-`--forms` adds, per runtime in FORMS (ONNX Runtime, ExecuTorch), an interleaved run of int8 variants of the XXS
+`--forms` adds, per runtime in FORMS (ONNX Runtime, LiteRT, ExecuTorch), an interleaved run of int8 variants of the XXS
 (activation type, reduce_range, which ops are quantized, short-reduction convs left float), each as its
 speed-up over the XXS fp32 file in that run, with its agreement with PyTorch fp32.
 """
@@ -37,6 +37,7 @@ from edgevit.bench.runners import build_runner
 from edgevit.deploy import quantize as q
 from edgevit.deploy import runtimes
 from edgevit.deploy.runtimes.executorch import quantize_pt2e, save_pte_int8
+from edgevit.deploy.runtimes.litert import save_tflite_int8
 from edgevit.deploy.runtimes.onnxruntime import save_onnx_int8
 from edgevit.errors import UserError
 from edgevit.utils.io import write_text_atomic
@@ -54,6 +55,9 @@ FORMS = {
         # (the reduction lengths where int8 GEMMs lose to fp32 without VNNI: docs/deploy.md, "int8")
         "convs with K < 144 float": lambda m, x, p, im: save_onnx_int8(m, x, p, im, float_below_k=144),
         "convs with K < 64 float": lambda m, x, p, im: save_onnx_int8(m, x, p, im, float_below_k=64)},
+    "litert": {
+        "GEMMs only (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED)": lambda m, x, p, im: save_tflite_int8(
+            m, x, p, im, ops=["CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"])},
     "executorch": {
         "convs with K < 144 float": lambda m, x, p, im: save_pte_int8(quantize_pt2e(m, x, im, 144), x, p),
         "convs with K < 64 float": lambda m, x, p, im: save_pte_int8(quantize_pt2e(m, x, im, 64), x, p)},

@@ -153,3 +153,28 @@ def test_full_integer_int8_file_runs_on_float_and_prints_nothing(tmp_path, capfd
     y = load_exported(out)(np.zeros((1, 3, 64, 64), np.float32))
     assert y.dtype == np.float32 and y.shape == (1, 1000)
     assert rep["bytes"] < 0.4 * 4 * 4.07e6  # int8 weights: under 40% of the fp32 file's 4 bytes per parameter
+
+
+def test_int8_of_chosen_ops_leaves_the_rest_float(tmp_path):
+    """`ops`: only those LiteRT ops quantized (here the convolutions), the GELU between them float behind
+    DEQUANTIZE/QUANTIZE; the file still agrees with PyTorch."""
+    from edgevit.deploy.quantize import agreement
+    from edgevit.deploy.runtimes import litert
+
+    net = nn.Sequential(nn.Conv2d(3, 16, 1), nn.GELU(), nn.Conv2d(16, 8, 1)).eval()
+    x, images = torch.randn(1, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    kinds = {}
+    for name, ops in (("all", None), ("convs", ["CONV_2D"])):
+        path = tmp_path / f"{name}.tflite"
+        rep = litert.save_tflite_int8(net, x, path, images, ops=ops)
+        interp = litert.litert_interpreter(path, 1)
+        tensors = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+        gelu = [op for op in interp._get_ops_details() if op["op_name"] == "GELU"]
+        kinds[name] = (tensors[gelu[0]["inputs"][0]], rep["op_counts"].get("DEQUANTIZE", 0))
+        run = litert.load(path, 1)
+        with torch.no_grad():
+            ref = net(images)
+        got = torch.cat([torch.from_numpy(run(images[i:i + 1].numpy())[0]) for i in range(8)])
+        assert agreement(ref.flatten(1), got.flatten(1))["sqnr_db"] > 20
+    assert kinds["all"] == (np.int8, 0)  # full integer: the GELU on int8
+    assert kinds["convs"][0] == np.float32 and kinds["convs"][1] >= 1

@@ -9,7 +9,7 @@ import re
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -167,12 +167,24 @@ def _quantized(model: nn.Module, x: torch.Tensor, path: Path, make_recipe, image
     return tflite_report(path)
 
 
-def save_tflite_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.Tensor) -> Dict[str, object]:
+def save_tflite_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.Tensor,
+                     ops: Optional[Sequence[str]] = None) -> Dict[str, object]:
     """Full-integer int8: ai-edge-quantizer's static recipe (int8 weights per channel, int8 activations, min/max
     calibration over `images`); int8 input and output tensors with their scales in the file (`load` quantizes
-    around them)."""
-    report = _quantized(model, x, path, lambda recipe: recipe.static_wi8_ai8(), images)
-    return {**report, "litert_quantization": "ai-edge-quantizer static_wi8_ai8 (min/max)"}
+    around them). `ops` (LiteRT op names, e.g. CONV_2D): only those quantized, the rest float between
+    QUANTIZE/DEQUANTIZE ops (a form benchmarks/quant_targets.py measures)."""
+    def only(recipe_module):
+        from ai_edge_quantizer import algorithm_manager, qtyping, recipe_manager
+
+        manager = recipe_manager.RecipeManager()
+        for op in ops:
+            manager.add_static_config(regex=".*", operation_name=qtyping.TFLOperationName[op], activation_num_bits=8,
+                                      weight_num_bits=8,
+                                      algorithm_key=algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT)
+        return manager.get_quantization_recipe()
+    report = _quantized(model, x, path, (lambda recipe: recipe.static_wi8_ai8()) if ops is None else only, images)
+    how = "static_wi8_ai8" if ops is None else f"static int8 of {', '.join(ops)}"
+    return {**report, "litert_quantization": f"ai-edge-quantizer {how} (min/max)"}
 
 
 def save_tflite_fp16(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
