@@ -136,11 +136,16 @@ def format_standing(verdicts: List[dict], min_ratio: float = MIN_RATIO, max_drop
 
 
 def int8_forms(runtime: str, checkpoint: str, calib: str, val: str, runs: int, threads: int) -> Dict[str, dict]:
-    """One interleaved run of the XXS fp32 file, its default int8 file and the FORMS variants in `runtime`: each
-    int8 file's speed-up over the fp32 one, and its agreement with PyTorch fp32 on 32 val images."""
+    """One interleaved run of the XXS fp32 file, its default int8 file and the FORMS variants in `runtime`, with
+    MobileNetV2's fp32 and int8 files: each XXS int8 file's speed-up over the XXS fp32 one, that over MobileNetV2's
+    int8 speed-up in the same rounds (`gain_ratio`, the target's), and its agreement with PyTorch fp32 on 32 val
+    images."""
     rt = runtimes.get(runtime)
     runners = {p: build_runner(MODEL, runtime, img_size=224, threads=threads, checkpoint=checkpoint, precision=p,
                                calib=calib, calib_images=64) for p in ("fp32", "int8")}
+    for p in ("fp32", "int8"):
+        runners[f"{BASELINE} {p}"] = build_runner(BASELINE, runtime, img_size=224, threads=threads, precision=p,
+                                                  calib=calib, calib_images=64)
     net = runners["fp32"].model
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     images = q.model_calibration(net, calib, 64, 224)
@@ -156,10 +161,12 @@ def int8_forms(runtime: str, checkpoint: str, calib: str, val: str, runs: int, t
             files[name] = rt.load(path, threads)
             runners[name] = (lambda run=files[name]: run(x.numpy()))
         med = {k: statistics.median(t) for k, t in zip(runners, time_runners(list(runners.values()), runs, 5))}
+        cnn = med[f"{BASELINE} fp32"] / med[f"{BASELINE} int8"]
         out = {}
         for k, run in files.items():
             got = torch.cat([torch.from_numpy(run(check[i:i + 1].numpy())[0]).float() for i in range(len(check))])
-            out[k] = {"speedup_vs_fp32": med["fp32"] / med[k], **q.agreement(ref, got)}
+            out[k] = {"speedup_vs_fp32": med["fp32"] / med[k], "speedup_mnv2": cnn,
+                      "gain_ratio": med["fp32"] / med[k] / cnn, **q.agreement(ref, got)}
     return out
 
 
@@ -194,11 +201,12 @@ def main() -> int:
         for rt in [r for r in FORMS if "all" in args.runtimes or r in args.runtimes]:
             forms = out["int8_forms"][rt] = int8_forms(rt, args.checkpoint, calib, str(Path(args.data) / "val"),
                                                        args.runs, args.threads)
-            print(f"\n{rt}: int8 forms of the XXS (speed-up over its fp32 file in one interleaved run; agreement "
-                  "with PyTorch fp32 on 32 val images):")
+            print(f"\n{rt}: int8 forms of the XXS (speed-up over its fp32 file and over MobileNetV2's int8 gain "
+                  f"({next(iter(forms.values()))['speedup_mnv2']:.2f}x) in one interleaved run; agreement with "
+                  "PyTorch fp32 on 32 val images):")
             for k, v in forms.items():
-                print(f"  {k:<32} {v['speedup_vs_fp32']:.2f}x  SQNR {v['sqnr_db']:.1f} dB, top-1 agreement "
-                      f"{v['top1_agreement']:.1f}%")
+                print(f"  {k:<32} {v['speedup_vs_fp32']:.2f}x  ratio {v['gain_ratio']:.2f}  SQNR {v['sqnr_db']:.1f} "
+                      f"dB, top-1 agreement {v['top1_agreement']:.1f}%")
     if args.json:
         write_text_atomic(args.json, json.dumps(out, indent=2) + "\n")
     missed = [f"{v['runtime']} {v['precision']}" for v in verdicts if not v["met"]]
