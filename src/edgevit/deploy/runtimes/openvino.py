@@ -44,7 +44,7 @@ HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # (int8: the layers outs
 # (AVX2-only, e.g. AMD Zen 3, many Atom/Celeron edge boxes) compute int8 convolutions with vpmaddubsw, which
 # saturates at int16; NNCF's default fixes only the first layer, and such a file, made anywhere, runs at ~4 dB SQNR
 # and chance-level top-1 there (measured: docs/deploy.md, "OpenVINO int8 on CPUs without VNNI"). With VNNI the
-# fix costs the weights one bit of resolution and nothing in speed.
+# fix is not needed and costs the weights one bit of resolution.
 OV_INT8 = {"preset": "PERFORMANCE", "model_type": "TRANSFORMER", "overflow_fix": "ENABLE"}
 
 
