@@ -13,8 +13,9 @@ calibrated on 64 digits train images, every file of a runtime timed in the same 
   file's; the same runtime x precision file exported at the checkpoint's own 64 px, since the digits XXS
   classifies only there (the 224 file's SQNR against PyTorch fp32 on val images is reported beside).
 A cell this machine cannot make (a package missing, bf16 on a CPU without it) is listed and not judged; a cell
-that fails to build is a miss. Exit status 1 on any miss. The CPU and the ISA flags int8/bf16 speed depends on
-go into the header and the JSON: the same rule on a CPU without VNNI judges what that CPU gives MobileNetV2.
+that fails to build is a miss. Exit status 1 on any miss, 2 on bad input. The CPU and the ISA flags int8/bf16
+speed depends on go into the header and the JSON: the same rule on a CPU without VNNI judges what that CPU gives
+MobileNetV2.
 `--forms` adds, per runtime in FORMS (ONNX Runtime, LiteRT, ExecuTorch), an interleaved run of int8 variants of the XXS
 (activation type, reduce_range, which ops are quantized, short-reduction convs left float), each as its
 speed-up over the XXS fp32 file in that run, with its agreement with PyTorch fp32.
@@ -175,16 +176,18 @@ def main() -> int:
     p.add_argument("--checkpoint", default="out/demo/digits_run/best.pth", help="the digits XXS (make demo)")
     p.add_argument("--data", default="out/demo/digits", help="the digits data (make demo): train/ and val/")
     p.add_argument("--runtimes", nargs="+", default=["all"], help="runtimes (default: every one installed)")
-    p.add_argument("--precisions", nargs="+", default=["int8", "fp16", "bf16"],
+    p.add_argument("--precisions", nargs="+", default=["int8", "fp16", "bf16"], choices=["int8", "fp16", "bf16"],
                    help="reduced precisions to judge (each against fp32, which is always measured)")
-    p.add_argument("--runs", type=int, default=30, help="interleaved timing rounds per runtime")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--forms", action="store_true", help="also time ONNX Runtime variants of the int8 XXS")
+    p.add_argument("--runs", type=positive, default=30, help="interleaved timing rounds per runtime")
+    p.add_argument("--threads", type=positive, default=2)
+    p.add_argument("--forms", action="store_true", help="also time int8 variants of the XXS (runtimes in FORMS)")
     p.add_argument("--json", default=None, help="also write the matrix and the verdicts to this file")
     args = p.parse_args()
     for path in (args.checkpoint, Path(args.data) / "train", Path(args.data) / "val"):
         if not Path(path).exists():
-            raise SystemExit(f"{path}: missing; run `make demo` first (it trains the digits XXS)")
+            p.error(f"{path}: missing; run `make demo` first (it trains the digits XXS)")
+    if args.json and not Path(args.json).resolve().parent.is_dir():  # (before the half hour of work it would lose)
+        p.error(f"--json {args.json}: its folder does not exist")
     torch.set_num_threads(args.threads)
     calib = str(Path(args.data) / "train")
     val = str(Path(args.data) / "val")
@@ -199,7 +202,7 @@ def main() -> int:
     if args.forms:
         out["int8_forms"] = {}
         for rt in [r for r in FORMS if "all" in args.runtimes or r in args.runtimes]:
-            forms = out["int8_forms"][rt] = int8_forms(rt, args.checkpoint, calib, str(Path(args.data) / "val"),
+            forms = out["int8_forms"][rt] = int8_forms(rt, args.checkpoint, calib, val,
                                                        args.runs, args.threads)
             print(f"\n{rt}: int8 forms of the XXS (speed-up over its fp32 file and over MobileNetV2's int8 gain "
                   f"({next(iter(forms.values()))['speedup_mnv2']:.2f}x) in one interleaved run; agreement with "
@@ -218,8 +221,15 @@ def main() -> int:
     return 1 if missed else 0
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except UserError as e:
-        raise SystemExit(f"quant_targets: {e}")
+    except UserError as e:  # (exit 2: a miss of the targets is exit 1)
+        print(f"quant_targets: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -52,8 +52,8 @@ def plan_cells(runtime_names: Sequence[str] = (ALL,), precisions: Sequence[str] 
         for p in asked:
             if p not in rt.precisions:
                 cell["skipped"][p] = f"{name} writes no {p} files (its precisions: {', '.join(rt.precisions)})"
-            elif rt.cpu_lacks(p):
-                cell["skipped"][p] = rt.cpu_lacks(p)
+            elif why := rt.cpu_lacks(p):
+                cell["skipped"][p] = why
             else:
                 cell["precisions"].append(p)
         plan.append(cell)
