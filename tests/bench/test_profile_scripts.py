@@ -78,6 +78,9 @@ def test_quant_targets_judges_each_reduced_precision_cell():
     rows = []
     for rt, p, ms_x, ms_b, top1 in [("a", "fp32", 10, 5, 99.0), ("a", "int8", 8, 4.4, 98.6),  # 1.25 / 1.14: met
                                     ("a", "fp16", 9.9, 2.5, 99.0),  # 1.01 vs 2.0: speed miss
+                                    # an int8 form: judged against the CNN's best int8 file (int8, 1.14), not
+                                    # its own slower int8-conv (1.09): 1.43 / 1.14 = 1.26
+                                    ("a", "int8-conv", 7, 4.6, 98.8),
                                     ("b", "fp32", 10, 5, 99.0), ("b", "int8", 5, 2.5, 98.0)]:  # accuracy miss
         rows += [{"runtime": rt, "precision": p, "model": x, "median_ms": ms_x, "sqnr_db": 30.0,
                   "top1_agreement": 99.0, "top1": top1},
@@ -89,7 +92,9 @@ def test_quant_targets_judges_each_reduced_precision_cell():
                {"runtime": "c", "precision": "int8", "model": b, "why": "the quantizer died"}]
     c32 = [dict(r, runtime="c") for r in rows[:2]]
     verdicts = {(v["runtime"], v["precision"]): v for v in qt.standing({"results": rows + c32, "skipped": skipped})}
-    assert set(verdicts) == {("a", "int8"), ("a", "fp16"), ("b", "int8"), ("c", "int8")}
+    assert set(verdicts) == {("a", "int8"), ("a", "int8-conv"), ("a", "fp16"), ("b", "int8"), ("c", "int8")}
+    form = verdicts[("a", "int8-conv")]
+    assert form["mnv2_precision"] == "int8" and form["gain_ratio"] == pytest.approx((10 / 7) / (5 / 4.4))
     met = verdicts[("a", "int8")]
     assert met["met"] and met["gain_ratio"] == pytest.approx(1.25 / (5 / 4.4))
     assert met["top1_drop"] == pytest.approx(0.4)
@@ -99,6 +104,7 @@ def test_quant_targets_judges_each_reduced_precision_cell():
     table = qt.format_standing(list(verdicts.values()))
     assert "| a | int8 | 1.25 | 1.14 | 1.10 | 99.00 -> 98.60 | 30.0 | met |" in table
     assert "| a | fp16 | 1.01 | 2.00 | 0.51 | 99.00 -> 99.00 | 30.0 | miss: speed |" in table
+    assert "| a | int8-conv | 1.43 | 1.14 (int8) | 1.26 | 99.00 -> 98.80 | 30.0 | met |" in table
     assert "| c | int8 | – | – | – | – | – | miss: the quantizer died |" in table
 
 

@@ -155,6 +155,33 @@ def test_full_integer_int8_file_runs_on_float_and_prints_nothing(tmp_path, capfd
     assert rep["bytes"] < 0.4 * 4 * 4.07e6  # int8 weights: under 40% of the fp32 file's 4 bytes per parameter
 
 
+def test_int8_conv_form_is_an_export_precision_of_its_own(tmp_path, capfd):
+    """export --quantize int8-conv: the convolutions and fully connected layers int8, LayerNorm/GELU/softmax float,
+    float input and output (not full-integer); the file checked like every int8 one; other formats refuse it."""
+    from edgevit.deploy.runtimes import litert
+
+    out = tmp_path / "c.tflite"
+    assert main(["export", "--model", "edgevit_xxs", "--format", "tflite", "--img-size", "64", "--quantize",
+                 "int8-conv", "--calib", "random", "-o", str(out), "--json"]) == 0
+    captured = capfd.readouterr()
+    rep = json.loads(captured.out)
+    assert captured.err == "" and rep["precision"] == "int8-conv" and rep["sqnr_db"] > 10
+    assert "CONV_2D" in rep["litert_quantization"]
+    interp = litert.litert_interpreter(out, 1)
+    assert interp.get_input_details()[0]["dtype"] == np.float32
+    dtypes = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+    ops = interp._get_ops_details()
+    convs = [op for op in ops if op["op_name"] in litert.CONV_OPS]
+    assert convs and all(dtypes[op["inputs"][1]] == np.int8 for op in convs)  # their weights
+    floats = [op for op in ops if op["op_name"] in ("GELU", "SOFTMAX")]
+    assert floats and all(dtypes[op["inputs"][0]] == np.float32 for op in floats)
+    assert main(["export", "--model", "edgevit_xxs", "--format", "onnx", "--quantize", "int8-conv", "--calib",
+                 "random", "-o", str(tmp_path / "c.onnx")]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == ["edgevit export: error: --quantize int8-conv is available for --format tflite, not onnx"]
+    assert not (tmp_path / "c.onnx").exists()
+
+
 def test_int8_of_chosen_ops_leaves_the_rest_float(tmp_path):
     """`ops`: only those LiteRT ops quantized (here the convolutions), the GELU between them float behind
     DEQUANTIZE/QUANTIZE; the file still agrees with PyTorch."""

@@ -29,7 +29,12 @@ def test_every_record_is_complete():
         assert (r.save_int8 is not None) == bool(r.int8_how)
         assert set(r.float16) == set(r.float16_how) <= {"fp16", "bf16"}
         assert r.precisions[0] == "fp32" and ("int8" in r.precisions) == r.int8
+        assert set(r.int8_forms) == set(r.int8_forms_how) and (r.int8 or not r.int8_forms)
+        for form in r.int8_forms:  # a named int8 form: a calibrated precision of its own, with its one line
+            assert form in r.precisions and runtimes.calibrated(form) and r.int8_forms_how[form]
+            assert r.int8_writer(form) is r.int8_forms[form] and r.int8_writer("int8") is r.save_int8
     assert runtimes.int8_formats() == ("pte", "onnx", "tflite", "openvino", "mnn")
+    assert runtimes.reduced_precisions() == ("int8", "int8-conv", "fp16", "bf16")
     # multi-file formats: the companions are named from the main file
     assert runtimes.for_file("m.ncnn.param").name == "ncnn" and runtimes.for_file("M.XML").name == "openvino"
     assert runtimes.get("ncnn").files(Path("d/m.ncnn.param")) == (Path("d/m.ncnn.param"), Path("d/m.ncnn.bin"))

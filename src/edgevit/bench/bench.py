@@ -59,7 +59,7 @@ class Entry:
         return label if self.precision == "fp32" else f"{label} {self.precision}"
 
 
-PRECISIONS = ("fp32", "int8", "fp16", "bf16")  # (which runtime holds which: its record's `precisions`)
+PRECISIONS = ("fp32", *runtimes.reduced_precisions())  # (which runtime holds which: its record's `precisions`)
 
 
 def plan(models: Sequence[str], form: str = "both", ablations: bool = False,
@@ -254,7 +254,7 @@ def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2
     doc = {"meta": {**meta(threads, runs), "timing": "interleaved rounds, random order per round; "
                     "median with a 95% distribution-free confidence interval"}, "results": results}
     doc["meta"]["ties"] = [list(t) for t in ranking_ties(results)]
-    if any(e.precision == "int8" for e in entries):
+    if any(runtimes.calibrated(e.precision) for e in entries):
         doc["meta"]["int8_calibration"] = (f"{calib_images} images of {calib}" if calib != "random" else
                                            "random inputs (timing only)")
     if failures:

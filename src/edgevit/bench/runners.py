@@ -106,7 +106,8 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
     """A warm session for `model` in `runtime` (a runtime record's name, edgevit.deploy.runtimes) at `img_size`
     (default: the model's);
     `precision` one of the runtime's `precisions`: "int8" is the file `edgevit export --quantize int8` writes,
-    calibrated on `calib_images` images of the folder `calib` (or "random"); "fp16"/"bf16" the runtime's
+    calibrated on `calib_images` images of the folder `calib` (or "random"), "int8-..." the runtime's other int8
+    forms, calibrated alike; "fp16"/"bf16" the runtime's
     16-bit float file.
 
     Unknown model/runtime -> ValueError listing the choices; runtime package missing -> ImportError."""
@@ -135,9 +136,9 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
         tmp = tempfile.TemporaryDirectory(prefix=f"edgevit-{rt.format}-")
         path = Path(tmp.name) / f"model{rt.suffix}"
         t0 = time.perf_counter()
-        if precision == "int8":
+        if runtimes.calibrated(precision):
             from ..deploy.quantize import model_calibration
-            info = rt.save_int8(net, x, path, model_calibration(net, calib, calib_images, size))
+            info = rt.int8_writer(precision)(net, x, path, model_calibration(net, calib, calib_images, size))
         elif precision in rt.float16:
             info = rt.float16[precision](net, x, path)
         else:

@@ -40,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=(*PRECISIONS, "all"),
                    help="one or more (each model once per precision, interleaved in the same rounds), or all the "
                         "runtime has: " + "; ".join(f"{r.name} {'/'.join(r.precisions)}" for r in RUNTIMES.values()
-                                                    if r.format) + ". int8 = the file export --quantize int8 "
-                        "writes; fp16/bf16 = export --quantize fp16/bf16")
+                                                    if r.format) + ". Each is the file export --quantize of "
+                        "that name writes (int8: full-integer; int8-...: the runtime's other int8 forms)")
     p.add_argument("--calib", default=None, metavar="DIR",
                    help="int8 calibration images (a folder), or 'random' (timing only, labelled so)")
     p.add_argument("--calib-images", type=positive_int, default=64, help="calibration images per model (default 64)")
@@ -94,12 +94,12 @@ def run(args: argparse.Namespace) -> int:
     rt = runtimes.get(args.runtime)
     rt.require()
     precisions = precisions_arg(args.precision, rt)
-    if "int8" in precisions:
+    if any(runtimes.calibrated(p) for p in precisions):
         from ..deploy.quantize import RANDOM, calibration_files
 
         if args.calib is None:
-            raise ConfigError("--precision int8 needs --calib DIR (calibration images), or --calib random for "
-                              "timing only")
+            raise ConfigError(f"--precision {next(p for p in precisions if runtimes.calibrated(p))} needs "
+                              "--calib DIR (calibration images), or --calib random for timing only")
         if args.calib != RANDOM:
             calibration_files(args.calib, 1)  # a folder without images: refused before any model is built
     elif args.calib is not None or "calib_images" in getattr(args, "_explicit", ()):

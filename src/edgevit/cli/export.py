@@ -26,14 +26,15 @@ def img_size_arg(args: argparse.Namespace, default: int) -> int | tuple:
 
 
 def add_quantize_args(p: argparse.ArgumentParser) -> None:
-    from ..deploy.runtimes import RUNTIMES
+    from ..deploy.runtimes import RUNTIMES, reduced_precisions
 
     flows = "; ".join(f"{r.format}: {r.int8_how}" for r in RUNTIMES.values() if r.int8)
+    forms = "; ".join(f"{r.format} {p}: {how}" for r in RUNTIMES.values() for p, how in r.int8_forms_how.items())
     halves = "; ".join(f"{r.format} {p}: {how}" for r in RUNTIMES.values() for p, how in r.float16_how.items())
-    p.add_argument("--quantize", choices=("int8", "fp16", "bf16"), default=None,
+    p.add_argument("--quantize", choices=reduced_precisions(), default=None,
                    help=f"static int8 ({flows}), per-channel weights; a quantization-aware checkpoint "
-                        f"(train --qat) is converted as trained. fp16/bf16: {halves}; checked on --calib's "
-                        "images when given, else on random inputs")
+                        f"(train --qat) is converted as trained. Other int8 forms, calibrated alike: {forms}. "
+                        f"fp16/bf16: {halves}; checked on --calib's images when given, else on random inputs")
     p.add_argument("--calib", default=None, metavar="DIR",
                    help="calibration images (any folder of images, e.g. the train split), read with the "
                         "model's eval transform; 'random' = random inputs (timing only, labelled so)")
@@ -67,21 +68,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def check_quantize_args(args: argparse.Namespace, fmt: str) -> None:
     """--quantize needs a format that has an int8 flow and --calib (or a QAT checkpoint); --calib alone
     means nothing."""
-    from ..deploy.runtimes import int8_formats
+    from ..deploy.runtimes import RUNTIMES, by_format
 
     if args.quantize is None:
         for flag, dest in (("--calib", "calib"), ("--calib-images", "calib_images")):
             if dest in getattr(args, "_explicit", ()) or (dest == "calib" and args.calib is not None):
                 raise ConfigError(f"{flag}: only used with --quantize int8")
         return
-    if args.quantize == "int8" and fmt not in int8_formats():
-        raise ConfigError(f"--quantize int8 is available for --format {' or '.join(int8_formats())}, not {fmt}")
-    if args.quantize in ("fp16", "bf16"):
-        from ..deploy.runtimes import RUNTIMES, by_format
-
-        if args.quantize not in by_format(fmt).float16:
-            which = " or ".join(r.format for r in RUNTIMES.values() if args.quantize in r.float16)
-            raise ConfigError(f"--quantize {args.quantize} is available for --format {which}, not {fmt}")
+    if args.quantize not in by_format(fmt).precisions:
+        which = " or ".join(r.format for r in RUNTIMES.values() if args.quantize in r.precisions)
+        raise ConfigError(f"--quantize {args.quantize} is available for --format {which}, not {fmt}")
 
 
 # images of --calib that calibration does not use, on which the int8 file's agreement and SQNR are measured
@@ -122,12 +118,12 @@ def run(args: argparse.Namespace) -> int:
     qat = bool(args.checkpoint) and is_qat_checkpoint(args.checkpoint)
     if qat and args.quantize != "int8":
         raise ConfigError(f"--checkpoint {args.checkpoint} was trained quantization-aware (train --qat): "
-                          "export it with --quantize int8")
+                          "export it with --quantize int8 (the int8 it was trained as)")
     if qat and args.no_fuse:
         raise ConfigError("--no-fuse: a quantization-aware checkpoint exports the fused graph it was trained as")
-    if args.quantize == "int8" and not qat and args.calib is None:
-        raise ConfigError("--quantize int8 needs --calib DIR (calibration images, e.g. the train split), "
-                          "or --calib random for a timing-only file")
+    if runtimes.calibrated(args.quantize or "") and not qat and args.calib is None:
+        raise ConfigError(f"--quantize {args.quantize} needs --calib DIR (calibration images, e.g. the train "
+                          "split), or --calib random for a timing-only file")
     model, meta = model_from_checkpoint(args.model, args.checkpoint) if not qat else (None, None)
     cfg = meta["config"] if meta else read_state_dict(args.checkpoint)["config"]
     size = img_size_arg(args, int(cfg.get("img_size") or 224))
@@ -152,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         images, label, check, checked_on = calibration(args, size, cfg, model) if args.calib else (None,) * 4
         report = export_int8(model, args.format, args.output, images, threads=args.threads, calibrated=label,
                              prepared=prepared if qat else None, img_size=size, check=check,
-                             checked_on=checked_on or "")
+                             checked_on=checked_on or "", precision=args.quantize)
     else:
         report = export_model(model, args.format, args.output, img_size=size, threads=args.threads)
     report = {"model": name, "fused": fused, **report}

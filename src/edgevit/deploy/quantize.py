@@ -201,9 +201,11 @@ def run_batch(run, images: torch.Tensor) -> torch.Tensor:
 
 def export_int8(model: nn.Module, fmt: str, output, images: Optional[torch.Tensor], threads: int = 2,
                 prepared: Optional[torch.fx.GraphModule] = None, calibrated: str = "images",
-                img_size=None, check: Optional[torch.Tensor] = None, checked_on: str = "") -> Dict[str, object]:
+                img_size=None, check: Optional[torch.Tensor] = None, checked_on: str = "",
+                precision: str = "int8") -> Dict[str, object]:
     """Quantize `model` (eval, fused or not) to int8 for `fmt` ("pte"/"onnx"), write `output` atomically and
-    check the file in its runtime against the float model on the calibration images.
+    check the file in its runtime against the float model on the calibration images. `precision`: "int8" (the
+    runtime's full-integer file) or one of its named int8 forms (`Runtime.int8_forms`, e.g. "int8-gemm").
 
     `prepared`: a QAT-fine-tuned PT2E graph (fake quantizers already hold their scales): converted as is,
     no calibration; the file is checked against that fake-quantized model (what the run trained and
@@ -215,6 +217,12 @@ def export_int8(model: nn.Module, fmt: str, output, images: Optional[torch.Tenso
     rt = by_format(fmt)
     if not rt.int8:
         raise UserError(f"int8 export is for {', '.join(int8_formats())}, not {fmt!r}", option="format")
+    if precision != "int8" and precision not in rt.int8_forms:
+        have = [f"{r.format} ({'/'.join(r.int8_forms)})" for r in RUNTIMES.values() if r.int8_forms]
+        raise UserError(f"{precision} files are written for {', '.join(have) or 'no format'}, not {fmt}",
+                        option="format")
+    if precision != "int8" and prepared is not None:
+        raise UserError(f"a quantization-aware checkpoint converts to the int8 it was trained as, not {precision}")
     rt.require(writing=True)
     torch.set_num_threads(threads)
     if images is None:
@@ -230,7 +238,7 @@ def export_int8(model: nn.Module, fmt: str, output, images: Optional[torch.Tenso
     with torch.no_grad():
         reference = run_batch(prepared if prepared is not None else model, measured)
     report: Dict[str, object] = {"format": fmt, "runtime": rt.name, "output": str(output),
-                                 "precision": "int8", "checked_against": "the float model" if prepared is None
+                                 "precision": precision, "checked_against": "the float model" if prepared is None
                                  else "the fake-quantized QAT model", "img_size": list(x.shape[-2:]),
                                  "calibration": calibrated, "calibration_images": len(images),
                                  "checked_on": checked_on, "check_images": len(measured)}
@@ -239,7 +247,7 @@ def export_int8(model: nn.Module, fmt: str, output, images: Optional[torch.Tenso
         raise UserError(f"a quantization-aware checkpoint exports to {' or '.join(qat_formats)} (the quantizer it "
                         f"was trained with); {rt.name} files are quantized after training", option="format")
     write = (lambda tmp: rt.save_qat(prepared, x, tmp)) if prepared is not None else \
-        (lambda tmp: rt.save_int8(model, x, tmp, images))
+        (lambda tmp: rt.int8_writer(precision)(model, x, tmp, images))
     return checked_write(rt, output, write, reference, measured, threads, report)
 
 

@@ -12,10 +12,11 @@ from typing import Dict, Tuple
 
 from ...errors import UserError
 from . import eager, executorch, litert, mnn, ncnn, onnxruntime, openvino, torchscript
-from .base import ConversionError, Package, Runtime, first_output
+from .base import ConversionError, Package, Runtime, calibrated, first_output
 
 __all__ = ["Runtime", "Package", "ConversionError", "RUNTIMES", "get", "by_format", "for_file", "names",
-           "formats", "int8_formats", "int8_names", "first_output"]
+           "formats", "int8_formats", "int8_names", "first_output",
+           "calibrated", "reduced_precisions"]
 
 RUNTIMES: Dict[str, Runtime] = {}
 
@@ -52,6 +53,12 @@ def int8_formats() -> Tuple[str, ...]:
 def int8_names() -> Tuple[str, ...]:
     """The runtimes with an int8 flow."""
     return tuple(r.name for r in RUNTIMES.values() if r.int8)
+
+
+def reduced_precisions() -> Tuple[str, ...]:
+    """Every precision some runtime writes besides fp32: int8, its named forms, then the 16-bit floats."""
+    found = dict.fromkeys(p for r in RUNTIMES.values() for p in r.precisions if p != "fp32")
+    return tuple(sorted(found, key=lambda p: not calibrated(p)))  # (stable: the records' order within each)
 
 
 def get(name: str) -> Runtime:

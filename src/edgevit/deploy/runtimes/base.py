@@ -40,6 +40,11 @@ class Package:
                                          f"{self.pip or self.module} (pinned in {self.requirements})")
 
 
+def calibrated(precision: str) -> bool:
+    """Whether files of `precision` are int8, calibrated on images: "int8" and the named forms "int8-..."."""
+    return precision == "int8" or precision.startswith("int8-")
+
+
 @dataclasses.dataclass(frozen=True)
 class Runtime:
     """One runtime. `format` None: the runtime runs the PyTorch module itself (eager), there is no file."""
@@ -63,6 +68,11 @@ class Runtime:
     # int8 from a quantization-aware trained graph (fake quantizers hold the scales)
     save_qat: Optional[Callable[[torch.fx.GraphModule, torch.Tensor, Path], Dict[str, object]]] = None
     int8_how: str = ""  # one line: the int8 flow (help texts)
+    # other int8 forms than `save_int8`'s full-integer file, by precision name ("int8-gemm"): the same signature,
+    # calibrated alike; each a precision of its own (bench, matrix, export --quantize), chosen by measurement
+    int8_forms: Mapping[str, Callable[[nn.Module, torch.Tensor, Path, torch.Tensor], Dict[str, object]]] = \
+        dataclasses.field(default_factory=dict)
+    int8_forms_how: Mapping[str, str] = dataclasses.field(default_factory=dict)  # one line each (help texts)
     # 16-bit floats: "fp16" / "bf16" -> write `model` at `x` to a path in that precision (the file says so, and
     # `load` runs it so); returns its report
     float16: Mapping[str, Callable[[nn.Module, torch.Tensor, Path], Dict[str, object]]] = \
@@ -92,8 +102,15 @@ class Runtime:
 
     @property
     def precisions(self) -> Tuple[str, ...]:
-        """What this runtime's files can hold: fp32, then int8 (calibrated), then its 16-bit floats."""
-        return ("fp32",) * (self.format is not None) + ("int8",) * self.int8 + tuple(self.float16)
+        """What this runtime's files can hold: fp32, then int8 (calibrated) and its other int8 forms, then its
+        16-bit floats."""
+        return (("fp32",) * (self.format is not None) + ("int8",) * self.int8 + tuple(self.int8_forms)
+                + tuple(self.float16))
+
+    def int8_writer(self, precision: str) -> Callable[[nn.Module, torch.Tensor, Path, torch.Tensor],
+                                                        Dict[str, object]]:
+        """The writer of a calibrated precision ("int8" or one of `int8_forms`)."""
+        return self.save_int8 if precision == "int8" else self.int8_forms[precision]
 
     def files(self, path: Path) -> Tuple[Path, ...]:
         """A written file and its companions."""

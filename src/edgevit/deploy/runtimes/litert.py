@@ -187,6 +187,18 @@ def save_tflite_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torc
     return {**report, "litert_quantization": f"ai-edge-quantizer {how} (min/max)"}
 
 
+# the ops with weights: int8 where XNNPACK's int8 kernels pay (docs/deploy.md, "EdgeViT's standing in reduced
+# precision"); LayerNorm, GELU, softmax, the attention matmuls and the adds stay float
+CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def save_tflite_int8_conv(model: nn.Module, x: torch.Tensor, path: Path, images: torch.Tensor) -> Dict[str, object]:
+    """int8 convolutions and fully connected layers (int8 weights per channel, int8 activations calibrated on
+    `images`), everything else float between QUANTIZE/DEQUANTIZE; float input and output. Not a file for
+    NPU/DSP delegates, which take full-integer graphs (`save_tflite_int8`)."""
+    return save_tflite_int8(model, x, path, images, ops=CONV_OPS)
+
+
 def save_tflite_fp16(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
     """LiteRT's float16 file: the weights of convolutions and fully connected layers stored in fp16, each behind a
     DEQUANTIZE op (ai-edge-quantizer's float-casting weight-only recipe), activations float32. XNNPACK folds the
@@ -214,5 +226,8 @@ RUNTIME = Runtime(
     suffixes=(".tflite",), packages=(INTERPRETER,), export_packages=(CONVERTER,),
     forms=Forms(qkv="merged", prop="d2s", sample="pool"),
     save=save_tflite, load=load, input_size=input_size, describe=describe, save_int8=save_tflite_int8,
-    int8_how="ai-edge-quantizer full-integer static int8", float16={"fp16": save_tflite_fp16},
+    int8_how="ai-edge-quantizer full-integer static int8 (what NPU/DSP delegates take)",
+    int8_forms={"int8-conv": save_tflite_int8_conv},
+    int8_forms_how={"int8-conv": "int8 convolutions and fully connected layers, the rest float (XNNPACK on CPUs)"},
+    float16={"fp16": save_tflite_fp16},
     float16_how={"fp16": "fp16 weights behind DEQUANTIZE, fp32 activations (LiteRT's float16 file)"})
