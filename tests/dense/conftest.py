@@ -21,3 +21,54 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# (the dense deploy tests are three files so that the two test processes share them: loadfile sends a file to one)
+TINY = ["--workers", "0", "--fpn-channels", "32", "--device", "cpu", "--no-progress", "--json"]
+
+
+@pytest.fixture(scope="session")
+def det_root(tmp_path_factory):
+    """16 training images: enough for 40 iterations to lift RetinaNet's scores over its 0.05 threshold."""
+    from edgevit.dense.shapes import generate
+
+    root = tmp_path_factory.mktemp("shapes16")
+    generate(root, num_train=16, num_val=4, size=64, max_shapes=2, seed=1)
+    return root
+
+
+class _Runs(dict):
+    """Checkpoints of a few training iterations on the shapes data, one per architecture, each trained the first
+    time a test asks for it (a file trains only the architectures its tests export)."""
+
+    def __init__(self, root, shapes_root, det_root):
+        super().__init__()
+        self.root, self.shapes_root, self.det_root = root, shapes_root, det_root
+
+    def __missing__(self, arch):
+        import torch
+
+        from edgevit.cli.main import main
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        out = self.root / arch
+        if arch in ("semfpn", "lraspp"):
+            cfg = self.root / "seg.yaml"
+            cfg.write_text("iters: 12\ncrop_size: 64\nscale: [64, 64]\neval_every: 0\nlr: 0.001\n")
+            assert main(["segment", "train", "--arch", arch, "--config", str(cfg), "--data", str(self.shapes_root),
+                         "--output", str(out), "--batch-size", "2", *TINY]) == 0
+        else:
+            assert main(["detect", "train", "--arch", arch, "--data", str(self.det_root), "--train-split",
+                         "training", "--val-split", "validation", "--output", str(out), "--epochs", "10", "--lr",
+                         "0.003", "--min-size", "64", "--max-size", "64", "--batch-size", "4", "--eval-every", "0",
+                         *TINY]) == 0
+        torch.set_num_threads(before)
+        self[arch] = out / "last.pth"
+        return self[arch]
+
+
+@pytest.fixture(scope="module")
+def trained(shapes_root, det_root, tmp_path_factory):
+    """arch -> its checkpoint (`_Runs`)."""
+    return _Runs(tmp_path_factory.mktemp("dense_runs"), shapes_root, det_root)

@@ -1,5 +1,6 @@
-"""Dense models on the device: the post-processing against torchvision's, export to each runtime with the
-file's metrics equal to the model's, and bad input refused with nothing written."""
+"""Dense models on the device: the post-processing against torchvision's, segmenters exported to each runtime
+(fp32, int8) with the file's mIoU equal to the model's, and bad input refused with nothing written. (Detectors:
+test_deploy_detect.py; the dense bench: test_bench.py.)"""
 import json
 import shutil
 
@@ -13,8 +14,6 @@ from edgevit.dense.models import create_detector
 from edgevit.dense.postprocess import match_detections
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-TINY = ["--workers", "0", "--fpn-channels", "32", "--device", "cpu", "--no-progress", "--json"]
 
 
 def _json(capsys):
@@ -75,36 +74,6 @@ def test_numpy_nms_keeps_what_torchvision_keeps():
         assert nms(boxes.numpy(), scores.numpy(), thresh).tolist() == tv_nms(boxes, scores, thresh).tolist()
 
 
-@pytest.fixture(scope="module")
-def det_root(tmp_path_factory):
-    """16 training images: enough for 40 iterations to lift RetinaNet's scores over its 0.05 threshold."""
-    from edgevit.dense.shapes import generate
-
-    root = tmp_path_factory.mktemp("shapes16")
-    generate(root, num_train=16, num_val=4, size=64, max_shapes=2, seed=1)
-    return root
-
-
-@pytest.fixture(scope="module")
-def trained(shapes_root, det_root, tmp_path_factory):
-    """Checkpoints of a few training iterations on the shapes data, one per architecture exported below."""
-    root = tmp_path_factory.mktemp("dense_runs")
-    runs = {}
-    torch.set_num_threads(1)
-    for arch in ("semfpn", "lraspp"):
-        cfg = root / "seg.yaml"
-        cfg.write_text("iters: 12\ncrop_size: 64\nscale: [64, 64]\neval_every: 0\nlr: 0.001\n")
-        assert main(["segment", "train", "--arch", arch, "--config", str(cfg), "--data", str(shapes_root),
-                     "--output", str(root / arch), "--batch-size", "2", *TINY]) == 0
-        runs[arch] = root / arch / "last.pth"
-    for arch in ("retinanet", "ssdlite", "maskrcnn"):
-        assert main(["detect", "train", "--arch", arch, "--data", str(det_root), "--train-split", "training",
-                     "--val-split", "validation", "--output", str(root / arch), "--epochs", "10", "--lr", "0.003",
-                     "--min-size", "64", "--max-size", "64", "--batch-size", "4", "--eval-every", "0", *TINY]) == 0
-        runs[arch] = root / arch / "last.pth"
-    return runs
-
-
 def _segment_eval(source, shapes_root, capsys):
     assert main(["segment", "eval", *source, "--data", str(shapes_root), "--device", "cpu", "--no-progress",
                  "--json"]) == 0
@@ -131,52 +100,6 @@ def test_segment_export_eval_predict(arch, fmt, extra, trained, shapes_root, tmp
     assert main(["segment", "predict", str(image), "--exported", str(out), "--out", str(tmp_path / "p.png"),
                  "--json"]) == 0
     assert abs(sum(_json(capsys)["class_fractions"].values()) - 1.0) < 1e-3
-
-
-def _detect_eval(source, shapes_root, capsys):
-    assert main(["detect", "eval", *source, "--data", str(shapes_root), "--split", "validation", "--device", "cpu",
-                 "--no-progress", "--json"]) == 0
-    return _json(capsys)
-
-
-@pytest.mark.parametrize("arch,fmt", [("retinanet", "onnx"), ("retinanet", "tflite"), ("ssdlite", "pte"),
-                                      ("maskrcnn", "onnx")])
-def test_detect_export_eval_predict(arch, fmt, trained, det_root, tmp_path, capsys):
-    shapes_root = det_root
-    capsys.readouterr()
-    out = tmp_path / f"det.{fmt}"
-    assert main(["detect", "export", "--checkpoint", str(trained[arch]), "--format", fmt, "-o", str(out),
-                 "--json"]) == 0
-    rep = _json(capsys)
-    nms_in_graph = fmt == "onnx"
-    assert rep["outputs"][:3] == (["boxes", "scores", "labels"] if nms_in_graph else
-                                  ["cls_logits", "bbox_regression", "anchors"])
-    assert rep["img_size"] == ([320, 320] if arch == "ssdlite" else [64, 64])
-    want = _detect_eval(["--checkpoint", str(trained[arch])], shapes_root, capsys)
-    got = _detect_eval(["--exported", str(out)], shapes_root, capsys)
-    assert want["num_detections"] > 0
-    for key in ("bbox_AP", "bbox_AP50") + (("segm_AP",) if arch == "maskrcnn" else ()):
-        assert got[key] == pytest.approx(want[key], abs=0.005), key
-    assert abs(got["num_detections"] - want["num_detections"]) <= 0.02 * want["num_detections"]
-    image = shapes_root / "images" / "validation" / "shapes_000000.png"
-    assert main(["detect", "predict", str(image), "--exported", str(out), "--out", str(tmp_path / "p.png"),
-                 "--score-thresh", "0.0", "--json"]) == 0
-    boxes = [d["box_xyxy"] for d in _json(capsys)["detections"]]
-    assert boxes and all(0 <= b[0] <= b[2] <= 64 and 0 <= b[1] <= b[3] <= 64 for b in boxes)
-
-
-def test_maskrcnn_onnx_with_no_detections(trained, tmp_path):
-    """A known failure of exported detectors: nothing above the threshold. The file gives empty outputs."""
-    from edgevit.dense.deploy import export_dense, load_dense_file
-    from edgevit.dense.engine import load_dense_checkpoint
-
-    model = load_dense_checkpoint(trained["maskrcnn"], "detect")
-    model.roi_heads.score_thresh = 1.01  # no score reaches it
-    out = tmp_path / "none.onnx"
-    rep = export_dense(model, "onnx", out, (64, 64), meta=model.meta)
-    assert rep["detections_checked"] == 0
-    det = load_dense_file(out, "detect").detect(torch.rand(3, 64, 64))
-    assert det["boxes"].shape == (0, 4) and det["masks"].shape == (0, 1, 64, 64)
 
 
 def test_dense_export_bad_input(trained, tmp_path, capsys):
@@ -263,29 +186,3 @@ def test_int8_refused_where_it_does_not_apply(trained, shapes_root, tmp_path, ca
                      "-o", str(out)]) == 2
         assert flag in capsys.readouterr().err
     assert not out.exists()
-
-
-def test_dense_bench_rows_and_ratios(capsys):
-    """The dense bench exports each model to the runtime and times them in one run: fused and release body,
-    torchvision's model beside, the ratios the targets are stated in, post-processing apart for raw files."""
-    assert main(["segment", "bench", "--runtime", "onnxruntime", "--models", "lraspp", "--img-size", "64",
-                 "--runs", "3", "--warmup", "0", "--no-progress", "--json"]) == 0
-    doc = _json(capsys)
-    labels = [r["label"] for r in doc["results"]]
-    assert labels == ["lraspp-XXS (fused body)", "lraspp-XXS (release body)",
-                      "lraspp_mobilenet_v3_large (torchvision)", "deeplabv3_mobilenet_v3_large (torchvision)"]
-    assert all(r["median_ms"] > 0 and r["ci_lo_ms"] <= r["median_ms"] <= r["ci_hi_ms"] for r in doc["results"])
-    assert all(r["gmacs"] > 0 and r["params_m"] > 1 for r in doc["results"])
-    assert doc["meta"]["task"] == "segment" and "cpu_flags" in doc["meta"]
-    from edgevit.bench.dense import format_dense_table, ratios
-
-    assert [w for w, _ in ratios(doc)] == [
-        "lraspp-XXS (fused body): speed-up over the release body",
-        "lraspp-XXS (fused body) / lraspp_mobilenet_v3_large (torchvision): latency ratio",
-        "lraspp-XXS (release body) / lraspp_mobilenet_v3_large (torchvision): latency ratio"]
-    assert "latency ratio" in format_dense_table(doc)
-    assert main(["detect", "bench", "--runtime", "litert", "--models", "ssdlite", "--edgevit-form", "fused",
-                 "--no-baselines", "--img-size", "64", "--runs", "2", "--warmup", "0", "--no-progress",
-                 "--json"]) == 0
-    row, = _json(capsys)["results"]
-    assert row["post_ms"] > 0 and row["post"].startswith("numpy")
