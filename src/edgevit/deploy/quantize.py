@@ -205,7 +205,7 @@ def export_int8(model: nn.Module, fmt: str, output, images: Optional[torch.Tenso
                 precision: str = "int8") -> Dict[str, object]:
     """Quantize `model` (eval, fused or not) to int8 for `fmt` ("pte"/"onnx"), write `output` atomically and
     check the file in its runtime against the float model on the calibration images. `precision`: "int8" (the
-    runtime's full-integer file) or one of its named int8 forms (`Runtime.int8_forms`, e.g. "int8-gemm").
+    runtime's full-integer file) or one of its named int8 forms (`Runtime.int8_forms`, e.g. "int8-conv").
 
     `prepared`: a QAT-fine-tuned PT2E graph (fake quantizers already hold their scales): converted as is,
     no calibration; the file is checked against that fake-quantized model (what the run trained and

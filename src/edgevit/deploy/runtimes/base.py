@@ -68,7 +68,7 @@ class Runtime:
     # int8 from a quantization-aware trained graph (fake quantizers hold the scales)
     save_qat: Optional[Callable[[torch.fx.GraphModule, torch.Tensor, Path], Dict[str, object]]] = None
     int8_how: str = ""  # one line: the int8 flow (help texts)
-    # other int8 forms than `save_int8`'s full-integer file, by precision name ("int8-gemm"): the same signature,
+    # other int8 forms than `save_int8`'s full-integer file, by precision name ("int8-conv"): the same signature,
     # calibrated alike; each a precision of its own (bench, matrix, export --quantize), chosen by measurement
     int8_forms: Mapping[str, Callable[[nn.Module, torch.Tensor, Path, torch.Tensor], Dict[str, object]]] = \
         dataclasses.field(default_factory=dict)
