@@ -49,15 +49,11 @@ class _Runs(dict):
         import contextlib
         import io
 
-        import torch
-
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
         out = self.root / arch
-        # (trained inside a test that reads its own command's output: the training's stays out of it)
+        # (trained inside a test, so on its one thread (_one_thread), and that test reads its own command's
+        # output: the training's stays out of it)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             self._train(arch, out)
-        torch.set_num_threads(before)
         self[arch] = out / "last.pth"
         return self[arch]
 
