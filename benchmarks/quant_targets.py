@@ -17,7 +17,7 @@ that fails to build is a miss. Exit status 1 on any miss, 2 on bad input. The CP
 speed depends on go into the header and the JSON: the same rule on a CPU without VNNI judges what that CPU gives
 MobileNetV2.
 `--forms` adds, per runtime in FORMS (ONNX Runtime, LiteRT, ExecuTorch), an interleaved run of int8 variants of the XXS
-(activation type, reduce_range, which ops are quantized, short-reduction convs left float), each as its
+(activation type, reduce_range, which ops are quantized, short-reduction convs left float, GELU as a table), each as its
 speed-up over the XXS fp32 file in that run, with its agreement with PyTorch fp32.
 """
 from __future__ import annotations
@@ -55,7 +55,9 @@ FORMS = {
                                                                             op_types=["Conv", "MatMul", "Gemm"]),
         # (the reduction lengths where int8 GEMMs lose to fp32 without VNNI: docs/deploy.md, "int8")
         "convs with K < 144 float": lambda m, x, p, im: save_onnx_int8(m, x, p, im, float_below_k=144),
-        "convs with K < 64 float": lambda m, x, p, im: save_onnx_int8(m, x, p, im, float_below_k=64)},
+        "convs with K < 64 float": lambda m, x, p, im: save_onnx_int8(m, x, p, im, float_below_k=64),
+        # (the same file to the bit: onnxruntime.gelu_tables)
+        "GELU as a 256-entry table": lambda m, x, p, im: save_onnx_int8(m, x, p, im, gelu_table=True)},
     # (LiteRT's int8 convolutions-only form is a precision of its own, int8-conv: the matrix judges it)
     "executorch": {
         "convs with K < 144 float": lambda m, x, p, im: save_pte_int8(quantize_pt2e(m, x, im, 144), x, p),

@@ -4,9 +4,11 @@ MobileNetV2 exported through the runtime's record and timed in the same interlea
     .venv/bin/python benchmarks/runtime_forms.py openvino --runs 50
     .venv/bin/python benchmarks/runtime_forms.py mnn --runs 60 --only merged-native-pool-deconv split-native-pool-deconv
     .venv/bin/python benchmarks/runtime_forms.py ncnn --json forms.json
+    .venv/bin/python benchmarks/runtime_forms.py openvino --precision bf16   # the runtime's 16-bit float files
 
 Each file is checked against its PyTorch model first (a form the runtime computes wrongly is reported, not
-timed: ncnn's `ln="mean"`). Form names are qkv-ln-sample-prop (`edgevit.deploy.fused.FORM_CHOICES`). This is how
+timed: ncnn's `ln="mean"`; a 16-bit float file within 2% of the largest output, its SQNR is in
+docs/deploy.md). Form names are qkv-ln-sample-prop (`edgevit.deploy.fused.FORM_CHOICES`). This is how
 the OpenVINO, MNN and ncnn forms in their records were chosen (docs/deploy.md, "Fused forms by measurement").
 """
 from __future__ import annotations
@@ -44,11 +46,15 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--precision", default="fp32", help="fp32 or one of the runtime's 16-bit float precisions")
     ap.add_argument("--json", nargs="?", const="-", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rt = runtimes.get(args.runtime)
     rt.require(writing=True)
+    if args.precision != "fp32" and args.precision not in rt.float16:
+        ap.error(f"--precision {args.precision}: {rt.name} writes fp32 or {', '.join(rt.float16) or 'no 16-bit float'}")
+    save = rt.save if args.precision == "fp32" else rt.float16[args.precision]
     x = seeded_input(args.img_size)
     torch.manual_seed(0)
     release = timm.create_model(args.model).eval()
@@ -65,7 +71,7 @@ def main() -> int:
         for name, model in tqdm(models.items(), desc=f"export to {rt.name}", file=sys.stderr):
             path = Path(tmp) / f"{name}{rt.suffix}"
             try:
-                rt.save(model, x, path)
+                save(model, x, path)
                 run = rt.load(path, args.threads)
             except (runtimes.ConversionError, RuntimeError) as e:
                 notes[name] = " ".join(str(e).split())[:160]
@@ -73,7 +79,7 @@ def main() -> int:
             with torch.no_grad():
                 want = model(x).numpy()
             diff = float(np.abs(run(x.numpy())[0].reshape(want.shape) - want).max())
-            if diff > TOLERANCE:
+            if diff > (TOLERANCE if args.precision == "fp32" else 0.02 * float(np.abs(want).max())):
                 notes[name] = f"computes it wrongly: max |diff| {diff:.3g}"
                 continue
             runners[name] = (lambda run=run, a=x.numpy(): run(a))
@@ -85,11 +91,11 @@ def main() -> int:
              "release_over_it": med["release"] / v if "release" in med else None}
             for k, v in sorted(med.items(), key=lambda kv: kv[1])]
     doc = {"meta": {**meta(args.threads, args.runs), "runtime": rt.name, "model": args.model,
-                    "img_size": args.img_size}, "results": rows, "not_timed": notes}
+                    "img_size": args.img_size, "precision": args.precision}, "results": rows, "not_timed": notes}
     if args.json == "-":
         print_json(doc)
         return 0
-    print(f"{rt.name}, {doc['meta']['cpu']} ({' '.join(doc['meta']['cpu_flags'])}), {args.threads} threads, "
+    print(f"{rt.name} {args.precision}, {doc['meta']['cpu']} ({' '.join(doc['meta']['cpu_flags'])}), {args.threads} threads, "
           f"{args.runs} interleaved rounds")
     for r in rows:
         rel = "" if r["release_over_it"] is None else f"  release / it {r['release_over_it']:.2f}"

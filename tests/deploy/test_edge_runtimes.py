@@ -117,6 +117,8 @@ def test_float16_files_are_checked_and_say_their_precision(runtime, precision, m
         from edgevit.deploy.runtimes import mnn, ncnn
         said = mnn.file_info(out)["precision"] if runtime == "mnn" else ncnn.weights_precision(out)
         assert said == "fp16"
+    elif runtime == "executorch":  # GELU in its sigmoid form: the whole fp16 graph in one XNNPACK partition
+        assert rep["delegate_partitions"] == 1 and not any("gelu" in op for op in rep["non_delegated"])
     elif runtime == "litert":  # fp16 weights, each behind a DEQUANTIZE op XNNPACK takes (none more left outside)
         assert rep["bytes"] < 0.6 * fp32["bytes"] and "DEQUANTIZE" not in fp32["op_counts"]
         assert rep["op_counts"]["DEQUANTIZE"] >= rep["op_counts"]["CONV_2D"]

@@ -1,6 +1,7 @@
 """int8: post-training files for ExecuTorch and ONNX Runtime, quantization-aware fine-tuning, agreement."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,6 +99,27 @@ def test_ort_int8_can_leave_short_reduction_convs_float(tmp_path):
     made_by = {o: n.op_type for n in q8.node for o in n.output}  # (QDQ: a quantized conv reads dequantized weights)
     assert [made_by.get(n.input[1]) == "DequantizeLinear" for n in q8.node if n.op_type == "Conv"] == \
         [False, False, True, True]
+
+
+@pytest.mark.parametrize("activations", ["QUInt8", "QInt8"])
+def test_ort_int8_gelu_as_a_table_computes_what_the_qdq_chain_does(tmp_path, activations):
+    """`gelu_table`: each DequantizeLinear -> Gelu -> QuantizeLinear becomes Cast -> Gather over 256 codes, and
+    ONNX Runtime's output is the QDQ file's to the bit (u8 and s8 activations: s8 codes index from the end)."""
+    import onnx
+
+    from edgevit.deploy.runtimes.onnxruntime import load, save_onnx_int8
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 1), torch.nn.GELU(), torch.nn.Conv2d(16, 8, 1),
+                              torch.nn.GELU(), torch.nn.Conv2d(8, 4, 1)).eval()
+    x, calib = torch.randn(1, 3, 16, 16), 3 * torch.randn(8, 3, 16, 16)
+    for name, table in (("qdq.onnx", False), ("table.onnx", True)):
+        save_onnx_int8(net, x, tmp_path / name, calib, gelu_table=table, activation_type=activations)
+    kinds = [n.op_type for n in onnx.load(str(tmp_path / "table.onnx")).graph.node]
+    assert "Gelu" not in kinds and kinds.count("Gather") == 2 and kinds.count("Cast") == 2
+    assert [n.op_type for n in onnx.load(str(tmp_path / "qdq.onnx")).graph.node].count("Gelu") == 2
+    probe = (3 * torch.randn(1, 3, 16, 16)).numpy()
+    ref, got = load(tmp_path / "qdq.onnx", 1)(probe)[0], load(tmp_path / "table.onnx", 1)(probe)[0]
+    assert np.abs(ref).max() > 0.1 and np.array_equal(ref, got)
 
 
 def test_pt2e_int8_can_leave_short_reduction_convs_float():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -134,14 +135,40 @@ def first_output(run: RunFn) -> Callable[[torch.Tensor], torch.Tensor]:
     return call
 
 
+class SigmoidGelu(nn.Module):
+    """GELU's tanh form, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), written as x·σ(2·√(2/π)·(x + 0.044715·x³))
+    (the same function: 0.5·(1 + tanh z) = σ(2z)), for 16-bit float files of runtimes that have fp16 sigmoid,
+    multiply and add kernels but no fp16 GELU (XNNPACK). It differs from the exact (erf) GELU by at most 4.7e-4
+    (at x ≈ 2.7, where fp16's spacing is 2.0e-3); the file's logits SQNR against the fp32 model is the check
+    (docs/deploy.md, "ExecuTorch fp16"). The constants are buffers so that they take the graph's dtype with
+    `.half()` (a Python float would be cast at run time, outside the delegate)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(2 * math.sqrt(2 / math.pi)), persistent=False)
+        self.register_buffer("cubic", torch.tensor(0.044715), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.scale * (x + self.cubic * x * x * x))
+
+
 class Float16Graph(nn.Module):
     """`model` in fp16 behind an fp32 interface: the file takes and returns float32 like every other file here
-    (the casts are the graph's first and last ops), so the same loaders and checks apply."""
+    (the casts are the graph's first and last ops), so the same loaders and checks apply. `gelu="sigmoid"`:
+    each nn.GELU becomes `SigmoidGelu` (a runtime without an fp16 GELU kernel)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, gelu: str = "erf"):
         super().__init__()
         import copy
-        self.model = copy.deepcopy(model).half().eval()
+        if gelu not in ("erf", "sigmoid"):
+            raise ValueError(f"gelu={gelu!r}: expected 'erf' or 'sigmoid'")
+        model = copy.deepcopy(model)
+        if gelu == "sigmoid":
+            for parent in list(model.modules()):
+                for name, child in parent.named_children():
+                    if isinstance(child, nn.GELU) and child.approximate == "none":
+                        setattr(parent, name, SigmoidGelu())
+        self.model = model.half().eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.half()).float()

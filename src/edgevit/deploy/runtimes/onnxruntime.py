@@ -179,11 +179,77 @@ def short_convs(graph, min_k: int) -> List[str]:
             and int(np.prod(weights[n.input[1]][1:])) < min_k]
 
 
+def gelu_tables(model) -> int:
+    """Replace each DequantizeLinear -> Gelu -> QuantizeLinear chain of a QDQ ONNX graph (in place) by Cast ->
+    Gather over a 256-entry table: the chain maps the 256 values of its 8-bit input to 8-bit outputs, so the
+    table is that same function, made once here (float32 GELU, round half to even, saturate: what ONNX Runtime's
+    DequantizeLinear, Gelu and QuantizeLinear compute). ONNX Runtime has no quantized GELU kernel and ONNX no
+    lookup op, hence by hand; Gather reads an int8 index below 0 from the table's end, so the int8 table lists
+    0..127 then -128..-1. Returns how many chains it replaced."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = collections.defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    outputs = {o.name for o in graph.output}
+
+    def only_consumer(name: str, op_type: str):
+        c = consumers.get(name, [])
+        return c[0] if len(c) == 1 and c[0].op_type == op_type and name not in outputs else None
+
+    def qparams(node):  # (scale, zero point) of a per-tensor Q/DQ node, or None
+        if len(node.input) < 3 or node.input[1] not in consts or node.input[2] not in consts:
+            return None
+        scale, zp = consts[node.input[1]], consts[node.input[2]]
+        return (np.float32(scale), zp.reshape(())) if scale.size == 1 and zp.size == 1 else None
+
+    drop, add, tables = set(), [], []
+    for dq in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
+        gelu = only_consumer(dq.output[0], "Gelu")
+        q = gelu and only_consumer(gelu.output[0], "QuantizeLinear")
+        pin, pout = qparams(dq), q and qparams(q)
+        if not (q and pin and pout) or pin[1].dtype != pout[1].dtype or pin[1].dtype not in (np.uint8, np.int8) \
+                or dict((a.name, a.s) for a in gelu.attribute).get("approximate", b"none") != b"none":
+            continue
+        info = np.iinfo(pin[1].dtype)
+        codes = np.arange(256, dtype=np.int64)
+        codes = np.where(codes > info.max, codes - 256, codes)  # int8: 0..127, -128..-1 (Gather's negative index)
+        xs = torch.from_numpy(((codes - int(pin[1])).astype(np.float32) * pin[0]).astype(np.float32))
+        ys = torch.nn.functional.gelu(xs).numpy() / pout[0]
+        table = np.clip(np.rint(ys) + int(pout[1]), info.min, info.max).astype(pin[1].dtype)
+        stem = f"gelu_table_{len(tables)}"
+        tables.append(numpy_helper.from_array(table, f"{stem}_values"))
+        add.append((dq, [helper.make_node("Cast", [dq.input[0]], [f"{stem}_index"], name=f"{stem}_cast",
+                                          to=onnx.TensorProto.INT32),
+                         helper.make_node("Gather", [f"{stem}_values", f"{stem}_index"], [q.output[0]],
+                                          name=f"{stem}_gather", axis=0)]))
+        drop.update(id(n) for n in (dq, gelu, q))
+    if not tables:
+        return 0
+    nodes = []
+    new_at = {id(dq): made for dq, made in add}
+    for n in graph.node:
+        nodes.extend(new_at.get(id(n), []))
+        if id(n) not in drop:
+            nodes.append(n)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(tables)
+    return len(tables)
+
+
 def save_onnx_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.Tensor,
-                   op_types: Optional[Sequence[str]] = None, float_below_k: int = 0, **options) -> Dict[str, object]:
+                   op_types: Optional[Sequence[str]] = None, float_below_k: int = 0, gelu_table: bool = False,
+                   **options) -> Dict[str, object]:
     """fp32 ONNX export of `model`, then ONNX Runtime's static QDQ quantization calibrated on `images`
     (min/max of each activation), per-channel weights; `options` override ORT_INT8. `float_below_k`: convs whose
-    reduction is shorter stay float (`short_convs`; a form measured in benchmarks/quant_targets.py)."""
+    reduction is shorter stay float (`short_convs`); `gelu_table`: each quantized GELU as a 256-entry table
+    (`gelu_tables`). Both are forms measured in benchmarks/quant_targets.py, not the default."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     cfg = {**ORT_INT8, **options}
@@ -209,6 +275,10 @@ def save_onnx_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.
                             weight_type=getattr(QuantType, cfg["weight_type"]), reduce_range=cfg["reduce_range"],
                             op_types_to_quantize=op_types,
                             nodes_to_exclude=short_convs(graph, float_below_k) if float_below_k else None)
+    if gelu_table:
+        quantized = onnx.load(str(path))
+        gelu_tables(quantized)
+        onnx.save(quantized, str(path))
     strip_onnx(Path(path))  # (quantize_static writes its own doc strings)
     return {"onnx_quantization": {k: cfg[k] for k in ORT_INT8}}
 
