@@ -95,8 +95,8 @@ def main() -> int:
     if args.json == "-":
         print_json(doc)
         return 0
-    print(f"{rt.name} {args.precision}, {doc['meta']['cpu']} ({' '.join(doc['meta']['cpu_flags'])}), {args.threads} threads, "
-          f"{args.runs} interleaved rounds")
+    print(f"{rt.name} {args.precision}, {doc['meta']['cpu']} ({' '.join(doc['meta']['cpu_flags'])}), "
+          f"{args.threads} threads, {args.runs} interleaved rounds")
     for r in rows:
         rel = "" if r["release_over_it"] is None else f"  release / it {r['release_over_it']:.2f}"
         print(f"{r['form']:28s} {r['median_ms']:7.2f} ms  / MobileNetV2 {r['vs_mobilenetv2']:.2f}{rel}")

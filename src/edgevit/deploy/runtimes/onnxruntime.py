@@ -191,7 +191,6 @@ def gelu_tables(model) -> int:
 
     graph = model.graph
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
     consumers = collections.defaultdict(list)
     for n in graph.node:
         for i in n.input:
