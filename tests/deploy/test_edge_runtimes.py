@@ -107,8 +107,9 @@ def test_float16_files_are_checked_and_say_their_precision(runtime, precision, m
     rep = _json(capsys)
     assert rep["precision"] == precision and rep["checked_on"] == "8 random inputs" and rep["check_images"] == 8
     assert rep["sqnr_db"] > 30 and rep["top1_agreement"] >= 75 and rep["bytes"] == rt.size(out)
-    assert main(["export", *common, "-o", str(ref)]) == 0
-    fp32 = _json(capsys)
+    if runtime != "executorch":  # (the others compare with their fp32 file; an ExecuTorch lowering is ~20 s)
+        assert main(["export", *common, "-o", str(ref)]) == 0
+        fp32 = _json(capsys)
     if runtime == "openvino":  # the file says bf16; the plugin then runs most layers in it
         assert rep["layer_precisions"].get("bf16", 0) > rep["openvino_layers"] // 2
         assert "bf16" not in fp32["layer_precisions"]
