@@ -214,6 +214,20 @@ def quantize_pt2e(model: nn.Module, x: torch.Tensor, images: torch.Tensor,
     return convert_pt2e_model(prepared)
 
 
+# The post-training int8 file leaves the convolutions with a shorter reduction float inside the same XNNPACK graph
+# (the fused XXS: its 22 depthwise convolutions and stage 1's nine 1x1 convolutions over 48 channels, of 88):
+# faster and closer to fp32 than quantizing them, on CPUs with and without VNNI (docs/deploy.md, "ExecuTorch
+# int8"). QAT files quantize every convolution (as the QAT checkpoints already written were trained).
+PTQ_FLOAT_BELOW_K = 64
+
+
+def save_pte_ptq(model: nn.Module, x: torch.Tensor, path: Path, images: torch.Tensor) -> Dict[str, object]:
+    """The post-training int8 .pte: `quantize_pt2e` calibrated on `images` with the convolutions of reduction
+    < PTQ_FLOAT_BELOW_K left float; the report says how many those are (`float_convs`)."""
+    report = save_pte_int8(quantize_pt2e(model, x, images, PTQ_FLOAT_BELOW_K), x, path)
+    return {**report, "float_convs": len(short_convs(model, PTQ_FLOAT_BELOW_K))}
+
+
 def save_pte_int8(quantized: torch.fx.GraphModule, x: torch.Tensor, path: Path) -> Dict[str, object]:
     """Lower a converted (quantize/dequantize) graph to XNNPACK and write the .pte; the partition report."""
     with torch.no_grad():
@@ -225,9 +239,9 @@ RUNTIME = Runtime(
     name="executorch", title="ExecuTorch + XNNPACK", format="pte", suffixes=(".pte",), packages=(PACKAGE,),
     forms=Forms(embed="s2d", ln="conv", prop="shuffle", sample="pool", pad=16),
     save=save_pte, load=load, input_size=input_size,
-    save_int8=lambda model, x, path, images: save_pte_int8(quantize_pt2e(model, x, images), x, path),
+    save_int8=save_pte_ptq,
     save_qat=lambda prepared, x, path: save_pte_int8(convert_pt2e_model(prepared), x, path),
-    int8_how="PT2E + XNNPACK quantizer", profile=profile, describe=describe,
+    int8_how="PT2E + XNNPACK quantizer (depthwise convolutions float)", profile=profile, describe=describe,
     # (XNNPACK has no fp16 GELU and delegates no dtype casts: an erf GELU in fp16 or fp32 leaves the delegate)
     float16={"fp16": lambda model, x, path: save_pte(Float16Graph(model, gelu="sigmoid"), x, path)},
     float16_how={"fp16": "the graph in fp16 on XNNPACK's fp16 kernels, GELU in its tanh form as x*sigmoid(...)"})
