@@ -61,11 +61,13 @@ def test_ptq_file_runs_in_its_runtime_and_agrees_with_the_float_model(fmt, make_
     assert report["sqnr_db"] >= floor and report["top1_agreement"] >= MIN_AGREEMENT, report
     if fmt == "pte":  # the short-reduction convs (the depthwise ones among them) stay float, in the same graph
         assert report["delegate_partitions"] == 1 and report["non_delegated_ops"] == 0, report
-        from edgevit.deploy.runtimes.executorch import PTQ_FLOAT_BELOW_K, short_convs
+        from edgevit.deploy.runtimes.executorch import PTQ_FLOAT_BELOW_K, ptq_float_convs, short_convs
         dw = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels > 1]
-        assert dw and set(dw) <= set(short_convs(model, PTQ_FLOAT_BELOW_K))
-        assert report["float_convs"] == len(short_convs(model, PTQ_FLOAT_BELOW_K)) < \
+        assert dw and set(dw) <= set(ptq_float_convs(model)) == set(short_convs(model, PTQ_FLOAT_BELOW_K))
+        assert report["float_convs"] == len(ptq_float_convs(model)) < \
             sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        import timm  # a CNN keeps the quantizer's default: every convolution int8
+        assert ptq_float_convs(timm.create_model("mobilenetv2_100")) == []
     # independently: new inputs, the file loaded again, compared with the release model itself
     x = images(8, seed=5)
     got = q.run_batch(load_file(fmt, out), x)

@@ -214,18 +214,30 @@ def quantize_pt2e(model: nn.Module, x: torch.Tensor, images: torch.Tensor,
     return convert_pt2e_model(prepared)
 
 
-# The post-training int8 file leaves the convolutions with a shorter reduction float inside the same XNNPACK graph
-# (the fused XXS: its 22 depthwise convolutions and stage 1's nine 1x1 convolutions over 48 channels, of 88):
-# faster and closer to fp32 than quantizing them, on CPUs with and without VNNI (docs/deploy.md, "ExecuTorch
-# int8"). QAT files quantize every convolution (as the QAT checkpoints already written were trained).
+# The post-training int8 file of an EdgeViT leaves the convolutions with a shorter reduction float inside the same
+# XNNPACK graph (the fused XXS: its 22 depthwise convolutions and stage 1's nine 1x1 convolutions over 48 channels,
+# of 88): faster and closer to fp32 than quantizing them, on CPUs with and without VNNI. Other models (the CNN
+# baselines) keep the quantizer's default: MobileNetV2 is 3% slower that way, so its faster file is the baseline
+# (docs/deploy.md, "ExecuTorch int8"). QAT files quantize every convolution (as the QAT checkpoints already
+# written were trained).
 PTQ_FLOAT_BELOW_K = 64
 
 
+def ptq_float_convs(model: nn.Module) -> List[str]:
+    """The convolutions the post-training int8 file leaves float: an EdgeViT's (or a model holding one) with a
+    reduction below PTQ_FLOAT_BELOW_K, none for other models."""
+    from ...models.edgevit import EdgeViT
+
+    return short_convs(model, PTQ_FLOAT_BELOW_K) if any(isinstance(m, EdgeViT) for m in model.modules()) else []
+
+
 def save_pte_ptq(model: nn.Module, x: torch.Tensor, path: Path, images: torch.Tensor) -> Dict[str, object]:
-    """The post-training int8 .pte: `quantize_pt2e` calibrated on `images` with the convolutions of reduction
-    < PTQ_FLOAT_BELOW_K left float; the report says how many those are (`float_convs`)."""
-    report = save_pte_int8(quantize_pt2e(model, x, images, PTQ_FLOAT_BELOW_K), x, path)
-    return {**report, "float_convs": len(short_convs(model, PTQ_FLOAT_BELOW_K))}
+    """The post-training int8 .pte: PT2E calibrated on `images`, `ptq_float_convs` left float; the report says
+    how many those are (`float_convs`)."""
+    skip = ptq_float_convs(model)
+    prepared = prepare_pt2e_model(model, x, float_modules=skip)
+    calibrate(prepared, images)
+    return {**save_pte_int8(convert_pt2e_model(prepared), x, path), "float_convs": len(skip)}
 
 
 def save_pte_int8(quantized: torch.fx.GraphModule, x: torch.Tensor, path: Path) -> Dict[str, object]:
