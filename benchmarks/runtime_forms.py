@@ -53,7 +53,12 @@ def main() -> int:
     rt = runtimes.get(args.runtime)
     rt.require(writing=True)
     if args.precision != "fp32" and args.precision not in rt.float16:
-        ap.error(f"--precision {args.precision}: {rt.name} writes fp32 or {', '.join(rt.float16) or 'no 16-bit float'}")
+        ap.error(f"--precision {args.precision}: {rt.name} writes "
+                 + (f"fp32 or {' or '.join(rt.float16)}" if rt.float16 else "fp32 only"))
+    if args.json not in (None, "-") and not Path(args.json).resolve().parent.is_dir():  # (before the work it loses)
+        ap.error(f"--json {args.json}: its folder does not exist")
+    if why := rt.cpu_lacks(args.precision):
+        ap.error(f"--precision {args.precision}: {why}")
     save = rt.save if args.precision == "fp32" else rt.float16[args.precision]
     x = seeded_input(args.img_size)
     torch.manual_seed(0)

@@ -622,6 +622,11 @@ _register_forms()
 _UNFUSED = (PatchEmbed, LGLBlock, EdgeViTHead)
 
 
+def holds_edgevit(model: nn.Module) -> bool:
+    """`model` is an EdgeViT or holds one (a detector, a segmenter, timm's `features_only` wrapper)."""
+    return any(isinstance(m, EdgeViT) for m in model.modules())
+
+
 def is_fused(model: nn.Module) -> bool:
     """Every EdgeViT inside `model` is in its inference form (and there is at least one)."""
     edgevits = [m for m in model.modules() if isinstance(m, EdgeViT)]
@@ -681,7 +686,7 @@ def fuse_model(model: nn.Module, forms: Forms = Forms()) -> nn.Module:
     """The inference copy of `model` in `forms` (`model` is left untouched): an EdgeViT, or any module holding
     EdgeViTs (a detector or segmenter, timm's `features_only` wrapper), each with every part fused. A model
     already fused is switched to `forms` in place."""
-    if not any(isinstance(m, EdgeViT) for m in model.modules()):
+    if not holds_edgevit(model):
         raise UserError(f"fuse() takes an EdgeViT or a model holding one, got {type(model).__name__}")
     if not is_fused(model):
         model = reparameterize_model(model)  # a deep copy with each part's `fuse()` (timm's, as FastViT's)

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ...utils.quiet import filter_native_stderr
-from ..fused import ChannelNorm, Forms
+from ..fused import ChannelNorm, Forms, holds_edgevit
 from .base import Float16Graph, Package, Runtime
 
 PACKAGE = Package("executorch")
@@ -223,21 +223,22 @@ def quantize_pt2e(model: nn.Module, x: torch.Tensor, images: torch.Tensor,
 PTQ_FLOAT_BELOW_K = 64
 
 
-def ptq_float_convs(model: nn.Module) -> List[str]:
-    """The convolutions the post-training int8 file leaves float: an EdgeViT's (or a model holding one) with a
-    reduction below PTQ_FLOAT_BELOW_K, none for other models."""
-    from ...models.edgevit import EdgeViT
+def ptq_float_below_k(model: nn.Module) -> int:
+    """The `quantize_pt2e` reduction bound of the post-training int8 file: PTQ_FLOAT_BELOW_K for an EdgeViT (or
+    a model holding one), 0 (every convolution int8) for other models."""
+    return PTQ_FLOAT_BELOW_K if holds_edgevit(model) else 0
 
-    return short_convs(model, PTQ_FLOAT_BELOW_K) if any(isinstance(m, EdgeViT) for m in model.modules()) else []
+
+def ptq_float_convs(model: nn.Module) -> List[str]:
+    """The convolutions the post-training int8 file leaves float."""
+    return short_convs(model, ptq_float_below_k(model))
 
 
 def save_pte_ptq(model: nn.Module, x: torch.Tensor, path: Path, images: torch.Tensor) -> Dict[str, object]:
-    """The post-training int8 .pte: PT2E calibrated on `images`, `ptq_float_convs` left float; the report says
-    how many those are (`float_convs`)."""
-    skip = ptq_float_convs(model)
-    prepared = prepare_pt2e_model(model, x, float_modules=skip)
-    calibrate(prepared, images)
-    return {**save_pte_int8(convert_pt2e_model(prepared), x, path), "float_convs": len(skip)}
+    """The post-training int8 .pte: `quantize_pt2e` calibrated on `images`, `ptq_float_convs` left float; the
+    report says how many those are (`float_convs`)."""
+    report = save_pte_int8(quantize_pt2e(model, x, images, ptq_float_below_k(model)), x, path)
+    return {**report, "float_convs": len(ptq_float_convs(model))}
 
 
 def save_pte_int8(quantized: torch.fx.GraphModule, x: torch.Tensor, path: Path) -> Dict[str, object]:

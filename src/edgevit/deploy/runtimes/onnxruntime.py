@@ -207,7 +207,7 @@ def gelu_tables(model) -> int:
         scale, zp = consts[node.input[1]], consts[node.input[2]]
         return (np.float32(scale), zp.reshape(())) if scale.size == 1 and zp.size == 1 else None
 
-    drop, add, tables = set(), [], []
+    drop, new_at, tables = set(), {}, []  # (new_at: the Cast and Gather that go where each chain's DQ was)
     for dq in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
         gelu = only_consumer(dq.output[0], "Gelu")
         q = gelu and only_consumer(gelu.output[0], "QuantizeLinear")
@@ -223,15 +223,14 @@ def gelu_tables(model) -> int:
         table = np.clip(np.rint(ys) + int(pout[1]), info.min, info.max).astype(pin[1].dtype)
         stem = f"gelu_table_{len(tables)}"
         tables.append(numpy_helper.from_array(table, f"{stem}_values"))
-        add.append((dq, [helper.make_node("Cast", [dq.input[0]], [f"{stem}_index"], name=f"{stem}_cast",
-                                          to=onnx.TensorProto.INT32),
-                         helper.make_node("Gather", [f"{stem}_values", f"{stem}_index"], [q.output[0]],
-                                          name=f"{stem}_gather", axis=0)]))
+        new_at[id(dq)] = [helper.make_node("Cast", [dq.input[0]], [f"{stem}_index"], name=f"{stem}_cast",
+                                           to=onnx.TensorProto.INT32),
+                          helper.make_node("Gather", [f"{stem}_values", f"{stem}_index"], [q.output[0]],
+                                           name=f"{stem}_gather", axis=0)]
         drop.update(id(n) for n in (dq, gelu, q))
     if not tables:
         return 0
     nodes = []
-    new_at = {id(dq): made for dq, made in add}
     for n in graph.node:
         nodes.extend(new_at.get(id(n), []))
         if id(n) not in drop:
