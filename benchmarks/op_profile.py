@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/op_profile.py mobilenetv2_100 --runtime onnxruntime --top 10 --json prof.json
     .venv/bin/python benchmarks/op_profile.py edgevit_xxs --runtime onnxruntime --precision int8 \
         --calib out/demo/digits/train --checkpoint out/demo/digits_run/best.pth   # the int8 file
+    .venv/bin/python benchmarks/op_profile.py edgevit_xxs --precision fp16        # any precision the runtime writes
 
 The model is exported exactly as `edgevit bench` does it, then run with the runtime's profiler on:
 ExecuTorch's event tracer (ETDump, read with `executorch.devtools.Inspector`: one event per XNNPACK
@@ -23,6 +24,8 @@ import json
 import sys
 
 from edgevit.bench.profile import PROFILED_RUNTIMES, profile
+from edgevit.deploy.runtimes import reduced_precisions
+from edgevit.errors import UserError
 from edgevit.utils.io import write_text_atomic
 
 
@@ -34,14 +37,18 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--img-size", type=int, default=None)
-    p.add_argument("--precision", default="fp32", choices=("fp32", "int8"))
-    p.add_argument("--calib", default=None, help="int8: calibration images (a folder) or 'random'")
+    p.add_argument("--precision", default="fp32", choices=("fp32", *reduced_precisions()),
+                   help="the file's precision, as `edgevit bench --precision` writes it (one the runtime has)")
+    p.add_argument("--calib", default=None, help="int8 and its forms: calibration images (a folder) or 'random'")
     p.add_argument("--checkpoint", default=None, help="weights (e.g. the digits XXS of make demo)")
     p.add_argument("--top", type=int, default=0, help="also list the N slowest operators")
     p.add_argument("--json", default=None, help="write the whole profile to this file")
     args = p.parse_args()
-    res = profile(args.model, not args.unfused, args.runtime, args.runs, args.threads, args.img_size,
-                  args.precision, args.calib, args.checkpoint)
+    try:
+        res = profile(args.model, not args.unfused, args.runtime, args.runs, args.threads, args.img_size,
+                      args.precision, args.calib, args.checkpoint)
+    except UserError as e:  # (a precision the runtime does not write, a missing calibration folder: exit 2)
+        p.error(str(e))
     if args.runtime == "litert":  # no per-operator times from its Python interpreter: the op inventory
         e = res["export"]
         print(f"{args.model} ({'unfused' if args.unfused else 'fused'}, litert, fp32): median {res['median_ms']:.2f} "

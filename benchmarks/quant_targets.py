@@ -59,9 +59,10 @@ FORMS = {
         # (the same file to the bit: onnxruntime.gelu_tables)
         "GELU as a 256-entry table": lambda m, x, p, im: save_onnx_int8(m, x, p, im, gelu_table=True)},
     # (LiteRT's int8 convolutions-only form is a precision of its own, int8-conv: the matrix judges it)
-    # (its default leaves the convs with K < 64 float: executorch.PTQ_FLOAT_BELOW_K)
+    # (its default leaves the convs with K < 32, the depthwise ones, float: executorch.PTQ_FLOAT_BELOW_K)
     "executorch": {
         "every conv int8": lambda m, x, p, im: save_pte_int8(quantize_pt2e(m, x, im), x, p),
+        "convs with K < 64 float": lambda m, x, p, im: save_pte_int8(quantize_pt2e(m, x, im, 64), x, p),
         "convs with K < 144 float": lambda m, x, p, im: save_pte_int8(quantize_pt2e(m, x, im, 144), x, p)},
 }
 

@@ -41,6 +41,17 @@ def test_op_profile_of_an_int8_file_shows_its_quantized_kernels():
     assert {"QuantizeLinear", "DequantizeLinear"} & kinds  # ... with float islands between them
 
 
+def test_op_profile_of_a_16_bit_file_and_a_precision_the_runtime_lacks():
+    from edgevit.errors import UserError
+
+    prof = _load("op_profile").profile("edgevit_xxs", runtime="executorch", runs=2, img_size=64, precision="fp16")
+    kinds = {k["kind"] for k in prof["by_kind"]}
+    assert prof["precision"] == "fp16"
+    assert "Fully Connected (NC, F16) GEMM" in kinds and not any("F32" in k for k in kinds), kinds
+    with pytest.raises(UserError, match="fp16 runs in .*not onnxruntime"):
+        _load("op_profile").profile("edgevit_xxs", runtime="onnxruntime", precision="fp16")
+
+
 def test_gemm_tile_one_row_per_conv(tmp_path, monkeypatch):
     out = tmp_path / "tile.json"
     monkeypatch.setattr(sys, "argv", ["x", "--hw", "56", "--cin", "16", "--cout", "16", "32", "--runs", "2",

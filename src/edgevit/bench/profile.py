@@ -14,7 +14,7 @@ import torch
 
 from ..deploy import runtimes
 from ..errors import UserError
-from .runners import default_img_size, load_model
+from .runners import check_precision, default_img_size, load_model
 
 
 def summary(model, fused, size, threads, runs, report, ops):
@@ -28,21 +28,21 @@ def summary(model, fused, size, threads, runs, report, ops):
 
 
 def profile_file(runtime: str, net, x, threads: int, runs: int, warmup: int, desc: str,
-                 int8_images=None) -> Tuple[dict, List[dict]]:
-    """`net` written to `runtime`'s file (int8: calibrated on `int8_images`) and profiled by the runtime's own
-    profiler (its record's `profile`): (export report, per-operator rows)."""
+                 precision: str = "fp32", images=None) -> Tuple[dict, List[dict]]:
+    """`net` written to `runtime`'s `precision` file (a calibrated precision: on `images`) and profiled by the
+    runtime's own profiler (its record's `profile`): (export report, per-operator rows)."""
     rt = runtimes.get(runtime)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"model{rt.suffix}"
-        report = rt.save(net, x, path) if int8_images is None else rt.save_int8(net, x, path, int8_images)
+        report = rt.write(precision, net, x, path, images)
         return report, rt.profile(path, x, threads, runs, warmup, desc)
 
 
 def profile(model: str, fused: bool = True, runtime: str = "executorch", runs: int = 20, threads: int = 2,
             img_size: int | None = None, precision: str = "fp32", calib: str | None = None,
             checkpoint: str | None = None) -> dict:
-    """`model` exported as `edgevit bench` does it (int8: as `bench --precision int8`, calibrated on
-    `calib`), profiled in `runtime`: totals per operator kind ("by_kind", slowest first) and per operator
+    """`model` exported as `edgevit bench` does it (`precision`: as `bench --precision`; int8 and its forms
+    calibrated on `calib`), profiled in `runtime`: totals per operator kind ("by_kind", slowest first) and per operator
     ("per_op")."""
     if runtime not in PROFILED_RUNTIMES:
         raise UserError(f"{runtime!r} is not one of {', '.join(PROFILED_RUNTIMES)}", option="runtime")
@@ -50,15 +50,16 @@ def profile(model: str, fused: bool = True, runtime: str = "executorch", runs: i
         if precision != "fp32":
             raise UserError(f"{precision!r}: the LiteRT profile is fp32", option="precision")
         return profile_litert(model, fused, runs, threads, img_size, checkpoint)
+    check_precision(runtimes.get(runtime), precision)
     torch.set_num_threads(threads)
     net = load_model(model, fused=fused, runtime=runtime, checkpoint=checkpoint)
     size = img_size or default_img_size(net)
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     from ..deploy.quantize import model_calibration
 
-    images = model_calibration(net, calib, 64, size) if precision == "int8" else None
+    images = model_calibration(net, calib, 64, size) if runtimes.calibrated(precision) else None
     report, ops = profile_file(runtime, net, x, threads, runs, 3, f"{model} ({runtime} {precision}, profiled)",
-                               int8_images=images)
+                               precision, images)
     return {**summary(model, fused, size, threads, runs, report, ops), "precision": precision}
 
 

@@ -136,13 +136,11 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
         tmp = tempfile.TemporaryDirectory(prefix=f"edgevit-{rt.format}-")
         path = Path(tmp.name) / f"model{rt.suffix}"
         t0 = time.perf_counter()
+        images = None
         if runtimes.calibrated(precision):
             from ..deploy.quantize import model_calibration
-            info = rt.int8_writer(precision)(net, x, path, model_calibration(net, calib, calib_images, size))
-        elif precision in rt.float16:
-            info = rt.float16[precision](net, x, path)
-        else:
-            info = rt.save(net, x, path)
+            images = model_calibration(net, calib, calib_images, size)
+        info = rt.write(precision, net, x, path, images)
         export_s = time.perf_counter() - t0
         run, a = rt.load(path, threads), x.numpy()
 

@@ -247,7 +247,7 @@ def export_int8(model: nn.Module, fmt: str, output, images: Optional[torch.Tenso
         raise UserError(f"a quantization-aware checkpoint exports to {' or '.join(qat_formats)} (the quantizer it "
                         f"was trained with); {rt.name} files are quantized after training", option="format")
     write = (lambda tmp: rt.save_qat(prepared, x, tmp)) if prepared is not None else \
-        (lambda tmp: rt.int8_writer(precision)(model, x, tmp, images))
+        (lambda tmp: rt.write(precision, model, x, tmp, images))
     return checked_write(rt, output, write, reference, measured, threads, report)
 
 
@@ -292,5 +292,5 @@ def export_float16(model: nn.Module, fmt: str, output, precision: str, check: to
                                  "how": rt.float16_how.get(precision, ""), "img_size": list(x.shape[-2:]),
                                  "checked_against": "the float model", "checked_on": checked_on or
                                  f"{len(check)} images", "check_images": len(check)}
-    return checked_write(rt, output, lambda tmp: rt.float16[precision](model, x, tmp), reference, check, threads,
+    return checked_write(rt, output, lambda tmp: rt.write(precision, model, x, tmp), reference, check, threads,
                          report)

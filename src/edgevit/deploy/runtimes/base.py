@@ -113,6 +113,18 @@ class Runtime:
         """The writer of a calibrated precision ("int8" or one of `int8_forms`)."""
         return self.save_int8 if precision == "int8" else self.int8_forms[precision]
 
+    def write(self, precision: str, model: nn.Module, x: torch.Tensor, path: Path,
+              images: Optional[torch.Tensor] = None) -> Dict[str, object]:
+        """Write `model` at `x` to `path` as a `precision` file, through the writer that precision names (a
+        calibrated one takes `images`, N x 3 x H x W); returns the writer's report."""
+        if precision in self.float16:
+            return self.float16[precision](model, x, path)
+        if precision != "fp32":
+            if images is None:
+                raise ValueError(f"a {precision} file is calibrated: no calibration images given")
+            return self.int8_writer(precision)(model, x, path, images)
+        return self.save(model, x, path)
+
     def files(self, path: Path) -> Tuple[Path, ...]:
         """A written file and its companions."""
         return (Path(path), *(self.companions(Path(path)) if self.companions else ()))

@@ -215,12 +215,14 @@ def quantize_pt2e(model: nn.Module, x: torch.Tensor, images: torch.Tensor,
 
 
 # The post-training int8 file of an EdgeViT leaves the convolutions with a shorter reduction float inside the same
-# XNNPACK graph (the fused XXS: its 22 depthwise convolutions and stage 1's nine 1x1 convolutions over 48 channels,
-# of 88): faster and closer to fp32 than quantizing them, on CPUs with and without VNNI. Other models (the CNN
-# baselines) keep the quantizer's default: MobileNetV2 is 3% slower that way, so its faster file is the baseline
-# (docs/deploy.md, "ExecuTorch int8"). QAT files quantize every convolution (as the QAT checkpoints already
-# written were trained).
-PTQ_FLOAT_BELOW_K = 64
+# XNNPACK graph: below 32, its depthwise convolutions (K = 9 and 25; the fused XXS has 22 of 88), memory-bound in
+# either precision, so int8 saves them nothing and costs requantisation and accuracy. Every 1x1 convolution is int8,
+# stage 1's over 48 channels included: the earlier bound of 64, which kept those float too, measured faster than
+# all-int8 on a Xeon with AMX (whose int8 tiles reduce over 64) but slower than this one on an AMD EPYC with VNNI,
+# and phones' dot-product int8 has no 64-deep block (docs/deploy.md, "ExecuTorch int8"). Other models (the CNN
+# baselines) keep the quantizer's default: MobileNetV2 is slower that way, so its faster file is the baseline. QAT
+# files quantize every convolution (as the QAT checkpoints already written were trained).
+PTQ_FLOAT_BELOW_K = 32
 
 
 def ptq_float_below_k(model: nn.Module) -> int:
