@@ -256,7 +256,7 @@ RUNTIME = Runtime(
     save=save_pte, load=load, input_size=input_size,
     save_int8=save_pte_ptq,
     save_qat=lambda prepared, x, path: save_pte_int8(convert_pt2e_model(prepared), x, path),
-    int8_how="PT2E + XNNPACK quantizer (an EdgeViT's short-reduction convolutions float)", profile=profile,
+    int8_how="PT2E + XNNPACK quantizer (an EdgeViT's depthwise convolutions float)", profile=profile,
     describe=describe,
     # (XNNPACK has no fp16 GELU and delegates no dtype casts: an erf GELU in fp16 or fp32 leaves the delegate)
     float16={"fp16": lambda model, x, path: save_pte(Float16Graph(model, gelu="sigmoid"), x, path)},
