@@ -15,6 +15,14 @@ REFERENCE = Path(os.environ.get("EDGEVIT_REFERENCE", REPO.parent / "shared" / "r
 THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The CPU and its int8/bf16/fp16 features, at the end of every run (`make test`'s -q prints no header):
+    runtimes pick their kernels by them, so a failure's log says which machine it was."""
+    from edgevit.bench.bench import cpu_flags, cpu_name
+
+    terminalreporter.write_line(f"cpu: {cpu_name()} ({' '.join(cpu_flags()) or 'none of the listed features'})")
+
+
 @pytest.fixture(autouse=True)
 def _no_openvino_here(request):
     """With EDGEVIT_NO_OPENVINO set (make test's first run), a test that loads OpenVINO fails by name: its files

@@ -152,6 +152,22 @@ def test_mnn_int8_file_says_so_and_a_quantizer_failure_is_one_line(checkpoint, t
     assert not (tmp_path / "j8.mnn").exists()
 
 
+def test_mnn_converter_works_in_a_folder_of_its_own(make_tiny, tmp_path, monkeypatch):
+    """MNN's converter writes the weights to `.__convert_external_data.bin` in its working directory and reads
+    them back, then deletes it, so two conversions in one directory swap weights (two test workers did: max |diff|
+    0.9 on the fp32 check). Here the caller's directory holds that name as a link to /dev/full: a converter
+    working there deletes the link (and on the full-width model reads zero weights back); one working in a folder
+    of its own leaves it, and its file agrees with PyTorch."""
+    from edgevit.deploy import fuse
+    from edgevit.deploy.export import export_model
+
+    monkeypatch.chdir(tmp_path)
+    trap = tmp_path / ".__convert_external_data.bin"
+    trap.symlink_to("/dev/full")
+    rep = export_model(fuse(make_tiny(), "mnn"), "mnn", tmp_path / "m.mnn", img_size=64)
+    assert rep["max_abs_diff"] < 1e-3 and trap.is_symlink()
+
+
 def test_bf16_is_refused_on_a_cpu_without_it(monkeypatch, make_tiny, tmp_path):
     from edgevit.deploy.quantize import export_float16, random_calibration
     from edgevit.deploy.runtimes import openvino

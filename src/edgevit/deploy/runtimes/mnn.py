@@ -4,8 +4,10 @@ Module API on its CPU backend.
 The converter is called as the library function the `mnnconvert` script wraps (`_tools.mnnconvert`), never
 through that script or `mnnquant`: both import `MNN.tools.utils.log`, which runs `pip install
 aliyun-log-python-sdk` into whatever Python is first on PATH and uploads the conversion's details to Alibaba's
-log service. The converter prints its progress on fd 1/2 from C++; it is captured (`capture_native_output`) and
-read only to explain a failure.
+log service. It runs in a child process whose working directory is its own temporary folder: the converter
+writes the weights to `.__convert_external_data.bin` in the working directory, reads them back and deletes it,
+so two conversions in one directory (two exports, two test workers) swap weights and write wrong files. Its
+progress (printed from C++) is read only to explain a failure.
 
 The file carries what MNN's format has no field for in its `bizCode` string: `edgevit <precision> 1x3xHxW`
 (the input size, and whether the weights are stored in fp16). fp32 files run with MNN's "high" precision; fp16
@@ -31,7 +33,7 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -58,15 +60,23 @@ def _convert(source: Path, path: Path, precision: str, source_format: str = "ONN
     """MNN's converter on `source` (an ONNX file, or an MNN file of input size `hw` to rewrite); returns its output
     (for the report); a failure is one ConversionError."""
     h, w = hw or _onnx_hw(source)
-    argv = ["mnnconvert", "-f", source_format, "--modelFile", str(source), "--MNNModel", str(path),
+    argv = ["-f", source_format, "--modelFile", str(Path(source).resolve()), "--MNNModel", str(Path(path).resolve()),
             "--bizCode", f"{BIZ} {precision} 1x3x{h}x{w}"] + (["--fp16"] if precision == "fp16" else [])
-    with capture_native_output() as out:
-        import _tools  # MNN's converter library (the module the `mnnconvert` script calls)
+    # (mnnconvert returns True whether or not it converted: the file and its log tell)
+    code, text = _tool("mnnconvert", argv)
+    if code != 0 or not path.is_file() or "Converted Success" not in text:
+        raise conversion_error(text)
+    return text
 
-        _tools.mnnconvert(argv)  # (returns True whether or not it converted: the file and its log tell)
-    if not path.is_file() or "Converted Success" not in out.text:
-        raise conversion_error(out.text)
-    return out.text
+
+def _tool(name: str, argv) -> Tuple[int, str]:
+    """MNN's `_tools.<name>` (the library behind its `mnnconvert`/`mnnquant` scripts) on `argv`, in a child process
+    working in a folder of its own; returns its exit status and output."""
+    code = f"import sys, _tools; _tools.{name}(['{name}', *sys.argv[1:]])"
+    with tempfile.TemporaryDirectory(prefix="edgevit-mnn-cwd-") as cwd:
+        done = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True,
+                              errors="replace", cwd=cwd)
+    return done.returncode, done.stdout + done.stderr
 
 
 def _quantize(fp32: Path, path: Path, images: torch.Tensor, workdir: Path) -> str:
@@ -83,15 +93,12 @@ def _quantize(fp32: Path, path: Path, images: torch.Tensor, workdir: Path) -> st
         pixels = np.rint((img - lo[:, None, None]) / step[:, None, None]).clip(0, 255).astype(np.uint8)
         Image.fromarray(pixels.transpose(1, 2, 0), "RGB").save(folder / f"{i:04d}.png")
     config = {"format": "RGB", "mean": (-lo / step).tolist(), "normal": step.tolist(),
-              "width": int(a.shape[3]), "height": int(a.shape[2]), "path": f"{folder}/",
+              "width": int(a.shape[3]), "height": int(a.shape[2]), "path": f"{folder.resolve()}/",
               "used_image_num": len(a), "feature_quantize_method": "EMA", "weight_quantize_method": "MAX_ABS"}
     (workdir / "quant.json").write_text(json.dumps(config))
-    code = "import sys, _tools; _tools.mnnquant(['mnnquant', *sys.argv[1:]])"
-    done = subprocess.run([sys.executable, "-c", code, str(fp32), str(path), str(workdir / "quant.json")],
-                          capture_output=True, text=True, errors="replace")
-    text = done.stdout + done.stderr
-    if done.returncode != 0 or not path.is_file() or "Quantize model done" not in text:
-        how = f"exit status {done.returncode}" if done.returncode >= 0 else f"killed by signal {-done.returncode}"
+    status, text = _tool("mnnquant", [Path(p).resolve() for p in (fp32, path, workdir / "quant.json")])
+    if status != 0 or not path.is_file() or "Quantize model done" not in text:
+        how = f"exit status {status}" if status >= 0 else f"killed by signal {-status}"
         lines = [ln.strip() for ln in text.splitlines() if re.search(r"error|fail|not|what\(\)", ln, re.I)]
         raise ConversionError(f"MNN's quantizer failed ({how}): " + (lines[-1][:200] if lines else "no file written"))
     return text
