@@ -156,7 +156,7 @@ def test_mnn_converter_works_in_a_folder_of_its_own(make_tiny, tmp_path, monkeyp
     """MNN's converter writes the weights to `.__convert_external_data.bin` in its working directory and reads
     them back, then deletes it, so two conversions in one directory swap weights (two test workers did: max |diff|
     0.9 on the fp32 check). Here the caller's directory holds that name as a link to /dev/full: a converter
-    working there deletes the link (and on the full-width model reads zero weights back); one working in a folder
+    working there deletes the link (and for the full-width XXS wrote a file off by 1.09); one working in a folder
     of its own leaves it, and its file agrees with PyTorch."""
     from edgevit.deploy import fuse
     from edgevit.deploy.export import export_model
