@@ -60,7 +60,7 @@ def _convert(source: Path, path: Path, precision: str, source_format: str = "ONN
     """MNN's converter on `source` (an ONNX file, or an MNN file of input size `hw` to rewrite); returns its output
     (for the report); a failure is one ConversionError."""
     h, w = hw or _onnx_hw(source)
-    argv = ["-f", source_format, "--modelFile", str(Path(source).resolve()), "--MNNModel", str(Path(path).resolve()),
+    argv = ["-f", source_format, "--modelFile", Path(source), "--MNNModel", Path(path),
             "--bizCode", f"{BIZ} {precision} 1x3x{h}x{w}"] + (["--fp16"] if precision == "fp16" else [])
     # (mnnconvert returns True whether or not it converted: the file and its log tell)
     code, text = _tool("mnnconvert", argv)
@@ -71,11 +71,12 @@ def _convert(source: Path, path: Path, precision: str, source_format: str = "ONN
 
 def _tool(name: str, argv) -> Tuple[int, str]:
     """MNN's `_tools.<name>` (the library behind its `mnnconvert`/`mnnquant` scripts) on `argv`, in a child process
-    working in a folder of its own; returns its exit status and output."""
+    working in a folder of its own (the Paths in `argv` made absolute for it); returns its exit status and output."""
     code = f"import sys, _tools; _tools.{name}(['{name}', *sys.argv[1:]])"
+    args = [str(a.resolve()) if isinstance(a, Path) else str(a) for a in argv]
     with tempfile.TemporaryDirectory(prefix="edgevit-mnn-cwd-") as cwd:
-        done = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True,
-                              errors="replace", cwd=cwd)
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, errors="replace",
+                              cwd=cwd)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -96,7 +97,7 @@ def _quantize(fp32: Path, path: Path, images: torch.Tensor, workdir: Path) -> st
               "width": int(a.shape[3]), "height": int(a.shape[2]), "path": f"{folder.resolve()}/",
               "used_image_num": len(a), "feature_quantize_method": "EMA", "weight_quantize_method": "MAX_ABS"}
     (workdir / "quant.json").write_text(json.dumps(config))
-    status, text = _tool("mnnquant", [Path(p).resolve() for p in (fp32, path, workdir / "quant.json")])
+    status, text = _tool("mnnquant", [Path(fp32), Path(path), Path(workdir) / "quant.json"])
     if status != 0 or not path.is_file() or "Quantize model done" not in text:
         how = f"exit status {status}" if status >= 0 else f"killed by signal {-status}"
         lines = [ln.strip() for ln in text.splitlines() if re.search(r"error|fail|not|what\(\)", ln, re.I)]
