@@ -59,7 +59,7 @@ def start_dense_train(args: argparse.Namespace, task: str) -> argparse.Namespace
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run, or start it again")
     if os.environ.get("RANK", "0") == "0":
-        recover_run_dir(args.output)  # a replacement killed outright: the run that is there
+        recover_run_dir(args.output, "--output")  # a replacement killed outright: the run that is there
     check_output_dir(args.output, "--output", overwrite=args.overwrite, holds=RUN_FILES, resume=bool(args.resume),
                      inputs=[("--data", args.data)])
     if args.resume and args.resume != "auto":

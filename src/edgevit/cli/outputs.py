@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ..errors import OutputError
-from ..utils.io import is_within, lock_output, unmarked_entries
+from ..utils.io import check_name_fits, is_within, lock_output, unmarked_entries
 
 
 def _writable_dir(path: Path, flag: str, shown: Optional[Path] = None) -> None:
@@ -42,10 +42,11 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool = Fals
     p = Path(path)
     if str(path) in ("", "-"):
         raise OutputError(f"{flag}: expected a file name")
+    check_name_fits(p, flag)
     if p.is_dir():
         raise OutputError(f"{flag} {p}: is a directory; expected a file name")
     _writable_dir(p.parent if p.parent != Path("") else Path("."), flag, shown=p)
-    lock_output(p, flag)
+    lock_output(p, flag, distinct=True)  # (also refuses a file that is another of the command's outputs)
     for src in inputs:
         if src and Path(src).exists() and p.exists() and os.path.samefile(src, p):
             raise OutputError(f"{flag} {p}: is the input {src}; choose another output file")
@@ -68,6 +69,7 @@ def check_output_dir(path: str | os.PathLike, flag: str, overwrite: bool = False
     p = Path(path)
     if str(path) == "":
         raise OutputError(f"{flag}: expected a directory name")
+    check_name_fits(p, flag)
     inputs = list(inputs)
     for in_flag, src in inputs:
         if src and Path(src).is_dir() and is_within(p, src):

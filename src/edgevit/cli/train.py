@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg["resume"] and cfg["overwrite"]:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run, or start it again")
     if os.environ.get("RANK", "0") == "0":
-        recover_run_dir(cfg["output"])  # a replacement killed outright: the run that is there
+        recover_run_dir(cfg["output"], "--output")  # a replacement killed outright: the run that is there
     check_output_dir(cfg["output"], "--output", overwrite=cfg["overwrite"], holds=RUN_FILES, resume=bool(cfg["resume"]),
                      inputs=[("--data", cfg["data"])])
     cfg["progress"] = cfg["progress"] and sys.stderr.isatty()

@@ -161,8 +161,9 @@ def fit(model: nn.Module, train_set, collate_fn: Optional[Callable], loss_fn: Ca
                         metric = last_eval[metric_key]
                         logger.log({"step": it, "epoch": epoch, **{k: v for k, v in last_eval.items()
                                                                    if not isinstance(v, dict)}})
-                    if do_eval or it % save_every == 0 or it == total_iters or stop_all:
-                        run.ckpt.save(snapshot(), metric)
+                    scheduled = do_eval or it % save_every == 0 or it == total_iters
+                    if scheduled or stop_all:  # (a stop's own save does not replace a run kept aside)
+                        run.ckpt.save(snapshot(), metric, complete=scheduled)
                     if stop_all:
                         stopped = True
                         break

@@ -12,6 +12,7 @@ import sys
 import time
 import warnings
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 import timm
@@ -137,8 +138,13 @@ def _distiller(cfg: Dict[str, Any], num_classes: int, device, channels_last: boo
         return None
     from .distill import Distiller, build_teacher, file_sha256
 
-    sha = file_sha256(cfg["teacher_checkpoint"]) if cfg.get("teacher_checkpoint") else None
     had = (state.get("config") or {}).get("teacher_sha256") if state is not None else None
+    given = cfg.get("teacher_checkpoint")
+    if state is not None and given and not Path(given).is_file() and given == (state.get("config") or {}).get(
+            "teacher_checkpoint"):  # the run's own teacher, taken from it, has moved
+        raise UserError(f"the run {resume_from} was distilled from the teacher checkpoint {given} (checksum "
+                        f"{str(had)[:12]}), which is no longer there: give its new place", option="teacher_checkpoint")
+    sha = file_sha256(given) if given else None
     if state is not None and had != sha:
         raise UserError(f"{cfg.get('teacher_checkpoint') or '(timm pretrained weights)'}: not the teacher the run "
                         f"{resume_from} was distilled from (checksum {str(sha)[:12]} vs {str(had)[:12]}); resume "
@@ -475,12 +481,15 @@ class Trainer:
             for epoch in range(self.start_epoch, cfg["epochs"]):
                 n_steps, loss_sum, epoch_time, data_wait, interrupted = self.train_epoch(epoch, stop)
                 if interrupted:  # SIGTERM/SIGINT: save where we are, exit; --resume auto continues from this step
-                    ckpt.save(self.training_state(epoch, self.skip_steps + n_steps, {
+                    step = self.skip_steps + n_steps
+                    saved = ckpt.save(self.training_state(epoch, step, {
                         "interrupted": True, "epoch_loss_sum": self.carried_loss + loss_sum,
-                        "epoch_loss_steps": self.carried_steps + n_steps}))
+                        "epoch_loss_steps": self.carried_steps + n_steps}), complete=False)
                     barrier()
-                    _log(info, f"stopped by signal at epoch {epoch + 1}, step {self.skip_steps + n_steps}; saved "
-                               f"{ckpt.last_path}; resume the run to continue")
+                    _log(info, f"stopped by signal at epoch {epoch + 1}, step {step}; " + (
+                        f"saved {ckpt.last_path}; resume the run to continue" if saved else
+                        "the new run completed no epoch, so the run it was to replace is kept and these steps are "
+                        "not saved"))
                     summary["stopped"], summary["signal"] = "signal", int(stop.signum or 0)
                     break
                 record = self.end_epoch(epoch, n_steps, loss_sum, epoch_time, data_wait)

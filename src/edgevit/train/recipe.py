@@ -256,6 +256,10 @@ def resumed_config(cfg: Dict[str, Any], saved: Optional[Dict[str, Any]], checkpo
                 notes.append(f"epochs {v} -> {now}: the learning-rate schedule keeps its {v}-epoch length (epochs "
                              "after it run at its last learning rate)")
             continue
+        if k == "teacher_checkpoint":  # may move: the run's unless given (compared by checksum, in the loop)
+            if k not in given:
+                out[k] = v
+            continue
         if k in RESUME_MAY_CHANGE:  # this invocation's own (its values, or the defaults)
             continue
         if k in given and not same:

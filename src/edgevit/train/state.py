@@ -16,7 +16,8 @@ import yaml
 
 from ..errors import ConfigError, OutputError
 from ..models.checkpoint import CheckpointError
-from ..utils.io import atomic_path, is_within, require_file, to_plain, write_text_atomic
+from ..utils.io import (atomic_path, check_name_fits, is_within, lock_output, release_output, require_file, to_plain,
+                        write_text_atomic)
 from ..utils.options import load_config  # noqa: F401  (re-exported: the one YAML reader)
 
 __all__ = ["capture_rng_state", "restore_rng_state", "save_training_state", "load_training_state",
@@ -96,6 +97,11 @@ def load_training_state(path: os.PathLike | str, kind: str = "edgevit train",
 # What a run directory holds; a new run refuses a directory holding any of them unless it may replace them.
 RUN_FILES = ("last.pth", "best.pth", "config.yaml", "metrics.jsonl", "model.safetensors",
              "model_ema.safetensors", "tensorboard")
+# What a new run writes before its first checkpoint (its config and logs); anything else in a run directory is
+# a checkpoint or weights, which only a checkpointed run writes.
+_BEFORE_FIRST_CHECKPOINT = ("config.yaml", "metrics.jsonl", "tensorboard")
+# The list of what a replacement moved aside, inside RUN/.replaced: recovery acts on nothing else.
+_MOVED_LIST = ".edgevit-moved"
 
 
 class RunDirectory:
@@ -104,12 +110,14 @@ class RunDirectory:
 
     A run never replaces another by accident: a directory that holds a run is refused unless the run is
     resumed or `overwrite` asks to start again. A resume never starts a fresh run over run files (a directory
-    with a best.pth but no last.pth has nothing to continue from). Starting again moves the old run's files
-    aside into RUN/.replaced and deletes them only when the new run has written its first checkpoint
-    (`commit`, called by CheckpointManager); if the new run fails before that (bad data found after an epoch, a
+    with a best.pth but no last.pth has nothing to continue from), whatever recovery found first. Starting again
+    moves the old run's files aside into RUN/.replaced (with the list of what it moved) and deletes them only when
+    the new run has a checkpoint of equal standing: a completed epoch's (`commit`, called by CheckpointManager),
+    never the save a signal makes mid-epoch. If the new run ends before that (bad data found after an epoch, a
     non-finite loss at step 1, a signal), the old run is put back. A replacement killed outright is finished or
-    undone by the next command on the directory. An input inside a directory being replaced (`inputs`:
-    (option, path)) is refused. Only the main process touches files."""
+    undone by the next command on the directory, under the directory's lock (never beside a live writer). An
+    input inside a directory being replaced (`inputs`: (option, path)) is refused. Only the main process touches
+    files; it holds the directory's lock from here to the end of the run."""
 
     ASIDE = ".replaced"
 
@@ -119,24 +127,32 @@ class RunDirectory:
         self.is_main, self.overwrite = is_main, overwrite
         self.aside = self.path / self.ASIDE
         self._moved: list = []
+        self._locked = False
         if resume and overwrite:
             raise ConfigError("resume and overwrite exclude each other: continue the run, or start it again")
         if self.path.exists() and not self.path.is_dir():
             raise OutputError(f"run directory {self.path}: is a file")
         if not is_main:  # rank 0 decides (the others may look after it has started writing the new run)
             return
-        recover_run_dir(self.path)
+        self._locked = lock_output(self.path, "run directory")
+        try:
+            self._check(resume, overwrite, inputs, recovered=recover_run_dir(self.path))
+        except BaseException:
+            self.release()
+            raise
+
+    def _check(self, resume, overwrite, inputs, recovered: bool) -> None:
         present = self.present()
         if present and not resume and not overwrite:
             raise OutputError(f"run directory {self.path} already holds a run ({', '.join(present)}): resume it, or "
                               "start it again with overwrite")
-        if resume == "auto" and present and not (self.path / "last.pth").is_file():
+        if resume == "auto" and (present or recovered) and not (self.path / "last.pth").is_file():
             weights = [n for n in ("best.pth", "model.safetensors") if (self.path / n).is_file()]
             reuse = (f"fine-tune its weights in a new run (pretrained={self.path / weights[0]}), or "
                      if weights else "it has no weights to reuse (no checkpoint was written); ")
-            raise OutputError(f"run directory {self.path} holds {', '.join(present)} but no last.pth: there is no run "
-                              f"state to continue from (nothing was started over it); {reuse}start again here with "
-                              "overwrite", option="resume")
+            raise OutputError(f"run directory {self.path} holds {', '.join(present) or 'no run files'} but no "
+                              "last.pth: there is no run state to continue from (nothing was started over it); "
+                              f"{reuse}start again here with overwrite", option="resume")
         if present and overwrite:
             for option, src in inputs:
                 if src and Path(src).exists() and is_within(src, self.path):
@@ -146,63 +162,98 @@ class RunDirectory:
     def present(self) -> list:
         return [n for n in RUN_FILES if (self.path / n).exists()]
 
+    @property
+    def replacing(self) -> bool:
+        """The replaced run is still aside (the new run has no completed epoch's checkpoint yet)."""
+        return bool(self._moved)
+
     def __enter__(self) -> "RunDirectory":
         if self.is_main and self.overwrite:
             present = self.present()
             if present:
                 self.aside.mkdir()
+                # the list first: a kill between two moves leaves a list naming a file not moved yet (put back
+                # only what is there), never a moved file that recovery would not know
+                write_text_atomic(self.aside / _MOVED_LIST, "\n".join(present) + "\n")
                 for n in present:
                     os.replace(self.path / n, self.aside / n)
                     self._moved.append(n)
         return self
 
     def commit(self) -> None:
-        """The new run has a checkpoint: the replaced run's files go."""
+        """The new run has a completed epoch's checkpoint: the replaced run's files go."""
         if self._moved:
             shutil.rmtree(self.aside, ignore_errors=True)
             self._moved = []
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self._moved:  # no checkpoint was written by the new run: the old run stays
-            _put_back(self.path, self._moved)
-            self._moved = []
-            if exc_type is None:
-                import warnings
+    def release(self) -> None:
+        """The directory's lock, if this object took it, given up."""
+        if self._locked:
+            release_output(self.path)
+            self._locked = False
 
-                warnings.warn(f"run directory {self.path}: the new run wrote no checkpoint; the run it was to "
-                              "replace is kept")
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if self._moved:  # no completed epoch was saved by the new run: the old run stays
+                _put_back(self.path, self._moved)
+                self._moved = []
+                if exc_type is None:
+                    import warnings
+
+                    warnings.warn(f"run directory {self.path}: the new run completed no epoch; the run it was to "
+                                  "replace is kept")
+        finally:
+            self.release()
 
 
 def _put_back(run_dir: Path, moved: Sequence[str]) -> None:
-    """The replaced run's files (`moved`, in RUN/.replaced) back in place; the run files there now (all the new run
-    wrote before it failed: the old ones are all aside) go."""
+    """The replaced run's files (`moved`, in RUN/.replaced) back in place; the files the new run wrote before it
+    ended (its config and logs: the old ones are all aside) go."""
     aside = run_dir / RunDirectory.ASIDE
     for n in RUN_FILES:
         p = run_dir / n
         if p.exists():
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     for n in moved:
-        os.replace(aside / n, run_dir / n)
+        if (aside / n).exists():
+            os.replace(aside / n, run_dir / n)
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def recover_run_dir(run_dir: os.PathLike | str) -> None:
+def recover_run_dir(run_dir: os.PathLike | str, what: str = "run directory") -> bool:
     """Finish or undo a replacement of `run_dir` that was killed before its end (call before checking the
-    directory: what a command checks must be the run that is there): with a new last.pth the new run had
-    checkpointed (the old files go); without, the old run is put back, and said so."""
+    directory: what a command checks must be the run that is there). Takes the directory's lock first (held until
+    the command ends), so that it never acts beside a live writer: a run being written is refused by name. With a
+    new last.pth (written only at a completed epoch while a run is aside) the new run had checkpointed and the old
+    files go; without, the old run is put back, and said so. A leftover that is not a replacement's (no list of
+    what was moved), or one beside checkpoints that no run could have written before its first (best.pth without
+    last.pth), is refused as it is: nothing is deleted. Returns whether it changed anything."""
     run_dir = Path(run_dir)
+    check_name_fits(run_dir, what)
     aside = run_dir / RunDirectory.ASIDE
     if not aside.is_dir():
-        return
+        return False
+    lock_output(run_dir, what)
+    if not aside.is_dir():  # (the writer we waited for finished it)
+        return False
     if (run_dir / "last.pth").is_file():
         shutil.rmtree(aside, ignore_errors=True)
-        return
+        return True
+    listed = aside / _MOVED_LIST
+    moved = [n for n in (listed.read_text().split() if listed.is_file() else []) if n in RUN_FILES]
+    newer = [n for n in RUN_FILES if (run_dir / n).exists() and n not in _BEFORE_FIRST_CHECKPOINT]
+    if not listed.is_file() or newer:
+        why = (f"it holds {', '.join(newer)}, which a run replacing it writes only with a last.pth" if newer
+               else "it does not list what was moved there (not a replacement's)")
+        raise OutputError(f"run directory {run_dir}: holds {aside.name}/ ({', '.join(sorted(e.name for e in aside.iterdir()))}) "
+                          f"left by an interrupted replacement, but {why}; nothing was changed: keep the files you "
+                          f"want and remove {aside}")
+    _put_back(run_dir, moved)
     import warnings
 
-    moved = sorted(e.name for e in aside.iterdir())
-    _put_back(run_dir, moved)
     warnings.warn(f"run directory {run_dir}: put back the run ({', '.join(moved) or 'no files'}) that an "
                   "interrupted restart had moved aside")
+    return True
 
 
 class CheckpointManager:
@@ -225,18 +276,26 @@ class CheckpointManager:
             return True
         return metric > self.best if higher_is_better else metric < self.best
 
-    def save(self, state: Dict[str, Any], metric: float | None = None, higher_is_better: bool = True) -> None:
+    def save(self, state: Dict[str, Any], metric: float | None = None, higher_is_better: bool = True,
+             complete: bool = True) -> bool:
+        """Write last.pth (and best.pth when `metric` improves). `complete`: a checkpoint of standing (a completed
+        epoch, a scheduled save); False for the save a signal makes mid-epoch, which is not written while the run
+        this one replaces is still aside (that run is put back instead: a few steps of a new run do not replace a
+        trained one). Returns whether it wrote."""
+        if not complete and self.run is not None and self.run.replacing:
+            return False
         improved = metric is not None and self._improves(float(metric), higher_is_better)
         if improved:
             self.best = float(metric)
         if not self.is_main:
-            return
+            return True
         save_training_state(self.last_path, {**state, "best_metric": self.best})
         if self.run is not None:  # a run this one replaces can go now
             self.run.commit()
         if improved:
             with atomic_path(self.best_path) as tmp:
                 shutil.copyfile(self.last_path, tmp)
+        return True
 
     def restore(self, state: Dict[str, Any]) -> None:
         best = state.get("best_metric")

@@ -5,6 +5,7 @@ import atexit
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +21,39 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # a directory written by replace_dir carries this file, so that replacing it again can tell it from a
 # directory of the user's (whose other files a replacement would delete)
 OUTPUT_MARKER = ".edgevit-output"
+
+
+def helper_name(name: str, tag: str, directory: os.PathLike | str = ".") -> str:
+    """The hidden `.NAME{tag}` name of a file the package puts beside the user's NAME (a lock, a temporary), short
+    enough for the file system wherever NAME itself fits: a long NAME is cut and a digest of it added (a legal
+    250-byte name plus `.lock` is over Linux's 255-byte limit). Written by hand: no library names sibling files."""
+    try:
+        limit = os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    full = f".{name}{tag}"
+    if len(full.encode()) <= limit - 16:  # room for mkstemp's random part
+        return full
+    digest = hashlib.sha256(name.encode(errors="surrogateescape")).hexdigest()[:16]
+    keep = name.encode(errors="surrogateescape")[: max(0, limit - 16 - len(tag.encode()) - 19)]
+    return f".{keep.decode(errors='ignore')}-{digest}{tag}"
+
+
+def check_name_fits(path: os.PathLike | str, what: str) -> None:
+    """An `OutputError` naming `what` when the file system refuses `path`'s name as too long (the one line instead
+    of the traceback an ENAMETOOLONG gives half-way through a command)."""
+    p = Path(os.path.abspath(path))
+    anc = p.parent
+    while not anc.exists() and anc.parent != anc:
+        anc = anc.parent
+    try:
+        limit = os.pathconf(anc, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for part in p.parts:
+        if len(part.encode(errors="surrogateescape")) > limit:
+            raise OutputError(f"{what} {path}: the name {part[:40]}... is {len(part.encode())} bytes, over the "
+                              f"{limit} bytes the file system takes; choose a shorter name")
 
 
 def _umask() -> int:
@@ -75,7 +109,7 @@ def atomic_path(path: os.PathLike | str,
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=helper_name(path.name, ".", path.parent), suffix=".tmp", dir=path.parent)
     except OSError as e:
         if e.errno in _NO_SPACE:
             raise disk_full_error(path, path.parent) from e
@@ -112,7 +146,8 @@ def _temp_dir_beside(path: Path) -> Path:
     that locks `path`); a full disk is one `DiskFullError` naming `path`."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        return Path(tempfile.mkdtemp(prefix=helper_name(path.name, ".", path.parent), suffix=".tmp",
+                                     dir=path.parent))
     except OSError as e:
         if e.errno in _NO_SPACE:
             raise disk_full_error(path, path.parent) from e
@@ -168,22 +203,37 @@ def append_line(path: os.PathLike | str, line: str) -> None:
 
 
 # ---------------------------------------------------------------- one writer per output
-_HELD: List[Tuple[int, Path]] = []
+_HELD: List[Tuple[int, Path, str]] = []  # (fd, lock file, what the command calls the output)
 
 
 def _lock_file_for(path: Path) -> Path:
     path = Path(os.path.abspath(path))
-    return path.parent / f".{path.name}.lock"
+    return path.parent / helper_name(path.name, ".lock", path.parent)
 
 
-def lock_output(path: os.PathLike | str, what: str) -> None:
+def holds_output(path: os.PathLike | str) -> Optional[str]:
+    """What this process called the output `path` when it locked it (e.g. "--json"), or None if it holds no lock
+    on it."""
+    lock = _lock_file_for(Path(path))
+    return next((what for _, held, what in _HELD if held == lock), None)
+
+
+def lock_output(path: os.PathLike | str, what: str, distinct: bool = False) -> bool:
     """Hold an exclusive lock on the output `path` (a file or a directory) until `release_outputs()` or the
     process ends: a second command writing the same output is refused by name instead of both reporting
     success and one silently replacing the other. The lock is a hidden `.NAME.lock` file beside the output
-    (flock: released by the kernel even when the process is killed; a stale file left by a kill is reused)."""
+    (flock: released by the kernel even when the process is killed; a stale file left by a kill is reused).
+    Returns whether this call took the lock (False: this process held it already).
+
+    `distinct`: `path` is one of several outputs of one command, each its own file: one this process already
+    holds under another name (`--plot F` after `--json F`) is refused, naming both."""
+    check_name_fits(path, what)
     lock = _lock_file_for(path)
-    if any(lock == held for _, held in _HELD):
-        return
+    had = holds_output(path)
+    if had is not None:
+        if distinct and had != what:
+            raise OutputError(f"{what} {path}: is also the {had} output; give each output a file of its own")
+        return False
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
@@ -201,7 +251,7 @@ def lock_output(path: os.PathLike | str, what: str) -> None:
         if same:
             break
         os.close(fd)
-    _HELD.append((fd, lock))
+    _HELD.append((fd, lock, what))
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -209,6 +259,19 @@ def lock_output(path: os.PathLike | str, what: str) -> None:
         if e.errno not in _NO_SPACE:
             raise
     _remove_stale_temporaries(Path(os.path.abspath(path)))
+    return True
+
+
+def release_output(path: os.PathLike | str) -> None:
+    """Give up this process's lock on one output (a library caller that locked it is done with it)."""
+    lock = _lock_file_for(Path(path))
+    for i, (fd, held, _) in enumerate(_HELD):
+        if held == lock:
+            del _HELD[i]
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            os.close(fd)
+            return
 
 
 def _remove_stale_temporaries(path: Path) -> None:
@@ -220,14 +283,14 @@ def _remove_stale_temporaries(path: Path) -> None:
     except OSError:
         return
     for p in siblings:
-        if p.name.startswith(f".{path.name}.") and p.name.endswith((".tmp", ".old")):
+        if p.name.startswith(helper_name(path.name, ".", path.parent)) and p.name.endswith((".tmp", ".old")):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def release_outputs() -> None:
     """Give up every output lock this process holds (the command is done)."""
     while _HELD:
-        fd, lock = _HELD.pop()
+        fd, lock, _ = _HELD.pop()
         with contextlib.suppress(OSError):
             lock.unlink()
         os.close(fd)
@@ -335,7 +398,8 @@ def replace_dir(path: os.PathLike | str) -> Iterator[Path]:
             raise
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=helper_name(path.name, ".", path.parent), suffix=".old",
+                                        dir=path.parent))
             os.replace(path, old / path.name)
         os.replace(tmp, path)
         if old is not None:
