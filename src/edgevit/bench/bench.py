@@ -62,20 +62,29 @@ class Entry:
 PRECISIONS = ("fp32", *runtimes.reduced_precisions())  # (which runtime holds which: its record's `precisions`)
 
 
-def plan(models: Sequence[str], form: str = "both", ablations: bool = False,
-         precisions: Sequence[str] = ("fp32",)) -> List[Entry]:
-    """The rows to measure, in order; EdgeViTs once per requested form, every model once per precision."""
+def check_models(models: Sequence[str]) -> None:
+    """Every name a model timm can build (EdgeViTs registered), else one `UserError` naming it: before any work,
+    on every bench path (the plain bench and the matrix)."""
     import timm
 
     from .. import models as _m  # noqa: F401  registers the EdgeViTs
-    if form not in FORMS:
-        raise UserError(f"{form!r} is not one of {', '.join(FORMS)}", option="edgevit_form")
-    forms = {"fused": [True], "unfused": [False], "both": [True, False]}[form]
-    entries: List[Entry] = []
+    if not models:
+        raise UserError("no model given", option="models")
     for name in models:
         if not timm.is_model(name):
             raise UserError(f"{name!r} is not a known model; choices: {', '.join(DEFAULT_MODELS)} "
                             "(or any name from timm.list_models())", option="models")
+
+
+def plan(models: Sequence[str], form: str = "both", ablations: bool = False,
+         precisions: Sequence[str] = ("fp32",)) -> List[Entry]:
+    """The rows to measure, in order; EdgeViTs once per requested form, every model once per precision."""
+    if form not in FORMS:
+        raise UserError(f"{form!r} is not one of {', '.join(FORMS)}", option="edgevit_form")
+    forms = {"fused": [True], "unfused": [False], "both": [True, False]}[form]
+    entries: List[Entry] = []
+    check_models(models)
+    for name in models:
         if name in EDGEVITS:
             entries += [Entry(name, f) for f in forms]
         else:

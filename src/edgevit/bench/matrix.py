@@ -19,7 +19,7 @@ import torch
 
 from ..deploy import runtimes
 from ..errors import MissingDependencyError, UserError
-from .bench import _RUN_ERRORS, median_ci, meta, time_runners
+from .bench import _RUN_ERRORS, check_models, median_ci, meta, time_runners
 from .runners import build_runner
 
 MATRIX_MODELS = ("edgevit_xxs", "mobilenetv2_100")
@@ -95,6 +95,7 @@ def run_matrix(models: Sequence[str] = MATRIX_MODELS, runtime_names: Sequence[st
     from ..models import VARIANTS
     from ..train.evaluate import evaluate_exported
 
+    check_models(models)
     plan = plan_cells(runtime_names, precisions)
     calib = calib or RANDOM
     if checkpoint and img_size is None:  # every model of every cell at the size the checkpoint was trained at

@@ -68,7 +68,14 @@ def precisions_arg(asked, rt) -> list:
     from ..deploy.runtimes import RUNTIMES
 
     if "all" in asked:
-        return list(rt.precisions or ("fp32",))
+        has = list(rt.precisions or ("fp32",))
+        others = [p for r in RUNTIMES.values() for p in r.precisions if p not in has]
+        if others:  # said, not silently dropped
+            import warnings
+
+            warnings.warn(f"--precision all: --runtime {rt.name} has {'/'.join(has)} only; "
+                          f"{', '.join(dict.fromkeys(others))} not run (--runtime all runs every runtime's)")
+        return has
     precisions = list(dict.fromkeys(asked))
     for p in precisions:
         if p not in (rt.precisions or ("fp32",)):
@@ -82,10 +89,8 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy import runtimes
 
     for flag, path in (("--json", args.json if args.json != "-" else None), ("--csv", args.csv)):
-        if path:
+        if path:  # (two outputs that are one file are refused there)
             check_output_file(path, flag, overwrite=args.overwrite)
-    if args.json and args.json != "-" and args.csv and Path(args.json).resolve() == Path(args.csv).resolve():
-        raise ConfigError(f"--json and --csv name the same file {args.json}")
     if args.runtime == "all":
         return run_matrix_command(args)
     for flag, dest in (("--checkpoint", "checkpoint"), ("--data", "data"), ("--plot", "plot")):

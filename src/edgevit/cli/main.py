@@ -34,6 +34,14 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        """An option a command does not know is that command's error (`edgevit export: ... see edgevit export
+        --help`), not the top parser's, which argparse would report it as."""
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns, extras
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
@@ -100,6 +108,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"edgevit {args.command}: error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk met outside the package's own writers (a library's cache, a log)
+        if e.errno == errno.ENAMETOOLONG and e.filename and not debug:  # a name the file system refuses
+            print(f"edgevit {args.command}: error: {e.filename}: a name too long for the file system; choose a "
+                  "shorter one", file=sys.stderr)
+            return 2
         if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         where = f"{e.filename}: " if e.filename else ""

@@ -114,6 +114,9 @@ def load_exported(path: os.PathLike | str, threads: int = 2) -> ExportedModel:
     path = require_file(path, "exported file")
     rt = runtimes.for_file(path)
     rt.require()
+    problem = rt.companion_problem(path)
+    if problem:
+        raise UserError(f"{path}: {problem}", option="exported")
     try:
         # the runtime's own log lines about a file it cannot load say what our one line says
         with filter_native_stderr(patterns=("",)):
@@ -127,7 +130,7 @@ def load_exported(path: os.PathLike | str, threads: int = 2) -> ExportedModel:
         # torch's messages span lines and append advice about checkpoints: the first sentence, whole
         first = " ".join(str(e).split()).split(" This is an internal miniz error")[0]
         first = first if len(first) <= 300 else first[:297] + "..."
-        raise UserError(f"{path}: {rt.name} cannot load it as a .{rt.format} file ({first or type(e).__name__})",
+        raise UserError(f"{path}: {rt.name} cannot load it as a {rt.suffix} file ({first or type(e).__name__})",
                         option="exported") from e
 
 

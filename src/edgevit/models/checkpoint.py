@@ -190,12 +190,7 @@ def save_checkpoint(model: nn.Module, path: PathLike, config: Optional[Dict[str,
     state_dict = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {"format": "pt"}
     if config is not None:
-        from ..utils.images import size_hw
-
-        h, w = size_hw(config.get("img_size") or 224)
-        pcfg = {**(getattr(model, "pretrained_cfg", None) or {}), "input_size": [3, h, w],
-                "crop_pct": config.get("crop_pct"), "interpolation": config.get("eval_interpolation"),
-                "num_classes": config.get("num_classes"), "label_names": list(classes or [])}
+        pcfg = {**(getattr(model, "pretrained_cfg", None) or {}), **preprocessing_cfg(config, classes)}
         metadata.update({META_CONFIG: json.dumps(to_plain(config)), META_CLASSES: json.dumps(list(classes or [])),
                          META_PRETRAINED_CFG: json.dumps(to_plain(pcfg))})
     with atomic_path(path) as tmp:
@@ -204,6 +199,40 @@ def save_checkpoint(model: nn.Module, path: PathLike, config: Optional[Dict[str,
         else:
             torch.save(state_dict, tmp)
     return path
+
+
+def preprocessing_cfg(config: Optional[Dict[str, Any]], classes: Optional[list] = None) -> Dict[str, Any]:
+    """timm's `pretrained_cfg` fields that a training run's `config` fixes: input size, crop, interpolation,
+    classes (what `timm.data.resolve_data_config` + `create_transform` read). Empty without a config."""
+    if not config:
+        return {}
+    from ..utils.images import size_hw
+
+    h, w = size_hw(config.get("img_size") or 224)
+    out = {"input_size": (3, h, w), "test_input_size": (3, h, w), "crop_pct": config.get("crop_pct"),
+           "interpolation": config.get("eval_interpolation"), "num_classes": config.get("num_classes"),
+           "label_names": list(classes or [])}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def carry_preprocessing(model: nn.Module, config: Optional[Dict[str, Any]], classes: Optional[list] = None
+                        ) -> nn.Module:
+    """`model` with its checkpoint's preprocessing in `pretrained_cfg` (timm's data config then resolves to the
+    size and crop it was trained with, on every route that builds a model from a checkpoint)."""
+    extra = preprocessing_cfg(config, classes)
+    if extra:
+        cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **extra}
+        model.pretrained_cfg = cfg
+        model.default_cfg = cfg  # (timm's older name, still read by resolve_data_config)
+    return model
+
+
+def checkpoint_preprocessing(path: PathLike) -> Dict[str, Any]:
+    """The preprocessing fields of the weights at `path` (a run's model.safetensors, last.pth or best.pth), for
+    `timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path))`; empty for weights that
+    carry no training config (the authors', bare state dicts)."""
+    w = checkpoint_weights(path)
+    return preprocessing_cfg(w["config"], w["classes"])
 
 
 def check_trained_as(name: Optional[str], trained: Optional[str], checkpoint) -> None:
@@ -250,7 +279,7 @@ def model_from_checkpoint(name: str | None, checkpoint: str | None = None, ema: 
     if problems:
         raise CheckpointError(f"checkpoint {checkpoint} does not fit {name}: {problems}")
     model.load_state_dict(state_dict)
-    return model.eval(), meta
+    return carry_preprocessing(model.eval(), meta["config"], meta["classes"]), meta
 
 
 def create_model(name: str | None, checkpoint: str | None = None, **kwargs) -> torch.nn.Module:

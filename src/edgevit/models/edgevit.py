@@ -653,7 +653,8 @@ def _cfg(**kwargs):
 
 
 # No trained weights exist anywhere: the authors never released any.  Load your own with
-# `pretrained=True, pretrained_cfg_overlay=dict(file=PATH)`.
+# `pretrained=True, pretrained_cfg_overlay=dict(file=PATH)`: a run's weights bring their input size, crop,
+# interpolation and class count into `pretrained_cfg` (what timm's resolve_data_config reads).
 default_cfgs = generate_default_cfgs({
     "edgevit_xxs.untrained": _cfg(),
     "edgevit_xs.untrained": _cfg(),
@@ -673,6 +674,14 @@ VARIANTS = tuple(MODEL_ARGS)
 
 def _create_edgevit(variant: str, pretrained: bool = False, **kwargs) -> EdgeViT:
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if pretrained and overlay.get("file"):  # your own weights: their training preprocessing and class count
+        from .checkpoint import checkpoint_preprocessing
+
+        found = checkpoint_preprocessing(overlay["file"])
+        kwargs["pretrained_cfg_overlay"] = {**found, **overlay}  # (what the caller gave wins)
+        if "num_classes" in found:
+            kwargs.setdefault("num_classes", found["num_classes"])
     return build_model_with_cfg(
         EdgeViT, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,

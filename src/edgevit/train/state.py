@@ -16,8 +16,16 @@ import yaml
 
 from ..errors import ConfigError, OutputError
 from ..models.checkpoint import CheckpointError
-from ..utils.io import (atomic_path, check_name_fits, is_within, lock_output, release_output, require_file, to_plain,
-                        write_text_atomic)
+from ..utils.io import (
+    atomic_path,
+    check_name_fits,
+    is_within,
+    lock_output,
+    release_output,
+    require_file,
+    to_plain,
+    write_text_atomic,
+)
 from ..utils.options import load_config  # noqa: F401  (re-exported: the one YAML reader)
 
 __all__ = ["capture_rng_state", "restore_rng_state", "save_training_state", "load_training_state",
@@ -245,8 +253,9 @@ def recover_run_dir(run_dir: os.PathLike | str, what: str = "run directory") -> 
     if not listed.is_file() or newer:
         why = (f"it holds {', '.join(newer)}, which a run replacing it writes only with a last.pth" if newer
                else "it does not list what was moved there (not a replacement's)")
-        raise OutputError(f"run directory {run_dir}: holds {aside.name}/ ({', '.join(sorted(e.name for e in aside.iterdir()))}) "
-                          f"left by an interrupted replacement, but {why}; nothing was changed: keep the files you "
+        held = ", ".join(sorted(e.name for e in aside.iterdir()))
+        raise OutputError(f"run directory {run_dir}: holds {aside.name}/ ({held}) left by an interrupted "
+                          f"replacement, but {why}; nothing was changed: keep the files you "
                           f"want and remove {aside}")
     _put_back(run_dir, moved)
     import warnings

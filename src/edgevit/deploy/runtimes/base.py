@@ -129,6 +129,16 @@ class Runtime:
         """A written file and its companions."""
         return (Path(path), *(self.companions(Path(path)) if self.companions else ()))
 
+    def companion_problem(self, path: Path) -> Optional[str]:
+        """What is wrong with the files a written file needs beside it (missing, a directory), or None."""
+        for c in (self.companions(Path(path)) if self.companions else ()):
+            if c.is_dir():
+                return f"its companion file {c.name} is a directory; expected the file the export wrote beside it"
+            if not c.is_file():
+                return (f"its companion file {c.name} is not beside it ({self.name} reads "
+                        f"{' with '.join(f.name for f in self.files(Path(path)))})")
+        return None
+
     def size(self, path: Path) -> int:
         """Bytes of a written file with its companions."""
         return sum(f.stat().st_size for f in self.files(path))

@@ -214,10 +214,6 @@ def input_size(path: Path):
 
 
 def misread(path: Path) -> Optional[str]:
-    (bin_,) = companions(path) or (None,)
-    if bin_ is None or not bin_.is_file():
-        return f"its weights file {bin_.name if bin_ else 'NAME.bin'} is not beside it (ncnn's model is the " \
-               ".param and its .bin)"
     head = Path(path).read_bytes()[:16]
     if not re.match(rb"\s*7767517", head):
         return "not an ncnn param file (it does not start with ncnn's 7767517 magic)"

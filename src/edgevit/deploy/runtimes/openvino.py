@@ -192,9 +192,20 @@ def profile(path: Path, x: torch.Tensor, threads: int, runs: int, warmup: int, d
 
 
 def misread(path: Path) -> Optional[str]:
+    """A truncated or foreign weights file: the .xml's constants read up to an offset the .bin does not reach."""
+    import xml.etree.ElementTree as ET
+
     weights = Path(path).with_suffix(".bin")
-    if not weights.is_file():
-        return f"its weights file {weights.name} is not beside it (an OpenVINO IR is the .xml and its .bin)"
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError):
+        return "not an OpenVINO IR (.xml) file"
+    ends = [int(d.get("offset")) + int(d.get("size")) for d in root.iter("data")
+            if (d.get("offset") or "").isdigit() and (d.get("size") or "").isdigit()]
+    have = weights.stat().st_size
+    if ends and max(ends) > have:
+        return (f"its weights file {weights.name} holds {have} bytes, but the .xml reads up to byte {max(ends)}: "
+                "truncated, or another export's; export it again")
     return None
 
 
