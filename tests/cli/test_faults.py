@@ -300,6 +300,35 @@ def test_a_runs_safetensors_carries_its_size_crop_and_classes(tmp_path, capsys):
     with pytest.warns(UserWarning, match="trained at 32x32"):
         assert cli(["export", "--format", "onnx", "--checkpoint", str(run / "model.safetensors"), "--img-size",
                     "64", "-o", str(tmp_path / "m64.onnx")]) == 0
+    # the routes a timm user takes: timm's own data config and transform give the run's size, crop and top-1
+    import timm
+
+    repo = str(Path(__file__).resolve().parents[2])
+    tiny = {"embed_dims": [16, 16, 16, 16], "depths": [1, 1, 1, 1], "head_dim": 16}
+    routes = {
+        "hub": lambda ck: torch.hub.load(repo, "edgevit_xxs", source="local", checkpoint=str(ck)),
+        "timm": lambda ck: timm.create_model("edgevit_xxs", pretrained=True, **tiny,
+                                             pretrained_cfg_overlay=dict(file=str(ck))).eval(),
+    }
+    for route, build in routes.items():
+        for ck in ("model.safetensors", "best.pth"):
+            model = build(run / ck)
+            data_cfg = timm.data.resolve_data_config({}, model=model)
+            assert (data_cfg["input_size"], data_cfg["crop_pct"]) == ((3, 32, 32), 1.0), (route, ck, data_cfg)
+            assert model.pretrained_cfg["label_names"] == [str(i) for i in range(10)]
+            assert _timm_top1(model, digits / "val", timm.data.create_transform(**data_cfg)) == \
+                pytest.approx(a["top1"]), (route, ck)
+
+
+def _timm_top1(model, root: Path, transform) -> float:
+    """Top-1 (%) over an ImageFolder split as a timm user computes it: timm's transform, the model's argmax."""
+    from torchvision.datasets import ImageFolder
+
+    ds = ImageFolder(str(root), transform=transform)
+    loader = torch.utils.data.DataLoader(ds, batch_size=128)
+    with torch.no_grad():
+        right = sum((model(x).argmax(1) == y).sum().item() for x, y in loader)
+    return 100.0 * right / len(ds)
 
 
 # ---------------------------------------------------------------- reports compare like with like

@@ -210,9 +210,20 @@ def test_a_file_without_its_weights_is_named(runtime, make_tiny, tmp_path):
     rt = runtimes.get(runtime)
     out = tmp_path / f"m{rt.suffix}"
     export_model(fuse(make_tiny(), runtime), rt.format, out, img_size=64)
-    rt.files(out)[1].unlink()
-    with pytest.raises(UserError, match=rf"m{rt.suffix}: its weights file m(\.ncnn)?\.bin is not beside it"):
+    weights = rt.files(out)[1]
+    data = weights.read_bytes()
+    weights.unlink()
+    with pytest.raises(UserError, match=rf"m{rt.suffix}: its companion file m(\.ncnn)?\.bin is not beside it"):
         load_exported(out)
+    weights.mkdir()
+    with pytest.raises(UserError, match=r"\.bin is a directory; expected the file the export wrote beside it"):
+        load_exported(out)
+    weights.rmdir()
+    weights.write_bytes(data[: len(data) // 2])  # truncated
+    if runtime == "openvino":  # the .xml says how far its constants reach
+        with pytest.raises(UserError, match=rf"holds {len(data) // 2} bytes, but the \.xml reads up to byte "
+                                            rf"{len(data)}: truncated"):
+            load_exported(out)
 
 
 @pytest.mark.parametrize("runtime", EDGE)

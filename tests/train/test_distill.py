@@ -108,6 +108,20 @@ def test_a_distilled_run_resumes_exactly_and_refuses_another_teacher(tiny, teach
     assert "not the teacher the run" in capsys.readouterr().err
     assert cli([*base, "--teacher", "resnet18"]) == 2
     assert "teacher 'resnet18' (the run has 'edgevit_xxs')" in capsys.readouterr().err
+    # the teacher options left out (as --help says: the run's values): the run continues with its own teacher
+    assert cli(base) == 0
+    state = load_training_state(tmp_path / "resumed" / "last.pth")
+    assert state["epoch"] == 3 and state["config"]["teacher_checkpoint"] == str(teacher)
+    assert state["config"]["teacher_sha256"] == load_training_state(tmp_path / "straight" / "last.pth")[
+        "config"]["teacher_sha256"]
+    # the run's teacher checkpoint moved away: one line saying which file and what to give
+    from edgevit.errors import UserError
+    from edgevit.train.loop import _distiller
+
+    moved = {**state["config"], "teacher_checkpoint": str(tmp_path / "gone.pth")}
+    with pytest.raises(UserError, match="no longer there: give its new place") as e:
+        _distiller(moved, 3, torch.device("cpu"), False, {"config": moved}, tmp_path / "resumed" / "last.pth")
+    assert e.value.option == "teacher_checkpoint"
     # the distilled checkpoint evaluates (its two heads averaged) to the top-1 it recorded, and exports one output
     assert cli(["eval", "--data", str(data / "val"), "--checkpoint", str(tmp_path / "straight" / "last.pth"),
                 "--workers", "0", "--no-progress", "--json"]) == 0

@@ -31,11 +31,12 @@ def helper_name(name: str, tag: str, directory: os.PathLike | str = ".") -> str:
         limit = os.pathconf(directory, "PC_NAME_MAX")
     except (OSError, ValueError):
         limit = 255
+    room = limit - 48  # for mkstemp's random part and .tmp, and what a writer adds to its path (".strip")
     full = f".{name}{tag}"
-    if len(full.encode()) <= limit - 16:  # room for mkstemp's random part
+    if len(full.encode(errors="surrogateescape")) <= room:
         return full
     digest = hashlib.sha256(name.encode(errors="surrogateescape")).hexdigest()[:16]
-    keep = name.encode(errors="surrogateescape")[: max(0, limit - 16 - len(tag.encode()) - 19)]
+    keep = name.encode(errors="surrogateescape")[: max(0, room - len(tag.encode()) - 18)]
     return f".{keep.decode(errors='ignore')}-{digest}{tag}"
 
 
