@@ -23,6 +23,7 @@ speed-up over the XXS fp32 file in that run, with its agreement with PyTorch fp3
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -37,7 +38,9 @@ from edgevit.bench.matrix import BASELINE, format_matrix, run_matrix
 from edgevit.bench.runners import build_runner
 from edgevit.deploy import quantize as q
 from edgevit.deploy import runtimes
+from edgevit.deploy.export import export_model, load_exported
 from edgevit.deploy.runtimes import calibrated, reduced_precisions
+from edgevit.deploy.runtimes.base import int8
 from edgevit.deploy.runtimes.executorch import quantize_pt2e, save_pte_int8
 from edgevit.deploy.runtimes.onnxruntime import save_onnx_int8
 from edgevit.errors import UserError
@@ -162,12 +165,16 @@ def int8_forms(runtime: str, checkpoint: str, calib: str, val: str, runs: int, t
     with torch.no_grad():
         ref = net(check)
     files = {"int8": runners["int8"].run_file}
+    # each form a calibrated precision of a variant of the runtime's record: written by the package's checked writer
+    variant = dataclasses.replace(rt, writers={**rt.writers, **{name: int8(write, name) for name, write in
+                                                                FORMS.get(runtime, {}).items()}})
     with tempfile.TemporaryDirectory() as tmp:
-        for name, write in FORMS.get(runtime, {}).items():
+        for name in FORMS.get(runtime, {}):
             print(f"building {MODEL} int8 [{name}] ({runtime})", file=sys.stderr)
             path = Path(tmp) / f"{len(files)}{rt.suffix}"
-            write(net, x, path, images)
-            files[name] = rt.load(path, threads)
+            export_model(net, variant, path, img_size=224, threads=threads, precision=name, images=images,
+                         check_x=check, checked_on=f"32 images of {val}", trained=True)
+            files[name] = load_exported(path, threads).run
             runners[name] = (lambda run=files[name]: run(x.numpy()))
         med = {k: statistics.median(t) for k, t in zip(runners, time_runners(list(runners.values()), runs, 5))}
         cnn = med[f"{BASELINE} fp32"] / med[f"{BASELINE} int8"]

@@ -104,3 +104,25 @@ def test_matrix_command_with_a_checkpoint_and_val(tmp_path, capsys, monkeypatch)
     assert "expected a .png or .svg" in capsys.readouterr().err
     assert main(["bench", "--runtime", "onnxruntime", "--data", str(tmp_path / "val"), *TINY]) == 2
     assert "--data: only used with --runtime all" in capsys.readouterr().err
+
+
+def test_a_file_below_its_rule_is_a_failed_cell_never_timed(tmp_path, capsys, monkeypatch):
+    """int8 calibrated on black images (every activation range collapsed): the files are made, refused by the
+    int8 rule (logits SQNR 0.6 dB for the tiny XXS, 7.5 dB for MobileNetV2, against >= 10), and reported as ❌
+    with that reason instead of a latency; the fp32 cells are timed."""
+    g = __import__("torch").Generator().manual_seed(0)
+    for split, pixels in (("black", lambda: __import__("numpy").zeros((32, 32, 3), "uint8")),
+                          ("val", lambda: (__import__("torch").rand(32, 32, 3, generator=g) * 255).byte().numpy())):
+        (tmp_path / split / "c").mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(pixels()).save(tmp_path / split / "c" / f"{i}.png")
+    monkeypatch.setattr(mx, "plan_cells", lambda names, precisions, real=mx.plan_cells: real(
+        ("onnxruntime",), precisions))
+    assert main(["bench", "--runtime", "all", "--precision", "fp32", "int8", "--data", str(tmp_path / "val"),
+                 "--calib", str(tmp_path / "black"), "--check-images", "8", "--json", *TINY]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(r["precision"], r["model"]) for r in doc["results"]] == [("fp32", m) for m in mx.MATRIX_MODELS]
+    rejected = [s for s in doc["skipped"] if s.get("status") == "rejected"]
+    assert [(s["precision"], s["model"]) for s in rejected] == [("int8", m) for m in mx.MATRIX_MODELS]
+    assert all("fails its rule (logits SQNR" in s["why"] and "< 10 dB" in s["why"] for s in rejected)
+    assert "❌" in mx.format_matrix(doc)

@@ -169,7 +169,8 @@ def test_mnn_converter_works_in_a_folder_of_its_own(make_tiny, tmp_path, monkeyp
 
 
 def test_bf16_is_refused_on_a_cpu_without_it(monkeypatch, make_tiny, tmp_path):
-    from edgevit.deploy.quantize import export_float16, random_calibration
+    from edgevit.deploy.export import export_model
+    from edgevit.deploy.quantize import random_calibration
     from edgevit.deploy.runtimes import openvino
 
     class NoBF16:
@@ -178,7 +179,7 @@ def test_bf16_is_refused_on_a_cpu_without_it(monkeypatch, make_tiny, tmp_path):
 
     monkeypatch.setattr(openvino, "_core", lambda: NoBF16())
     with pytest.raises(UserError, match="this CPU has no bf16 instructions"):
-        export_float16(make_tiny(), "openvino", tmp_path / "b.xml", "bf16", random_calibration(2, 64))
+        export_model(make_tiny(), "openvino", tmp_path / "b.xml", precision="bf16", check_x=random_calibration(2, 64))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -23,7 +23,7 @@ def test_export_round_trip(fmt, tiny, tmp_path):
     assert out.is_file() and runtimes.by_format(fmt).size(out) == report["bytes"] > 10_000
     assert report["max_abs_diff"] <= 1e-4
     # independent check: load the file again and compare with the *release* model
-    got = ex.run_file(fmt, out, x)
+    got = torch.from_numpy(ex.load_exported(out)(x.numpy()))
     with torch.no_grad():
         ref = tiny(x)
     assert got.shape == ref.shape == (1, 7)
@@ -38,9 +38,15 @@ def test_export_round_trip(fmt, tiny, tmp_path):
 def test_failed_export_keeps_existing_file(tiny, tmp_path, monkeypatch):
     out = tmp_path / "m.onnx"
     out.write_bytes(b"old")
-    monkeypatch.setattr(ex, "TOLERANCE", -1.0)  # any difference now fails the check
-    with pytest.raises(ValueError, match="disagrees with PyTorch"):
-        ex.export_model(fuse(tiny), "onnx", out, img_size=64)
+    import dataclasses
+
+    from edgevit.deploy.runtimes.base import Rule
+
+    rt = runtimes.by_format("onnx")  # a rule no file meets: any difference fails the check
+    strict = dataclasses.replace(rt, writers={**rt.writers, "fp32": dataclasses.replace(
+        rt.writers["fp32"], rule=Rule(max_abs_diff=-1.0))})
+    with pytest.raises(ex.FileRejected, match=r"onnxruntime fp32 file .* fails its rule \(max \|diff\| .* > -1\)"):
+        ex.export_model(fuse(tiny), strict, out, img_size=64)
     assert out.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
 

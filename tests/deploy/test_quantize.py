@@ -7,7 +7,8 @@ import torch
 
 from edgevit.deploy import fuse, runtimes
 from edgevit.deploy import quantize as q
-from edgevit.deploy.export import load_file
+from edgevit.deploy.export import export_model, run_batch
+from edgevit.deploy.runtimes import first_output
 from edgevit.deploy.runtimes.executorch import convert_pt2e_model
 from edgevit.errors import UserError
 
@@ -55,7 +56,7 @@ def test_ptq_file_runs_in_its_runtime_and_agrees_with_the_float_model(fmt, make_
     model = fuse(make_tiny(**kw), runtimes.by_format(fmt).name)
     calib = images(24)
     out = tmp_path / f"m{runtimes.by_format(fmt).suffix}"
-    report = q.export_int8(model, fmt, out, calib, calibrated="test")
+    report = export_model(model, fmt, out, precision="int8", images=calib, calibrated="test")
     assert out.is_file() and report["bytes"] == runtimes.by_format(fmt).size(out)
     floor = MIN_SQNR_DB_OF.get(fmt, MIN_SQNR_DB)
     assert report["sqnr_db"] >= floor and report["top1_agreement"] >= MIN_AGREEMENT, report
@@ -70,7 +71,7 @@ def test_ptq_file_runs_in_its_runtime_and_agrees_with_the_float_model(fmt, make_
         assert ptq_float_convs(timm.create_model("mobilenetv2_100")) == []
     # independently: new inputs, the file loaded again, compared with the release model itself
     x = images(8, seed=5)
-    got = q.run_batch(load_file(fmt, out), x)
+    got = run_batch(first_output(runtimes.by_format(fmt).load(out, 2)), x)
     with torch.no_grad():
         ref = make_tiny(**kw)(x)
     assert q.agreement(ref, got)["sqnr_db"] >= floor
@@ -78,11 +79,10 @@ def test_ptq_file_runs_in_its_runtime_and_agrees_with_the_float_model(fmt, make_
 
 def test_int8_weights_are_a_quarter_of_fp32(make_tiny, tmp_path):
     """The int8 ONNX file stores int8 weights (per-channel scales beside them), not fp32 ones."""
-    from edgevit.deploy.export import export_model
 
     model = fuse(make_tiny(embed_dims=(48, 96, 192, 384)), "onnxruntime")
     export_model(model, "onnx", tmp_path / "f.onnx", img_size=64)
-    q.export_int8(model, "onnx", tmp_path / "i.onnx", images(8))
+    export_model(model, "onnx", tmp_path / "i.onnx", precision="int8", images=images(8))
     assert (tmp_path / "i.onnx").stat().st_size < 0.35 * (tmp_path / "f.onnx").stat().st_size
 
 
@@ -212,9 +212,9 @@ def test_qat_trains_then_converts_to_what_it_trained(make_tiny, tmp_path):
         torch.testing.assert_close(again(x[:4]), prepared(x[:4]))
 
 
-def test_export_int8_refuses_formats_without_an_int8_flow(make_tiny, tmp_path):
-    with pytest.raises(UserError, match="pte, onnx"):
-        q.export_int8(make_tiny(), "ptl", tmp_path / "m.ptl", images(2))
+def test_int8_is_refused_for_formats_without_an_int8_flow(make_tiny, tmp_path):
+    with pytest.raises(UserError, match="ptl writes no int8 files"):
+        export_model(make_tiny(), "ptl", tmp_path / "m.ptl", precision="int8", images=images(2))
 
 
 def test_qat_weights_of_the_earlier_fused_layout_load():

@@ -9,7 +9,7 @@ import torch
 
 from edgevit.cli.main import main
 from edgevit.deploy import Forms, fuse, load_exported, runtimes
-from edgevit.deploy.runtimes.base import Runtime
+from edgevit.deploy.runtimes.base import INT8_RULE, Runtime, Writer, fp32
 from edgevit.deploy.runtimes.torchscript import load_torchscript, save_torchscript
 from edgevit.errors import UserError
 
@@ -20,19 +20,17 @@ def test_every_record_is_complete():
     suffixes = [s for r in runtimes.RUNTIMES.values() for s in r.suffixes]
     assert len(suffixes) == len(set(suffixes))  # a file's suffix names one runtime
     for r in runtimes.RUNTIMES.values():
-        assert isinstance(r.forms, Forms) and r.title and r.layout == "NCHW"
+        assert isinstance(r.forms, Forms) and r.title
         if r.format is None:
-            assert r.name == "eager" and r.save is None and r.load is None
+            assert r.name == "eager" and not r.writers and r.load is None
             continue
-        assert r.save and r.load and r.suffixes and all(s.startswith(".") for s in r.suffixes)
+        assert r.load and r.suffixes and all(s.startswith(".") for s in r.suffixes)
         assert runtimes.by_format(r.format) is r and runtimes.for_file(f"m{r.suffix}") is r
-        assert (r.save_int8 is not None) == bool(r.int8_how)
-        assert set(r.float16) == set(r.float16_how) <= {"fp16", "bf16"}
-        assert r.precisions[0] == "fp32" and ("int8" in r.precisions) == r.int8
-        assert set(r.int8_forms) == set(r.int8_forms_how) and (r.int8 or not r.int8_forms)
-        for form in r.int8_forms:  # a named int8 form: a calibrated precision of its own, with its one line
-            assert form in r.precisions and runtimes.calibrated(form) and r.int8_forms_how[form]
-            assert r.int8_writer(form) is r.int8_forms[form] and r.int8_writer("int8") is r.save_int8
+        assert r.precisions[0] == "fp32" and r.writers["fp32"].rule.max_abs_diff == 1e-3
+        for p, w in r.writers.items():  # every precision: a writer, one line saying how, a rule that can refuse
+            assert callable(w.write) and w.how and w.rule.describe()
+            assert w.calibrated == p.startswith("int8") == runtimes.calibrated(p)
+            assert (w.rule.min_sqnr_db is not None) == (p != "fp32")
     assert runtimes.int8_formats() == ("pte", "onnx", "tflite", "openvino", "mnn")
     assert runtimes.reduced_precisions() == ("int8", "int8-conv", "fp16", "bf16")
     # multi-file formats: the companions are named from the main file
@@ -81,7 +79,8 @@ def test_load_exported_runs_a_file_on_numpy(tmp_path, make_tiny):
 def added_runtime(monkeypatch):
     """A runtime added as a new module would add it: one record, one registration (removed after the test)."""
     record = Runtime(name="ts2", title="TorchScript under another name", format="ts2", suffixes=(".ts2",),
-                     forms=Forms(qkv="merged", prop="shuffle"), save=save_torchscript, load=load_torchscript)
+                     forms=Forms(qkv="merged", prop="shuffle"), writers={"fp32": fp32(save_torchscript)},
+                     load=load_torchscript)
     monkeypatch.setitem(runtimes.RUNTIMES, record.name, record)
     return record
 
@@ -129,3 +128,70 @@ def test_sigmoid_gelu_is_the_tanh_gelu_and_float16_graph_swaps_every_exact_gelu(
     assert out.dtype == torch.float32 and 10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum()) > 30
     with pytest.raises(ValueError, match="gelu='tanh'"):
         Float16Graph(model, gelu="tanh")
+
+
+def _save_onnx_weight_only_int8(model, x, path):
+    """ONNX Runtime's dynamic quantization: int8 weights, activations quantized at run time (no calibration)."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgevit.deploy.runtimes.onnxruntime import save_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_onnx(model, x, Path(tmp) / "f.onnx")
+        quantize_dynamic(str(Path(tmp) / "f.onnx"), str(path), weight_type=QuantType.QInt8)
+    return {}
+
+
+@pytest.fixture
+def added_precision(monkeypatch):
+    """A precision added to a runtime as a runtime module would add it: one entry in its record's writers."""
+    import dataclasses
+
+    rt = runtimes.get("onnxruntime")
+    record = dataclasses.replace(rt, writers={**rt.writers, "int8-weights": Writer(
+        _save_onnx_weight_only_int8, "int8 weights, activations quantized at run time (no calibration)",
+        rule=INT8_RULE)})
+    monkeypatch.setitem(runtimes.RUNTIMES, rt.name, record)
+    return record
+
+
+def test_a_precision_added_to_a_record_works_everywhere(added_precision, tmp_path, capsys):
+    """export, eval --exported, bench and the matrix take it with no other edit; it needs no --calib."""
+    import timm
+    from PIL import Image
+
+    ck, val = tmp_path / "tiny.pth", tmp_path / "val"
+    kwargs = {"embed_dims": [12, 24, 36, 48], "depths": [1, 1, 2, 1], "head_dim": 12}
+    torch.manual_seed(0)
+    torch.save({"model": timm.create_model("edgevit_xxs", num_classes=2, **kwargs).state_dict(),
+                "classes": ["a", "b"], "config": {"model": "edgevit_xxs", "model_kwargs": kwargs, "num_classes": 2,
+                                                  "img_size": 32, "crop_pct": 1.0}}, ck)
+    g = torch.Generator().manual_seed(0)
+    for c in ("a", "b"):
+        (val / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy()).save(val / c / f"{i}.png")
+    out = tmp_path / "w.onnx"
+    assert main(["export", "--checkpoint", str(ck), "--format", "onnx", "--quantize", "int8-weights", "-o", str(out),
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["precision"] == "int8-weights" and report["sqnr_db"] >= 10 and "no calibration" in report["how"]
+    import onnx
+
+    assert any(n.op_type in ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")
+               for n in onnx.load(str(out)).graph.node)  # really int8
+    assert main(["eval", "--data", str(val), "--exported", str(out), "--checkpoint", str(ck), "--workers", "0",
+                 "--no-progress", "--json"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out)["top1"] <= 100
+    assert main(["bench", "--runtime", "onnxruntime", "--precision", "int8-weights", "--models", "edgevit_xxs",
+                 "--edgevit-form", "fused", "--img-size", "32", "--runs", "2", "--warmup", "1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert [r["precision"] for r in rows] == ["int8-weights"] and rows[0]["median_ms"] > 0
+    from edgevit.bench.matrix import run_matrix
+
+    doc = run_matrix(("edgevit_xxs",), ("onnxruntime",), ("fp32", "int8-weights"), checkpoint=str(ck), runs=2,
+                     warmup=1, show_progress=False)
+    assert [(r["precision"], r["status"]) for r in doc["results"]] == [("fp32", "ok"), ("int8-weights", "ok")]
+    assert doc["results"][1]["speedup_vs_fp32"] > 0 and doc["results"][1]["rule"] == INT8_RULE.describe()

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from edgevit.deploy import fuse, runtimes
-from edgevit.deploy.export import export_model, run_file
-from edgevit.deploy.quantize import export_int8, random_calibration
+from edgevit.deploy.export import export_model, load_exported
+from edgevit.deploy.quantize import random_calibration
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,7 +50,7 @@ def test_no_exported_format_carries_machine_paths(fmt, make_tiny, tmp_path):
 def test_int8_onnx_file_carries_no_machine_paths(make_tiny, tmp_path):
     model = fuse(make_tiny(), "onnxruntime")
     out = tmp_path / "q.onnx"
-    report = export_int8(model, "onnx", out, random_calibration(4, 64), threads=1)
+    report = export_model(model, "onnx", out, precision="int8", images=random_calibration(4, 64), threads=1)
     assert report["precision"] == "int8" and _machine_paths(out, tmp_path) == set()
 
 
@@ -62,10 +62,10 @@ def test_stripping_a_torchscript_file_keeps_its_outputs(make_tiny, tmp_path):
     path = tmp_path / "m.pt"
     with torch.no_grad():
         torch.jit.save(torch.jit.trace(model, x, check_trace=False), str(path))
-    before = run_file("torchscript", path, x)
+    before = torch.from_numpy(load_exported(path)(x.numpy()))
     with zipfile.ZipFile(path) as z:
         assert any(n.endswith(".debug_pkl") for n in z.namelist())
     strip_torch_archive(path)
     with zipfile.ZipFile(path) as z:
         assert not any(n.endswith(".debug_pkl") for n in z.namelist())
-    assert torch.equal(run_file("torchscript", path, x), before)
+    assert torch.equal(torch.from_numpy(load_exported(path)(x.numpy())), before)

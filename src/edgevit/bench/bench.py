@@ -59,7 +59,10 @@ class Entry:
         return label if self.precision == "fp32" else f"{label} {self.precision}"
 
 
-PRECISIONS = ("fp32", *runtimes.reduced_precisions())  # (which runtime holds which: its record's `precisions`)
+def all_precisions() -> tuple:
+    """Every precision some runtime writes, fp32 first (read from the records each time: which runtime holds which
+    is its record's `precisions`)."""
+    return ("fp32", *runtimes.reduced_precisions())
 
 
 def check_models(models: Sequence[str]) -> None:
@@ -93,8 +96,8 @@ def plan(models: Sequence[str], form: str = "both", ablations: bool = False,
         for tag, kw in ABLATIONS.items():
             entries += [Entry("edgevit_xxs", f, dict(kw), tag) for f in forms]
     for p in precisions:
-        if p not in PRECISIONS:
-            raise UserError(f"{p!r} is not one of {', '.join(PRECISIONS)}", option="precision")
+        if p not in all_precisions():
+            raise UserError(f"{p!r} is not one of {', '.join(all_precisions())}", option="precision")
     return [Entry(e.model, e.fused, e.kwargs, e.tag, p) for e in entries for p in precisions]
 
 

@@ -138,11 +138,11 @@ def _build(entry: DenseEntry, task: str, runtime: str, size: int, threads: int, 
     tmp = tempfile.TemporaryDirectory(prefix=f"edgevit-dense-{rt.format}-")
     path = Path(tmp.name) / f"model{rt.suffix}"
     if entry.precision == "int8":
-        if not rt.int8:
+        if "int8" not in rt.writers:
             raise UserError(f"int8 runs in {' and '.join(runtimes.int8_names())}, not {runtime}", option="runtime")
         from ..deploy.quantize import random_calibration
 
-        rt.save_int8(graph, x, path, random_calibration(CALIBRATION, size))
+        rt.write("int8", graph, x, path, random_calibration(CALIBRATION, size))
     else:
         save_graph(model.arch, rt.format, graph, x, path)
     run_file, a = rt.load(path, threads), x.numpy()

@@ -13,11 +13,10 @@ from __future__ import annotations
 import statistics
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
-
-import torch
+from typing import List, Optional, Sequence
 
 from ..deploy import runtimes
+from ..deploy.export import FileRejected
 from ..errors import MissingDependencyError, UserError
 from .bench import _RUN_ERRORS, check_models, median_ci, meta, time_runners
 from .runners import build_runner
@@ -60,22 +59,14 @@ def plan_cells(runtime_names: Sequence[str] = (ALL,), precisions: Sequence[str] 
     return plan
 
 
-def _check_batch(net, data: Optional[str], count: int, size: int) -> torch.Tensor:
-    """The images a file is compared with PyTorch on: `count` of `data` through the model's eval transform, or
-    seeded random inputs."""
+def _check_batch(net, data: Optional[str], count: int, size: int) -> tuple:
+    """(images, what they are) a file is compared with PyTorch on: `count` of `data` through the model's eval
+    transform, or seeded random inputs."""
     from ..deploy.quantize import model_calibration, random_calibration
 
-    return model_calibration(net, data, count, size) if data else random_calibration(count, size, seed=1)
-
-
-def _accuracy(runner, images: torch.Tensor) -> Dict[str, float]:
-    from ..deploy.quantize import agreement
-
-    with torch.no_grad():
-        reference = runner.model(images)
-    got = torch.cat([torch.from_numpy(runner.run_file(images[i:i + 1].numpy())[0]).float()
-                     for i in range(len(images))])
-    return {**agreement(reference, got), "max_abs_diff": (got - reference).abs().max().item()}
+    if data:
+        return model_calibration(net, data, count, size), f"{count} images of {data}"
+    return random_calibration(count, size, seed=1), f"{count} seeded random inputs"
 
 
 def run_matrix(models: Sequence[str] = MATRIX_MODELS, runtime_names: Sequence[str] = (ALL,),
@@ -112,15 +103,16 @@ def run_matrix(models: Sequence[str] = MATRIX_MODELS, runtime_names: Sequence[st
             for model in models:
                 bar.set_postfix_str(f"{cell['runtime']} {precision} {model}")
                 ck = checkpoint if model in VARIANTS else None
-                try:
+                try:  # the checked writer: a file below its precision's rule is a failed cell, never timed
                     runner = build_runner(model, cell["runtime"], img_size=img_size, threads=threads, fused=True,
                                           checkpoint=ck, precision=precision, calib=calib,
-                                          calib_images=calib_images)
-                    row = {"runtime": cell["runtime"], "precision": precision, "model": model,
-                           "label": runner.label, "img_size": runner.img_size,
-                           "bytes": runtimes.get(cell["runtime"]).size(runner.path),
+                                          calib_images=calib_images, trained=bool(ck and data),
+                                          check=lambda net, size: _check_batch(net, data, check_images, size))
+                    row = {"runtime": cell["runtime"], "precision": precision, "model": model, "status": "ok",
+                           "label": runner.label, "img_size": runner.img_size, "bytes": runner.info["bytes"],
                            "export_s": runner.export_s, "weights": "checkpoint" if ck else "random",
-                           **_accuracy(runner, _check_batch(runner.model, data, check_images, runner.img_size))}
+                           "rule": runner.info["rule"],
+                           **{k: runner.info[k] for k in ("max_abs_diff", "sqnr_db", "top1_agreement")}}
                     if data and ck and top1:
                         row["top1"] = evaluate_exported(data, runner.path, checkpoint=ck, workers=0,
                                                         threads=threads, progress=False)["top1"]
@@ -128,7 +120,8 @@ def run_matrix(models: Sequence[str] = MATRIX_MODELS, runtime_names: Sequence[st
                 except (*_RUN_ERRORS, UserError) as e:
                     why = " ".join(str(e).split())[:300] or type(e).__name__
                     skipped.append({"runtime": cell["runtime"], "precision": precision, "model": model,
-                                    "why": why})
+                                    "why": why, "status": "rejected" if isinstance(e, FileRejected) else
+                                    "not made"})
                     print(f"edgevit bench: {cell['runtime']} {precision} {model}: {why}", file=sys.stderr)
                 bar.update(1)
         if not built:
@@ -186,10 +179,15 @@ def format_matrix(doc: dict) -> str:
                      f"{r['top1_agreement']:.1f} | {_num(r.get('top1'), '.2f')} | {r['median_ms']:.2f} "
                      f"[{r['ci_lo_ms']:.2f}, {r['ci_hi_ms']:.2f}] | {_num(r['ratio_to_baseline'], '.2f')} | "
                      f"{_num(r['speedup_vs_fp32'], '.2f')} |")
-    if doc["skipped"]:
+    rejected = [s for s in doc["skipped"] if s.get("status") == "rejected"]
+    if rejected:  # (Ultralytics' benchmark() marks these ❌)
+        lines += ["", "❌ Made but refused by their precision's rule (not timed):"]
+        lines += [f"- {s['runtime']} {s['precision']} {s['model']}: {s['why']}" for s in rejected]
+    others = [s for s in doc["skipped"] if s.get("status") != "rejected"]
+    if others:
         lines += ["", "Not made:"]
         lines += [f"- {s['runtime']} {s['precision']}{' ' + s['model'] if s.get('model') else ''}: {s['why']}"
-                  for s in doc["skipped"]]
+                  for s in others]
     versions = ", ".join(f"{k} {v}" for k, v in m["runtime_versions"].items())
     lines += ["", f"{versions}. fp16/bf16 and int8 speeds depend on the CPU's instructions "
               "(the flags above): an x86 figure does not carry to an ARM phone (fp16 arithmetic from ARMv8.2, int8 "

@@ -73,7 +73,7 @@ def profile_litert(model: str, fused: bool = True, runs: int = 20, threads: int 
     profiler is C++ only), so this reports what its op details do tell: the file's ops by kind, the layout
     transposes, the XNNPACK delegate's partitions and the ops left outside them (edgevit.deploy.runtimes.
     litert.tflite_report), with the file's median latency over `runs`."""
-    from ..deploy.export import load_file
+    from ..deploy.runtimes import first_output
     from ..deploy.runtimes.litert import save_tflite
     from .bench import time_runner
 
@@ -84,7 +84,7 @@ def profile_litert(model: str, fused: bool = True, runs: int = 20, threads: int 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.tflite"
         report = save_tflite(net, x, path)
-        run = load_file("tflite", path, threads)
+        run = first_output(runtimes.by_format("tflite").load(path, threads))
         times = time_runner(lambda: run(x), runs, 3)
     return {"model": model, "fused": fused, "img_size": size, "threads": threads, "runs": runs, "export": report,
             "median_ms": statistics.median(times)}

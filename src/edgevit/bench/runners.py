@@ -102,13 +102,17 @@ def check_precision(rt: runtimes.Runtime, precision: str) -> None:
 
 def build_runner(model: str, runtime: str = "eager", img_size: int | None = None, threads: int = 2,
                  fused: bool = True, checkpoint: str | None = None, precision: str = "fp32",
-                 calib: Optional[str] = None, calib_images: int = 64, **model_kwargs) -> Runner:
+                 calib: Optional[str] = None, calib_images: int = 64,
+                 check: Optional[Callable[[nn.Module, int], tuple]] = None, trained: bool = False,
+                 **model_kwargs) -> Runner:
     """A warm session for `model` in `runtime` (a runtime record's name, edgevit.deploy.runtimes) at `img_size`
-    (default: the model's);
-    `precision` one of the runtime's `precisions`: "int8" is the file `edgevit export --quantize int8` writes,
-    calibrated on `calib_images` images of the folder `calib` (or "random"), "int8-..." the runtime's other int8
-    forms, calibrated alike; "fp16"/"bf16" the runtime's
-    16-bit float file.
+    (default: the model's). A file runtime runs the very file `edgevit export` writes: made by the one checked
+    writer (`export_model`, into a temporary folder; a file below its precision's rule is a `FileRejected`, never
+    timed) and read back with the public `load_exported`. `precision` one of the runtime's `precisions` ("int8"
+    and its forms calibrated on `calib_images` images of the folder `calib`, or "random"). `check(net, size)`:
+    (images, what they are) the file is measured on (default the writer's); `trained`: the weights are trained and
+    those images real, so the rule's top-1 agreement floor applies. The write report (with the measures) is
+    `runner.info`.
 
     Unknown model/runtime -> ValueError listing the choices; runtime package missing -> ImportError."""
     from ..models import VARIANTS
@@ -133,16 +137,22 @@ def build_runner(model: str, runtime: str = "eager", img_size: int | None = None
             with torch.inference_mode():
                 return net(x)
     else:  # a file in its own runtime: the very file `edgevit export` writes and checks (TorchScript too)
+        from ..deploy.export import export_model, load_exported
+        from ..deploy.quantize import RANDOM, model_calibration
+
         tmp = tempfile.TemporaryDirectory(prefix=f"edgevit-{rt.format}-")
         path = Path(tmp.name) / f"model{rt.suffix}"
         t0 = time.perf_counter()
-        images = None
-        if runtimes.calibrated(precision):
-            from ..deploy.quantize import model_calibration
-            images = model_calibration(net, calib, calib_images, size)
-        info = rt.write(precision, net, x, path, images)
+        calibrated = rt.writer(precision).calibrated
+        images = model_calibration(net, calib, calib_images, size) if calibrated else None
+        check_x, checked_on = check(net, size) if check is not None else (None, "")
+        info = export_model(net, rt.format, path, img_size=size, threads=threads, precision=precision, images=images,
+                            calibrated=f"{len(images)} images of {calib}" if calibrated and calib != RANDOM else
+                            "random inputs (timing only)", check_x=check_x, checked_on=checked_on,
+                            trained=trained)
         export_s = time.perf_counter() - t0
-        run, a = rt.load(path, threads), x.numpy()
+        exported, a = load_exported(path, threads), x.numpy()
+        run = exported.run
 
         def fn():
             return run(a)

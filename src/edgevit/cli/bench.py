@@ -12,7 +12,7 @@ from .outputs import check_output_file, emit_results
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..bench.bench import DEFAULT_MODELS, FORMS, PRECISIONS
+    from ..bench.bench import DEFAULT_MODELS, FORMS, all_precisions
     from ..bench.matrix import MATRIX_MODELS
     from ..deploy.runtimes import RUNTIMES, names
     p = sub.add_parser("bench", help="CPU latency of EdgeViTs and baselines, batch 1, fp32 or int8",
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ablations", action="store_true",
                    help="add the paper's Table-4 variants of XXS, each scaled to 0.52-0.56 GMACs, and print the "
                         "paper's Table 4 beside them with whether its orderings hold here")
-    p.add_argument("--precision", nargs="+", default=["fp32"], choices=(*PRECISIONS, "all"),
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=(*all_precisions(), "all"),
                    help="one or more (each model once per precision, interleaved in the same rounds), or all the "
                         "runtime has: " + "; ".join(f"{r.name} {'/'.join(r.precisions)}" for r in RUNTIMES.values()
                                                     if r.format) + ". Each is the file export --quantize of "

@@ -323,7 +323,7 @@ def run_bench(args: argparse.Namespace) -> int:
     rt = runtimes.get(args.runtime)
     rt.require(writing=True)
     precisions = list(dict.fromkeys(getattr(args, "precision", ["fp32"])))
-    if "int8" in precisions and not rt.int8:
+    if "int8" in precisions and "int8" not in rt.writers:
         from ..errors import ConfigError
         raise ConfigError(f"--precision int8 runs in --runtime {' or '.join(runtimes.int8_names())}, not "
                           f"{args.runtime}")

@@ -26,31 +26,31 @@ def img_size_arg(args: argparse.Namespace, default: int) -> int | tuple:
 
 
 def add_quantize_args(p: argparse.ArgumentParser) -> None:
-    from ..deploy.runtimes import RUNTIMES, reduced_precisions
+    from ..deploy.runtimes import precision_help, reduced_precisions
 
-    flows = "; ".join(f"{r.format}: {r.int8_how}" for r in RUNTIMES.values() if r.int8)
-    forms = "; ".join(f"{r.format} {p}: {how}" for r in RUNTIMES.values() for p, how in r.int8_forms_how.items())
-    halves = "; ".join(f"{r.format} {p}: {how}" for r in RUNTIMES.values() for p, how in r.float16_how.items())
     p.add_argument("--quantize", choices=reduced_precisions(), default=None,
-                   help=f"static int8 ({flows}), per-channel weights; a quantization-aware checkpoint "
-                        f"(train --qat) is converted as trained. Other int8 forms, calibrated alike: {forms}. "
-                        f"fp16/bf16: {halves}; checked on --calib's images when given, else on random inputs")
+                   help=f"a reduced-precision file, each runtime's own flow ({precision_help()}); calibrated "
+                        "precisions (int8...) need --calib; a quantization-aware checkpoint (train --qat) is "
+                        "converted to the int8 it was trained as. Each file is refused below its precision's "
+                        "rule (edgevit export --help's description)")
     p.add_argument("--calib", default=None, metavar="DIR",
                    help="calibration images (any folder of images, e.g. the train split), read with the "
-                        "model's eval transform; 'random' = random inputs (timing only, labelled so)")
+                        "model's eval transform; 'random' = random inputs (timing only, labelled so). Also the "
+                        "images 16-bit files are checked on")
     p.add_argument("--calib-images", type=positive_int, default=256,
                    help="how many calibration images (a seeded sample; default 256)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..deploy.export import TOLERANCE
     from ..deploy.runtimes import RUNTIMES, formats
+    from ..deploy.runtimes.base import FLOAT_RULE, HALF_RULE, INT8_RULE
 
     kinds = ", ".join(f"{r.format} = {r.title}" for r in RUNTIMES.values() if r.format)
     p = sub.add_parser("export", help="fuse and export a model for deployment (fp32 or int8), checked in its runtime",
                        description="Fuse (EdgeViTs), export, then run the file in its runtime and compare with "
-                                   f"PyTorch: fp32 on a random input (error if max |diff| > {TOLERANCE:g}); int8 on "
-                                   "the calibration images (top-1 agreement and logits SQNR reported). "
+                                   "PyTorch fp32; the file is written only if it meets its precision's rule: fp32 "
+                                   f"{FLOAT_RULE.describe()} on a random input; int8 {INT8_RULE.describe()}, on "
+                                   f"--calib images calibration did not use; fp16/bf16 {HALF_RULE.describe()}. "
                                    f"{kinds}.")
     add_model_args(p)
     p.add_argument("--format", required=True, choices=formats(), help="output format")
@@ -100,7 +100,7 @@ def calibration(args: argparse.Namespace, size, cfg: dict, model):
 def run(args: argparse.Namespace) -> int:
     from ..deploy import fuse, runtimes
     from ..deploy.export import export_model
-    from ..deploy.quantize import export_int8, is_qat_checkpoint, load_qat_model, random_calibration
+    from ..deploy.quantize import is_qat_checkpoint, load_qat_model, random_calibration
     from ..models import VARIANTS
     from ..models.checkpoint import model_from_checkpoint, read_state_dict
     from ..utils.images import warn_if_not_trained_size
@@ -134,23 +134,18 @@ def run(args: argparse.Namespace) -> int:
     fused = name in VARIANTS and not args.no_fuse
     if fused and not qat:  # (a QAT model is its fused form already)
         model = fuse(model, rt.name)
-    if args.quantize in ("fp16", "bf16"):
-        from ..deploy.quantize import export_float16
-
-        if args.calib:  # (no calibration: the images only measure the file; the folder's held-out part if any)
-            images, _, check, checked_on = calibration(args, size, cfg, model)
-            check = images if check is None else check
-        else:
-            check, checked_on = random_calibration(8, size, seed=1), "8 random inputs"
-        report = export_float16(model, args.format, args.output, args.quantize, check, threads=args.threads,
-                                checked_on=checked_on)
-    elif args.quantize:
-        images, label, check, checked_on = calibration(args, size, cfg, model) if args.calib else (None,) * 4
-        report = export_int8(model, args.format, args.output, images, threads=args.threads, calibrated=label,
-                             prepared=prepared if qat else None, img_size=size, check=check,
-                             checked_on=checked_on or "", precision=args.quantize)
+    precision = args.quantize or "fp32"
+    if args.calib:  # int8: calibration images and others to check on; 16-bit floats: only images to check on
+        images, label, check, checked_on = calibration(args, size, cfg, model)
+        check = images if check is None else check
+    elif precision != "fp32":
+        images, label, check, checked_on = None, "", random_calibration(8, size, seed=1), "8 random inputs"
     else:
-        report = export_model(model, args.format, args.output, img_size=size, threads=args.threads)
+        images, label, check, checked_on = (None,) * 4
+    report = export_model(model, args.format, args.output, img_size=size, threads=args.threads, precision=precision,
+                          images=images if rt.writer(precision).calibrated else None, calibrated=label or "",
+                          check_x=check, checked_on=checked_on or "", prepared=prepared if qat else None,
+                          trained=bool(args.checkpoint) and args.calib not in (None, "random"))
     report = {"model": name, "fused": fused, **report}
     if args.json:
         print_json(report)

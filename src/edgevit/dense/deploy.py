@@ -262,13 +262,13 @@ def check_quantizable(arch: str, fmt: str) -> None:
     """int8 is for the segmenters, in the runtimes with an int8 flow (one line otherwise, before any work)."""
     if arch not in SEGMENT_ARCHS:
         raise ExportError(f"int8 export is for the segmenters ({', '.join(SEGMENT_ARCHS)}), not {arch}")
-    if not runtimes.by_format(fmt).int8:
+    if "int8" not in runtimes.by_format(fmt).writers:
         raise ExportError(f"{fmt}: int8 export is for {' or '.join(runtimes.int8_formats())}", option="format")
 
 
 def _int8_check(graph: nn.Module, run, images: torch.Tensor) -> Dict[str, float]:
     """The int8 file against its fp32 graph on `images`: logits SQNR (dB) and class-map agreement."""
-    from ..deploy.quantize import run_batch
+    from ..deploy.export import run_batch
 
     with torch.no_grad():
         want = torch.cat([graph(images[i:i + 1]) for i in range(len(images))])
@@ -322,7 +322,7 @@ def save_graph(arch: str, fmt: str, graph: nn.Module, x: torch.Tensor, path: Pat
     check_exportable(arch, fmt)
     if arch in TWO_STAGE:
         return save_onnx_traced(graph, x, path)
-    return runtimes.by_format(fmt).save(graph, x, path)
+    return runtimes.by_format(fmt).write("fp32", graph, x, path)
 
 
 def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tuple[int, int], *,
@@ -365,7 +365,7 @@ def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tu
     # the sidecar is committed last: the model file is renamed into place first (inner context)
     with atomic_path(sidecar_path(output)) as tmp_side, atomic_path(output, rt.companions) as tmp:
         if calibration is not None:
-            report.update(rt.save_int8(graph, x, tmp, calibration))
+            report.update(rt.write("int8", graph, x, tmp, calibration))
             check = calibration[:8] if check_images is None else check_images
             report.update(_int8_check(graph, rt.load(tmp, threads), check))
             report["checked_on"] = f"{len(check)} {'calibration ' if check_images is None else ''}images"

@@ -22,8 +22,13 @@ from ..utils.io import atomic_path
 from ..utils.quiet import filter_native_stderr
 from . import runtimes
 from .runtimes import Runtime, first_output
+from .runtimes.base import FLOAT_RULE
 
-TOLERANCE = 1e-3
+TOLERANCE = FLOAT_RULE.max_abs_diff  # an fp32 file's largest |diff| from PyTorch
+
+
+class FileRejected(UserError):
+    """A written file that its precision's acceptance rule refuses (`Runtime.writers[p].rule`): not written."""
 
 
 def seeded_input(img_size: int | Tuple[int, int] = 224) -> torch.Tensor:
@@ -32,49 +37,78 @@ def seeded_input(img_size: int | Tuple[int, int] = 224) -> torch.Tensor:
     return torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
 
 
-def save_file(fmt: str, model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
-    """Write `model` traced/exported at `x` to `path` in `fmt`; returns the format's report (pte: partitions)."""
-    return runtimes.by_format(fmt).save(model, x, path)
+def run_batch(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """Outputs of a batch-1 function (a runtime's, or a model) over every image."""
+    return torch.cat([run(images[i:i + 1]).float() for i in range(len(images))])
 
 
-def load_file(fmt: str, path: Path, threads: int = 2) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The exported classifier loaded in its own runtime, as a function of the input (torch tensors)."""
-    return first_output(runtimes.by_format(fmt).load(path, threads))
+def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str,
+                 img_size: Optional[int | Tuple[int, int]] = None,
+                 threads: int = 2, check_x: Optional[torch.Tensor] = None, precision: str = "fp32",
+                 images: Optional[torch.Tensor] = None, calibrated: str = "images", checked_on: str = "",
+                 prepared: Optional[torch.fx.GraphModule] = None, trained: bool = False) -> Dict[str, object]:
+    """The one checked writer: every file the package makes (`edgevit export`, bench, the matrix, the benchmark
+    scripts) is written here. `model` (eval, fused or not) is written to `output` in `fmt` as a `precision` file
+    through its runtime's writer (`Runtime.writers`), run in that runtime on the check images, measured against
+    the model in PyTorch fp32 (max |diff|, logits SQNR, top-1 agreement) and accepted by the precision's `Rule`;
+    only then renamed into place (with its companions), so an existing file survives any failure and a file below
+    its rule is one `FileRejected` naming what it missed.
 
+    `img_size`: the traced size (square, or (H, W); default the images', else 224); a calibrated precision traces
+    at its `images` (N x 3 x H x W, the model's eval transform), `calibrated` saying what they are. `check_x`:
+    the images the file is measured on, named by `checked_on` (default: the seeded input for fp32, the
+    calibration images for int8, 8 random inputs for 16-bit floats). `prepared`: a quantization-aware trained
+    graph, converted as it is to the int8 it was trained as and measured against itself. `trained`: the weights
+    are trained, so the rule's top-1 agreement floor applies (random weights give near-tied logits). Returns the
+    report: the writer's, plus bytes and the
+    measures. `fmt`: an export format, or a runtime record (a variant of one, e.g. with writers of its own
+    that a benchmark compares)."""
+    from .quantize import agreement, random_calibration
 
-def run_file(fmt: str, path: Path, x: torch.Tensor, threads: int = 2) -> torch.Tensor:
-    """Run an exported file in its runtime on `x` (the check that the file works on its own)."""
-    return load_file(fmt, path, threads)(x)
-
-
-def export_model(model: nn.Module, fmt: str, output: os.PathLike | str, img_size: int | Tuple[int, int] = 224,
-                 threads: int = 2, check_x: Optional[torch.Tensor] = None) -> Dict[str, object]:
-    """Export `model` (already fused/eval) to `output` in `fmt` at `img_size` (square, or (H, W)); verify it
-    in its runtime.
-
-    The file is written beside `output` and renamed over it only after the check passes, so an existing
-    file survives any failure.  Returns a report (max_abs_diff, size, the runtime's own report)."""
-    rt = runtimes.by_format(fmt)
+    rt = fmt if isinstance(fmt, Runtime) else runtimes.by_format(fmt)
+    fmt = rt.format
+    writer = rt.writer(precision)
+    if prepared is not None and (precision != "int8" or rt.save_qat is None):
+        qat = " or ".join(r.format for r in runtimes.RUNTIMES.values() if r.save_qat)
+        raise UserError(f"a quantization-aware checkpoint converts to the int8 it was trained as, in {qat} (the "
+                        f"quantizer it was trained with), not to a {fmt} {precision} file", option="format")
     rt.require(writing=True)
     torch.set_num_threads(threads)
-    h, w = size_hw(img_size)
-    x = seeded_input((h, w))
+    given = images if writer.calibrated and images is not None else check_x
+    img_size = img_size or (tuple(given.shape[-2:]) if given is not None else 224)
+    if writer.calibrated and images is None:
+        if prepared is None:
+            raise UserError(f"{precision} files are calibrated: no calibration images given", option="calib")
+        images, calibrated = random_calibration(8, img_size), "qat (checked on 8 random inputs)"
+    x = images[:1].clone() if images is not None and writer.calibrated else seeded_input(img_size)
     if hasattr(model, "check_input"):
         model.check_input(x)
-    check_x = x if check_x is None else check_x
     model = model.eval()
+    if check_x is None:
+        check_x = images if writer.calibrated else (x if precision == "fp32" else random_calibration(8, x.shape[-2:],
+                                                                                                     seed=1))
+        checked_on = checked_on or ("the calibration images" if writer.calibrated else
+                                    "the seeded input" if precision == "fp32" else "8 random inputs")
     with torch.no_grad():
-        expected = model(check_x)
-    report: Dict[str, object] = {"format": fmt, "runtime": rt.name, "output": str(output),
-                                 "img_size": [h, w], "precision": "fp32"}
+        reference = run_batch(prepared if prepared is not None else model, check_x)
+    report: Dict[str, object] = {
+        "format": fmt, "runtime": rt.name, "output": str(output), "precision": precision, "how": writer.how,
+        "img_size": list(x.shape[-2:]), "checked_against": "the float model" if prepared is None else
+        "the fake-quantized QAT model", "checked_on": checked_on or f"{len(check_x)} images",
+        "check_images": len(check_x), "rule": writer.rule.describe()}
+    if writer.calibrated:
+        report.update(calibration=calibrated, calibration_images=len(images))
     with atomic_path(output, rt.companions) as tmp:
-        report.update(rt.save(model, x, tmp))
-        got = first_output(rt.load(tmp, threads))(check_x)
-        diff = (got.float() - expected).abs().max().item()
-        report["max_abs_diff"] = diff
-        if not diff <= TOLERANCE:
-            raise UserError(f"{fmt} export of {output} disagrees with PyTorch: max |diff| {diff:.3g} > "
-                            f"{TOLERANCE} (file not written)")
+        if prepared is not None:
+            report.update(rt.save_qat(prepared, x, tmp))
+        else:
+            report.update(rt.write(precision, model, x, tmp, images))
+        got = run_batch(first_output(rt.load(tmp, threads)), check_x)
+        report.update(agreement(reference, got), max_abs_diff=(got - reference).abs().max().item())
+        missed = writer.rule.failures(report, trained=trained)
+        if missed:
+            raise FileRejected(f"{rt.name} {precision} file {output} fails its rule ({'; '.join(missed)}) against "
+                               f"{report['checked_against']} in PyTorch on {report['checked_on']}: not written")
         report["bytes"] = rt.size(tmp)
     return report
 

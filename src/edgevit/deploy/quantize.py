@@ -1,7 +1,8 @@
 """int8 files for the runtimes whose record has an int8 flow (`edgevit.deploy.runtimes`: ExecuTorch-XNNPACK's
 PT2E, ONNX Runtime's QDQ): post-training (static, calibrated) and from a quantization-aware fine-tuned model,
 each checked against the float model it came from. This module holds what every flow shares: the calibration
-images, the agreement measure, quantization-aware training's graph, and the one export-and-check call.
+images, the agreement measure and quantization-aware training's graph; files are written and checked by the
+one writer, `edgevit.deploy.export.export_model`.
 
 Nothing here is specific to EdgeViT: the CNN/ViT baselines go through the same two flows, so `edgevit
 bench --precision int8` compares like with like.
@@ -124,8 +125,8 @@ def agreement(reference: torch.Tensor, got: torch.Tensor) -> Dict[str, float]:
 
 # ---- quantization-aware training ----------------------------------------------------------------------
 def qat_form(model: nn.Module) -> nn.Module:
-    """The graph a QAT run trains and `export_int8` converts: for an EdgeViT its fused form (BN, CPE and
-    LayerNorm affines folded, so the weights that get fake-quantized are the ones the file holds) in
+    """The graph a QAT run trains and `export_model(..., prepared=...)` converts: for an EdgeViT its fused form
+    (BN, CPE and LayerNorm affines folded, so the weights that get fake-quantized are the ones the file holds) in
     ExecuTorch's op forms but without the 16-channel padding (zero channels would start to train);
     other models as they are. Trainable: every weight is a parameter."""
     from ..models.edgevit import EdgeViT
@@ -191,106 +192,3 @@ def load_qat_model(path: str | Path, img_size=None, ema: bool = False
                               f"({str(e).splitlines()[0]})") from e
     prepared.eval()
     return prepared, qat_form(base).eval(), meta
-
-
-# ---- one call: quantize, export, verify -----------------------------------------------------------------
-def run_batch(run, images: torch.Tensor) -> torch.Tensor:
-    """Outputs of a batch-1 runtime function over every image."""
-    return torch.cat([run(images[i:i + 1]).float() for i in range(len(images))])
-
-
-def export_int8(model: nn.Module, fmt: str, output, images: Optional[torch.Tensor], threads: int = 2,
-                prepared: Optional[torch.fx.GraphModule] = None, calibrated: str = "images",
-                img_size=None, check: Optional[torch.Tensor] = None, checked_on: str = "",
-                precision: str = "int8") -> Dict[str, object]:
-    """Quantize `model` (eval, fused or not) to int8 for `fmt` ("pte"/"onnx"), write `output` atomically and
-    check the file in its runtime against the float model on the calibration images. `precision`: "int8" (the
-    runtime's full-integer file) or one of its named int8 forms (`Runtime.int8_forms`, e.g. "int8-conv").
-
-    `prepared`: a QAT-fine-tuned PT2E graph (fake quantizers already hold their scales): converted as is,
-    no calibration; the file is checked against that fake-quantized model (what the run trained and
-    validated), on `images` if given, else on 8 random inputs of `img_size`. `check`: the images the file is
-    measured on (`calibration_and_check`: ones calibration did not use; default the calibration images), named
-    by `checked_on`. Returns the report: bytes, partitions (pte), top-1 agreement and logits SQNR."""
-    from .runtimes import RUNTIMES, by_format, int8_formats
-
-    rt = by_format(fmt)
-    if not rt.int8:
-        raise UserError(f"int8 export is for {', '.join(int8_formats())}, not {fmt!r}", option="format")
-    if precision != "int8" and precision not in rt.int8_forms:
-        have = [f"{r.format} ({'/'.join(r.int8_forms)})" for r in RUNTIMES.values() if r.int8_forms]
-        raise UserError(f"{precision} files are written for {', '.join(have) or 'no format'}, not {fmt}",
-                        option="format")
-    if precision != "int8" and prepared is not None:
-        raise UserError(f"a quantization-aware checkpoint converts to the int8 it was trained as, not {precision}")
-    rt.require(writing=True)
-    torch.set_num_threads(threads)
-    if images is None:
-        if prepared is None:
-            raise UserError("int8 without calibration images: pass images (or random_calibration's)")
-        images, calibrated = random_calibration(8, img_size), "qat (checked on 8 random inputs)"
-    x = images[:1].clone()
-    if hasattr(model, "check_input"):
-        model.check_input(x)
-    model = model.eval()
-    measured = check if check is not None else images
-    checked_on = checked_on or ("the calibration images" if check is None else f"{len(check)} check images")
-    with torch.no_grad():
-        reference = run_batch(prepared if prepared is not None else model, measured)
-    report: Dict[str, object] = {"format": fmt, "runtime": rt.name, "output": str(output),
-                                 "precision": precision, "checked_against": "the float model" if prepared is None
-                                 else "the fake-quantized QAT model", "img_size": list(x.shape[-2:]),
-                                 "calibration": calibrated, "calibration_images": len(images),
-                                 "checked_on": checked_on, "check_images": len(measured)}
-    if prepared is not None and rt.save_qat is None:
-        qat_formats = [r.format for r in RUNTIMES.values() if r.save_qat]
-        raise UserError(f"a quantization-aware checkpoint exports to {' or '.join(qat_formats)} (the quantizer it "
-                        f"was trained with); {rt.name} files are quantized after training", option="format")
-    write = (lambda tmp: rt.save_qat(prepared, x, tmp)) if prepared is not None else \
-        (lambda tmp: rt.write(precision, model, x, tmp, images))
-    return checked_write(rt, output, write, reference, measured, threads, report)
-
-
-def checked_write(rt, output, write, reference: torch.Tensor, measured: torch.Tensor, threads: int,
-                  report: Dict[str, object]) -> Dict[str, object]:
-    """`write(tmp)` a reduced-precision file beside `output` (with its companions), run it in its runtime on
-    `measured`, add its agreement with `reference` (the float model's outputs) and max |diff| to `report`, then
-    rename it into place."""
-    from ..utils.io import atomic_path
-    from .runtimes import first_output
-
-    with atomic_path(output, rt.companions) as tmp:
-        report.update(write(tmp))
-        got = run_batch(first_output(rt.load(tmp, threads)), measured)
-        report.update(agreement(reference, got))
-        report["max_abs_diff"] = (got - reference).abs().max().item()
-        report["bytes"] = rt.size(tmp)
-    return report
-
-
-def export_float16(model: nn.Module, fmt: str, output, precision: str, check: torch.Tensor, threads: int = 2,
-                   checked_on: str = "") -> Dict[str, object]:
-    """`model` (eval, fused or not) as a 16-bit float file (`precision` "fp16"/"bf16", as the runtime of `fmt`
-    holds it), written atomically and checked in its runtime against the float model on `check` (N, 3, H, W):
-    top-1 agreement, logits SQNR, max |diff|."""
-    from .export import seeded_input
-    from .runtimes import RUNTIMES, by_format
-
-    rt = by_format(fmt)
-    if precision not in rt.float16:
-        have = [f"{r.format} ({'/'.join(r.float16)})" for r in RUNTIMES.values() if r.float16]
-        raise UserError(f"{precision} files are written for {', '.join(have)}, not {fmt}", option="format")
-    rt.require(writing=True)
-    torch.set_num_threads(threads)
-    x = seeded_input(tuple(check.shape[-2:]))
-    if hasattr(model, "check_input"):
-        model.check_input(x)
-    model = model.eval()
-    with torch.no_grad():
-        reference = run_batch(model, check)
-    report: Dict[str, object] = {"format": fmt, "runtime": rt.name, "output": str(output), "precision": precision,
-                                 "how": rt.float16_how.get(precision, ""), "img_size": list(x.shape[-2:]),
-                                 "checked_against": "the float model", "checked_on": checked_on or
-                                 f"{len(check)} images", "check_images": len(check)}
-    return checked_write(rt, output, lambda tmp: rt.write(precision, model, x, tmp), reference, check, threads,
-                         report)

@@ -12,11 +12,11 @@ from typing import Dict, Tuple
 
 from ...errors import UserError
 from . import eager, executorch, litert, mnn, ncnn, onnxruntime, openvino, torchscript
-from .base import ConversionError, Package, Runtime, calibrated, first_output
+from .base import ConversionError, Package, Rule, Runtime, Writer, first_output
 
-__all__ = ["Runtime", "Package", "ConversionError", "RUNTIMES", "get", "by_format", "for_file", "names",
-           "formats", "int8_formats", "int8_names", "first_output",
-           "calibrated", "reduced_precisions"]
+__all__ = ["Runtime", "Package", "Writer", "Rule", "ConversionError", "RUNTIMES", "get", "by_format", "for_file",
+           "names", "formats", "int8_formats", "int8_names", "first_output", "calibrated", "reduced_precisions",
+           "precision_help"]
 
 RUNTIMES: Dict[str, Runtime] = {}
 
@@ -47,18 +47,29 @@ def formats() -> Tuple[str, ...]:
 
 
 def int8_formats() -> Tuple[str, ...]:
-    return tuple(r.format for r in RUNTIMES.values() if r.int8)
+    return tuple(r.format for r in RUNTIMES.values() if "int8" in r.writers)
 
 
 def int8_names() -> Tuple[str, ...]:
     """The runtimes with an int8 flow."""
-    return tuple(r.name for r in RUNTIMES.values() if r.int8)
+    return tuple(r.name for r in RUNTIMES.values() if "int8" in r.writers)
+
+
+def calibrated(precision: str) -> bool:
+    """Whether files of `precision` are calibrated on images (its writers say so)."""
+    return any(r.writers[precision].calibrated for r in RUNTIMES.values() if precision in r.writers)
 
 
 def reduced_precisions() -> Tuple[str, ...]:
-    """Every precision some runtime writes besides fp32: int8, its named forms, then the 16-bit floats."""
+    """Every precision some runtime writes besides fp32: the calibrated ones first, in the records' order."""
     found = dict.fromkeys(p for r in RUNTIMES.values() for p in r.precisions if p != "fp32")
     return tuple(sorted(found, key=lambda p: not calibrated(p)))  # (stable: the records' order within each)
+
+
+def precision_help() -> str:
+    """One line per runtime x reduced precision: how its writer makes the file (help texts)."""
+    return "; ".join(f"{r.format} {p}: {w.how}" for r in RUNTIMES.values() for p, w in r.writers.items()
+                     if p != "fp32")
 
 
 def get(name: str) -> Runtime:

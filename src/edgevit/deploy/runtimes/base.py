@@ -2,10 +2,11 @@
 
 Everything the package knows about a runtime lives in its record: the name (`bench --runtime`), the export
 format and file suffixes, the Python packages it needs (import and pip names, the requirements file that pins
-them), the fused EdgeViT's forms for it, the input layout, how to write a file, how to load one and run it on
-numpy arrays, the exported input size, int8 support, the op/partition report, and what to say about a file it
-cannot load. Export, bench, eval --exported, quantize, the profiler and the CLI read these records instead of
-naming runtimes (one exception: the LiteRT profile, whose Python interpreter has no per-operator timer).
+them), the fused EdgeViT's forms for it, its precisions (a `Writer` each: how to write such a file, and the
+`Rule` that accepts it), how to load a file and run it on numpy arrays, the exported input size, the op/partition
+report, and what to say about a file it cannot load. Export, bench, eval --exported, quantize, the profiler and
+the CLI read these records instead of naming runtimes (one exception: the LiteRT profile, whose Python
+interpreter has no per-operator timer).
 """
 from __future__ import annotations
 
@@ -41,9 +42,72 @@ class Package:
                                          f"{self.pip or self.module} (pinned in {self.requirements})")
 
 
-def calibrated(precision: str) -> bool:
-    """Whether files of `precision` are int8, calibrated on images: "int8" and the named forms "int8-..."."""
-    return precision == "int8" or precision.startswith("int8-")
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """When a written file is accepted: measured in its own runtime against the model in PyTorch fp32 on the check
+    images (`edgevit.deploy.writer.write_checked`). A float file by its largest |difference|; a reduced-precision
+    file by its logits' signal-to-quantization-noise ratio and, where the model's weights are trained (random
+    weights give near-tied logits, whose top-1 means nothing), the share of images whose top-1 it keeps. The
+    floors sit below every file the runtimes write and above a broken one (docs/deploy.md, "Acceptance rules")."""
+
+    max_abs_diff: Optional[float] = None
+    min_sqnr_db: Optional[float] = None
+    min_top1_agreement: Optional[float] = None  # %, judged with trained weights only
+
+    def failures(self, measured: Mapping[str, float], trained: bool = True) -> List[str]:
+        """What `measured` (max_abs_diff, sqnr_db, top1_agreement) misses of this rule; empty if accepted."""
+        out = []
+        diff, sqnr, agree = (measured.get(k) for k in ("max_abs_diff", "sqnr_db", "top1_agreement"))
+        if self.max_abs_diff is not None and not (diff is not None and diff <= self.max_abs_diff):
+            out.append(f"max |diff| {diff:.3g} > {self.max_abs_diff:g}")
+        if self.min_sqnr_db is not None and not (sqnr is not None and sqnr >= self.min_sqnr_db):
+            out.append(f"logits SQNR {sqnr:.1f} dB < {self.min_sqnr_db:g} dB")
+        if trained and self.min_top1_agreement is not None and not (agree is not None
+                                                                     and agree >= self.min_top1_agreement):
+            out.append(f"top-1 agreement {agree:.1f}% < {self.min_top1_agreement:g}%")
+        return out
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_abs_diff is not None:
+            parts.append(f"max |diff| <= {self.max_abs_diff:g}")
+        if self.min_sqnr_db is not None:
+            parts.append(f"SQNR >= {self.min_sqnr_db:g} dB")
+        if self.min_top1_agreement is not None:
+            parts.append(f"top-1 agreement >= {self.min_top1_agreement:g}% (trained weights)")
+        return ", ".join(parts)
+
+
+# The acceptance rules of the precisions the runtimes write. fp32: the files agree with PyTorch to 6e-7 (MNN's
+# converter's folding: 2.4e-4); 16-bit floats measured at 37.6-68.6 dB, int8 at 12.0-32.6 dB, every trained file
+# 100% top-1 agreement on 16 digits images (docs/deploy.md's matrices, three CPUs).
+FLOAT_RULE = Rule(max_abs_diff=1e-3)
+HALF_RULE = Rule(min_sqnr_db=30.0, min_top1_agreement=90.0)
+INT8_RULE = Rule(min_sqnr_db=10.0, min_top1_agreement=85.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Writer:
+    """How a runtime writes one precision: `write(model, x, path)` (`calibrated`: `write(model, x, path, images)`,
+    images N x 3 x H x W through the model's eval transform) returns the format's report; `how` is one line for
+    help texts; `rule` accepts or refuses the file."""
+
+    write: Callable[..., Dict[str, object]]
+    how: str = ""
+    calibrated: bool = False
+    rule: Rule = FLOAT_RULE
+
+
+def fp32(write: Callable[..., Dict[str, object]], how: str = "") -> Writer:
+    return Writer(write, how or "fp32", rule=FLOAT_RULE)
+
+
+def int8(write: Callable[..., Dict[str, object]], how: str) -> Writer:
+    return Writer(write, how, calibrated=True, rule=INT8_RULE)
+
+
+def half(write: Callable[..., Dict[str, object]], how: str) -> Writer:
+    return Writer(write, how, rule=HALF_RULE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,28 +121,16 @@ class Runtime:
     packages: Tuple[Package, ...] = (Package("torch"),)  # to load and run a file
     export_packages: Tuple[Package, ...] = ()  # beyond `packages`, to write one
     forms: Forms = Forms()  # the fused EdgeViT's forms (edgevit.deploy.fused), chosen by measurement
-    layout: str = "NCHW"  # the input the file takes
-    # write `model` traced at `x` to a path; returns the format's report (e.g. XNNPACK partitions)
-    save: Optional[Callable[[nn.Module, torch.Tensor, Path], Dict[str, object]]] = None
+    # precision ("fp32", "int8", "int8-conv", "fp16", "bf16", ...) -> how to write such a file and when it is
+    # accepted; in the order help texts list them, fp32 first. Adding a precision to a runtime is one entry here.
+    writers: Mapping[str, Writer] = dataclasses.field(default_factory=dict)
     # a written file -> run(*numpy inputs) -> [numpy outputs], with `threads` threads
     load: Optional[Callable[[Path, int], RunFn]] = None
     # (H, W) a file was exported at, where the file says
     input_size: Callable[[Path], Optional[Tuple[int, int]]] = lambda path: None
-    # int8: write a file of `model` at `x` calibrated on `images` (N, 3, H, W); returns its report
-    save_int8: Optional[Callable[[nn.Module, torch.Tensor, Path, torch.Tensor], Dict[str, object]]] = None
-    # int8 from a quantization-aware trained graph (fake quantizers hold the scales)
+    # int8 from a quantization-aware trained graph (fake quantizers hold the scales): not a precision of its own,
+    # another source of the "int8" file
     save_qat: Optional[Callable[[torch.fx.GraphModule, torch.Tensor, Path], Dict[str, object]]] = None
-    int8_how: str = ""  # one line: the int8 flow (help texts)
-    # other int8 forms than `save_int8`'s full-integer file, by precision name ("int8-conv"): the same signature,
-    # calibrated alike; each a precision of its own (bench, matrix, export --quantize), chosen by measurement
-    int8_forms: Mapping[str, Callable[[nn.Module, torch.Tensor, Path, torch.Tensor], Dict[str, object]]] = \
-        dataclasses.field(default_factory=dict)
-    int8_forms_how: Mapping[str, str] = dataclasses.field(default_factory=dict)  # one line each (help texts)
-    # 16-bit floats: "fp16" / "bf16" -> write `model` at `x` to a path in that precision (the file says so, and
-    # `load` runs it so); returns its report
-    float16: Mapping[str, Callable[[nn.Module, torch.Tensor, Path], Dict[str, object]]] = \
-        dataclasses.field(default_factory=dict)
-    float16_how: Mapping[str, str] = dataclasses.field(default_factory=dict)  # one line each (help texts)
     # why this machine's CPU cannot run `precision` files as that precision (None: it can), e.g. bf16 without bf16
     # instructions, where the runtime would silently run f32
     cpu_lacks: Callable[[str], Optional[str]] = lambda precision: None
@@ -98,32 +150,27 @@ class Runtime:
         return self.suffixes[0]
 
     @property
-    def int8(self) -> bool:
-        return self.save_int8 is not None
-
-    @property
     def precisions(self) -> Tuple[str, ...]:
-        """What this runtime's files can hold: fp32, then int8 (calibrated) and its other int8 forms, then its
-        16-bit floats."""
-        return (("fp32",) * (self.format is not None) + ("int8",) * self.int8 + tuple(self.int8_forms)
-                + tuple(self.float16))
+        """What this runtime's files can hold (its writers, fp32 first)."""
+        return tuple(self.writers)
 
-    def int8_writer(self, precision: str) -> Callable[[nn.Module, torch.Tensor, Path, torch.Tensor],
-                                                        Dict[str, object]]:
-        """The writer of a calibrated precision ("int8" or one of `int8_forms`)."""
-        return self.save_int8 if precision == "int8" else self.int8_forms[precision]
+    def writer(self, precision: str) -> Writer:
+        """The writer of `precision` (one UserError naming the runtimes that write it otherwise)."""
+        if precision not in self.writers:
+            raise UserError(f"{self.name} writes no {precision} files (its precisions: "
+                            f"{', '.join(self.precisions) or 'none: it runs the PyTorch module'})", option="precision")
+        return self.writers[precision]
 
     def write(self, precision: str, model: nn.Module, x: torch.Tensor, path: Path,
               images: Optional[torch.Tensor] = None) -> Dict[str, object]:
-        """Write `model` at `x` to `path` as a `precision` file, through the writer that precision names (a
-        calibrated one takes `images`, N x 3 x H x W); returns the writer's report."""
-        if precision in self.float16:
-            return self.float16[precision](model, x, path)
-        if precision != "fp32":
+        """Write `model` at `x` to `path` as a `precision` file, unchecked (`deploy.writer.write_checked` is the
+        checked call); a calibrated precision takes `images`, N x 3 x H x W. Returns the writer's report."""
+        w = self.writer(precision)
+        if w.calibrated:
             if images is None:
                 raise ValueError(f"a {precision} file is calibrated: no calibration images given")
-            return self.int8_writer(precision)(model, x, path, images)
-        return self.save(model, x, path)
+            return w.write(model, x, path, images)
+        return w.write(model, x, path)
 
     def files(self, path: Path) -> Tuple[Path, ...]:
         """A written file and its companions."""

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from ...utils.quiet import filter_native_stderr
 from ..fused import ChannelNorm, Forms, holds_edgevit
-from .base import Float16Graph, Package, Runtime
+from .base import Float16Graph, Package, Runtime, fp32, half, int8
 
 PACKAGE = Package("executorch")
 
@@ -253,11 +253,12 @@ def save_pte_int8(quantized: torch.fx.GraphModule, x: torch.Tensor, path: Path) 
 RUNTIME = Runtime(
     name="executorch", title="ExecuTorch + XNNPACK", format="pte", suffixes=(".pte",), packages=(PACKAGE,),
     forms=Forms(embed="s2d", ln="conv", prop="shuffle", sample="pool", pad=16),
-    save=save_pte, load=load, input_size=input_size,
-    save_int8=save_pte_ptq,
+    writers={
+        "fp32": fp32(save_pte),
+        "int8": int8(save_pte_ptq, "PT2E + XNNPACK quantizer (an EdgeViT's depthwise convolutions float)"),
+        # (XNNPACK has no fp16 GELU and delegates no dtype casts: an erf GELU in fp16 or fp32 leaves the delegate)
+        "fp16": half(lambda model, x, path: save_pte(Float16Graph(model, gelu="sigmoid"), x, path),
+                     "the graph in fp16 on XNNPACK's fp16 kernels, GELU in its tanh form as x*sigmoid(...)")},
+    load=load, input_size=input_size,
     save_qat=lambda prepared, x, path: save_pte_int8(convert_pt2e_model(prepared), x, path),
-    int8_how="PT2E + XNNPACK quantizer (an EdgeViT's depthwise convolutions float)", profile=profile,
-    describe=describe,
-    # (XNNPACK has no fp16 GELU and delegates no dtype casts: an erf GELU in fp16 or fp32 leaves the delegate)
-    float16={"fp16": lambda model, x, path: save_pte(Float16Graph(model, gelu="sigmoid"), x, path)},
-    float16_how={"fp16": "the graph in fp16 on XNNPACK's fp16 kernels, GELU in its tanh form as x*sigmoid(...)"})
+    profile=profile, describe=describe)

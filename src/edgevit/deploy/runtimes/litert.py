@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ...utils.quiet import filter_native_stderr
 from ..fused import Forms
-from .base import ConversionError, Package, Runtime
+from .base import ConversionError, Package, Runtime, fp32, half, int8
 
 REQUIREMENTS = "requirements-litert.txt"  # an extra: installed by `make` after requirements.txt
 INTERPRETER = Package("ai_edge_litert", "ai-edge-litert", REQUIREMENTS)
@@ -225,9 +225,10 @@ RUNTIME = Runtime(
     name="litert", title="LiteRT (litert-torch, checked in ai-edge-litert's interpreter)", format="tflite",
     suffixes=(".tflite",), packages=(INTERPRETER,), export_packages=(CONVERTER,),
     forms=Forms(qkv="merged", prop="d2s", sample="pool"),
-    save=save_tflite, load=load, input_size=input_size, describe=describe, save_int8=save_tflite_int8,
-    int8_how="ai-edge-quantizer full-integer static int8 (what NPU/DSP delegates take)",
-    int8_forms={"int8-conv": save_tflite_int8_conv},
-    int8_forms_how={"int8-conv": "int8 convolutions and fully connected layers, the rest float (XNNPACK on CPUs)"},
-    float16={"fp16": save_tflite_fp16},
-    float16_how={"fp16": "fp16 weights behind DEQUANTIZE, fp32 activations (LiteRT's float16 file)"})
+    writers={
+        "fp32": fp32(save_tflite),
+        "int8": int8(save_tflite_int8, "ai-edge-quantizer full-integer static int8 (what NPU/DSP delegates take)"),
+        "int8-conv": int8(save_tflite_int8_conv,
+                          "int8 convolutions and fully connected layers, the rest float (XNNPACK on CPUs)"),
+        "fp16": half(save_tflite_fp16, "fp16 weights behind DEQUANTIZE, fp32 activations (LiteRT's float16 file)")},
+    load=load, input_size=input_size, describe=describe)

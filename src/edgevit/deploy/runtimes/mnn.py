@@ -41,7 +41,7 @@ import torch.nn as nn
 
 from ...utils.quiet import capture_native_output
 from ..fused import Forms
-from .base import ConversionError, Package, Runtime
+from .base import ConversionError, Package, Runtime, fp32, half, int8
 from .onnxruntime import save_onnx
 
 REQUIREMENTS = "requirements-edge.txt"
@@ -206,6 +206,8 @@ RUNTIME = Runtime(
     name="mnn", title="MNN (.mnn, MNN's converter from ONNX, checked in MNN's CPU backend)", format="mnn",
     suffixes=(".mnn",), packages=(PACKAGE,), export_packages=(Package("onnx"), Package("onnxscript")),
     forms=Forms(qkv="merged", ln="native", sample="pool"),
-    save=save_mnn, load=load, input_size=input_size, describe=describe, float16={"fp16": save_mnn_fp16},
-    save_int8=save_mnn_int8, int8_how="MNN's post-training quantizer (EMA activation ranges, per-channel weights)",
-    float16_how={"fp16": "fp16 weights, MNN's low precision (fp16 arithmetic on ARMv8.2)"})
+    writers={
+        "fp32": fp32(save_mnn),
+        "int8": int8(save_mnn_int8, "MNN's post-training quantizer (EMA activation ranges, per-channel weights)"),
+        "fp16": half(save_mnn_fp16, "fp16 weights, MNN's low precision (fp16 arithmetic on ARMv8.2)")},
+    load=load, input_size=input_size, describe=describe)

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..fused import Forms
-from .base import ConversionError, Package, Runtime
+from .base import ConversionError, Package, Runtime, fp32, half
 from .onnxruntime import save_onnx
 
 REQUIREMENTS = "requirements-edge.txt"
@@ -230,5 +230,5 @@ RUNTIME = Runtime(
     suffixes=(".ncnn.param", ".param"), packages=(PACKAGE,), export_packages=(PNNX, Package("onnx"),
                                                                              Package("onnxscript")),
     forms=Forms(qkv="merged", ln="native", sample="pool"),
-    save=save_ncnn, load=load, input_size=input_size, describe=describe, misread=misread, companions=companions,
-    float16={"fp16": save_ncnn_fp16}, float16_how={"fp16": "fp16 weights and ncnn's fp16 storage/arithmetic"})
+    writers={"fp32": fp32(save_ncnn), "fp16": half(save_ncnn_fp16, "fp16 weights and ncnn's fp16 storage/arithmetic")},
+    load=load, input_size=input_size, describe=describe, misread=misread, companions=companions)

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..fused import Forms
-from .base import Package, Runtime
+from .base import Package, Runtime, fp32, int8
 
 PACKAGE = Package("onnxruntime")
 EXPORTER = (Package("onnx"), Package("onnxscript"))
@@ -285,5 +285,5 @@ RUNTIME = Runtime(
     name="onnxruntime", title="ONNX (checked with onnxruntime)", format="onnx", suffixes=(".onnx",),
     packages=(PACKAGE,), export_packages=EXPORTER,
     forms=Forms(qkv="merged", ln="native", sample="pool"),
-    save=save_onnx, load=load, input_size=input_size, save_int8=save_onnx_int8,
-    int8_how="ONNX Runtime static QDQ", profile=profile)
+    writers={"fp32": fp32(save_onnx), "int8": int8(save_onnx_int8, "ONNX Runtime static QDQ")},
+    load=load, input_size=input_size, profile=profile)

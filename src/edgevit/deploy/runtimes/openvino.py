@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from ...errors import UserError
 from ..fused import Forms
-from .base import Package, Runtime
+from .base import Package, Runtime, fp32, half, int8
 from .onnxruntime import save_onnx
 
 REQUIREMENTS = "requirements-edge.txt"
@@ -229,7 +229,9 @@ RUNTIME = Runtime(
     suffixes=(".xml",), packages=(PACKAGE,),
     export_packages=(Package("onnx"), Package("onnxscript")),
     forms=Forms(qkv="split", ln="conv", sample="slice", prop="d2s"),
-    save=save_openvino, load=load, input_size=input_size, save_int8=save_openvino_int8,
-    int8_how="NNCF post-training quantization", float16={"bf16": save_openvino_bf16}, cpu_lacks=cpu_lacks,
-    float16_how={"bf16": "the CPU plugin's bf16 inference precision"},
+    writers={
+        "fp32": fp32(save_openvino),
+        "int8": int8(save_openvino_int8, "NNCF post-training quantization"),
+        "bf16": half(save_openvino_bf16, "the CPU plugin's bf16 inference precision")},
+    load=load, input_size=input_size, cpu_lacks=cpu_lacks,
     profile=profile, describe=describe, misread=misread, companions=companions)

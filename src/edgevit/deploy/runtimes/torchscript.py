@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ...utils.io import require_room
-from .base import Runtime
+from .base import Runtime, fp32
 
 
 def strip_torch_archive(path: Path) -> None:
@@ -104,7 +104,8 @@ def misread(path: Path):
 
 
 TORCHSCRIPT = Runtime(name="torchscript", title="frozen TorchScript", format="torchscript",
-                      suffixes=(".pt", ".pth", ".torchscript"), save=save_torchscript, load=load_torchscript,
+                      suffixes=(".pt", ".pth", ".torchscript"), writers={"fp32": fp32(save_torchscript)},
+                      load=load_torchscript,
                       misread=misread)
 PTL = Runtime(name="ptl", title="TorchScript lite interpreter (the paper's runtime)", format="ptl",
-              suffixes=(".ptl",), save=save_ptl, load=load_ptl)
+              suffixes=(".ptl",), writers={"fp32": fp32(save_ptl)}, load=load_ptl)
