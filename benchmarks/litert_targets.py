@@ -24,8 +24,9 @@ import torch
 from edgevit.bench.bench import time_runners
 from edgevit.bench.runners import build_runner
 from edgevit.deploy import forms_for, fuse
-from edgevit.deploy.export import load_file, save_file
+from edgevit.deploy.export import export_model, load_exported
 from edgevit.deploy.fused import FORM_CHOICES
+from edgevit.deploy.runtimes import first_output
 from edgevit.models.checkpoint import create_model
 from edgevit.utils.io import write_text_atomic
 
@@ -42,8 +43,8 @@ def form_runners(threads: int, tmp: Path) -> dict:
             net = fuse(create_model("edgevit_xxs"), base.replace(**{part: impl}))
             print(f"converting edgevit_xxs (fused, {part}={impl})", file=sys.stderr)
             path = tmp / f"{part}_{impl}.tflite"
-            report = save_file("tflite", net, x, path)
-            run = load_file("tflite", path, threads)
+            report = export_model(net, "tflite", path, img_size=224, threads=threads)  # (the checked writer)
+            run = first_output(load_exported(path, threads).run)
             out[f"edgevit_xxs (fused, {part}={impl})"] = ((lambda r=run: r(x)), report)
     return out
 

@@ -11,8 +11,6 @@ from .pareto import pareto_front
 __all__ = ["plot_tradeoff", "place_labels", "text_extent"]
 
 
-
-
 def text_extent(annotation, renderer):
     """The window box of an annotation's text alone (matplotlib's includes the arrow)."""
     from matplotlib.text import Text

@@ -163,5 +163,3 @@ def measure_rapl(workload: Callable[[], object], n: int = 50, repeats: int = 5, 
         latency_ms_mean=lm, latency_ms_std=ls, per_inference_mj=[float(e) for e in energies],
         warnings=warnings,
         source={"zones": [z.name for z in reader.zones], "root": str(reader.root)}, **labels)
-
-

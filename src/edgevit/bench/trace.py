@@ -290,5 +290,3 @@ def analyze_trace(trace: Trace, n: Optional[int] = None, threshold: float = 0.5,
         power_w_mean=pm, power_w_std=ps, net_power_w_mean=nm, net_power_w_std=ns, idle_power_w=idle_w,
         latency_ms_mean=lm, latency_ms_std=ls, per_inference_mj=energies, warnings=warnings,
         source={**trace.source, "sample_period_ms": dt_med * 1e3}, **labels)
-
-

@@ -1,5 +1,5 @@
-"""`edgevit export`: fuse an EdgeViT, export it (ExecuTorch/ONNX/LiteRT/TorchScript lite/TorchScript), fp32 or int8,
-verify it in its runtime."""
+"""`edgevit export`: fuse an EdgeViT, export it to any runtime's file (`edgevit.deploy.runtimes`) in any precision
+the runtime writes, through the one checked writer (`edgevit.deploy.export.export_model`)."""
 from __future__ import annotations
 
 import argparse

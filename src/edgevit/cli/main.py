@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"show the full traceback of any error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(_pkg_path()), key=lambda m: m.name):
-        if info.name in ("main", "common") or info.name.startswith("_"):
+        if info.name == "main" or info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__package__}.{info.name}")
         if hasattr(module, "register"):

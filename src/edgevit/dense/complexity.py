@@ -76,4 +76,3 @@ def _ssd_raw(model, size: int):
     from .deploy import DetectorHead
 
     return DetectorHead(model, torch.zeros(1, 3, size, size), with_anchors=False).eval()
-

@@ -1,8 +1,9 @@
-"""Deploying EdgeViTs: `fuse` (the exact inference graph), the runtimes' records (`runtimes`), `export` and
-`load_exported` (ExecuTorch, ONNX Runtime, LiteRT, TorchScript)."""
+"""Deploying EdgeViTs: `fuse` (the exact inference graph), the runtimes' records (`runtimes`: ExecuTorch, ONNX
+Runtime, LiteRT, TorchScript lite and TorchScript, OpenVINO, MNN, ncnn), `export_model` (the one checked writer)
+and `load_exported`."""
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Union
 
 import torch.nn as nn
 
@@ -19,13 +20,11 @@ def forms_for(runtime: str) -> Forms:
     return runtimes.get(runtime).forms
 
 
-def fuse(model: nn.Module, runtime: Union[str, Forms] = "eager", *, backend: Optional[str] = None) -> nn.Module:
+def fuse(model: nn.Module, runtime: Union[str, Forms] = "eager") -> nn.Module:
     """Inference copy of an EdgeViT (or of a model holding EdgeViTs: a detector, a segmenter, timm's
     features_only wrapper) with BN/CPE/LayerNorm-affine folded, the same outputs (max |diff| <= 1e-4).
 
     `runtime` (a runtime's name, or `Forms`) picks the form of each part that runtime runs fastest, and for
     ExecuTorch pads the stages to XNNPACK's 16-channel GEMM tile; `model` is left untouched (it is the one that
-    trains and loads checkpoints). The result is the same class with timm's API (`forward_intermediates`...).
-    (`backend=`: the name this argument had before.)"""
-    runtime = backend if backend is not None else runtime
+    trains and loads checkpoints). The result is the same class with timm's API (`forward_intermediates`...)."""
     return fuse_model(model, runtime if isinstance(runtime, Forms) else forms_for(runtime))

@@ -8,6 +8,7 @@ them and checks the result.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -37,6 +38,23 @@ def seeded_input(img_size: int | Tuple[int, int] = 224) -> torch.Tensor:
     return torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
 
 
+def random_calibration(count: int, img_size, seed: int = 0) -> torch.Tensor:
+    """Standard-normal inputs: enough to time an int8 graph, meaningless for its accuracy."""
+    h, w = size_hw(img_size)
+    return torch.randn(count, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def agreement(reference: torch.Tensor, got: torch.Tensor) -> Dict[str, float]:
+    """Top-1 agreement (%) and the signal-to-quantization-noise ratio of the logits (dB):
+    10·log10(Σ ref² / Σ (ref − got)²) over the whole batch."""
+    reference, got = reference.double(), got.double()
+    noise = (reference - got).pow(2).sum().item()
+    signal = reference.pow(2).sum().item()
+    sqnr = math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-300) / noise)
+    top1 = (reference.argmax(1) == got.argmax(1)).double().mean().item() * 100
+    return {"top1_agreement": top1, "sqnr_db": sqnr}
+
+
 def run_batch(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
     """Outputs of a batch-1 function (a runtime's, or a model) over every image."""
     return torch.cat([run(images[i:i + 1]).float() for i in range(len(images))])
@@ -63,8 +81,6 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
     report: the writer's, plus bytes and the
     measures. `fmt`: an export format, or a runtime record (a variant of one, e.g. with writers of its own
     that a benchmark compares)."""
-    from .quantize import agreement, random_calibration
-
     rt = fmt if isinstance(fmt, Runtime) else runtimes.by_format(fmt)
     fmt = rt.format
     writer = rt.writer(precision)
@@ -166,6 +182,3 @@ def load_exported(path: os.PathLike | str, threads: int = 2) -> ExportedModel:
         first = first if len(first) <= 300 else first[:297] + "..."
         raise UserError(f"{path}: {rt.name} cannot load it as a {rt.suffix} file ({first or type(e).__name__})",
                         option="exported") from e
-
-
-

@@ -117,4 +117,3 @@ def pad_conv(conv: nn.Module, in_idx: Optional[torch.Tensor], cin: int, out_idx:
 def pad_depthwise(conv: nn.Module, idx: torch.Tensor, width: int) -> nn.Module:
     """A depthwise conv (or one with a channel multiplier, or a depthwise deconv) over a padded map."""
     return pad_conv(conv, idx, width, None, 0)
-

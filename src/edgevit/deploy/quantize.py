@@ -9,16 +9,16 @@ bench --precision int8` compares like with like.
 """
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from ..errors import DataError, MissingFileError, UserError
 from ..utils.images import size_hw
+from .export import agreement, random_calibration  # noqa: F401  (the check's measures live with the writer)
 
 RANDOM = "random"  # the calibration "folder" that asks for random inputs (speed only: labelled as such)
 
@@ -103,24 +103,6 @@ def model_calibration(model: nn.Module, calib: Optional[str], count: int, img_si
     return calibration_images(calib, count, img_size, float(crop_pct or card.get("crop_pct") or 0.875),
                               interpolation or card.get("interpolation") or "bicubic", card.get("mean"),
                               card.get("std"))
-
-
-def random_calibration(count: int, img_size, seed: int = 0) -> torch.Tensor:
-    """Standard-normal inputs: enough to time an int8 graph, meaningless for its accuracy."""
-    h, w = size_hw(img_size)
-    return torch.randn(count, 3, h, w, generator=torch.Generator().manual_seed(seed))
-
-
-# ---- agreement with the float model ----------------------------------------------------------------
-def agreement(reference: torch.Tensor, got: torch.Tensor) -> Dict[str, float]:
-    """Top-1 agreement (%) and the signal-to-quantization-noise ratio of the logits (dB):
-    10·log10(Σ ref² / Σ (ref − got)²) over the whole batch."""
-    reference, got = reference.double(), got.double()
-    noise = (reference - got).pow(2).sum().item()
-    signal = reference.pow(2).sum().item()
-    sqnr = math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-300) / noise)
-    top1 = (reference.argmax(1) == got.argmax(1)).double().mean().item() * 100
-    return {"top1_agreement": top1, "sqnr_db": sqnr}
 
 
 # ---- quantization-aware training ----------------------------------------------------------------------

@@ -1,65 +1,31 @@
 """Read, convert and write EdgeViT checkpoints (this project's layout or the authors')."""
 from __future__ import annotations
 
-import contextlib
-import os
-import pickle
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Union
+from typing import Any, Dict, Optional
 
 import timm
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..errors import ConfigError, UserError
 from .edgevit import VARIANTS, checkpoint_filter_fn, convert_authors_state_dict, is_authors_layout
-
-PathLike = Union[str, os.PathLike]
-
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be read, or does not fit the model."""
+from .reading import (  # noqa: F401
+    META_CLASSES,
+    META_CONFIG,
+    META_PRETRAINED_CFG,
+    CheckpointError,
+    PathLike,
+    checkpoint_preprocessing,
+    preprocessing_cfg,
+    read_state_dict,
+    require_checkpoint,
+    weights_metadata,
+)
 
 # edgevit.dense.models.SEGMENT_ARCHS (the models layer cannot import dense; a test holds them equal)
 SEGMENT_ARCHS = ("semfpn", "lraspp")
-
-
-def _require_file(path: Path) -> None:
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path}: is a directory; expected a .pth or .safetensors file")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
-
-
-@contextlib.contextmanager
-def _reading(path: Path) -> Iterator[None]:
-    """A file that cannot be read as a checkpoint: one CheckpointError naming it (timm's loaders and torch's say
-    neither the file nor, for an empty one, anything at all)."""
-    _require_file(path)
-    try:
-        yield
-    except UserError:
-        raise
-    except pickle.UnpicklingError as e:  # corrupt, or objects that weights_only=True refuses to unpickle
-        raise CheckpointError(f"checkpoint {path}: not a readable weights-only torch file (corrupt, or it "
-                              f"holds pickled objects other than tensors and plain containers)") from e
-    except Exception as e:  # truncated file, wrong format: one message naming the file
-        kind = "safetensors" if path.suffix == ".safetensors" else "a torch file"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise CheckpointError(f"checkpoint {path}: cannot be read as {kind} ({first or type(e).__name__})") from e
-
-
-def read_state_dict(path: PathLike) -> Dict[str, Any]:
-    """What a `.safetensors` or `.pth/.pt/.bin` file holds, as it is (a training state keeps its config,
-    classes, EMA and optimizer; read with weights_only=True). For the weights alone: `load_weights`."""
-    path = Path(path)
-    with _reading(path):
-        obj = load_file(str(path)) if path.suffix == ".safetensors" else \
-            torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {path}: expected a state_dict (a dict of tensors), got {type(obj).__name__}")
-    return obj
 
 
 def load_weights(path: PathLike, ema: bool = False) -> Dict[str, torch.Tensor]:
@@ -67,7 +33,7 @@ def load_weights(path: PathLike, ema: bool = False) -> Dict[str, torch.Tensor]:
     a training state's `model` — `model_ema` with `ema` — or `state_dict`; DDP / torch.compile prefixes removed)."""
     path = Path(path)
     try:
-        _require_file(path)  # (said before timm's reader runs)
+        require_checkpoint(path)  # (said before timm's reader runs)
         sd = timm.models.load_state_dict(str(path), use_ema=ema, weights_only=True)
     except UserError:
         raise
@@ -83,28 +49,6 @@ def load_weights(path: PathLike, ema: bool = False) -> Dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path}: holds values that are not tensors ({', '.join(others)}); "
                               "expected a state_dict")
     return sd
-
-
-# safetensors metadata keys of the weights a run writes (values are JSON text: safetensors metadata is str -> str)
-META_CONFIG, META_CLASSES, META_PRETRAINED_CFG = "edgevit_config", "edgevit_classes", "pretrained_cfg"
-
-
-def weights_metadata(path: PathLike) -> Dict[str, Any]:
-    """{"config", "classes"} stored in a .safetensors file's metadata by `save_checkpoint` (empty for other files
-    and for weights written elsewhere)."""
-    import json
-
-    from safetensors import safe_open
-
-    if Path(path).suffix != ".safetensors":
-        return {}
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        return {k: json.loads(meta[key]) for k, key in (("config", META_CONFIG), ("classes", META_CLASSES))
-                if key in meta}
-    except Exception as e:  # unreadable metadata: one line naming the file (the tensors were readable)
-        raise CheckpointError(f"checkpoint {path}: its metadata cannot be read ({type(e).__name__}: {e})") from e
 
 
 def checkpoint_weights(path: str | Path, ema: bool = False) -> Dict[str, Any]:
@@ -201,20 +145,6 @@ def save_checkpoint(model: nn.Module, path: PathLike, config: Optional[Dict[str,
     return path
 
 
-def preprocessing_cfg(config: Optional[Dict[str, Any]], classes: Optional[list] = None) -> Dict[str, Any]:
-    """timm's `pretrained_cfg` fields that a training run's `config` fixes: input size, crop, interpolation,
-    classes (what `timm.data.resolve_data_config` + `create_transform` read). Empty without a config."""
-    if not config:
-        return {}
-    from ..utils.images import size_hw
-
-    h, w = size_hw(config.get("img_size") or 224)
-    out = {"input_size": (3, h, w), "test_input_size": (3, h, w), "crop_pct": config.get("crop_pct"),
-           "interpolation": config.get("eval_interpolation"), "num_classes": config.get("num_classes"),
-           "label_names": list(classes or [])}
-    return {k: v for k, v in out.items() if v is not None}
-
-
 def carry_preprocessing(model: nn.Module, config: Optional[Dict[str, Any]], classes: Optional[list] = None
                         ) -> nn.Module:
     """`model` with its checkpoint's preprocessing in `pretrained_cfg` (timm's data config then resolves to the
@@ -225,14 +155,6 @@ def carry_preprocessing(model: nn.Module, config: Optional[Dict[str, Any]], clas
         model.pretrained_cfg = cfg
         model.default_cfg = cfg  # (timm's older name, still read by resolve_data_config)
     return model
-
-
-def checkpoint_preprocessing(path: PathLike) -> Dict[str, Any]:
-    """The preprocessing fields of the weights at `path` (a run's model.safetensors, last.pth or best.pth), for
-    `timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path))`; empty for weights that
-    carry no training config (the authors', bare state dicts)."""
-    w = checkpoint_weights(path)
-    return preprocessing_cfg(w["config"], w["classes"])
 
 
 def check_trained_as(name: Optional[str], trained: Optional[str], checkpoint) -> None:

@@ -110,7 +110,6 @@ class PatchEmbed(Fusable, nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-
 class LocalAgg(Fusable, nn.Module):
     """Local aggregation: depthwise conv over each token's neighbourhood (Eq. 1a, 1b)."""
 
@@ -131,7 +130,6 @@ class LocalAgg(Fusable, nn.Module):
         x = x + self.drop_path(self.pw2(self.dw(self.pw1(self.norm1(x)))))  # (1a)
         x = x + self.drop_path(self.mlp(self.norm2(x)))  # (1b)
         return x
-
 
 
 class LocalAggLSA(Fusable, nn.Module):
@@ -287,7 +285,6 @@ class GlobalBlock(Fusable, nn.Module):
         return t.transpose(1, 2).reshape(B, C, H, W)
 
 
-
 class LGLBlock(Fusable, nn.Module):
     """Local-Global-Local bottleneck. Stages with r = 1 (full attention) have no LocalAgg."""
 
@@ -311,7 +308,6 @@ class LGLBlock(Fusable, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.global_attn(self.local_agg(x))
-
 
 
 class EdgeViTHead(Fusable, nn.Module):
@@ -561,7 +557,6 @@ class EdgeViT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-
 # ---- authors' checkpoints ---------------------------------------------------------------------
 _AUTHOR_RULES = [  # (authors' key pattern, ours)
     (r"^patch_embed(\d)\.", lambda m: f"stages.{int(m[1]) - 1}.downsample."),
@@ -676,7 +671,7 @@ def _create_edgevit(variant: str, pretrained: bool = False, **kwargs) -> EdgeViT
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     if pretrained and overlay.get("file"):  # your own weights: their training preprocessing and class count
-        from .checkpoint import checkpoint_preprocessing
+        from .reading import checkpoint_preprocessing
 
         found = checkpoint_preprocessing(overlay["file"])
         kwargs["pretrained_cfg_overlay"] = {**found, **overlay}  # (what the caller gave wins)

@@ -119,25 +119,3 @@ def train_transform(cfg: dict, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_
         hflip=cfg["hflip"], color_jitter=cfg["color_jitter"], auto_augment=cfg["aa"],
         interpolation=cfg["train_interpolation"], mean=mean, std=std,
         re_prob=cfg["reprob"], re_mode=cfg["remode"], re_count=cfg["recount"]))
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -117,17 +117,17 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
             "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 4), **metrics}
 
 
-
-
-class ExportedModel(torch.nn.Module):
-    """An exported file's runtime as a module for `evaluate`: its batch-1 graph run image by image."""
+class _FileModule(torch.nn.Module):
+    """An exported file's batch-1 run function as a module for `evaluate`, run image by image."""
 
     def __init__(self, run):
         super().__init__()
         self.run = run
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.run(x[i:i + 1].contiguous()).float() for i in range(x.shape[0])])
+        from ..deploy.export import run_batch
+
+        return run_batch(self.run, x.contiguous())
 
 
 def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, crop_pct: Optional[float] = None,
@@ -170,7 +170,7 @@ def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, cro
     interpolation = interpolation or cfg.get("eval_interpolation") or "bicubic"
     images, data_classes, where = build_eval_data(data, dataset, split, eval_transform(size_hw(size), crop_pct,
                                                                                       interpolation), classes)
-    model = ExportedModel(run)
+    model = _FileModule(run)
     first = next(iter(images), None)
     if first is None:
         raise UserError(f"{where}: holds no images", option="data")
@@ -184,4 +184,3 @@ def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, cro
     h, w = size_hw(size)
     return {"exported": str(exported), "format": fmt, "data": where, "img_size": [h, w],
             "crop_pct": crop_pct, "interpolation": interpolation, "num_classes": int(probe.shape[-1]), **metrics}
-

@@ -339,7 +339,6 @@ def _optimization(cfg: Dict[str, Any], model: torch.nn.Module, world_size: int, 
         updates_per_epoch=updates_per_epoch)
     ema = ModelEmaV3(model, decay=cfg["model_ema_decay"]) if cfg["model_ema"] else None
 
-
     return lr, optimizer, scheduler, ema
 
 

@@ -323,5 +323,3 @@ class CheckpointManager:
 def save_config(run_dir: os.PathLike | str, cfg: Dict[str, Any]) -> Path:
     """Write the resolved config to RUN_DIR/config.yaml (atomically; keys in insertion order)."""
     return write_text_atomic(Path(run_dir) / "config.yaml", yaml.safe_dump(to_plain(cfg), sort_keys=False))
-
-
