@@ -64,3 +64,19 @@ def reference_case(reference_dir):
         edgevit.load_checkpoint(model, reference_dir / f"edgevit_{tag}_s0.official.safetensors")
         return model, load_file(str(reference_dir / f"edgevit_{tag}_224x224_b2_s0.io.safetensors"))
     return load
+
+
+@pytest.fixture
+def refused(capsys):
+    """`refused(argv, *names)`: `edgevit ARGV` exits 2 with one error line that names each of `names`; returns it."""
+    from edgevit.cli.main import main
+
+    def check(argv, *names) -> str:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        errors = [ln for ln in err if "error:" in ln]
+        assert len(errors) == 1, err
+        for n in names:
+            assert n in errors[0], (n, errors[0])
+        return errors[0]
+    return check

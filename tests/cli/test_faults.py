@@ -24,16 +24,6 @@ def snapshot(root: Path) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def refused(capsys, argv, *names) -> str:
-    assert cli(argv) == 2, argv
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [ln for ln in err if "error:" in ln]
-    assert len(errors) == 1, err
-    for n in names:
-        assert n in errors[0], (n, errors[0])
-    return errors[0]
-
-
 # ---------------------------------------------------------------- a full disk
 @contextlib.contextmanager
 def small_filesystem(where: Path, size: str):
@@ -58,39 +48,39 @@ def full_disk(tmp_path):
         yield fs
 
 
-def test_a_full_disk_is_one_line_and_what_existed_is_intact(full_disk, tmp_path, capsys):
+def test_a_full_disk_is_one_line_and_what_existed_is_intact(full_disk, tmp_path, capsys, refused):
     kept = full_disk / "m.onnx"
     kept.write_bytes(b"an earlier export" * 100)
     before = snapshot(full_disk)
     # onnx export (15 MB) over an existing file, with --overwrite: refused for room, the old file intact
-    msg = refused(capsys, ["export", "--format", "onnx", "--img-size", "64", "-o", str(kept), "--overwrite"],
+    msg = refused(["export", "--format", "onnx", "--img-size", "64", "-o", str(kept), "--overwrite"],
                   str(kept), "no space left", "intact")
     assert "Traceback" not in msg and snapshot(full_disk) == before
     # TorchScript (whose zip writer aborts the process on a full disk): refused before writing
-    refused(capsys, ["export", "--format", "torchscript", "--img-size", "64", "-o", str(full_disk / "m.pt")],
+    refused(["export", "--format", "torchscript", "--img-size", "64", "-o", str(full_disk / "m.pt")],
             "m.pt", "no space left")
     # a data set that does not fit: nothing half-written left, no lock file either
-    refused(capsys, ["data", "digits", "--out", str(full_disk / "digits"), "--size", "256"], "no space left")
+    refused(["data", "digits", "--out", str(full_disk / "digits"), "--size", "256"], "no space left")
     assert snapshot(full_disk) == before and sorted(p.name for p in full_disk.iterdir()) == ["m.onnx"]
     # a disk with no room at all: still one line naming the output
     filler = full_disk / "filler"
     with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
         while True:
             f.write(b"\0" * 65536)
-    msg = refused(capsys, ["data", "digits", "--out", str(full_disk / "d2")], "no space left")
+    msg = refused(["data", "digits", "--out", str(full_disk / "d2")], "no space left")
     assert str(full_disk / "d2") in msg
     filler.unlink()
     assert sorted(p.name for p in full_disk.iterdir()) == ["m.onnx"]
 
 
-def test_a_training_run_on_a_full_disk_says_so(tmp_path, capsys):
+def test_a_training_run_on_a_full_disk_says_so(tmp_path, capsys, refused):
     digits = tmp_path / "digits"
     assert cli(["data", "digits", "--out", str(digits), "--size", "32"]) == 0
     with small_filesystem(tmp_path / "small", "200k") as fs:
         if fs is None:
             pytest.skip("no small file system can be mounted here (the injected ENOSPC test covers the writer)")
         capsys.readouterr()
-        refused(capsys, ["train", "--data", str(digits), "--output", str(fs / "run"), "--img-size", "32",
+        refused(["train", "--data", str(digits), "--output", str(fs / "run"), "--img-size", "32",
                          "--epochs", "1", "--batch-size", "64", "--workers", "0", "--no-progress", "--aa", "none",
                          "--mixup", "0", "--cutmix", "0", "--no-repeated-aug", "--device", "cpu"],
                 "no space left", str(fs / "run"))
@@ -116,17 +106,17 @@ def other_writer(tmp_path):
         p.wait(timeout=30)
 
 
-def test_a_second_writer_of_the_same_output_is_refused_by_name(other_writer, tmp_path, capsys):
+def test_a_second_writer_of_the_same_output_is_refused_by_name(other_writer, tmp_path, capsys, refused):
     out = tmp_path / "digits"
     pid = other_writer(out)
-    refused(capsys, ["data", "digits", "--out", str(out)], "--out", "another edgevit command", f"pid {pid}")
+    refused(["data", "digits", "--out", str(out)], "--out", "another edgevit command", f"pid {pid}")
     assert not out.exists()
     onnx = tmp_path / "m.onnx"
     pid = other_writer(onnx)
-    refused(capsys, ["export", "--format", "onnx", "-o", str(onnx)], "-o", f"pid {pid}")
+    refused(["export", "--format", "onnx", "-o", str(onnx)], "-o", f"pid {pid}")
     run = tmp_path / "run"
     pid = other_writer(run)
-    refused(capsys, ["train", "--data", str(tmp_path / "data"), "--output", str(run)], "--output", f"pid {pid}")
+    refused(["train", "--data", str(tmp_path / "data"), "--output", str(run)], "--output", f"pid {pid}")
     # once the other command has ended, the output is free (and no lock file is left behind by this one)
     assert cli(["data", "digits", "--out", str(tmp_path / "free"), "--size", "8"]) == 0
     assert not (tmp_path / ".free.lock").exists()
@@ -140,7 +130,7 @@ def _bench_file(path: Path, img_size=224, models=("edgevit_xxs", "mobilenetv2_10
     return path
 
 
-def test_overwrite_never_deletes_its_inputs_or_foreign_files(tmp_path, capsys, monkeypatch):
+def test_overwrite_never_deletes_its_inputs_or_foreign_files(tmp_path, capsys, monkeypatch, refused):
     out = tmp_path / "report"
     bench = tmp_path / "bench.json"
     _bench_file(bench)
@@ -148,26 +138,26 @@ def test_overwrite_never_deletes_its_inputs_or_foreign_files(tmp_path, capsys, m
     capsys.readouterr()
     inside = _bench_file(out / "bench2.json")
     before = snapshot(tmp_path)
-    refused(capsys, ["report", "--bench", str(inside), "--out", str(out), "--overwrite"], "--bench", "would delete")
+    refused(["report", "--bench", str(inside), "--out", str(out), "--overwrite"], "--bench", "would delete")
     assert snapshot(tmp_path) == before
     # a directory edgevit did not write (or the current one): refused, nothing deleted
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
     before = snapshot(tmp_path)
-    refused(capsys, ["report", "--bench", str(bench), "--out", str(mine), "--overwrite"], "thesis.tex",
+    refused(["report", "--bench", str(bench), "--out", str(mine), "--overwrite"], "thesis.tex",
             "not written by edgevit")
     monkeypatch.chdir(out)
     for command in (["report", "--bench", str(bench)], ["data", "digits"]):
-        refused(capsys, [*command, "--out", ".", "--overwrite"], "current directory")
-    refused(capsys, ["detect", "shapes", ".", "--overwrite"], "current directory")
+        refused([*command, "--out", ".", "--overwrite"], "current directory")
+    refused(["detect", "shapes", ".", "--overwrite"], "current directory")
     assert snapshot(tmp_path) == before and not [p for p in tmp_path.iterdir() if p.name.endswith(".old")]
     # a file the user added to a directory edgevit wrote: refused too (the marker lists what edgevit wrote)
     monkeypatch.chdir(tmp_path)
     inside.unlink()
     (out / "my_analysis.md").write_text("mine")
     before = snapshot(tmp_path)
-    refused(capsys, ["report", "--bench", str(bench), "--out", str(out), "--overwrite"], "my_analysis.md",
+    refused(["report", "--bench", str(bench), "--out", str(out), "--overwrite"], "my_analysis.md",
             "not written by edgevit")
     assert snapshot(tmp_path) == before
     (out / "my_analysis.md").unlink()
@@ -236,37 +226,37 @@ def _tiny_checkpoint(path: Path, num_classes: int = 2) -> Path:
     return save_checkpoint(model, path, cfg, [str(i) for i in range(num_classes)])
 
 
-def test_damaged_shards_are_named_and_eval_never_reports_over_fewer_samples(tmp_path, capsys):
+def test_damaged_shards_are_named_and_eval_never_reports_over_fewer_samples(tmp_path, capsys, refused):
     ck = str(_tiny_checkpoint(tmp_path / "m.safetensors"))
     ok = [Image.new("RGB", (32, 32), (i * 40, 0, 0)) for i in range(4)]
     # a declared count above what the shards hold: refused before any work, naming the shard
     short = _wds(tmp_path / "short", ok, [0, 1, 0, 1], lengths_declared=6)
-    refused(capsys, ["eval", "--data", str(short), "--dataset", "wds/t", "--checkpoint", ck],
+    refused(["eval", "--data", str(short), "--dataset", "wds/t", "--checkpoint", ck],
             "t-validation-000000.tar", "holds 4",
             "declares 6")
     # a label out of range in a later sample: named with its shard and key before any work
     bad_label = _wds(tmp_path / "label", ok, [0, 1, 0, 7])
-    refused(capsys, ["eval", "--data", str(bad_label), "--dataset", "wds/t", "--checkpoint", ck],
+    refused(["eval", "--data", str(bad_label), "--dataset", "wds/t", "--checkpoint", ck],
             "t-validation-000000.tar", "s003",
             "label 7")
     # a text label, a sample without its label, a truncated shard: each named before any work
     text = _wds(tmp_path / "text", ok, [0, 1, "abc", 1])
-    refused(capsys, ["eval", "--data", str(text), "--dataset", "wds/t", "--checkpoint", ck], "s002",
+    refused(["eval", "--data", str(text), "--dataset", "wds/t", "--checkpoint", ck], "s002",
             "not a class index")
     nolabel = _wds(tmp_path / "nolabel", ok, [0, 1, 0, 1])
     tar = nolabel / "t-validation-000000.tar"
     _shard(tar, [(f"s{i:03d}", ext, data) for i, img in enumerate(ok)
                  for ext, data in (("png", _png_bytes(img)), ("cls", b"0")) if not (i == 2 and ext == "cls")])
-    refused(capsys, ["eval", "--data", str(nolabel), "--dataset", "wds/t", "--checkpoint", ck], "s002",
+    refused(["eval", "--data", str(nolabel), "--dataset", "wds/t", "--checkpoint", ck], "s002",
             "no 'cls' entry")
     truncated = _wds(tmp_path / "truncated", ok, [0, 1, 0, 1])
     tar = truncated / "t-validation-000000.tar"
     tar.write_bytes(tar.read_bytes()[:3000])
-    refused(capsys, ["eval", "--data", str(truncated), "--dataset", "wds/t", "--checkpoint", ck],
+    refused(["eval", "--data", str(truncated), "--dataset", "wds/t", "--checkpoint", ck],
             "t-validation-000000.tar")
     # an undecodable image later in a shard: webdataset skips it; eval fails instead of a top-1 over 3 of 4
     broken = _wds(tmp_path / "broken", [*ok[:3], b"not an image"], [0, 1, 0, 1])
-    refused(capsys, ["eval", "--data", str(broken), "--dataset", "wds/t", "--workers", "0", "--checkpoint", ck,
+    refused(["eval", "--data", str(broken), "--dataset", "wds/t", "--workers", "0", "--checkpoint", ck,
                      "--no-progress"],
             "evaluated 3 of the 4")
 
@@ -332,9 +322,9 @@ def _timm_top1(model, root: Path, transform) -> float:
 
 
 # ---------------------------------------------------------------- reports compare like with like
-def test_reports_keep_input_sizes_and_data_sets_apart(tmp_path, capsys):
+def test_reports_keep_input_sizes_and_data_sets_apart(tmp_path, capsys, refused):
     b224, b64 = _bench_file(tmp_path / "b224.json"), _bench_file(tmp_path / "b64.json", img_size=64)
-    refused(capsys, ["report", "--bench", str(b64), "--vs-paper", "--out", str(tmp_path / "r0")],
+    refused(["report", "--bench", str(b64), "--vs-paper", "--out", str(tmp_path / "r0")],
             "edgevit_xxs at 64x64 px (the paper: 224)")
     acc = tmp_path / "acc.json"
     acc.write_text(json.dumps([{"model": "edgevit_xxs", "top1": 99.0, "num_classes": 10, "img_size": 64,
@@ -366,8 +356,8 @@ def test_reports_keep_input_sizes_and_data_sets_apart(tmp_path, capsys):
     (["train", "--data", "D", "--output", "O", "--model-kwargs", '{"head_dim": 0}'], ["--model-kwargs", "head_dim=0"]),
     (["train", "--data", "D", "--output", "O", "--model-kwargs", '{"depths": [1, 1, 1, -1]}'], ["depths"]),
 ])
-def test_values_beyond_the_machine_are_refused(argv, names, capsys):
-    refused(capsys, argv, *names)
+def test_values_beyond_the_machine_are_refused(argv, names, capsys, refused):
+    refused(argv, *names)
 
 
 def test_eval_of_a_root_holding_only_val(tmp_path):
@@ -397,12 +387,12 @@ def test_int8_agreement_is_measured_on_images_calibration_did_not_use(tmp_path):
     assert len(check) == 6 and len(cal) == 24 and not set(cal) & set(check)
 
 
-def test_report_refuses_impossible_latencies(tmp_path, capsys):
+def test_report_refuses_impossible_latencies(tmp_path, capsys, refused):
     for bad in (float("nan"), -5.0):
         b = tmp_path / "b.json"
         b.write_text(json.dumps({"meta": {}, "results": [{"model": "edgevit_xxs", "runtime": "onnxruntime",
                                                           "mean_ms": 10.0, "median_ms": bad}]}))
-        refused(capsys, ["report", "--bench", str(b), "--out", str(tmp_path / "r")], "median_ms", "not a latency")
+        refused(["report", "--bench", str(b), "--out", str(tmp_path / "r")], "median_ms", "not a latency")
 
 
 def test_sigterm_outside_training_leaves_nothing_half_written(tmp_path):
@@ -424,14 +414,14 @@ def test_sigterm_outside_training_leaves_nothing_half_written(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary, no lock, no half data set
 
 
-def test_eval_names_a_checkpoint_given_as_an_exported_file_and_a_root_without_val(tmp_path, capsys):
+def test_eval_names_a_checkpoint_given_as_an_exported_file_and_a_root_without_val(tmp_path, capsys, refused):
     ck = _tiny_checkpoint(tmp_path / "m.pth")
     (tmp_path / "d" / "train" / "a").mkdir(parents=True)
     Image.new("RGB", (32, 32)).save(tmp_path / "d" / "train" / "a" / "x.png")
     torch.save({"model": {"w": torch.ones(1)}}, tmp_path / "best.pth")
-    refused(capsys, ["eval", "--data", str(tmp_path / "d" / "train"), "--exported", str(tmp_path / "best.pth")],
+    refused(["eval", "--data", str(tmp_path / "d" / "train"), "--exported", str(tmp_path / "best.pth")],
             "--exported", "a PyTorch checkpoint")
-    refused(capsys, ["eval", "--data", str(tmp_path / "d"), "--checkpoint", str(ck)], "--data", "no val/")
+    refused(["eval", "--data", str(tmp_path / "d"), "--checkpoint", str(ck)], "--data", "no val/")
 
 
 def test_an_accuracy_of_another_configuration_is_not_attached(tmp_path):
