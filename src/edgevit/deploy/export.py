@@ -77,10 +77,9 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
     the images the file is measured on, named by `checked_on` (default: the seeded input for fp32, the
     calibration images for int8, 8 random inputs for 16-bit floats). `prepared`: a quantization-aware trained
     graph, converted as it is to the int8 it was trained as and measured against itself. `trained`: the weights
-    are trained, so the rule's top-1 agreement floor applies (random weights give near-tied logits). Returns the
-    report: the writer's, plus bytes and the
-    measures. `fmt`: an export format, or a runtime record (a variant of one, e.g. with writers of its own
-    that a benchmark compares)."""
+    are trained, so the rule's top-1 agreement floor applies (random weights give near-tied logits). `fmt`: an
+    export format, or a runtime record (a variant of one, e.g. with writers of its own that a benchmark compares).
+    Returns the report: the writer's, plus the bytes written and the measures."""
     rt = fmt if isinstance(fmt, Runtime) else runtimes.by_format(fmt)
     fmt = rt.format
     writer = rt.writer(precision)
