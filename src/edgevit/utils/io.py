@@ -23,15 +23,27 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 OUTPUT_MARKER = ".edgevit-output"
 
 
+def _name_max(directory: os.PathLike | str) -> int:
+    """The longest file name (bytes) the file system of `directory` (or its nearest existing ancestor) takes."""
+    d = Path(os.path.abspath(directory))
+    while d.parent != d:
+        try:
+            if d.exists():
+                break
+        except OSError:  # (a component too long: Python 3.11's exists() raises ENAMETOOLONG)
+            pass
+        d = d.parent
+    try:
+        return os.pathconf(d, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 def helper_name(name: str, tag: str, directory: os.PathLike | str = ".") -> str:
     """The hidden `.NAME{tag}` name of a file the package puts beside the user's NAME (a lock, a temporary), short
     enough for the file system wherever NAME itself fits: a long NAME is cut and a digest of it added (a legal
     250-byte name plus `.lock` is over Linux's 255-byte limit). Written by hand: no library names sibling files."""
-    try:
-        limit = os.pathconf(directory, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    room = limit - 48  # for mkstemp's random part and .tmp, and what a writer adds to its path (".strip")
+    room = _name_max(directory) - 48  # for mkstemp's random part and .tmp, and a writer's own suffix (".strip")
     full = f".{name}{tag}"
     if len(full.encode(errors="surrogateescape")) <= room:
         return full
@@ -44,13 +56,7 @@ def check_name_fits(path: os.PathLike | str, what: str) -> None:
     """An `OutputError` naming `what` when the file system refuses `path`'s name as too long (the one line instead
     of the traceback an ENAMETOOLONG gives half-way through a command)."""
     p = Path(os.path.abspath(path))
-    anc = p.parent
-    while not anc.exists() and anc.parent != anc:
-        anc = anc.parent
-    try:
-        limit = os.pathconf(anc, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
+    limit = _name_max(p.parent)
     for part in p.parts:
         if len(part.encode(errors="surrogateescape")) > limit:
             raise OutputError(f"{what} {path}: the name {part[:40]}... is {len(part.encode())} bytes, over the "
