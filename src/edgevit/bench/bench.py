@@ -95,9 +95,10 @@ def plan(models: Sequence[str], form: str = "both", ablations: bool = False,
     if ablations:
         for tag, kw in ABLATIONS.items():
             entries += [Entry("edgevit_xxs", f, dict(kw), tag) for f in forms]
+    known = all_precisions()
     for p in precisions:
-        if p not in all_precisions():
-            raise UserError(f"{p!r} is not one of {', '.join(all_precisions())}", option="precision")
+        if p not in known:
+            raise UserError(f"{p!r} is not one of {', '.join(known)}", option="precision")
     return [Entry(e.model, e.fused, e.kwargs, e.tag, p) for e in entries for p in precisions]
 
 

@@ -11,16 +11,16 @@ from safetensors.torch import save_file
 
 from ..errors import ConfigError, UserError
 from .edgevit import VARIANTS, checkpoint_filter_fn, convert_authors_state_dict, is_authors_layout
-from .reading import (  # noqa: F401
+from .reading import (
     META_CLASSES,
     META_CONFIG,
     META_PRETRAINED_CFG,
     CheckpointError,
     PathLike,
-    checkpoint_preprocessing,
     preprocessing_cfg,
     read_state_dict,
     require_checkpoint,
+    run_record,
     weights_metadata,
 )
 
@@ -68,8 +68,7 @@ def checkpoint_weights(path: str | Path, ema: bool = False) -> Dict[str, Any]:
         task = "segment" if arch in SEGMENT_ARCHS else "detect"
         raise CheckpointError(f"checkpoint {path}: a {arch} checkpoint of `edgevit {task} train`, not a "
                               "classification model")
-    config = raw.get("config") if isinstance(raw.get("config"), dict) else None
-    classes = raw.get("classes") if isinstance(raw.get("classes"), list) else None
+    config, classes = run_record(raw)
     if config and config.get("qat"):
         raise CheckpointError(f"checkpoint {path}: a quantization-aware training checkpoint; its weights run only "
                               "inside the fake-quantized graph that training built (evaluating it or exporting it "

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import UserError
+from ..utils.images import size_hw
 
 PathLike = Union[str, os.PathLike]
 
@@ -86,8 +87,6 @@ def preprocessing_cfg(config: Optional[Dict[str, Any]], classes: Optional[list] 
     classes (what `timm.data.resolve_data_config` + `create_transform` read). Empty without a config."""
     if not config:
         return {}
-    from ..utils.images import size_hw
-
     h, w = size_hw(config.get("img_size") or 224)
     out = {"input_size": (3, h, w), "test_input_size": (3, h, w), "crop_pct": config.get("crop_pct"),
            "interpolation": config.get("eval_interpolation"), "num_classes": config.get("num_classes"),
@@ -95,13 +94,15 @@ def preprocessing_cfg(config: Optional[Dict[str, Any]], classes: Optional[list] 
     return {k: v for k, v in out.items() if v is not None}
 
 
+def run_record(raw: Dict[str, Any]) -> tuple:
+    """(training config or None, class names or None) of what a checkpoint file holds (`read_state_dict`, or a
+    `.safetensors` file's metadata)."""
+    config, classes = raw.get("config"), raw.get("classes")
+    return (config if isinstance(config, dict) else None), (classes if isinstance(classes, list) else None)
+
+
 def checkpoint_preprocessing(path: PathLike) -> Dict[str, Any]:
     """The preprocessing fields of the weights at `path` (a run's model.safetensors, last.pth or best.pth), for
     `timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path))`; empty for weights that
     carry no training config (the authors', bare state dicts)."""
-    meta = weights_metadata(path)
-    if not meta:
-        raw = read_state_dict(path)
-        meta = {"config": raw.get("config") if isinstance(raw.get("config"), dict) else None,
-                "classes": raw.get("classes") if isinstance(raw.get("classes"), list) else None}
-    return preprocessing_cfg(meta.get("config"), meta.get("classes"))
+    return preprocessing_cfg(*run_record(weights_metadata(path) or read_state_dict(path)))

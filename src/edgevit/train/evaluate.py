@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..deploy.export import run_batch
 from ..errors import DataError, UserError
 from ..models.checkpoint import model_from_checkpoint
 from ..utils.images import size_hw, warn_if_not_trained_size
@@ -125,8 +126,6 @@ class _FileModule(torch.nn.Module):
         self.run = run
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from ..deploy.export import run_batch
-
         return run_batch(self.run, x.contiguous())
 
 

@@ -138,6 +138,7 @@ class RunDirectory:
         self._locked = False
         if resume and overwrite:
             raise ConfigError("resume and overwrite exclude each other: continue the run, or start it again")
+        check_name_fits(self.path, "run directory")  # (before any stat: Python 3.11 raises ENAMETOOLONG there)
         if self.path.exists() and not self.path.is_dir():
             raise OutputError(f"run directory {self.path}: is a file")
         if not is_main:  # rank 0 decides (the others may look after it has started writing the new run)

@@ -234,7 +234,6 @@ def lock_output(path: os.PathLike | str, what: str, distinct: bool = False) -> b
 
     `distinct`: `path` is one of several outputs of one command, each its own file: one this process already
     holds under another name (`--plot F` after `--json F`) is refused, naming both."""
-    check_name_fits(path, what)
     lock = _lock_file_for(path)
     had = holds_output(path)
     if had is not None:

@@ -45,7 +45,7 @@ class Package:
 @dataclasses.dataclass(frozen=True)
 class Rule:
     """When a written file is accepted: measured in its own runtime against the model in PyTorch fp32 on the check
-    images (`edgevit.deploy.writer.write_checked`). A float file by its largest |difference|; a reduced-precision
+    images (`edgevit.deploy.export.export_model`). A float file by its largest |difference|; a reduced-precision
     file by its logits' signal-to-quantization-noise ratio and, where the model's weights are trained (random
     weights give near-tied logits, whose top-1 means nothing), the share of images whose top-1 it keeps. The
     floors sit below every file the runtimes write and above a broken one (docs/deploy.md, "Acceptance rules")."""
@@ -163,7 +163,7 @@ class Runtime:
 
     def write(self, precision: str, model: nn.Module, x: torch.Tensor, path: Path,
               images: Optional[torch.Tensor] = None) -> Dict[str, object]:
-        """Write `model` at `x` to `path` as a `precision` file, unchecked (`deploy.writer.write_checked` is the
+        """Write `model` at `x` to `path` as a `precision` file, unchecked (`deploy.export.export_model` is the
         checked call); a calibrated precision takes `images`, N x 3 x H x W. Returns the writer's report."""
         w = self.writer(precision)
         if w.calibrated:
