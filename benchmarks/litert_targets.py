@@ -6,7 +6,7 @@ the targets of the LiteRT work (docs/deploy.md, "LiteRT").
 
 Each model is converted by the same code as `edgevit export --format tflite` (litert-torch), at 224 x 224,
 batch 1, fp32, 2 threads, and timed in shuffled rounds (`edgevit.bench.bench.time_runners`). `--forms` adds
-the fused XXS in every alternative exact form of each part (edgevit.deploy.fused: LayerNorm, LocalProp,
+the fused XXS in every alternative exact form of each part (edgevit.models.fused: LayerNorm, LocalProp,
 sampler, patch embedding, q/k/v) to the same rounds, one part changed at a time from the LiteRT form, with
 each file's op counts (how many TRANSPOSE ops LiteRT runs).
 """
@@ -25,9 +25,9 @@ from edgevit.bench.bench import time_runners
 from edgevit.bench.runners import build_runner
 from edgevit.deploy import forms_for, fuse
 from edgevit.deploy.export import export_model, load_exported
-from edgevit.deploy.fused import FORM_CHOICES
 from edgevit.deploy.runtimes import first_output
 from edgevit.models.checkpoint import create_model
+from edgevit.models.fused import FORM_CHOICES
 from edgevit.utils.io import write_text_atomic
 
 

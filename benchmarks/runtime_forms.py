@@ -8,7 +8,7 @@ MobileNetV2 exported through the runtime's record and timed in the same interlea
 
 Each file is checked against its PyTorch model first (a form the runtime computes wrongly is reported, not
 timed: ncnn's `ln="mean"`; a 16-bit float file within 2% of the largest output, its SQNR is in
-docs/deploy.md). Form names are qkv-ln-sample-prop (`edgevit.deploy.fused.FORM_CHOICES`). This is how
+docs/deploy.md). Form names are qkv-ln-sample-prop (`edgevit.models.fused.FORM_CHOICES`). This is how
 the OpenVINO, MNN and ncnn forms in their records were chosen (docs/deploy.md, "Fused forms by measurement").
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """XNNPACK's 1x1-conv (GEMM) speed against the number of output channels: why ExecuTorch's fused EdgeViT
-pads its 36/72-channel stages to multiples of 16 (`edgevit.deploy.fused.pad_channels`, each module's `pad`).
+pads its 36/72-channel stages to multiples of 16 (`edgevit.deploy.forms.pad_channels`, each module's `pad`).
 
     .venv/bin/python benchmarks/xnnpack_gemm_tile.py [--hw 56] [--cin 36 48 144] [--cout 32 36 40 48 64 144]
 

@@ -1,5 +1,4 @@
 """edgevit: EdgeViTs (Pan et al., ECCV 2022) as timm models, with training, export and benchmarks."""
-from . import deploy  # registers each module's inference form (`module.fuse()`, timm's reparameterize_model)
 from .models import (
     VARIANTS,
     CheckpointError,
@@ -10,6 +9,6 @@ from .models import (
     save_checkpoint,
 )
 
-__all__ = ["deploy", "VARIANTS", "CheckpointError", "EdgeViT", "checkpoint_filter_fn", "load_checkpoint",
+__all__ = ["VARIANTS", "CheckpointError", "EdgeViT", "checkpoint_filter_fn", "load_checkpoint",
            "read_state_dict", "save_checkpoint"]
 __version__ = "0.1.0"

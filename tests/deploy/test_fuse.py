@@ -6,10 +6,11 @@ import torch
 import torch.nn as nn
 
 from edgevit.deploy import Forms, forms_for, fuse, is_fused, set_forms
-from edgevit.deploy.fused import FORM_CHOICES, ChannelNorm, forms_of
+from edgevit.deploy.forms import forms_of
 from edgevit.errors import UserError
 from edgevit.models import VARIANTS, EdgeViT
 from edgevit.models.complexity import count_gmacs
+from edgevit.models.fused import FORM_CHOICES, ChannelNorm
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> bool:
@@ -173,8 +174,8 @@ def test_timm_reparameterize_model_is_fuse(make_tiny):
     untouched; `fuse()` of it switches its forms in place."""
     from timm.utils import reparameterize_model
 
-    from edgevit.deploy.fused import FusedHead, FusedLGLBlock, FusedPatchEmbed
     from edgevit.models.edgevit import EdgeViTHead, LGLBlock, PatchEmbed
+    from edgevit.models.fused import FusedHead, FusedLGLBlock, FusedPatchEmbed
 
     model = make_tiny()
     rep = reparameterize_model(model)
@@ -216,8 +217,8 @@ def test_fused_model_keeps_only_the_form_it_runs(make_tiny):
     """Each fused module holds the one form it runs (no q/k/v beside the stacked qkv, no deconv beside its
     pixel-shuffle form, no k x k conv beside its space-to-depth 1x1), so a parameter count is a plain sum;
     switching forms rewrites the weights and keeps the outputs."""
-    from edgevit.deploy.fused import FusedPatchEmbed, LocalProp, QKVProjection
     from edgevit.models.complexity import count_params
+    from edgevit.models.fused import FusedPatchEmbed, LocalProp, QKVProjection
 
     model = make_tiny()
     x = torch.randn(1, 3, 64, 64)

@@ -215,26 +215,3 @@ def test_qat_trains_then_converts_to_what_it_trained(make_tiny, tmp_path):
 def test_int8_is_refused_for_formats_without_an_int8_flow(make_tiny, tmp_path):
     with pytest.raises(UserError, match="ptl writes no int8 files"):
         export_model(make_tiny(), "ptl", tmp_path / "m.ptl", precision="int8", images=images(2))
-
-
-def test_qat_weights_of_the_earlier_fused_layout_load():
-    """A QAT checkpoint of the release before the fused model became an EdgeViT stores its weights under the old
-    module paths (stages as Sequential, q/k/v on the block, the head at the top): every key and shape of such a
-    prepared graph (recorded from that release for this tiny model) lands on this release's graph."""
-    import json
-    from pathlib import Path
-
-    import timm
-
-    from edgevit.deploy.fused import legacy_fused_keys
-
-    torch.manual_seed(0)
-    m = timm.create_model("edgevit_xxs", embed_dims=(12, 24, 36, 48), depths=(1, 1, 2, 1), head_dim=12, num_classes=7)
-    prepared = q.prepare_qat(m, 64)
-    old = json.loads((Path(__file__).parent / "data" / "qat_state_shapes_v0_1.json").read_text())
-    target = prepared.state_dict()
-    assert set(old) != set(target)  # (the layouts differ)
-    renamed = legacy_fused_keys({k: torch.zeros(s) for k, s in old.items()}, target)
-    assert set(renamed) == set(target) and all(list(renamed[k].shape) == list(target[k].shape) for k in target)
-    prepared.load_state_dict({k: target[k] for k in renamed})  # (and this layout's own keys pass unchanged)
-    assert legacy_fused_keys(target, target).keys() == target.keys()

@@ -7,9 +7,10 @@ from typing import Union
 
 import torch.nn as nn
 
+from ..models.fused import Forms
 from . import runtimes
 from .export import ExportedModel, export_model, load_exported
-from .fused import Forms, forms_of, fuse_model, is_fused, set_forms
+from .forms import forms_of, fuse_model, is_fused, set_forms
 
 __all__ = ["fuse", "Forms", "forms_for", "forms_of", "set_forms", "is_fused", "runtimes", "export_model",
            "load_exported", "ExportedModel"]

@@ -156,7 +156,6 @@ def load_qat_model(path: str | Path, img_size=None, ema: bool = False
     again (same model, same quantizer; at `img_size`, default the trained size) and the trained weights and
     quantization parameters loaded into it."""
     from ..models.checkpoint import CheckpointError, model_from_checkpoint, read_state_dict
-    from .fused import legacy_fused_keys
 
     raw = read_state_dict(path)
     cfg = raw["config"]
@@ -168,7 +167,7 @@ def load_qat_model(path: str | Path, img_size=None, ema: bool = False
     meta = {**meta, "config": cfg, "classes": raw.get("classes")}
     prepared = prepare_qat(base, img_size or cfg["img_size"])
     try:
-        prepared.load_state_dict(legacy_fused_keys(sd, prepared.state_dict()))  # (or an earlier release's)
+        prepared.load_state_dict(sd)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path}: its QAT weights do not fit {cfg.get('model')} "
                               f"({str(e).splitlines()[0]})") from e

@@ -19,7 +19,7 @@ Module names differ from the authors' (`blocks1.0.LocalAgg.conv1` -> `stages.0.b
 `checkpoint_filter_fn` converts their checkpoints.
 """
 import re
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -75,29 +75,13 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
 
 
 # ---- inference forms ----------------------------------------------------------------------------
-# `edgevit.deploy` builds the exact inference form (BN / CPE / LayerNorm affines folded) of each module below
-# and registers it here, so this file never imports deploy: deploy depends on the model, not the reverse.
-# `fuse()` is the hook timm's `reparameterize_model` calls on every child that has it.
-_FUSED_FORMS: Dict[type, Callable[[nn.Module], nn.Module]] = {}
+# Each module below has `fuse()`, the hook timm's `reparameterize_model` calls on every child that has it (as in
+# timm's repvit.py / fastvit.py): it returns the module's exact inference form (BN / CPE / LayerNorm affines
+# folded), defined in `edgevit.models.fused` beside the folding arithmetic, and leaves the module as it is. The
+# import is inside `fuse()` because those forms are built from (and type-check) the classes of this file.
 
 
-def register_fused_form(cls: type, make: Callable[[nn.Module], nn.Module]) -> None:
-    """`make(module)` -> the inference form of a `cls` module (called by edgevit.deploy at import)."""
-    _FUSED_FORMS[cls] = make
-
-
-class Fusable:
-    """Mixin: `fuse()` returns the registered inference copy of this module (the module is left as it is)."""
-
-    @torch.no_grad()
-    def fuse(self) -> nn.Module:
-        make = _FUSED_FORMS.get(type(self))
-        if make is None:  # `import edgevit` (any edgevit import) loads edgevit.deploy, which registers them
-            raise RuntimeError(f"no inference form registered for {type(self).__name__}")
-        return make(self).eval()
-
-
-class PatchEmbed(Fusable, nn.Module):
+class PatchEmbed(nn.Module):
     """Non-overlapping strided conv, then LayerNorm over channels (release: eps 1e-5)."""
 
     def __init__(self, in_chs: int, out_chs: int, stride: int):
@@ -105,12 +89,19 @@ class PatchEmbed(Fusable, nn.Module):
         self.proj = nn.Conv2d(in_chs, out_chs, kernel_size=stride, stride=stride)
         self.norm = nn.LayerNorm(out_chs, eps=1e-5)
 
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """The inference form: the patch embedding's BN folded into its conv."""
+        from .fused import FusedPatchEmbed
+
+        return FusedPatchEmbed(self).eval()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class LocalAgg(Fusable, nn.Module):
+class LocalAgg(nn.Module):
     """Local aggregation: depthwise conv over each token's neighbourhood (Eq. 1a, 1b)."""
 
     def __init__(self, dim: int, mlp_ratio: float = 4.0, kernel_size: int = 5, drop_path: float = 0.0,
@@ -125,6 +116,13 @@ class LocalAgg(Fusable, nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, use_conv=True)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """The inference form: CPE residual in its kernel, norm1/norm2 folded into pw1 / mlp.fc1."""
+        from .fused import FusedLocalAgg
+
+        return FusedLocalAgg(self).eval()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.cpe(x)
         x = x + self.drop_path(self.pw2(self.dw(self.pw1(self.norm1(x)))))  # (1a)
@@ -132,7 +130,7 @@ class LocalAgg(Fusable, nn.Module):
         return x
 
 
-class LocalAggLSA(Fusable, nn.Module):
+class LocalAggLSA(nn.Module):
     """Ablation (Table 4): Twins' locally-grouped self-attention in place of the depthwise conv."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, window: int = LSA_WINDOW,
@@ -144,6 +142,13 @@ class LocalAggLSA(Fusable, nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """The inference form: CPE residual in its kernel, LayerNorm affines folded into the linear layers."""
+        from .fused import FusedLocalAggLSA
+
+        return FusedLocalAggLSA(self).eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.cpe(x)
@@ -258,7 +263,7 @@ class SpatialReductionAttn(GlobalSparseAttn):
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
 
-class GlobalBlock(Fusable, nn.Module):
+class GlobalBlock(nn.Module):
     """The global half of an LGL block: sparse attention + FFN on tokens (Eq. 1c, 1d)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, sr_ratio: int = 1,
@@ -276,6 +281,14 @@ class GlobalBlock(Fusable, nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """The inference form: Eq. (1b-d) with the LayerNorm affines in q/k/v, proj and fc1, attention as bmm's
+        (PVTv2's spatial-reduction attention of the paper's ablation likewise)."""
+        from .fused import FusedGlobalBlock, FusedSRABlock
+
+        return (FusedSRABlock if isinstance(self.attn, SpatialReductionAttn) else FusedGlobalBlock)(self).eval()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.cpe(x)
         B, C, H, W = x.shape
@@ -285,7 +298,7 @@ class GlobalBlock(Fusable, nn.Module):
         return t.transpose(1, 2).reshape(B, C, H, W)
 
 
-class LGLBlock(Fusable, nn.Module):
+class LGLBlock(nn.Module):
     """Local-Global-Local bottleneck. Stages with r = 1 (full attention) have no LocalAgg."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, sr_ratio: int = 1,
@@ -306,11 +319,18 @@ class LGLBlock(Fusable, nn.Module):
         self.global_attn = GlobalBlock(dim, num_heads, mlp_ratio, sr_ratio, qkv_bias, sampler, local_prop,
                                        proj_drop, attn_drop, drop_path, act_layer)
 
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """The inference form: its local and global parts' inference forms."""
+        from .fused import FusedLGLBlock
+
+        return FusedLGLBlock(self).eval()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.global_attn(self.local_agg(x))
 
 
-class EdgeViTHead(Fusable, nn.Module):
+class EdgeViTHead(nn.Module):
     """The release's final BatchNorm, global average pooling, dropout and classifier, as one module.
 
     The BN sits in the head (as in ConvNeXt's NormMlpClassifierHead) so that `fuse()` (timm's
@@ -350,6 +370,13 @@ class EdgeViTHead(Fusable, nn.Module):
     def drop_norm(self) -> None:
         """No final BN (timm's `prune_norm`)."""
         self.norm = nn.Identity()
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """The inference form: the final BN folded into the classifier (the two heads merged)."""
+        from .fused import FusedHead
+
+        return FusedHead(self).eval()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False):
         x = self.norm(x)

@@ -113,11 +113,7 @@ def prepare_qat_model(model: torch.nn.Module, cfg: Dict[str, Any], load: bool) -
 
 def _load_model_weights(model, sd, path, cfg) -> None:
     """Resume: the checkpoint must fit exactly; a head of another class count gets a fine-tuning hint."""
-    if cfg["qat"]:  # the fake-quantized fused graph (keys of an earlier release's fused layout renamed)
-        from ..deploy.fused import legacy_fused_keys
-
-        sd = legacy_fused_keys(sd, model.state_dict())
-    else:
+    if not cfg["qat"]:  # (a QAT run's weights are the fake-quantized fused graph's, loaded as they are)
         sd = _filtered(model, sd, cfg["model"])
     problems = fit_report(model, sd)
     if problems:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ...errors import MissingDependencyError, UserError
-from ..fused import Forms
+from ...models.fused import Forms
 
 # run(*inputs) -> every output, as numpy arrays (batch-1 float32 NCHW images in, for the models here)
 RunFn = Callable[..., List[np.ndarray]]
@@ -120,7 +120,7 @@ class Runtime:
     suffixes: Tuple[str, ...] = ()  # file names it takes; the first is what export writes
     packages: Tuple[Package, ...] = (Package("torch"),)  # to load and run a file
     export_packages: Tuple[Package, ...] = ()  # beyond `packages`, to write one
-    forms: Forms = Forms()  # the fused EdgeViT's forms (edgevit.deploy.fused), chosen by measurement
+    forms: Forms = Forms()  # the fused EdgeViT's forms (edgevit.models.fused), chosen by measurement
     # precision ("fp32", "int8", "int8-conv", "fp16", "bf16", ...) -> how to write such a file and when it is
     # accepted; in the order help texts list them, fp32 first. Adding a precision to a runtime is one entry here.
     writers: Mapping[str, Writer] = dataclasses.field(default_factory=dict)

@@ -18,8 +18,9 @@ from typing import Dict, List, Sequence
 import torch
 import torch.nn as nn
 
+from ...models.fused import ChannelNorm, Forms
 from ...utils.quiet import filter_native_stderr
-from ..fused import ChannelNorm, Forms, holds_edgevit
+from ..forms import holds_edgevit
 from .base import Float16Graph, Package, Runtime, fp32, half, int8
 
 PACKAGE = Package("executorch")

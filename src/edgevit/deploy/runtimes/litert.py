@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ...models.fused import Forms
 from ...utils.quiet import filter_native_stderr
-from ..fused import Forms
 from .base import ConversionError, Package, Runtime, fp32, half, int8
 
 REQUIREMENTS = "requirements-litert.txt"  # an extra: installed by `make` after requirements.txt

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ...models.fused import Forms
 from ...utils.quiet import capture_native_output
-from ..fused import Forms
 from .base import ConversionError, Package, Runtime, fp32, half, int8
 from .onnxruntime import save_onnx
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..fused import Forms
+from ...models.fused import Forms
 from .base import ConversionError, Package, Runtime, fp32, half
 from .onnxruntime import save_onnx
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..fused import Forms
+from ...models.fused import Forms
 from .base import Package, Runtime, fp32, int8
 
 PACKAGE = Package("onnxruntime")

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from ...errors import UserError
-from ..fused import Forms
+from ...models.fused import Forms
 from .base import Package, Runtime, fp32, half, int8
 from .onnxruntime import save_onnx
 
@@ -92,7 +92,8 @@ def int8_form(model: nn.Module) -> nn.Module:
     'any_of(scale.size(), OC, 1U)' failed"); a copy is switched, the caller's model is left as it is."""
     import copy
 
-    from ..fused import EdgeViT, forms_of, is_fused, set_forms
+    from ...models.edgevit import EdgeViT
+    from ..forms import forms_of, is_fused, set_forms
 
     edgevits = [m for m in model.modules() if isinstance(m, EdgeViT)]
     if not edgevits or not is_fused(model) or forms_of(edgevits[0]).prop == "deconv":

@@ -1,6 +1,7 @@
-"""The inference form of an EdgeViT: same outputs, fewer and cheaper ops, one layout (NCHW) throughout.
+"""The inference form of an EdgeViT's modules: same outputs, fewer and cheaper ops, one layout (NCHW) throughout.
 
-`fuse_model(model, forms)` (and timm's `reparameterize_model`, through each module's `fuse()`) returns the
+Each module of `edgevit.models.edgevit` returns its form below from `fuse()` (timm's repvit.py / fastvit.py
+way); `edgevit.deploy.fuse_model(model, forms)` (and timm's `reparameterize_model`) returns the
 *same* `EdgeViT` class with every patch embedding, LGL block and the head replaced by the modules below (FastViT's
 way), so the fused model keeps timm's API: `forward_features`, `forward_head`, `forward_intermediates` (the same
 stage outputs), `feature_info`, and drops into the dense models and timm's `features_only` wrapper.
@@ -40,26 +41,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.utils.model import reparameterize_model
 
 from ..errors import UserError
-from ..models.edgevit import (
-    EdgeViT,
-    EdgeViTHead,
-    GlobalBlock,
-    LGLBlock,
-    LocalAgg,
-    LocalAggLSA,
-    PatchEmbed,
-    SpatialReductionAttn,
-    register_fused_form,
-)
 from .folding import (
     bn_scale_shift,
     conv1x1,
@@ -69,7 +57,6 @@ from .folding import (
     merge_cpe,
     pad_conv,
     pad_depthwise,
-    padded_index,
 )
 
 FORM_CHOICES = {"ln": ("mean", "conv", "native"), "embed": ("conv", "s2d"), "qkv": ("split", "merged"),
@@ -513,10 +500,6 @@ def _fused_ffn(gb: nn.Module, dtype) -> ChannelFFN:
                       conv1x1(gb.mlp.fc2.weight.detach(), gb.mlp.fc2.bias.detach(), dtype))
 
 
-def fused_global_block(gb: GlobalBlock) -> nn.Module:
-    return FusedSRABlock(gb) if isinstance(gb.attn, SpatialReductionAttn) else FusedGlobalBlock(gb)
-
-
 class FusedLGLBlock(nn.Module):
     def __init__(self, blk: nn.Module):
         super().__init__()
@@ -607,128 +590,3 @@ class FusedHead(nn.Module):
         if self.pool:
             x = x.mean((2, 3), keepdim=True).flatten(1)  # keepdim: XNNPACK's global-average-pool form
         return x if pre_logits else self.fc(x)
-
-
-# ---- the whole model --------------------------------------------------------------------------------
-def _register_forms() -> None:
-    """The model's modules get their inference form from here (`Fusable.fuse`, timm's reparameterize_model)."""
-    for cls, form in ((PatchEmbed, FusedPatchEmbed), (LocalAgg, FusedLocalAgg), (LocalAggLSA, FusedLocalAggLSA),
-                      (GlobalBlock, fused_global_block), (LGLBlock, FusedLGLBlock), (EdgeViTHead, FusedHead)):
-        register_fused_form(cls, form)
-
-
-_register_forms()
-
-_UNFUSED = (PatchEmbed, LGLBlock, EdgeViTHead)
-
-
-def holds_edgevit(model: nn.Module) -> bool:
-    """`model` is an EdgeViT or holds one (a detector, a segmenter, timm's `features_only` wrapper)."""
-    return any(isinstance(m, EdgeViT) for m in model.modules())
-
-
-def is_fused(model: nn.Module) -> bool:
-    """Every EdgeViT inside `model` is in its inference form (and there is at least one)."""
-    edgevits = [m for m in model.modules() if isinstance(m, EdgeViT)]
-    return bool(edgevits) and not any(isinstance(m, _UNFUSED) for e in edgevits for m in e.modules())
-
-
-def forms_of(model: EdgeViT) -> Forms:
-    """The forms a fused EdgeViT runs in."""
-    return getattr(model, "deploy_forms", Forms())
-
-
-@torch.no_grad()
-def pad_channels(model: EdgeViT, multiple: int) -> None:
-    """Widen every stage of a fused EdgeViT to a multiple of `multiple` channels, in place; the same outputs
-    (`forward_intermediates` and `forward_features` return the real channels: `EdgeViTStage.features`)."""
-    plan = []
-    for i, stage in enumerate(model.stages):
-        (heads,) = {blk.global_attn.num_heads for blk in stage.blocks}  # (one per stage)
-        plan.append(padded_index(model.embed_dims[i], heads, multiple))
-        if plan[-1][0] != model.embed_dims[i]:  # refused before anything is padded (no half-padded model)
-            for blk in stage.blocks:
-                if isinstance(blk.local_agg, FusedLocalAggLSA):
-                    blk.local_agg.pad(plan[-1][1], plan[-1][0])
-    prev: Tuple[Optional[torch.Tensor], int] = (None, model.in_chans)
-    for i, stage in enumerate(model.stages):
-        dim = model.embed_dims[i]
-        width, idx = plan[i]
-        if width != dim or prev[0] is not None:
-            stage.downsample.pad(*prev, idx, width)
-        if width != dim:
-            for blk in stage.blocks:
-                blk.pad(idx, width)
-            stage.real_channels = idx
-        prev = (idx, width) if width != dim else (None, dim)
-
-
-@torch.no_grad()
-def set_forms(model: nn.Module, forms: Forms) -> nn.Module:
-    """Switch every fused EdgeViT in `model` to `forms`, in place (same outputs). Padding is added once: a model
-    padded to one multiple is not re-padded to another (fuse the release model again)."""
-    for edgevit in [m for m in model.modules() if isinstance(m, EdgeViT)]:
-        current = forms_of(edgevit)
-        if forms.pad != current.pad:
-            if current.pad != 1:
-                raise UserError(f"this model is already padded to a multiple of {current.pad}; fuse the release "
-                                "model again for another runtime")
-            pad_channels(edgevit, forms.pad)
-        for m in list(edgevit.modules()):
-            if hasattr(m, "set_form"):
-                m.set_form(forms)
-        edgevit.deploy_forms = forms
-    return model
-
-
-@torch.no_grad()
-def fuse_model(model: nn.Module, forms: Forms = Forms()) -> nn.Module:
-    """The inference copy of `model` in `forms` (`model` is left untouched): an EdgeViT, or any module holding
-    EdgeViTs (a detector or segmenter, timm's `features_only` wrapper), each with every part fused. A model
-    already fused is switched to `forms` in place."""
-    if not holds_edgevit(model):
-        raise UserError(f"fuse() takes an EdgeViT or a model holding one, got {type(model).__name__}")
-    if not is_fused(model):
-        model = reparameterize_model(model)  # a deep copy with each part's `fuse()` (timm's, as FastViT's)
-    return set_forms(model, forms).eval()
-
-
-# ---- the fused layout of earlier releases ----------------------------------------------------------
-# Before the fused model became an EdgeViT (edgevit 0.1 up to issue #20), its modules had other paths: stages were
-# Sequential(patch embedding, blocks...), q/k/v, LocalProp and the FFN sat on the global block itself, the head's
-# parts at the top. A quantization-aware run's checkpoint stores the fused graph's weights under those paths.
-_LEGACY_STAGE = re.compile(r"^stages\.(\d+)\.(\d+)\.")
-_LEGACY_LEAVES = (("global_attn.q.", "global_attn.qkv.q."), ("global_attn.k.", "global_attn.qkv.k."),
-                  ("global_attn.v.", "global_attn.qkv.v."), ("global_attn.qkv.", "global_attn.qkv.qkv."),
-                  ("global_attn.local_prop.", "global_attn.prop.deconv."),
-                  ("global_attn.prop_shuffle.", "global_attn.prop.shuffle."),
-                  ("global_attn.prop_norm.", "global_attn.prop.norm."), ("global_attn.norm2.", "global_attn.ffn.norm."),
-                  ("global_attn.fc1.", "global_attn.ffn.fc1."), ("global_attn.fc2.", "global_attn.ffn.fc2."),
-                  ("local_agg.fc1.", "local_agg.ffn.fc1."), ("local_agg.fc2.", "local_agg.ffn.fc2."))
-
-
-def legacy_fused_keys(state_dict: Dict[str, torch.Tensor], target: Iterable[str]) -> Dict[str, torch.Tensor]:
-    """A state dict of the earlier fused layout with its keys renamed to this one's (`target`: the keys of the
-    model it is for); keys already in `target` are kept as they are."""
-    target = set(target)
-    out = {}
-    for key, value in state_dict.items():
-        new = key
-        if key not in target:
-            m = _LEGACY_STAGE.match(key)
-            if m:
-                stage, pos = m.group(1), int(m.group(2))
-                part = "downsample" if pos == 0 else f"blocks.{pos - 1}"
-                new = f"stages.{stage}.{part}." + key[m.end():]
-                if new not in target:
-                    for old, leaf in _LEGACY_LEAVES:
-                        candidate = new.replace(old, leaf, 1)
-                        if old in new and candidate in target:
-                            new = candidate
-                            break
-            elif key in ("head.weight", "head.bias"):
-                new = "head.fc." + key.split(".")[1]
-            elif key.startswith("norm."):
-                new = "head." + key
-        out[new] = value
-    return out
