@@ -16,9 +16,11 @@ import sys
 
 import torch
 
-from edgevit.bench.dense import EDGEVIT_ARCHS, SIZES, DenseEntry, build_dense
+from edgevit.bench.dense import DenseEntry, build_dense
 from edgevit.bench.profile import profile_file, summary
-from edgevit.dense.deploy import DetectorHead, deploy_graph
+from edgevit.dense import registry
+from edgevit.dense.graphs import DetectorHead, deploy_graph
+from edgevit.deploy import runtimes
 from edgevit.deploy.export import seeded_input
 from edgevit.utils.io import write_text_atomic
 
@@ -26,11 +28,11 @@ from edgevit.utils.io import write_text_atomic
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("task", choices=("segment", "detect"))
-    p.add_argument("models", nargs="+", help="EdgeViT heads (semfpn, lraspp, retinanet, ssdlite) or torchvision "
-                                             "model names")
+    p.add_argument("models", nargs="+", help=f"dense architectures ({', '.join(registry.names(edgevit=False))})")
     p.add_argument("--variant", default="edgevit_xxs")
     p.add_argument("--unfused", action="store_true", help="the EdgeViT release body")
-    p.add_argument("--runtime", default="executorch", choices=("executorch", "onnxruntime"))
+    p.add_argument("--runtime", default="executorch",
+                   choices=[r.name for r in runtimes.RUNTIMES.values() if r.profile is not None])
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=10)
@@ -38,16 +40,17 @@ def main() -> int:
     p.add_argument("--json", default=None, metavar="FILE")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    fmt = {"executorch": "pte", "onnxruntime": "onnx"}[args.runtime]
+    fmt = runtimes.get(args.runtime).format
     docs = []
     for name in args.models:
-        ours = name in EDGEVIT_ARCHS[args.task]
+        ours = registry.get(name).edgevit
         entry = DenseEntry(name, args.variant if ours else None, not args.unfused if ours else None)
-        size = args.img_size or SIZES[name]
+        size = args.img_size or registry.get(name).size
         model, graph, outputs = deploy_graph(build_dense(entry, args.task), fmt, (size, size),
                                              fused=bool(entry.fused))
         x = seeded_input(size)
-        if fmt == "onnx" and "decoding" in outputs:  # time the network, not the in-graph NMS of random boxes
+        # time the network, not the in-graph NMS of random boxes
+        if runtimes.get(args.runtime).detections_in_graph and "decoding" in outputs:
             graph = DetectorHead(model, x, with_anchors=False).eval()
         report, ops = profile_file(args.runtime, graph, x, args.threads, args.runs, 3, f"profile {entry.label}")
         docs.append(summary(entry.label, entry.fused, size, args.threads, args.runs, report, ops))

@@ -59,8 +59,9 @@ class _Runs(dict):
 
     def _train(self, arch, out):
         from edgevit.cli.main import main
+        from edgevit.dense import registry
 
-        if arch in ("semfpn", "lraspp"):
+        if registry.get(arch).task == "segment":
             cfg = self.root / "seg.yaml"
             cfg.write_text("iters: 12\ncrop_size: 64\nscale: [64, 64]\neval_every: 0\nlr: 0.001\n")
             assert main(["segment", "train", "--arch", arch, "--config", str(cfg), "--data", str(self.shapes_root),

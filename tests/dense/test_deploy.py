@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from edgevit.cli.main import main
-from edgevit.dense.deploy import eager_file, sidecar_path
+from edgevit.dense.export import eager_file
 from edgevit.dense.models import create_detector
 from edgevit.dense.postprocess import match_detections
+from edgevit.deploy.export import sidecar_path
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -103,14 +104,6 @@ def test_segment_export_eval_predict(arch, fmt, extra, trained, shapes_root, tmp
 
 
 def test_dense_export_bad_input(trained, tmp_path, capsys):
-    from edgevit.cli.detect import DETECT_ARCHS
-    from edgevit.cli.segment import SEGMENT_ARCHS
-    from edgevit.dense import models
-    from edgevit.models import checkpoint
-
-    assert (DETECT_ARCHS, SEGMENT_ARCHS) == (models.DETECT_ARCHS, models.SEGMENT_ARCHS)
-    assert checkpoint.SEGMENT_ARCHS == models.SEGMENT_ARCHS
-
     def refused(argv, *needles):
         capsys.readouterr()
         assert main(argv) == 2
@@ -176,12 +169,13 @@ def test_segment_int8_export_keeps_miou(arch, fmt, points, trained, shapes_root,
 
 
 def test_int8_refused_where_it_does_not_apply(trained, shapes_root, tmp_path, capsys):
-    from edgevit.dense.deploy import ExportError, check_quantizable
+    from edgevit.dense.graphs import ExportError, check_exportable
+    from edgevit.errors import UserError
 
-    with pytest.raises(ExportError, match="segmenters"):
-        check_quantizable("retinanet", "onnx")
-    with pytest.raises(ExportError, match="ncnn: int8 export is for pte or onnx or tflite or openvino or mnn$"):
-        check_quantizable("lraspp", "ncnn")
+    with pytest.raises(ExportError, match="int8 export is for the segmenters"):
+        check_exportable("retinanet", "onnx", precision="int8")
+    with pytest.raises(UserError, match=r"ncnn writes no int8 files \(its precisions: fp32, fp16\)"):
+        check_exportable("lraspp", "ncnn", precision="int8")
     out = tmp_path / "never.onnx"
     for extra, flag in ((["--quantize", "int8"], "--calib"), (["--calib-images", "8"], "--calib-images")):
         assert main(["segment", "export", "--checkpoint", str(trained["lraspp"]), "--format", "onnx", *extra,

@@ -48,8 +48,9 @@ def test_detect_export_eval_predict(arch, fmt, trained, det_root, tmp_path, caps
 
 def test_maskrcnn_onnx_with_no_detections(trained, tmp_path):
     """A known failure of exported detectors: nothing above the threshold. The file gives empty outputs."""
-    from edgevit.dense.deploy import export_dense, load_dense_file
     from edgevit.dense.engine import load_dense_checkpoint
+    from edgevit.dense.export import export_dense
+    from edgevit.dense.files import load_dense_file
 
     model = load_dense_checkpoint(trained["maskrcnn"], "detect")
     model.roi_heads.score_thresh = 1.01  # no score reaches it

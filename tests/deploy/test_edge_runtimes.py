@@ -239,7 +239,8 @@ def test_a_file_without_its_weights_is_named(runtime, make_tiny, tmp_path):
 @pytest.mark.parametrize("runtime", EDGE)
 def test_a_segmenter_and_a_detector_export_to_each(runtime, tmp_path):
     """The dense models go through the same records: logits and raw detection heads checked in the runtime."""
-    from edgevit.dense.deploy import export_dense, load_dense_file
+    from edgevit.dense.export import export_dense
+    from edgevit.dense.files import load_dense_file
     from edgevit.dense.models import create_detector, create_segmenter
 
     rt = runtimes.get(runtime)
@@ -251,7 +252,7 @@ def test_a_segmenter_and_a_detector_export_to_each(runtime, tmp_path):
     assert tuple(classes.shape) == (64, 96)
     det = create_detector("retinanet", 3, "edgevit_xxs", min_size=64, max_size=64, drop_path_rate=0.0).eval()
     if runtime == "ncnn":  # refused before any work, saying why
-        from edgevit.dense.deploy import ExportError
+        from edgevit.dense.graphs import ExportError
         with pytest.raises(ExportError, match="pnnx drops"):
             export_dense(det, rt.format, tmp_path / f"d{rt.suffix}", (64, 64), meta={})
         return

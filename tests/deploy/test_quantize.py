@@ -50,7 +50,7 @@ def test_agreement_is_exact_for_the_same_logits_and_drops_with_noise():
 SMALLEST = dict(embed_dims=(16, 16, 16, 16), depths=(1, 1, 1, 1), head_dim=16, num_classes=7)
 
 
-@pytest.mark.parametrize("fmt", runtimes.int8_formats())
+@pytest.mark.parametrize("fmt", [r.format for r in runtimes.RUNTIMES.values() if "int8" in r.writers])
 def test_ptq_file_runs_in_its_runtime_and_agrees_with_the_float_model(fmt, make_tiny, tmp_path):
     kw = SMALLEST if fmt == "pte" else {}
     model = fuse(make_tiny(**kw), runtimes.by_format(fmt).name)

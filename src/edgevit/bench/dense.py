@@ -18,22 +18,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..dense.models import SEGMENT_ARCHS
+from ..dense import registry
 from ..deploy import runtimes
 from ..deploy.export import seeded_input
 from ..errors import UserError
 from .bench import median_ci, meta, ranking_ties, time_runners, to_csv
 
-# EdgeViT dense models per task, and torchvision's mobile models run beside them
-EDGEVIT_ARCHS = {"segment": SEGMENT_ARCHS, "detect": ("retinanet", "ssdlite")}
-BASELINES = {"segment": ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"),
-             "detect": ("ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn")}
-# default input (H = W) per model: the paper's ADE20K crop for segmenters, 320 for the SSDLite pair and the
-# 320 Faster R-CNN, RetinaNet at 512 (its COCO size, 800 x 1333, is not a phone's)
-SIZES = {"semfpn": 512, "lraspp": 512, "retinanet": 512, "ssdlite": 320, "lraspp_mobilenet_v3_large": 512,
-         "deeplabv3_mobilenet_v3_large": 512, "ssdlite320_mobilenet_v3_large": 320,
-         "fasterrcnn_mobilenet_v3_large_320_fpn": 320}
-CLASSES = {"segment": 150, "detect": 80}  # ADE20K, COCO (torchvision's COCO detectors: 90 ids + background)
+CLASSES = {"segment": registry.ADE_CLASSES, "detect": registry.COCO_CLASSES}
 
 
 @dataclasses.dataclass
@@ -55,58 +46,44 @@ class DenseEntry:
 def dense_plan(task: str, variants: Sequence[str] = ("edgevit_xxs",), form: str = "both",
                archs: Optional[Sequence[str]] = None, baselines: bool = True,
                precisions: Sequence[str] = ("fp32",), runtime: Optional[str] = None) -> List[DenseEntry]:
-    """The rows, in order: each EdgeViT head per variant and body form, then torchvision's (the two-stage
-    Faster R-CNN only where it exports: onnxruntime); every row once per precision (int8: segmenters only, the
-    runtime's int8 flow)."""
-    if task not in EDGEVIT_ARCHS:
-        raise UserError(f"{task!r}: expected segment or detect", option="task")
+    """The rows, in order: each EdgeViT head per variant and body form, then the baselines they are compared with
+    (`dense.registry`; one that the runtime cannot export, such as a two-stage detector outside ONNX, is left
+    out); every row once per precision (reduced precisions: the segmenters, in the runtime's writers)."""
+    from ..dense.graphs import ExportError, check_exportable
+
+    if task not in registry.TASKS:
+        raise UserError(f"{task!r}: expected one of {', '.join(registry.TASKS)}", option="task")
     forms = {"fused": [True], "unfused": [False], "both": [True, False]}.get(form)
     if forms is None:
         raise UserError(f"{form!r} is not one of fused, unfused, both", option="edgevit_form")
-    archs = list(archs or EDGEVIT_ARCHS[task])
-    for a in archs:
-        if a not in EDGEVIT_ARCHS[task]:
-            raise UserError(f"{a!r}: the {task} models benchmarked are {', '.join(EDGEVIT_ARCHS[task])}",
-                            option="models")
+    default = [a.name for a in registry.entries(task) if a.edgevit and a.bench]
+    archs = [registry.get(a, task).name for a in (archs or default)]
+    rt = runtimes.get(runtime) if runtime else None
     for p in precisions:
-        if p not in ("fp32", "int8") or (p == "int8" and task != "segment"):
-            raise UserError(f"{p!r}: the {task} bench runs {'fp32 and int8' if task == 'segment' else 'fp32'}",
+        if p != "fp32" and not all(registry.get(a).quantizable for a in archs):
+            raise UserError(f"{p!r}: reduced precisions are for the segmenters; the {task} bench runs fp32",
                             option="precision")
+        if rt is not None:
+            rt.writer(p)
     entries = [DenseEntry(a, v, f) for a in archs for v in variants for f in forms]
-    two_stage_ok = runtime in (None, "onnxruntime")  # (dense.deploy.check_exportable says why)
-    entries += [DenseEntry(b) for b in BASELINES[task] if baselines and (two_stage_ok or not b.startswith("faster"))]
+    if baselines:
+        names = dict.fromkeys([*(b for a in archs for b in registry.get(a).baselines),
+                               *(a.name for a in registry.entries(task) if not a.edgevit)])
+        for b in names:
+            try:
+                if rt is not None and rt.format:
+                    check_exportable(b, rt.format)
+            except ExportError:
+                continue
+            entries.append(DenseEntry(b))
     return [dataclasses.replace(e, precision=p) for e in entries for p in precisions]
 
 
-class _Logits(nn.Module):
-    """torchvision's segmentation models answer {"out": logits}: the tensor, as ours."""
-
-    def __init__(self, model: nn.Module, num_classes: int):
-        super().__init__()
-        self.model, self.num_classes, self.arch = model, num_classes, "lraspp"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)["out"]
-
-
 def build_dense(entry: DenseEntry, task: str) -> nn.Module:
-    """The model of an entry, untrained (random weights), with the attributes `dense.deploy` reads."""
-    import torchvision.models.detection as tvd
-    import torchvision.models.segmentation as tvs
+    """The model of an entry, untrained (random weights), with the attributes the dense export reads."""
+    from ..dense.models import create_dense
 
-    from ..dense.models import create_detector, create_segmenter
-
-    n = CLASSES[task]
-    if entry.variant is not None:
-        if task == "segment":
-            return create_segmenter(n, entry.variant, drop_path_rate=0.0, arch=entry.name)
-        return create_detector(entry.name, n, entry.variant, drop_path_rate=0.0)
-    if task == "segment":
-        return _Logits(getattr(tvs, entry.name)(weights=None, weights_backbone=None, num_classes=n), n)
-    model = getattr(tvd, entry.name)(weights=None, weights_backbone=None, num_classes=91)
-    model.arch = "ssdlite" if entry.name.startswith("ssdlite") else "fasterrcnn"
-    model.num_classes, model.label_offset = 90, 1
-    return model
+    return create_dense(entry.name, CLASSES[task], entry.variant or "edgevit_xxs", drop_path_rate=0.0)
 
 
 @dataclasses.dataclass
@@ -120,45 +97,46 @@ class _Built:
     tmp: tempfile.TemporaryDirectory
 
 
-CALIBRATION = 16  # random images an int8 file of the bench is calibrated on (timing only: its accuracy is
-# `segment export --quantize int8` + `eval --exported`'s)
+CALIBRATION = 16  # random images a calibrated file of the bench is calibrated on (timing only: its accuracy is
+# `segment export --quantize` + `eval --exported`'s)
 
 
 def _build(entry: DenseEntry, task: str, runtime: str, size: int, threads: int, argmax: bool = False) -> _Built:
-    from ..dense.deploy import deploy_graph, save_graph
+    """The entry's file, made by the dense export (the one checked writer) into a temporary folder and read back
+    with the public loader (`load_exported`); a file below its precision's rule raises, never timed."""
+    from ..dense.export import export_dense
+    from ..dense.graphs import DetectorHead, deploy_graph
     from ..dense.postprocess import Decoding, postprocess
+    from ..deploy import load_exported
+    from ..deploy.export import random_calibration
     from ..models.complexity import count_gmacs, count_params
 
     rt = runtimes.get(runtime)
     if rt.format is None:
         raise UserError(f"{runtime} runs no file; the dense bench times exported files", option="runtime")
     model = build_dense(entry, task)
-    model, graph, outputs = deploy_graph(model, rt.format, (size, size), argmax, fused=bool(entry.fused))
-    x = seeded_input(size)
     tmp = tempfile.TemporaryDirectory(prefix=f"edgevit-dense-{rt.format}-")
     path = Path(tmp.name) / f"model{rt.suffix}"
-    if entry.precision == "int8":
-        if "int8" not in rt.writers:
-            raise UserError(f"int8 runs in {' and '.join(runtimes.int8_names())}, not {runtime}", option="runtime")
-        from ..deploy.quantize import random_calibration
-
-        rt.write("int8", graph, x, path, random_calibration(CALIBRATION, size))
-    else:
-        save_graph(model.arch, rt.format, graph, x, path)
-    run_file, a = rt.load(path, threads), x.numpy()
+    calibration = random_calibration(CALIBRATION, size) if rt.writer(entry.precision).calibrated else None
+    report = export_dense(model, rt.format, path, (size, size), argmax=argmax, fused=bool(entry.fused),
+                          threads=threads, meta={}, precision=entry.precision, calibration=calibration,
+                          trained=False)
+    run_file, a = load_exported(path, threads).run, seeded_input(size).numpy()
     last: List[List[np.ndarray]] = [run_file(a)]  # first call: loads/plans, allocates
 
     def run():
         last[0] = run_file(a)
         return last[0]
     post = None
-    if "decoding" in outputs and outputs["outputs"][0] == "cls_logits":
-        dec = Decoding.from_dict(outputs["decoding"])
-        post = lambda: postprocess(*last[0][:3], dec)  # noqa: E731
-    try:
-        from ..dense.deploy import DetectorHead
+    outputs = report["outputs"]
+    if outputs[0] == "cls_logits":
+        from ..dense.files import read_sidecar
 
-        counted = graph if "decoding" not in outputs else DetectorHead(model, x, with_anchors=False)
+        dec = Decoding.from_dict(read_sidecar(path)["decoding"])
+        post = lambda: postprocess(*last[0][:3], dec)  # noqa: E731
+    model, graph, side = deploy_graph(model, rt.format, (size, size), argmax, fused=bool(entry.fused))
+    try:
+        counted = graph if "decoding" not in side else DetectorHead(model, seeded_input(size), with_anchors=False)
         gmacs = round(count_gmacs(counted.eval(), size), 3)
     except Exception:  # fvcore has no count for some of torchvision's ops (NMS, RoIAlign): left blank
         gmacs = None
@@ -180,7 +158,7 @@ def run_dense_bench(task: str, entries: Sequence[DenseEntry], runtime: str, thre
     for e in bar:
         bar.set_postfix_str(e.label)
         try:
-            built.append(_build(e, task, runtime, int(img_size or SIZES[e.name]), threads, argmax))
+            built.append(_build(e, task, runtime, int(img_size or registry.get(e.name).size), threads, argmax))
         except (UserError, RuntimeError, NotImplementedError, AssertionError, TypeError) as err:
             if on_error != "skip":
                 raise
@@ -212,7 +190,7 @@ def run_dense_bench(task: str, entries: Sequence[DenseEntry], runtime: str, thre
                               "confidence interval"},
            "results": results}
     doc["meta"]["ties"] = [list(t) for t in ranking_ties(results)]
-    if any(e.precision == "int8" for e in entries):
+    if any(runtimes.get(runtime).writer(e.precision).calibrated for e in entries):
         doc["meta"]["int8_calibration"] = f"{CALIBRATION} random inputs (timing only)"
     if failures:
         doc["meta"]["failed"] = failures
@@ -230,18 +208,17 @@ def ratios(doc: dict) -> List[Tuple[str, float]]:
     by = {r["label"]: r for r in doc["results"]}
     out = []
     for r in doc["results"]:
-        if r["precision"] == "int8" and r["label"][:-len(" int8")] in by:
-            out.append((f"{r['label']}: speed-up over its fp32", by[r["label"][:-len(" int8")]]["median_ms"]
-                        / r["median_ms"]))
+        fp32 = r["label"][:-len(f" {r['precision']}")]
+        if r["precision"] != "fp32" and fp32 in by:
+            out.append((f"{r['label']}: speed-up over its fp32", by[fp32]["median_ms"] / r["median_ms"]))
         if r["fused"]:
             rel = r["label"].replace("(fused body)", "(release body)")  # (same precision)
             if rel in by:
                 out.append((f"{r['label']}: speed-up over the release body", by[rel]["median_ms"] / r["median_ms"]))
-        pair = {"lraspp": "lraspp_mobilenet_v3_large (torchvision)",
-                "ssdlite": "ssdlite320_mobilenet_v3_large (torchvision)"}.get(r["model"])
-        pair = pair if pair is None or r["precision"] == "fp32" else f"{pair} {r['precision']}"
-        if r["variant"] and pair in by:
-            out.append((f"{r['label']} / {pair}: latency ratio", r["median_ms"] / by[pair]["median_ms"]))
+        for base in registry.get(r["model"]).baselines:
+            pair = DenseEntry(base, precision=r["precision"]).label
+            if r["variant"] and pair in by:
+                out.append((f"{r['label']} / {pair}: latency ratio", r["median_ms"] / by[pair]["median_ms"]))
     return out
 
 

@@ -29,12 +29,16 @@ def summary(model, fused, size, threads, runs, report, ops):
 
 def profile_file(runtime: str, net, x, threads: int, runs: int, warmup: int, desc: str,
                  precision: str = "fp32", images=None) -> Tuple[dict, List[dict]]:
-    """`net` written to `runtime`'s `precision` file (a calibrated precision: on `images`) and profiled by the
-    runtime's own profiler (its record's `profile`): (export report, per-operator rows)."""
+    """`net` written to `runtime`'s `precision` file (a calibrated precision: on `images`) by the one checked
+    writer, and profiled by the runtime's own profiler (its record's `profile`): (export report, per-operator
+    rows)."""
+    from ..deploy.export import export_model
+
     rt = runtimes.get(runtime)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"model{rt.suffix}"
-        report = rt.write(precision, net, x, path, images)
+        report = export_model(net, rt, path, tuple(x.shape[-2:]), threads, x if precision == "fp32" else None,
+                              precision, images)
         return report, rt.profile(path, x, threads, runs, warmup, desc)
 
 
@@ -73,8 +77,8 @@ def profile_litert(model: str, fused: bool = True, runs: int = 20, threads: int 
     profiler is C++ only), so this reports what its op details do tell: the file's ops by kind, the layout
     transposes, the XNNPACK delegate's partitions and the ops left outside them (edgevit.deploy.runtimes.
     litert.tflite_report), with the file's median latency over `runs`."""
-    from ..deploy.runtimes import first_output
-    from ..deploy.runtimes.litert import save_tflite
+    from ..deploy import load_exported
+    from ..deploy.export import export_model
     from .bench import time_runner
 
     torch.set_num_threads(threads)
@@ -83,8 +87,8 @@ def profile_litert(model: str, fused: bool = True, runs: int = 20, threads: int 
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.tflite"
-        report = save_tflite(net, x, path)
-        run = first_output(runtimes.by_format("tflite").load(path, threads))
-        times = time_runner(lambda: run(x), runs, 3)
+        report = export_model(net, "tflite", path, size, threads, x)
+        run, a = load_exported(path, threads), x.numpy()
+        times = time_runner(lambda: run(a), runs, 3)
     return {"model": model, "fused": fused, "img_size": size, "threads": threads, "runs": runs, "export": report,
             "median_ms": statistics.median(times)}

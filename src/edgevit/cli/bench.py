@@ -12,9 +12,9 @@ from .outputs import check_output_file, emit_results
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..bench.bench import DEFAULT_MODELS, FORMS, all_precisions
+    from ..bench.bench import DEFAULT_MODELS, FORMS
     from ..bench.matrix import MATRIX_MODELS
-    from ..deploy.runtimes import RUNTIMES, names
+    from ..deploy.runtimes import RUNTIMES, all_precisions, names
     p = sub.add_parser("bench", help="CPU latency of EdgeViTs and baselines, batch 1, fp32 or int8",
                        description="Batch 1, fp32, CPU: every model built and warmed up, then --runs rounds, each "
                                    "timing every model once in a new random order (load on the machine hits "

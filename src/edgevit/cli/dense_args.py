@@ -166,26 +166,26 @@ def add_export_parser(sub, task: str, archs: str) -> argparse.ArgumentParser:
 
 
 def _export_size(args: argparse.Namespace, meta: dict):
+    from ..dense import registry
     from ..errors import ConfigError
 
     if args.img_size is not None:
         if len(args.img_size) > 2:
             raise ConfigError(f"--img-size {' '.join(map(str, args.img_size))}: expected one side or H W")
         size = (args.img_size[0], args.img_size[-1])
-    elif meta["arch"] == "ssdlite":
-        from ..dense.models import SSDLITE_SIZE
-        size = (SSDLITE_SIZE, SSDLITE_SIZE)
-    elif meta["arch"] in ("retinanet", "maskrcnn"):
+    elif "min_size" in meta and registry.get(meta["arch"]).resize == "fit":  # a detector trained at a size
         size = tuple(-(-int(meta[k]) // 32) * 32 for k in ("min_size", "max_size"))
     else:
-        size = (512, 512)
+        size = (registry.get(meta["arch"]).size,) * 2
     return size  # (multiples of 32: --img-size's type, and the defaults are rounded up)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..dense.deploy import check_exportable, export_dense, sidecar_path
     from ..dense.engine import load_dense_checkpoint
+    from ..dense.export import export_dense
+    from ..dense.graphs import check_exportable
     from ..deploy import runtimes
+    from ..deploy.export import sidecar_path
     from ..errors import ConfigError
 
     rt = runtimes.by_format(args.format)
@@ -196,40 +196,39 @@ def run_export(args: argparse.Namespace) -> int:
         check_output_file(companion, "-o", overwrite=args.overwrite, inputs=[args.checkpoint])
     check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=[args.checkpoint])
     check_output_file(sidecar_path(args.output), "-o's sidecar", overwrite=args.overwrite, inputs=[args.checkpoint])
-    quantize = getattr(args, "quantize", None)
-    if quantize and not args.calib:
-        raise ConfigError("--quantize int8 needs --calib ROOT (the training images to calibrate on)")
-    if args._task == "segment" and not quantize:
+    precision = getattr(args, "quantize", None) or "fp32"
+    calibrated = runtimes.calibrated(precision)
+    if calibrated and not args.calib:
+        raise ConfigError(f"--quantize {precision} needs --calib ROOT (the training images to calibrate on)")
+    if args._task == "segment" and not calibrated:
         for flag, value in (("--calib", args.calib), ("--calib-split", args.calib_split),
                             ("--calib-images", args.calib_images)):
             if value is not None:
-                raise ConfigError(f"{flag}: only used with --quantize int8")
+                raise ConfigError(f"{flag}: only used with a calibrated --quantize "
+                                  f"({', '.join(p for p in runtimes.all_precisions() if runtimes.calibrated(p))})")
     model = load_dense_checkpoint(args.checkpoint, args._task)
     meta = model.meta
     argmax = bool(getattr(args, "argmax", False))
-    check_exportable(meta["arch"], args.format, argmax)
-    if quantize:
-        from ..dense.deploy import check_quantizable
-        check_quantizable(meta["arch"], args.format)
+    check_exportable(meta["arch"], args.format, argmax, precision)
     size = _export_size(args, meta)
     rt.require(writing=True)
     calibration = None
-    if quantize:
-        from ..dense.deploy import segmentation_calibration
+    if calibrated:
+        from ..dense.export import segmentation_calibration
 
         require_dir(args.calib, "--calib", "an ADE20K-layout root")
         calibration = segmentation_calibration(args.calib, args.calib_split or "training", meta, size,
                                                args.calib_images or 64)
     report = export_dense(model, args.format, args.output, size, argmax=argmax,
                           max_detections=getattr(args, "max_detections", None), fused=not args.no_fuse,
-                          threads=args.threads, meta=meta, calibration=calibration)
+                          threads=args.threads, meta=meta, precision=precision, calibration=calibration)
     report = {"checkpoint": str(args.checkpoint), **report}
     if args.json:
         print_json(report)
         return 0
-    if "sqnr_db" in report:
-        check = (f"int8 vs fp32 on {report['checked_on']}: logits SQNR {report['sqnr_db']:.1f} dB, class map "
-                 f"agrees on {100 * report['pixel_agreement']:.2f}% of pixels")
+    if report["precision"] != "fp32" and "sqnr_db" in report:
+        check = (f"{report['precision']} vs fp32 on {report['checked_on']}: logits SQNR {report['sqnr_db']:.1f} dB, "
+                 f"class map agrees on {100 * report['pixel_agreement']:.2f}% of pixels")
     elif "max_abs_diff" in report:
         check = f"max |diff| to PyTorch {report['max_abs_diff']:.2e}"
     elif "pixel_agreement" in report:
@@ -261,7 +260,7 @@ def add_model_source_args(p: argparse.ArgumentParser, task: str) -> None:
 def load_model_or_file(args: argparse.Namespace, task: str):
     """(distributed info, the model or exported file, its meta) for eval / predict."""
     if getattr(args, "exported", None):
-        from ..dense.deploy import load_dense_file
+        from ..dense.files import load_dense_file
         from ..errors import ConfigError
         from ..train.distributed import init_distributed
 
@@ -276,28 +275,33 @@ def load_model_or_file(args: argparse.Namespace, task: str):
 
 # ---------------------------------------------------------------- bench
 def add_bench_parser(sub, task: str) -> None:
+    from ..dense import registry
+    from ..deploy import runtimes
     from ..utils.options import image_size, nonneg_int, positive_int, thread_count
 
-    names = {"segment": "Semantic FPN / LR-ASPP beside torchvision's lraspp_ / deeplabv3_mobilenet_v3_large",
-             "detect": "RetinaNet / SSDLite beside torchvision's ssdlite320_mobilenet_v3_large and "
-                       "fasterrcnn_mobilenet_v3_large_320_fpn"}[task]
+    ours = [a for a in registry.entries(task) if a.edgevit]
+    others = [a.name for a in registry.entries(task) if not a.edgevit]
     p = sub.add_parser("bench", help=f"latency of the {task} models in a runtime, fused and release body",
-                       description=f"{names}: each exported to the runtime's file (random weights), then --runs "
-                                   "interleaved rounds, median with a 95% confidence interval, params and GMACs; "
-                                   "post-processing of raw-output files timed separately.")
-    p.add_argument("--runtime", default="executorch", choices=("executorch", "onnxruntime", "litert"),
+                       description=f"{', '.join(a.name for a in ours)} beside {', '.join(others)}: each made by "
+                                   "the dense export (the one checked writer; random weights) into a temporary "
+                                   "folder and read back with the public loader, then --runs interleaved rounds, "
+                                   "median with a 95% confidence interval, params and GMACs; post-processing of "
+                                   "raw-output files timed separately. A model the runtime cannot take, or a "
+                                   "file below its precision's rule, is listed as not measured with the reason.")
+    p.add_argument("--runtime", default="executorch", choices=[r.name for r in runtimes.RUNTIMES.values() if r.format],
                    help="the runtime whose files are timed (default executorch)")
-    p.add_argument("--models", nargs="+", default=None, metavar="ARCH", help="EdgeViT heads (default: all of the "
-                                                                             "task's)")
+    p.add_argument("--models", nargs="+", default=None, metavar="ARCH",
+                   help=f"EdgeViT heads ({', '.join(a.name for a in ours)}; default: "
+                        f"{', '.join(a.name for a in ours if a.bench)})")
     p.add_argument("--variants", nargs="+", default=["edgevit_xxs"], choices=VARIANTS, help="EdgeViT bodies")
     p.add_argument("--edgevit-form", default="both", choices=("fused", "unfused", "both"))
     p.add_argument("--no-baselines", dest="baselines", action="store_false", help="leave torchvision's out")
     p.add_argument("--img-size", type=image_size, default=None, help="square input for every model (default: "
                                                                      "each model's, 512 / 320)")
     if task == "segment":
-        p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "int8"),
-                       help="fp32 and/or int8 (each model once per precision, interleaved); int8: the runtime's "
-                            "int8 flow (executorch, onnxruntime), calibrated on random inputs (timing only)")
+        p.add_argument("--precision", nargs="+", default=["fp32"], choices=runtimes.all_precisions(),
+                       help="precisions (each model once per precision, interleaved; the runtime's writers: "
+                            f"{runtimes.precision_help()}); calibrated ones on random inputs (timing only)")
         p.add_argument("--argmax", action="store_true", help="end every model with its class map (uint8) instead "
                                                              "of logits at the input size")
     p.add_argument("--threads", type=thread_count, default=2)
@@ -323,10 +327,6 @@ def run_bench(args: argparse.Namespace) -> int:
     rt = runtimes.get(args.runtime)
     rt.require(writing=True)
     precisions = list(dict.fromkeys(getattr(args, "precision", ["fp32"])))
-    if "int8" in precisions and "int8" not in rt.writers:
-        from ..errors import ConfigError
-        raise ConfigError(f"--precision int8 runs in --runtime {' or '.join(runtimes.int8_names())}, not "
-                          f"{args.runtime}")
     entries = dense_plan(args._task, args.variants, args.edgevit_form, args.models, args.baselines, precisions,
                          runtime=args.runtime)
     doc = run_dense_bench(args._task, entries, args.runtime, args.threads, args.runs, args.warmup, args.img_size,

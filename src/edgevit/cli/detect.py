@@ -11,6 +11,7 @@ import sys
 import warnings
 from typing import List
 
+from ..dense import registry
 from ..errors import ConfigError
 from ..utils.io import print_json
 from ..utils.options import nonneg_int, positive_int, probability
@@ -32,8 +33,6 @@ from .dense_args import (
 )
 from .shapes import add_shapes_parser
 
-DETECT_ARCHS = ("retinanet", "maskrcnn", "ssdlite")  # edgevit.dense.models.DETECT_ARCHS (--help stays fast)
-
 
 # ---------------------------------------------------------------- detect
 def register(subparsers) -> None:
@@ -42,9 +41,9 @@ def register(subparsers) -> None:
     sub = det.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
 
     t = sub.add_parser("train", help="train on a COCO-format data set")
-    t.add_argument("--arch", choices=DETECT_ARCHS, default="retinanet",
-                   help="retinanet, maskrcnn: the paper's; ssdlite: torchvision's SSDLite head at 320x320, a mobile "
-                        "head (--min-size/--max-size/--fpn-channels do not apply)")
+    t.add_argument("--arch", choices=registry.names("detect"), default="retinanet",
+                   help="; ".join(f"{a.name}: {a.title}" for a in registry.entries("detect") if a.edgevit)
+                   + " (--min-size/--max-size/--fpn-channels apply where the architecture takes them)")
     add_train_common(t)
     t.add_argument("--train-split", default="train2017", help="ROOT/annotations/instances_SPLIT.json + images")
     t.add_argument("--val-split", default="val2017")
@@ -91,9 +90,10 @@ def run_train(args: argparse.Namespace) -> int:
     from ..train.distributed import cleanup_distributed
 
     args = start_dense_train(args, "detect")
-    if args.arch == "ssdlite" and args.batch_size < 2:
-        raise ConfigError("--batch-size 1: SSDLite's last extra blocks are 1x1 maps, whose BatchNorm needs at least "
-                          "2 images per process in training")
+    arch = registry.get(args.arch, "detect")
+    if args.batch_size < arch.min_batch:
+        raise ConfigError(f"--batch-size {args.batch_size}: {args.arch} needs at least {arch.min_batch} images per "
+                          "process in training (BatchNorm over its smallest feature maps)")
     if args.min_size > args.max_size:
         raise ConfigError(f"--min-size {args.min_size} is larger than --max-size {args.max_size}")
     if list(args.milestones) != sorted(set(args.milestones)):
@@ -101,7 +101,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.milestones[-1] > args.epochs and "milestones" in getattr(args, "_explicit", ()):
         warnings.warn(f"--milestones {args.milestones[-1]} is beyond --epochs {args.epochs}: that lr drop never "
                       "happens")
-    masks = args.arch == "maskrcnn"
+    masks = arch.masks
     train_ann, train_dir = resolve_split(args.data, args.train_split)
     val_ann, val_dir = resolve_split(args.data, args.val_split)
     train_set = CocoDetection(train_ann, train_dir, train=True, masks=masks, seed=args.seed)
@@ -172,7 +172,7 @@ def run_predict(args: argparse.Namespace) -> int:
         det = model.detect(img, score_thresh=args.score_thresh)
     else:
         # the detector's own pre-NMS score cut (0.05) must not hide what --score-thresh asks to see
-        heads = model.roi_heads if model.arch == "maskrcnn" else model
+        heads = getattr(model, "roi_heads", model)  # (a two-stage detector's cut is its RoI heads')
         heads.score_thresh = min(heads.score_thresh, args.score_thresh)
         padded = pad_for_detector(img, meta["min_size"], meta["max_size"])
         with torch.no_grad():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..dense import registry
 from ..utils.io import print_json, require_dir
 from ..utils.options import image_size, nonneg_int, positive_float, positive_int
 from .args import add_json_arg, add_progress_arg, show_progress
@@ -28,8 +29,6 @@ from .dense_args import (
     start_dense_train,
 )
 from .shapes import add_shapes_parser
-
-SEGMENT_ARCHS = ("semfpn", "lraspp")  # edgevit.dense.models.SEGMENT_ARCHS (not imported: --help stays fast)
 
 
 def _scale(text: str):
@@ -57,9 +56,8 @@ def register(subparsers) -> None:
     sub = seg.add_subparsers(dest="segment_command", metavar="ACTION", required=True)
 
     t = sub.add_parser("train", help="train on an ADE20K-layout data set")
-    t.add_argument("--arch", choices=SEGMENT_ARCHS, default="semfpn",
-                   help="semfpn: the paper's Semantic FPN; lraspp: torchvision's LR-ASPP head (stride 8 + 32), "
-                        "a mobile head")
+    t.add_argument("--arch", choices=registry.names("segment"), default="semfpn",
+                   help="; ".join(f"{a.name}: {a.title}" for a in registry.entries("segment") if a.edgevit))
     add_train_common(t)
     _add_data_args(t)
     t.add_argument("--train-split", default="training")
@@ -92,9 +90,11 @@ def register(subparsers) -> None:
     x = add_export_parser(sub, "segment", "Semantic FPN / LR-ASPP")
     x.add_argument("--argmax", action="store_true",
                    help="end the graph with the class map (uint8 up to 256 classes, else int32) instead of logits")
-    x.add_argument("--quantize", choices=("int8",), default=None,
-                   help="static int8 by the runtime's flow (pte: PT2E + XNNPACK quantizer; onnx: ONNX Runtime QDQ), "
-                        "calibrated on --calib")
+    from ..deploy.runtimes import precision_help, reduced_precisions
+
+    x.add_argument("--quantize", choices=reduced_precisions(), default=None,
+                   help=f"a reduced-precision file by the runtime's own flow ({precision_help()}); calibrated "
+                        "precisions (int8...) calibrate on --calib; refused below its precision's rule")
     x.add_argument("--calib", default=None, metavar="ROOT", help="ADE20K-layout root of the calibration images")
     x.add_argument("--calib-split", default=None, help="its split to calibrate on (default training)")
     x.add_argument("--calib-images", type=positive_int, default=None,

@@ -5,9 +5,10 @@ from typing import Dict, List
 
 from ..models import VARIANTS
 from ..models.complexity import count_gmacs, count_params
-from .models import SEGMENT_ARCHS, create_detector, create_segmenter
+from . import registry
+from .models import create_dense
+from .registry import ADE_CLASSES, COCO_CLASSES
 
-COCO_CLASSES, ADE_CLASSES = 80, 150
 _BACKBONE = {"EdgeViT-XXS": "edgevit_xxs", "EdgeViT-XS": "edgevit_xs", "EdgeViT-S": "edgevit_s"}
 
 
@@ -27,14 +28,13 @@ def paper_dense() -> Dict[str, Dict[str, Dict[str, float]]]:
     return out
 
 
-# the mobile heads (beyond the paper), counted at their own input sizes
-MOBILE_HEADS = {"lraspp": 512, "ssdlite": 320}
+def classes(arch: str) -> int:
+    """The class count an architecture is counted with: ADE20K's for segmenters, COCO's for detectors."""
+    return ADE_CLASSES if registry.get(arch).task == "segment" else COCO_CLASSES
 
 
 def build(arch: str, variant: str):
-    if arch in SEGMENT_ARCHS:
-        return create_segmenter(ADE_CLASSES, variant, arch=arch)
-    return create_detector(arch, COCO_CLASSES, variant)
+    return create_dense(arch, classes(arch), variant)
 
 
 def dense_info(img_size: int = 512, gflops: bool = True) -> List[dict]:
@@ -48,7 +48,7 @@ def dense_info(img_size: int = 512, gflops: bool = True) -> List[dict]:
             model = build(arch, variant)
             ours = count_params(model)
             row = {"arch": arch, "variant": variant,
-                   "num_classes": ADE_CLASSES if arch == "semfpn" else COCO_CLASSES,
+                   "num_classes": classes(arch),
                    "params_m": round(ours, 3), "params_m_paper": paper["params_m"],
                    "params_diff_pct": round(100 * (ours / paper["params_m"] - 1), 2),
                    "img_size": None, "gflops": None, "gflops_paper": None}  # same keys in every row
@@ -57,12 +57,13 @@ def dense_info(img_size: int = 512, gflops: bool = True) -> List[dict]:
                 row["gflops"] = round(count_gmacs(model.eval(), img_size), 3) if gflops else None
                 row["gflops_paper"] = paper["gflops"] if img_size == 512 else None
             rows.append(row)
-    for arch, size in MOBILE_HEADS.items():  # no paper figures: the heads are not the paper's
+    mobile = [a for a in registry.entries() if a.edgevit and a.name not in paper_dense()]
+    for arch in mobile:  # the heads beyond the paper, at their own input sizes: no paper figures
+        size = arch.size
         for variant in VARIANTS:
-            model = build(arch, variant).eval()
-            counted = model if arch == "lraspp" else _ssd_raw(model, size)
-            rows.append({"arch": arch, "variant": variant,
-                         "num_classes": ADE_CLASSES if arch == "lraspp" else COCO_CLASSES,
+            model = build(arch.name, variant).eval()
+            counted = model if arch.task == "segment" else _ssd_raw(model, size)
+            rows.append({"arch": arch.name, "variant": variant, "num_classes": classes(arch.name),
                          "params_m": round(count_params(model), 3), "params_m_paper": None, "params_diff_pct": None,
                          "img_size": size, "gflops": round(count_gmacs(counted, size), 3) if gflops else None,
                          "gflops_paper": None})
@@ -73,6 +74,6 @@ def _ssd_raw(model, size: int):
     """SSDLite up to its head (the GMACs are there; fvcore has no count for NMS)."""
     import torch
 
-    from .deploy import DetectorHead
+    from .graphs import DetectorHead
 
     return DetectorHead(model, torch.zeros(1, 3, size, size), with_anchors=False).eval()

@@ -30,10 +30,11 @@ from ..train.guard import GracefulStop, agree
 from ..train.loaders import ShardSampler, SkipSampler, leave_signals_to_the_trainer
 from ..train.run import training_run
 from ..train.state import capture_rng_state, load_training_state, restore_rng_state
+from . import registry
 from .ade import IGNORE
-from .deploy import DenseFile, task_of
+from .files import DenseFile
 from .metrics import coco_evaluate, confusion_matrix, detections_to_coco, segmentation_scores
-from .models import DETECT_ARCHS, SEGMENT_ARCHS, create_detector, create_segmenter
+from .models import create_dense
 
 SINGLE = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), distributed=False)
 
@@ -70,7 +71,7 @@ STATE_KEYS = ("model", "optimizer", "scheduler", "iteration", "rng", "meta")
 
 
 def _command(arch: str) -> str:
-    return f"edgevit {task_of(arch)} train"
+    return f"edgevit {registry.get(arch).task} train"
 
 
 @one_line_when_a_peer_stops
@@ -189,7 +190,7 @@ def evaluate_detector(model: nn.Module, dataset, dist_info: DistInfo = SINGLE, p
                       ) -> Dict[str, Any]:
     """COCO bbox (and segm for Mask R-CNN) AP on `dataset`; flat keys bbox_AP, bbox_AP50, ...
 
-    `model`: a torchvision detector, or an exported file (`dense.deploy.DenseFile`: run in its runtime, its
+    `model`: a torchvision detector, or an exported file (`dense.files.DenseFile`: run in its runtime, its
     labels 0-based)."""
     exported = isinstance(model, DenseFile)
     if not exported:
@@ -205,7 +206,7 @@ def evaluate_detector(model: nn.Module, dataset, dist_info: DistInfo = SINGLE, p
         gathered: List[Any] = [None] * dist_info.world_size
         dist.all_gather_object(gathered, results)
         results = [r for part in gathered for r in part]
-    iou_types = ("bbox", "segm") if model.arch == "maskrcnn" else ("bbox",)
+    iou_types = ("bbox", "segm") if registry.get(model.arch).masks else ("bbox",)
     scores = coco_evaluate(dataset.coco, results, iou_types, image_ids=dataset.ids)
     flat: Dict[str, Any] = {f"{t}_{k}": v for t, s in scores.items() for k, v in s.items()}
     flat["num_images"], flat["num_detections"] = len(dataset), len(results)
@@ -244,7 +245,7 @@ def segment_logits(model: nn.Module, img: torch.Tensor, out_size: Sequence[int])
 def evaluate_segmenter(model: nn.Module, dataset, dist_info: DistInfo = SINGLE, progress: bool = True,
                        class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """mIoU, mAcc, aAcc (and per-class IoU) on `dataset`. `model`: a segmenter, or an exported file
-    (`dense.deploy.DenseFile`, run in its runtime at its fixed input size)."""
+    (`dense.files.DenseFile`, run in its runtime at its fixed input size)."""
     exported = isinstance(model, DenseFile)
     if not exported:
         model.eval()
@@ -270,18 +271,13 @@ def load_dense_checkpoint(path: str | Path, kind: str) -> nn.Module:
     with `.meta` (arch, variant, class names, sizes)."""
     state = load_training_state(path, f"edgevit {kind} train", ("model", "meta"))
     meta = state["meta"]
-    archs = DETECT_ARCHS if kind == "detect" else SEGMENT_ARCHS
+    archs = registry.names(kind)
     if meta.get("arch") not in archs:
         other = "segment" if kind == "detect" else "detect"
         raise UserError(f"{path}: a {meta.get('arch')} checkpoint; `edgevit {kind}` takes {', '.join(archs)} "
                         f"(`edgevit {other}` the others)", option="checkpoint")
-    if kind == "detect":
-        model = create_detector(meta["arch"], int(meta["num_classes"]), meta["variant"],
-                                min_size=int(meta["min_size"]), max_size=int(meta["max_size"]), drop_path_rate=0.0,
-                                fpn_channels=int(meta.get("fpn_channels", 256)))
-    else:
-        model = create_segmenter(int(meta["num_classes"]), meta["variant"], drop_path_rate=0.0,
-                                 fpn_channels=int(meta.get("fpn_channels", 256)), arch=meta["arch"])
+    options = {k: int(meta[k]) for k in ("min_size", "max_size", "fpn_channels") if k in meta}
+    model = create_dense(meta["arch"], int(meta["num_classes"]), meta["variant"], drop_path_rate=0.0, **options)
     model.load_state_dict(state["model"])
     model.meta = meta
     return model.eval()

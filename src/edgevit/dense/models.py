@@ -35,10 +35,8 @@ from torchvision.ops.feature_pyramid_network import (
 
 from ..errors import UserError
 from ..models import VARIANTS, load_checkpoint
+from . import registry
 
-DETECT_ARCHS = ("retinanet", "maskrcnn", "ssdlite")
-SEGMENT_ARCHS = ("semfpn", "lraspp")
-ARCHS = DETECT_ARCHS + SEGMENT_ARCHS
 SSDLITE_SIZE = 320  # torchvision's ssdlite320 input: every image is resized to 320x320
 FPN_CHANNELS = 256
 SEM_CHANNELS = 128
@@ -111,7 +109,7 @@ class SSDLiteFeatures(nn.Module):
         return OrderedDict((str(i), v) for i, v in enumerate(out))
 
 
-def _ssdlite(body: nn.Module, num_classes: int, **kwargs) -> nn.Module:
+def build_ssdlite(body: nn.Module, num_classes: int) -> nn.Module:
     """torchvision's ``ssdlite320_mobilenet_v3_large`` construction with an EdgeViT body: its norm layer,
     anchors, thresholds and head; the images normalised with the ImageNet mean/std the EdgeViT was trained
     with (torchvision's MobileNet uses [-1, 1])."""
@@ -128,45 +126,79 @@ def _ssdlite(body: nn.Module, num_classes: int, **kwargs) -> nn.Module:
     cfg = body.pretrained_cfg
     defaults = {"score_thresh": 0.001, "nms_thresh": 0.55, "detections_per_img": 300, "topk_candidates": 300,
                 "image_mean": list(cfg["mean"]), "image_std": list(cfg["std"])}
-    return SSD(features, anchors, (SSDLITE_SIZE, SSDLITE_SIZE), num_classes + 1, head=head, **{**defaults, **kwargs})
+    return SSD(features, anchors, (SSDLITE_SIZE, SSDLITE_SIZE), num_classes + 1, head=head, **defaults)
+
+
+def create_dense(arch: str, num_classes: int, variant: str = "edgevit_xxs", checkpoint: Optional[str] = None,
+                 drop_path_rate: float = 0.1, task: Optional[str] = None, **options) -> nn.Module:
+    """The `arch` model (`dense.registry`) with `num_classes` classes on an EdgeViT `variant` (initialised from an
+    ImageNet `checkpoint`, if given); `options`: the builder's own (min_size, max_size, fpn_channels: those it
+    does not take do not apply to it). The model carries `arch`, `num_classes`, `variant`, `label_offset` (add it to
+    0-based dataset labels) and, for detectors, `fpn_channels`."""
+    entry = registry.get(arch, task)
+    if not entry.edgevit:  # a baseline with its own backbone (random weights)
+        model = entry.build_fn()(num_classes)
+        model.arch, model.label_offset = arch, entry.label_offset
+        return model
+    body = create_backbone(variant, checkpoint, drop_path_rate=drop_path_rate)
+    model = entry.build_fn()(body, num_classes, **{k: v for k, v in options.items() if k in entry.options})
+    model.arch, model.num_classes, model.variant, model.label_offset = arch, num_classes, variant, entry.label_offset
+    if entry.task == "detect":
+        model.transform.size_divisible = 32  # EdgeViT needs multiples of 32 (torchvision's default already)
+        model.fpn_channels = options.get("fpn_channels", FPN_CHANNELS)
+    return model
 
 
 def create_detector(arch: str, num_classes: int, variant: str = "edgevit_xxs", checkpoint: Optional[str] = None,
                     min_size: int = 800, max_size: int = 1333, drop_path_rate: float = 0.1,
-                    fpn_channels: int = FPN_CHANNELS, **kwargs) -> nn.Module:
-    """torchvision RetinaNet (``num_classes`` foreground classes, sigmoid focal loss, labels 0..K-1),
-    Mask R-CNN (``num_classes + 1`` outputs incl. background, labels 1..K) on EdgeViT + FPN, or SSDLite
-    (``num_classes + 1``, labels 1..K, 320x320: `min_size`/`max_size`/`fpn_channels` do not apply).
+                    fpn_channels: int = FPN_CHANNELS) -> nn.Module:
+    """A detector of `dense.registry` (torchvision's RetinaNet with `num_classes` foreground classes and labels
+    0..K-1; Mask R-CNN and SSDLite with `num_classes + 1` outputs, labels 1..K)."""
+    return create_dense(arch, num_classes, variant, checkpoint, drop_path_rate, "detect", min_size=min_size,
+                        max_size=max_size, fpn_channels=fpn_channels)
 
-    The model gets ``label_offset`` (0 / 1): dataset labels are 0-based, add the offset for the model.
-    ``fpn_channels`` (paper: 256) is a knob for quick CPU runs: the 256-wide heads dominate the cost."""
-    from torchvision.models.detection import MaskRCNN, RetinaNet
+
+def create_segmenter(num_classes: int, variant: str = "edgevit_xxs", checkpoint: Optional[str] = None,
+                     drop_path_rate: float = 0.1, fpn_channels: int = FPN_CHANNELS, arch: str = "semfpn"
+                     ) -> nn.Module:
+    """A segmenter of `dense.registry`: logits at the input size."""
+    return create_dense(arch, num_classes, variant, checkpoint, drop_path_rate, "segment", fpn_channels=fpn_channels)
+
+
+# ---- the builders the registry names: (EdgeViT body, classes, the options each takes) -> model ----------------
+def build_retinanet(body: nn.Module, num_classes: int, min_size: int = 800, max_size: int = 1333,
+                    fpn_channels: int = FPN_CHANNELS) -> nn.Module:
+    """torchvision's RetinaNet (sigmoid focal loss) on EdgeViT + FPN P3-P7. ``fpn_channels`` (paper: 256) is a
+    knob for quick CPU runs: the 256-wide heads dominate the cost."""
+    from torchvision.models.detection import RetinaNet
+
+    return RetinaNet(retinanet_backbone(body, fpn_channels), num_classes=num_classes, min_size=min_size,
+                     max_size=max_size)
+
+
+def build_maskrcnn(body: nn.Module, num_classes: int, min_size: int = 800, max_size: int = 1333,
+                   fpn_channels: int = FPN_CHANNELS) -> nn.Module:
+    """torchvision's Mask R-CNN on EdgeViT + FPN P2-P6; its default mask head (4 conv 256 + deconv 256) written
+    out so that its width follows the FPN's: identical at 256; at quick-run widths it stops being the dominant CPU
+    cost (torchvision then wants both predictors given and num_classes=None)."""
+    from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
-    body = create_backbone(variant, checkpoint, drop_path_rate=drop_path_rate)
-    if arch == "retinanet":
-        model = RetinaNet(retinanet_backbone(body, fpn_channels), num_classes=num_classes, min_size=min_size,
-                          max_size=max_size, **kwargs)
-        model.label_offset = 0
-    elif arch == "maskrcnn":
-        # torchvision's default mask head (4 conv 256 + deconv 256) written out so that its width follows
-        # the FPN's: identical at 256; at quick-run widths it stops being the dominant CPU cost
-        # (torchvision then wants both predictors given and num_classes=None)
-        kwargs.setdefault("mask_head", MaskRCNNHeads(fpn_channels, (fpn_channels,) * 4, 1))
-        kwargs.setdefault("mask_predictor", MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1))
-        kwargs.setdefault("box_predictor", FastRCNNPredictor(1024, num_classes + 1))  # TwoMLPHead's 1024
-        model = MaskRCNN(maskrcnn_backbone(body, fpn_channels), num_classes=None, min_size=min_size,
-                         max_size=max_size, **kwargs)
-        model.label_offset = 1
-    elif arch == "ssdlite":
-        model = _ssdlite(body, num_classes, **kwargs)
-        model.label_offset = 1
-    else:
-        raise UserError(f"{arch!r}: expected one of {', '.join(DETECT_ARCHS)}", option="arch")
-    model.transform.size_divisible = 32  # EdgeViT needs multiples of 32 (torchvision's default already)
-    model.arch, model.num_classes, model.variant, model.fpn_channels = arch, num_classes, variant, fpn_channels
-    return model
+    return MaskRCNN(maskrcnn_backbone(body, fpn_channels), num_classes=None, min_size=min_size, max_size=max_size,
+                    mask_head=MaskRCNNHeads(fpn_channels, (fpn_channels,) * 4, 1),
+                    mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1),
+                    box_predictor=FastRCNNPredictor(1024, num_classes + 1))  # TwoMLPHead's 1024
+
+
+def build_semfpn(body: nn.Module, num_classes: int, fpn_channels: int = FPN_CHANNELS) -> nn.Module:
+    """Semantic FPN, the semantic head half the FPN width (paper: 256 / 128)."""
+    return SemanticFPN(body, num_classes, fpn_channels, fpn_channels // 2)
+
+
+def build_lraspp(body: nn.Module, num_classes: int) -> nn.Module:
+    """LR-ASPP with torchvision's 128-channel head."""
+    return LRASPPSegmenter(body, num_classes)
 
 
 class SemanticFPNHead(nn.Module):
@@ -238,19 +270,3 @@ class _LowHigh(nn.Module):
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         low, high = self.body.forward_intermediates(x, indices=[1, 3], intermediates_only=True)
         return {"low": low, "high": high}
-
-
-def create_segmenter(num_classes: int, variant: str = "edgevit_xxs", checkpoint: Optional[str] = None,
-                     drop_path_rate: float = 0.1, fpn_channels: int = FPN_CHANNELS, arch: str = "semfpn"
-                     ) -> nn.Module:
-    """Semantic FPN (the semantic head half the FPN width; paper: 256 / 128) or LR-ASPP (torchvision's
-    128-channel head; `fpn_channels` does not apply)."""
-    body = create_backbone(variant, checkpoint, drop_path_rate=drop_path_rate)
-    if arch == "semfpn":
-        model = SemanticFPN(body, num_classes, fpn_channels, fpn_channels // 2)
-    elif arch == "lraspp":
-        model = LRASPPSegmenter(body, num_classes)
-    else:
-        raise UserError(f"{arch!r}: expected one of {', '.join(SEGMENT_ARCHS)}", option="arch")
-    model.arch, model.variant = arch, variant
-    return model

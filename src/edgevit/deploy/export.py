@@ -7,11 +7,13 @@ them and checks the result.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -22,10 +24,14 @@ from ..utils.images import size_hw
 from ..utils.io import atomic_path
 from ..utils.quiet import filter_native_stderr
 from . import runtimes
-from .runtimes import Runtime, first_output
-from .runtimes.base import FLOAT_RULE
+from .runtimes import Runtime
+from .runtimes.base import FLOAT_RULE, Rule
 
 TOLERANCE = FLOAT_RULE.max_abs_diff  # an fp32 file's largest |diff| from PyTorch
+# (PyTorch's outputs, the file's outputs, per check image; the precision's rule; trained weights) ->
+# (measures, what the file misses of the rule)
+Compare = Callable[[Sequence[Sequence[torch.Tensor]], Sequence[Sequence[np.ndarray]], Rule, bool],
+                   Tuple[Dict[str, object], List[str]]]
 
 
 class FileRejected(UserError):
@@ -64,7 +70,9 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
                  img_size: Optional[int | Tuple[int, int]] = None,
                  threads: int = 2, check_x: Optional[torch.Tensor] = None, precision: str = "fp32",
                  images: Optional[torch.Tensor] = None, calibrated: str = "images", checked_on: str = "",
-                 prepared: Optional[torch.fx.GraphModule] = None, trained: bool = False) -> Dict[str, object]:
+                 prepared: Optional[torch.fx.GraphModule] = None, trained: bool = False,
+                 compare: Optional[Compare] = None, traced: bool = False,
+                 sidecar: Optional[Mapping[str, object]] = None) -> Dict[str, object]:
     """The one checked writer: every file the package makes (`edgevit export`, bench, the matrix, the benchmark
     scripts) is written here. `model` (eval, fused or not) is written to `output` in `fmt` as a `precision` file
     through its runtime's writer (`Runtime.writers`), run in that runtime on the check images, measured against
@@ -79,7 +87,11 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
     graph, converted as it is to the int8 it was trained as and measured against itself. `trained`: the weights
     are trained, so the rule's top-1 agreement floor applies (random weights give near-tied logits). `fmt`: an
     export format, or a runtime record (a variant of one, e.g. with writers of its own that a benchmark compares).
-    Returns the report: the writer's, plus the bytes written and the measures."""
+    A model with several outputs (a detector, a segmenter's class map) gives `compare(reference, got, rule)`:
+    per check image, PyTorch's outputs and the file's -> (measures, what the file misses); the default measures a
+    classifier's logits (`classify_measures`). `traced`: written by the runtime's tracing writer
+    (`Runtime.write_traced`: graphs torch.export cannot capture). `sidecar`: written as FILE.json beside the file,
+    committed last. Returns the report: the writer's, plus the bytes written and the measures."""
     rt = fmt if isinstance(fmt, Runtime) else runtimes.by_format(fmt)
     fmt = rt.format
     writer = rt.writer(precision)
@@ -104,8 +116,9 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
                                                                                                      seed=1))
         checked_on = checked_on or ("the calibration images" if writer.calibrated else
                                     "the seeded input" if precision == "fp32" else "8 random inputs")
+    compare = compare or classify_measures
     with torch.no_grad():
-        reference = run_batch(prepared if prepared is not None else model, check_x)
+        reference = [_as_list(prepared(c) if prepared is not None else model(c)) for c in check_x.split(1)]
     report: Dict[str, object] = {
         "format": fmt, "runtime": rt.name, "output": str(output), "precision": precision, "how": writer.how,
         "img_size": list(x.shape[-2:]), "checked_against": "the float model" if prepared is None else
@@ -113,19 +126,51 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
         "check_images": len(check_x), "rule": writer.rule.describe()}
     if writer.calibrated:
         report.update(calibration=calibrated, calibration_images=len(images))
-    with atomic_path(output, rt.companions) as tmp:
+    if traced and (rt.write_traced is None or precision != "fp32"):
+        raise UserError(f"this model exports only by tracing, which {rt.name} does not write"
+                        + ("" if rt.write_traced is None else f" as {precision} (fp32 only)"), option="format")
+    side = sidecar_path(output) if sidecar is not None else None
+    with (atomic_path(side) if side else contextlib.nullcontext()) as tmp_side, \
+            atomic_path(output, rt.companions) as tmp:  # (the model file is renamed into place first)
         if prepared is not None:
             report.update(rt.save_qat(prepared, x, tmp))
+        elif traced:
+            report.update(rt.write_traced(model, x, tmp))
         else:
             report.update(rt.write(precision, model, x, tmp, images))
-        got = run_batch(first_output(rt.load(tmp, threads)), check_x)
-        report.update(agreement(reference, got), max_abs_diff=(got - reference).abs().max().item())
-        missed = writer.rule.failures(report, trained=trained)
+        run = rt.load(tmp, threads)
+        got = [run(c.numpy()) for c in check_x.split(1)]
+        measures, missed = compare(reference, got, writer.rule, trained)
+        report.update(measures)
         if missed:
             raise FileRejected(f"{rt.name} {precision} file {output} fails its rule ({'; '.join(missed)}) against "
                                f"{report['checked_against']} in PyTorch on {report['checked_on']}: not written")
         report["bytes"] = rt.size(tmp)
+        if side:
+            tmp_side.write_text(json.dumps(dict(sidecar), indent=2) + "\n")
+            report["sidecar"] = str(side)
     return report
+
+
+def classify_measures(reference: Sequence[Sequence[torch.Tensor]], got: Sequence[Sequence[np.ndarray]], rule: Rule,
+                      trained: bool = False) -> Tuple[Dict[str, float], List[str]]:
+    """A classifier's (or a segmenter's) first output, the logits, over every check image: top-1 agreement (per
+    pixel for a segmenter's [N, C, H, W]), logits SQNR and max |diff| from PyTorch; and what `rule` misses."""
+    want = torch.cat([r[0].float() for r in reference])
+    have = torch.cat([torch.from_numpy(np.ascontiguousarray(g[0])).float() for g in got])
+    if have.shape != want.shape:
+        return {}, [f"output of shape {list(have.shape)} where PyTorch's is {list(want.shape)}"]
+    measures = {**agreement(want, have), "max_abs_diff": (have - want).abs().max().item()}
+    return measures, rule.failures(measures, trained=trained)
+
+
+def _as_list(out) -> List[torch.Tensor]:
+    return [out] if torch.is_tensor(out) else list(out)
+
+
+def sidecar_path(path: os.PathLike | str) -> Path:
+    """The JSON written beside an exported file (FILE.json) that says what it is and how to read it."""
+    return Path(str(path) + ".json")
 
 
 # ---- an exported file, opened for inference ---------------------------------------------------------

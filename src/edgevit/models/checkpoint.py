@@ -24,9 +24,6 @@ from .reading import (
     weights_metadata,
 )
 
-# edgevit.dense.models.SEGMENT_ARCHS (the models layer cannot import dense; a test holds them equal)
-SEGMENT_ARCHS = ("semfpn", "lraspp")
-
 
 def load_weights(path: PathLike, ema: bool = False) -> Dict[str, torch.Tensor]:
     """The weights of a checkpoint file, through timm's `load_state_dict` (safetensors or weights-only torch.load;
@@ -64,10 +61,9 @@ def checkpoint_weights(path: str | Path, ema: bool = False) -> Dict[str, Any]:
             raise UserError(f"checkpoint {path} holds one set of weights (a run's EMA weights are its "
                             "model_ema.safetensors)", option="ema")
     arch = raw["meta"].get("arch") if isinstance(raw.get("meta"), dict) else None
-    if arch:  # a detection / segmentation run's checkpoint
-        task = "segment" if arch in SEGMENT_ARCHS else "detect"
-        raise CheckpointError(f"checkpoint {path}: a {arch} checkpoint of `edgevit {task} train`, not a "
-                              "classification model")
+    if arch:  # a detection / segmentation run's checkpoint (`edgevit.dense.registry` knows its task)
+        raise CheckpointError(f"checkpoint {path}: a {arch} checkpoint of `edgevit detect|segment train` (a dense "
+                              "model), not a classification model")
     config, classes = run_record(raw)
     if config and config.get("qat"):
         raise CheckpointError(f"checkpoint {path}: a quantization-aware training checkpoint; its weights run only "

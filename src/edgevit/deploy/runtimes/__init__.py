@@ -15,7 +15,7 @@ from . import eager, executorch, litert, mnn, ncnn, onnxruntime, openvino, torch
 from .base import ConversionError, Package, Rule, Runtime, Writer, first_output
 
 __all__ = ["Runtime", "Package", "Writer", "Rule", "ConversionError", "RUNTIMES", "get", "by_format", "for_file",
-           "names", "formats", "int8_formats", "int8_names", "first_output", "calibrated", "reduced_precisions",
+           "names", "formats", "all_precisions", "first_output", "calibrated", "reduced_precisions",
            "precision_help"]
 
 RUNTIMES: Dict[str, Runtime] = {}
@@ -46,15 +46,6 @@ def formats() -> Tuple[str, ...]:
     return tuple(r.format for r in RUNTIMES.values() if r.format)
 
 
-def int8_formats() -> Tuple[str, ...]:
-    return tuple(r.format for r in RUNTIMES.values() if "int8" in r.writers)
-
-
-def int8_names() -> Tuple[str, ...]:
-    """The runtimes with an int8 flow."""
-    return tuple(r.name for r in RUNTIMES.values() if "int8" in r.writers)
-
-
 def calibrated(precision: str) -> bool:
     """Whether files of `precision` are calibrated on images (its writers say so)."""
     return any(r.writers[precision].calibrated for r in RUNTIMES.values() if precision in r.writers)
@@ -64,6 +55,11 @@ def reduced_precisions() -> Tuple[str, ...]:
     """Every precision some runtime writes besides fp32: the calibrated ones first, in the records' order."""
     found = dict.fromkeys(p for r in RUNTIMES.values() for p in r.precisions if p != "fp32")
     return tuple(sorted(found, key=lambda p: not calibrated(p)))  # (stable: the records' order within each)
+
+
+def all_precisions() -> Tuple[str, ...]:
+    """Every precision some runtime writes, fp32 first (read from the records each time)."""
+    return ("fp32", *reduced_precisions())
 
 
 def precision_help() -> str:

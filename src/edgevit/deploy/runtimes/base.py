@@ -144,6 +144,14 @@ class Runtime:
     # a file this runtime cannot load: what it is instead, if that can be told (e.g. a checkpoint given as an
     # exported file), else None
     misread: Callable[[Path], Optional[str]] = lambda path: None
+    # what it does with a dense model (`edgevit.dense.registry`): `detections_in_graph`, a one-stage detector's
+    # file holds its decoding and NMS (outputs of data-dependent length) instead of ending at the head;
+    # `write_traced(model, x, path)`, a graph that torch.export cannot capture (a two-stage detector's RPN and RoI
+    # heads: NMS and RoIAlign over data-dependent counts) written by tracing; `constant_outputs`, the converter
+    # keeps an output that is a constant (a raw detector's anchors)
+    detections_in_graph: bool = False
+    write_traced: Optional[Callable[[nn.Module, torch.Tensor, Path], Dict[str, object]]] = None
+    constant_outputs: bool = True
 
     @property
     def suffix(self) -> str:

@@ -281,9 +281,25 @@ def save_onnx_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.
     return {"onnx_quantization": {k: cfg[k] for k in ORT_INT8}}
 
 
+def save_onnx_traced(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
+    """A graph through torch's TorchScript-based exporter, the path torchvision tests its two-stage detectors on:
+    torch.export (the dynamo exporter) stops at torchvision's `batched_nms` (a branch on the number of boxes,
+    unknown when tracing) inside the RPN and RoIHeads."""
+    import warnings
+
+    # the exporter's warnings (constant folding, traced size arithmetic) are about torchvision's code, not the
+    # user's; the file is checked in ONNX Runtime next
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (x,), str(path), dynamo=False, opset_version=17)
+    model.eval()  # (the exporter leaves the module in the mode it traced; restated)
+    strip_onnx(path)
+    return {"exporter": "torchscript"}
+
+
 RUNTIME = Runtime(
     name="onnxruntime", title="ONNX (checked with onnxruntime)", format="onnx", suffixes=(".onnx",),
     packages=(PACKAGE,), export_packages=EXPORTER,
     forms=Forms(qkv="merged", ln="native", sample="pool"),
     writers={"fp32": fp32(save_onnx), "int8": int8(save_onnx_int8, "ONNX Runtime static QDQ")},
-    load=load, input_size=input_size, profile=profile)
+    load=load, input_size=input_size, profile=profile, detections_in_graph=True, write_traced=save_onnx_traced)
