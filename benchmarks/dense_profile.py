@@ -22,7 +22,7 @@ from edgevit.dense import registry
 from edgevit.dense.graphs import DetectorHead, deploy_graph
 from edgevit.deploy import runtimes
 from edgevit.deploy.export import seeded_input
-from edgevit.utils.io import write_text_atomic
+from edgevit.utils.writes import write_text_atomic
 
 
 def main() -> int:

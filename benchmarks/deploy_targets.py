@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from edgevit.bench.bench import meta, time_runners
 from edgevit.bench.runners import build_runner
-from edgevit.utils.io import write_json_atomic
+from edgevit.utils.writes import write_json_atomic
 
 TARGETS = {"executorch": (1.5, 1.6), "onnxruntime": (1.15, 1.8)}  # (min speed-up, max x MobileNetV2)
 BASELINE = "mobilenetv2_100"

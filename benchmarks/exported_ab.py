@@ -22,7 +22,7 @@ from tqdm import tqdm
 from edgevit.bench.bench import cpu_name, median_ci, time_runners
 from edgevit.deploy import load_exported, runtimes
 from edgevit.errors import UserError
-from edgevit.utils.io import write_text_atomic
+from edgevit.utils.writes import write_text_atomic
 
 
 def pairs(before: Path, after: Path):

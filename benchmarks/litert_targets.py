@@ -28,7 +28,7 @@ from edgevit.deploy.export import export_model, load_exported
 from edgevit.deploy.runtimes import first_output
 from edgevit.models.checkpoint import create_model
 from edgevit.models.fused import FORM_CHOICES
-from edgevit.utils.io import write_text_atomic
+from edgevit.utils.writes import write_text_atomic
 
 
 def form_runners(threads: int, tmp: Path) -> dict:

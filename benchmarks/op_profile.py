@@ -26,7 +26,7 @@ import sys
 from edgevit.bench.profile import PROFILED_RUNTIMES, profile
 from edgevit.deploy.runtimes import reduced_precisions
 from edgevit.errors import UserError
-from edgevit.utils.io import write_text_atomic
+from edgevit.utils.writes import write_text_atomic
 
 
 def main() -> int:

@@ -44,7 +44,7 @@ from edgevit.deploy.runtimes.base import int8
 from edgevit.deploy.runtimes.executorch import quantize_pt2e, save_pte_int8
 from edgevit.deploy.runtimes.onnxruntime import save_onnx_int8
 from edgevit.errors import UserError
-from edgevit.utils.io import write_text_atomic
+from edgevit.utils.writes import write_text_atomic
 
 MODEL = "edgevit_xxs"
 MIN_RATIO = 0.9  # XXS's speed-up / MobileNetV2's speed-up, each over its own fp32 file

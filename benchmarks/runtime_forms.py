@@ -29,7 +29,7 @@ from edgevit.bench.bench import meta, time_runners
 from edgevit.deploy import Forms, fuse, runtimes
 from edgevit.deploy.export import export_model, load_exported, seeded_input
 from edgevit.errors import UserError
-from edgevit.utils.io import print_json
+from edgevit.utils.writes import print_json
 
 
 def candidates() -> dict:
@@ -102,7 +102,7 @@ def main() -> int:
     for name, why in notes.items():
         print(f"{name}: not timed: {why}")
     if args.json:
-        from edgevit.utils.io import write_json_atomic
+        from edgevit.utils.writes import write_json_atomic
         write_json_atomic(args.json, doc)
     return 0
 

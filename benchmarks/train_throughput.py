@@ -36,7 +36,7 @@ from edgevit.bench.bench import time_runners
 from edgevit.models.complexity import count_gmacs
 from edgevit.train.data import train_transform
 from edgevit.train.recipe import RECIPE
-from edgevit.utils.io import write_text_atomic
+from edgevit.utils.writes import write_text_atomic
 
 MODELS = ["edgevit_xxs", "edgevit_xs", "edgevit_s", "mobilenetv2_100", "pvt_v2_b0", "deit_tiny_patch16_224"]
 DTYPES = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from edgevit.deploy.runtimes.executorch import profile as executorch_op_times
 from edgevit.deploy.runtimes.executorch import save_pte
-from edgevit.utils.io import write_text_atomic
+from edgevit.utils.writes import write_text_atomic
 
 
 class OneByOnes(nn.Module):

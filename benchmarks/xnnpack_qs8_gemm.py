@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from edgevit.deploy.runtimes.executorch import profile as executorch_op_times
 from edgevit.deploy.runtimes.executorch import quantize_pt2e, save_pte, save_pte_int8
-from edgevit.utils.io import write_text_atomic
+from edgevit.utils.writes import write_text_atomic
 
 # (model, spatial size, input channels, output channels) of typical 1x1 convs at 224 x 224
 SHAPES = [("edgevit_xxs", 56, 36, 144), ("edgevit_xxs", 56, 144, 36), ("edgevit_xxs", 28, 72, 288),

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .errors import DataError
-from .utils.io import read_json
+from .utils.inputs import read_json
 
 __all__ = ["FORMAT", "TABLES", "default_path", "load_paper", "rows", "by_timm_name", "table1", "published_top1"]
 

@@ -93,7 +93,7 @@ def other_writer(tmp_path):
     procs = []
 
     def hold(path: Path) -> int:
-        code = ("import sys; from edgevit.utils.io import lock_output; lock_output(sys.argv[1], 'out'); "
+        code = ("import sys; from edgevit.utils.locks import lock_output; lock_output(sys.argv[1], 'out'); "
                 "print('ready', flush=True); sys.stdin.read()")
         p = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True)
@@ -454,7 +454,7 @@ def test_a_calibration_cut_short_is_said(tmp_path):
 
 
 def test_a_pretrained_checkpoint_of_other_model_options_says_which(tmp_path, capsys):
-    from edgevit.train.loop import load_pretrained
+    from edgevit.train.build import load_pretrained
 
     kw = {"embed_dims": [16, 16, 16, 16], "depths": [1, 1, 1, 1], "head_dim": 16}
     ck = tmp_path / "best.pth"

@@ -116,11 +116,11 @@ def test_a_distilled_run_resumes_exactly_and_refuses_another_teacher(tiny, teach
         "config"]["teacher_sha256"]
     # the run's teacher checkpoint moved away: one line saying which file and what to give
     from edgevit.errors import UserError
-    from edgevit.train.loop import _distiller
+    from edgevit.train.build import build_distiller
 
     moved = {**state["config"], "teacher_checkpoint": str(tmp_path / "gone.pth")}
     with pytest.raises(UserError, match="no longer there: give its new place") as e:
-        _distiller(moved, 3, torch.device("cpu"), False, {"config": moved}, tmp_path / "resumed" / "last.pth")
+        build_distiller(moved, 3, torch.device("cpu"), False, {"config": moved}, tmp_path / "resumed" / "last.pth")
     assert e.value.option == "teacher_checkpoint"
     # the distilled checkpoint evaluates (its two heads averaged) to the top-1 it recorded, and exports one output
     assert cli(["eval", "--data", str(data / "val"), "--checkpoint", str(tmp_path / "straight" / "last.pth"),

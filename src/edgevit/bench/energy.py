@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import UserError
-from ..utils.io import read_json
+from ..utils.inputs import read_json
 
 POWERCAP_ROOT = "/sys/class/powercap"
 ENERGY_FORMAT = "edgevit-energy/1"

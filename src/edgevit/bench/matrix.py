@@ -202,7 +202,7 @@ def plot_matrix(doc: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..utils.io import atomic_path
+    from ..utils.writes import atomic_path
 
     rows = doc["results"]
     cells = list(dict.fromkeys((r["runtime"], r["precision"]) for r in rows))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from ..utils.io import atomic_path
+from ..utils.writes import atomic_path
 from .pareto import pareto_front
 
 __all__ = ["plot_tradeoff", "place_labels", "text_extent"]

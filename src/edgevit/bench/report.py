@@ -15,7 +15,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..errors import UserError
 from ..paper import load_paper, published_top1
-from ..utils.io import read_json, write_json_atomic, write_text_atomic
+from ..utils.inputs import read_json
+from ..utils.writes import write_json_atomic, write_text_atomic
 from .energy import load_energy_json
 from .paper import RUNTIME_NOTE, TRADEOFFS, claims, compare_latency, efficiency_rows, paper_pareto, tradeoff_rows
 from .pareto import add_efficiency, pareto_front, pareto_membership
@@ -278,7 +279,7 @@ def make_report(out_dir: os.PathLike | str, bench: Sequence[str] = (), energy: S
     paper: True for the shipped paper data (`edgevit.paper`), a path for another file of its format, False for
     none. paper_figures: the paper's Fig. 1 / Fig. 5 and efficiency plot redrawn from its tables, with its
     Pareto sets and claims checked. vs_paper: the bench latencies beside the paper's phone (Table 2).
-    publish_as: where `out_dir` will be moved once written (`edgevit.utils.io.replace_dir`)."""
+    publish_as: where `out_dir` will be moved once written (`edgevit.utils.writes.replace_dir`)."""
     out = Path(out_dir)
     shown = Path(publish_as) if publish_as is not None else out
     bench_data = [load_bench_json(f) for f in bench]

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..errors import DataError, UserError
-from ..utils.io import require_file
+from ..utils.inputs import require_file
 from .energy import EnergyResult, _mean_std
 
 _SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "W": 1.0, "mW": 1e-3, "uW": 1e-6, "A": 1.0, "mA": 1e-3,

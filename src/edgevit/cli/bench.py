@@ -127,7 +127,7 @@ def run_matrix_command(args: argparse.Namespace) -> int:
     from ..bench.bench import to_csv
     from ..bench.matrix import MATRIX_MODELS, ROW_KEYS, format_matrix, plot_matrix, run_matrix
     from ..deploy.quantize import RANDOM, calibration_files
-    from ..utils.io import require_file
+    from ..utils.inputs import require_file
 
     explicit = getattr(args, "_explicit", ())
     for flag, dest in (("--ablations", "ablations"), ("--edgevit-form", "edgevit_form")):

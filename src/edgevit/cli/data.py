@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 def run_digits(args: argparse.Namespace) -> int:
     from ..train.digits import export_digits
-    from ..utils.io import print_json, replace_dir
+    from ..utils.writes import print_json, replace_dir
 
     if args.format != "wds":
         for flag, value in (("--shards", args.shards), ("--val-shards", args.val_shards)):

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from ..models import VARIANTS
-from ..utils.io import print_json, require_dir
+from ..utils.inputs import require_dir
+from ..utils.writes import print_json
 from .args import add_json_arg, add_overwrite_arg, add_progress_arg
 from .config import apply_config
 from .outputs import check_output_dir, check_output_file, emit_results

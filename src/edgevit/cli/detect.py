@@ -13,8 +13,8 @@ from typing import List
 
 from ..dense import registry
 from ..errors import ConfigError
-from ..utils.io import print_json
 from ..utils.options import nonneg_int, positive_int, probability
+from ..utils.writes import print_json
 from .args import add_json_arg, add_progress_arg, show_progress
 from .dense_args import (
     add_bench_parser,

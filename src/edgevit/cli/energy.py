@@ -97,12 +97,12 @@ def run(args) -> int:
                                  label=runner.label, img_size=runner.img_size)
     doc = result.to_json()
     if args.output:
-        from ..utils.io import write_json_atomic
+        from ..utils.writes import write_json_atomic
         write_json_atomic(args.output, doc)
     for w in result.warnings:
         print(f"edgevit energy: warning: {w}", file=sys.stderr)
     if args.json:
-        from ..utils.io import print_json
+        from ..utils.writes import print_json
         print_json(doc)
     else:
         what = result.label or result.model or args.trace

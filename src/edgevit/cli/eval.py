@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.data import SampleError, sample_error_message
     from ..train.distributed import cleanup_distributed, init_distributed
     from ..train.evaluate import evaluate_checkpoint
-    from ..utils.io import print_json
+    from ..utils.writes import print_json
 
     if args.exported:
         return run_exported(args)
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 def run_exported(args: argparse.Namespace) -> int:
     from ..train.data import SampleError, sample_error_message
     from ..train.evaluate import evaluate_exported
-    from ..utils.io import print_json
+    from ..utils.writes import print_json
 
     for flag, value in (("--ema", args.ema), ("--model-kwargs", args.model_kwargs)):
         if value:

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import VARIANTS
     from ..models.checkpoint import model_from_checkpoint, read_state_dict
     from ..utils.images import warn_if_not_trained_size
-    from ..utils.io import print_json
+    from ..utils.writes import print_json
 
     check_quantize_args(args, args.format)
     check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=[args.checkpoint, args.calib])

@@ -8,8 +8,8 @@ import timm
 from ..models import MODEL_ARGS, VARIANTS
 from ..models.complexity import count_gmacs, count_params
 from ..paper import table1
-from ..utils.io import print_json
 from ..utils.options import image_size
+from ..utils.writes import print_json
 
 PAPER_LOCAL_KERNEL = 3  # the paper's text: 3x3 depthwise local aggregation; the release uses 5x5
 # Measured from the authors' released code (saic-fi/edgevit df3d070) with fvcore at 224x224.

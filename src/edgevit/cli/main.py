@@ -20,7 +20,7 @@ from typing import List, Optional
 from .. import __version__
 from ..errors import UserError
 from ..train.guard import NonFiniteLossError
-from ..utils.io import release_outputs
+from ..utils.locks import release_outputs
 
 # A file the operating system refused (missing, a directory, no permission, read-only place): the
 # error carries the file name, so it is printed as one line too.

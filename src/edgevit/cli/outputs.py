@@ -2,7 +2,7 @@
 `check_output_dir` before any work starts. An output that exists is refused with a line saying how to continue
 (`--resume`) or replace it (`--overwrite`), an output that cannot be written (a directory where a file is meant, a
 file where a directory is meant, a read-only place, the command's own input) is refused at once, and the files
-themselves are written atomically (`edgevit.utils.io`), so nothing that exists is lost."""
+themselves are written atomically (`edgevit.utils.writes`), so nothing that exists is lost."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ..errors import OutputError
-from ..utils.io import check_name_fits, is_within, lock_output, unmarked_entries
+from ..utils.inputs import is_within
+from ..utils.locks import lock_output
+from ..utils.writes import check_name_fits, unmarked_entries
 
 
 def _writable_dir(path: Path, flag: str, shown: Optional[Path] = None) -> None:
@@ -122,7 +124,7 @@ def _check_replaceable(p: Path, flag: str, inputs) -> None:
 def emit_results(args, doc: dict, table: str, csv_text: Optional[str] = None) -> None:
     """What a command that reports numbers gives: with `--json` and no file, the document on stdout; otherwise
     the table, and the document written to `--json FILE`; the rows to `--csv FILE` (both atomically)."""
-    from ..utils.io import print_json, write_json_atomic, write_text_atomic
+    from ..utils.writes import print_json, write_json_atomic, write_text_atomic
 
     if args.json == "-":
         print_json(doc)

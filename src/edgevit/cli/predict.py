@@ -17,8 +17,9 @@ from ..errors import DataError
 from ..models import VARIANTS
 from ..train.data import eval_transform
 from ..utils.images import read_image, warn_if_not_trained_size
-from ..utils.io import print_json, require_file
+from ..utils.inputs import require_file
 from ..utils.options import crop_pct, image_size, positive_int
+from ..utils.writes import print_json
 from .args import add_json_arg
 
 

@@ -38,7 +38,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..bench.report import make_report
-    from ..utils.io import replace_dir
+    from ..utils.writes import replace_dir
 
     if not (args.bench or args.energy or args.accuracy or args.paper):
         raise ConfigError("nothing to report: give --bench, --energy or --accuracy files, or --paper")
@@ -58,7 +58,7 @@ def run(args) -> int:
     for w in summary["warnings"]:
         print(f"edgevit report: warning: {w}", file=sys.stderr)
     if args.json:
-        from ..utils.io import print_json
+        from ..utils.writes import print_json
         print_json(summary)
         return 0
     print(f"wrote {summary['report']} and {len(summary['plots'])} plot file(s) in {summary['out_dir']}")

@@ -10,8 +10,9 @@ import argparse
 import sys
 
 from ..dense import registry
-from ..utils.io import print_json, require_dir
+from ..utils.inputs import require_dir
 from ..utils.options import image_size, nonneg_int, positive_float, positive_int
+from ..utils.writes import print_json
 from .args import add_json_arg, add_progress_arg, show_progress
 from .dense_args import (
     add_bench_parser,

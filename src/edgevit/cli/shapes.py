@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..utils.io import print_json
+from ..utils.writes import print_json
 from .args import add_json_arg, add_overwrite_arg
 from .outputs import check_output_dir
 
@@ -27,7 +27,7 @@ def add_shapes_parser(sub) -> None:
 
 def run_shapes(args: argparse.Namespace) -> int:
     from ..dense.shapes import generate
-    from ..utils.io import replace_dir
+    from ..utils.writes import replace_dir
 
     check_output_dir(args.output, "output", overwrite=args.overwrite)
     with replace_dir(args.output) as tmp:  # no stale files from an earlier set, no half-written set

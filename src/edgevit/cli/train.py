@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.data import SampleError, sample_error_message
     from ..train.loop import train
     from ..train.recipe import resolve_config
-    from ..utils.io import print_json
+    from ..utils.writes import print_json
 
     as_json = args.json
     from ..train.state import RUN_FILES, recover_run_dir

@@ -23,7 +23,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from ..errors import MissingFileError, UserError
 from ..utils.images import read_image_for
-from ..utils.io import require_file
+from ..utils.inputs import require_file
 
 
 def load_coco(ann_file: str | Path):

@@ -117,7 +117,7 @@ SIDECAR_KEYS = ("task", "arch", "input_size", "resize", "mean", "std", "outputs"
 
 def read_sidecar(path: os.PathLike | str) -> dict:
     """The sidecar of an exported dense file, checked (the file first, then its FILE.json and its keys)."""
-    from ..utils.io import require_file
+    from ..utils.inputs import require_file
 
     require_file(path, "exported file")
     side = sidecar_path(path)

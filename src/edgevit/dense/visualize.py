@@ -10,7 +10,7 @@ from PIL import Image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from ..errors import UserError
-from ..utils.io import atomic_path
+from ..utils.writes import atomic_path
 
 
 def palette(n: int) -> List[tuple]:

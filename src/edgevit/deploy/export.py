@@ -21,8 +21,8 @@ import torch.nn as nn
 
 from ..errors import UserError
 from ..utils.images import size_hw
-from ..utils.io import atomic_path
 from ..utils.quiet import filter_native_stderr
+from ..utils.writes import atomic_path
 from . import runtimes
 from .runtimes import Runtime
 from .runtimes.base import FLOAT_RULE, Rule
@@ -203,7 +203,7 @@ class ExportedModel:
 def load_exported(path: os.PathLike | str, threads: int = 2) -> ExportedModel:
     """An exported file (any runtime's, by its suffix) ready to run. A missing file, an unknown extension, a
     missing runtime package or a file the runtime cannot load: one `UserError` naming it."""
-    from ..utils.io import require_file
+    from ..utils.inputs import require_file
 
     path = require_file(path, "exported file")
     rt = runtimes.for_file(path)

@@ -123,7 +123,7 @@ def save_checkpoint(model: nn.Module, path: PathLike, config: Optional[Dict[str,
     with the preprocessing they were trained with."""
     import json
 
-    from ..utils.io import atomic_path, to_plain
+    from ..utils.writes import atomic_path, to_plain
 
     path = Path(path)
     state_dict = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}

@@ -13,7 +13,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import MissingFileError, UserError
 from ..utils.images import eval_transform, read_image
-from ..utils.io import require_dir
+from ..utils.inputs import require_dir
 
 __all__ = ["SampleError", "UnreadableImageError", "CheckedImageFolder", "check_split_dir", "check_data_root",
            "train_transform", "eval_transform", "sample_error_message"]

@@ -145,7 +145,7 @@ def check_distillation(cfg: Dict[str, Any], given: set, origin: Callable[[str], 
         raise ConfigError(f"{origin('teacher')} {teacher}: choose how to distil from it: {origin('distillation')} "
                           "soft or hard")
     if cfg.get("teacher_checkpoint") and not Path(cfg["teacher_checkpoint"]).is_file():
-        from ..utils.io import require_file
+        from ..utils.inputs import require_file
 
         require_file(cfg["teacher_checkpoint"], origin("teacher_checkpoint"))
     if cfg.get("distill_head"):

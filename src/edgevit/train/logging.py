@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict
 
-from ..utils.io import append_line, to_plain
+from ..utils.writes import append_line, to_plain
 
 __all__ = ["MetricsLogger"]
 

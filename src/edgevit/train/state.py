@@ -16,17 +16,10 @@ import yaml
 
 from ..errors import ConfigError, OutputError
 from ..models.checkpoint import CheckpointError
-from ..utils.io import (
-    atomic_path,
-    check_name_fits,
-    is_within,
-    lock_output,
-    release_output,
-    require_file,
-    to_plain,
-    write_text_atomic,
-)
+from ..utils.inputs import is_within, require_file
+from ..utils.locks import lock_output, release_output
 from ..utils.options import load_config  # noqa: F401  (re-exported: the one YAML reader)
+from ..utils.writes import atomic_path, check_name_fits, to_plain, write_text_atomic
 
 __all__ = ["capture_rng_state", "restore_rng_state", "save_training_state", "load_training_state",
            "CheckpointManager", "set_determinism", "save_config", "load_config", "RUN_FILES", "RunDirectory",

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
-from .io import require_file
+from .inputs import require_file
 
 __all__ = ["read_image", "read_image_for", "decode_image", "as_shown", "shown_rgb8", "ShownRGB8", "to_rgb8",
            "eval_transform", "size_hw", "warn_if_not_trained_size"]

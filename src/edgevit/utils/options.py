@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import yaml
 
 from ..errors import ConfigError
-from .io import require_file
+from .inputs import require_file
 
 __all__ = ["number", "positive_int", "nonneg_int", "positive_float", "nonneg_float", "probability",
            "rate", "crop_fraction", "crop_pct", "thread_count", "open_fraction", "image_size", "choice", "json_object",

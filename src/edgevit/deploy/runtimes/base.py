@@ -135,7 +135,7 @@ class Runtime:
     # instructions, where the runtime would silently run f32
     cpu_lacks: Callable[[str], Optional[str]] = lambda precision: None
     # the other files a written file needs beside it, by name (OpenVINO's weights .bin beside its .xml): written
-    # with it and renamed into place before it (utils.io.atomic_path)
+    # with it and renamed into place before it (utils.writes.atomic_path)
     companions: Optional[Callable[[Path], Tuple[Path, ...]]] = None
     # per-operator times of a written file: (path, x, threads, runs, warmup, desc) -> [{op, kind, median_ms}]
     profile: Optional[Callable[..., List[dict]]] = None

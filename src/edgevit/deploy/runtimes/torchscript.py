@@ -9,7 +9,7 @@ from typing import Dict
 import torch
 import torch.nn as nn
 
-from ...utils.io import require_room
+from ...utils.writes import require_room
 from .base import Runtime, fp32
 
 

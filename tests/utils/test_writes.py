@@ -1,11 +1,13 @@
 """The shared writers: a full disk (injected ENOSPC, and torch.save's wrapped form) is one DiskFullError and
-leaves what existed intact; an appended line is never left half written."""
+leaves what existed intact; an appended line is never left half written; an output's lock (filelock) is taken,
+refused to a second holder with its pid, reused after a kill and removed after use."""
 import errno
 
 import pytest
 
 from edgevit.errors import DiskFullError
-from edgevit.utils import io as eio
+from edgevit.utils import locks
+from edgevit.utils import writes as eio
 
 
 def test_a_full_disk_during_an_atomic_write_keeps_the_old_file(tmp_path):
@@ -47,6 +49,26 @@ def test_an_appended_line_is_whole_or_absent(tmp_path, monkeypatch):
 def test_lock_files_are_reused_after_a_kill_and_removed_after_use(tmp_path):
     out = tmp_path / "o"
     (tmp_path / ".o.lock").write_text("12345\n")  # left by a killed command: nobody holds it
-    eio.lock_output(out, "o")
-    eio.release_outputs()
+    assert locks.lock_output(out, "o") and not locks.lock_output(out, "o")  # (taken once per process)
+    assert (tmp_path / ".o.lock").read_text().strip() == str(__import__("os").getpid())
+    locks.release_outputs()
     assert not (tmp_path / ".o.lock").exists()
+
+
+def test_a_second_process_is_refused_naming_the_holder(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from edgevit.errors import OutputError
+
+    out = tmp_path / "o"
+    locks.lock_output(out, "--output")
+    try:
+        code = ("import sys; from edgevit.utils.locks import lock_output\n"
+                "try:\n    lock_output(sys.argv[1], '--output')\n"
+                "except Exception as e:\n    print(type(e).__name__, e)")
+        got = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True).stdout
+        assert got.startswith(OutputError.__name__) and f"(pid {os.getpid()})" in got, got
+    finally:
+        locks.release_outputs()

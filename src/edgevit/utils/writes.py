@@ -1,10 +1,9 @@
-"""Small file helpers shared by every command: atomic writes, input checks and JSON output."""
+"""Writing files so that nothing that exists is lost: atomic paths (with companion files), directories replaced
+whole, a full disk as one error, helper names that fit the file system, and the JSON every command writes."""
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -12,9 +11,9 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
-from ..errors import DiskFullError, MissingFileError, OutputError
+from ..errors import DiskFullError, OutputError
 
 # errno values that mean "the file system has no room": the full disk, a quota, a file-size limit
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -209,102 +208,6 @@ def append_line(path: os.PathLike | str, line: str) -> None:
             raise
 
 
-# ---------------------------------------------------------------- one writer per output
-_HELD: List[Tuple[int, Path, str]] = []  # (fd, lock file, what the command calls the output)
-
-
-def _lock_file_for(path: Path) -> Path:
-    path = Path(os.path.abspath(path))
-    return path.parent / helper_name(path.name, ".lock", path.parent)
-
-
-def holds_output(path: os.PathLike | str) -> Optional[str]:
-    """What this process called the output `path` when it locked it (e.g. "--json"), or None if it holds no lock
-    on it."""
-    lock = _lock_file_for(Path(path))
-    return next((what for _, held, what in _HELD if held == lock), None)
-
-
-def lock_output(path: os.PathLike | str, what: str, distinct: bool = False) -> bool:
-    """Hold an exclusive lock on the output `path` (a file or a directory) until `release_outputs()` or the
-    process ends: a second command writing the same output is refused by name instead of both reporting
-    success and one silently replacing the other. The lock is a hidden `.NAME.lock` file beside the output
-    (flock: released by the kernel even when the process is killed; a stale file left by a kill is reused).
-    Returns whether this call took the lock (False: this process held it already).
-
-    `distinct`: `path` is one of several outputs of one command, each its own file: one this process already
-    holds under another name (`--plot F` after `--json F`) is refused, naming both."""
-    lock = _lock_file_for(path)
-    had = holds_output(path)
-    if had is not None:
-        if distinct and had != what:
-            raise OutputError(f"{what} {path}: is also the {had} output; give each output a file of its own")
-        return False
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip()
-            os.close(fd)
-            raise OutputError(f"{what} {path}: another edgevit command (pid {holder or '?'}) is writing it; wait for "
-                              "it to finish, or choose another output") from None
-        try:  # the holder before us may have removed the file after we opened it: lock the file that is there
-            same = os.path.samestat(os.fstat(fd), os.stat(lock))
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    _HELD.append((fd, lock, what))
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-    except OSError as e:  # a full disk: the lock holds all the same (flock), only the pid could not be written
-        if e.errno not in _NO_SPACE:
-            raise
-    _remove_stale_temporaries(Path(os.path.abspath(path)))
-    return True
-
-
-def release_output(path: os.PathLike | str) -> None:
-    """Give up this process's lock on one output (a library caller that locked it is done with it)."""
-    lock = _lock_file_for(Path(path))
-    for i, (fd, held, _) in enumerate(_HELD):
-        if held == lock:
-            del _HELD[i]
-            with contextlib.suppress(OSError):
-                lock.unlink()
-            os.close(fd)
-            return
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Temporaries of `path` left by a command that was killed (SIGKILL, power): `atomic_path`'s `.NAME.*.tmp` and
-    `replace_dir`'s `.NAME.*.tmp` / `.NAME.*.old`. Safe while this process holds the output's lock: no other
-    writer of it runs."""
-    try:
-        siblings = list(path.parent.iterdir())
-    except OSError:
-        return
-    for p in siblings:
-        if p.name.startswith(helper_name(path.name, ".", path.parent)) and p.name.endswith((".tmp", ".old")):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
-def release_outputs() -> None:
-    """Give up every output lock this process holds (the command is done)."""
-    while _HELD:
-        fd, lock, _ = _HELD.pop()
-        with contextlib.suppress(OSError):
-            lock.unlink()
-        os.close(fd)
-
-
-atexit.register(release_outputs)
-
-
 def write_text_atomic(path: os.PathLike | str, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -335,35 +238,6 @@ def print_json(obj: Any, file=None) -> None:
     """One JSON document on stdout (what every command's JSON output is)."""
     json.dump(to_plain(obj), file or sys.stdout, indent=2)
     (file or sys.stdout).write("\n")
-
-
-def require_file(path: os.PathLike | str, what: str) -> Path:
-    """`path` as a Path if it is an existing file; else a `MissingFileError` naming `what` and saying whether
-    nothing is there or a directory is."""
-    p = Path(path)
-    if p.is_dir():
-        raise MissingFileError(f"{what} {p}: is a directory; expected a file")
-    if not p.is_file():
-        raise MissingFileError(f"{what} {p}: " + ("a broken or looping symbolic link" if p.is_symlink()
-                                                    else "no such file"))
-    return p
-
-
-def require_dir(path: os.PathLike | str, what: str, expected: str = "") -> Path:
-    """`path` as a Path if it is an existing directory; else a `MissingFileError` naming `what`."""
-    p = Path(path)
-    hint = f" (expected {expected})" if expected else ""
-    if p.is_file():
-        raise MissingFileError(f"{what} {p}: is a file; expected a directory{hint}")
-    if not p.is_dir():
-        raise MissingFileError(f"{what} {p}: no such directory{hint}")
-    return p
-
-
-def is_within(path: os.PathLike | str, directory: os.PathLike | str) -> bool:
-    """Whether `path` is `directory` or lies inside it (symbolic links resolved)."""
-    p, d = Path(os.path.realpath(path)), Path(os.path.realpath(directory))
-    return p == d or d in p.parents
 
 
 def _tree(root: Path) -> List[str]:
@@ -412,17 +286,3 @@ def replace_dir(path: os.PathLike | str) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def read_json(path: os.PathLike | str, what: str) -> Any:
-    """A JSON document from a file the user named; anything else (missing, a directory, binary, malformed)
-    is one `DataError` naming `what` and the file."""
-    from ..errors import DataError
-
-    p = require_file(path, what)
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise DataError(f"{what} {p}: not a text file (expected JSON)") from None
-    except ValueError as e:
-        raise DataError(f"{what} {p}: not valid JSON ({e})") from None
