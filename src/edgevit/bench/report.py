@@ -7,6 +7,7 @@ of the paper: front drawn, EdgeViTs highlighted, labels that do not overlap), PN
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections import defaultdict
@@ -269,32 +270,38 @@ def _meta_lines(bench: Sequence[dict], bench_files: Sequence[str]) -> List[str]:
     return lines
 
 
-def make_report(out_dir: os.PathLike | str, bench: Sequence[str] = (), energy: Sequence[str] = (),
-                accuracy: Sequence[str] = (), paper: bool | str = True, title: str = "EdgeViT efficiency report",
-                publish_as: os.PathLike | str | None = None, paper_figures: bool = False,
-                vs_paper: bool = False) -> dict:
-    """Write report.md, report.json and the plots (PNG + SVG) into `out_dir`; return the summary.
+@dataclasses.dataclass
+class ReportData:
+    """What a report is drawn from: the files read and joined into rows (one per model, runtime and size), the
+    Pareto sets, and the warnings met on the way."""
 
-    bench / energy / accuracy: files from `edgevit bench --json`, `edgevit energy -o`, `edgevit eval --json`.
-    paper: True for the shipped paper data (`edgevit.paper`), a path for another file of its format, False for
-    none. paper_figures: the paper's Fig. 1 / Fig. 5 and efficiency plot redrawn from its tables, with its
-    Pareto sets and claims checked. vs_paper: the bench latencies beside the paper's phone (Table 2).
-    publish_as: where `out_dir` will be moved once written (`edgevit.utils.writes.replace_dir`)."""
-    out = Path(out_dir)
-    shown = Path(publish_as) if publish_as is not None else out
+    bench: List[dict]
+    bench_files: List[str]
+    energy: List[dict]
+    accuracy: List[Tuple[str, dict]]
+    paper: Optional[dict]
+    rows: List[dict]
+    sets: Dict[str, Dict[str, List[str]]]
+    warnings: List[str]
+
+
+def load_report_data(bench: Sequence[str] = (), energy: Sequence[str] = (), accuracy: Sequence[str] = (),
+                     paper: bool | str = True) -> ReportData:
+    """Read the bench / energy / accuracy files and the paper data, join them into rows and mark the Pareto sets."""
     bench_data = [load_bench_json(f) for f in bench]
     energy_data = [e for f in energy for e in load_energy_json(f)]
     acc_data = [(str(f), it) for f in accuracy for it in load_accuracy_json(f)]
     paper_data = load_paper(None if paper is True else paper) if paper else None
-    if (paper_figures or vs_paper) and paper_data is None:
-        raise UserError("the paper's figures and the comparison with its phone need the paper data")
     rows, warnings = build_rows(bench_data, energy_data, acc_data, paper_data)
     for e in energy_data:
         for w in e.get("warnings") or []:
             warnings.append(f"energy ({e.get('label') or e.get('model') or e.get('method')}): {w}")
-    sets = mark_pareto(rows)
-    out.mkdir(parents=True, exist_ok=True)
+    return ReportData(bench_data, [str(f) for f in bench], energy_data, acc_data, paper_data, rows,
+                      mark_pareto(rows), warnings)
 
+
+def _tradeoff_plots(rows: Sequence[dict], out: Path) -> List[Path]:
+    """One accuracy-latency plot per runtime group and one accuracy-energy plot per measurement method."""
     plots: List[Path] = []
     latency_groups = sorted(_groups(rows, "latency_ms", "runtime").items())
     for i, (group, rs) in enumerate(latency_groups):
@@ -310,58 +317,95 @@ def make_report(out_dir: os.PathLike | str, bench: Sequence[str] = (), energy: S
         stem = f"pareto_energy_{rs[0].get('energy_method')}" + (f"_{i + 1}" if len(energy_groups) > 1 else "")
         plots += plot_tradeoff(rs, "energy_mj", "energy per inference (mJ)", f"Accuracy vs energy ({group})",
                                out / stem, err_key="energy_std_mj")
+    return plots
 
-    md = [f"# {title}", ""]
-    summary: dict = {"out_dir": str(shown), "report": str(shown / "report.md"), "pareto": sets}
-    if rows:
-        if bench_data:
-            md += ["Latency measured with `edgevit bench` (batch 1, fp32; median over interleaved rounds with its "
-                   "95% confidence interval where the file has one):", ""] + _meta_lines(bench_data, bench) + [""]
-        if energy_data:
-            md += ["Energy measured with `edgevit energy` (" +
-                   ", ".join(sorted({str(e.get("method")) for e in energy_data})) + "); net of idle power.", ""]
-        md += ["Top-1 accuracy: `eval` = measured here with `edgevit eval`; `paper` = published ImageNet-1K top-1 "
-               "(224 px) from the shipped paper data. Pareto sets are within one group: one runtime (latency) or "
-               "measurement method (energy), at one input size, with accuracies measured on one data set (a "
-               "10-class accuracy and ImageNet top-1s are never compared); — means the numbers needed are "
-               "missing; ? means the latencies' confidence intervals leave the membership open (the front drawn "
-               "is the medians').", ""]
-        md += _table(rows) + [""]
-        for tag, title_ in (("accuracy_latency", "Accuracy–latency"), ("accuracy_energy", "Accuracy–energy")):
-            for group, names in sets[tag].items():
-                md.append(f"- {title_} Pareto set ({group}): {', '.join(names)}")
-                unsure = sets[f"uncertain_{tag.split('_')[1]}"].get(group)
-                if unsure:
-                    md.append(f"  - not settled by this measurement (intervals overlap): {', '.join(unsure)}; "
-                              "measure again with more runs on a quieter machine before drawing conclusions")
-        md.append("")
-        for p in plots:
-            md += [f"![{p.stem}]({p.name})", ""]
+
+def _results_md(data: ReportData, plots: Sequence[Path]) -> List[str]:
+    """The measured part of report.md: how it was measured, the table, the Pareto sets, the plots."""
+    if not data.rows:
+        return []
+    md: List[str] = []
+    if data.bench:
+        md += ["Latency measured with `edgevit bench` (batch 1, fp32; median over interleaved rounds with its "
+               "95% confidence interval where the file has one):", ""] + _meta_lines(data.bench, data.bench_files) \
+            + [""]
+    if data.energy:
+        md += ["Energy measured with `edgevit energy` (" +
+               ", ".join(sorted({str(e.get("method")) for e in data.energy})) + "); net of idle power.", ""]
+    md += ["Top-1 accuracy: `eval` = measured here with `edgevit eval`; `paper` = published ImageNet-1K top-1 "
+           "(224 px) from the shipped paper data. Pareto sets are within one group: one runtime (latency) or "
+           "measurement method (energy), at one input size, with accuracies measured on one data set (a "
+           "10-class accuracy and ImageNet top-1s are never compared); — means the numbers needed are "
+           "missing; ? means the latencies' confidence intervals leave the membership open (the front drawn "
+           "is the medians').", ""]
+    md += _table(data.rows) + [""]
+    for tag, title_ in (("accuracy_latency", "Accuracy–latency"), ("accuracy_energy", "Accuracy–energy")):
+        for group, names in data.sets[tag].items():
+            md.append(f"- {title_} Pareto set ({group}): {', '.join(names)}")
+            unsure = data.sets[f"uncertain_{tag.split('_')[1]}"].get(group)
+            if unsure:
+                md.append(f"  - not settled by this measurement (intervals overlap): {', '.join(unsure)}; "
+                          "measure again with more runs on a quieter machine before drawing conclusions")
+    md.append("")
+    for p in plots:
+        md += [f"![{p.stem}]({p.name})", ""]
+    return md
+
+
+def _vs_paper(data: ReportData) -> Tuple[dict, List[str]]:
+    """The bench latencies beside the paper's phone (Table 2), ImageNet-1K accuracies measured here replacing
+    the paper's."""
+    if not data.bench:
+        raise UserError("the comparison with the paper's phone needs bench results")
+    acc_over = {it["model"]: float(it["top1"]) for _, it in data.accuracy if _imagenet_like(it)}
+    for f, it in data.accuracy:
+        if not _imagenet_like(it):
+            data.warnings.append(f"accuracy file {f}: {it['model']} top-1 on {accuracy_data(it)} is not an "
+                                 "ImageNet-1K top-1: the comparison with the paper's phone keeps the paper's top-1")
+    cmp = compare_latency(data.bench, acc_over, data.paper)
+    return cmp, _vs_paper_md(cmp)
+
+
+def _paper_data_md(paper: dict) -> List[str]:
+    md = ["## Paper data", "", paper["citation"], "", paper.get("note", ""), ""]
+    md += [f"- `{k}`: {t.get('description', '')} — source: {t['source']}" for k, t in paper["tables"].items()]
+    return md + [""]
+
+
+def make_report(out_dir: os.PathLike | str, bench: Sequence[str] = (), energy: Sequence[str] = (),
+                accuracy: Sequence[str] = (), paper: bool | str = True, title: str = "EdgeViT efficiency report",
+                publish_as: os.PathLike | str | None = None, paper_figures: bool = False,
+                vs_paper: bool = False) -> dict:
+    """Write report.md, report.json and the plots (PNG + SVG) into `out_dir`; return the summary.
+
+    bench / energy / accuracy: files from `edgevit bench --json`, `edgevit energy -o`, `edgevit eval --json`.
+    paper: True for the shipped paper data (`edgevit.paper`), a path for another file of its format, False for
+    none. paper_figures: the paper's Fig. 1 / Fig. 5 and efficiency plot redrawn from its tables, with its
+    Pareto sets and claims checked. vs_paper: the bench latencies beside the paper's phone (Table 2).
+    publish_as: where `out_dir` will be moved once written (`edgevit.utils.writes.replace_dir`)."""
+    if (paper_figures or vs_paper) and not paper:
+        raise UserError("the paper's figures and the comparison with its phone need the paper data")
+    data = load_report_data(bench, energy, accuracy, paper)
+    out = Path(out_dir)
+    shown = Path(publish_as) if publish_as is not None else out
+    out.mkdir(parents=True, exist_ok=True)
+    plots = _tradeoff_plots(data.rows, out)
+    md = [f"# {title}", ""] + _results_md(data, plots)
+    summary: dict = {"out_dir": str(shown), "report": str(shown / "report.md"), "pareto": data.sets}
     if vs_paper:
-        if not bench_data:
-            raise UserError("the comparison with the paper's phone needs bench results")
-        acc_over = {it["model"]: float(it["top1"]) for _, it in acc_data if _imagenet_like(it)}
-        for f, it in acc_data:
-            if not _imagenet_like(it):
-                warnings.append(f"accuracy file {f}: {it['model']} top-1 on {accuracy_data(it)} is not an ImageNet-1K "
-                                "top-1: the comparison with the paper's phone keeps the paper's top-1")
-        cmp = compare_latency(bench_data, acc_over, paper_data)
-        summary["vs_paper"] = cmp
-        md += _vs_paper_md(cmp)
+        summary["vs_paper"], more = _vs_paper(data)
+        md += more
     if paper_figures:
-        fig_plots, fig_md, fig_summary = _paper_section(paper_data, out)
+        fig_plots, fig_md, summary["paper"] = _paper_section(data.paper, out)
         plots += fig_plots
         md += fig_md
-        summary["paper"] = fig_summary
-    if paper_data:
-        md += ["## Paper data", "", paper_data["citation"], "", paper_data.get("note", ""), ""]
-        md += [f"- `{k}`: {t.get('description', '')} — source: {t['source']}" for k, t in paper_data["tables"].items()]
-        md.append("")
-    if warnings:
-        md += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+    if data.paper:
+        md += _paper_data_md(data.paper)
+    if data.warnings:
+        md += ["## Warnings", ""] + [f"- {w}" for w in data.warnings] + [""]
     write_text_atomic(out / "report.md", "\n".join(md))
-    summary.update({"plots": [str(shown / p.name) for p in plots], "warnings": warnings,
-                    "rows": [{k: v for k, v in r.items()} for r in rows]})
+    summary.update({"plots": [str(shown / p.name) for p in plots], "warnings": data.warnings,
+                    "rows": [dict(r) for r in data.rows]})
     write_json_atomic(out / "report.json", summary)
     return summary
 

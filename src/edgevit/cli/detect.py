@@ -15,36 +15,22 @@ from ..dense import registry
 from ..errors import ConfigError
 from ..utils.options import nonneg_int, positive_int, probability
 from ..utils.writes import print_json
-from .args import add_json_arg, add_progress_arg, show_progress
-from .dense_args import (
-    add_bench_parser,
-    add_export_parser,
-    add_model_source_args,
-    add_predict_output_args,
-    add_train_common,
+from .args import show_progress
+from .dense_command import (
+    DenseTask,
     config_of,
     load_image_tensor,
     load_model_or_file,
     predict_output,
+    register_task,
     report_train,
     run_inputs,
     setup_run,
     start_dense_train,
 )
-from .shapes import add_shapes_parser
 
 
-# ---------------------------------------------------------------- detect
-def register(subparsers) -> None:
-    det = subparsers.add_parser("detect", help="object detection / instance segmentation (RetinaNet, Mask R-CNN, "
-                                               "SSDLite)")
-    sub = det.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
-
-    t = sub.add_parser("train", help="train on a COCO-format data set")
-    t.add_argument("--arch", choices=registry.names("detect"), default="retinanet",
-                   help="; ".join(f"{a.name}: {a.title}" for a in registry.entries("detect") if a.edgevit)
-                   + " (--min-size/--max-size/--fpn-channels apply where the architecture takes them)")
-    add_train_common(t)
+def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--train-split", default="train2017", help="ROOT/annotations/instances_SPLIT.json + images")
     t.add_argument("--val-split", default="val2017")
     t.add_argument("--epochs", type=positive_int, default=12)
@@ -54,33 +40,18 @@ def register(subparsers) -> None:
     t.add_argument("--max-size", type=positive_int, default=1333, help="longest image side cap")
     t.add_argument("--max-iters", type=positive_int, default=None, help="stop after this many iterations (quick runs)")
     t.add_argument("--eval-every", type=nonneg_int, default=1, help="epochs between evaluations (0: only at the end)")
-    t.set_defaults(func=run_train, _parser=t)
 
-    e = sub.add_parser("eval", help="COCO AP (bbox, and segm for Mask R-CNN) of a checkpoint or an exported file")
-    add_model_source_args(e, "detect")
-    e.add_argument("--data", required=True, help="COCO-format root")
-    e.add_argument("--split", default="val2017")
-    e.add_argument("--device", default="auto")
-    add_progress_arg(e)
-    add_json_arg(e)
-    e.set_defaults(func=run_eval)
 
-    pr = sub.add_parser("predict", help="detect objects in one image; writes a PNG with boxes/labels/masks")
-    pr.add_argument("image")
-    add_model_source_args(pr, "detect")
-    add_predict_output_args(pr, "_det.png")
-    pr.add_argument("--score-thresh", type=probability, default=0.5, help="keep detections scoring at least this")
-    pr.add_argument("--device", default="auto")
-    add_json_arg(pr)
-    pr.set_defaults(func=run_predict)
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--score-thresh", type=probability, default=0.5, help="keep detections scoring at least this")
 
-    x = add_export_parser(sub, "detect", "RetinaNet / SSDLite / Mask R-CNN (onnx)")
-    x.add_argument("--max-detections", type=positive_int, default=None,
-                   help="detections kept per image after NMS (default: the model's; RetinaNet and SSDLite 300, "
-                        "Mask R-CNN 100)")
 
-    add_bench_parser(sub, "detect")
-    add_shapes_parser(sub)
+def register(subparsers) -> None:
+    register_task(subparsers, DenseTask(
+        "detect", "object detection / instance segmentation", "a COCO-format data set (root)", "retinanet",
+        "val2017", "COCO AP (bbox, and segm for instance masks) of a checkpoint or an exported file",
+        "detect objects in one image; writes a PNG with boxes/labels/masks", "_det.png", _train_args, run_train,
+        run_eval, run_predict, _predict_args))
 
 
 def run_train(args: argparse.Namespace) -> int:

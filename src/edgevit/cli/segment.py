@@ -9,27 +9,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..dense import registry
 from ..utils.inputs import require_dir
 from ..utils.options import image_size, nonneg_int, positive_float, positive_int
 from ..utils.writes import print_json
-from .args import add_json_arg, add_progress_arg, show_progress
-from .dense_args import (
-    add_bench_parser,
-    add_export_parser,
-    add_model_source_args,
-    add_predict_output_args,
-    add_train_common,
+from .args import show_progress
+from .dense_command import (
+    DenseTask,
     config_of,
     load_image_tensor,
     load_model_or_file,
     predict_output,
+    register_task,
     report_train,
     run_inputs,
     setup_run,
     start_dense_train,
 )
-from .shapes import add_shapes_parser
 
 
 def _scale(text: str):
@@ -52,14 +47,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="labels are already 0..N-1 (255 = ignore) instead of ADE20K's 0 = other, 1..N")
 
 
-def register(subparsers) -> None:
-    seg = subparsers.add_parser("segment", help="semantic segmentation (Semantic FPN, LR-ASPP)")
-    sub = seg.add_subparsers(dest="segment_command", metavar="ACTION", required=True)
-
-    t = sub.add_parser("train", help="train on an ADE20K-layout data set")
-    t.add_argument("--arch", choices=registry.names("segment"), default="semfpn",
-                   help="; ".join(f"{a.name}: {a.title}" for a in registry.entries("segment") if a.edgevit))
-    add_train_common(t)
+def _train_args(t: argparse.ArgumentParser) -> None:
     _add_data_args(t)
     t.add_argument("--train-split", default="training")
     t.add_argument("--val-split", default="validation")
@@ -69,40 +57,14 @@ def register(subparsers) -> None:
     t.add_argument("--poly-power", type=positive_float, default=1.0)
     t.add_argument("--eval-every", type=nonneg_int, default=8000, help="iterations between evaluations (0: end only)")
     t.add_argument("--save-every", type=positive_int, default=2000, help="iterations between checkpoints")
-    t.set_defaults(func=run_train, _parser=t)
 
-    e = sub.add_parser("eval", help="mIoU, mAcc and pixel accuracy of a trained checkpoint or an exported file")
-    add_model_source_args(e, "segment")
-    e.add_argument("--data", required=True, help="ADE20K-layout root")
-    e.add_argument("--split", default="validation")
-    e.add_argument("--device", default="auto")
-    add_progress_arg(e)
-    add_json_arg(e)
-    e.set_defaults(func=run_eval)
 
-    pr = sub.add_parser("predict", help="segment one image; writes a colour-overlay PNG")
-    pr.add_argument("image")
-    add_model_source_args(pr, "segment")
-    add_predict_output_args(pr, "_seg.png")
-    pr.add_argument("--device", default="auto")
-    add_json_arg(pr)
-    pr.set_defaults(func=run_predict)
-
-    x = add_export_parser(sub, "segment", "Semantic FPN / LR-ASPP")
-    x.add_argument("--argmax", action="store_true",
-                   help="end the graph with the class map (uint8 up to 256 classes, else int32) instead of logits")
-    from ..deploy.runtimes import precision_help, reduced_precisions
-
-    x.add_argument("--quantize", choices=reduced_precisions(), default=None,
-                   help=f"a reduced-precision file by the runtime's own flow ({precision_help()}); calibrated "
-                        "precisions (int8...) calibrate on --calib; refused below its precision's rule")
-    x.add_argument("--calib", default=None, metavar="ROOT", help="ADE20K-layout root of the calibration images")
-    x.add_argument("--calib-split", default=None, help="its split to calibrate on (default training)")
-    x.add_argument("--calib-images", type=positive_int, default=None,
-                   help="how many (a seeded sample; default 64)")
-
-    add_bench_parser(sub, "segment")
-    add_shapes_parser(sub)
+def register(subparsers) -> None:
+    register_task(subparsers, DenseTask(
+        "segment", "semantic segmentation", "an ADE20K-layout data set (root)", "semfpn", "validation",
+        "mIoU, mAcc and pixel accuracy of a trained checkpoint or an exported file",
+        "segment one image; writes a colour-overlay PNG", "_seg.png", _train_args, run_train, run_eval,
+        run_predict))
 
 
 def _dataset(args, split: str, train: bool, num_classes: int, reduce_zero_label: bool, scale, crop_size=512):
