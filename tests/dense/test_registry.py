@@ -28,8 +28,11 @@ def build_fcn(body: nn.Module, num_classes: int) -> nn.Module:
     return FCNHead(body, num_classes)
 
 
-# the one line
-registry.register(registry.DenseArch("fcn_test", "segment", "FCN head (a test's)", f"{__name__}:build_fcn"))
+@pytest.fixture(autouse=True, scope="module")
+def _fcn_registered():
+    registry.register(registry.DenseArch("fcn_test", "segment", "FCN head (a test's)", f"{__name__}:build_fcn"))
+    yield  # (the one line above; then out of the registry, so other tests' lists of architectures stay theirs)
+    registry._REGISTRY.pop("fcn_test")
 
 
 def test_a_head_registered_in_one_line_trains_exports_and_evaluates(trained, shapes_root, tmp_path, capsys):

@@ -26,10 +26,45 @@ def randomize(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+def tiny_model(**kw) -> nn.Module:
+    """A small eval-mode EdgeViT with random norms (fast, 64x64 inputs), the same every call."""
+    torch.manual_seed(0)
+    return randomize(timm.create_model("edgevit_xxs", **dict(TINY, **kw)))
+
+
 @pytest.fixture
 def make_tiny():
-    """make_tiny(**overrides) -> a small eval-mode EdgeViT with random norms (fast, 64x64 inputs)."""
-    def make(**kw):
-        torch.manual_seed(0)
-        return randomize(timm.create_model("edgevit_xxs", **dict(TINY, **kw)))
-    return make
+    """make_tiny(**overrides) -> `tiny_model(**overrides)`."""
+    return tiny_model
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """exported(fmt) -> (path, export report): the tiny model fused for the format's runtime and written once for
+    the whole run by the one checked writer (at 64 x 64, checked on the seeded input), shared by every test and
+    every test process (a lock per file: the first to ask writes it, the others wait and read it). Tests read the
+    file; none changes it."""
+    import json
+    import os
+
+    from filelock import FileLock
+
+    from edgevit.deploy import fuse, runtimes
+    from edgevit.deploy.export import export_model
+    from edgevit.utils.writes import to_plain
+
+    root = tmp_path_factory.getbasetemp()
+    root = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "exported"
+    root.mkdir(exist_ok=True)
+
+    def get(fmt: str):
+        rt = runtimes.by_format(fmt)
+        folder = root / fmt
+        out, saved = folder / f"m{rt.suffix}", folder.with_suffix(".json")
+        with FileLock(str(folder) + ".lock"):
+            if not saved.is_file():
+                folder.mkdir(exist_ok=True)
+                report = export_model(fuse(tiny_model(), rt.name), fmt, out, img_size=64)
+                saved.write_text(json.dumps(to_plain(report)))
+        return out, json.loads(saved.read_text())
+    return get

@@ -213,13 +213,14 @@ def test_release_graph_in_ncnn_is_one_line_naming_the_ops_and_modules(tmp_path, 
 
 
 @pytest.mark.parametrize("runtime", ["openvino", "ncnn"])
-def test_a_file_without_its_weights_is_named(runtime, make_tiny, tmp_path):
-    from edgevit.deploy import fuse
-    from edgevit.deploy.export import export_model
+def test_a_file_without_its_weights_is_named(runtime, exported, tmp_path):
+    import shutil
 
     rt = runtimes.get(runtime)
+    shared, _ = exported(rt.format)
     out = tmp_path / f"m{rt.suffix}"
-    export_model(fuse(make_tiny(), runtime), rt.format, out, img_size=64)
+    for f in rt.files(shared):  # (a copy of the shared file: this test breaks it)
+        shutil.copy(f, tmp_path / f.name)
     weights = rt.files(out)[1]
     data = weights.read_bytes()
     weights.unlink()
@@ -253,7 +254,7 @@ def test_a_segmenter_and_a_detector_export_to_each(runtime, tmp_path):
     det = create_detector("retinanet", 3, "edgevit_xxs", min_size=64, max_size=64, drop_path_rate=0.0).eval()
     if runtime == "ncnn":  # refused before any work, saying why
         from edgevit.dense.graphs import ExportError
-        with pytest.raises(ExportError, match="pnnx drops"):
+        with pytest.raises(ExportError, match="ncnn.s converter drops"):
             export_dense(det, rt.format, tmp_path / f"d{rt.suffix}", (64, 64), meta={})
         return
     rep = export_dense(det, rt.format, tmp_path / f"d{rt.suffix}", (64, 64), meta={})

@@ -15,11 +15,9 @@ def tiny(make_tiny):
 
 # (tflite: tests/deploy/test_litert.py)
 @pytest.mark.parametrize("fmt", [f for f in runtimes.formats() if f != "tflite"])
-def test_export_round_trip(fmt, tiny, tmp_path):
-    fused = fuse(tiny, runtimes.by_format(fmt).name)
-    out = tmp_path / f"m{runtimes.by_format(fmt).suffix}"
+def test_export_round_trip(fmt, tiny, exported):
+    out, report = exported(fmt)  # (the shared file: `exported` in conftest.py)
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    report = ex.export_model(fused, fmt, out, img_size=64, check_x=x)
     assert out.is_file() and runtimes.by_format(fmt).size(out) == report["bytes"] > 10_000
     assert report["max_abs_diff"] <= 1e-4
     # independent check: load the file again and compare with the *release* model
@@ -31,8 +29,8 @@ def test_export_round_trip(fmt, tiny, tmp_path):
     if fmt == "pte":  # the fused graph lowers to XNNPACK whole
         assert report["delegate_partitions"] == 1
         assert report["non_delegated_ops"] == 0, report["non_delegated"]
-    assert not list(tmp_path.glob(".*.tmp"))  # no temp file (or folder) left behind
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in runtimes.by_format(fmt).files(out))
+    assert not list(out.parent.glob(".*.tmp"))  # no temp file (or folder) left behind
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(p.name for p in runtimes.by_format(fmt).files(out))
 
 
 def test_failed_export_keeps_existing_file(tiny, tmp_path, monkeypatch):

@@ -32,13 +32,11 @@ def _machine_paths(path: Path, tmp_path: Path) -> set:
 
 
 @pytest.mark.parametrize("fmt", runtimes.formats())
-def test_no_exported_format_carries_machine_paths(fmt, make_tiny, tmp_path):
-    model = make_tiny()
+def test_no_exported_format_carries_machine_paths(fmt, exported):
     rt = runtimes.by_format(fmt)
-    out = tmp_path / f"m{rt.suffix}"
-    report = export_model(fuse(model, rt.name), fmt, out, img_size=64)
+    out, report = exported(fmt)  # (the shared file: `exported` in conftest.py)
     assert report["max_abs_diff"] < 1e-3  # (checked in its runtime after stripping)
-    assert all(_machine_paths(f, tmp_path) == set() for f in rt.files(out))  # (OpenVINO's .bin, ncnn's .bin)
+    assert all(_machine_paths(f, out.parent) == set() for f in rt.files(out))  # (OpenVINO's .bin, ncnn's .bin)
     if fmt == "onnx":
         import onnx
 

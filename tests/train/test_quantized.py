@@ -70,6 +70,16 @@ def test_exported_files_evaluate_like_the_models_they_came_from(runs, tmp_path, 
             assert abs(ev["loss"] - torch_eval["loss"]) < 1e-4
         else:
             assert abs(ev["top1"] - torch_eval["top1"]) <= step + 1e-9, (name, ev, torch_eval)
+        # from the file alone: its metadata gives the size, crop, interpolation and class names
+        alone = _json(capsys, ["eval", "--exported", str(tmp_path / name), *base])
+        assert {k: alone[k] for k in ("top1", "loss", "img_size", "crop_pct", "interpolation")} == \
+            {k: ev[k] for k in ("top1", "loss", "img_size", "crop_pct", "interpolation")}
+    image = next((data / "val").rglob("*.png"))
+    want = _json(capsys, ["predict", str(image), "--checkpoint", ck, "--topk", "3", "--json"])
+    got = _json(capsys, ["predict", str(image), "--exported", str(tmp_path / "fp32.onnx"), "--topk", "3", "--json"])
+    assert [t["label"] for t in got["top"]] == [t["label"] for t in want["top"]]
+    assert max(abs(a["prob"] - b["prob"]) for a, b in zip(got["top"], want["top"])) < 1e-5
+    assert got["model"] == want["model"] and got["img_size"] == [32, 32]
 
 
 def _refused(capsys, argv, *names):

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..utils.inputs import require_dir
 from ..utils.writes import print_json
 from .args import add_json_arg, add_overwrite_arg
-from .outputs import check_output_file
+from .outputs import check_export_output
 
 
 def add_export_parser(sub, task: str) -> argparse.ArgumentParser:
@@ -81,17 +81,9 @@ def run_export(args: argparse.Namespace) -> int:
     from ..dense.export import export_dense
     from ..dense.graphs import check_exportable
     from ..deploy import runtimes
-    from ..deploy.export import sidecar_path
     from ..errors import ConfigError
 
-    rt = runtimes.by_format(args.format)
-    if not str(args.output).lower().endswith(rt.suffixes):
-        raise ConfigError(f"-o {args.output}: expected a {' or '.join(rt.suffixes)} file name for --format "
-                          f"{args.format}")
-    for companion in rt.files(args.output)[1:]:  # (OpenVINO's .bin, ncnn's .bin: written with -o, refused alike)
-        check_output_file(companion, "-o", overwrite=args.overwrite, inputs=[args.checkpoint])
-    check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=[args.checkpoint])
-    check_output_file(sidecar_path(args.output), "-o's sidecar", overwrite=args.overwrite, inputs=[args.checkpoint])
+    rt = check_export_output(args, [args.checkpoint], sidecar=True)
     precision = getattr(args, "quantize", None) or "fp32"
     calibrated = runtimes.calibrated(precision)
     if calibrated and not args.calib:
@@ -107,7 +99,6 @@ def run_export(args: argparse.Namespace) -> int:
     argmax = bool(getattr(args, "argmax", False))
     check_exportable(meta["arch"], args.format, argmax, precision)
     size = _export_size(args, meta)
-    rt.require(writing=True)
     calibration = None
     if calibrated:
         from ..dense.export import segmentation_calibration

@@ -7,7 +7,7 @@ import argparse
 from ..errors import ConfigError
 from ..utils.options import image_size, positive_int, thread_count
 from .args import add_json_arg, add_model_args, add_overwrite_arg, add_progress_arg
-from .outputs import check_output_file
+from .outputs import check_export_output
 
 
 def add_img_size_arg(p: argparse.ArgumentParser, default_help: str) -> None:
@@ -57,6 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_img_size_arg(p, "default: the checkpoint's training size, else 224")
     p.add_argument("--no-fuse", action="store_true", help="export the release-layout graph as is")
     add_quantize_args(p)
+    p.add_argument("--input-layout", choices=("nchw", "nhwc"), default="nchw",
+                   help="nhwc: the file takes [1, H, W, 3] (what camera pipelines, MediaPipe and the web pass), with "
+                        "the mean/std in the graph (default nchw: [1, 3, H, W], normalised by the app)")
+    p.add_argument("--input-dtype", choices=("float32", "uint8"), default="float32",
+                   help="uint8: the file takes camera bytes 0-255, scaled and normalised in the graph")
     p.add_argument("--threads", type=thread_count, default=2, help="threads for the runtime check (default 2)")
     p.add_argument("-o", "--output", required=True, help="file to write (atomically, after a successful check)")
     add_overwrite_arg(p, "-o")
@@ -97,6 +102,23 @@ def calibration(args: argparse.Namespace, size, cfg: dict, model):
     return images, f"{len(images)} images of {args.calib}", check, checked_on
 
 
+def file_metadata(name: str, model, classes, size, precision: str, layout: str = "NCHW", dtype: str = "float32"):
+    """What the file will say about itself (`deploy.metadata`): the model's preprocessing as timm resolves it (the
+    checkpoint's size, crop and interpolation; the model's mean/std), its class names (the run's; ImageNet's for
+    1000 classes; else the indices)."""
+    from timm.data import ImageNetInfo, resolve_data_config
+
+    from ..deploy.metadata import classifier_metadata
+    from ..utils.images import size_hw
+
+    n = int(model.num_classes)
+    if not classes:
+        classes = ImageNetInfo().label_descriptions() if n == 1000 else [str(i) for i in range(n)]
+    app = (layout, dtype) != ("NCHW", "float32")
+    return classifier_metadata(name, classes, size_hw(size), precision, resolve_data_config({}, model=model), n,
+                               layout, dtype, "in the graph" if app else "app")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..deploy import fuse, runtimes
     from ..deploy.export import export_model
@@ -107,14 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from ..utils.writes import print_json
 
     check_quantize_args(args, args.format)
-    check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=[args.checkpoint, args.calib])
-    rt = runtimes.by_format(args.format)
-    if not str(args.output).lower().endswith(rt.suffixes):
-        raise ConfigError(f"-o {args.output}: expected a {' or '.join(rt.suffixes)} file name for --format "
-                          f"{args.format}")
-    for companion in rt.files(args.output)[1:]:  # (OpenVINO's .bin, ncnn's .bin: written with -o, refused alike)
-        check_output_file(companion, "-o", overwrite=args.overwrite, inputs=[args.checkpoint])
-    rt.require(writing=True)
+    rt = check_export_output(args, [args.checkpoint, args.calib])
     qat = bool(args.checkpoint) and is_qat_checkpoint(args.checkpoint)
     if qat and args.quantize != "int8":
         raise ConfigError(f"--checkpoint {args.checkpoint} was trained quantization-aware (train --qat): "
@@ -131,10 +146,25 @@ def run(args: argparse.Namespace) -> int:
     if qat:
         prepared, model, meta = load_qat_model(args.checkpoint, size)
     name = meta["name"]
+    precision = args.quantize or "fp32"
+    layout, dtype = args.input_layout.upper(), args.input_dtype
+    app = (layout, dtype) != ("NCHW", "float32")
+    for flag, value, takes in (("--input-layout", layout, "input_layouts"), ("--input-dtype", dtype, "input_dtypes")):
+        if value not in getattr(rt, takes):
+            which = [r.format for r in runtimes.RUNTIMES.values() if r.format and value in getattr(r, takes)]
+            raise ConfigError(f"{flag} {value.lower() if flag == '--input-layout' else value}: {rt.name} files take "
+                              f"{' or '.join(getattr(rt, takes))}; {', '.join(which)} take {value}")
+    metadata = file_metadata(name, model, meta.get("classes"), size, precision, layout, dtype)
     fused = name in VARIANTS and not args.no_fuse
     if fused and not qat:  # (a QAT model is its fused form already)
         model = fuse(model, rt.name)
-    precision = args.quantize or "fp32"
+    if app:
+        from timm.data import resolve_data_config
+
+        from ..deploy.app_input import AppInput
+
+        cfg_ = resolve_data_config({}, model=model)
+        model = AppInput(model, layout, dtype, cfg_["mean"], cfg_["std"])
     if args.calib:  # int8: calibration images and others to check on; 16-bit floats: only images to check on
         images, label, check, checked_on = calibration(args, size, cfg, model)
         check = images if check is None else check
@@ -145,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     report = export_model(model, args.format, args.output, img_size=size, threads=args.threads, precision=precision,
                           images=images if rt.writer(precision).calibrated else None, calibrated=label or "",
                           check_x=check, checked_on=checked_on or "", prepared=prepared if qat else None,
-                          trained=bool(args.checkpoint) and args.calib not in (None, "random"))
+                          trained=bool(args.checkpoint) and args.calib not in (None, "random"), metadata=metadata)
     report = {"model": name, "fused": fused, **report}
     if args.json:
         print_json(report)

@@ -9,7 +9,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 from ..errors import OutputError
 from ..utils.inputs import is_within
@@ -119,6 +119,28 @@ def _check_replaceable(p: Path, flag: str, inputs) -> None:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise OutputError(f"{flag} {p}: holds {shown}, not written by edgevit; --overwrite replaces the whole "
                           "directory and would delete them: choose a new directory")
+
+
+def check_export_output(args, inputs: Sequence, sidecar: bool = False):
+    """`-o` of an export for `--format`: a file name with the runtime's suffix, and it and its companions (OpenVINO's
+    and ncnn's .bin; `sidecar`: FILE.json) writable without replacing anything unless --overwrite; before any work.
+    Returns the runtime's record."""
+    from ..deploy import runtimes
+    from ..errors import ConfigError
+
+    rt = runtimes.by_format(args.format)
+    if not str(args.output).lower().endswith(rt.suffixes):
+        raise ConfigError(f"-o {args.output}: expected a {' or '.join(rt.suffixes)} file name for --format "
+                          f"{args.format}")
+    check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=inputs)
+    for companion in rt.files(args.output)[1:]:  # (written with -o, refused alike)
+        check_output_file(companion, "-o", overwrite=args.overwrite, inputs=inputs)
+    if sidecar:
+        from ..deploy.export import sidecar_path
+
+        check_output_file(sidecar_path(args.output), "-o's sidecar", overwrite=args.overwrite, inputs=inputs)
+    rt.require(writing=True)
+    return rt
 
 
 def emit_results(args, doc: dict, table: str, csv_text: Optional[str] = None) -> None:

@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from timm.data import ImageNetInfo
@@ -18,7 +19,7 @@ from ..models import VARIANTS
 from ..train.data import eval_transform
 from ..utils.images import read_image, warn_if_not_trained_size
 from ..utils.inputs import require_file
-from ..utils.options import crop_pct, image_size, positive_int
+from ..utils.options import crop_pct, image_size, positive_int, thread_count
 from ..utils.writes import print_json
 from .args import add_json_arg
 
@@ -54,8 +55,44 @@ def predict(model: torch.nn.Module, image: Image.Image, topk: int = 5, img_size:
     return idx.tolist(), p.tolist()
 
 
+def run_exported(args: argparse.Namespace, image) -> int:
+    """Top-k of an exported file, from the file alone (its metadata: input, preprocessing, class names)."""
+    from ..deploy import load_exported
+    from ..errors import ConfigError
+
+    for flag, value in (("--model", args.model), ("--img-size", args.img_size), ("--crop-pct", args.crop_pct)):
+        if value is not None:
+            raise ConfigError(f"{flag}: not used with --exported (the file says its model, size and crop)")
+    m = load_exported(args.exported, args.threads)
+    if m.metadata is None:
+        raise ConfigError(f"--exported {args.exported}: the file carries no edgevit metadata (an earlier or foreign "
+                          "export): export it again with `edgevit export`, or predict with --checkpoint")
+    meta = m.metadata
+    names = read_labels(args.labels, meta.num_classes) if args.labels else list(meta.class_names)
+    probs = m.classify(image)
+    idx = np.argsort(-probs, kind="stable")[:args.topk]
+    result = {"image": str(args.image), "model": meta.model, "exported": str(args.exported), "format": m.format,
+              "precision": meta.precision, "img_size": list(meta.input_size), "crop_pct": meta.crop_pct,
+              "top": [{"index": int(i), "label": names[i], "prob": float(probs[i])} for i in idx]}
+    return _show(args, result)
+
+
+def _show(args: argparse.Namespace, result: dict) -> int:
+    if args.json:
+        print_json(result)
+    else:
+        for r in result["top"]:
+            print(f"{r['prob']:7.2%}  {r['index']:>4}  {r['label']}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     image = read_image(args.image)
+    if args.exported:
+        if args.checkpoint:
+            from ..errors import ConfigError
+            raise ConfigError("--checkpoint and --exported exclude each other: the exported file holds its model")
+        return run_exported(args, image)
     from ..train.evaluate import inference_model
 
     model, meta = inference_model(args.model, args.checkpoint)
@@ -78,12 +115,7 @@ def run(args: argparse.Namespace) -> int:
     result = {"image": str(args.image), "model": cfg.get("model") or args.model or "edgevit_xxs",
               "checkpoint": args.checkpoint, "img_size": img_size, "crop_pct": crop_pct,
               "top": [{"index": i, "label": names[i], "prob": p} for i, p in zip(idx, probs)]}
-    if args.json:
-        print_json(result)
-    else:
-        for r in result["top"]:
-            print(f"{r['prob']:7.2%}  {r['index']:>4}  {r['label']}")
-    return 0
+    return _show(args, result)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -93,6 +125,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None,
                    help=f"{', '.join(VARIANTS)} or any timm model (default: the checkpoint's, else edgevit_xxs)")
     p.add_argument("--checkpoint", default=None, help="weights: this project's or the authors' .pth/.safetensors")
+    p.add_argument("--exported", default=None, metavar="FILE",
+                   help="an exported file (edgevit export), run in its own runtime from the file alone: its metadata "
+                        "gives the model, input, preprocessing and class names")
+    p.add_argument("--threads", type=thread_count, default=2, help="runtime threads for --exported (default 2)")
     p.add_argument("--topk", type=positive_int, default=5)
     p.add_argument("--labels", default=None, help="class names: text file (one per line) or JSON list")
     p.add_argument("--img-size", type=image_size, default=None,

@@ -24,6 +24,7 @@ from ..utils.images import size_hw
 from ..utils.quiet import filter_native_stderr
 from ..utils.writes import atomic_path
 from . import runtimes
+from .metadata import FileMetadata, MetadataError, check_against_file, read_sidecar, sidecar_path, write_sidecar
 from .runtimes import Runtime
 from .runtimes.base import FLOAT_RULE, Rule
 
@@ -72,7 +73,8 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
                  images: Optional[torch.Tensor] = None, calibrated: str = "images", checked_on: str = "",
                  prepared: Optional[torch.fx.GraphModule] = None, trained: bool = False,
                  compare: Optional[Compare] = None, traced: bool = False,
-                 sidecar: Optional[Mapping[str, object]] = None) -> Dict[str, object]:
+                 sidecar: Optional[Mapping[str, object]] = None, metadata: Optional[FileMetadata] = None
+                 ) -> Dict[str, object]:
     """The one checked writer: every file the package makes (`edgevit export`, bench, the matrix, the benchmark
     scripts) is written here. `model` (eval, fused or not) is written to `output` in `fmt` as a `precision` file
     through its runtime's writer (`Runtime.writers`), run in that runtime on the check images, measured against
@@ -91,7 +93,10 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
     per check image, PyTorch's outputs and the file's -> (measures, what the file misses); the default measures a
     classifier's logits (`classify_measures`). `traced`: written by the runtime's tracing writer
     (`Runtime.write_traced`: graphs torch.export cannot capture). `sidecar`: written as FILE.json beside the file,
-    committed last. Returns the report: the writer's, plus the bytes written and the measures."""
+    committed last. `metadata` (`deploy.metadata.FileMetadata`): what the file says about itself, written in the
+    format's own place before the file is checked (so the check covers the bytes shipped), or as a sidecar
+    FILE.json with the files' digests where the format has no place. Returns the report: the writer's, plus the
+    bytes written and the measures."""
     rt = fmt if isinstance(fmt, Runtime) else runtimes.by_format(fmt)
     fmt = rt.format
     writer = rt.writer(precision)
@@ -116,12 +121,19 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
                                                                                                      seed=1))
         checked_on = checked_on or ("the calibration images" if writer.calibrated else
                                     "the seeded input" if precision == "fp32" else "8 random inputs")
+    size = list(x.shape[-2:])
+    to_app = getattr(model, "app_input", None)  # (`deploy.app_input.AppInput`: the file takes what an app passes)
+    if to_app is not None:
+        if writer.calibrated:
+            raise UserError(f"{precision} files take the integer input their runtime expects; an app input (layout, "
+                            "dtype) is for float files", option="precision")
+        x, check_x = to_app(x), to_app(check_x)
     compare = compare or classify_measures
     with torch.no_grad():
         reference = [_as_list(prepared(c) if prepared is not None else model(c)) for c in check_x.split(1)]
     report: Dict[str, object] = {
         "format": fmt, "runtime": rt.name, "output": str(output), "precision": precision, "how": writer.how,
-        "img_size": list(x.shape[-2:]), "checked_against": "the float model" if prepared is None else
+        "img_size": size, "checked_against": "the float model" if prepared is None else
         "the fake-quantized QAT model", "checked_on": checked_on or f"{len(check_x)} images",
         "check_images": len(check_x), "rule": writer.rule.describe()}
     if writer.calibrated:
@@ -129,7 +141,9 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
     if traced and (rt.write_traced is None or precision != "fp32"):
         raise UserError(f"this model exports only by tracing, which {rt.name} does not write"
                         + ("" if rt.write_traced is None else f" as {precision} (fp32 only)"), option="format")
-    side = sidecar_path(output) if sidecar is not None else None
+    if sidecar is not None and metadata is not None:
+        raise ValueError("give a dense model's sidecar or a classifier's metadata, not both")
+    side = sidecar_path(output) if sidecar is not None or (metadata is not None and not rt.write_metadata) else None
     with (atomic_path(side) if side else contextlib.nullcontext()) as tmp_side, \
             atomic_path(output, rt.companions) as tmp:  # (the model file is renamed into place first)
         if prepared is not None:
@@ -138,6 +152,8 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
             report.update(rt.write_traced(model, x, tmp))
         else:
             report.update(rt.write(precision, model, x, tmp, images))
+        if metadata is not None and rt.write_metadata:
+            rt.write_metadata(tmp, metadata.to_json())
         run = rt.load(tmp, threads)
         got = [run(c.numpy()) for c in check_x.split(1)]
         measures, missed = compare(reference, got, writer.rule, trained)
@@ -146,9 +162,14 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
             raise FileRejected(f"{rt.name} {precision} file {output} fails its rule ({'; '.join(missed)}) against "
                                f"{report['checked_against']} in PyTorch on {report['checked_on']}: not written")
         report["bytes"] = rt.size(tmp)
-        if side:
+        if side and metadata is not None:
+            write_sidecar(tmp_side, metadata, {Path(f).name: t for f, t in zip(rt.files(Path(output)), rt.files(tmp))})
+            report["metadata"] = str(side)
+        elif side:
             tmp_side.write_text(json.dumps(dict(sidecar), indent=2) + "\n")
             report["sidecar"] = str(side)
+        elif metadata is not None:
+            report["metadata"] = f"in the file ({rt.name})"
     return report
 
 
@@ -168,36 +189,78 @@ def _as_list(out) -> List[torch.Tensor]:
     return [out] if torch.is_tensor(out) else list(out)
 
 
-def sidecar_path(path: os.PathLike | str) -> Path:
-    """The JSON written beside an exported file (FILE.json) that says what it is and how to read it."""
-    return Path(str(path) + ".json")
-
-
 # ---- an exported file, opened for inference ---------------------------------------------------------
 @dataclasses.dataclass
 class ExportedModel:
-    """An exported file loaded in its own runtime: `model(x)` on numpy arrays (float32 NCHW) returns the file's
-    output (a list when it has several); `input_size` is the (H, W) it was exported at, where the file says."""
+    """An exported file loaded in its own runtime: `model(x)` on numpy arrays (float32 NCHW, or what the file's
+    metadata says it takes) returns the file's output (a list when it has several); `input_size` is the (H, W) it
+    was exported at, where the file says; `metadata` what the file says about itself (`deploy.metadata`), None
+    for a file written without it."""
 
     path: Path
     runtime: Runtime
     input_size: Optional[Tuple[int, int]]
     run: Callable[..., List[np.ndarray]]
+    metadata: Optional[FileMetadata] = None
 
     @property
     def format(self) -> str:
         return self.runtime.format
 
     def __call__(self, *inputs: np.ndarray):
-        arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in inputs]
-        if not arrays:
-            raise UserError(f"{self.path}: no input given; expected a float32 [1, C, H, W] array")
-        for a in arrays:
-            if a.ndim != 4 or (self.input_size is not None and tuple(a.shape[-2:]) != tuple(self.input_size)):
-                size = "x".join(map(str, self.input_size)) if self.input_size else "H x W"
-                raise UserError(f"{self.path}: input of shape {list(a.shape)}; the file takes [1, C, H, W] at {size}")
+        """The file run on `inputs`, each checked first against the shape, dtype and layout the file takes (one
+        error naming the file, the same for every runtime: a runtime given another batch or channel count may
+        answer wrong without a word)."""
+        if not inputs:
+            raise UserError(f"{self.path}: no input given; expected {self._expected()}")
+        meta = self.metadata
+        dtype = np.uint8 if meta is not None and meta.input_dtype == "uint8" else np.float32
+        arrays = []
+        for a in inputs:
+            a = np.asarray(a)
+            want = meta.input_shape() if meta is not None else (1, 3, *(self.input_size or (None, None)))
+            if a.ndim != 4 or any(w is not None and g != w for g, w in zip(a.shape, want)) or (
+                    a.dtype != dtype and not (dtype == np.float32 and np.issubdtype(a.dtype, np.floating))):
+                raise UserError(f"{self.path}: input {a.dtype} of shape {list(a.shape)}; the file takes "
+                                f"{self._expected()}")
+            arrays.append(np.ascontiguousarray(a, dtype=dtype))
         outs = self.run(*arrays)
         return outs[0] if len(outs) == 1 else outs
+
+    def classify(self, image) -> np.ndarray:
+        """Class probabilities [num_classes] of a PIL image, fed as the file's metadata says (resize, crop and
+        interpolation; scaling, normalisation, dtype, layout): what an app does with the file."""
+        from ..utils.images import eval_transform
+
+        meta = self.metadata
+        if meta is None:
+            raise MetadataError(f"{self.path}: the file carries no edgevit metadata (what its input is and what its "
+                                "classes are)", option="exported")
+        x01 = eval_transform(meta.input_size, meta.crop_pct, meta.interpolation, mean=(0.0, 0.0, 0.0),
+                             std=(1.0, 1.0, 1.0))(image)[None].numpy()
+        logits = np.asarray(self(meta.file_input(x01)), dtype=np.float64)[0]
+        e = np.exp(logits - logits.max())
+        return e / e.sum()
+
+    def _expected(self) -> str:
+        if self.metadata is not None:
+            return f"{self.metadata.input_dtype} {list(self.metadata.input_shape())} ({self.metadata.layout})"
+        size = "x".join(map(str, self.input_size)) if self.input_size else "H x W"
+        return f"a float32 [1, 3, H, W] array at {size}"
+
+
+def file_metadata(rt: Runtime, path: Path) -> Optional[FileMetadata]:
+    """What an exported file says about itself, validated and checked against the file's input size: from the
+    format's own place, or its sidecar (whose digests must match the files); None for a file written without it
+    (an earlier or foreign export)."""
+    if rt.read_metadata is not None:
+        text = rt.read_metadata(path)
+        meta = None if text is None else FileMetadata.from_json(text, str(path))
+    else:
+        meta = read_sidecar(path, rt.files(path))
+    if meta is not None and meta.layout == "NCHW":  # (the records read the input size of NCHW files)
+        check_against_file(meta, str(path), rt.input_size(path))
+    return meta
 
 
 def load_exported(path: os.PathLike | str, threads: int = 2) -> ExportedModel:
@@ -214,7 +277,7 @@ def load_exported(path: os.PathLike | str, threads: int = 2) -> ExportedModel:
     try:
         # the runtime's own log lines about a file it cannot load say what our one line says
         with filter_native_stderr(patterns=("",)):
-            return ExportedModel(path, rt, rt.input_size(path), rt.load(path, threads))
+            loaded = ExportedModel(path, rt, rt.input_size(path), rt.load(path, threads))
     except UserError:
         raise
     except Exception as e:  # the runtime's own loader: a corrupt/foreign file is the user's input, not a bug
@@ -226,3 +289,5 @@ def load_exported(path: os.PathLike | str, threads: int = 2) -> ExportedModel:
         first = first if len(first) <= 300 else first[:297] + "..."
         raise UserError(f"{path}: {rt.name} cannot load it as a {rt.suffix} file ({first or type(e).__name__})",
                         option="exported") from e
+    loaded.metadata = file_metadata(rt, path)
+    return loaded

@@ -5,6 +5,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -119,14 +120,18 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
 
 
 class _FileModule(torch.nn.Module):
-    """An exported file's batch-1 run function as a module for `evaluate`, run image by image."""
+    """An exported file's batch-1 run function as a module for `evaluate`, run image by image; `prepare`: the
+    batch as the file takes it (from the metadata: scaling, normalisation, dtype, layout)."""
 
-    def __init__(self, run):
+    def __init__(self, run, prepare=None):
         super().__init__()
-        self.run = run
+        self.run, self.prepare = run, prepare
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return run_batch(self.run, x.contiguous())
+        if self.prepare is None:
+            return run_batch(self.run, x.contiguous())
+        return torch.cat([torch.from_numpy(np.ascontiguousarray(self.run(self.prepare(x[i:i + 1].numpy()))[0]))
+                          for i in range(len(x))]).float()
 
 
 def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, crop_pct: Optional[float] = None,
@@ -147,11 +152,19 @@ def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, cro
 
     check_eval_data(data, dataset, split)
     m = load_exported(exported, threads)
-    fmt, run, size = m.format, first_output(m.run), m.input_size
+    fmt, size, meta = m.format, m.input_size, m.metadata
+    run = m.run if meta is not None else first_output(m.run)
     cfg, classes = {}, None
     if checkpoint:
         w = checkpoint_weights(checkpoint)
         cfg, classes = w["config"] or {}, w["classes"]
+    if meta is not None:  # the file says how it is fed
+        if classes is not None and list(classes) != list(meta.class_names):
+            raise UserError(f"{exported}: its classes ({', '.join(meta.class_names[:5])}...) differ from "
+                            f"{checkpoint}'s", option="checkpoint")
+        classes = classes or list(meta.class_names)
+        size = meta.input_size
+        cfg = {"img_size": cfg.get("img_size"), "crop_pct": meta.crop_pct, "eval_interpolation": meta.interpolation}
     if size is None:
         size = img_size or cfg.get("img_size")
         if size is None:
@@ -160,16 +173,18 @@ def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, cro
     elif img_size is not None and size_hw(img_size) != tuple(size):
         raise UserError(f"{'x'.join(map(str, size_hw(img_size)))}, but {exported} was exported at "
                         f"{size[0]}x{size[1]}", option="img_size")
-    if not checkpoint and (crop_pct is None or interpolation is None):
+    if meta is None and not checkpoint and (crop_pct is None or interpolation is None):
         import warnings
         warnings.warn(f"{exported}: the file does not record the crop and interpolation it was trained with; "
                       "using crop 0.875 / bicubic unless given (or pass the checkpoint it came from)")
     warn_if_not_trained_size(size, cfg.get("img_size"), f"{exported} runs")
     crop_pct = float(crop_pct or cfg.get("crop_pct") or 0.875)
     interpolation = interpolation or cfg.get("eval_interpolation") or "bicubic"
-    images, data_classes, where = build_eval_data(data, dataset, split, eval_transform(size_hw(size), crop_pct,
-                                                                                      interpolation), classes)
-    model = _FileModule(run)
+    # with metadata: the image in [0, 1], then what the file takes (`FileMetadata.file_input`); without: normalised
+    plain = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)} if meta is not None else {}
+    images, data_classes, where = build_eval_data(data, dataset, split, eval_transform(
+        size_hw(size), crop_pct, interpolation, **plain), classes)
+    model = _FileModule(run, meta.file_input if meta is not None else None)
     first = next(iter(images), None)
     if first is None:
         raise UserError(f"{where}: holds no images", option="data")

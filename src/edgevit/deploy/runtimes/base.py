@@ -149,7 +149,14 @@ class Runtime:
     # `write_traced(model, x, path)`, a graph that torch.export cannot capture (a two-stage detector's RPN and RoI
     # heads: NMS and RoIAlign over data-dependent counts) written by tracing; `constant_outputs`, the converter
     # keeps an output that is a constant (a raw detector's anchors)
+    # where a file keeps its metadata (`edgevit.deploy.metadata`): write_metadata(path, json_text) into the written
+    # file, read_metadata(path) -> the text or None; both None: a sidecar FILE.json beside it (with digests)
+    write_metadata: Optional[Callable[[Path, str], None]] = None
+    read_metadata: Optional[Callable[[Path], Optional[str]]] = None
     detections_in_graph: bool = False
+    # the inputs its float files can take (`deploy.app_input.AppInput`: NHWC, uint8 camera bytes), measured
+    input_layouts: Tuple[str, ...] = ("NCHW",)
+    input_dtypes: Tuple[str, ...] = ("float32",)
     write_traced: Optional[Callable[[nn.Module, torch.Tensor, Path], Dict[str, object]]] = None
     constant_outputs: bool = True
 

@@ -126,7 +126,8 @@ def load(path: Path, threads: int = 2):
 
     def run(*inputs) -> list:
         for d, a in zip(ins, inputs):
-            interp.set_tensor(d["index"], _quantize(a, d) if d["dtype"] in INTEGER_IO else a)
+            quantized = d["dtype"] in INTEGER_IO and a.dtype != d["dtype"]  # (uint8 camera bytes pass as they are)
+            interp.set_tensor(d["index"], _quantize(a, d) if quantized else a)
         interp.invoke()
         return [_dequantize(interp.get_tensor(d["index"]), d) if d["dtype"] in INTEGER_IO
                 else interp.get_tensor(d["index"]).copy() for d in outs]
@@ -231,4 +232,5 @@ RUNTIME = Runtime(
         "int8-conv": int8(save_tflite_int8_conv,
                           "int8 convolutions and fully connected layers, the rest float (XNNPACK on CPUs)"),
         "fp16": half(save_tflite_fp16, "fp16 weights behind DEQUANTIZE, fp32 activations (LiteRT's float16 file)")},
-    load=load, input_size=input_size, describe=describe)
+    load=load, input_size=input_size, describe=describe, input_layouts=("NCHW", "NHWC"),
+    input_dtypes=("float32", "uint8"))

@@ -210,4 +210,5 @@ RUNTIME = Runtime(
         "fp32": fp32(save_mnn),
         "int8": int8(save_mnn_int8, "MNN's post-training quantizer (EMA activation ranges, per-channel weights)"),
         "fp16": half(save_mnn_fp16, "fp16 weights, MNN's low precision (fp16 arithmetic on ARMv8.2)")},
-    load=load, input_size=input_size, describe=describe)
+    load=load, input_size=input_size, describe=describe,
+    input_layouts=("NCHW", "NHWC"))  # (its loader feeds float32: no uint8 input)

@@ -232,4 +232,5 @@ RUNTIME = Runtime(
     forms=Forms(qkv="merged", ln="native", sample="pool"),
     writers={"fp32": fp32(save_ncnn), "fp16": half(save_ncnn_fp16, "fp16 weights and ncnn's fp16 storage/arithmetic")},
     load=load, input_size=input_size, describe=describe, misread=misread, companions=companions,
-    constant_outputs=False)  # (pnnx drops a constant output from the graph)
+    constant_outputs=False,  # (pnnx drops a constant output from the graph)
+    input_layouts=("NCHW", "NHWC"))  # (its loader feeds float32: no uint8 input)

@@ -281,6 +281,26 @@ def save_onnx_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.
     return {"onnx_quantization": {k: cfg[k] for k in ORT_INT8}}
 
 
+def write_metadata(path: Path, text: str) -> None:
+    """The metadata as the model-level `metadata_props` entry "edgevit" (where ONNX keeps a model's own metadata;
+    ONNX Runtime's `InferenceSession.get_modelmeta().custom_metadata_map` reads it)."""
+    import onnx
+
+    m = onnx.load(str(path))
+    kept = [(p.key, p.value) for p in m.metadata_props if p.key != "edgevit"]
+    del m.metadata_props[:]
+    for k, v in [*kept, ("edgevit", text)]:
+        m.metadata_props.add(key=k, value=v)
+    onnx.save(m, str(path))
+
+
+def read_metadata(path: Path) -> Optional[str]:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return next((p.value for p in m.metadata_props if p.key == "edgevit"), None)
+
+
 def save_onnx_traced(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
     """A graph through torch's TorchScript-based exporter, the path torchvision tests its two-stage detectors on:
     torch.export (the dynamo exporter) stops at torchvision's `batched_nms` (a branch on the number of boxes,
@@ -302,4 +322,6 @@ RUNTIME = Runtime(
     packages=(PACKAGE,), export_packages=EXPORTER,
     forms=Forms(qkv="merged", ln="native", sample="pool"),
     writers={"fp32": fp32(save_onnx), "int8": int8(save_onnx_int8, "ONNX Runtime static QDQ")},
-    load=load, input_size=input_size, profile=profile, detections_in_graph=True, write_traced=save_onnx_traced)
+    load=load, input_size=input_size, profile=profile, detections_in_graph=True, write_traced=save_onnx_traced,
+    write_metadata=write_metadata, read_metadata=read_metadata, input_layouts=("NCHW", "NHWC"),
+    input_dtypes=("float32", "uint8"))

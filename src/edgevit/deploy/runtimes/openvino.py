@@ -225,6 +225,34 @@ def check_cpu_bf16() -> None:
         raise UserError(why, option="precision")
 
 
+def write_metadata(path: Path, text: str) -> None:
+    """The metadata as the IR's rt_info entry edgevit/metadata beside edgevit/precision (OpenVINO's place for a
+    model's runtime information; `Model.get_rt_info(["edgevit", "metadata"])` reads it), written into the .xml
+    (the weights are untouched)."""
+    import xml.etree.ElementTree as ET
+
+    tree = ET.parse(path)
+    net = tree.getroot()
+    info = net.find("rt_info")
+    info = ET.SubElement(net, "rt_info") if info is None else info
+    ours = info.find(PRECISION_KEY[0])
+    ours = ET.SubElement(info, PRECISION_KEY[0]) if ours is None else ours
+    for old in ours.findall("metadata"):
+        ours.remove(old)
+    ET.SubElement(ours, "metadata", value=text)
+    tree.write(path, encoding="utf-8", xml_declaration=True)
+
+
+def read_metadata(path: Path) -> Optional[str]:
+    import xml.etree.ElementTree as ET
+
+    try:
+        node = ET.parse(path).getroot().find(f"rt_info/{PRECISION_KEY[0]}/metadata")
+    except ET.ParseError:
+        return None
+    return None if node is None else node.get("value")
+
+
 RUNTIME = Runtime(
     name="openvino", title="OpenVINO IR (.xml + .bin, checked in OpenVINO's CPU plugin)", format="openvino",
     suffixes=(".xml",), packages=(PACKAGE,),
@@ -235,4 +263,5 @@ RUNTIME = Runtime(
         "int8": int8(save_openvino_int8, "NNCF post-training quantization"),
         "bf16": half(save_openvino_bf16, "the CPU plugin's bf16 inference precision")},
     load=load, input_size=input_size, cpu_lacks=cpu_lacks,
-    profile=profile, describe=describe, misread=misread, companions=companions)
+    profile=profile, describe=describe, misread=misread, companions=companions, write_metadata=write_metadata,
+    read_metadata=read_metadata, input_layouts=("NCHW", "NHWC"), input_dtypes=("float32", "uint8"))

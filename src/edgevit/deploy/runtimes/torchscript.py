@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -13,19 +13,22 @@ from ...utils.writes import require_room
 from .base import Runtime, fp32
 
 
-def strip_torch_archive(path: Path) -> None:
+def rewrite_archive(path: Path, add: Optional[Dict[str, bytes]] = None) -> None:
     """Rewrite a TorchScript / lite-interpreter archive without its *.debug_pkl records (source ranges with the
-    exporting machine's file names, which a shipped file must not carry), with torch's own zip reader and writer
-    (which keep the record alignment torch needs); loading and outputs are unchanged."""
+    exporting machine's file names, which a shipped file must not carry) and with the records `add`, with torch's
+    own zip reader and writer (which keep the record alignment torch needs); loading and outputs are unchanged."""
+    add = add or {}
     require_room(path, path.stat().st_size)  # torch's writer aborts the process (a C++ terminate) on a full disk
     reader = torch._C.PyTorchFileReader(str(path))
     tmp = path.with_name(path.name + ".strip")
     try:
         writer = torch._C.PyTorchFileWriter(str(tmp))
         for name in reader.get_all_records():
-            if name.endswith(".debug_pkl") or name in ("version", ".data/version"):  # (the writer adds the version)
-                continue
+            if name.endswith(".debug_pkl") or name in ("version", ".data/version") or name in add:
+                continue  # (the writer adds the version)
             data = reader.get_record(name)
+            writer.write_record(name, data, len(data))
+        for name, data in add.items():
             writer.write_record(name, data, len(data))
         writer.write_end_of_file()
         del writer
@@ -33,6 +36,23 @@ def strip_torch_archive(path: Path) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def strip_torch_archive(path: Path) -> None:
+    rewrite_archive(path)
+
+
+META_RECORD = "extra/edgevit.json"  # what torch.jit.load(..., _extra_files={"edgevit.json": ""}) reads
+
+
+def write_metadata(path: Path, text: str) -> None:
+    """The metadata as the archive's extra file edgevit.json (TorchScript's place for a model's own files)."""
+    rewrite_archive(path, {META_RECORD: text.encode()})
+
+
+def read_metadata(path: Path) -> Optional[str]:
+    reader = torch._C.PyTorchFileReader(str(path))
+    return reader.get_record(META_RECORD).decode() if reader.has_record(META_RECORD) else None
 
 
 def _weights_bytes(model: nn.Module) -> int:
@@ -105,7 +125,8 @@ def misread(path: Path):
 
 TORCHSCRIPT = Runtime(name="torchscript", title="frozen TorchScript", format="torchscript",
                       suffixes=(".pt", ".pth", ".torchscript"), writers={"fp32": fp32(save_torchscript)},
-                      load=load_torchscript,
-                      misread=misread)
+                      load=load_torchscript, misread=misread, write_metadata=write_metadata,
+                      read_metadata=read_metadata, input_layouts=("NCHW", "NHWC"), input_dtypes=("float32", "uint8"))
 PTL = Runtime(name="ptl", title="TorchScript lite interpreter (the paper's runtime)", format="ptl",
-              suffixes=(".ptl",), writers={"fp32": fp32(save_ptl)}, load=load_ptl)
+              suffixes=(".ptl",), writers={"fp32": fp32(save_ptl)}, load=load_ptl, write_metadata=write_metadata,
+              read_metadata=read_metadata)
