@@ -2,7 +2,8 @@
 and/or uint8 input (what Android camera pipelines, MediaPipe and the web hand over), with the scaling and the
 per-channel mean/std done by the graph's first ops (MediaPipe normalises per tensor only, so per-channel
 ImageNet statistics must be in the file). Exported like any model; its metadata says `normalization: "in the
-graph"` and the layout and dtype.
+graph"` and the layout and dtype. Its output is the class probabilities (what an app shows, and what MediaPipe's
+classifier reports as scores).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class AppInput(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout == "NHWC":
             x = x.permute(0, 3, 1, 2)
-        return self.model(x.to(torch.float32) * self.mul + self.add)
+        return self.model(x.to(torch.float32) * self.mul + self.add).softmax(-1)
 
     def app_input(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised NCHW images (what the model behind takes) as the app passes them: the same images in [0, 1]

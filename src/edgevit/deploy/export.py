@@ -238,8 +238,10 @@ class ExportedModel:
                                 "classes are)", option="exported")
         x01 = eval_transform(meta.input_size, meta.crop_pct, meta.interpolation, mean=(0.0, 0.0, 0.0),
                              std=(1.0, 1.0, 1.0))(image)[None].numpy()
-        logits = np.asarray(self(meta.file_input(x01)), dtype=np.float64)[0]
-        e = np.exp(logits - logits.max())
+        out = np.asarray(self(meta.file_input(x01)), dtype=np.float64)[0]
+        if meta.outputs[0]["name"] == "probabilities":
+            return out
+        e = np.exp(out - out.max())
         return e / e.sum()
 
     def _expected(self) -> str:

@@ -170,12 +170,15 @@ def classifier_metadata(model: str, class_names: Sequence[str], input_size: Tupl
     scale = rng[1]
     mean = tuple(float(m) * scale for m in cfg["mean"]) if normalization == "app" else None
     std = tuple(float(s) * scale for s in cfg["std"]) if normalization == "app" else None
+    app = normalization == "in the graph"  # (an app-ready file: `deploy.app_input.AppInput`, softmax included)
+    out = ({"name": "probabilities", "shape": [1, num_classes], "meaning": "class probabilities in class_names order"}
+           if app else {"name": "logits", "shape": [1, num_classes],
+                        "meaning": "class logits in class_names order (softmax gives probabilities)"})
     return FileMetadata(
         model=model, class_names=names, input_size=tuple(int(v) for v in input_size), precision=precision,
         layout=layout, input_dtype=input_dtype, value_range=rng, normalization=normalization, mean=mean, std=std,
         crop_pct=float(cfg.get("crop_pct") or 0.875), interpolation=str(cfg.get("interpolation") or "bicubic"),
-        outputs=({"name": "logits", "shape": [1, num_classes],
-                  "meaning": "class logits in class_names order (softmax gives probabilities)"},),
+        outputs=(out,),
         edgevit_version=__version__)
 
 

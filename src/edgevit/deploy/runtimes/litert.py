@@ -23,6 +23,8 @@ REQUIREMENTS = "requirements-litert.txt"  # an extra: installed by `make` after 
 INTERPRETER = Package("ai_edge_litert", "ai-edge-litert", REQUIREMENTS)
 CONVERTER = Package("litert_torch", "litert-torch", REQUIREMENTS)
 QUANTIZER = Package("ai_edge_quantizer", "ai-edge-quantizer", REQUIREMENTS)
+# the TFLite Support library's metadata writer (the schema MediaPipe Tasks and the TFLite Support library read)
+METADATA_WRITER = Package("tensorflow_lite_support", "tflite-support", "requirements-apps.txt")
 
 _NOISE = ("LiteRT-Torch Convert", "ExportedProgram Run", "Decompositions", "MLIR Module", "Write Model",
           "flatbuffer_export.cc", "Estimated count of arithmetic ops", "LiteRT Converter Passes",
@@ -215,6 +217,61 @@ def save_tflite_fp16(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str,
     return {**_quantized(model, x, path, fp16_weights), "litert_quantization": "ai-edge-quantizer float_casting fp16"}
 
 
+def write_metadata(path: Path, text: str) -> None:
+    """TFLite model metadata, by the TFLite Support library's writer: the input as an RGB image with its
+    NormalizationOptions (per tensor where the normalisation is in the graph: MediaPipe takes no other), the
+    output's class names as a TENSOR_AXIS_LABELS file, and the whole metadata (`deploy.metadata`) as the
+    associated file edgevit.json. (The associated files are a zip appended to the model: `read_metadata`.)"""
+    import tempfile
+
+    from ..metadata import FileMetadata
+
+    METADATA_WRITER.require()
+    from tensorflow_lite_support.metadata import metadata_schema_py_generated as schema
+    from tensorflow_lite_support.metadata.python.metadata_writers import metadata_info, metadata_writer, writer_utils
+
+    meta = FileMetadata.from_json(text, str(path))
+    lo, hi = meta.value_range
+    if meta.input_dtype == "uint8":  # camera bytes as they are
+        mean, std = [0.0], [1.0]
+    elif meta.normalization == "in the graph":  # pixels 0-255 to the file's value range, one value per tensor
+        mean, std = [-lo * 255 / (hi - lo)], [255 / (hi - lo)]
+    else:  # per channel, in pixel units (readers other than MediaPipe take it)
+        mean, std = [m * 255 / (hi - lo) for m in meta.mean], [v * 255 / (hi - lo) for v in meta.std]
+    buffer = writer_utils.load_file(str(path))
+    with tempfile.TemporaryDirectory() as d:
+        labels, ours = Path(d) / "labels.txt", Path(d) / "edgevit.json"
+        labels.write_text("\n".join(meta.class_names) + "\n")
+        ours.write_text(text)
+        out = meta.outputs[0]
+        writer = metadata_writer.MetadataWriter.create_from_metadata_info(
+            model_buffer=buffer,
+            general_md=metadata_info.GeneralMd(name=meta.model, version=meta.edgevit_version,
+                                               description=f"{meta.model} image classifier ({meta.precision}), "
+                                                           "exported by edgevit"),
+            input_md=metadata_info.InputImageTensorMd(
+                name="image", description=f"RGB image {meta.layout} {meta.input_dtype} {meta.input_size[0]}x"
+                                          f"{meta.input_size[1]}",
+                norm_mean=mean, norm_std=std, color_space_type=schema.ColorSpaceType.RGB,
+                tensor_type=writer_utils.get_input_tensor_types(buffer)[0]),
+            output_md=metadata_info.ClassificationTensorMd(
+                name=out["name"], description=out.get("meaning", ""), label_files=[metadata_info.LabelFileMd(
+                    str(labels))], tensor_type=writer_utils.get_output_tensor_types(buffer)[0]),
+            associated_files=[str(ours)])
+        path.write_bytes(writer.populate())
+
+
+def read_metadata(path: Path) -> Optional[str]:
+    """edgevit.json among the file's associated files (a zip appended to the flatbuffer), if it has them."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.read("edgevit.json").decode() if "edgevit.json" in z.namelist() else None
+    except zipfile.BadZipFile:
+        return None
+
+
 def describe(report: Dict[str, object]) -> str:
     outside = report.get("outside_xnnpack") or {}
     return (f"{report['ops']} LiteRT ops, {report['transposes']} of them TRANSPOSE; XNNPACK partitions: "
@@ -233,4 +290,4 @@ RUNTIME = Runtime(
                           "int8 convolutions and fully connected layers, the rest float (XNNPACK on CPUs)"),
         "fp16": half(save_tflite_fp16, "fp16 weights behind DEQUANTIZE, fp32 activations (LiteRT's float16 file)")},
     load=load, input_size=input_size, describe=describe, input_layouts=("NCHW", "NHWC"),
-    input_dtypes=("float32", "uint8"))
+    input_dtypes=("float32", "uint8"), write_metadata=write_metadata, read_metadata=read_metadata)
