@@ -15,12 +15,18 @@ DEMO_BENCH ?= edgevit_xxs edgevit_xs edgevit_s mobilenetv2_100 mobilenetv3_large
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-litert.txt requirements-edge.txt pyproject.toml
+$(STAMP): requirements.txt requirements-litert.txt requirements-edge.txt requirements-apps.txt pyproject.toml
+	@# libusb-1.0 for the TFLite Support metadata writer (requirements-apps.txt): Debian's package, as root
+	test -e /usr/lib/x86_64-linux-gnu/libusb-1.0.so.0 -o -e /usr/lib/aarch64-linux-gnu/libusb-1.0.so.0 || \
+		{ [ "$$(id -u)" = 0 ] && { apt-get install -y -q libusb-1.0-0 || \
+		  { apt-get update -q && apt-get install -y -q libusb-1.0-0; }; } > /dev/null; } || \
+		{ echo "the TFLite metadata writer needs libusb-1.0: apt-get install libusb-1.0-0 (as root)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet -r requirements-litert.txt
 	$(PY) -m pip install --quiet --no-deps litert-torch==0.10.0 litert-converter==0.5.0
 	$(PY) -m pip install --quiet --no-deps -r requirements-edge.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-apps.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -53,7 +59,7 @@ demo: setup
 # openvino (EDGEVIT_NO_OPENVINO, tests/conftest.py), so a new OpenVINO test cannot land among the others unnoticed.
 OPENVINO_TESTS := tests/bench/test_matrix.py tests/bench/test_profile_scripts.py tests/bench/test_runners.py \
                   tests/deploy/test_edge_reference.py tests/deploy/test_edge_runtimes.py tests/deploy/test_export.py \
-                  tests/deploy/test_quantize.py tests/deploy/test_shipped_files.py
+                  tests/deploy/test_quantize.py tests/deploy/test_shipped_files.py tests/deploy/test_app_files.py
 test: setup
 	$(VENV)/bin/ruff check .
 	EDGEVIT_NO_OPENVINO=1 $(PY) -m pytest -q -n 2 --dist loadfile tests $(addprefix --ignore=,$(OPENVINO_TESTS))

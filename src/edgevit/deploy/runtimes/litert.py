@@ -249,15 +249,15 @@ def write_metadata(path: Path, text: str) -> None:
             general_md=metadata_info.GeneralMd(name=meta.model, version=meta.edgevit_version,
                                                description=f"{meta.model} image classifier ({meta.precision}), "
                                                            "exported by edgevit"),
-            input_md=metadata_info.InputImageTensorMd(
+            input_md=[metadata_info.InputImageTensorMd(
                 name="image", description=f"RGB image {meta.layout} {meta.input_dtype} {meta.input_size[0]}x"
                                           f"{meta.input_size[1]}",
                 norm_mean=mean, norm_std=std, color_space_type=schema.ColorSpaceType.RGB,
-                tensor_type=writer_utils.get_input_tensor_types(buffer)[0]),
-            output_md=metadata_info.ClassificationTensorMd(
+                tensor_type=writer_utils.get_input_tensor_types(buffer)[0])],
+            output_md=[metadata_info.ClassificationTensorMd(
                 name=out["name"], description=out.get("meaning", ""), label_files=[metadata_info.LabelFileMd(
-                    str(labels))], tensor_type=writer_utils.get_output_tensor_types(buffer)[0]),
-            associated_files=[str(ours)])
+                    str(labels))], tensor_type=writer_utils.get_output_tensor_types(buffer)[0])],
+            associated_files=[str(labels), str(ours)])
         path.write_bytes(writer.populate())
 
 

@@ -1,0 +1,137 @@
+"""The file is the product: an exported file says what it is (model, classes, input, preprocessing) and works
+from itself alone — in `edgevit predict|eval --exported`, and in the client an Android app uses, MediaPipe Tasks
+(its Python API runs the same C++ task graph as Android, iOS and the web) on the app-ready LiteRT file (NHWC,
+normalisation in the graph, TFLite model metadata)."""
+import json
+
+import numpy as np
+import pytest
+
+from edgevit.cli.main import main
+
+TINY = {"embed_dims": [16, 16, 16, 16], "depths": [1, 1, 1, 1], "head_dim": 16}
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A tiny EdgeViT trained one epoch on the bundled handwritten digits at 32 px (real scans, 10 classes)."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("digits")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["data", "digits", "--out", str(root / "digits"), "--size", "32"]) == 0
+        assert main(["train", "--data", str(root / "digits"), "--output", str(root / "run"), "--img-size", "32",
+                     "--epochs", "3", "--batch-size", "64", "--workers", "0", "--no-progress", "--aa", "none",
+                     "--mixup", "0", "--cutmix", "0", "--no-repeated-aug", "--no-model-ema", "--device", "cpu",
+                     "--lr", "3e-3", "--warmup-epochs", "0", "--model-kwargs", json.dumps(TINY)]) == 0
+    return root / "digits", root / "run" / "best.pth"
+
+
+def _json(capsys, argv):
+    capsys.readouterr()
+    assert main(argv) == 0, argv
+    return json.loads(capsys.readouterr().out)
+
+
+def _crop(image_path, meta):
+    """The image resized and centre-cropped to the file's input as its metadata says (what the app does before
+    handing the pixels to MediaPipe), as uint8 RGB."""
+    from PIL import Image
+
+    from edgevit.utils.images import eval_transform
+
+    steps = eval_transform(meta.input_size, meta.crop_pct, meta.interpolation).transforms[:2]  # resize, crop
+    img = Image.open(image_path).convert("RGB")
+    for t in steps:
+        img = t(img)
+    return np.asarray(img)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_mediapipe_image_classifier_runs_the_app_ready_tflite_file(precision, digits_run, tmp_path, capsys):
+    mp = pytest.importorskip("mediapipe")
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    from edgevit.deploy import load_exported
+
+    data, ck = digits_run
+    out = tmp_path / f"app_{precision}.tflite"
+    extra = [] if precision == "fp32" else ["--quantize", precision]
+    rep = _json(capsys, ["export", "--checkpoint", str(ck), "--format", "tflite", "--input-layout", "nhwc", *extra,
+                         "-o", str(out), "--json"])
+    assert rep["precision"] == precision and rep["metadata"] == "in the file (litert)"
+    meta = load_exported(out).metadata
+    assert meta.layout == "NHWC" and meta.normalization == "in the graph" and meta.class_names == tuple(
+        str(i) for i in range(10)) and meta.outputs[0]["name"] == "probabilities"
+    options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(out)), max_results=3)
+    images = sorted((data / "val").rglob("*.png"))[::9]  # ~40 of the 360 validation scans, every class
+    agree, worst = 0, 0.0
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        for image in images:
+            pixels = _crop(image, meta)
+            result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=pixels))
+            got = [(c.category_name, c.score) for c in result.classifications[0].categories]
+            want = _json(capsys, ["predict", str(image), "--exported", str(out), "--topk", "3", "--json"])["top"]
+            agree += got[0][0] == want[0]["label"]
+            worst = max(worst, max(abs(s - w["prob"]) for (_, s), w in zip(got, want)))
+    # MediaPipe reads the labels and the normalisation from the file's metadata; same pixels, same probabilities
+    assert agree == len(images) and worst < 1e-4, (agree, len(images), worst)
+    # and the file alone evaluates like the checkpoint it came from
+    ev = _json(capsys, ["eval", "--exported", str(out), "--data", str(data / "val"), "--workers", "0",
+                        "--no-progress", "--json"])
+    want = _json(capsys, ["eval", "--checkpoint", str(ck), "--data", str(data / "val"), "--workers", "0",
+                          "--no-progress", "--json"])
+    assert ev["top1"] >= 30 and abs(ev["top1"] - want["top1"]) <= (0 if precision == "fp32" else 100 / 360 * 2)
+
+
+def test_every_file_says_what_it_is_and_a_file_without_it_is_one_line(digits_run, tmp_path, capsys, refused):
+    """ONNX (metadata_props), TorchScript (extra file), OpenVINO (rt_info) and a sidecar with digests for the
+    formats without a place (ExecuTorch): the same metadata read back; an edited sidecar, a sidecar beside
+    another export, and a file without metadata are one line each."""
+    import shutil
+
+    from edgevit.deploy import load_exported
+
+    data, ck = digits_run
+    metas = {}
+    for name in ("m.onnx", "m.pt", "m.xml"):
+        fmt = {"m.onnx": "onnx", "m.pt": "torchscript", "m.xml": "openvino"}[name]
+        _json(capsys, ["export", "--checkpoint", str(ck), "--format", fmt, "-o", str(tmp_path / name), "--json"])
+        metas[name] = load_exported(tmp_path / name).metadata
+    assert len({m.to_json() for m in metas.values()}) == 1  # (one document, wherever the format keeps it)
+    m = metas["m.onnx"]
+    assert (m.model, m.input_size, m.crop_pct, m.num_classes, m.layout) == ("edgevit_xxs", (32, 32), 0.875, 10, "NCHW")
+    # a sidecar format: ncnn writes fast; the sidecar records both files' digests
+    side_out = tmp_path / "s.ncnn.param"
+    _json(capsys, ["export", "--checkpoint", str(ck), "--format", "ncnn", "-o", str(side_out), "--json"])
+    side = tmp_path / "s.ncnn.param.json"
+    assert set(json.loads(side.read_text())["files"]) == {"s.ncnn.param", "s.ncnn.bin"}
+    assert load_exported(side_out).metadata.class_names == m.class_names
+    image = next((data / "val" / "3").iterdir())
+    good = side.read_text()
+    doc = json.loads(good)
+    for edit, needle in (({"class_names": doc["class_names"][:9]}, "9 classes"), ({"std": [0.2, 0.0, 0.2]}, "std"),
+                         ({"mean": [0.5]}, "mean"), ({"outputs": []}, "outputs")):
+        side.write_text(json.dumps({**doc, **edit}))
+        refused(["predict", str(image), "--exported", str(side_out)], str(side_out), needle)
+    side.write_text(good)
+    weights = (tmp_path / "s.ncnn.bin").read_bytes()
+    (tmp_path / "s.ncnn.bin").write_bytes(weights[::-1])  # another export's weights
+    refused(["predict", str(image), "--exported", str(side_out)], "digest", "different exports")
+    (tmp_path / "s.ncnn.bin").write_bytes(weights)
+    # a file written without metadata (an earlier or a foreign export): one line saying what to give
+    bare = tmp_path / "bare.onnx"
+    shutil.copy(tmp_path / "m.onnx", bare)
+    import onnx
+    model = onnx.load(str(bare))
+    del model.metadata_props[:]
+    onnx.save(model, str(bare))
+    refused(["predict", str(image), "--exported", str(bare)], "no edgevit metadata", "--checkpoint")
+    # inputs are checked against what the file takes, the same for every runtime
+    for name in ("m.onnx", "s.ncnn.param"):
+        f = load_exported(tmp_path / name)
+        for bad in (np.zeros((2, 3, 32, 32), np.float32), np.zeros((1, 1, 32, 32), np.float32),
+                    np.zeros((1, 4, 32, 32), np.float32)):
+            with pytest.raises(Exception, match=r"the file takes float32 \[1, 3, 32, 32\] \(NCHW\)"):
+                f(bad)
