@@ -135,3 +135,40 @@ def test_every_file_says_what_it_is_and_a_file_without_it_is_one_line(digits_run
                     np.zeros((1, 4, 32, 32), np.float32)):
             with pytest.raises(Exception, match=r"the file takes float32 \[1, 3, 32, 32\] \(NCHW\)"):
                 f(bad)
+
+
+def test_opencv_dnn_runs_the_onnx_files_it_can_and_fails_loudly_on_the_others(exported, make_tiny, tmp_path):
+    """OpenCV's DNN module (what edge boxes often load ONNX with): the fused classifier and a segmenter equal ONNX
+    Runtime (max |diff| within the fp32 rule); the int8 QDQ classifier and a detector with NMS in the graph are
+    refused by OpenCV 5.1 with its own error (docs/apps.md says so and what to use instead): if OpenCV starts
+    taking them, this test says so."""
+    cv2 = pytest.importorskip("cv2")
+    import torch
+
+    from edgevit.dense.export import export_dense
+    from edgevit.dense.models import create_dense
+    from edgevit.deploy import fuse, load_exported
+    from edgevit.deploy.export import export_model, random_calibration
+
+    fp32, _ = exported("onnx")
+    int8 = tmp_path / "i.onnx"
+    export_model(fuse(make_tiny(), "onnxruntime"), "onnx", int8, 64, precision="int8",
+                 images=random_calibration(8, 64))
+    seg, det = tmp_path / "s.onnx", tmp_path / "d.onnx"
+    export_dense(create_dense("lraspp", 4, drop_path_rate=0.0).eval(), "onnx", seg, (64, 64),
+                 meta={"num_classes": 4}, trained=False)
+    export_dense(create_dense("retinanet", 3, min_size=64, max_size=64, fpn_channels=32, drop_path_rate=0.0).eval(),
+                 "onnx", det, (64, 64), meta={"num_classes": 3})
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).numpy()
+
+    def opencv(path):
+        net = cv2.dnn.readNet(str(path))
+        net.setInput(x)
+        return net.forward(net.getUnconnectedOutLayersNames())
+
+    for path in (fp32, seg):
+        (got,), (want,) = opencv(path), load_exported(path).run(x)
+        assert got.shape == want.shape and float(np.abs(got - want).max()) <= 1e-3, path.name
+    for path in (int8, det):
+        with pytest.raises(cv2.error):
+            opencv(path)
