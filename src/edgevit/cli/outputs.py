@@ -129,10 +129,10 @@ def check_export_output(args, inputs: Sequence, sidecar: bool = False):
     from ..errors import ConfigError
 
     rt = runtimes.by_format(args.format)
+    check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=inputs)
     if not str(args.output).lower().endswith(rt.suffixes):
         raise ConfigError(f"-o {args.output}: expected a {' or '.join(rt.suffixes)} file name for --format "
                           f"{args.format}")
-    check_output_file(args.output, "-o", overwrite=args.overwrite, inputs=inputs)
     for companion in rt.files(args.output)[1:]:  # (written with -o, refused alike)
         check_output_file(companion, "-o", overwrite=args.overwrite, inputs=inputs)
     if sidecar:
