@@ -49,12 +49,17 @@ def main(argv=None) -> int:
     rows, runners = [], []
     for name, fb, fa in tqdm(list(pairs(args.before, args.after)), desc="loading", file=sys.stderr):
         mb, ma = load_exported(fb, args.threads), load_exported(fa, args.threads)
-        h, w = ma.input_size or mb.input_size or (224, 224)
+        h, w = ma.input_size or (ma.metadata.input_size if ma.metadata else None) or mb.input_size or (224, 224)
         x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
-        diff = float(np.abs(np.asarray(ma(x), np.float32) - np.asarray(mb(x), np.float32)).max())
+        outs_a, outs_b = ma.run(x), mb.run(x)  # (every output: a detector's boxes, scores, labels, masks)
+        if [np.shape(o) for o in outs_a] != [np.shape(o) for o in outs_b]:
+            raise SystemExit(f"{name}: outputs of shapes {[np.shape(o) for o in outs_b]} before, "
+                             f"{[np.shape(o) for o in outs_a]} after")
+        diff = max((float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max()) if np.size(a) else 0.0)
+                   for a, b in zip(outs_a, outs_b))
         rows.append({"file": name, "runtime": ma.runtime.name, "before_bytes": fb.stat().st_size,
                      "after_bytes": fa.stat().st_size, "max_abs_diff": diff})
-        runners += [lambda m=mb, x=x: m(x), lambda m=ma, x=x: m(x)]
+        runners += [lambda m=mb, x=x: m.run(x), lambda m=ma, x=x: m.run(x)]
     with tqdm(total=args.runs * len(runners), desc="timing", file=sys.stderr) as bar:
         times = time_runners(runners, args.runs, args.warmup, progress=bar)
     for i, row in enumerate(rows):

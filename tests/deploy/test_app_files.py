@@ -120,6 +120,12 @@ def test_every_file_says_what_it_is_and_a_file_without_it_is_one_line(digits_run
     (tmp_path / "s.ncnn.bin").write_bytes(weights[::-1])  # another export's weights
     refused(["predict", str(image), "--exported", str(side_out)], "digest", "different exports")
     (tmp_path / "s.ncnn.bin").write_bytes(weights)
+    # OpenVINO's .xml beside the .bin of another export of the same architecture (same size, other weights): the
+    # metadata in the .xml holds the .bin's digest
+    weights = (tmp_path / "m.bin").read_bytes()
+    (tmp_path / "m.bin").write_bytes(weights[:1000] + bytes(b ^ 1 for b in weights[1000:2000]) + weights[2000:])
+    refused(["predict", str(image), "--exported", str(tmp_path / "m.xml")], "m.bin", "different exports")
+    (tmp_path / "m.bin").write_bytes(weights)
     # a file written without metadata (an earlier or a foreign export): one line saying what to give
     bare = tmp_path / "bare.onnx"
     shutil.copy(tmp_path / "m.onnx", bare)

@@ -24,7 +24,7 @@ from ..utils.images import size_hw
 from ..utils.quiet import filter_native_stderr
 from ..utils.writes import atomic_path
 from . import runtimes
-from .metadata import FileMetadata, MetadataError, check_against_file, read_sidecar, sidecar_path, write_sidecar
+from .metadata import FileMetadata, MetadataError, check_against_file, digest, read_sidecar, sidecar_path, write_sidecar
 from .runtimes import Runtime
 from .runtimes.base import FLOAT_RULE, Rule
 
@@ -153,6 +153,9 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
         else:
             report.update(rt.write(precision, model, x, tmp, images))
         if metadata is not None and rt.write_metadata:
+            names = [Path(f).name for f in rt.files(Path(output))[1:]]  # (the companions, by their final names)
+            metadata = dataclasses.replace(metadata, companions={n: digest(t) for n, t in zip(
+                names, rt.files(tmp)[1:])})
             rt.write_metadata(tmp, metadata.to_json())
         run = rt.load(tmp, threads)
         got = [run(c.numpy()) for c in check_x.split(1)]
@@ -260,8 +263,9 @@ def file_metadata(rt: Runtime, path: Path) -> Optional[FileMetadata]:
         meta = None if text is None else FileMetadata.from_json(text, str(path))
     else:
         meta = read_sidecar(path, rt.files(path))
-    if meta is not None and meta.layout == "NCHW":  # (the records read the input size of NCHW files)
-        check_against_file(meta, str(path), rt.input_size(path))
+    if meta is not None:
+        check_against_file(meta, str(path), rt.input_size(path) if meta.layout == "NCHW" else None,
+                           companions=rt.files(path)[1:])  # (the records read the input size of NCHW files)
     return meta
 
 

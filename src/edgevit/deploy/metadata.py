@@ -68,6 +68,8 @@ class FileMetadata:
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
     outputs: Tuple[Mapping[str, Any], ...] = ()
+    # the SHA-256 of each file the model file needs beside it (OpenVINO's weights .bin), by name
+    companions: Mapping[str, str] = dataclasses.field(default_factory=dict)
     edgevit_version: str = ""
     schema: str = SCHEMA
 
@@ -89,7 +91,7 @@ class FileMetadata:
             raise MetadataError(f"{source}: not edgevit file metadata (expected schema {SCHEMA!r})")
         known = {f.name for f in dataclasses.fields(cls)}
         missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                   and f.name not in raw]
+                   and f.default_factory is dataclasses.MISSING and f.name not in raw]
         if missing:
             raise MetadataError(f"{source}: its metadata lacks {', '.join(missing)}")
         values = {k: raw[k] for k in known if k in raw}
@@ -131,6 +133,8 @@ class FileMetadata:
             return f"normalization {self.normalization!r}: expected 'app' or 'in the graph'"
         if not (isinstance(self.crop_pct, (int, float)) and 0 < self.crop_pct <= 1):
             return f"crop_pct {self.crop_pct}: expected a number in (0, 1]"
+        if not isinstance(self.companions, Mapping) or not all(isinstance(v, str) for v in self.companions.values()):
+            return "companions: expected {file name: sha256}"
         if not self.outputs or not all(isinstance(o, Mapping) and "name" in o for o in self.outputs):
             return "outputs: expected a list of {name, shape, meaning}"
         shape = self.outputs[0].get("shape")
@@ -213,8 +217,14 @@ def read_sidecar(path: Path, files: Sequence[Path]) -> Optional[FileMetadata]:
 
 
 def check_against_file(meta: FileMetadata, source: str, input_size: Optional[Sequence[int]],
-                       output_shapes: Sequence[Sequence[int]] = ()) -> None:
-    """Refuse metadata that disagrees with the file's own input size or first output."""
+                       output_shapes: Sequence[Sequence[int]] = (), companions: Sequence[Path] = ()) -> None:
+    """Refuse metadata that disagrees with the file's own input size or first output, or with the files beside it
+    (a weights file of another export: same architecture, other weights, no runtime error)."""
+    for c in companions:
+        want = meta.companions.get(Path(c).name)
+        if want is not None and digest(Path(c)) != want:
+            raise MetadataError(f"{source}: {Path(c).name} beside it is not the one exported with it (its digest "
+                                "differs): the files come from different exports; export again")
     if input_size is not None and tuple(input_size) != tuple(meta.input_size):
         raise MetadataError(f"{source}: the file takes {input_size[0]}x{input_size[1]}, its metadata says "
                             f"{meta.input_size[0]}x{meta.input_size[1]}")
