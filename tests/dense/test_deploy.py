@@ -182,3 +182,25 @@ def test_int8_refused_where_it_does_not_apply(trained, shapes_root, tmp_path, ca
                      "-o", str(out)]) == 2
         assert flag in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_sidecar_with_values_a_file_cannot_be_read_by_is_named(tmp_path):
+    """An edited or broken FILE.json is refused when read, naming what is wrong: another class count than its
+    names, an empty output list, a one-value mean, std 0 (detections silently 0 otherwise), no decoding."""
+    from edgevit.dense.files import read_sidecar
+    from edgevit.errors import UserError
+
+    f = tmp_path / "d.onnx"
+    f.write_bytes(b"model")
+    good = {"edgevit_dense_file": 1, "task": "detect", "arch": "retinanet", "input_size": [64, 64],
+            "resize": "fit", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "num_classes": 3,
+            "class_names": ["a", "b", "c"], "outputs": ["cls_logits", "bbox_regression", "anchors"],
+            "decoding": {"kind": "retinanet"}}
+    sidecar_path(f).write_text(json.dumps(good))
+    assert read_sidecar(f)["arch"] == "retinanet"
+    for edit, needle in (({"num_classes": 4}, "4 but 3 class names"), ({"outputs": []}, "outputs"),
+                         ({"mean": [0.5]}, "mean"), ({"std": [0.2, 0.0, 0.2]}, "positive"),
+                         ({"decoding": None}, "decoding"), ({"input_size": [60, 64]}, "multiples of 32")):
+        sidecar_path(f).write_text(json.dumps({**good, **edit}))
+        with pytest.raises(UserError, match=needle):
+            read_sidecar(f)

@@ -178,3 +178,16 @@ def test_opencv_dnn_runs_the_onnx_files_it_can_and_fails_loudly_on_the_others(ex
     for path in (int8, det):
         with pytest.raises(cv2.error):
             opencv(path)
+
+
+def test_a_detector_or_segmenter_file_given_to_predict_says_which_command_reads_it(tmp_path, refused):
+    from edgevit.dense.export import export_dense
+    from edgevit.dense.models import create_dense
+
+    seg = tmp_path / "s.onnx"
+    export_dense(create_dense("lraspp", 4, drop_path_rate=0.0).eval(), "onnx", seg, (64, 64),
+                 meta={"num_classes": 4}, trained=False)
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "x.png")
+    refused(["predict", str(tmp_path / "x.png"), "--exported", str(seg)], "lraspp", "edgevit segment predict")

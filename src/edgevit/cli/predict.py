@@ -64,6 +64,10 @@ def run_exported(args: argparse.Namespace, image) -> int:
         if value is not None:
             raise ConfigError(f"{flag}: not used with --exported (the file says its model, size and crop)")
     m = load_exported(args.exported, args.threads)
+    dense = _dense_task(args.exported) if m.metadata is None else None
+    if dense:
+        raise ConfigError(f"--exported {args.exported}: a {dense[1]} file of `edgevit {dense[0]} export`; "
+                          f"`edgevit {dense[0]} predict --exported` reads it")
     if m.metadata is None:
         raise ConfigError(f"--exported {args.exported}: the file carries no edgevit metadata (an earlier or foreign "
                           "export): export it again with `edgevit export`, or predict with --checkpoint")
@@ -75,6 +79,19 @@ def run_exported(args: argparse.Namespace, image) -> int:
               "precision": meta.precision, "img_size": list(meta.input_size), "crop_pct": meta.crop_pct,
               "top": [{"index": int(i), "label": names[i], "prob": float(probs[i])} for i in idx]}
     return _show(args, result)
+
+
+def _dense_task(path) -> tuple | None:
+    """(task, architecture) when `path` is a detector's or segmenter's exported file (its sidecar says so)."""
+    from ..deploy.metadata import sidecar_path
+
+    try:
+        side = json.loads(sidecar_path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(side, dict) and "edgevit_dense_file" in side:
+        return str(side.get("task")), str(side.get("arch"))
+    return None
 
 
 def _show(args: argparse.Namespace, result: dict) -> int:

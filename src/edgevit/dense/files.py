@@ -134,7 +134,44 @@ def read_sidecar(path: os.PathLike | str) -> dict:
     missing = [k for k in SIDECAR_KEYS if k not in meta]
     if missing:
         raise UserError(f"{side}: lacks {', '.join(missing)} (re-export the model)", option="exported")
+    problem = _sidecar_problem(meta)
+    if problem:
+        raise UserError(f"{side}: {problem}", option="exported")
     return meta
+
+
+OUTPUT_NAMES = {"logits", "classes", "cls_logits", "bbox_regression", "anchors", "boxes", "scores", "labels", "masks"}
+
+
+def _sidecar_problem(meta: dict) -> Optional[str]:
+    """What is wrong with a dense sidecar's values (None: nothing): the values a file is fed and read by."""
+    def numbers(v, n):
+        return isinstance(v, list) and len(v) == n and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+    if meta["task"] not in registry.TASKS:
+        return f"task {meta['task']!r}: expected one of {', '.join(registry.TASKS)}"
+    size = meta["input_size"]
+    if not (numbers(size, 2) and all(isinstance(v, int) and v >= 32 and v % 32 == 0 for v in size)):
+        return f"input_size {size}: expected [H, W], multiples of 32"
+    for key in ("mean", "std"):
+        if not numbers(meta[key], 3):
+            return f"{key} {meta[key]}: expected 3 numbers (one per RGB channel)"
+    if min(meta["std"]) <= 0:
+        return f"std {meta['std']}: expected positive values"
+    n = meta["num_classes"]
+    if not (isinstance(n, int) and not isinstance(n, bool) and n > 0):
+        return f"num_classes {n!r}: expected a positive integer"
+    names = meta.get("class_names") or []
+    if names and len(names) != n:
+        return f"num_classes {n} but {len(names)} class names"
+    outputs = meta["outputs"]
+    if not (isinstance(outputs, list) and outputs and all(o in OUTPUT_NAMES for o in outputs)):
+        return f"outputs {outputs!r}: expected the list of the file's outputs ({', '.join(sorted(OUTPUT_NAMES))})"
+    if outputs[0] == "cls_logits" and not isinstance(meta.get("decoding"), dict):
+        return "a raw-output detector's sidecar without its decoding (how the outputs become detections)"
+    if meta["resize"] not in ("fit", "stretch"):
+        return f"resize {meta['resize']!r}: expected fit or stretch"
+    return None
 
 
 def load_dense_file(path: os.PathLike | str, task: str, threads: int = 2) -> DenseFile:
