@@ -62,9 +62,10 @@ def test_load_exported_runs_a_file_on_numpy(tmp_path, make_tiny):
     y = m(x)
     assert m.format == "onnx" and m.runtime.name == "onnxruntime" and m.input_size == (64, 96)
     assert isinstance(y, np.ndarray) and y.shape == (1, 7) and np.abs(y - ref).max() <= 1e-4
-    with pytest.raises(UserError, match=r"tiny.onnx: input of shape \[1, 3, 32, 32\]; the file takes .* at 64x96"):
+    with pytest.raises(UserError, match=r"tiny.onnx: input float32 of shape \[1, 3, 32, 32\]; the file takes .* "
+                                        r"at 64x96"):
         m(np.zeros((1, 3, 32, 32), np.float32))
-    with pytest.raises(UserError, match="tiny.onnx: input of shape \\[3, 64, 96\\]"):
+    with pytest.raises(UserError, match="tiny.onnx: input float32 of shape \\[3, 64, 96\\]"):
         m(np.zeros((3, 64, 96), np.float32))
     with pytest.raises(UserError, match="no input given"):
         m()

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from edgevit.cli.main import main
-from edgevit.train import loop
+from edgevit.train import build
 
-_real = loop.train_transform
+_real = build.train_transform
 
 
 def _slow_transform(cfg):
@@ -28,7 +28,7 @@ def _slow_transform(cfg):
     return fn
 
 
-loop.train_transform = _slow_transform
+build.train_transform = _slow_transform
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -12,7 +12,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from edgevit.cli.main import main as cli
-from edgevit.train import loop
+from edgevit.train import build
 from edgevit.train.loop import train
 from edgevit.train.state import load_training_state
 
@@ -87,7 +87,7 @@ def test_mid_epoch_resume_from_shards_is_exact(tiny, tmp_path, monkeypatch, work
     straight = train(tiny.cfg(shards, tmp_path / "straight", **cfg))
     assert straight["stopped"] is None
 
-    real = loop.train_transform
+    real = build.train_transform
     main_pid = os.getpid()
 
     def transform_that_sends_sigterm(c):
@@ -101,13 +101,13 @@ def test_mid_epoch_resume_from_shards_is_exact(tiny, tmp_path, monkeypatch, work
             return t(img)
         return fn
 
-    monkeypatch.setattr(loop, "train_transform", transform_that_sends_sigterm)
+    monkeypatch.setattr(build, "train_transform", transform_that_sends_sigterm)
     out = tmp_path / "resumed"
     stopped = train(tiny.cfg(shards, out, **cfg))
     assert stopped["stopped"] == "signal"
     state = load_training_state(out / "last.pth")
     assert state["epoch"] == 0 and 0 < state["step_in_epoch"] < 6  # stopped mid-epoch 1 (24 images, batch 4)
-    monkeypatch.setattr(loop, "train_transform", real)
+    monkeypatch.setattr(build, "train_transform", real)
     done = train(tiny.cfg(shards, out, resume="auto", **cfg))
     assert done["stopped"] is None
     a, b = _weights(tmp_path / "straight" / "last.pth"), _weights(out / "last.pth")

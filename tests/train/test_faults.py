@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from edgevit.cli.main import main as cli
-from edgevit.train import loop
+from edgevit.train import build
 from edgevit.train.loop import train
 from edgevit.train.state import RunDirectory, load_training_state
 
@@ -257,7 +257,7 @@ def test_mid_epoch_resume_of_a_folder_is_exact_with_loader_workers(tiny, tmp_pat
     cfg = dict(epochs=2, workers=workers, model_ema=False)  # the full recipe: RandAugment, mixup, erasing...
     straight = train(tiny.cfg(data, tmp_path / "straight", **cfg))
     assert straight["stopped"] is None
-    real, main_pid = loop.train_transform, os.getpid()
+    real, main_pid = build.train_transform, os.getpid()
 
     def transform_that_sends_sigterm(c):
         t, calls = real(c), {"n": 0}
@@ -269,12 +269,12 @@ def test_mid_epoch_resume_of_a_folder_is_exact_with_loader_workers(tiny, tmp_pat
             return t(img)
         return fn
 
-    monkeypatch.setattr(loop, "train_transform", transform_that_sends_sigterm)
+    monkeypatch.setattr(build, "train_transform", transform_that_sends_sigterm)
     out = tmp_path / "resumed"
     assert train(tiny.cfg(data, out, **cfg))["stopped"] == "signal"
     state = load_training_state(out / "last.pth")
     assert state["epoch"] == 0 and 0 < state["step_in_epoch"] < 6
-    monkeypatch.setattr(loop, "train_transform", real)
+    monkeypatch.setattr(build, "train_transform", real)
     assert train(tiny.cfg(data, out, resume="auto", **cfg))["stopped"] is None
     _equal_states(tmp_path / "straight" / "last.pth", out / "last.pth")
 

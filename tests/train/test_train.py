@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edgevit.cli.main import main as cli
-from edgevit.train import loop
+from edgevit.train import build
 from edgevit.train.guard import NonFiniteLossError
 from edgevit.train.loop import train
 from edgevit.train.state import load_training_state
@@ -51,7 +51,7 @@ def test_kill_and_resume_equals_a_straight_run(tiny, tiny_data, tmp_path):
 
 
 def test_sigterm_finishes_the_step_saves_and_resumes(tiny, tiny_data, tmp_path, monkeypatch):
-    real = loop.train_transform
+    real = build.train_transform
 
     def transform_that_sends_sigterm(cfg):
         t = real(cfg)
@@ -64,14 +64,14 @@ def test_sigterm_finishes_the_step_saves_and_resumes(tiny, tiny_data, tmp_path, 
             return t(img)
         return fn
 
-    monkeypatch.setattr(loop, "train_transform", transform_that_sends_sigterm)
+    monkeypatch.setattr(build, "train_transform", transform_that_sends_sigterm)
     out = tmp_path / "run"
     summary = train(tiny.cfg(tiny_data, out, epochs=1))
     assert summary["stopped"] == "signal" and summary["signal"] == signal.SIGTERM
     state = load_training_state(out / "last.pth")
     assert (state["epoch"], state["step_in_epoch"], state["num_updates"]) == (0, 3, 3)
     assert not (out / "metrics.jsonl").exists()
-    monkeypatch.setattr(loop, "train_transform", real)
+    monkeypatch.setattr(build, "train_transform", real)
     done = train(tiny.cfg(tiny_data, out, epochs=1, resume="auto"))
     assert done["stopped"] is None
     state = load_training_state(out / "last.pth")

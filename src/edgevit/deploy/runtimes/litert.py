@@ -226,11 +226,21 @@ def write_metadata(path: Path, text: str) -> None:
 
     from ..metadata import FileMetadata
 
+    meta = FileMetadata.from_json(text, str(path))
+    if meta.precision not in ("fp32", "fp16"):
+        # TFLite Support 0.4.4's writer rewrites the flatbuffer with its older schema, which drops the fields of a
+        # quantized graph (the file then fails to run: "Input tensor ... lacks data"); an int8 file gets the
+        # metadata the way TFLite keeps associated files, as a zip appended to the unchanged flatbuffer (the
+        # interpreter reads up to its end; MediaPipe's classifier does not take integer inputs in any case)
+        import zipfile
+
+        with zipfile.ZipFile(path, "a") as z:
+            z.writestr("edgevit.json", text)
+        return
     METADATA_WRITER.require()
     from tensorflow_lite_support.metadata import metadata_schema_py_generated as schema
     from tensorflow_lite_support.metadata.python.metadata_writers import metadata_info, metadata_writer, writer_utils
 
-    meta = FileMetadata.from_json(text, str(path))
     lo, hi = meta.value_range
     if meta.input_dtype == "uint8":  # camera bytes as they are
         mean, std = [0.0], [1.0]
