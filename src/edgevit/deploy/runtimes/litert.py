@@ -228,14 +228,7 @@ def write_metadata(path: Path, text: str) -> None:
 
     meta = FileMetadata.from_json(text, str(path))
     if meta.precision not in ("fp32", "fp16"):
-        # TFLite Support 0.4.4's writer rewrites the flatbuffer with its older schema, which drops the fields of a
-        # quantized graph (the file then fails to run: "Input tensor ... lacks data"); an int8 file gets the
-        # metadata the way TFLite keeps associated files, as a zip appended to the unchanged flatbuffer (the
-        # interpreter reads up to its end; MediaPipe's classifier does not take integer inputs in any case)
-        import zipfile
-
-        with zipfile.ZipFile(path, "a") as z:
-            z.writestr("edgevit.json", text)
+        _append_metadata(path, text)  # (MediaPipe's classifier does not take integer inputs in any case)
         return
     METADATA_WRITER.require()
     from tensorflow_lite_support.metadata import metadata_schema_py_generated as schema
@@ -268,7 +261,42 @@ def write_metadata(path: Path, text: str) -> None:
                 name=out["name"], description=out.get("meaning", ""), label_files=[metadata_info.LabelFileMd(
                     str(labels))], tensor_type=writer_utils.get_output_tensor_types(buffer)[0])],
             associated_files=[str(labels), str(ours)])
-        path.write_bytes(writer.populate())
+        populated = writer.populate()
+    if _same_outputs(buffer, populated):
+        path.write_bytes(populated)
+    else:
+        _append_metadata(path, text)
+
+
+def _append_metadata(path: Path, text: str) -> None:
+    """The metadata the way TFLite keeps associated files, a zip appended to the unchanged flatbuffer (the
+    interpreter reads up to the flatbuffer's end). For the files TFLite Support 0.4.4's writer breaks: it rewrites
+    the flatbuffer with its older schema, which drops fields of quantized graphs (the file then fails to run:
+    "Input tensor ... lacks data")."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "a") as z:
+        z.writestr("edgevit.json", text)
+
+
+def _same_outputs(original: bytes, rewritten: bytes) -> bool:
+    """Whether the rewritten model runs and gives the original's outputs, bit for bit, on a zero input."""
+    INTERPRETER.require()
+    from ai_edge_litert.interpreter import Interpreter
+
+    outs = []
+    for content in (original, rewritten):
+        try:
+            with filter_native_stderr(patterns=("INFO: Created TensorFlow Lite XNNPACK delegate",)):
+                interp = Interpreter(model_content=bytes(content), num_threads=1)
+                interp.allocate_tensors()
+            for d in interp.get_input_details():
+                interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+            interp.invoke()
+            outs.append([interp.get_tensor(d["index"]).copy() for d in interp.get_output_details()])
+        except (RuntimeError, ValueError):
+            return False
+    return all(np.array_equal(a, b) for a, b in zip(*outs))
 
 
 def read_metadata(path: Path) -> Optional[str]:
