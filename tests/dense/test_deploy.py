@@ -12,7 +12,7 @@ from edgevit.cli.main import main
 from edgevit.dense.export import eager_file
 from edgevit.dense.models import create_detector
 from edgevit.dense.postprocess import match_detections
-from edgevit.deploy.export import sidecar_path
+from edgevit.deploy.metadata import sidecar_path
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -136,7 +136,7 @@ def check_export_output(args, inputs: Sequence, sidecar: bool = False):
     for companion in rt.files(args.output)[1:]:  # (written with -o, refused alike)
         check_output_file(companion, "-o", overwrite=args.overwrite, inputs=inputs)
     if sidecar:
-        from ..deploy.export import sidecar_path
+        from ..deploy.metadata import sidecar_path
 
         check_output_file(sidecar_path(args.output), "-o's sidecar", overwrite=args.overwrite, inputs=inputs)
     rt.require(writing=True)

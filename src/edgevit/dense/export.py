@@ -16,7 +16,7 @@ from ..deploy.export import Compare, classify_measures, export_model, seeded_inp
 from ..deploy.runtimes.base import Rule
 from ..errors import UserError
 from . import registry
-from .files import SIDECAR_VERSION, DenseFile, fit_into
+from .files import SIDECAR_VERSION, DenseFile, fit_into, score_cut
 from .graphs import check_exportable, deploy_graph, graph_for
 from .postprocess import match_detections
 
@@ -126,8 +126,6 @@ def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tu
     if writer.calibrated and calibration is None:
         raise UserError(f"{precision} files are calibrated: no calibration images given", option="calib")
     model, graph, outputs = deploy_graph(model, fmt, size, argmax, max_detections, fused)
-    from .files import score_cut
-
     meta = dict(meta if meta is not None else getattr(model, "meta", {}))
     side = {"edgevit_dense_file": SIDECAR_VERSION, "task": registry.get(arch).task,
             **_reading(model, size, outputs, meta), "variant": meta.get("variant"),

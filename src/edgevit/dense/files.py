@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..deploy.export import sidecar_path
+from ..deploy.metadata import sidecar_path
 from ..errors import UserError
 from . import registry
 from .postprocess import Decoding, postprocess
