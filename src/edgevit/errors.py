@@ -25,8 +25,12 @@ class UserError(ValueError):
     def __str__(self) -> str:
         return f"{self.option} {self.message}" if self.option else self.message
 
-    def for_command_line(self) -> str:
-        return f"--{self.option.replace('_', '-')} {self.message}" if self.option else self.message
+    def for_command_line(self, flags: dict | None = None) -> str:
+        """The message with the flag of its option; `flags`: a command's own flag for a parameter where the two
+        names differ (export's --quantize is the library's `precision`)."""
+        if not self.option:
+            return self.message
+        return f"--{(flags or {}).get(self.option, self.option).replace('_', '-')} {self.message}"
 
 
 class ConfigError(UserError):

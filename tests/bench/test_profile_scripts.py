@@ -161,3 +161,18 @@ def test_runtime_forms_times_each_form_and_reports_a_wrong_one(monkeypatch, caps
     assert all(r["median_ms"] > 0 for r in doc["results"])
     assert "Tensor.slice" in doc["not_timed"]["release"]
     assert "fails its rule (max |diff|" in doc["not_timed"]["merged-mean-pool-deconv"]  # the writer refused it
+
+
+def test_app_inputs_times_each_input_form_of_one_model(monkeypatch, capsys):
+    """benchmarks/app_inputs.py: the NCHW file, the app-ready NHWC float and uint8 files and the NHWC-only file of
+    one model, each written and checked by the one writer, timed in the same rounds; ratios to the NCHW file."""
+    monkeypatch.setattr(sys, "argv", ["app_inputs.py", "onnxruntime", "--models", "test_efficientnet", "--img-size",
+                                      "32", "--runs", "2", "--json"])
+    assert _load("app_inputs").main() == 0
+    doc = json.loads(capsys.readouterr().out)
+    rows = {r["input"]: r for r in doc["results"]}
+    assert list(rows) == ["NCHW float32", "NHWC float32", "NHWC plain", "NHWC uint8"]
+    assert rows["NCHW float32"]["ratio_to_nchw"] == 1.0 and all(r["median_ms"] > 0 for r in rows.values())
+    assert all(r["ratio_to_nchw"] == pytest.approx(r["median_ms"] / rows["NCHW float32"]["median_ms"])
+               for r in rows.values())
+    assert doc["meta"]["cpu_flags"] and doc["runtime"] == "onnxruntime"

@@ -39,7 +39,8 @@ def det_root(tmp_path_factory):
 
 class _Runs(dict):
     """Checkpoints of a few training iterations on the shapes data, one per architecture, each trained the first
-    time a test asks for it (a file trains only the architectures its tests export)."""
+    time a test asks for it and shared by every test and test process of the run (a lock per architecture: the
+    first to ask trains it, the others wait and read it; a file's tests train only the architectures they use)."""
 
     def __init__(self, root, shapes_root, det_root):
         super().__init__()
@@ -49,11 +50,16 @@ class _Runs(dict):
         import contextlib
         import io
 
+        from filelock import FileLock
+
         out = self.root / arch
-        # (trained inside a test, so on its one thread (_one_thread), and that test reads its own command's
-        # output: the training's stays out of it)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            self._train(arch, out)
+        with FileLock(str(out) + ".lock"):
+            if not (out / "done").is_file():
+                # (trained inside a test, so on its one thread (_one_thread), and that test reads its own
+                # command's output: the training's stays out of it)
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    self._train(arch, out)
+                (out / "done").write_text("")
         self[arch] = out / "last.pth"
         return self[arch]
 
@@ -62,7 +68,7 @@ class _Runs(dict):
         from edgevit.dense import registry
 
         if registry.get(arch).task == "segment":
-            cfg = self.root / "seg.yaml"
+            cfg = self.root / f"{arch}.yaml"
             cfg.write_text("iters: 12\ncrop_size: 64\nscale: [64, 64]\neval_every: 0\nlr: 0.001\n")
             assert main(["segment", "train", "--arch", arch, "--config", str(cfg), "--data", str(self.shapes_root),
                          "--output", str(out), "--batch-size", "2", *TINY]) == 0
@@ -73,7 +79,12 @@ class _Runs(dict):
                          *TINY]) == 0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(shapes_root, det_root, tmp_path_factory):
-    """arch -> its checkpoint (`_Runs`)."""
-    return _Runs(tmp_path_factory.mktemp("dense_runs"), shapes_root, det_root)
+    """arch -> its checkpoint (`_Runs`), the same for every test process of the run."""
+    import os
+
+    root = tmp_path_factory.getbasetemp()
+    root = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "dense_runs"
+    root.mkdir(exist_ok=True)
+    return _Runs(root, shapes_root, det_root)

@@ -81,7 +81,8 @@ def _segment_eval(source, shapes_root, capsys):
     return _json(capsys)
 
 
-@pytest.mark.parametrize("arch,fmt,extra", [("semfpn", "onnx", []), ("lraspp", "pte", ["--argmax"])])
+@pytest.mark.parametrize("arch,fmt,extra", [("semfpn", "onnx", []), ("lraspp", "onnx", ["--argmax"])])
+# (a .pte segmenter: the int8 test below; ExecuTorch's lowering is the slow part of a test)
 def test_segment_export_eval_predict(arch, fmt, extra, trained, shapes_root, tmp_path, capsys):
     capsys.readouterr()
     out = tmp_path / f"seg.{fmt}"
@@ -166,6 +167,10 @@ def test_segment_int8_export_keeps_miou(arch, fmt, points, trained, shapes_root,
     want = _segment_eval(["--checkpoint", str(trained[arch])], shapes_root, capsys)
     got = _segment_eval(["--exported", str(out)], shapes_root, capsys)
     assert got["mIoU"] == pytest.approx(want["mIoU"], abs=points / 100)
+    image = shapes_root / "images" / "validation" / "shapes_000000.png"
+    assert main(["segment", "predict", str(image), "--exported", str(out), "--out", str(tmp_path / "p.png"),
+                 "--json"]) == 0
+    assert abs(sum(_json(capsys)["class_fractions"].values()) - 1.0) < 1e-3
 
 
 def test_int8_refused_where_it_does_not_apply(trained, shapes_root, tmp_path, capsys):

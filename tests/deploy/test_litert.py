@@ -59,7 +59,9 @@ def test_cli_export_bench_and_eval_tflite(make_tiny, tmp_path, capsys, monkeypat
                 "config": {"model": "edgevit_xxs", "model_kwargs": kwargs, "num_classes": 3, "img_size": 64,
                            "crop_pct": 1.0, "eval_interpolation": "bicubic"}}, ck)
     out = tmp_path / "tiny.tflite"
-    args = ["export", "--checkpoint", str(ck), "--format", "tflite", "--no-fuse", "-o", str(out)]
+    # (NCHW, the graph op_profile converts below; the default LiteRT file, NHWC: tests/deploy/test_app_files.py)
+    args = ["export", "--checkpoint", str(ck), "--format", "tflite", "--no-fuse", "--input-layout", "nchw", "-o",
+            str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "--no-fuse: the release-layout graph of edgevit_xxs" in printed and "unfused" in printed
@@ -153,6 +155,11 @@ def test_full_integer_int8_file_runs_on_float_and_prints_nothing(tmp_path, capfd
     y = load_exported(out)(np.zeros((1, 3, 64, 64), np.float32))
     assert y.dtype == np.float32 and y.shape == (1, 1000)
     assert rep["bytes"] < 0.4 * 4 * 4.07e6  # int8 weights: under 40% of the fp32 file's 4 bytes per parameter
+    # (so an int8 file keeps NCHW, where LiteRT's float files are NHWC by default; asked for, refused by the
+    # command's own flag)
+    assert main(["export", "--model", "edgevit_xxs", "--format", "tflite", "--img-size", "64", "--quantize", "int8",
+                 "--calib", "random", "--input-layout", "nhwc", "-o", str(tmp_path / "n.tflite")]) == 2
+    assert "error: --quantize int8 files take the integer input" in capfd.readouterr().err
 
 
 def test_int8_conv_form_is_an_export_precision_of_its_own(tmp_path, capfd):

@@ -57,9 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_img_size_arg(p, "default: the checkpoint's training size, else 224")
     p.add_argument("--no-fuse", action="store_true", help="export the release-layout graph as is")
     add_quantize_args(p)
-    p.add_argument("--input-layout", choices=("nchw", "nhwc"), default="nchw",
-                   help="nhwc: the file takes [1, H, W, 3] (what camera pipelines, MediaPipe and the web pass), with "
-                        "the mean/std in the graph (default nchw: [1, 3, H, W], normalised by the app)")
+    app_first = " and ".join(r.format for r in RUNTIMES.values() if r.format and r.default_layout == "NHWC")
+    p.add_argument("--input-layout", choices=("nchw", "nhwc"), default=None,
+                   help="nhwc: the file takes [1, H, W, 3] images in [0, 1] (what camera pipelines, MediaPipe and "
+                        "the web pass), with the mean/std in the graph and class probabilities out; nchw: [1, 3, H, "
+                        f"W], normalised by the app, logits out (default: nhwc for {app_first}, whose apps feed "
+                        "NHWC; nchw for the others)")
     p.add_argument("--input-dtype", choices=("float32", "uint8"), default="float32",
                    help="uint8: the file takes camera bytes 0-255, scaled and normalised in the graph")
     p.add_argument("--threads", type=thread_count, default=2, help="threads for the runtime check (default 2)")
@@ -67,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_overwrite_arg(p, "-o")
     add_progress_arg(p)
     add_json_arg(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags={"precision": "quantize"})  # (the library's `precision` is --quantize here)
 
 
 def check_quantize_args(args: argparse.Namespace, fmt: str) -> None:
@@ -147,7 +150,11 @@ def run(args: argparse.Namespace) -> int:
         prepared, model, meta = load_qat_model(args.checkpoint, size)
     name = meta["name"]
     precision = args.quantize or "fp32"
-    layout, dtype = args.input_layout.upper(), args.input_dtype
+    # (the runtime's app layout for its float files; int8 files and a quantization-aware checkpoint's keep the
+    # integer input their runtime expects, NCHW)
+    layout = args.input_layout.upper() if args.input_layout else \
+        "NCHW" if qat or rt.writer(precision).calibrated else rt.default_layout
+    dtype = args.input_dtype
     app = (layout, dtype) != ("NCHW", "float32")
     for flag, value, takes in (("--input-layout", layout, "input_layouts"), ("--input-dtype", dtype, "input_dtypes")):
         if value not in getattr(rt, takes):

@@ -242,7 +242,7 @@ class ExportedModel:
         x01 = eval_transform(meta.input_size, meta.crop_pct, meta.interpolation, mean=(0.0, 0.0, 0.0),
                              std=(1.0, 1.0, 1.0))(image)[None].numpy()
         out = np.asarray(self(meta.file_input(x01)), dtype=np.float64)[0]
-        if meta.outputs[0]["name"] == "probabilities":
+        if meta.probabilities:
             return out
         e = np.exp(out - out.max())
         return e / e.sum()

@@ -74,6 +74,11 @@ class FileMetadata:
     schema: str = SCHEMA
 
     @property
+    def probabilities(self) -> bool:
+        """The file answers class probabilities (an app-ready file), not logits."""
+        return self.outputs[0]["name"] == "probabilities"
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 

@@ -121,17 +121,20 @@ def evaluate_checkpoint(data: str | Path, checkpoint: str | Path, model_name: Op
 
 class _FileModule(torch.nn.Module):
     """An exported file's batch-1 run function as a module for `evaluate`, run image by image; `prepare`: the
-    batch as the file takes it (from the metadata: scaling, normalisation, dtype, layout)."""
+    batch as the file takes it (from the metadata: scaling, normalisation, dtype, layout); `probabilities`: the
+    file answers class probabilities (an app-ready file), given to `evaluate` as their logarithms, which its
+    softmax cross-entropy turns back into the same probabilities (so the loss is the file's own)."""
 
-    def __init__(self, run, prepare=None):
+    def __init__(self, run, prepare=None, probabilities: bool = False):
         super().__init__()
-        self.run, self.prepare = run, prepare
+        self.run, self.prepare, self.probabilities = run, prepare, probabilities
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.prepare is None:
             return run_batch(self.run, x.contiguous())
-        return torch.cat([torch.from_numpy(np.ascontiguousarray(self.run(self.prepare(x[i:i + 1].numpy()))[0]))
-                          for i in range(len(x))]).float()
+        y = torch.cat([torch.from_numpy(np.ascontiguousarray(self.run(self.prepare(x[i:i + 1].numpy()))[0]))
+                       for i in range(len(x))]).float()
+        return y.clamp_min(torch.finfo(torch.float32).tiny).log() if self.probabilities else y
 
 
 def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, crop_pct: Optional[float] = None,
@@ -184,7 +187,8 @@ def evaluate_exported(data: str | Path, exported: str | Path, img_size=None, cro
     plain = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)} if meta is not None else {}
     images, data_classes, where = build_eval_data(data, dataset, split, eval_transform(
         size_hw(size), crop_pct, interpolation, **plain), classes)
-    model = _FileModule(run, meta.file_input if meta is not None else None)
+    model = _FileModule(run, meta.file_input if meta is not None else None,
+                        probabilities=meta is not None and meta.probabilities)
     first = next(iter(images), None)
     if first is None:
         raise UserError(f"{where}: holds no images", option="data")

@@ -157,6 +157,8 @@ class Runtime:
     # the inputs its float files can take (`deploy.app_input.AppInput`: NHWC, uint8 camera bytes), measured
     input_layouts: Tuple[str, ...] = ("NCHW",)
     input_dtypes: Tuple[str, ...] = ("float32",)
+    # the layout `edgevit export` writes when none is asked for: what the runtime's apps feed (LiteRT's: NHWC)
+    default_layout: str = "NCHW"
     write_traced: Optional[Callable[[nn.Module, torch.Tensor, Path], Dict[str, object]]] = None
     constant_outputs: bool = True
 

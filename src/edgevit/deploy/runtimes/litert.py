@@ -261,7 +261,9 @@ def write_metadata(path: Path, text: str) -> None:
                 name=out["name"], description=out.get("meaning", ""), label_files=[metadata_info.LabelFileMd(
                     str(labels))], tensor_type=writer_utils.get_output_tensor_types(buffer)[0])],
             associated_files=[str(labels), str(ours)])
-        populated = writer.populate()
+        with warnings.catch_warnings():  # (edgevit.json is an associated file no tensor names: as meant)
+            warnings.filterwarnings("ignore", message="File, 'edgevit.json', does not exist in the metadata")
+            populated = writer.populate()
     if _same_outputs(buffer, populated):
         path.write_bytes(populated)
     else:
@@ -327,5 +329,5 @@ RUNTIME = Runtime(
         "int8-conv": int8(save_tflite_int8_conv,
                           "int8 convolutions and fully connected layers, the rest float (XNNPACK on CPUs)"),
         "fp16": half(save_tflite_fp16, "fp16 weights behind DEQUANTIZE, fp32 activations (LiteRT's float16 file)")},
-    load=load, input_size=input_size, describe=describe, input_layouts=("NCHW", "NHWC"),
+    load=load, input_size=input_size, describe=describe, input_layouts=("NCHW", "NHWC"), default_layout="NHWC",
     input_dtypes=("float32", "uint8"), write_metadata=write_metadata, read_metadata=read_metadata)
