@@ -15,12 +15,19 @@ DEMO_BENCH ?= edgevit_xxs edgevit_xs edgevit_s mobilenetv2_100 mobilenetv3_large
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-litert.txt requirements-edge.txt requirements-apps.txt pyproject.toml
+$(STAMP): requirements.txt requirements-litert.txt requirements-edge.txt requirements-apps.txt pyproject.toml \
+          web/package-lock.json
 	@# libusb-1.0 for the TFLite Support metadata writer (requirements-apps.txt): Debian's package, as root
 	test -e /usr/lib/x86_64-linux-gnu/libusb-1.0.so.0 -o -e /usr/lib/aarch64-linux-gnu/libusb-1.0.so.0 || \
 		{ [ "$$(id -u)" = 0 ] && { apt-get install -y -q libusb-1.0-0 || \
 		  { apt-get update -q && apt-get install -y -q libusb-1.0-0; }; } > /dev/null; } || \
 		{ echo "the TFLite metadata writer needs libusb-1.0: apt-get install libusb-1.0-0 (as root)"; exit 1; }
+	@# Chromium for the in-browser test of the .onnx files (ONNX Runtime Web, web/): Debian's package, as root
+	test -x /usr/bin/chromium || \
+		{ [ "$$(id -u)" = 0 ] && { apt-get install -y -q chromium || \
+		  { apt-get update -q && apt-get install -y -q chromium; }; } > /dev/null; } || \
+		{ echo "the browser test needs Debian's chromium: apt-get install chromium (as root)"; exit 1; }
+	npm ci --prefix web --no-audit --no-fund --loglevel=error
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet -r requirements-litert.txt
@@ -77,4 +84,4 @@ timm-tests: setup
 	cd $(TIMM_TESTS) && $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider test_models.py -k edgevit
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache web/node_modules

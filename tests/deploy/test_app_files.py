@@ -4,6 +4,7 @@ from itself alone — in `edgevit predict|eval --exported`, and in the client an
 normalisation in the graph, TFLite model metadata)."""
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +198,85 @@ def test_a_detector_or_segmenter_file_given_to_predict_says_which_command_reads_
 
     Image.new("RGB", (64, 64)).save(tmp_path / "x.png")
     refused(["predict", str(tmp_path / "x.png"), "--exported", str(seg)], "lraspp", "edgevit segment predict")
+
+
+WEB = Path(__file__).resolve().parents[2] / "web"
+
+
+@pytest.fixture(scope="module")
+def web_page(tmp_path_factory):
+    """(site folder, its URL): the demo page (web/) served on localhost by a static server, ONNX Runtime Web from
+    web/node_modules (`make setup`: npm ci), for Debian's Chromium to open."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    for need, what in ((WEB / "node_modules" / "onnxruntime-web", "npm ci --prefix web"),
+                       (Path("/usr/bin/chromium"), "apt-get install chromium")):
+        assert need.exists(), f"{need} is missing: `make setup` installs it ({what})"
+    site = tmp_path_factory.mktemp("site")
+    for name in ("index.html", "edgevit.js"):
+        shutil.copy(WEB / name, site / name)
+    (site / "node_modules").symlink_to(WEB / "node_modules")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield site, f"http://127.0.0.1:{server.server_address[1]}/index.html"
+    server.shutdown()
+
+
+def _in_chromium(*urls: str) -> list:
+    """What the page answers for each URL, all in one headless Chromium (web/run_page.mjs)."""
+    import subprocess
+
+    done = subprocess.run(["node", str(WEB / "run_page.mjs"), *urls], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [json.loads(line) for line in done.stdout.strip().splitlines()]
+
+
+def test_onnx_runtime_web_in_chromium_classifies_like_predict(digits_run, web_page, tmp_path, capsys):
+    """The demo page (web/index.html) in headless Chromium: ONNX Runtime Web (WASM) loads the fp32 and int8 .onnx
+    files, reads their metadata from the file (no sidecar, no checkpoint) and classifies a digits scan, cropped as
+    the metadata says: the same top-3 classes and probabilities as `edgevit predict --exported`."""
+    import shutil
+
+    from PIL import Image
+
+    from edgevit.deploy import load_exported
+
+    data, ck = digits_run
+    site, url = web_page
+    files = {"fp32": [], "int8": ["--quantize", "int8", "--calib", str(data / "train"), "--calib-images", "64"]}
+    images = sorted((data / "val").rglob("*.png"))[::60]  # 6 scans
+    urls, wants = [], []
+    for precision, extra in files.items():
+        out = tmp_path / f"web_{precision}.onnx"
+        _json(capsys, ["export", "--checkpoint", str(ck), "--format", "onnx", *extra, "-o", str(out), "--json"])
+        shutil.copy(out, site / out.name)
+        meta = load_exported(out).metadata
+        for k, image in enumerate(images):
+            crop = f"{precision}_{k}.png"
+            Image.fromarray(_crop(image, meta)).save(site / crop)
+            urls.append(f"{url}?model={out.name}&image={crop}&cropped=1&topk=3")
+            wants.append((precision, _json(capsys, ["predict", str(image), "--exported", str(out), "--topk", "3",
+                                                    "--json"])["top"]))
+    # and a file that is not an edgevit export: one line on the page
+    (site / "bare.onnx").write_bytes(b"\x08\x07")
+    *gots, bare = _in_chromium(*urls, f"{url}?model=bare.onnx&image={crop}&cropped=1")
+    for got, (precision, want) in zip(gots, wants):
+        assert "error" not in got, got
+        assert got["precision"] == precision and got["ms"] > 0
+        assert got["top"][0]["label"] == want[0]["label"], (got, want)
+        # (fp32: the same numbers; int8: WASM's int8 kernels are not x86's (VNNI), so the probabilities move a
+        # little: measured up to 6e-4)
+        wanted = {t["label"]: t["prob"] for t in want}
+        if precision == "fp32":
+            assert [t["label"] for t in got["top"]] == list(wanted), (got, want)
+        tol = 1e-4 if precision == "fp32" else 5e-3
+        assert max(abs(t["prob"] - wanted[t["label"]]) for t in got["top"] if t["label"] in wanted) < tol, (got, want)
+    assert bare["error"] == "the file carries no edgevit metadata: export it with `edgevit export`"
