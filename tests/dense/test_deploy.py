@@ -209,3 +209,59 @@ def test_a_sidecar_with_values_a_file_cannot_be_read_by_is_named(tmp_path):
         sidecar_path(f).write_text(json.dumps({**good, **edit}))
         with pytest.raises(UserError, match=needle):
             read_sidecar(f)
+
+
+@pytest.mark.parametrize("arch", ["lraspp", "semfpn"])
+def test_mediapipe_image_segmenter_runs_the_app_ready_tflite_file(arch, trained, shapes_root, tmp_path, capsys):
+    """segment export --input-layout nhwc to tflite: the app-ready file (NHWC [0, 1] in, the normalisation in the
+    graph, class probabilities out, TFLite metadata with the class names) runs as it is in MediaPipe's
+    ImageSegmenter (the C++ task graph of Android, iOS and the web): its category mask is the class map
+    `segment predict --exported` computes, its confidence masks the file's probabilities; eval --exported keeps
+    the checkpoint's mIoU."""
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+    from PIL import Image
+
+    from edgevit.dense.files import load_dense_file
+
+    capsys.readouterr()
+    out = tmp_path / f"{arch}_app.tflite"
+    assert main(["segment", "export", "--checkpoint", str(trained[arch]), "--format", "tflite", "--img-size", "64",
+                 "--input-layout", "nhwc", "-o", str(out), "--json"]) == 0
+    rep = _json(capsys)
+    assert rep["outputs"] == ["probabilities"] and rep["max_abs_diff"] <= 1e-3 and rep["pixel_agreement"] == 1.0
+    side = json.loads(sidecar_path(out).read_text())
+    assert side["layout"] == "NHWC" and side["normalization"] == "in the graph"
+    dense = load_dense_file(out, "segment")
+    options = vision.ImageSegmenterOptions(base_options=BaseOptions(model_asset_path=str(out)),
+                                           output_category_mask=True, output_confidence_masks=True)
+    mean, std = (torch.tensor(side[k]).view(3, 1, 1) for k in ("mean", "std"))
+    pixels, agree = 0, 0
+    with vision.ImageSegmenter.create_from_options(options) as segmenter:
+        assert segmenter.labels == side["class_names"]  # read from the file's metadata
+        for image in sorted((shapes_root / "images" / "validation").glob("*.png")):
+            rgb = np.asarray(Image.open(image).convert("RGB"))  # (the file's input size: no resize either side)
+            result = segmenter.segment(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb))
+            category = result.category_mask.numpy_view().squeeze(-1)
+            confidence = np.stack([c.numpy_view().squeeze(-1) for c in result.confidence_masks], -1)
+            x = (torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255 - mean) / std
+            want = dense.segment(x, rgb.shape[:2]).numpy()  # what segment predict/eval --exported compute
+            probs = dense.run(rgb[None].astype(np.float32) / 255)[0][0]
+            assert np.abs(confidence - probs).max() < 1e-5
+            pixels, agree = pixels + want.size, agree + int((category == want).sum())
+            assert main(["segment", "predict", str(image), "--exported", str(out), "--out",
+                         str(tmp_path / f"p_{image.name}"), "--json"]) == 0
+            fractions = _json(capsys)["class_fractions"]
+            counts = np.bincount(category.ravel(), minlength=side["num_classes"]) / category.size
+            names = side["class_names"]
+            assert all(abs(fractions.get(names[c], 0.0) - counts[c]) <= 5e-5 for c in range(len(names)))  # (4 places)
+    assert agree / pixels >= 0.999, agree / pixels
+    want = _segment_eval(["--checkpoint", str(trained[arch])], shapes_root, capsys)
+    got = _segment_eval(["--exported", str(out)], shapes_root, capsys)
+    assert got["mIoU"] == pytest.approx(want["mIoU"], abs=0.005)
+    # what the app-ready form is not for: one line each, nothing written
+    for fmt, extra, needle in (("tflite", ["--argmax"], "not a class map"), ("pte", [], "executorch files take NCHW")):
+        assert main(["segment", "export", "--checkpoint", str(trained[arch]), "--format", fmt, "--img-size", "64",
+                     "--input-layout", "nhwc", "-o", str(tmp_path / f"no.{fmt}"), *extra]) == 2
+        assert needle in capsys.readouterr().err
+    assert not list(tmp_path.glob("no.*"))

@@ -280,3 +280,25 @@ def test_onnx_runtime_web_in_chromium_classifies_like_predict(digits_run, web_pa
         tol = 1e-4 if precision == "fp32" else 5e-3
         assert max(abs(t["prob"] - wanted[t["label"]]) for t in got["top"] if t["label"] in wanted) < tol, (got, want)
     assert bare["error"] == "the file carries no edgevit metadata: export it with `edgevit export`"
+
+
+def test_executorch_takes_camera_bytes_in_nhwc(digits_run, tmp_path, capsys):
+    """export --format pte --input-layout nhwc --input-dtype uint8: the .pte takes [1, H, W, 3] bytes (an Android
+    camera frame) with the scaling and per-channel normalisation in the graph, evaluates like the checkpoint, and
+    its metadata (a sidecar: ExecuTorch has no place of its own) says so."""
+    from edgevit.deploy import load_exported
+
+    data, ck = digits_run
+    out = tmp_path / "app.pte"
+    rep = _json(capsys, ["export", "--checkpoint", str(ck), "--format", "pte", "--input-layout", "nhwc",
+                         "--input-dtype", "uint8", "-o", str(out), "--json"])
+    assert rep["max_abs_diff"] <= 1e-3 and rep["delegate_partitions"] == 1
+    assert set(rep["non_delegated"]) <= {"aten_permute_copy_default", "dim_order_ops__to_dim_order_copy_default"}
+    m = load_exported(out)
+    assert (m.metadata.layout, m.metadata.input_dtype, m.metadata.normalization) == ("NHWC", "uint8", "in the graph")
+    assert m.input_size == (32, 32)
+    ev = _json(capsys, ["eval", "--exported", str(out), "--data", str(data / "val"), "--workers", "0",
+                        "--no-progress", "--json"])
+    want = _json(capsys, ["eval", "--checkpoint", str(ck), "--data", str(data / "val"), "--workers", "0",
+                          "--no-progress", "--json"])
+    assert ev["top1"] == want["top1"] and abs(ev["loss"] - want["loss"]) < 1e-3

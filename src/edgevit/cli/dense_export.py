@@ -51,6 +51,10 @@ def add_export_parser(sub, task: str) -> argparse.ArgumentParser:
         p.add_argument("--quantize", choices=reduced_precisions(), default=None,
                        help=f"a reduced-precision file by the runtime's own flow ({precision_help()}); calibrated "
                             "precisions (int8...) calibrate on --calib; refused below its precision's rule")
+        p.add_argument("--input-layout", choices=("nchw", "nhwc"), default="nchw",
+                       help="nhwc: the app-ready file MediaPipe's ImageSegmenter runs as it is: an NHWC image in "
+                            "[0, 1], the mean/std in the graph, class probabilities [1, H, W, C] out, and (tflite) "
+                            "the TFLite metadata with the class names (default nchw: normalised NCHW in, logits out)")
         p.add_argument("--calib", default=None, metavar="ROOT", help="ADE20K-layout root of the calibration images")
         p.add_argument("--calib-split", default=None, help="its split to calibrate on (default training)")
         p.add_argument("--calib-images", type=positive_int, default=None,
@@ -97,7 +101,8 @@ def run_export(args: argparse.Namespace) -> int:
     model = load_dense_checkpoint(args.checkpoint, args._task)
     meta = model.meta
     argmax = bool(getattr(args, "argmax", False))
-    check_exportable(meta["arch"], args.format, argmax, precision)
+    layout = getattr(args, "input_layout", "nchw").upper()
+    check_exportable(meta["arch"], args.format, argmax, precision, layout)
     size = _export_size(args, meta)
     calibration = None
     if calibrated:
@@ -108,7 +113,8 @@ def run_export(args: argparse.Namespace) -> int:
                                                args.calib_images or 64)
     report = export_dense(model, args.format, args.output, size, argmax=argmax,
                           max_detections=getattr(args, "max_detections", None), fused=not args.no_fuse,
-                          threads=args.threads, meta=meta, precision=precision, calibration=calibration)
+                          threads=args.threads, meta=meta, precision=precision, calibration=calibration,
+                          layout=layout)
     report = {"checkpoint": str(args.checkpoint), **report}
     if args.json:
         print_json(report)

@@ -54,7 +54,10 @@ def dense_measures(outputs: Sequence[str], score_thresh: float) -> Compare:
                 return {}, [f"the file has {len(have)} outputs where the graph has {len(want)} "
                             f"({', '.join(outputs[:len(want)])}): the runtime's converter dropped "
                             f"{', '.join(outputs[len(have):len(want)]) or 'some'}"]
-        if kind == "logits":
+        if kind == "probabilities":  # the app-ready segmenter's [1, H, W, C]: judged as logits are, in NCHW
+            reference = [[r[0].permute(0, 3, 1, 2)] for r in reference]
+            got = [[np.moveaxis(np.asarray(g[0]), -1, 1)] for g in got]
+        if kind in ("logits", "probabilities"):
             measures, missed = classify_measures(reference, got, rule, trained)
             measures["pixel_agreement"] = measures.get("top1_agreement", 0.0) / 100
             return measures, missed
@@ -107,7 +110,7 @@ def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tu
                  argmax: bool = False, max_detections: Optional[int] = None, fused: bool = True,
                  threads: int = 2, meta: Optional[dict] = None, precision: str = "fp32",
                  calibration: Optional[torch.Tensor] = None, check_images: Optional[torch.Tensor] = None,
-                 trained: bool = True) -> Dict[str, object]:
+                 trained: bool = True, layout: str = "NCHW") -> Dict[str, object]:
     """Export a detector / segmenter (`load_dense_checkpoint`) at `size` (H, W; multiples of 32) to `output` in
     `fmt` as a `precision` file, with its EdgeViT body fused for that runtime, through the one checked writer:
     run in its runtime and compared with PyTorch (on the seeded input; a reduced precision on `check_images`,
@@ -115,9 +118,11 @@ def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tu
     place only after the check passes.
 
     `calibration` (N, 3, H, W normalised images at `size`): the images a calibrated precision (int8) is
-    calibrated on. `trained`: the weights are trained (the rule's agreement floor applies)."""
+    calibrated on. `trained`: the weights are trained (the rule's agreement floor applies). `layout` "NHWC": a
+    segmenter's app-ready form (`graphs.SegmenterApp`: NHWC [0, 1] in, the normalisation in the graph, class
+    probabilities [1, H, W, C] out), with the format's own segmenter metadata where it has one (MediaPipe's)."""
     arch = model.arch
-    check_exportable(arch, fmt, argmax, precision)
+    check_exportable(arch, fmt, argmax, precision, layout)
     if size[0] % 32 or size[1] % 32 or min(size) < 32:
         raise UserError(f"{size[0]} {size[1]}: expected sides of at least 32 and multiples of 32",
                         option="img_size")
@@ -125,7 +130,8 @@ def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tu
     writer = rt.writer(precision)
     if writer.calibrated and calibration is None:
         raise UserError(f"{precision} files are calibrated: no calibration images given", option="calib")
-    model, graph, outputs = deploy_graph(model, fmt, size, argmax, max_detections, fused)
+    model, graph, outputs = deploy_graph(model, fmt, size, argmax, max_detections, fused,
+                                         _normalization(model) if layout == "NHWC" else None)
     meta = dict(meta if meta is not None else getattr(model, "meta", {}))
     side = {"edgevit_dense_file": SIDECAR_VERSION, "task": registry.get(arch).task,
             **_reading(model, size, outputs, meta), "variant": meta.get("variant"),

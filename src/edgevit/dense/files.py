@@ -70,7 +70,12 @@ class DenseFile:
         file's input (aspect ratio kept, zero-padded bottom/right: the sidecar's "fit"), run, the image's part
         of the logits (or of the class map, nearest) resized to `out_size`."""
         x, (nh, nw) = fit_into(img[None].float(), self.size)
-        out = torch.from_numpy(np.ascontiguousarray(self.run(x.numpy())[0]))[..., :nh, :nw]
+        if self.meta.get("layout") == "NHWC":  # the app-ready form: [0, 1] NHWC in, probabilities NHWC out
+            mean, std = (torch.tensor(self.meta[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+            x = (x * std + mean).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+            out = torch.from_numpy(np.moveaxis(np.asarray(self.run(x.numpy())[0]), -1, 1).copy())[..., :nh, :nw]
+        else:
+            out = torch.from_numpy(np.ascontiguousarray(self.run(x.numpy())[0]))[..., :nh, :nw]
         if self.meta["outputs"][0] == "classes":
             return F.interpolate(out[:, None].float(), size=tuple(out_size), mode="nearest")[0, 0].long()
         return F.interpolate(out.float(), size=tuple(out_size), mode="bilinear", align_corners=False)[0].argmax(0)
@@ -140,7 +145,8 @@ def read_sidecar(path: os.PathLike | str) -> dict:
     return meta
 
 
-OUTPUT_NAMES = {"logits", "classes", "cls_logits", "bbox_regression", "anchors", "boxes", "scores", "labels", "masks"}
+OUTPUT_NAMES = {"logits", "probabilities", "classes", "cls_logits", "bbox_regression", "anchors", "boxes", "scores",
+                "labels", "masks"}
 
 
 def _sidecar_problem(meta: dict) -> Optional[str]:
@@ -169,6 +175,8 @@ def _sidecar_problem(meta: dict) -> Optional[str]:
         return f"outputs {outputs!r}: expected the list of the file's outputs ({', '.join(sorted(OUTPUT_NAMES))})"
     if outputs[0] == "cls_logits" and not isinstance(meta.get("decoding"), dict):
         return "a raw-output detector's sidecar without its decoding (how the outputs become detections)"
+    if meta.get("layout", "NCHW") not in ("NCHW", "NHWC"):
+        return f"layout {meta['layout']!r}: expected NCHW or NHWC"
     if meta["resize"] not in ("fit", "stretch"):
         return f"resize {meta['resize']!r}: expected fit or stretch"
     return None

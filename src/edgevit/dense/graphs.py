@@ -7,7 +7,8 @@ torchvision's SSD does) and normalises. What a file is, and how to read its outp
 (`sidecar_path`): task, architecture, classes, input size and resize rule, mean/std, outputs, and for raw
 detector outputs the decoding `postprocess` applies. Files:
 
-* segmenters: logits at the input size, or (`argmax`) the class map in the graph (uint8 up to 256 classes);
+* segmenters: logits at the input size, or (`argmax`) the class map in the graph (uint8 up to 256 classes), or
+  (the app-ready form, `SegmenterApp`) an NHWC image in [0, 1] in and class probabilities [1, H, W, C] out;
 * RetinaNet / SSDLite to ONNX: decoding, top-k and class-wise NMS in the graph (`GraphPostprocess`; ONNX
   `NonMaxSuppression`): boxes [N, 4], scores [N], 0-based labels [N], N <= max_detections;
 * Mask R-CNN to ONNX only: boxes, scores, labels and masks [N, 1, H, W] (probabilities at the input size), by
@@ -44,6 +45,26 @@ class SegmenterGraph(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)
         return logits.argmax(dim=1).to(self.dtype) if self.argmax else logits
+
+
+class SegmenterApp(nn.Module):
+    """A segmenter as MediaPipe's ImageSegmenter takes it: an NHWC image in [0, 1] (what camera pipelines pass),
+    the per-channel mean/std in the graph (MediaPipe normalises per tensor only), class probabilities [1, H, W, C]
+    out (its confidence masks; the category mask is their argmax)."""
+
+    def __init__(self, segmenter: nn.Module, mean, std):
+        super().__init__()
+        self.segmenter = segmenter  # (not "graph": an exported module's own attribute of that name)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.segmenter((x.permute(0, 3, 1, 2) - self.mean) / self.std).softmax(1).permute(0, 2, 3, 1)
+
+    def app_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised NCHW images (what the segmenter takes) as the app passes them: in [0, 1], NHWC. (A fitted
+        image's zero padding becomes the mean, which the graph normalises back to zero.)"""
+        return (x * self.std + self.mean).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
 
 
 def _anchors(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
@@ -111,7 +132,8 @@ class RCNNGraph(nn.Module):
         return (*out, det["masks"]) if "masks" in det else out
 
 
-def check_exportable(arch: str, fmt: str, argmax: bool = False, precision: str = "fp32") -> None:
+def check_exportable(arch: str, fmt: str, argmax: bool = False, precision: str = "fp32", layout: str = "NCHW"
+                     ) -> None:
     """Refuse what an architecture cannot go to, before any work (one line saying why): from the architecture's
     entry (`dense.registry`) and the runtime's record."""
     entry, rt = registry.get(arch), runtimes.by_format(fmt)
@@ -124,6 +146,13 @@ def check_exportable(arch: str, fmt: str, argmax: bool = False, precision: str =
                           option="format")
     if argmax and entry.task != "segment":
         raise ExportError(f"the class map (argmax) is a segmenter's output, not {arch}'s")
+    if layout == "NHWC":
+        if entry.task != "segment" or argmax:
+            raise ExportError("the app-ready NHWC input is for segmenters' probabilities (MediaPipe's "
+                              f"ImageSegmenter), not {'a class map' if argmax else arch + ' detections'}",
+                              option="input_layout")
+        if layout not in rt.input_layouts:
+            raise ExportError(f"{rt.name} files take {' or '.join(rt.input_layouts)} input", option="input_layout")
     def keeps(r) -> bool:
         return r.detections_in_graph or r.constant_outputs
     if entry.outputs == "raw" and not keeps(rt):
@@ -140,10 +169,15 @@ def check_exportable(arch: str, fmt: str, argmax: bool = False, precision: str =
 
 
 def graph_for(model: nn.Module, fmt: str, size: Tuple[int, int], argmax: bool = False,
-              max_detections: Optional[int] = None) -> Tuple[nn.Module, Dict[str, object]]:
-    """The graph `model` exports as for `fmt`, and what its sidecar says about the outputs."""
+              max_detections: Optional[int] = None, app: Optional[Tuple[List[float], List[float]]] = None
+              ) -> Tuple[nn.Module, Dict[str, object]]:
+    """The graph `model` exports as for `fmt`, and what its sidecar says about the outputs; `app` (mean, std): a
+    segmenter's app-ready form (`SegmenterApp`)."""
     entry, rt = registry.get(model.arch), runtimes.by_format(fmt)
     x = seeded_input(size)
+    if app is not None:
+        return SegmenterApp(SegmenterGraph(model).eval(), *app).eval(), {
+            "outputs": ["probabilities"], "layout": "NHWC", "normalization": "in the graph"}
     if entry.task == "segment":
         graph = SegmenterGraph(model, argmax).eval()
         return graph, {"outputs": ["classes" if argmax else "logits"],
@@ -165,9 +199,10 @@ def graph_for(model: nn.Module, fmt: str, size: Tuple[int, int], argmax: bool = 
 
 
 def deploy_graph(model: nn.Module, fmt: str, size: Tuple[int, int], argmax: bool = False,
-                 max_detections: Optional[int] = None, fused: bool = True):
+                 max_detections: Optional[int] = None, fused: bool = True,
+                 app: Optional[Tuple[List[float], List[float]]] = None):
     """(the model with its EdgeViT body fused for `fmt`'s runtime, or as released; the graph a file of `fmt`
     holds; what its sidecar says about the outputs)."""
     model = fuse(model.eval(), runtimes.by_format(fmt).name) if fused and registry.get(model.arch).edgevit \
         else model.eval()
-    return (model, *graph_for(model, fmt, size, argmax, max_detections))
+    return (model, *graph_for(model, fmt, size, argmax, max_detections, app))

@@ -157,6 +157,9 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
             metadata = dataclasses.replace(metadata, companions={n: digest(t) for n, t in zip(
                 names, rt.files(tmp)[1:])})
             rt.write_metadata(tmp, metadata.to_json())
+        if sidecar is not None and sidecar.get("layout") == "NHWC" and rt.write_segmenter_metadata:
+            n = int(sidecar["num_classes"])
+            rt.write_segmenter_metadata(tmp, list(sidecar.get("class_names") or map(str, range(n))))
         run = rt.load(tmp, threads)
         got = [run(c.numpy()) for c in check_x.split(1)]
         measures, missed = compare(reference, got, writer.rule, trained)

@@ -14,7 +14,7 @@ import dataclasses
 import importlib.util
 import math
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -98,6 +98,14 @@ class Writer:
     rule: Rule = FLOAT_RULE
 
 
+def image_size(shape) -> Tuple[int, int]:
+    """(H, W) of an image input's shape, NCHW or NHWC (the side that holds the 3 channels: an app-ready file's
+    input is [1, H, W, 3])."""
+    dims = [int(d) for d in shape]
+    nhwc = len(dims) == 4 and dims[-1] == 3 and dims[1] != 3
+    return (dims[1], dims[2]) if nhwc else (dims[-2], dims[-1])
+
+
 def fp32(write: Callable[..., Dict[str, object]], how: str = "") -> Writer:
     return Writer(write, how or "fp32", rule=FLOAT_RULE)
 
@@ -159,6 +167,9 @@ class Runtime:
     input_dtypes: Tuple[str, ...] = ("float32",)
     # the layout `edgevit export` writes when none is asked for: what the runtime's apps feed (LiteRT's: NHWC)
     default_layout: str = "NCHW"
+    # an app-ready segmenter's metadata in the format's own place, for its app clients (MediaPipe's ImageSegmenter):
+    # write_segmenter_metadata(path, class_names)
+    write_segmenter_metadata: Optional[Callable[[Path, Sequence[str]], None]] = None
     write_traced: Optional[Callable[[nn.Module, torch.Tensor, Path], Dict[str, object]]] = None
     constant_outputs: bool = True
 

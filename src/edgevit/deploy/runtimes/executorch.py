@@ -21,7 +21,7 @@ import torch.nn as nn
 from ...models.fused import ChannelNorm, Forms
 from ...utils.quiet import filter_native_stderr
 from ..forms import holds_edgevit
-from .base import Float16Graph, Package, Runtime, fp32, half, int8
+from .base import Float16Graph, Package, Runtime, fp32, half, image_size, int8
 
 PACKAGE = Package("executorch")
 
@@ -87,8 +87,7 @@ def load(path: Path, threads: int = 2):
 
 
 def input_size(path: Path):
-    sizes = executorch_program(path).load_method("forward").metadata.input_tensor_meta(0).sizes()
-    return int(sizes[-2]), int(sizes[-1])
+    return image_size(executorch_program(path).load_method("forward").metadata.input_tensor_meta(0).sizes())
 
 
 def profile(path: Path, x: torch.Tensor, threads: int, runs: int, warmup: int, desc: str = "profiled") -> List[dict]:
@@ -261,5 +260,8 @@ RUNTIME = Runtime(
         "fp16": half(lambda model, x, path: save_pte(Float16Graph(model, gelu="sigmoid"), x, path),
                      "the graph in fp16 on XNNPACK's fp16 kernels, GELU in its tanh form as x*sigmoid(...)")},
     load=load, input_size=input_size,
+    # (NHWC float: one delegate partition, nothing outside; uint8: its cast, and for NHWC the transpose, run on
+    # the portable kernels beside the partition)
+    input_layouts=("NCHW", "NHWC"), input_dtypes=("float32", "uint8"),
     save_qat=lambda prepared, x, path: save_pte_int8(convert_pt2e_model(prepared), x, path),
     profile=profile, describe=describe)

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ...errors import UserError
 from ...models.fused import Forms
 from ...utils.quiet import filter_native_stderr
-from .base import ConversionError, Package, Runtime, fp32, half, int8
+from .base import ConversionError, Package, Runtime, fp32, half, image_size, int8
 
 REQUIREMENTS = "requirements-litert.txt"  # an extra: installed by `make` after requirements.txt
 INTERPRETER = Package("ai_edge_litert", "ai-edge-litert", REQUIREMENTS)
@@ -137,8 +138,8 @@ def load(path: Path, threads: int = 2):
 
 
 def input_size(path: Path):
-    shape = litert_interpreter(path, 1).get_input_details()[0]["shape"]
-    return int(shape[-2]), int(shape[-1])
+    """(H, W) of the file's image input, NCHW or NHWC (the side that holds the 3 channels)."""
+    return image_size(litert_interpreter(path, 1).get_input_details()[0]["shape"])
 
 
 def _quantized(model: nn.Module, x: torch.Tensor, path: Path, make_recipe, images: Optional[torch.Tensor] = None):
@@ -270,6 +271,28 @@ def write_metadata(path: Path, text: str) -> None:
         _append_metadata(path, text)
 
 
+def write_segmenter_metadata(path: Path, class_names: Sequence[str]) -> None:
+    """TFLite model metadata of an app-ready segmenter (NHWC [0, 1] input, class probabilities [1, H, W, C] out),
+    by the TFLite Support library's image-segmenter writer: what MediaPipe's ImageSegmenter reads (the input's
+    NormalizationOptions from camera bytes to [0, 1], the class names as the output's labels). Kept only where the
+    rewritten file gives the same outputs bit for bit; otherwise one error saying so."""
+    import tempfile
+
+    METADATA_WRITER.require()
+    from tensorflow_lite_support.metadata.python.metadata_writers import image_segmenter, writer_utils
+
+    buffer = writer_utils.load_file(str(path))
+    with tempfile.TemporaryDirectory() as d:
+        labels = Path(d) / "labels.txt"
+        labels.write_text("\n".join(class_names) + "\n")
+        populated = image_segmenter.MetadataWriter.create_for_inference(
+            buffer, input_norm_mean=[0.0], input_norm_std=[255.0], label_file_paths=[str(labels)]).populate()
+    if not _same_outputs(buffer, populated):
+        raise UserError(f"{path}: the TFLite Support metadata writer changes this file's outputs; export it with "
+                        "NCHW input (the plain graph)", option="input_layout")
+    path.write_bytes(populated)
+
+
 def _append_metadata(path: Path, text: str) -> None:
     """The metadata the way TFLite keeps associated files, a zip appended to the unchanged flatbuffer (the
     interpreter reads up to the flatbuffer's end). For the files TFLite Support 0.4.4's writer breaks: it rewrites
@@ -330,4 +353,5 @@ RUNTIME = Runtime(
                           "int8 convolutions and fully connected layers, the rest float (XNNPACK on CPUs)"),
         "fp16": half(save_tflite_fp16, "fp16 weights behind DEQUANTIZE, fp32 activations (LiteRT's float16 file)")},
     load=load, input_size=input_size, describe=describe, input_layouts=("NCHW", "NHWC"), default_layout="NHWC",
-    input_dtypes=("float32", "uint8"), write_metadata=write_metadata, read_metadata=read_metadata)
+    input_dtypes=("float32", "uint8"), write_metadata=write_metadata, read_metadata=read_metadata,
+    write_segmenter_metadata=write_segmenter_metadata)

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ...models.fused import Forms
-from .base import Package, Runtime, fp32, int8
+from .base import Package, Runtime, fp32, image_size, int8
 
 PACKAGE = Package("onnxruntime")
 EXPORTER = (Package("onnx"), Package("onnxscript"))
@@ -134,7 +134,7 @@ def load(path: Path, threads: int = 2):
 
 def input_size(path: Path):
     shape = onnx_session(path, 1).get_inputs()[0].shape
-    return (int(shape[-2]), int(shape[-1])) if all(isinstance(s, int) for s in shape[-2:]) else None
+    return image_size(shape) if all(isinstance(s, int) for s in shape) else None
 
 
 def profile(path: Path, x: torch.Tensor, threads: int, runs: int, warmup: int, desc: str = "profiled") -> List[dict]:

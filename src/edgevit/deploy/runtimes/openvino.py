@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from ...errors import UserError
 from ...models.fused import Forms
-from .base import Package, Runtime, fp32, half, int8
+from .base import Package, Runtime, fp32, half, image_size, int8
 from .onnxruntime import save_onnx
 
 REQUIREMENTS = "requirements-edge.txt"
@@ -151,7 +151,7 @@ def load(path: Path, threads: int = 2):
 
 def input_size(path: Path):
     shape = _core().read_model(str(path)).inputs[0].get_partial_shape()
-    return (shape[-2].get_length(), shape[-1].get_length()) if shape.is_static else None
+    return image_size([d.get_length() for d in shape]) if shape.is_static else None
 
 
 def openvino_report(path: Path) -> Dict[str, object]:
