@@ -49,7 +49,7 @@ class _Transposed(torch.nn.Module):
         return x.permute(0, 2, 3, 1).contiguous()
 
 
-def files(rt, name: str, size: int, folder: Path):
+def files(rt, name: str, size: int, folder: Path, threads: int):
     """(label, exported file, its input) for each input form the runtime takes."""
     torch.manual_seed(0)
     model = timm.create_model(name).eval()
@@ -65,12 +65,12 @@ def files(rt, name: str, size: int, folder: Path):
         out = folder / f"{name}-{layout}-{dtype}{rt.suffix}"
         report = export_model(net, rt.format, out, img_size=size, check_x=x)
         feed = (net.app_input(x) if app else x).numpy()
-        yield f"{layout} {dtype}", report, load_exported(out), feed
+        yield f"{layout} {dtype}", report, load_exported(out, threads), feed
         if (layout, dtype) == ("NHWC", "float32"):  # the layout alone
             net = _Transposed(model)
             out = folder / f"{name}-NHWC-plain{rt.suffix}"
             report = export_model(net, rt.format, out, img_size=size, check_x=x)
-            yield "NHWC plain", report, load_exported(out), net.app_input(x).numpy()
+            yield "NHWC plain", report, load_exported(out, threads), net.app_input(x).numpy()
 
 
 def main() -> int:
@@ -89,10 +89,9 @@ def main() -> int:
     rows, runners = [], []
     with tempfile.TemporaryDirectory() as d:
         for name in tqdm(args.models, desc="export", file=sys.stderr):
-            for label, report, m, feed in files(rt, name, args.img_size, Path(d)):
-                ops = report.get("op_counts") or {}
+            for label, report, m, feed in files(rt, name, args.img_size, Path(d), args.threads):
                 rows.append({"model": name, "input": label, "bytes": report["bytes"],
-                             "transposes": ops.get("TRANSPOSE") if ops else None})
+                             "transposes": report.get("transposes")})  # (where the runtime reports its ops)
                 runners.append(lambda m=m, feed=feed: m.run(feed))  # (the runtime call alone)
         with tqdm(total=args.runs * len(runners), desc="timing", file=sys.stderr) as bar:
             times = time_runners(runners, args.runs, warmup=5, progress=bar)

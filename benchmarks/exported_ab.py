@@ -50,7 +50,10 @@ def main(argv=None) -> int:
     for name, fb, fa in tqdm(list(pairs(args.before, args.after)), desc="loading", file=sys.stderr):
         mb, ma = load_exported(fb, args.threads), load_exported(fa, args.threads)
         h, w = ma.input_size or (ma.metadata.input_size if ma.metadata else None) or mb.input_size or (224, 224)
-        x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
+        if ma.metadata is not None:  # (an app-ready file takes what its metadata says: NHWC, [0, 1], bytes)
+            x = ma.metadata.file_input(np.random.default_rng(0).random((1, 3, h, w), np.float32))
+        else:
+            x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
         outs_a, outs_b = ma.run(x), mb.run(x)  # (every output: a detector's boxes, scores, labels, masks)
         if [np.shape(o) for o in outs_a] != [np.shape(o) for o in outs_b]:
             raise SystemExit(f"{name}: outputs of shapes {[np.shape(o) for o in outs_b]} before, "

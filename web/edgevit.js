@@ -11,14 +11,15 @@ ort.env.wasm.numThreads = 1;
 // ---- the metadata: ModelProto.metadata_props (field 14, key/value entries) read from the file's top level ----
 // (ONNX Runtime Web exposes no model metadata, and protobufjs with onnx.proto would be 200 KB for one field:
 // the top level of a protobuf message is a run of (tag, value) pairs that is a few lines to walk)
-function varint(bytes, pos) {
+function varint(bytes, pos, end = bytes.length) {
   let value = 0, scale = 1, b;
-  do {
+  for (let n = 0; ; n++) {
+    if (pos >= end || n === 10) throw new Error("not an ONNX file (a malformed protobuf varint)");
     b = bytes[pos++];
     value += (b & 0x7f) * scale;
     scale *= 128;
-  } while (b & 0x80);
-  return [value, pos];
+    if (!(b & 0x80)) return [value, pos];
+  }
 }
 
 function fields(bytes, start = 0, end = bytes.length) {
@@ -26,13 +27,13 @@ function fields(bytes, start = 0, end = bytes.length) {
   let pos = start;
   while (pos < end) {
     let tag, len;
-    [tag, pos] = varint(bytes, pos);
+    [tag, pos] = varint(bytes, pos, end);
     const field = Math.floor(tag / 8), wire = tag & 7;
-    if (wire === 0) { [, pos] = varint(bytes, pos); continue; }
+    if (wire === 0) { [, pos] = varint(bytes, pos, end); continue; }
     if (wire === 1) { pos += 8; continue; }
     if (wire === 5) { pos += 4; continue; }
     if (wire !== 2) throw new Error(`not an ONNX file (protobuf wire type ${wire} at byte ${pos})`);
-    [len, pos] = varint(bytes, pos);
+    [len, pos] = varint(bytes, pos, end);
     out.push([field, pos, pos + len]);
     pos += len;
   }
@@ -50,24 +51,53 @@ export function onnxMetadata(bytes) {
     props[entry[1]] = entry[2];
   }
   if (!props.edgevit) throw new Error("the file carries no edgevit metadata: export it with `edgevit export`");
-  return JSON.parse(props.edgevit);
+  const meta = JSON.parse(props.edgevit);
+  const problem = metadataProblem(meta);
+  if (problem) throw new Error(`the file's edgevit metadata: ${problem}`);
+  return meta;
+}
+
+// what the page relies on, checked as `FileMetadata` checks it in Python (deploy/metadata.py)
+function metadataProblem(m) {
+  const numbers = (v, n) => Array.isArray(v) && v.length === n && v.every((x) => Number.isFinite(x));
+  if (m.schema !== "edgevit.file/1") return `schema ${m.schema}: this page reads edgevit.file/1`;
+  if (!numbers(m.input_size, 2) || !m.input_size.every((v) => Number.isInteger(v) && v > 0))
+    return "input_size: expected [H, W]";
+  if (!["NCHW", "NHWC"].includes(m.layout)) return `layout ${m.layout}: expected NCHW or NHWC`;
+  if (!["float32", "uint8"].includes(m.input_dtype)) return `input_dtype ${m.input_dtype}: expected float32 or uint8`;
+  if (!numbers(m.value_range, 2)) return "value_range: expected [low, high]";
+  if (m.normalization === "app") {
+    if (!numbers(m.mean, 3) || !numbers(m.std, 3) || m.std.some((v) => v <= 0))
+      return "mean/std: expected 3 numbers each, std positive";
+  } else if (m.normalization !== "in the graph") return `normalization ${m.normalization}: expected app or in the graph`;
+  if (!(m.crop_pct > 0 && m.crop_pct <= 1)) return `crop_pct ${m.crop_pct}: expected a number in (0, 1]`;
+  if (!Array.isArray(m.class_names) || !m.class_names.length) return "class_names: expected the class names";
+  if (!Array.isArray(m.outputs) || !m.outputs.length || !m.outputs[0].name) return "outputs: expected the outputs";
+  return null;
 }
 
 // ---- the image as the file takes it (`FileMetadata.file_input` in edgevit/deploy/metadata.py) ----
 export function fileInput(image, meta, cropped = false) {
   const [h, w] = meta.input_size;
-  // timm's eval transform: the shorter side to input_size / crop_pct, then the centre crop, with the browser's own
-  // resampling (not PIL's bicubic: probabilities differ a little from `edgevit predict`'s); `cropped`: the image is
-  // that crop already (resized and cropped by the app), used pixel for pixel
+  // timm's eval transform with the browser's own resampling (not PIL's bicubic: probabilities differ a little from
+  // `edgevit predict`'s); `cropped`: the image is that crop already (resized and cropped by the app), used pixel
+  // for pixel
   if (cropped && (image.width !== w || image.height !== h)) {
     throw new Error(`a cropped image must be the file's input size ${w}x${h}, not ${image.width}x${image.height}`);
   }
-  const scale = cropped ? 1 : Math.max(h, w) / meta.crop_pct / Math.min(image.width, image.height);
-  const rw = Math.round(image.width * scale), rh = Math.round(image.height * scale);
+  // timm's sizes: the shorter side to floor(size / crop_pct) (square inputs; the longer side truncated, as
+  // torchvision's Resize does), then the centre crop, its offset rounded half to even as Python's round
+  let rw = w, rh = h;
+  if (!cropped) {
+    const short = Math.floor(Math.max(h, w) / meta.crop_pct);
+    [rw, rh] = image.width <= image.height ? [short, Math.trunc(short * image.height / image.width)]
+                                           : [Math.trunc(short * image.width / image.height), short];
+  }
+  const half = (v) => (Math.abs(v % 1) === 0.5 ? 2 * Math.round(v / 2) : Math.round(v));
   const canvas = new OffscreenCanvas(w, h);
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
   ctx.imageSmoothingQuality = "high";
-  ctx.drawImage(image, -Math.round((rw - w) / 2), -Math.round((rh - h) / 2), rw, rh);
+  ctx.drawImage(image, -half((rw - w) / 2), -half((rh - h) / 2), rw, rh);
   const rgba = ctx.getImageData(0, 0, w, h).data;
   const [lo, hi] = meta.value_range;
   const uint8 = meta.input_dtype === "uint8", nhwc = meta.layout === "NHWC";

@@ -173,6 +173,5 @@ def test_app_inputs_times_each_input_form_of_one_model(monkeypatch, capsys):
     rows = {r["input"]: r for r in doc["results"]}
     assert list(rows) == ["NCHW float32", "NHWC float32", "NHWC plain", "NHWC uint8"]
     assert rows["NCHW float32"]["ratio_to_nchw"] == 1.0 and all(r["median_ms"] > 0 for r in rows.values())
-    assert all(r["ratio_to_nchw"] == pytest.approx(r["median_ms"] / rows["NCHW float32"]["median_ms"])
-               for r in rows.values())
+    assert all(r["transposes"] is None for r in rows.values())  # (ONNX Runtime reports no op counts)
     assert doc["meta"]["cpu_flags"] and doc["runtime"] == "onnxruntime"

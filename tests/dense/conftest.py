@@ -49,12 +49,14 @@ class _Runs(dict):
     def __missing__(self, arch):
         import contextlib
         import io
+        import shutil
 
         from filelock import FileLock
 
         out = self.root / arch
         with FileLock(str(out) + ".lock"):
             if not (out / "done").is_file():
+                shutil.rmtree(out, ignore_errors=True)  # (what a failed or killed training left)
                 # (trained inside a test, so on its one thread (_one_thread), and that test reads its own
                 # command's output: the training's stays out of it)
                 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

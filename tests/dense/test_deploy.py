@@ -249,18 +249,30 @@ def test_mediapipe_image_segmenter_runs_the_app_ready_tflite_file(arch, trained,
             probs = dense.run(rgb[None].astype(np.float32) / 255)[0][0]
             assert np.abs(confidence - probs).max() < 1e-5
             pixels, agree = pixels + want.size, agree + int((category == want).sum())
-            assert main(["segment", "predict", str(image), "--exported", str(out), "--out",
-                         str(tmp_path / f"p_{image.name}"), "--json"]) == 0
+            predicted = tmp_path / f"p_{image.name}"
+            assert main(["segment", "predict", str(image), "--exported", str(out), "--out", str(predicted),
+                         "--json"]) == 0
             fractions = _json(capsys)["class_fractions"]
             counts = np.bincount(category.ravel(), minlength=side["num_classes"]) / category.size
             names = side["class_names"]
             assert all(abs(fractions.get(names[c], 0.0) - counts[c]) <= 5e-5 for c in range(len(names)))  # (4 places)
+    # a segmenter file resized on the way out (predict at twice the size): the probabilities' argmax, resized as
+    # their logarithms, is the logits' (the checkpoint's eval resizes logits)
+    from edgevit.dense.engine import load_dense_checkpoint, segment_logits
+
+    model = load_dense_checkpoint(trained[arch], "segment")
+    x = (torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255 - mean) / std
+    with torch.no_grad():
+        ref = segment_logits(model, x, (128, 128)).argmax(0)
+    assert (dense.segment(x, (128, 128)) == ref).float().mean() >= 0.999
     assert agree / pixels >= 0.999, agree / pixels
     want = _segment_eval(["--checkpoint", str(trained[arch])], shapes_root, capsys)
     got = _segment_eval(["--exported", str(out)], shapes_root, capsys)
     assert got["mIoU"] == pytest.approx(want["mIoU"], abs=0.005)
     # what the app-ready form is not for: one line each, nothing written
-    for fmt, extra, needle in (("tflite", ["--argmax"], "not a class map"), ("pte", [], "executorch files take NCHW")):
+    for fmt, extra, needle in (("tflite", ["--argmax"], "not a class map"), ("ptl", [], "ptl files take NCHW"),
+                               ("tflite", ["--quantize", "int8", "--calib", str(shapes_root)],
+                                "--input-layout the app-ready form is a float file: int8 segmenters keep NCHW")):
         assert main(["segment", "export", "--checkpoint", str(trained[arch]), "--format", fmt, "--img-size", "64",
                      "--input-layout", "nhwc", "-o", str(tmp_path / f"no.{fmt}"), *extra]) == 2
         assert needle in capsys.readouterr().err

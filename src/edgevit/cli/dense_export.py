@@ -61,7 +61,7 @@ def add_export_parser(sub, task: str) -> argparse.ArgumentParser:
                        help="how many (a seeded sample; default 64)")
     add_overwrite_arg(p, "-o and its FILE.json")
     add_json_arg(p)
-    p.set_defaults(func=run_export, _task=task, flags={"precision": "quantize"})
+    p.set_defaults(func=run_export, _task=task, _flags={"precision": "quantize", "layout": "input_layout"})
     return p
 
 

@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_overwrite_arg(p, "-o")
     add_progress_arg(p)
     add_json_arg(p)
-    p.set_defaults(func=run, flags={"precision": "quantize"})  # (the library's `precision` is --quantize here)
+    p.set_defaults(func=run, _flags={"precision": "quantize"})  # (the library's `precision` is --quantize here)
 
 
 def check_quantize_args(args: argparse.Namespace, fmt: str) -> None:
@@ -150,10 +150,10 @@ def run(args: argparse.Namespace) -> int:
         prepared, model, meta = load_qat_model(args.checkpoint, size)
     name = meta["name"]
     precision = args.quantize or "fp32"
-    # (the runtime's app layout for its float files; int8 files and a quantization-aware checkpoint's keep the
-    # integer input their runtime expects, NCHW)
+    # (the runtime's app layout for the files that take images; a full-integer file keeps the integer input its
+    # runtime expects, and a quantization-aware checkpoint the graph it trained as: NCHW)
     layout = args.input_layout.upper() if args.input_layout else \
-        "NCHW" if qat or rt.writer(precision).calibrated else rt.default_layout
+        "NCHW" if qat or rt.writer(precision).integer_input else rt.default_layout
     dtype = args.input_dtype
     app = (layout, dtype) != ("NCHW", "float32")
     for flag, value, takes in (("--input-layout", layout, "input_layouts"), ("--input-dtype", dtype, "input_dtypes")):

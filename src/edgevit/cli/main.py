@@ -100,7 +100,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UserError as e:  # its message names the file or option; anything else is a bug: traceback
         if debug:
             raise
-        print(f"edgevit {args.command}: error: {e.for_command_line(getattr(args, 'flags', None))}",
+        print(f"edgevit {args.command}: error: {e.for_command_line(getattr(args, '_flags', None))}",
               file=sys.stderr)
         return 2
     except _FILE_ERRORS as e:

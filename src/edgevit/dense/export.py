@@ -149,10 +149,18 @@ def export_dense(model: nn.Module, fmt: str, output: os.PathLike | str, size: Tu
         check, checked_on = random_calibration(8, size, seed=1), "8 random inputs"
     if writer.calibrated:
         side["calibration"] = f"{len(calibration)} images"
+    app_metadata = None
+    if layout == "NHWC" and rt.write_segmenter_metadata is not None:  # (what MediaPipe's ImageSegmenter reads)
+        names = side["class_names"] or [str(i) for i in range(side["num_classes"])]
+
+        def app_metadata(path):
+            rt.write_segmenter_metadata(path, names)
+        side["app_metadata"] = f"{rt.name}: the segmenter metadata its app clients read (class names, normalisation)"
     report = export_model(graph, rt, output, size, threads, check, precision, calibration, f"{len(calibration)} "
                           "images" if calibration is not None else "images", checked_on, trained=trained,
                           compare=dense_measures(outputs["outputs"], score_cut(outputs)),
-                          traced=registry.get(arch).outputs == "detections", sidecar=side)
+                          traced=registry.get(arch).outputs == "detections", sidecar=side,
+                          app_metadata=app_metadata)
     report.update(arch=arch, fused=fused, outputs=outputs["outputs"])
     return report
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..deploy.app_input import app_image
 from ..deploy.metadata import sidecar_path
 from ..errors import UserError
 from . import registry
@@ -72,8 +73,10 @@ class DenseFile:
         x, (nh, nw) = fit_into(img[None].float(), self.size)
         if self.meta.get("layout") == "NHWC":  # the app-ready form: [0, 1] NHWC in, probabilities NHWC out
             mean, std = (torch.tensor(self.meta[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
-            x = (x * std + mean).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
-            out = torch.from_numpy(np.moveaxis(np.asarray(self.run(x.numpy())[0]), -1, 1).copy())[..., :nh, :nw]
+            x = app_image(x, mean, std, "NHWC", "float32")
+            probs = np.moveaxis(np.asarray(self.run(x.numpy())[0], np.float32), -1, 1)
+            # their logarithms: the logits less one number per pixel, so resized they give the logits' argmax
+            out = torch.from_numpy(np.log(np.maximum(probs, np.finfo(np.float32).tiny)))[..., :nh, :nw]
         else:
             out = torch.from_numpy(np.ascontiguousarray(self.run(x.numpy())[0]))[..., :nh, :nw]
         if self.meta["outputs"][0] == "classes":
@@ -175,8 +178,13 @@ def _sidecar_problem(meta: dict) -> Optional[str]:
         return f"outputs {outputs!r}: expected the list of the file's outputs ({', '.join(sorted(OUTPUT_NAMES))})"
     if outputs[0] == "cls_logits" and not isinstance(meta.get("decoding"), dict):
         return "a raw-output detector's sidecar without its decoding (how the outputs become detections)"
-    if meta.get("layout", "NCHW") not in ("NCHW", "NHWC"):
-        return f"layout {meta['layout']!r}: expected NCHW or NHWC"
+    layout = meta.get("layout", "NCHW")
+    if layout not in ("NCHW", "NHWC"):
+        return f"layout {layout!r}: expected NCHW or NHWC"
+    app = (meta["task"], outputs, meta.get("normalization")) == ("segment", ["probabilities"], "in the graph")
+    if (layout == "NHWC" or "probabilities" in outputs) and not (layout == "NHWC" and app):
+        return (f"layout {layout}, outputs {outputs}: the app-ready form is a segmenter's, NHWC with the "
+                "normalisation in the graph and probabilities out")
     if meta["resize"] not in ("fit", "stretch"):
         return f"resize {meta['resize']!r}: expected fit or stretch"
     return None

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..deploy import fuse, runtimes
+from ..deploy.app_input import AppInput
 from ..deploy.export import seeded_input
 from ..errors import UserError
 from . import registry
@@ -47,24 +48,16 @@ class SegmenterGraph(nn.Module):
         return logits.argmax(dim=1).to(self.dtype) if self.argmax else logits
 
 
-class SegmenterApp(nn.Module):
-    """A segmenter as MediaPipe's ImageSegmenter takes it: an NHWC image in [0, 1] (what camera pipelines pass),
-    the per-channel mean/std in the graph (MediaPipe normalises per tensor only), class probabilities [1, H, W, C]
-    out (its confidence masks; the category mask is their argmax)."""
+class SegmenterApp(AppInput):
+    """A segmenter as MediaPipe's ImageSegmenter takes it (`deploy.app_input.AppInput`): an NHWC image in [0, 1]
+    (what camera pipelines pass), the per-channel mean/std in the graph (MediaPipe normalises per tensor only),
+    class probabilities [1, H, W, C] out (its confidence masks; the category mask is their argmax)."""
 
     def __init__(self, segmenter: nn.Module, mean, std):
-        super().__init__()
-        self.segmenter = segmenter  # (not "graph": an exported module's own attribute of that name)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        super().__init__(segmenter, "NHWC", "float32", mean, std)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.segmenter((x.permute(0, 3, 1, 2) - self.mean) / self.std).softmax(1).permute(0, 2, 3, 1)
-
-    def app_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised NCHW images (what the segmenter takes) as the app passes them: in [0, 1], NHWC. (A fitted
-        image's zero padding becomes the mean, which the graph normalises back to zero.)"""
-        return (x * self.std + self.mean).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+    def answer(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.softmax(1).permute(0, 2, 3, 1)
 
 
 def _anchors(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
@@ -146,13 +139,18 @@ def check_exportable(arch: str, fmt: str, argmax: bool = False, precision: str =
                           option="format")
     if argmax and entry.task != "segment":
         raise ExportError(f"the class map (argmax) is a segmenter's output, not {arch}'s")
+    if layout not in ("NCHW", "NHWC"):
+        raise ExportError(f"{layout!r}: expected NCHW or NHWC", option="layout")
     if layout == "NHWC":
         if entry.task != "segment" or argmax:
             raise ExportError("the app-ready NHWC input is for segmenters' probabilities (MediaPipe's "
                               f"ImageSegmenter), not {'a class map' if argmax else arch + ' detections'}",
-                              option="input_layout")
+                              option="layout")
         if layout not in rt.input_layouts:
-            raise ExportError(f"{rt.name} files take {' or '.join(rt.input_layouts)} input", option="input_layout")
+            raise ExportError(f"{rt.name} files take {' or '.join(rt.input_layouts)} input", option="layout")
+        if rt.writer(precision).calibrated:
+            raise ExportError(f"the app-ready form is a float file: {precision} segmenters keep NCHW input",
+                              option="layout")
     def keeps(r) -> bool:
         return r.detections_in_graph or r.constant_outputs
     if entry.outputs == "raw" and not keeps(rt):

@@ -37,11 +37,22 @@ class AppInput(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout == "NHWC":
             x = x.permute(0, 3, 1, 2)
-        return self.model(x.to(torch.float32) * self.mul + self.add).softmax(-1)
+        return self.answer(self.model(x.to(torch.float32) * self.mul + self.add))
+
+    def answer(self, logits: torch.Tensor) -> torch.Tensor:
+        """What the file answers: the class probabilities."""
+        return logits.softmax(-1)
 
     def app_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised NCHW images (what the model behind takes) as the app passes them: the same images in [0, 1]
-        (clipped), as camera bytes for uint8, in the layout. (What export checks and calibrates the file on.)"""
-        x01 = (x * self.std + self.mean).clamp(0, 1)
-        x = torch.round(x01 * 255).to(torch.uint8) if self.dtype == "uint8" else x01
-        return x.permute(0, 2, 3, 1).contiguous() if self.layout == "NHWC" else x
+        """Normalised NCHW images (what the model behind takes) as the app passes them (`app_image`). (What export
+        checks and calibrates the file on.)"""
+        return app_image(x, self.mean, self.std, self.layout, self.dtype)
+
+
+def app_image(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, layout: str, dtype: str) -> torch.Tensor:
+    """Normalised NCHW images ([N, 3, H, W], `mean`/`std` [1, 3, 1, 1]) as an app passes them: in [0, 1]
+    (clipped: a fitted image's zero padding becomes the mean, which the graph normalises back to zero), as camera
+    bytes for uint8, in `layout`."""
+    x01 = (x * std + mean).clamp(0, 1)
+    x = torch.round(x01 * 255).to(torch.uint8) if dtype == "uint8" else x01
+    return x.permute(0, 2, 3, 1).contiguous() if layout == "NHWC" else x

@@ -73,7 +73,8 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
                  images: Optional[torch.Tensor] = None, calibrated: str = "images", checked_on: str = "",
                  prepared: Optional[torch.fx.GraphModule] = None, trained: bool = False,
                  compare: Optional[Compare] = None, traced: bool = False,
-                 sidecar: Optional[Mapping[str, object]] = None, metadata: Optional[FileMetadata] = None
+                 sidecar: Optional[Mapping[str, object]] = None, metadata: Optional[FileMetadata] = None,
+                 app_metadata: Optional[Callable[[Path], None]] = None
                  ) -> Dict[str, object]:
     """The one checked writer: every file the package makes (`edgevit export`, bench, the matrix, the benchmark
     scripts) is written here. `model` (eval, fused or not) is written to `output` in `fmt` as a `precision` file
@@ -93,10 +94,11 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
     per check image, PyTorch's outputs and the file's -> (measures, what the file misses); the default measures a
     classifier's logits (`classify_measures`). `traced`: written by the runtime's tracing writer
     (`Runtime.write_traced`: graphs torch.export cannot capture). `sidecar`: written as FILE.json beside the file,
-    committed last. `metadata` (`deploy.metadata.FileMetadata`): what the file says about itself, written in the
-    format's own place before the file is checked (so the check covers the bytes shipped), or as a sidecar
-    FILE.json with the files' digests where the format has no place. Returns the report: the writer's, plus the
-    bytes written and the measures."""
+    committed last. `app_metadata(path)`: writes what an app client reads into the written file before the check
+    (a segmenter's TFLite metadata for MediaPipe). `metadata` (`deploy.metadata.FileMetadata`): what the file says
+    about itself, written in the format's own place before the file is checked (so the check covers the bytes
+    shipped), or as a sidecar FILE.json with the files' digests where the format has no place. Returns the report:
+    the writer's, plus the bytes written and the measures."""
     rt = fmt if isinstance(fmt, Runtime) else runtimes.by_format(fmt)
     fmt = rt.format
     writer = rt.writer(precision)
@@ -124,10 +126,11 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
     size = list(x.shape[-2:])
     to_app = getattr(model, "app_input", None)  # (`deploy.app_input.AppInput`: the file takes what an app passes)
     if to_app is not None:
-        if writer.calibrated:
-            raise UserError(f"{precision} files take the integer input their runtime expects; an app input (layout, "
-                            "dtype) is for float files", option="precision")
+        if writer.integer_input:
+            raise UserError(f"{precision} files take the integer input {rt.name} expects, not an image: an app input "
+                            "(layout, dtype) is for files that take images", option="precision")
         x, check_x = to_app(x), to_app(check_x)
+        images = to_app(images) if images is not None else None  # (calibrated on what the file will be fed)
     compare = compare or classify_measures
     with torch.no_grad():
         reference = [_as_list(prepared(c) if prepared is not None else model(c)) for c in check_x.split(1)]
@@ -157,9 +160,8 @@ def export_model(model: nn.Module, fmt: str | Runtime, output: os.PathLike | str
             metadata = dataclasses.replace(metadata, companions={n: digest(t) for n, t in zip(
                 names, rt.files(tmp)[1:])})
             rt.write_metadata(tmp, metadata.to_json())
-        if sidecar is not None and sidecar.get("layout") == "NHWC" and rt.write_segmenter_metadata:
-            n = int(sidecar["num_classes"])
-            rt.write_segmenter_metadata(tmp, list(sidecar.get("class_names") or map(str, range(n))))
+        if app_metadata is not None:
+            app_metadata(tmp)
         run = rt.load(tmp, threads)
         got = [run(c.numpy()) for c in check_x.split(1)]
         measures, missed = compare(reference, got, writer.rule, trained)
@@ -267,8 +269,7 @@ def file_metadata(rt: Runtime, path: Path) -> Optional[FileMetadata]:
     else:
         meta = read_sidecar(path, rt.files(path))
     if meta is not None:
-        check_against_file(meta, str(path), rt.input_size(path) if meta.layout == "NCHW" else None,
-                           companions=rt.files(path)[1:])  # (the records read the input size of NCHW files)
+        check_against_file(meta, str(path), rt.input_size(path), companions=rt.files(path)[1:])
     return meta
 
 
