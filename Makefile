@@ -11,7 +11,7 @@ DEMO   ?= out/demo
 DEMO_BENCH ?= edgevit_xxs edgevit_xs edgevit_s mobilenetv2_100 mobilenetv3_large_075 efficientnet_b0 \
               mobilevit_xxs mobilevit_xs pvt_v2_b0 deit_tiny_patch16_224 fastvit_t8
 
-.PHONY: setup demo test timm-tests clean
+.PHONY: setup demo test timm-tests clean arm-lane
 
 setup: $(STAMP)
 
@@ -27,6 +27,7 @@ $(STAMP): requirements.txt requirements-litert.txt requirements-edge.txt require
 		{ [ "$$(id -u)" = 0 ] && { apt-get install -y -q chromium || \
 		  { apt-get update -q && apt-get install -y -q chromium; }; } > /dev/null; } || \
 		{ echo "the browser test needs Debian's chromium: apt-get install chromium (as root)"; exit 1; }
+	command -v npm > /dev/null || { echo "the browser test needs Node.js and npm (Debian: apt-get install nodejs npm)"; exit 1; }
 	npm ci --prefix web --no-audit --no-fund --loglevel=error
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
@@ -36,6 +37,17 @@ $(STAMP): requirements.txt requirements-litert.txt requirements-edge.txt require
 	$(PY) -m pip install --quiet --no-deps -r requirements-apps.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# The aarch64 lane (edgevit.deploy.aarch64, `edgevit check --arch aarch64`): qemu's user-mode emulator and Debian's
+# arm64 Python, downloaded by apt with a private state folder and unpacked into $(ARM), and the runtimes' aarch64
+# wheels; nothing on the host changes (scripts/build_aarch64_lane.sh)
+ARM       := .aarch64
+ARM_STAMP := $(ARM)/.built
+arm-lane: $(ARM_STAMP)
+
+$(ARM_STAMP): requirements-aarch64.txt scripts/build_aarch64_lane.sh | $(STAMP)
+	scripts/build_aarch64_lane.sh $(ARM) $(PY)
+	touch $(ARM_STAMP)
 
 demo: setup
 	$(EV) info
@@ -66,8 +78,11 @@ demo: setup
 # openvino (EDGEVIT_NO_OPENVINO, tests/conftest.py), so a new OpenVINO test cannot land among the others unnoticed.
 OPENVINO_TESTS := tests/bench/test_matrix.py tests/bench/test_profile_scripts.py tests/bench/test_runners.py \
                   tests/deploy/test_edge_reference.py tests/deploy/test_edge_runtimes.py tests/deploy/test_export.py \
-                  tests/deploy/test_quantize.py tests/deploy/test_shipped_files.py tests/deploy/test_app_files.py
-test: setup
+                  tests/deploy/test_quantize.py tests/deploy/test_shipped_files.py tests/deploy/test_app_files.py \
+                  tests/deploy/test_aarch64.py
+# (the aarch64 lane's tests may skip elsewhere, never here)
+test: export EDGEVIT_REQUIRE_AARCH64_LANE = 1
+test: setup arm-lane
 	$(VENV)/bin/ruff check .
 	EDGEVIT_NO_OPENVINO=1 $(PY) -m pytest -q -n 2 --dist loadfile tests $(addprefix --ignore=,$(OPENVINO_TESTS))
 	$(PY) -m pytest -q -n 2 --dist loadfile $(OPENVINO_TESTS)

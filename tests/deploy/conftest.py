@@ -68,3 +68,38 @@ def exported(tmp_path_factory):
                 saved.write_text(json.dumps(to_plain(report)))
         return out, json.loads(saved.read_text())
     return get
+
+
+DIGITS_TINY = {"embed_dims": [16, 16, 16, 16], "depths": [1, 1, 1, 1], "head_dim": 16}
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """(data root, best.pth): a tiny EdgeViT trained three epochs on the bundled handwritten digits at 32 px (real
+    scans, 10 classes), trained once for the whole run and shared by every test process (a lock: the first to ask
+    trains it, the others wait and read it)."""
+    import contextlib
+    import io
+    import json
+    import os
+    import shutil
+
+    from filelock import FileLock
+
+    from edgevit.cli.main import main
+
+    root = tmp_path_factory.getbasetemp()
+    root = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "digits_run"
+    done = root / "done"
+    with FileLock(str(root) + ".lock"):
+        if not done.is_file():
+            shutil.rmtree(root, ignore_errors=True)  # (a run cut off before it finished)
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                assert main(["data", "digits", "--out", str(root / "digits"), "--size", "32"]) == 0
+                assert main(["train", "--data", str(root / "digits"), "--output", str(root / "run"), "--img-size",
+                             "32", "--epochs", "3", "--batch-size", "64", "--workers", "0", "--no-progress", "--aa",
+                             "none", "--mixup", "0", "--cutmix", "0", "--no-repeated-aug", "--no-model-ema",
+                             "--device", "cpu", "--lr", "3e-3", "--warmup-epochs", "0", "--model-kwargs",
+                             json.dumps(DIGITS_TINY)]) == 0
+            done.touch()
+    return root / "digits", root / "run" / "best.pth"

@@ -11,24 +11,6 @@ import pytest
 
 from edgevit.cli.main import main
 
-TINY = {"embed_dims": [16, 16, 16, 16], "depths": [1, 1, 1, 1], "head_dim": 16}
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """A tiny EdgeViT trained one epoch on the bundled handwritten digits at 32 px (real scans, 10 classes)."""
-    import contextlib
-    import io
-
-    root = tmp_path_factory.mktemp("digits")
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        assert main(["data", "digits", "--out", str(root / "digits"), "--size", "32"]) == 0
-        assert main(["train", "--data", str(root / "digits"), "--output", str(root / "run"), "--img-size", "32",
-                     "--epochs", "3", "--batch-size", "64", "--workers", "0", "--no-progress", "--aa", "none",
-                     "--mixup", "0", "--cutmix", "0", "--no-repeated-aug", "--no-model-ema", "--device", "cpu",
-                     "--lr", "3e-3", "--warmup-epochs", "0", "--model-kwargs", json.dumps(TINY)]) == 0
-    return root / "digits", root / "run" / "best.pth"
-
 
 def _json(capsys, argv):
     capsys.readouterr()
@@ -50,7 +32,7 @@ def _crop(image_path, meta):
     return np.asarray(img)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8-conv"])
 def test_mediapipe_image_classifier_runs_the_app_ready_tflite_file(precision, digits_run, tmp_path, capsys):
     mp = pytest.importorskip("mediapipe")
     from mediapipe.tasks.python import BaseOptions, vision
@@ -59,7 +41,8 @@ def test_mediapipe_image_classifier_runs_the_app_ready_tflite_file(precision, di
 
     data, ck = digits_run
     out = tmp_path / f"app_{precision}.tflite"
-    extra = [] if precision == "fp32" else ["--quantize", precision]
+    extra = [] if precision == "fp32" else ["--quantize", precision] + (
+        ["--calib", str(data / "train"), "--calib-images", "64"] if precision.startswith("int8") else [])
     # (no --input-layout: a LiteRT file is app-ready by default, NHWC with the normalisation in the graph)
     rep = _json(capsys, ["export", "--checkpoint", str(ck), "--format", "tflite", *extra,
                          "-o", str(out), "--json"])
@@ -76,7 +59,9 @@ def test_mediapipe_image_classifier_runs_the_app_ready_tflite_file(precision, di
             result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=pixels))
             got = [(c.category_name, c.score) for c in result.classifications[0].categories]
             want = _json(capsys, ["predict", str(image), "--exported", str(out), "--topk", "3", "--json"])["top"]
-            agree += got[0][0] == want[0]["label"]
+            # (or a tie: an int8 file can give two classes the same probability, which MediaPipe and predict order
+            # differently)
+            agree += got[0][0] == want[0]["label"] or abs(got[0][1] - want[0]["prob"]) < 1e-7
             worst = max(worst, max(abs(s - w["prob"]) for (_, s), w in zip(got, want)))
     # MediaPipe reads the labels and the normalisation from the file's metadata; same pixels, same probabilities
     assert agree == len(images) and worst < 1e-4, (agree, len(images), worst)
@@ -85,7 +70,9 @@ def test_mediapipe_image_classifier_runs_the_app_ready_tflite_file(precision, di
                         "--no-progress", "--json"])
     want = _json(capsys, ["eval", "--checkpoint", str(ck), "--data", str(data / "val"), "--workers", "0",
                           "--no-progress", "--json"])
-    assert ev["top1"] >= 30 and abs(ev["top1"] - want["top1"]) <= (0 if precision == "fp32" else 100 / 360 * 2)
+    # (fp16 within two of the 360 scans; int8-conv within 5 points, measured 2.2: its rule's agreement floor is 85%)
+    tolerance = {"fp32": 0, "fp16": 100 / 360 * 2, "int8-conv": 5}[precision]
+    assert ev["top1"] >= 30 and abs(ev["top1"] - want["top1"]) <= tolerance, (ev["top1"], want["top1"])
     if precision == "fp32":  # the file answers probabilities: its loss is still the checkpoint's
         assert abs(ev["loss"] - want["loss"]) < 1e-4, (ev["loss"], want["loss"])
 
@@ -215,6 +202,7 @@ def web_page(tmp_path_factory):
     for need, what in ((WEB / "node_modules" / "onnxruntime-web", "npm ci --prefix web"),
                        (Path("/usr/bin/chromium"), "apt-get install chromium")):
         assert need.exists(), f"{need} is missing: `make setup` installs it ({what})"
+    assert shutil.which("node"), "node is missing (the machine's Node.js runs the page's driver)"
     site = tmp_path_factory.mktemp("site")
     for name in ("index.html", "edgevit.js"):
         shutil.copy(WEB / name, site / name)
@@ -228,6 +216,7 @@ def web_page(tmp_path_factory):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield site, f"http://127.0.0.1:{server.server_address[1]}/index.html"
     server.shutdown()
+    server.server_close()
 
 
 def _in_chromium(*urls: str) -> list:
@@ -251,25 +240,28 @@ def test_onnx_runtime_web_in_chromium_classifies_like_predict(digits_run, web_pa
 
     data, ck = digits_run
     site, url = web_page
-    files = {"fp32": [], "int8": ["--quantize", "int8", "--calib", str(data / "train"), "--calib-images", "64"]}
+    files = {"fp32": [], "int8": ["--quantize", "int8", "--calib", str(data / "train"), "--calib-images", "64"],
+             # camera bytes in NHWC, the normalisation in the graph, probabilities out
+             "app": ["--input-layout", "nhwc", "--input-dtype", "uint8"]}
     images = sorted((data / "val").rglob("*.png"))[::60]  # 6 scans
     urls, wants = [], []
-    for precision, extra in files.items():
-        out = tmp_path / f"web_{precision}.onnx"
+    for kind, extra in files.items():
+        out = tmp_path / f"web_{kind}.onnx"
         _json(capsys, ["export", "--checkpoint", str(ck), "--format", "onnx", *extra, "-o", str(out), "--json"])
         shutil.copy(out, site / out.name)
         meta = load_exported(out).metadata
         for k, image in enumerate(images):
-            crop = f"{precision}_{k}.png"
+            crop = f"{kind}_{k}.png"
             Image.fromarray(_crop(image, meta)).save(site / crop)
             urls.append(f"{url}?model={out.name}&image={crop}&cropped=1&topk=3")
-            wants.append((precision, _json(capsys, ["predict", str(image), "--exported", str(out), "--topk", "3",
-                                                    "--json"])["top"]))
+            wants.append((kind, _json(capsys, ["predict", str(image), "--exported", str(out), "--topk", "3",
+                                               "--json"])["top"]))
     # and a file that is not an edgevit export: one line on the page
     (site / "bare.onnx").write_bytes(b"\x08\x07")
     *gots, bare = _in_chromium(*urls, f"{url}?model=bare.onnx&image={crop}&cropped=1")
-    for got, (precision, want) in zip(gots, wants):
+    for got, (kind, want) in zip(gots, wants):
         assert "error" not in got, got
+        precision = "int8" if kind == "int8" else "fp32"
         assert got["precision"] == precision and got["ms"] > 0
         assert got["top"][0]["label"] == want[0]["label"], (got, want)
         # (fp32: the same numbers; int8: WASM's int8 kernels are not x86's (VNNI), so the probabilities move a

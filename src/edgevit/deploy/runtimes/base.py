@@ -90,12 +90,14 @@ INT8_RULE = Rule(min_sqnr_db=10.0, min_top1_agreement=85.0)
 class Writer:
     """How a runtime writes one precision: `write(model, x, path)` (`calibrated`: `write(model, x, path, images)`,
     images N x 3 x H x W through the model's eval transform) returns the format's report; `how` is one line for
-    help texts; `rule` accepts or refuses the file."""
+    help texts; `rule` accepts or refuses the file; `integer_input`: the file takes the integer input its runtime
+    expects (a full-integer file), not an image (so no app-ready input: `deploy.app_input`)."""
 
     write: Callable[..., Dict[str, object]]
     how: str = ""
     calibrated: bool = False
     rule: Rule = FLOAT_RULE
+    integer_input: bool = False
 
 
 def image_size(shape) -> Tuple[int, int]:
@@ -110,8 +112,8 @@ def fp32(write: Callable[..., Dict[str, object]], how: str = "") -> Writer:
     return Writer(write, how or "fp32", rule=FLOAT_RULE)
 
 
-def int8(write: Callable[..., Dict[str, object]], how: str) -> Writer:
-    return Writer(write, how, calibrated=True, rule=INT8_RULE)
+def int8(write: Callable[..., Dict[str, object]], how: str, integer_input: bool = False) -> Writer:
+    return Writer(write, how, calibrated=True, rule=INT8_RULE, integer_input=integer_input)
 
 
 def half(write: Callable[..., Dict[str, object]], how: str) -> Writer:
@@ -172,6 +174,11 @@ class Runtime:
     write_segmenter_metadata: Optional[Callable[[Path, Sequence[str]], None]] = None
     write_traced: Optional[Callable[[nn.Module, torch.Tensor, Path], Dict[str, object]]] = None
     constant_outputs: bool = True
+    # how the aarch64 lane runs a file (`edgevit.deploy.aarch64`): aarch64(path, defaults) -> the settings its
+    # worker applies, `defaults` "package" (what `load` sets, as on x86) or "runtime" (the runtime's own defaults: what
+    # an app that sets nothing gets on a phone); None, with `aarch64_absent` saying why: the lane cannot run it
+    aarch64: Optional[Callable[[Path, str], Dict[str, object]]] = None
+    aarch64_absent: str = "it has no aarch64 wheel the lane can run"
 
     @property
     def suffix(self) -> str:

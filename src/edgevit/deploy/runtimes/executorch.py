@@ -260,6 +260,10 @@ RUNTIME = Runtime(
         "fp16": half(lambda model, x, path: save_pte(Float16Graph(model, gelu="sigmoid"), x, path),
                      "the graph in fp16 on XNNPACK's fp16 kernels, GELU in its tanh form as x*sigmoid(...)")},
     load=load, input_size=input_size,
+    # (tried: PyPI's aarch64 torch 2.14.1 is a CUDA build that does not import without CUDA's libraries; with the
+    # CPU-only torch 2.9.1 the runtime's _C module misses c10 symbols)
+    aarch64_absent="ExecuTorch's aarch64 wheel runs a .pte through libtorch (its Python runtime links torch 2.14's "
+                   "libraries) and no aarch64 torch it can use is on PyPI; an app links ExecuTorch's own runtime",
     # (NHWC float: one delegate partition, nothing outside; uint8: its cast, and for NHWC the transpose, run on
     # the portable kernels beside the partition)
     input_layouts=("NCHW", "NHWC"), input_dtypes=("float32", "uint8"),

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ...errors import UserError
 from ...models.fused import Forms
 from ...utils.quiet import filter_native_stderr
 from .base import ConversionError, Package, Runtime, fp32, half, image_size, int8
@@ -228,8 +227,8 @@ def write_metadata(path: Path, text: str) -> None:
     from ..metadata import FileMetadata
 
     meta = FileMetadata.from_json(text, str(path))
-    if meta.precision not in ("fp32", "fp16"):
-        _append_metadata(path, text)  # (MediaPipe's classifier does not take integer inputs in any case)
+    if _input_type(path) != np.float32:  # (a full-integer file: MediaPipe's classifier takes no int8 input)
+        _append_metadata(path, text)
         return
     METADATA_WRITER.require()
     from tensorflow_lite_support.metadata import metadata_schema_py_generated as schema
@@ -265,10 +264,61 @@ def write_metadata(path: Path, text: str) -> None:
         with warnings.catch_warnings():  # (edgevit.json is an associated file no tensor names: as meant)
             warnings.filterwarnings("ignore", message="File, 'edgevit.json', does not exist in the metadata")
             populated = writer.populate()
-    if _same_outputs(buffer, populated):
-        path.write_bytes(populated)
-    else:
-        _append_metadata(path, text)
+    _write_transplanted(path, buffer, populated)
+
+
+def _input_type(path: Path):
+    return litert_interpreter(path, 1).get_input_details()[0]["dtype"]
+
+
+def _transplant(original: bytes, populated: bytes) -> bytes:
+    """The model metadata TFLite Support's writer made (its TFLITE_METADATA buffer and the associated files, a zip
+    after the flatbuffer) put into the original model with the runtime's own flatbuffer schema. The writer returns
+    the whole model rewritten with its older schema, which drops fields of quantized graphs (the file then fails to
+    run: "Input tensor ... lacks data"); this keeps the converter's graph as it was."""
+    import io
+    import zipfile
+
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    def is_ours(m) -> bool:
+        return m.name in (b"TFLITE_METADATA", "TFLITE_METADATA")
+
+    def metadata_buffer(model) -> bytes:
+        for m in model.metadata or []:
+            if is_ours(m):
+                return bytes(model.buffers[m.buffer].data)
+        raise ValueError("the metadata writer made no TFLITE_METADATA")
+    meta = metadata_buffer(schema.ModelT.InitFromPackedBuf(populated, 0))
+    model = schema.ModelT.InitFromPackedBuf(original, 0)
+    for b in model.buffers:  # weights the converter keeps after the flatbuffer (offset, size): moved inside it
+        if b.offset > 1 and b.size:
+            b.data, b.offset, b.size = np.frombuffer(original, np.uint8, b.size, b.offset), 0, 0
+    buf = schema.BufferT()
+    buf.data = np.frombuffer(meta, np.uint8)
+    model.buffers.append(buf)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = "TFLITE_METADATA", len(model.buffers) - 1
+    model.metadata = [m for m in model.metadata or [] if not is_ours(m)] + [entry]
+    builder = flatbuffers.Builder(len(original) + len(meta) + (1 << 16))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    out = io.BytesIO(bytes(builder.Output()))
+    with zipfile.ZipFile(io.BytesIO(populated)) as src, zipfile.ZipFile(out, "a") as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+    return out.getvalue()
+
+
+def _write_transplanted(path: Path, original: bytes, populated: bytes) -> None:
+    """The file with the metadata `populated` holds: the writer's own output where it runs like the original, bit
+    for bit, else the metadata transplanted into the original (`_transplant`), checked the same way."""
+    for candidate in (populated, _transplant(original, populated)):
+        if _same_outputs(original, candidate):
+            path.write_bytes(candidate)
+            return
+    raise ConversionError("the TFLite model metadata (TFLite Support's writer's file, or transplanted into the "
+                          "converter's) changes the file's outputs; an NCHW file needs none")
 
 
 def write_segmenter_metadata(path: Path, class_names: Sequence[str]) -> None:
@@ -287,10 +337,7 @@ def write_segmenter_metadata(path: Path, class_names: Sequence[str]) -> None:
         labels.write_text("\n".join(class_names) + "\n")
         populated = image_segmenter.MetadataWriter.create_for_inference(
             buffer, input_norm_mean=[0.0], input_norm_std=[255.0], label_file_paths=[str(labels)]).populate()
-    if not _same_outputs(buffer, populated):
-        raise UserError(f"{path}: the TFLite Support metadata writer changes this file's outputs; export it with "
-                        "NCHW input (the plain graph)", option="input_layout")
-    path.write_bytes(populated)
+    _write_transplanted(path, buffer, populated)
 
 
 def _append_metadata(path: Path, text: str) -> None:
@@ -348,10 +395,13 @@ RUNTIME = Runtime(
     forms=Forms(qkv="merged", prop="d2s", sample="pool"),
     writers={
         "fp32": fp32(save_tflite),
-        "int8": int8(save_tflite_int8, "ai-edge-quantizer full-integer static int8 (what NPU/DSP delegates take)"),
+        "int8": int8(save_tflite_int8, "ai-edge-quantizer full-integer static int8 (what NPU/DSP delegates take)",
+                     integer_input=True),
         "int8-conv": int8(save_tflite_int8_conv,
                           "int8 convolutions and fully connected layers, the rest float (XNNPACK on CPUs)"),
         "fp16": half(save_tflite_fp16, "fp16 weights behind DEQUANTIZE, fp32 activations (LiteRT's float16 file)")},
     load=load, input_size=input_size, describe=describe, input_layouts=("NCHW", "NHWC"), default_layout="NHWC",
     input_dtypes=("float32", "uint8"), write_metadata=write_metadata, read_metadata=read_metadata,
-    write_segmenter_metadata=write_segmenter_metadata)
+    write_segmenter_metadata=write_segmenter_metadata,
+    # (XNNPACK's defaults either way: it computes in fp16 only where the file asks for it)
+    aarch64=lambda path, defaults: {})

@@ -41,7 +41,7 @@ import torch.nn as nn
 
 from ...models.fused import Forms
 from ...utils.quiet import capture_native_output
-from .base import ConversionError, Package, Runtime, fp32, half, int8
+from .base import ConversionError, Package, Runtime, fp32, half, image_size, int8
 from .onnxruntime import save_onnx
 
 REQUIREMENTS = "requirements-edge.txt"
@@ -54,6 +54,9 @@ OPSET = 20
 WINOGRAD_MEMORY_LEVEL = 3  # MNN's Interpreter::HintMode value (the Python binding takes the number)
 # MNN's CPU precision mode for each precision a file holds
 MODES = {"fp32": "high", "fp16": "low"}
+# MNN's default Winograd units for 3x3 convolutions (up to F(6x6, 3x3)) are off by ~1e-3 of the output's scale in
+# fp32 (measured: docs/deploy.md); level 0 keeps the small, accurate units
+HINTS = ((WINOGRAD_MEMORY_LEVEL, 0),)
 
 
 def _convert(source: Path, path: Path, precision: str, source_format: str = "ONNX", hw=None) -> str:
@@ -118,7 +121,7 @@ def _onnx_hw(onnx: Path):
     import onnx as onnx_lib
 
     dims = onnx_lib.load(str(onnx), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    return int(dims[-2].dim_value), int(dims[-1].dim_value)
+    return image_size([d.dim_value for d in dims])
 
 
 def _save(model: nn.Module, x: torch.Tensor, path: Path, precision: str,
@@ -132,7 +135,7 @@ def _save(model: nn.Module, x: torch.Tensor, path: Path, precision: str,
             fp32, int8 = Path(tmp) / "fp32.mnn", Path(tmp) / "int8.mnn"
             _convert(onnx, fp32, "fp32")
             _quantize(fp32, int8, images, Path(tmp))
-            _convert(int8, Path(path), "int8", "MNN", tuple(x.shape[-2:]))  # (the quantizer dropped the bizCode)
+            _convert(int8, Path(path), "int8", "MNN", image_size(x.shape))  # (the quantizer dropped the bizCode)
     return {"mnn_precision": precision, **mnn_report(path)}
 
 
@@ -184,9 +187,8 @@ def load(path: Path, threads: int = 2):
     config = {"backend": "CPU", "numThread": threads, "precision": MODES.get(info["precision"], "high")}
     with capture_native_output():  # ("MNN use high precision", the CPU feature probe)
         manager = MNN.nn.create_runtime_manager((config,))
-        # MNN's default Winograd units for 3x3 convolutions (up to F(6x6, 3x3)) are off by ~1e-3 of the output's
-        # scale in fp32 (measured: docs/deploy.md); level 0 keeps the small, accurate units
-        manager.set_hint(WINOGRAD_MEMORY_LEVEL, 0)
+        for hint, value in HINTS:
+            manager.set_hint(hint, value)
         net = MNN.nn.load_module_from_file(str(path), [], [], runtime_manager=manager)
 
     def run(*inputs) -> list:
@@ -195,6 +197,14 @@ def load(path: Path, threads: int = 2):
         # outputs of convolutions come back in MNN's packed NC4HW4 layout: converted to NCHW
         return [np.array(F.convert(o, F.NCHW).read() if o.data_format == F.NC4HW4 else o.read()) for o in outs]
     return run
+
+
+def aarch64_settings(path: Path, defaults: str) -> Dict[str, object]:
+    """The lane's settings (`Runtime.aarch64`): `load`'s precision mode and hints, or MNN's own defaults (precision
+    "normal", its Winograd units)."""
+    if defaults == "runtime":
+        return {"config": {}, "hints": []}
+    return {"config": {"precision": MODES.get(file_info(path)["precision"], "high")}, "hints": [list(h) for h in HINTS]}
 
 
 def input_size(path: Path):
@@ -211,4 +221,5 @@ RUNTIME = Runtime(
         "int8": int8(save_mnn_int8, "MNN's post-training quantizer (EMA activation ranges, per-channel weights)"),
         "fp16": half(save_mnn_fp16, "fp16 weights, MNN's low precision (fp16 arithmetic on ARMv8.2)")},
     load=load, input_size=input_size, describe=describe,
-    input_layouts=("NCHW", "NHWC"))  # (its loader feeds float32: no uint8 input)
+    input_layouts=("NCHW", "NHWC"),  # (its loader feeds float32: no uint8 input)
+    aarch64=aarch64_settings)

@@ -7,9 +7,9 @@ ops (the release EdgeViT's strided delegate slicing is one; the fused forms avoi
 
 Precision: pnnx's default stores fp16 weights and ncnn's default computes in fp16 where the CPU can (ARMv8.2
 phones; on x86, CPUs with AVX-512 FP16). An fp32 file here is fp32 weights (`fp16=0`) and `load` turns ncnn's
-fp16/bf16 options off for it; an fp16 file (`fp16=1`) runs with them on. An app shipping the fp32 file must turn
-them off too (`net.opt.use_fp16_storage = use_fp16_packed = use_fp16_arithmetic = False`), or its outputs are
-fp16's. Which one a file is, its weights say (ncnn's per-blob storage tag). The input shape is written into the
+fp16/bf16 options off for it; an fp16 file (`fp16=1`) runs with them on. The file itself carries what a phone must
+keep in fp32 (per-layer feature masks, `MASKS`), so an app that leaves ncnn's options as they are gets what was
+checked. Which precision a file is, its weights say (ncnn's per-blob storage tag). The input shape is written into the
 graph's Input layer (`0=W 1=H 2=C`), where ncnn's format keeps it.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ...models.fused import Forms
-from .base import ConversionError, Package, Runtime, fp32, half
+from .base import ConversionError, Package, Runtime, fp32, half, image_size
 from .onnxruntime import save_onnx
 
 REQUIREMENTS = "requirements-edge.txt"
@@ -147,6 +147,42 @@ def _with_input_shape(param: Path, shape) -> None:
     param.write_text("\n".join(lines) + "\n")
 
 
+# ncnn's per-layer feature mask (param id 31 of any layer, ncnn's layer.h): bits that turn an option off for that
+# layer whatever the app sets: 1 no fp16 arithmetic, 2 no fp16 storage, 4 no bf16 storage
+FEATMASK = 31
+NO_FP16_ARITHMETIC, NO_FP16_STORAGE, NO_BF16_STORAGE = 1, 2, 4
+# ncnn's defaults compute in fp16 on every CPU with fp16 arithmetic (phones since ARMv8.2). Measured in the aarch64
+# lane (docs/deploy.md, "On ARM"): the fp32 file under them falls to ~46 dB against PyTorch, so its every layer keeps
+# fp32; the fp16 file keeps fp16 storage but its convolutions and fully connected layers, where fp16 accumulation
+# loses most, compute in fp32 (masking a subset of layers off fp16 *storage* breaks ncnn's layout conversions:
+# NaNs and crashes, measured)
+MASKS = {"fp32": (None, NO_FP16_ARITHMETIC | NO_FP16_STORAGE | NO_BF16_STORAGE),
+         "fp16": (("Convolution", "ConvolutionDepthWise", "DeconvolutionDepthWise", "InnerProduct"),
+                  NO_FP16_ARITHMETIC)}
+
+
+def _with_feature_masks(param: Path, precision: str) -> None:
+    """Write the precision's per-layer feature masks (`MASKS`) into the graph, so that the file computes as checked
+    on a phone whatever options its app leaves on."""
+    kinds, mask = MASKS[precision]
+    lines = param.read_text().splitlines()
+    for i, ln in enumerate(lines[2:], start=2):
+        kind = ln.split()[0] if ln.strip() else ""
+        if kind and kind != "Input" and (kinds is None or kind in kinds):
+            lines[i] = f"{ln} {FEATMASK}={mask}"
+    param.write_text("\n".join(lines) + "\n")
+
+
+def feature_masks(path: Path) -> Dict[str, int]:
+    """How many layers of the file carry each feature mask value (`MASKS`), by value."""
+    found = Counter()
+    for layer in _graph(path):
+        for p in layer[4 + int(layer[2]) + int(layer[3]):]:
+            if p.startswith(f"{FEATMASK}="):
+                found[p.split("=", 1)[1]] += 1
+    return dict(found)
+
+
 def _save(model: nn.Module, x: torch.Tensor, path: Path, precision: str) -> Dict[str, object]:
     path = Path(path)
     (bin_,) = companions(path)
@@ -156,9 +192,10 @@ def _save(model: nn.Module, x: torch.Tensor, path: Path, precision: str) -> Dict
         _pnnx(onnx, Path(tmp) / "m.ncnn.param", Path(tmp) / "m.ncnn.bin", tuple(x.shape), precision)
         report = _check_layers(Path(tmp) / "m.ncnn.param", Path(tmp) / "m.pnnx.param", model, x)
         _with_input_shape(Path(tmp) / "m.ncnn.param", tuple(x.shape))
+        _with_feature_masks(Path(tmp) / "m.ncnn.param", precision)
         shutil.move(Path(tmp) / "m.ncnn.param", path)
         shutil.move(Path(tmp) / "m.ncnn.bin", bin_)
-    return {**report, "ncnn_weights": precision}
+    return {**report, "ncnn_weights": precision, "ncnn_feature_masks": feature_masks(path)}
 
 
 def save_ncnn(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]:
@@ -177,17 +214,30 @@ def weights_precision(path: Path) -> str:
     return "fp16" if len(head) == 4 and struct.unpack("<I", head)[0] == FP16_TAG else "fp32"
 
 
+def load_options(path: Path) -> Dict[str, bool]:
+    """The ncnn options `load` sets for a file: fp16 storage and arithmetic as the file's weights are, no bf16."""
+    fp16 = weights_precision(path) == "fp16"
+    return {"use_fp16_packed": fp16, "use_fp16_storage": fp16, "use_fp16_arithmetic": fp16, "use_bf16_storage": False}
+
+
+def aarch64_settings(path: Path, defaults: str) -> Dict[str, object]:
+    """The lane's settings (`Runtime.aarch64`): the graph's blobs, and `load`'s options or ncnn's own defaults
+    (fp16 storage and arithmetic on wherever the CPU has them: every phone since ARMv8.2)."""
+    inputs, outputs = _io_blobs(_graph(path))
+    return {"bin": str(companions(path)[0]), "inputs": inputs, "outputs": outputs,
+            "opt": load_options(path) if defaults == "package" else {}}
+
+
 def load(path: Path, threads: int = 2):
     import ncnn
 
     path = Path(path)
     (bin_,) = companions(path)
     inputs, outputs = _io_blobs(_graph(path))
-    fp16 = weights_precision(path) == "fp16"
     net = ncnn.Net()
     net.opt.num_threads = threads
-    net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = fp16
-    net.opt.use_bf16_storage = False
+    for key, value in load_options(path).items():
+        setattr(net.opt, key, value)
     if net.load_param(str(path)) != 0 or net.load_model(str(bin_)) != 0:
         raise ValueError(f"ncnn could not load {path.name} with {bin_.name}")
 
@@ -209,7 +259,9 @@ def input_size(path: Path):
     for layer in _graph(path):
         if layer[0] == "Input":
             params = dict(p.split("=", 1) for p in layer[5:] if "=" in p)
-            return (int(params["1"]), int(params["0"])) if "0" in params and "1" in params else None
+            if not {"0", "1", "2"} <= set(params):
+                return None
+            return image_size([1, int(params["2"]), int(params["1"]), int(params["0"])])  # (c, h, w: NCHW or NHWC)
     return None
 
 
@@ -233,4 +285,5 @@ RUNTIME = Runtime(
     writers={"fp32": fp32(save_ncnn), "fp16": half(save_ncnn_fp16, "fp16 weights and ncnn's fp16 storage/arithmetic")},
     load=load, input_size=input_size, describe=describe, misread=misread, companions=companions,
     constant_outputs=False,  # (pnnx drops a constant output from the graph)
-    input_layouts=("NCHW", "NHWC"))  # (its loader feeds float32: no uint8 input)
+    input_layouts=("NCHW", "NHWC"),  # (its loader feeds float32: no uint8 input)
+    aarch64=aarch64_settings)

@@ -102,6 +102,11 @@ def onnx_node_modules(model: nn.Module, x: torch.Tensor, opset: int = OPSET) -> 
     return nodes
 
 
+# no busy-waiting between ops: spinning threads only burn the cores that a phone (or a shared machine) needs for
+# the other thread; it changes no result
+CONFIG_ENTRIES = {"session.intra_op.allow_spinning": "0"}
+
+
 def session_options(threads: int = 2):
     """The ONNX Runtime session options every EdgeViT session uses (bench, export check, profiling)."""
     PACKAGE.require()
@@ -112,9 +117,8 @@ def session_options(threads: int = 2):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    # no busy-waiting between ops: spinning threads only burn the cores that a phone (or a shared
-    # machine) needs for the other thread; it changes no result
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in CONFIG_ENTRIES.items():
+        so.add_session_config_entry(key, value)
     return so
 
 
@@ -133,8 +137,8 @@ def load(path: Path, threads: int = 2):
 
 
 def input_size(path: Path):
-    shape = onnx_session(path, 1).get_inputs()[0].shape
-    return image_size(shape) if all(isinstance(s, int) for s in shape) else None
+    shape = onnx_session(path, 1).get_inputs()[0].shape  # (a batch dimension may be named: dynamic)
+    return image_size([1, *shape[1:]]) if all(isinstance(s, int) for s in shape[1:]) else None
 
 
 def profile(path: Path, x: torch.Tensor, threads: int, runs: int, warmup: int, desc: str = "profiled") -> List[dict]:
@@ -324,4 +328,6 @@ RUNTIME = Runtime(
     writers={"fp32": fp32(save_onnx), "int8": int8(save_onnx_int8, "ONNX Runtime static QDQ")},
     load=load, input_size=input_size, profile=profile, detections_in_graph=True, write_traced=save_onnx_traced,
     write_metadata=write_metadata, read_metadata=read_metadata, input_layouts=("NCHW", "NHWC"),
-    input_dtypes=("float32", "uint8"))
+    input_dtypes=("float32", "uint8"),
+    # (ONNX Runtime's CPU kernels compute a float graph in fp32 on every CPU; its defaults change nothing here)
+    aarch64=lambda path, defaults: {"entries": CONFIG_ENTRIES if defaults == "package" else {}})

@@ -127,12 +127,24 @@ def _precision_of(ov_model) -> str:
     return ov_model.get_rt_info(PRECISION_KEY).astype(str) if ov_model.has_rt_info(PRECISION_KEY) else "fp32"
 
 
+def _config(ov_model) -> Dict[str, object]:
+    """The CPU plugin's settings for a file, threads aside: one stream, latency, the file's own precision (without
+    the hint the plugin picks its own: bf16 on x86 CPUs with AMX, f16 on ARM)."""
+    return {"NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": HINTS.get(_precision_of(ov_model), "f32")}
+
+
+def aarch64_settings(path: Path, defaults: str) -> Dict[str, object]:
+    """The lane's settings (`Runtime.aarch64`): `compiled`'s, or the plugin's own (its ARM default precision)."""
+    return {"config": _config(_core().read_model(str(path))) if defaults == "package" else
+            {"NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}}
+
+
 def compiled(path: Path, threads: int = 2, profiling: bool = False):
     """The file compiled for the CPU: `threads` threads, one stream, the file's own precision."""
     core = _core()
     ov_model = core.read_model(str(path))
-    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_PRECISION_HINT": HINTS.get(_precision_of(ov_model), "f32")}
+    config = {"INFERENCE_NUM_THREADS": threads, **_config(ov_model)}
     if profiling:
         config["PERF_COUNT"] = True
     return core.compile_model(ov_model, "CPU", config)
@@ -264,4 +276,5 @@ RUNTIME = Runtime(
         "bf16": half(save_openvino_bf16, "the CPU plugin's bf16 inference precision")},
     load=load, input_size=input_size, cpu_lacks=cpu_lacks,
     profile=profile, describe=describe, misread=misread, companions=companions, write_metadata=write_metadata,
-    read_metadata=read_metadata, input_layouts=("NCHW", "NHWC"), input_dtypes=("float32", "uint8"))
+    read_metadata=read_metadata, input_layouts=("NCHW", "NHWC"), input_dtypes=("float32", "uint8"),
+    aarch64=aarch64_settings)

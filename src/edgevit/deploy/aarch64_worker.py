@@ -1,0 +1,159 @@
+"""Runs an exported file on aarch64, inside the emulated lane (`edgevit.deploy.aarch64`): the lane's arm64 Python
+with numpy and the runtime's own aarch64 wheel, nothing else.
+
+Standalone on purpose (no edgevit import): the lane has no torch, and every edgevit module imports it. What to
+load and how (input and output names, the runtime's options: fp16 on or off, precision modes, threads) is decided on
+the x86 side by the runtime's record (`Runtime.aarch64`) and arrives as the request's `settings`; this file only
+applies them, so that the package's choices live in one place. `tests/deploy/test_aarch64.py` runs this worker on
+x86 too and asserts the package's own loader gives the same outputs bit for bit.
+
+    python3.11 aarch64_worker.py REQUEST.json
+    (REQUEST: {runtime, file, threads, settings, inputs: an .npz of batch-1 inputs, outputs: the .npz to write})
+
+prints one JSON line: the runtime's version, the options it ran with, the CPU features the process saw.
+"""
+import json
+import platform
+import struct
+import sys
+
+import numpy as np
+
+# AT_HWCAP / AT_HWCAP2 bits of an aarch64 Linux process (the kernel's arch/arm64/include/uapi/asm/hwcap.h):
+# what qemu's `-cpu` model, or a phone's core, offers the runtimes
+_HWCAP = {"fphp": (16, 9), "asimdhp": (16, 10), "asimddp": (16, 20), "sve": (16, 22),
+          "sve2": (26, 1), "i8mm": (26, 13), "bf16": (26, 14)}
+
+
+def cpu_features():
+    try:
+        raw = open("/proc/self/auxv", "rb").read()
+    except OSError:
+        return []
+    aux = dict(struct.iter_unpack("<QQ", raw[:len(raw) // 16 * 16]))
+    return [name for name, (key, bit) in _HWCAP.items() if aux.get(key, 0) >> bit & 1]
+
+
+def load_litert(path, s):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=path, num_threads=s["threads"])
+    interp.allocate_tensors()
+    (d_in,), outs = interp.get_input_details(), interp.get_output_details()
+
+    def run(a):
+        if d_in["dtype"] != a.dtype:  # a full-integer file: its own input scale and zero point, as an app quantizes
+            scale, zero = d_in["quantization"]
+            info = np.iinfo(d_in["dtype"])
+            a = np.clip(np.round(a / scale) + zero, info.min, info.max).astype(d_in["dtype"])
+        interp.set_tensor(d_in["index"], a)
+        interp.invoke()
+        got = []
+        for d in outs:
+            q = interp.get_tensor(d["index"]).copy()
+            scale, zero = d["quantization"]
+            got.append((q.astype(np.float32) - zero) * scale if q.dtype != np.float32 and scale else q)
+        return got
+    return run, {"version": _version("ai-edge-litert"), "options": {"delegate": "XNNPACK (the interpreter's default)"}}
+
+
+def load_ncnn(path, s):
+    import ncnn
+
+    net = ncnn.Net()
+    net.opt.num_threads = s["threads"]
+    for key, value in s["opt"].items():
+        setattr(net.opt, key, value)
+    if net.load_param(path) != 0 or net.load_model(s["bin"]) != 0:
+        raise RuntimeError(f"ncnn could not load {path}")
+
+    def run(a):
+        with net.create_extractor() as ex:
+            ex.input(s["inputs"][0], ncnn.Mat(np.ascontiguousarray(a[0])).clone())  # (ncnn's Mat: no batch axis)
+            got = []
+            for name in s["outputs"]:
+                rc, mat = ex.extract(name)
+                if rc != 0:
+                    raise RuntimeError(f"ncnn could not compute {name}")
+                got.append(np.array(mat)[None])
+        return got
+    opts = {k: bool(getattr(net.opt, k)) for k in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic",
+                                                  "use_bf16_storage")}
+    return run, {"version": _version("ncnn"), "options": opts}
+
+
+def load_mnn(path, s):
+    import MNN.expr as F
+    import MNN.nn
+
+    config = {"backend": "CPU", "numThread": s["threads"], **s["config"]}
+    manager = MNN.nn.create_runtime_manager((config,))
+    for hint, value in s["hints"]:
+        manager.set_hint(hint, value)
+    net = MNN.nn.load_module_from_file(path, [], [], runtime_manager=manager)
+
+    def run(a):
+        outs = net.forward([F.const(np.ascontiguousarray(a), list(a.shape), F.NCHW)])
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        return [np.array(F.convert(o, F.NCHW).read() if o.data_format == F.NC4HW4 else o.read()) for o in outs]
+    return run, {"version": _version("MNN"), "options": {**s["config"], "hints": s["hints"]}}
+
+
+def load_onnxruntime(path, s):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = s["threads"], 1
+    so.log_severity_level = 3
+    for key, value in s["entries"].items():
+        so.add_session_config_entry(key, value)
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda a: sess.run(None, {name: a}), {"version": ort.__version__, "options": s["entries"]}
+
+
+def load_openvino(path, s):
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.compile_model(core.read_model(path), "CPU", {"INFERENCE_NUM_THREADS": s["threads"], **s["config"]})
+    request, outputs = model.create_infer_request(), model.outputs
+
+    def run(a):
+        result = request.infer([a])
+        return [np.array(result[o]) for o in outputs]
+    precision = str(model.get_property("INFERENCE_PRECISION_HINT"))
+    return run, {"version": ov.__version__, "options": {**s["config"], "inference_precision": precision}}
+
+
+def _version(module):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in (module, module.replace("_", "-"), module.lower()):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return "?"
+
+
+LOAD = {"litert": load_litert, "ncnn": load_ncnn, "mnn": load_mnn, "onnxruntime": load_onnxruntime,
+        "openvino": load_openvino}
+
+
+def main(request_path):
+    with open(request_path) as f:
+        req = json.load(f)
+    run, info = LOAD[req["runtime"]](req["file"], {**req["settings"], "threads": req["threads"]})
+    got = {}
+    with np.load(req["inputs"]) as z:
+        for i in range(len(z.files)):  # arr_0 ... : one input each (batch 1)
+            for j, out in enumerate(run(z[f"arr_{i}"])):
+                got[f"out_{i}_{j}"] = np.asarray(out)
+    np.savez(req["outputs"], **got)
+    # (the last line: MNN prints its CPU probe to stdout first)
+    print(json.dumps({**info, "machine": platform.machine(), "cpu_features": cpu_features()}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
