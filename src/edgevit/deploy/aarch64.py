@@ -124,24 +124,27 @@ def check_on_aarch64(path: Path, images01: torch.Tensor, labels: Optional[torch.
     lane_command(cpu)  # (a lane that is not built: said before anything runs)
     m = load_exported(path, threads)
     meta = m.metadata
+    if m.runtime.aarch64 is None:
+        raise LaneError(f"{path}: a {m.runtime.name} file cannot run in the aarch64 lane: {m.runtime.aarch64_absent}")
     if meta is None:
         raise LaneError(f"{path}: the file carries no edgevit metadata (its input and classes); export it again")
     inputs = [meta.file_input(images01[i:i + 1].numpy()) for i in range(len(images01))]
     x86 = torch.cat([torch.as_tensor(np.asarray(m(a), np.float32)) for a in inputs]).double()
-    sides = {"x86": x86}
-    if reference is not None:
+    pytorch = None
+    if reference is not None:  # (in the file's output form: probabilities for an app-ready file)
         with torch.no_grad():
-            ref = torch.cat([reference(images01[i:i + 1]) for i in range(len(images01))]).double()
-        sides["pytorch"] = ref.softmax(1) if meta.probabilities else ref
+            pytorch = torch.cat([reference(images01[i:i + 1]) for i in range(len(images01))]).double()
+        pytorch = pytorch.softmax(1) if meta.probabilities else pytorch
+        if pytorch.shape != x86.shape:
+            raise UserError(f"{path} answers {x86.shape[1]} classes and the model given {pytorch.shape[1]}: not the "
+                            "weights the file was exported from", option="checkpoint")
     report: Dict[str, object] = {"file": str(path), "runtime": m.runtime.name, "precision": meta.precision,
                                  "arch": "aarch64", "cpu": cpu, "images": len(inputs), "threads": threads}
-    if "pytorch" in sides:
-        report["x86_vs_pytorch"] = _measure(sides["pytorch"], x86)
+    if pytorch is not None:
+        report["x86_vs_pytorch"] = _measure(pytorch, x86)
     if labels is not None:
         report["x86_top1"] = _top1(x86, labels)
     rows: Dict[str, Dict[str, object]] = {}
-    if m.runtime.aarch64 is None:
-        raise LaneError(f"{path}: a {m.runtime.name} file cannot run in the aarch64 lane: {m.runtime.aarch64_absent}")
     for defaults in DEFAULTS:
         if defaults != "package" and m.runtime.aarch64(path, defaults) == m.runtime.aarch64(path, "package"):
             rows[defaults] = {**rows["package"], "same_as_package": True}  # (nothing to run again)
@@ -151,8 +154,8 @@ def check_on_aarch64(path: Path, images01: torch.Tensor, labels: Optional[torch.
         arm = torch.cat([torch.as_tensor(np.asarray(o[0], np.float32)).reshape(1, -1) for o in outs]).double()
         row: Dict[str, object] = {"options": said.get("options"), "runtime_version": said.get("version"),
                                   "vs_x86": _measure(x86, arm)}
-        if "pytorch" in sides:
-            row["vs_pytorch"] = _measure(sides["pytorch"], arm)
+        if pytorch is not None:
+            row["vs_pytorch"] = _measure(pytorch, arm)
         if labels is not None:
             row["top1"] = _top1(arm, labels)
         rows[defaults] = row

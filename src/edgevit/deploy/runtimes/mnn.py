@@ -26,6 +26,7 @@ int8 weights and scales) to write it back.
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
@@ -160,7 +161,35 @@ def save_mnn(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]
     return _save(model, x, path, "fp32")
 
 
+class HeadInEights(nn.Module):
+    """The model with its classifier head (`get_classifier()`, a Linear) padded with zero rows to a multiple of 8
+    outputs, the extra outputs sliced off. MNN 3.6.1's int8 kernels on ARM CPUs with i8mm (Cortex-A710 and later
+    phone cores) compute a wrong value for each output of a head past its last multiple of 8 (measured in the aarch64
+    lane: a 10-class head's last two logits; right on x86 and on cores without i8mm; docs/deploy.md, "On ARM")."""
+
+    def __init__(self, model: nn.Module, multiple: int = 8):
+        super().__init__()
+        self.model = copy.deepcopy(model)
+        head = self.model.get_classifier()
+        self.classes = head.out_features
+        padded = nn.Linear(head.in_features, self.classes + (-self.classes % multiple), bias=head.bias is not None)
+        with torch.no_grad():
+            padded.weight.zero_()
+            padded.weight[:self.classes] = head.weight
+            if head.bias is not None:
+                padded.bias.zero_()
+                padded.bias[:self.classes] = head.bias
+        parent, _, name = next(n for n, m in self.model.named_modules() if m is head).rpartition(".")
+        setattr(self.model.get_submodule(parent) if parent else self.model, name, padded)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[..., :self.classes]
+
+
 def save_mnn_int8(model: nn.Module, x: torch.Tensor, path: Path, images: torch.Tensor) -> Dict[str, object]:
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Linear) and head.out_features % 8:
+        model = HeadInEights(model)
     return _save(model, x, path, "int8", images)
 
 

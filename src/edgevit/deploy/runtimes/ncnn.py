@@ -151,11 +151,10 @@ def _with_input_shape(param: Path, shape) -> None:
 # layer whatever the app sets: 1 no fp16 arithmetic, 2 no fp16 storage, 4 no bf16 storage
 FEATMASK = 31
 NO_FP16_ARITHMETIC, NO_FP16_STORAGE, NO_BF16_STORAGE = 1, 2, 4
-# ncnn's defaults compute in fp16 on every CPU with fp16 arithmetic (phones since ARMv8.2). Measured in the aarch64
-# lane (docs/deploy.md, "On ARM"): the fp32 file under them falls to ~46 dB against PyTorch, so its every layer keeps
-# fp32; the fp16 file keeps fp16 storage but its convolutions and fully connected layers, where fp16 accumulation
-# loses most, compute in fp32 (masking a subset of layers off fp16 *storage* breaks ncnn's layout conversions:
-# NaNs and crashes, measured)
+# ncnn's defaults compute in fp16 on every CPU with fp16 arithmetic (phones since ARMv8.2), which an fp32 file must
+# not; the fp16 file keeps fp16 storage, but its convolutions and fully connected layers, where fp16 accumulation
+# loses most, compute in fp32 (masking fp16 *storage* on only some layers breaks ncnn's layout conversions). The
+# forms and their accuracy, measured in the aarch64 lane: docs/deploy.md, "On ARM".
 MASKS = {"fp32": (None, NO_FP16_ARITHMETIC | NO_FP16_STORAGE | NO_BF16_STORAGE),
          "fp16": (("Convolution", "ConvolutionDepthWise", "DeconvolutionDepthWise", "InnerProduct"),
                   NO_FP16_ARITHMETIC)}
