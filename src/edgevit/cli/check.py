@@ -39,12 +39,17 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..deploy.aarch64 import check_on_aarch64, lane_command, reference_model
+    from ..deploy.aarch64 import check_on_aarch64, lane_command, lane_runtime, reference_model
     from ..deploy.export import load_exported
+    from ..errors import UserError
     from ..models.checkpoint import model_from_checkpoint
 
-    lane_command(args.cpu)  # (a lane that is not built: said first)
-    meta = load_exported(args.file, args.threads).metadata
+    lane_command(args.cpu)  # (a lane that is not built, a file it cannot run: said first)
+    try:
+        lane_runtime(args.file)
+        meta = load_exported(args.file, args.threads).metadata
+    except UserError as e:  # (FILE is this command's argument, not an --exported option)
+        raise UserError(e.message) from e
     reference, labels = None, None
     if args.checkpoint:
         model, _ = model_from_checkpoint(meta.model if meta is not None else None, args.checkpoint)

@@ -61,6 +61,14 @@ def lane_command(cpu: str = "max", root: Optional[Path] = None) -> List[str]:
     return [str(qemu), "-cpu", cpu, "-L", str(root / "sysroot"), str(python)]
 
 
+def lane_runtime(path: Path) -> runtimes.Runtime:
+    """The runtime record of an exported file the lane can run (one LaneError saying why one cannot)."""
+    rt = runtimes.for_file(path)
+    if rt.aarch64 is None:
+        raise LaneError(f"{path}: {rt.name} files cannot run in the aarch64 lane: {rt.aarch64_absent}")
+    return rt
+
+
 def run_on_aarch64(path: Path, inputs: Sequence[np.ndarray], defaults: str = "package", cpu: str = "max",
                    threads: int = 1, timeout: float = 1800, python: Optional[Sequence[str]] = None
                    ) -> tuple[List[List[np.ndarray]], Dict[str, object]]:
@@ -68,9 +76,7 @@ def run_on_aarch64(path: Path, inputs: Sequence[np.ndarray], defaults: str = "pa
     the runtime's version and options, the CPU features the process saw). `python`: the command that runs the
     worker instead of the lane's (a real arm64 board's Python with the runtime installed, or this machine's own)."""
     path = Path(path)
-    rt = runtimes.for_file(path)
-    if rt.aarch64 is None:
-        raise LaneError(f"{path}: a {rt.name} file cannot run in the aarch64 lane: {rt.aarch64_absent}")
+    rt = lane_runtime(path)
     if defaults not in DEFAULTS:
         raise ValueError(f"defaults {defaults!r}: expected one of {DEFAULTS}")
     cmd = list(python) if python else lane_command(cpu)
@@ -121,11 +127,10 @@ def check_on_aarch64(path: Path, images01: torch.Tensor, labels: Optional[torch.
     `images01` (N x 3 x H x W in [0, 1], resized and cropped as the file's metadata says); with `labels`, top-1
     accuracy on each side. Under the package's settings and under the runtime's own defaults:
     `report["aarch64"]["package"]` and `["runtime"]`."""
-    lane_command(cpu)  # (a lane that is not built: said before anything runs)
+    lane_command(cpu)  # (a lane that is not built, a file it cannot run: said before anything runs)
+    lane_runtime(path)
     m = load_exported(path, threads)
     meta = m.metadata
-    if m.runtime.aarch64 is None:
-        raise LaneError(f"{path}: a {m.runtime.name} file cannot run in the aarch64 lane: {m.runtime.aarch64_absent}")
     if meta is None:
         raise LaneError(f"{path}: the file carries no edgevit metadata (its input and classes); export it again")
     inputs = [meta.file_input(images01[i:i + 1].numpy()) for i in range(len(images01))]
