@@ -7,7 +7,8 @@ the same file on x86. Accuracy only: emulated times say nothing about a phone.
     .venv/bin/python benchmarks/aarch64_accuracy.py --checkpoint run/best.pth --data digits/val --calib digits/train
 
 Prints one row per file: SQNR (dB) against PyTorch on x86, on aarch64 with the package's settings, on aarch64 with
-the runtime's defaults, and the top-1 agreement of the last; `--json` writes every number with the CPU features.
+the runtime's defaults, and the top-1 agreement of the last, then the x86 CPU (model and flags) and the emulated
+CPU's features; `--json` writes every number with them.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from edgevit.bench.bench import cpu_flags, cpu_name
 from edgevit.cli.main import main
 from edgevit.deploy import runtimes
-from edgevit.utils.writes import print_json
 
 # every runtime the lane runs, with the precisions it writes
 FILES = [(rt.format, p) for rt in (runtimes.get(n) for n in runtimes.names()) if rt.aarch64 is not None
@@ -84,10 +85,13 @@ def main_(argv=None) -> int:
         pkg, dflt = r["aarch64"]["package"]["vs_pytorch"], r["aarch64"]["runtime"]["vs_pytorch"]
         print(f"{name:<18} {r['x86_vs_pytorch']['sqnr_db']:8.1f} {pkg['sqnr_db']:8.1f} {dflt['sqnr_db']:8.1f} "
               f"{dflt['top1_agreement']:8.0f}%")
+    # the x86 side's CPU (its numbers depend on it) and what the emulated one offered
+    host = {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "aarch64_cpu": args.cpu,
+            "aarch64_features": next((r["cpu_features"] for r in rows if "cpu_features" in r), [])}
+    print(f"x86: {host['cpu']} ({' '.join(host['cpu_flags'])}); aarch64: qemu -cpu {args.cpu} "
+          f"({', '.join(host['aarch64_features'])})")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
-    else:
-        print_json({"cpu_features": next((r["cpu_features"] for r in rows if "cpu_features" in r), [])})
+        Path(args.json).write_text(json.dumps({**host, "files": rows}, indent=2, default=str))
     return 0
 
 
