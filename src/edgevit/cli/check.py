@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     lane_command(args.cpu)  # (a lane that is not built, a file it cannot run: said first)
     try:
         lane_runtime(args.file)
-        meta = load_exported(args.file, args.threads).metadata
+        loaded = load_exported(args.file, args.threads)
+        meta = loaded.metadata
     except UserError as e:  # (FILE is this command's argument, not an --exported option)
         raise UserError(e.message) from e
     reference, labels = None, None
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         images = torch.rand(args.images, 3, h, w, generator=torch.Generator().manual_seed(0))
     report = check_on_aarch64(args.file, images, labels, reference, args.cpu, args.threads,
                               progress=lambda what: None if args.json else print(f"running on aarch64: {what}",
-                                                                                 flush=True))
+                                                                                 flush=True), loaded=loaded)
     if args.json:
         print_json(report)
         return 0

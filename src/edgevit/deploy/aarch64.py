@@ -27,7 +27,7 @@ import torch
 
 from ..errors import UserError
 from . import runtimes
-from .export import agreement, load_exported
+from .export import ExportedModel, agreement, load_exported
 
 LANE_ENV = "EDGEVIT_AARCH64_LANE"
 DEFAULTS = ("package", "runtime")  # the settings each file is run with (`Runtime.aarch64`)
@@ -121,15 +121,17 @@ def _death(done: subprocess.CompletedProcess) -> str:
 
 def check_on_aarch64(path: Path, images01: torch.Tensor, labels: Optional[torch.Tensor] = None,
                      reference: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, cpu: str = "max",
-                     threads: int = 1, progress: Callable[[str], None] = lambda what: None) -> Dict[str, object]:
+                     threads: int = 1, progress: Callable[[str], None] = lambda what: None,
+                     loaded: Optional[ExportedModel] = None) -> Dict[str, object]:
     """A classification file on aarch64 against the same file on x86 and, given `reference` (the model in PyTorch
     fp32, fed images in [0, 1]: `reference_model`), against PyTorch: max |diff|, SQNR and top-1 agreement over
     `images01` (N x 3 x H x W in [0, 1], resized and cropped as the file's metadata says); with `labels`, top-1
     accuracy on each side. Under the package's settings and under the runtime's own defaults:
-    `report["aarch64"]["package"]` and `["runtime"]`."""
+    `report["aarch64"]["package"]` and `["runtime"]`. `loaded`: the file already opened with `threads` (else it is
+    opened here)."""
     lane_command(cpu)  # (a lane that is not built, a file it cannot run: said before anything runs)
     lane_runtime(path)
-    m = load_exported(path, threads)
+    m = loaded if loaded is not None else load_exported(path, threads)
     meta = m.metadata
     if meta is None:
         raise LaneError(f"{path}: the file carries no edgevit metadata (its input and classes); export it again")
