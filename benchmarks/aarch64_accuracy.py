@@ -26,7 +26,7 @@ from edgevit.cli.main import main
 from edgevit.deploy import runtimes
 
 # every runtime the lane runs, with the precisions it writes
-FILES = [(rt.format, p) for rt in (runtimes.get(n) for n in runtimes.names()) if rt.aarch64 is not None
+FILES = [(rt.format, p) for rt in (runtimes.get(n) for n in runtimes.names()) if rt.format and rt.aarch64_absent is None
          for p in rt.precisions]
 
 

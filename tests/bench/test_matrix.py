@@ -80,6 +80,9 @@ def test_matrix_command_with_a_checkpoint_and_val(tmp_path, capsys, monkeypatch)
     assert set(cells) == want
     for (rt, p, m), r in cells.items():
         assert r["median_ms"] > 0 and r["ci_lo_ms"] <= r["median_ms"] <= r["ci_hi_ms"] and r["bytes"] > 10_000
+        # what a device lab reports beside it: a fresh process's load, first inference and memory
+        assert r["status"] == "ok" and r["load_ms"] > 0 and r["first_inference_ms"] > 0
+        assert r["peak_rss_mb"] > r["load_rss_mb"] >= 0 and r["runtime_memory_mb"] is None
         assert r["weights"] == ("checkpoint" if m == "edgevit_xxs" else "random")
         if p == "fp32":
             assert r["max_abs_diff"] <= 1e-3 and r["sqnr_db"] > 60 and r["top1_agreement"] == 100.0
@@ -97,7 +100,8 @@ def test_matrix_command_with_a_checkpoint_and_val(tmp_path, capsys, monkeypatch)
     assert {(s["runtime"], s["precision"]) for s in doc["skipped"]} >= {("onnxruntime", "bf16")}
     assert "onnxruntime bf16: onnxruntime writes no bf16 files" in printed and "| openvino | int8 |" in printed
     assert doc["meta"]["cpu_flags"] == __import__("edgevit.bench.bench", fromlist=["cpu_flags"]).cpu_flags()
-    assert (tmp_path / "m.csv").read_text().splitlines()[0].startswith("runtime,precision,model")
+    assert (tmp_path / "m.csv").read_text().splitlines()[0].startswith("status,runtime,precision,model")
+    assert "| ✅ | onnxruntime | fp32 | edgevit_xxs (fused) |" in printed
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
     # what the matrix does not take is refused before any work
     assert main(["bench", "--runtime", "all", "--plot", str(tmp_path / "p.pdf"), *TINY]) == 2
@@ -126,3 +130,36 @@ def test_a_file_below_its_rule_is_a_failed_cell_never_timed(tmp_path, capsys, mo
     assert [(s["precision"], s["model"]) for s in rejected] == [("int8", m) for m in mx.MATRIX_MODELS]
     assert all("fails its rule (logits SQNR" in s["why"] and "< 10 dB" in s["why"] for s in rejected)
     assert "❌" in mx.format_matrix(doc)
+
+
+def test_a_top1_floor_fails_the_cells_under_it(tmp_path, capsys, monkeypatch):
+    """--min-top1 (Ultralytics' metric floor): the EdgeViT file under it is ❌ with its top-1 and not timed; the
+    baseline (random weights: no top-1) is timed; a floor without the top-1 it needs is refused before any work."""
+    import timm
+    import torch
+
+    from edgevit.train.evaluate import evaluate_checkpoint
+
+    kwargs = {"embed_dims": [12, 24, 36, 48], "depths": [1, 1, 2, 1], "head_dim": 12}
+    torch.save({"model": timm.create_model("edgevit_xxs", num_classes=2, **kwargs).state_dict(), "classes": ["a", "b"],
+                "config": {"model": "edgevit_xxs", "model_kwargs": kwargs, "num_classes": 2, "img_size": 32,
+                           "crop_pct": 1.0, "eval_interpolation": "bicubic"}}, tmp_path / "ck.pth")
+    g = torch.Generator().manual_seed(0)
+    for c in "ab":
+        (tmp_path / "val" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy()).save(
+                tmp_path / "val" / c / f"{i}.png")
+    top1 = evaluate_checkpoint(tmp_path / "val", tmp_path / "ck.pth", workers=0, progress=False)["top1"]
+    monkeypatch.setattr(mx, "plan_cells", lambda names, precisions, real=mx.plan_cells: real(
+        ("onnxruntime",), precisions))
+    args = ["bench", "--runtime", "all", "--precision", "fp32", "--checkpoint", str(tmp_path / "ck.pth"),
+            "--data", str(tmp_path / "val"), "--check-images", "4", *TINY]
+    assert main([*args, "--min-top1", f"{top1 + 1:g}", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in doc["results"]] == [mx.BASELINE]
+    (failed,) = [s for s in doc["skipped"] if s["model"] == "edgevit_xxs"]
+    assert failed["status"] == "rejected" and f"top-1 {top1:.2f}% on {tmp_path / 'val'} is below the floor" in \
+        failed["why"]
+    assert main([*args[:-len(TINY) - 4], "--min-top1", "50", *TINY]) == 2
+    assert "--min-top1 50: expected a percentage in [0, 100], with --checkpoint and --data" in capsys.readouterr().err

@@ -108,7 +108,7 @@ def test_what_the_lane_cannot_run_is_one_line(lane, exported, tmp_path, monkeypa
     kill = f"import os, signal; os.kill(os.getpid(), signal.{signal.SIGSEGV.name})"
     with pytest.raises(LaneError, match="died on SIGSEGV"):
         run_on_aarch64(onnx, [np.zeros((1, 3, 64, 64), np.float32)], python=[sys.executable, "-c", kill])
-    assert runtimes.for_file(onnx).aarch64 is not None
+    assert runtimes.for_file(onnx).aarch64_absent is None
     # a lane that is not built: the one command that builds it
     monkeypatch.setenv(LANE_ENV, str(tmp_path / "no-lane"))
     assert main(["check", str(onnx), "--arch", "aarch64"]) == 2

@@ -21,7 +21,7 @@ import torch
 
 from ..deploy import runtimes
 from ..errors import UserError
-from .runners import build_runner, form_label
+from .runners import build_runner, file_measures, form_label
 
 EDGEVITS = ("edgevit_xxs", "edgevit_xs", "edgevit_s")
 # The paper's baselines (Table 1; MobileViT at 256 as the paper) and what users pick today.
@@ -227,8 +227,8 @@ def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2
     runtimes.get(runtime)  # (an unknown runtime: refused before any model is built)
     if runs < 1:
         raise UserError(f"{runs} must be >= 1", option="runs")
-    failures: List[str] = []
-    built = []  # (entry, runner)
+    failures: Dict[str, str] = {}
+    built = []  # (entry, runner, its file's measures)
     bar = tqdm(total=len(entries), desc=f"bench {runtime}: build", unit="model", file=sys.stderr,
                disable=not show_progress)
     for e in entries:
@@ -238,17 +238,17 @@ def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2
                                   fused=bool(e.fused) if e.fused is not None else True, precision=e.precision,
                                   calib=calib, calib_images=calib_images, **e.kwargs)
             runner()  # one pass: a model that cannot run fails here, not in the middle of the rounds
-            built.append((e, runner))
+            built.append((e, runner, file_measures(runner)))
         except _RUN_ERRORS as err:
             _skip_or_raise(on_error, e, runtime, err, failures)
         bar.update(1)
     bar.close()
     bar = tqdm(total=len(built) * runs, desc=f"bench {runtime}: rounds", unit="run", file=sys.stderr,
                disable=not show_progress)
-    times = time_runners([r for _, r in built], runs, warmup, bar, seed=seed)
+    times = time_runners([r for _, r, _ in built], runs, warmup, bar, seed=seed)
     bar.close()
     results = []
-    for (e, runner), ts in zip(built, times):
+    for (e, runner, measures), ts in zip(built, times):
         net = runner.model
         lo, hi = median_ci(ts)
         results.append({
@@ -256,7 +256,8 @@ def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2
             "img_size": runner.img_size, "params_m": round(count_params(net), 4),
             "gmacs": round(count_gmacs(net, runner.img_size), 4),
             "mean_ms": statistics.fmean(ts), "std_ms": statistics.pstdev(ts) if len(ts) > 1 else 0.0,
-            "median_ms": statistics.median(ts), "ci_lo_ms": lo, "ci_hi_ms": hi, "runs": runs})
+            "median_ms": statistics.median(ts), "ci_lo_ms": lo, "ci_hi_ms": hi, "runs": runs, "status": "ok",
+            **measures})
     del built
     doc = {"meta": {**meta(threads, runs), "timing": "interleaved rounds, random order per round; "
                     "median with a 95% distribution-free confidence interval"}, "results": results}
@@ -265,7 +266,7 @@ def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2
         doc["meta"]["int8_calibration"] = (f"{calib_images} images of {calib}" if calib != "random" else
                                            "random inputs (timing only)")
     if failures:
-        doc["meta"]["failed"] = failures
+        doc["meta"]["failed"], doc["meta"]["failed_why"] = list(failures), failures
     return doc
 
 
@@ -273,15 +274,30 @@ def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2
 _RUN_ERRORS = (RuntimeError, NotImplementedError, AssertionError, TypeError, runtimes.ConversionError)
 
 
-def _skip_or_raise(on_error: str, e: Entry, runtime: str, err: BaseException, failures: List[str]) -> None:
+def _skip_or_raise(on_error: str, e: Entry, runtime: str, err: BaseException, failures: Dict[str, str]) -> None:
     if on_error != "skip":
         raise err
-    failures.append(e.label)
-    print(f"edgevit bench: {e.label} failed in {runtime}: {type(err).__name__}: {str(err)[:300]}", file=sys.stderr)
+    failures[e.label] = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+    print(f"edgevit bench: {e.label} failed in {runtime}: {failures[e.label]}", file=sys.stderr)
 
 
+def file_cells(r: dict, sep: str = " | ") -> str:
+    """A result's file columns (`FILE_KEYS`) as table cells: size, load, first inference, peak memory and its rise
+    over the imports, delegate partitions (ops outside them)."""
+    def num(v, fmt, width):
+        return format("–" if v is None else format(v, fmt), f">{width}")
+    deleg = "–" if r.get("delegate_partitions") is None else str(r["delegate_partitions"]) + (
+        f" ({r['ops_outside']})" if r.get("ops_outside") is not None else "")
+    return sep.join([num(r["bytes"] / 1e6, ".2f", 7), num(r.get("load_ms"), ".0f", 7),
+                     num(r.get("first_inference_ms"), ".1f", 7), num(r.get("peak_rss_mb"), ".0f", 7),
+                     num(r.get("load_rss_mb"), ".1f", 8), format(deleg, ">6")])
+
+
+# what a device lab reports beside the latency of a file (`runners.file_measures`; none for eager)
+FILE_KEYS = ("bytes", "load_ms", "first_inference_ms", "peak_rss_mb", "load_rss_mb", "runtime_memory_mb",
+             "delegate_partitions", "ops_outside")
 ROW_KEYS = ("model", "label", "fused", "runtime", "precision", "img_size", "params_m", "gmacs", "paper_params_m",
-            "paper_gflops", "mean_ms", "std_ms", "median_ms", "ci_lo_ms", "ci_hi_ms", "runs")
+            "paper_gflops", "mean_ms", "std_ms", "median_ms", "ci_lo_ms", "ci_hi_ms", "runs", "status", *FILE_KEYS)
 
 
 def to_csv(doc: dict, keys: Sequence[str] = ROW_KEYS) -> str:
@@ -360,6 +376,9 @@ def format_table(doc: dict) -> str:
     rows = doc["results"]
     head = f"{'model':<44} {'runtime':<12} {'size':>4} {'params M':>8} {'GMACs':>6} {'paper M/G':>10} " \
            f"{'median ms':>9} {'95% CI':>15} {'mean ± std':>14}"
+    files = any(r.get("load_ms") is not None for r in rows)
+    if files:
+        head += f" {'file MB':>7} {'load ms':>7} {'1st ms':>7} {'RSS MB':>7} {'+load MB':>8} {'deleg.':>6}"
     lines = [head, "-" * len(head)]
     tied = {label for pair in doc["meta"].get("ties", []) for label in pair}
     for r in rows:
@@ -367,7 +386,7 @@ def format_table(doc: dict) -> str:
         lines.append(f"{r['label'] + (' ~' if r['label'] in tied else ''):<44} {r['runtime']:<12} {r['img_size']:>4} "
                      f"{r['params_m']:>8.2f} {r['gmacs']:>6.3f} {pp:>10} {r['median_ms']:>9.2f} "
                      f"{'[' + format(r['ci_lo_ms'], '.2f') + ', ' + format(r['ci_hi_ms'], '.2f') + ']':>15} "
-                     f"{r['mean_ms']:>7.2f} ± {r['std_ms']:<5.2f}")
+                     f"{r['mean_ms']:>7.2f} ± {r['std_ms']:<5.2f}" + (f" {file_cells(r, ' ')}" if files else ""))
     m = doc["meta"]
     precision = "/".join(sorted({r.get("precision", "fp32") for r in rows})) or "fp32"
     calib = f" (int8 calibrated on {m['int8_calibration']})" if m.get("int8_calibration") else ""
@@ -376,6 +395,12 @@ def format_table(doc: dict) -> str:
                  f"{m['cpu']}{flags}; "
                  f"torch {m['torch']}, "
                  + ", ".join(f"{k} {v}" for k, v in m["runtime_versions"].items() if k != "torch"))
+    for label, why in (m.get("failed_why") or {}).items():
+        lines.append(f"❌ {label}: {why}")
+    if files:
+        lines.append("load ms / 1st ms / RSS MB: a fresh process (numpy and the runtime only) loading the file and "
+                     "running it once; +load MB: its peak resident memory over the one after the imports; deleg.: "
+                     "the delegate's partitions (ops left outside them)")
     if tied:
         lines.append(f"~ : its 95% interval overlaps another model's ({len(m['ties'])} pair(s)): this run does not "
                      "rank them; measure again with more runs on a quieter machine. paper M/G: Table 2's params/FLOPs.")

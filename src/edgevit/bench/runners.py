@@ -91,6 +91,21 @@ def _to_tensor(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else torch.from_numpy(out)
 
 
+def file_measures(runner: "Runner") -> dict:
+    """What a device lab reports beside a file's latency (none for eager, which has no file): its size with its
+    companions, the load time, first inference and peak memory of a fresh process that loads it and runs it once
+    (`edgevit.deploy.process.fresh_process`), the runtime's planned memory and how much of the graph its delegate
+    took, where the runtime says (`Runtime.planned_memory`, `Runtime.delegation`)."""
+    from ..deploy.process import fresh_process
+
+    if runner.path is None:
+        return {}
+    rt = runtimes.for_file(runner.path)
+    delegation = rt.delegation(runner.path) if rt.delegation is not None else {}
+    return {"bytes": rt.size(runner.path), **fresh_process(runner.path, runner.threads),
+            "delegate_partitions": delegation.get("delegate_partitions"), "ops_outside": delegation.get("ops_outside")}
+
+
 def check_precision(rt: runtimes.Runtime, precision: str) -> None:
     """One UserError unless `rt` writes `precision` files, naming the runtimes that do."""
     if precision in rt.precisions or (precision == "fp32" and rt.format is None):

@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "and the images the files are compared with PyTorch on")
     p.add_argument("--check-images", type=positive_int, default=16,
                    help="--runtime all: images each file is compared with PyTorch fp32 on (default 16)")
+    p.add_argument("--min-top1", type=float, default=None, metavar="PCT",
+                   help="--runtime all with --checkpoint and --data: a file whose top-1 is under PCT is a failed cell "
+                        "(❌, not timed)")
     p.add_argument("--plot", default=None, metavar="FILE",
                    help="--runtime all: latency by cell as a .png or .svg")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
             check_output_file(path, flag, overwrite=args.overwrite)
     if args.runtime == "all":
         return run_matrix_command(args)
-    for flag, dest in (("--checkpoint", "checkpoint"), ("--data", "data"), ("--plot", "plot")):
+    for flag, dest in (("--checkpoint", "checkpoint"), ("--data", "data"), ("--plot", "plot"),
+                       ("--min-top1", "min_top1")):
         if getattr(args, dest) is not None:
             raise ConfigError(f"{flag}: only used with --runtime all")
     rt = runtimes.get(args.runtime)
@@ -137,6 +141,9 @@ def run_matrix_command(args: argparse.Namespace) -> int:
         if Path(args.plot).suffix.lower() not in (".png", ".svg"):
             raise ConfigError(f"--plot {args.plot}: expected a .png or .svg file name")
         check_output_file(args.plot, "--plot", overwrite=args.overwrite)
+    if args.min_top1 is not None and not (args.checkpoint and args.data and 0 <= args.min_top1 <= 100):
+        raise ConfigError(f"--min-top1 {args.min_top1:g}: expected a percentage in [0, 100], with --checkpoint and "
+                          "--data (the files' top-1 it is a floor on)")
     if args.checkpoint:
         require_file(args.checkpoint, "--checkpoint")
     if args.data and not Path(args.data).is_dir():
@@ -147,7 +154,7 @@ def run_matrix_command(args: argparse.Namespace) -> int:
     doc = run_matrix(models, ("all",), args.precision, checkpoint=args.checkpoint, data=args.data,
                      calib=args.calib, calib_images=args.calib_images, check_images=args.check_images,
                      runs=args.runs, warmup=args.warmup, threads=args.threads, img_size=args.img_size,
-                     show_progress=show_progress(args))
+                     show_progress=show_progress(args), min_top1=args.min_top1)
     emit_results(args, doc, format_matrix(doc), to_csv(doc, ROW_KEYS))
     if args.plot and doc["results"]:
         plot_matrix(doc, args.plot)

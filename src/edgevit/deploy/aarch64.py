@@ -4,7 +4,7 @@ the runtime's own aarch64 wheel, and compared with the same file on x86 and with
 The lane (built by `make arm-lane`, `scripts/build_aarch64_lane.sh`: qemu 10's user-mode emulator from Debian's
 bookworm-backports in `.aarch64/qemu`, Debian 12's arm64 Python 3.11 with the libraries it links in
 `.aarch64/sysroot`, the runtimes' aarch64 wheels from PyPI in `.aarch64/site`; nothing on the host changes) runs
-`deploy/aarch64_worker.py` with the settings the runtime's record gives (`Runtime.aarch64`) in two forms: the
+`deploy/worker.py` with the settings the runtime's record gives (`Runtime.worker`) in two forms: the
 package's (what `load` sets on x86) and the runtime's own defaults (what an app that sets nothing gets on a phone:
 ncnn and OpenVINO compute in fp16 there).
 
@@ -14,11 +14,7 @@ Emulated times say nothing about a phone: none is measured. The CPU model picks 
 """
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -28,15 +24,15 @@ import torch
 from ..errors import UserError
 from . import runtimes
 from .export import ExportedModel, agreement, load_exported
+from .process import WorkerError, run_worker
 
 LANE_ENV = "EDGEVIT_AARCH64_LANE"
-DEFAULTS = ("package", "runtime")  # the settings each file is run with (`Runtime.aarch64`)
+DEFAULTS = ("package", "runtime")  # the settings each file is run with (`Runtime.worker`)
 # qemu's aarch64 CPU models the lane offers: all features; phones' ARMv9 and ARMv8.2 big and little cores; ARMv8.0
 CPUS = ("max", "cortex-a710", "cortex-a76", "cortex-a55", "cortex-a72")
-WORKER = Path(__file__).with_name("aarch64_worker.py")
 
 
-class LaneError(UserError):
+class LaneError(WorkerError):
     """The aarch64 lane is missing, cannot run a file, or the emulated runtime died."""
 
 
@@ -64,7 +60,7 @@ def lane_command(cpu: str = "max", root: Optional[Path] = None) -> List[str]:
 def lane_runtime(path: Path) -> runtimes.Runtime:
     """The runtime record of an exported file the lane can run (one LaneError saying why one cannot)."""
     rt = runtimes.for_file(path)
-    if rt.aarch64 is None:
+    if rt.format is None or rt.aarch64_absent:
         raise LaneError(f"{path}: {rt.name} files cannot run in the aarch64 lane: {rt.aarch64_absent}")
     return rt
 
@@ -80,43 +76,9 @@ def run_on_aarch64(path: Path, inputs: Sequence[np.ndarray], defaults: str = "pa
     if defaults not in DEFAULTS:
         raise ValueError(f"defaults {defaults!r}: expected one of {DEFAULTS}")
     cmd = list(python) if python else lane_command(cpu)
-    root = lane_root()
-    with tempfile.TemporaryDirectory(prefix="edgevit-aarch64-") as tmp:
-        tmp = Path(tmp)
-        np.savez(tmp / "in.npz", *[np.ascontiguousarray(a) for a in inputs])
-        request = {"runtime": rt.name, "file": str(path.resolve()), "threads": threads,
-                   "settings": rt.aarch64(path, defaults), "inputs": str(tmp / "in.npz"),
-                   "outputs": str(tmp / "out.npz")}
-        (tmp / "request.json").write_text(json.dumps(request))
-        env = {**os.environ, **({} if python else {"PYTHONPATH": str(root / "site"), "PYTHONNOUSERSITE": "1"})}
-        try:
-            done = subprocess.run([*cmd, str(WORKER), str(tmp / "request.json")], capture_output=True, text=True,
-                                  env=env, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise LaneError(f"{path}: the emulated {rt.name} run took longer than {timeout:g} s") from None
-        if done.returncode != 0:
-            where = f"aarch64 (qemu -cpu {cpu})" if not python else " ".join(python)
-            raise LaneError(f"{path}: {rt.name} on {where} {_death(done)}")
-        with np.load(tmp / "out.npz") as z:
-            outs = [[z[f"out_{i}_{j}"] for j in range(sum(k.startswith(f"out_{i}_") for k in z.files))]
-                    for i in range(len(inputs))]
-    said = next((ln for ln in reversed(done.stdout.splitlines()) if ln.startswith("{")), "{}")
-    return outs, json.loads(said)
-
-
-def _death(done: subprocess.CompletedProcess) -> str:
-    """How the emulated process ended, in one line: the signal that killed it (qemu re-raises the guest's), or the
-    last line of its error."""
-    rc = done.returncode
-    number = -rc if rc < 0 else rc - 128 if rc > 128 else None
-    if number is not None:
-        try:
-            name = signal.Signals(number).name
-        except ValueError:
-            name = f"signal {number}"
-        return f"died on {name} ({signal.strsignal(number) or name})"
-    lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
-    return f"failed: {lines[-1].strip() if lines else f'exit status {rc}'}"
+    env = {} if python else {"PYTHONPATH": str(lane_root() / "site"), "PYTHONNOUSERSITE": "1"}
+    return run_worker(path, inputs, rt.worker(path, defaults), cmd, threads, timeout, env,
+                      f"aarch64 (qemu -cpu {cpu})" if not python else " ".join(python), LaneError)
 
 
 def check_on_aarch64(path: Path, images01: torch.Tensor, labels: Optional[torch.Tensor] = None,
@@ -153,7 +115,7 @@ def check_on_aarch64(path: Path, images01: torch.Tensor, labels: Optional[torch.
         report["x86_top1"] = _top1(x86, labels)
     rows: Dict[str, Dict[str, object]] = {}
     for defaults in DEFAULTS:
-        if defaults != "package" and m.runtime.aarch64(path, defaults) == m.runtime.aarch64(path, "package"):
+        if defaults != "package" and m.runtime.worker(path, defaults) == m.runtime.worker(path, "package"):
             rows[defaults] = {**rows["package"], "same_as_package": True}  # (nothing to run again)
             continue
         progress(f"{defaults} settings")

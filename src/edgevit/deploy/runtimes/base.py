@@ -174,11 +174,19 @@ class Runtime:
     write_segmenter_metadata: Optional[Callable[[Path, Sequence[str]], None]] = None
     write_traced: Optional[Callable[[nn.Module, torch.Tensor, Path], Dict[str, object]]] = None
     constant_outputs: bool = True
-    # how the aarch64 lane runs a file (`edgevit.deploy.aarch64`): aarch64(path, defaults) -> the settings its
-    # worker applies, `defaults` "package" (what `load` sets, as on x86) or "runtime" (the runtime's own defaults: what
-    # an app that sets nothing gets on a phone); None, with `aarch64_absent` saying why: the lane cannot run it
-    aarch64: Optional[Callable[[Path, str], Dict[str, object]]] = None
-    aarch64_absent: str = "it has no aarch64 wheel the lane can run"
+    # how the standalone worker (`edgevit.deploy.worker`: numpy and the runtime's package, no edgevit) loads a file,
+    # in the aarch64 lane and in a fresh process here: worker(path, defaults) -> the settings it applies, `defaults`
+    # "package" (what `load` sets, as on x86) or "runtime" (the runtime's own defaults: what an app that sets nothing
+    # gets on a phone)
+    worker: Callable[[Path, str], Dict[str, object]] = lambda path, defaults: {}
+    # bytes the runtime plans for a file's tensors (activations, inputs, outputs), where the file or the runtime's
+    # API says it (ExecuTorch's memory-planned buffers); None: it does not say
+    planned_memory: Optional[Callable[[Path], Optional[int]]] = None
+    # how much of a file's graph the runtime's delegate takes, read from the file as the runtime loads it:
+    # delegation(path) -> {"delegate_partitions", "ops_outside"} (ops_outside None where the runtime does not say)
+    delegation: Optional[Callable[[Path], Dict[str, Optional[int]]]] = None
+    # why the aarch64 lane cannot run its files (None: it can)
+    aarch64_absent: Optional[str] = None
 
     @property
     def suffix(self) -> str:

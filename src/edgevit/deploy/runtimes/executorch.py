@@ -86,6 +86,27 @@ def load(path: Path, threads: int = 2):
     return run
 
 
+def _program(path: Path):
+    """The .pte's program as ExecuTorch's own serializer reads it back."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    program = deserialize_pte_binary(Path(path).read_bytes())
+    return getattr(program, "program", program)
+
+
+def planned_memory(path: Path) -> int:
+    """Bytes of the program's memory-planned buffers (ExecuTorch's ahead-of-time plan for every tensor outside the
+    constants, in the file's execution plan; XNNPACK's own workspace inside a delegate is not in it)."""
+    return sum(sum(plan.non_const_buffer_sizes) for plan in _program(path).execution_plan)
+
+
+def delegation(path: Path) -> Dict[str, int]:
+    """Delegate calls and the kernel calls outside them in the program's instructions (what the runtime executes)."""
+    kinds = [type(i.instr_args).__name__ for plan in _program(path).execution_plan for chain in plan.chains
+             for i in chain.instructions]
+    return {"delegate_partitions": kinds.count("DelegateCall"), "ops_outside": kinds.count("KernelCall")}
+
+
 def input_size(path: Path):
     return image_size(executorch_program(path).load_method("forward").metadata.input_tensor_meta(0).sizes())
 
@@ -259,7 +280,7 @@ RUNTIME = Runtime(
         # (XNNPACK has no fp16 GELU and delegates no dtype casts: an erf GELU in fp16 or fp32 leaves the delegate)
         "fp16": half(lambda model, x, path: save_pte(Float16Graph(model, gelu="sigmoid"), x, path),
                      "the graph in fp16 on XNNPACK's fp16 kernels, GELU in its tanh form as x*sigmoid(...)")},
-    load=load, input_size=input_size,
+    load=load, input_size=input_size, planned_memory=planned_memory, delegation=delegation,
     # (tried: PyPI's aarch64 torch 2.14.1 is a CUDA build that does not import without CUDA's libraries; with the
     # CPU-only torch 2.9.1 the runtime's _C module misses c10 symbols)
     aarch64_absent="ExecuTorch's aarch64 wheel runs a .pte through libtorch (its Python runtime links torch 2.14's "

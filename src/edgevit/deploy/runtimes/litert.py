@@ -120,6 +120,13 @@ def _dequantize(q: np.ndarray, detail: dict) -> np.ndarray:
     return (q.astype(np.float32) - zero) * scale if scale else q
 
 
+def delegation(path: Path) -> Dict[str, Optional[int]]:
+    """The XNNPACK delegate's partitions in the loaded interpreter (its DELEGATE nodes; which of the file's ops run
+    outside them the Python interpreter does not say)."""
+    ops = litert_interpreter(path, 1)._get_ops_details()
+    return {"delegate_partitions": sum(o["op_name"] == "DELEGATE" for o in ops), "ops_outside": None}
+
+
 def load(path: Path, threads: int = 2):
     """run(*float32 arrays) -> [float32 arrays]; a full-integer (int8-in, int8-out) file gets its inputs quantized
     and its outputs dequantized with the scales the file holds, as an app does around it."""
@@ -400,8 +407,9 @@ RUNTIME = Runtime(
         "int8-conv": int8(save_tflite_int8_conv,
                           "int8 convolutions and fully connected layers, the rest float (XNNPACK on CPUs)"),
         "fp16": half(save_tflite_fp16, "fp16 weights behind DEQUANTIZE, fp32 activations (LiteRT's float16 file)")},
-    load=load, input_size=input_size, describe=describe, input_layouts=("NCHW", "NHWC"), default_layout="NHWC",
+    load=load, input_size=input_size, describe=describe, delegation=delegation, input_layouts=("NCHW", "NHWC"),
+    default_layout="NHWC",
     input_dtypes=("float32", "uint8"), write_metadata=write_metadata, read_metadata=read_metadata,
     write_segmenter_metadata=write_segmenter_metadata,
     # (XNNPACK's defaults either way: it computes in fp16 only where the file asks for it)
-    aarch64=lambda path, defaults: {})
+    worker=lambda path, defaults: {})

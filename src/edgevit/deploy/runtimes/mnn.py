@@ -229,7 +229,7 @@ def load(path: Path, threads: int = 2):
 
 
 def aarch64_settings(path: Path, defaults: str) -> Dict[str, object]:
-    """The lane's settings (`Runtime.aarch64`): `load`'s precision mode and hints, or MNN's own defaults (precision
+    """The lane's settings (`Runtime.worker`): `load`'s precision mode and hints, or MNN's own defaults (precision
     "normal", its Winograd units)."""
     if defaults == "runtime":
         return {"config": {}, "hints": []}
@@ -251,4 +251,4 @@ RUNTIME = Runtime(
         "fp16": half(save_mnn_fp16, "fp16 weights, MNN's low precision (fp16 arithmetic on ARMv8.2)")},
     load=load, input_size=input_size, describe=describe,
     input_layouts=("NCHW", "NHWC"),  # (its loader feeds float32: no uint8 input)
-    aarch64=aarch64_settings)
+    worker=aarch64_settings)

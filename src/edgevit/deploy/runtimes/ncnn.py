@@ -220,7 +220,7 @@ def load_options(path: Path) -> Dict[str, bool]:
 
 
 def aarch64_settings(path: Path, defaults: str) -> Dict[str, object]:
-    """The lane's settings (`Runtime.aarch64`): the graph's blobs, and `load`'s options or ncnn's own defaults
+    """The lane's settings (`Runtime.worker`): the graph's blobs, and `load`'s options or ncnn's own defaults
     (fp16 storage and arithmetic on wherever the CPU has them: every phone since ARMv8.2)."""
     inputs, outputs = _io_blobs(_graph(path))
     return {"bin": str(companions(path)[0]), "inputs": inputs, "outputs": outputs,
@@ -285,4 +285,4 @@ RUNTIME = Runtime(
     load=load, input_size=input_size, describe=describe, misread=misread, companions=companions,
     constant_outputs=False,  # (pnnx drops a constant output from the graph)
     input_layouts=("NCHW", "NHWC"),  # (its loader feeds float32: no uint8 input)
-    aarch64=aarch64_settings)
+    worker=aarch64_settings)

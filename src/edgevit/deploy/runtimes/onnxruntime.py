@@ -330,4 +330,4 @@ RUNTIME = Runtime(
     write_metadata=write_metadata, read_metadata=read_metadata, input_layouts=("NCHW", "NHWC"),
     input_dtypes=("float32", "uint8"),
     # (ONNX Runtime's CPU kernels compute a float graph in fp32 on every CPU; its defaults change nothing here)
-    aarch64=lambda path, defaults: {"entries": CONFIG_ENTRIES if defaults == "package" else {}})
+    worker=lambda path, defaults: {"entries": CONFIG_ENTRIES if defaults == "package" else {}})

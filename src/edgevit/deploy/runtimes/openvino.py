@@ -135,7 +135,7 @@ def _config(ov_model) -> Dict[str, object]:
 
 
 def aarch64_settings(path: Path, defaults: str) -> Dict[str, object]:
-    """The lane's settings (`Runtime.aarch64`): `compiled`'s, or the plugin's own (its ARM default precision)."""
+    """The lane's settings (`Runtime.worker`): `compiled`'s, or the plugin's own (its ARM default precision)."""
     return {"config": _config(_core().read_model(str(path))) if defaults == "package" else
             {"NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}}
 
@@ -277,4 +277,4 @@ RUNTIME = Runtime(
     load=load, input_size=input_size, cpu_lacks=cpu_lacks,
     profile=profile, describe=describe, misread=misread, companions=companions, write_metadata=write_metadata,
     read_metadata=read_metadata, input_layouts=("NCHW", "NHWC"), input_dtypes=("float32", "uint8"),
-    aarch64=aarch64_settings)
+    worker=aarch64_settings)

@@ -1,21 +1,30 @@
-"""Runs an exported file on aarch64, inside the emulated lane (`edgevit.deploy.aarch64`): the lane's arm64 Python
-with numpy and the runtime's own aarch64 wheel, nothing else.
+"""Runs an exported file in a process of its own, as an app does: numpy and the runtime's package, nothing else.
+Two callers: the aarch64 lane (`edgevit.deploy.aarch64`: the lane's arm64 Python under qemu with the runtime's own
+aarch64 wheel) and the fresh-process measures of the bench (`edgevit.deploy.fresh`: this machine's Python; what
+loading a file costs in time and memory without the package's torch and timm in the process).
 
-Standalone on purpose (no edgevit import): the lane has no torch, and every edgevit module imports it. What to
-load and how (input and output names, the runtime's options: fp16 on or off, precision modes, threads) is decided on
-the x86 side by the runtime's record (`Runtime.aarch64`) and arrives as the request's `settings`; this file only
-applies them, so that the package's choices live in one place. `tests/deploy/test_aarch64.py` runs this worker on
-x86 too and asserts the package's own loader gives the same outputs bit for bit.
+Standalone on purpose (no edgevit import): the lane has no torch, and every edgevit module imports it; ExecuTorch
+and TorchScript files need torch to run from Python, and only those import it. What to load and how (input and
+output names, the runtime's options: fp16 on or off, precision modes, threads) is decided by the runtime's record
+(`Runtime.worker`) and arrives as the request's `settings`; this file only applies them, so that the package's
+choices live in one place. `tests/deploy/test_aarch64.py` runs this worker on x86 too and asserts the package's own
+loader gives the same outputs bit for bit.
 
-    python3.11 aarch64_worker.py REQUEST.json
+    python worker.py REQUEST.json
     (REQUEST: {runtime, file, threads, settings, inputs: an .npz of batch-1 inputs, outputs: the .npz to write})
 
-prints one JSON line: the runtime's version, the options it ran with, the CPU features the process saw.
+prints one JSON line: the runtime's version, the options it ran with, the CPU features the process saw, and what
+the process measured: seconds to load the file (open, parse, prepare, delegate; the runtime's module already
+imported), milliseconds of the first inference, and the process's peak resident memory after the imports and at
+the end (after load and every inference).
 """
+import importlib
 import json
 import platform
+import resource
 import struct
 import sys
+import time
 
 import numpy as np
 
@@ -126,6 +135,36 @@ def load_openvino(path, s):
     return run, {"version": ov.__version__, "options": {**s["config"], "inference_precision": precision}}
 
 
+def load_executorch(path, s):
+    import torch
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    portable_lib._unsafe_reset_threadpool(s["threads"])  # (XNNPACK's threadpool: no public setting yet)
+    method = Runtime.get().load_program(path).load_method("forward")
+
+    def run(a):
+        return [o.numpy().copy() for o in method.execute((torch.from_numpy(a),))]
+    return run, {"version": _version("executorch"), "options": {"delegate": "XNNPACK (in the file)"}}
+
+
+def load_torchscript(path, s):
+    import torch
+
+    torch.set_num_threads(s["threads"])
+    if s.get("lite"):
+        from torch.jit.mobile import _load_for_lite_interpreter as load
+    else:
+        load = torch.jit.load
+    module = load(path)
+
+    def run(a):
+        with torch.inference_mode():
+            out = module(torch.from_numpy(a))
+        return [o.numpy().copy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+    return run, {"version": _version("torch"), "options": {"interpreter": "lite" if s.get("lite") else "full"}}
+
+
 def _version(module):
     from importlib.metadata import PackageNotFoundError, version
 
@@ -137,22 +176,52 @@ def _version(module):
     return "?"
 
 
-LOAD = {"litert": load_litert, "ncnn": load_ncnn, "mnn": load_mnn, "onnxruntime": load_onnxruntime,
-        "openvino": load_openvino}
+# runtime -> (how to load a file, the module an app imports to run it)
+LOAD = {"litert": (load_litert, "ai_edge_litert.interpreter"), "ncnn": (load_ncnn, "ncnn"),
+        "mnn": (load_mnn, "MNN.nn"), "onnxruntime": (load_onnxruntime, "onnxruntime"),
+        "openvino": (load_openvino, "openvino"), "executorch": (load_executorch, "executorch.runtime"),
+        "torchscript": (load_torchscript, "torch"),
+        "ptl": (lambda path, s: load_torchscript(path, {**s, "lite": True}), "torch")}
+
+
+def peak_rss_mb():
+    """The process's resident high-water mark so far: the kernel's VmHWM (getrusage's ru_maxrss is kept across
+    execve, so a process started from a large one reports its parent's mark)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # (kB)
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(request_path):
     with open(request_path) as f:
         req = json.load(f)
-    run, info = LOAD[req["runtime"]](req["file"], {**req["settings"], "threads": req["threads"]})
-    got = {}
-    with np.load(req["inputs"]) as z:
-        for i in range(len(z.files)):  # arr_0 ... : one input each (batch 1)
-            for j, out in enumerate(run(z[f"arr_{i}"])):
-                got[f"out_{i}_{j}"] = np.asarray(out)
+    load, module = LOAD[req["runtime"]]
+    with np.load(req["inputs"]) as z:  # arr_0 ... : one input each (batch 1)
+        inputs = [z[f"arr_{i}"] for i in range(len(z.files))]
+    importlib.import_module(module)
+    rss_imports = peak_rss_mb()
+    t0 = time.perf_counter()
+    run, info = load(req["file"], {**req["settings"], "threads": req["threads"]})
+    load_s = time.perf_counter() - t0
+    got, first_ms = {}, None
+    for i, a in enumerate(inputs):
+        t0 = time.perf_counter()
+        outs = run(a)
+        if first_ms is None:
+            first_ms = 1e3 * (time.perf_counter() - t0)
+        for j, out in enumerate(outs):
+            got[f"out_{i}_{j}"] = np.asarray(out)
+    rss_end = peak_rss_mb()
     np.savez(req["outputs"], **got)
     # (the last line: MNN prints its CPU probe to stdout first)
-    print(json.dumps({**info, "machine": platform.machine(), "cpu_features": cpu_features()}))
+    print(json.dumps({**info, "machine": platform.machine(), "cpu_features": cpu_features(), "load_s": load_s,
+                      "first_inference_ms": first_ms, "peak_rss_imports_mb": rss_imports,
+                      "peak_rss_mb": rss_end}))
 
 
 if __name__ == "__main__":
