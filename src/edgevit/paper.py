@@ -17,7 +17,8 @@ from typing import Dict, List, Optional
 from .errors import DataError
 from .utils.inputs import read_json
 
-__all__ = ["FORMAT", "TABLES", "default_path", "load_paper", "rows", "by_timm_name", "table1", "published_top1"]
+__all__ = ["FORMAT", "TABLES", "default_path", "load_paper", "rows", "by_timm_name", "table1", "published_top1",
+           "load_peers", "peers_of"]
 
 FORMAT = "edgevit-paper/2"
 _NUM, _STR, _OPT_STR, _LIST = "number", "string", "string or null", "list"
@@ -103,17 +104,67 @@ def table1(paper: Optional[dict] = None) -> Dict[str, dict]:
     return by_timm_name("table1", paper)
 
 
-def published_top1(paper: Optional[dict] = None) -> Dict[str, dict]:
-    """{timm name: {"top1", "name", "params_m", "source"}}: the paper's Table 2 first, then `other_top1` (other
-    papers' numbers for models this paper does not list) for the rest."""
+PEERS_FORMAT = "edgevit-peers/1"
+# each peer row's fields and their kinds (`edgevit/data/peers.json`: every number cites its source)
+PEER_FIELDS = {"model": _STR, "name": _STR, "top1": _NUM, "params_m": _NUM, "gmacs": _NUM, "img_size": _NUM,
+               "epochs": _NUM, "source": _STR}
+
+
+@functools.lru_cache(maxsize=4)
+def _load_peers(path: str) -> dict:
+    where = f"peer data {path}"
+    data = read_json(path, "peer data")
+    if not isinstance(data, dict) or data.get("format") != PEERS_FORMAT:
+        raise DataError(f"{where}: expected a JSON object with 'format' {PEERS_FORMAT!r}")
+    rows_ = data.get("rows")
+    if not isinstance(rows_, list) or not rows_ or not isinstance(data.get("sizes"), dict):
+        raise DataError(f"{where}: needs 'rows' (a list of peers) and 'sizes' (EdgeViT -> its peers)")
+    for i, row in enumerate(rows_):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: row {i} is {row!r}, expected an object")
+        for field, kind in PEER_FIELDS.items():
+            if not _kind_ok(row.get(field), kind):
+                raise DataError(f"{where}: row {i} ({row.get('model')}): {field} = {row.get(field)!r}, expected a "
+                                f"{kind}")
+        if not isinstance(row.get("distilled"), bool):
+            raise DataError(f"{where}: row {i} ({row['model']}): distilled must be true or false")
+    known = {r["model"] for r in rows_}
+    for size, names in data["sizes"].items():
+        unknown = [n for n in names if n not in known] if isinstance(names, list) else [names]
+        if unknown:
+            raise DataError(f"{where}: sizes[{size!r}] names {', '.join(map(str, unknown))}, which no row describes")
+    return data
+
+
+def load_peers(path: Optional[os.PathLike | str] = None) -> dict:
+    """The checked peer data (`edgevit/data/peers.json`: today's mobile models at each EdgeViT size with their
+    published top-1, each row citing its source), or `path` (same format)."""
+    return _load_peers(str(Path(path) if path else Path(str(resources.files("edgevit") / "data" / "peers.json"))))
+
+
+def peers_of(variant: Optional[str] = None, peers: Optional[dict] = None) -> List[str]:
+    """The peers of one EdgeViT size (`edgevit_xxs` ...), or of every size in order (no variant)."""
+    sizes = (peers or load_peers())["sizes"]
+    return list(sizes[variant]) if variant else list(dict.fromkeys(n for names in sizes.values() for n in names))
+
+
+def published_top1(paper: Optional[dict] = None, peers: Optional[dict] = None) -> Dict[str, dict]:
+    """{timm name: {"top1", "name", "params_m", "source"}}: the paper's Table 2 first, then the peer data (today's
+    models at each EdgeViT size, each row its source), then `other_top1` (other papers' numbers for models this
+    paper does not list) for the rest."""
     paper = paper or load_paper()
     out: Dict[str, dict] = {}
     other = paper.get("other_top1") or {}
     for r in other.get("rows", []):
         out[r["model"]] = {"top1": r["top1"], "name": r.get("name", r["model"]), "params_m": r.get("params_m"),
-                           "source": "other paper (see the paper data's other_top1)"}
+                           "source": "other paper (see the paper data's other_top1)", "kind": "published"}
+    for r in (peers or load_peers())["rows"]:
+        out[r["model"]] = {"top1": r["top1"], "name": r["name"], "params_m": r["params_m"], "gmacs": r["gmacs"],
+                           "img_size": r["img_size"], "distilled": r["distilled"], "source": r["source"],
+                           "kind": "published"}
     for r in rows("table2", paper):
         if r["timm_name"]:
             out[r["timm_name"]] = {"top1": r["top1"], "name": r["model"], "params_m": r["params_m"],
-                                   "gflops": r["gflops"], "source": paper["tables"]["table2"]["source"]}
+                                   "gflops": r["gflops"], "source": paper["tables"]["table2"]["source"],
+                                   "kind": "paper"}
     return out

@@ -210,3 +210,32 @@ def test_bench_prints_the_papers_params_and_table4():
     assert lsa["faster"] == "LA(Ours) (depthwise conv)" and lp["faster"].startswith("LP(Ours)")  # each part's own
     assert not none_["holds"]  # 9 ms < 10 ms here: the paper's ordering does not hold
     assert lp["holds"] and lp["paper_ratio"] == pytest.approx(40.4 / 32.8)
+
+
+def test_peer_data_names_timm_models_and_cites_every_row(tmp_path):
+    """Every peer at every EdgeViT size is a model timm builds, with a cited source; bad peer data is one DataError
+    naming the file, row and field."""
+    import json
+
+    import timm
+
+    from edgevit.bench.bench import GROUPS, PEERS, expand_models
+    from edgevit.errors import DataError
+    from edgevit.paper import load_peers
+
+    peers = load_peers()
+    assert set(PEERS) == {"edgevit_xxs", "edgevit_xs", "edgevit_s"} and all(PEERS.values())
+    assert all(timm.is_model(m) for m in GROUPS["peers"])
+    assert all("arXiv:" in r["source"] for r in peers["rows"])
+    assert expand_models(["edgevits", "peers-s", "edgevit_s"]) == ["edgevit_xxs", "edgevit_xs", "edgevit_s",
+                                                                   *PEERS["edgevit_s"]]
+    bad = json.loads(json.dumps(peers))
+    bad["rows"][1]["top1"] = "75.7"
+    (tmp_path / "p.json").write_text(json.dumps(bad))
+    with pytest.raises(DataError, match=r"p.json: row 1 \(efficientformerv2_s0\): top1 = '75.7', expected a number"):
+        load_peers(tmp_path / "p.json")
+    bad = json.loads(json.dumps(peers))
+    bad["sizes"]["edgevit_s"].append("nonet")
+    (tmp_path / "q.json").write_text(json.dumps(bad))
+    with pytest.raises(DataError, match="sizes\\['edgevit_s'\\] names nonet, which no row describes"):
+        load_peers(tmp_path / "q.json")

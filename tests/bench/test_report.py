@@ -60,7 +60,7 @@ def test_rows_accuracy_precedence_and_pareto(files):
     assert any("resnet18" in w for w in warnings)
     sets = mark_pareto(rows)
     (group,) = sets["accuracy_latency"]  # one runtime, one input size, ImageNet-1K accuracies only
-    assert group.startswith("eager, default input sizes, top-1 on ImageNet-1K")
+    assert group.startswith("eager fp32, default input sizes, top-1 on ImageNet-1K")
     assert sets["accuracy_latency"][group] == ["mobilenetv2_100", "edgevit_xxs (fused)", "efficientnet_b0",
                                                  "edgevit_xs (fused)", "edgevit_s (fused)"]
     assert sets["accuracy_energy"][next(iter(sets["accuracy_energy"]))] == ["edgevit_xxs (fused)", "mobilevit_xs"]
@@ -78,7 +78,7 @@ def test_report_writes_markdown_png_svg(files, tmp_path):
         assert len(data) > 5000
         assert data[:8] == b"\x89PNG\r\n\x1a\n" if p.endswith(".png") else b"<svg" in data
     md = (out / "report.md").read_text()
-    assert "| **edgevit_xxs (fused)** | eager | 224x224px | 74.1 (eval (acc.json)) | ImageNet-1K" in md
+    assert "| **edgevit_xxs (fused)** | eager fp32 | 224x224px | 74.1 (eval (acc.json)) | ImageNet-1K" in md
     assert "![pareto_latency_eager](pareto_latency_eager.png)" in md
     assert "arXiv:2205.03436" in md and "foonet_9000" in md and "ci-vm" in md
     assert "cpu: x86_64; ISA: avx2 fma avx512_vnni" in md  # (int8 / bf16 figures depend on them)
@@ -118,7 +118,41 @@ def test_report_cli_and_bad_input(files, tmp_path, capsys):
     assert main(["report", "--bench", str(bad), "--out", str(out)]) == 2
     assert "already holds" in capsys.readouterr().err  # an existing report is refused before anything
     assert main(["report", "--bench", str(bad), "--out", str(out), "--overwrite"]) == 2
-    assert "lacks runtime, mean_ms" in capsys.readouterr().err
+    assert "lacks runtime, median_ms" in capsys.readouterr().err
     assert main(["report", "--accuracy", str(tmp_path / "nope.json"), "--out", str(out), "--overwrite"]) == 2
     assert "no such file" in capsys.readouterr().err
     assert (out / "report.md").read_text() == before  # nothing already written is lost
+
+
+def test_the_fronts_of_a_matrix_in_words_per_runtime_and_precision(tmp_path):
+    """A matrix file (medians only, a precision per row) of EdgeViTs and today's peers: one front per runtime x
+    precision, each peer with its published top-1 (cited, † where distilled), and in words which EdgeViT is on the
+    front and which peer dominates one that is not."""
+    from edgevit.bench.report import front_words, load_report_data
+    from edgevit.paper import published_top1
+
+    def cell(model, precision, ms, label=None):
+        return {"runtime": "onnxruntime", "precision": precision, "model": model, "label": label or model,
+                "img_size": 224, "median_ms": ms, "ci_lo_ms": ms * 0.99, "ci_hi_ms": ms * 1.01, "status": "ok",
+                "peak_rss_mb": 90.0, "load_ms": 40.0, "bytes": 1e7}
+    doc = {"meta": META, "results": [
+        cell("edgevit_xxs", "fp32", 10.0, "edgevit_xxs (fused)"), cell("starnet_s2", "fp32", 8.0),
+        cell("edgevit_xs", "fp32", 20.0, "edgevit_xs (fused)"), cell("repvit_m1_0", "fp32", 25.0),
+        cell("edgevit_xxs", "int8", 5.0, "edgevit_xxs (fused)"), cell("starnet_s2", "int8", 6.0)], "skipped": []}
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    data = load_report_data(bench=[str(tmp_path / "m.json")])
+    by = {(r["name"], r["precision"]): r for r in data.rows}
+    assert by[("starnet_s2", "fp32")]["top1"] == 74.8 and by[("starnet_s2", "fp32")]["top1_source"] == "published"
+    assert by[("repvit_m1_0", "fp32")]["distilled"] and not by[("starnet_s2", "fp32")]["distilled"]
+    assert "arXiv:2403.19967" in published_top1()["starnet_s2"]["source"]
+    words = front_words(data.rows)
+    xxs, xs = published_top1()["edgevit_xxs"]["top1"], published_top1()["edgevit_xs"]["top1"]
+    assert words == [
+        f"- onnxruntime fp32, default input sizes, top-1 on ImageNet-1K (1000 classes): **edgevit_xxs (fused)** "
+        f"(10.00 ms, {xxs:.1f}%) is dominated by starnet_s2 (8.00 ms, 74.8%); **edgevit_xs (fused)** is on the "
+        f"front (20.00 ms, {xs:.1f}%).",
+        f"- onnxruntime int8, default input sizes, top-1 on ImageNet-1K (1000 classes): **edgevit_xxs (fused)** is "
+        f"on the front (5.00 ms, {xxs:.1f}%)."]
+    summary = make_report(tmp_path / "report", bench=[str(tmp_path / "m.json")])
+    md = Path(summary["report"]).read_text()
+    assert words[0] in md and "repvit_m1_0 †" in md and "| onnxruntime int8 |" in md

@@ -21,14 +21,20 @@ import torch
 
 from ..deploy import runtimes
 from ..errors import UserError
+from ..paper import peers_of
 from .runners import build_runner, file_measures, form_label
 
 EDGEVITS = ("edgevit_xxs", "edgevit_xs", "edgevit_s")
 # The paper's baselines (Table 1; MobileViT at 256 as the paper) and what users pick today.
 PAPER_BASELINES = ("mobilenetv2_100", "mobilenetv3_large_075", "efficientnet_b0", "mobilevit_xxs",
                    "mobilevit_xs", "mobilevit_s", "pvt_v2_b0", "pvt_v2_b1", "deit_tiny_patch16_224")
-CURRENT_BASELINES = ("mobilenetv4_conv_small", "fastvit_t8", "efficientformerv2_s0", "repvit_m0_9")
-DEFAULT_MODELS = EDGEVITS + PAPER_BASELINES + CURRENT_BASELINES
+# Today's mobile models at each EdgeViT size, with their published top-1 (`edgevit/data/peers.json`, cited per row).
+PEERS = {variant: tuple(peers_of(variant)) for variant in EDGEVITS}
+DEFAULT_MODELS = EDGEVITS + PAPER_BASELINES + tuple(dict.fromkeys(m for ms in PEERS.values() for m in ms))
+# names that stand for a group of models wherever models are named (`expand_models`)
+GROUPS = {"edgevits": EDGEVITS, "paper-baselines": PAPER_BASELINES,
+          "peers": tuple(dict.fromkeys(m for ms in PEERS.values() for m in ms)),
+          **{f"peers-{v.split('_')[1]}": ms for v, ms in PEERS.items()}}
 # Table 4 of the paper, each one change from the release XXS, scaled so that each stays within 10% of
 # XXS's 0.557 GMACs and the comparison is at equal compute: the one that removes work is widened, the two
 # that add it (LSA's 7x7 windows, PVT's full-resolution queries) are narrowed (fvcore: 0.52-0.56 GMACs).
@@ -59,6 +65,12 @@ class Entry:
         return label if self.precision == "fp32" else f"{label} {self.precision}"
 
 
+def expand_models(models: Sequence[str]) -> List[str]:
+    """Model names with the group names (`GROUPS`: edgevits, paper-baselines, peers, peers-xxs|xs|s) replaced by
+    their models, each model once, in order."""
+    return list(dict.fromkeys(m for name in models for m in GROUPS.get(name, (name,))))
+
+
 def check_models(models: Sequence[str]) -> None:
     """Every name a model timm can build (EdgeViTs registered), else one `UserError` naming it: before any work,
     on every bench path (the plain bench and the matrix)."""
@@ -69,8 +81,8 @@ def check_models(models: Sequence[str]) -> None:
         raise UserError("no model given", option="models")
     for name in models:
         if not timm.is_model(name):
-            raise UserError(f"{name!r} is not a known model; choices: {', '.join(DEFAULT_MODELS)} "
-                            "(or any name from timm.list_models())", option="models")
+            raise UserError(f"{name!r} is not a known model; choices: {', '.join(DEFAULT_MODELS)}, the groups "
+                            f"{', '.join(GROUPS)} (or any name from timm.list_models())", option="models")
 
 
 def plan(models: Sequence[str], form: str = "both", ablations: bool = False,
@@ -80,6 +92,7 @@ def plan(models: Sequence[str], form: str = "both", ablations: bool = False,
         raise UserError(f"{form!r} is not one of {', '.join(FORMS)}", option="edgevit_form")
     forms = {"fused": [True], "unfused": [False], "both": [True, False]}[form]
     entries: List[Entry] = []
+    models = expand_models(models)
     check_models(models)
     for name in models:
         if name in EDGEVITS:

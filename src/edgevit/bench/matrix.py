@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence
 from ..deploy import runtimes
 from ..deploy.export import FileRejected
 from ..errors import MissingDependencyError, UserError
-from .bench import _RUN_ERRORS, FILE_KEYS, check_models, file_cells, median_ci, meta, time_runners
+from .bench import _RUN_ERRORS, FILE_KEYS, check_models, expand_models, file_cells, median_ci, meta, time_runners
 from .runners import build_runner, file_measures
 
 MATRIX_MODELS = ("edgevit_xxs", "mobilenetv2_100")
@@ -91,6 +91,7 @@ def run_matrix(models: Sequence[str] = MATRIX_MODELS, runtime_names: Sequence[st
     from ..models import VARIANTS
     from ..train.evaluate import evaluate_exported
 
+    models = expand_models(models)
     check_models(models)
     if min_top1 is not None and not (checkpoint and data and top1):
         raise UserError("a top-1 floor needs the files' top-1: a checkpoint and a data split", option="min_top1")

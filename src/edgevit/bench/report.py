@@ -34,12 +34,13 @@ def load_bench_json(path: os.PathLike | str) -> dict:
         raise UserError(f"bench results {path}: expected an `edgevit bench --json` file "
                          "({'meta': {...}, 'results': [...]})")
     for i, r in enumerate(data["results"]):
-        missing = [k for k in ("model", "runtime", "mean_ms") if k not in r]
+        missing = [k for k in ("model", "runtime") if k not in r] + \
+            ([] if "mean_ms" in r or "median_ms" in r else ["median_ms"])
         if missing:
             raise UserError(f"bench results {path}: result {i} lacks {', '.join(missing)}")
         for k in ("mean_ms", "median_ms", "std_ms", "ci_lo_ms", "ci_hi_ms"):
             v = r.get(k)
-            if v is None and k != "mean_ms":
+            if v is None and (k != "mean_ms" or "median_ms" in r):  # (the matrix's rows: medians only)
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or \
                     (v == 0 and k in ("mean_ms", "median_ms")):
@@ -82,7 +83,7 @@ def build_rows(bench: Sequence[dict] = (), energy: Sequence[dict] = (),
     paper_by_model = published_top1(paper) if paper else {}
     # top-1, where it comes from, and what it was measured on: accuracies on different data sets (ImageNet's 1000
     # classes vs a 10-class set) never meet in one Pareto set
-    acc: Dict[str, Tuple[float, str, str]] = {m: (float(r["top1"]), "paper", PAPER_DATA)
+    acc: Dict[str, Tuple[float, str, str]] = {m: (float(r["top1"]), r["kind"], PAPER_DATA)
                                               for m, r in paper_by_model.items()}
     for file, item in accuracy:
         acc[item["model"]] = (float(item["top1"]), f"eval ({Path(file).name})", accuracy_data(item))
@@ -92,14 +93,21 @@ def build_rows(bench: Sequence[dict] = (), energy: Sequence[dict] = (),
     for b in bench:
         for r in b["results"]:
             row = {"name": r.get("label") or r["model"], "model": r["model"], "runtime": r["runtime"],
+                   "precision": r.get("precision") or "fp32",
                    "fused": r.get("fused"), "img_size": r.get("img_size"), "params_m": r.get("params_m"),
-                   "gmacs": r.get("gmacs"), "latency_ms": float(r.get("median_ms", r["mean_ms"])),
+                   "gmacs": r.get("gmacs"), "latency_ms": float(r.get("median_ms", r.get("mean_ms"))),
+                   "peak_rss_mb": r.get("peak_rss_mb"), "load_ms": r.get("load_ms"), "bytes": r.get("bytes"),
                    "latency_std_ms": r.get("std_ms"), "latency_ci_ms": [r["ci_lo_ms"], r["ci_hi_ms"]]
                    if "ci_lo_ms" in r else None,
                    "machine": (b.get("meta") or {}).get("machine")}
             rows.append(row)
             by_key[(row["name"], row["runtime"])] = row
             by_key.setdefault((row["model"], row["runtime"]), row)
+            published = paper_by_model.get(r["model"])
+            size = r.get("img_size")
+            if published and published.get("img_size") and size and published["img_size"] != size:
+                warnings.append(f"{row['name']} ({row['runtime']}): timed at {size} px, its published top-1 is at "
+                                f"{published['img_size']} px")
     for e in energy:
         model, runtime = e.get("model"), e.get("runtime")
         name = e.get("label") or model or f"trace {Path(str(e.get('source', {}).get('trace', '?'))).name}"
@@ -127,11 +135,13 @@ def build_rows(bench: Sequence[dict] = (), energy: Sequence[dict] = (),
     for row in rows:
         a = acc.get(row.get("model"))
         p_eval, p_bench = evaluated_params.get(row.get("model")), row.get("params_m")
-        if a and a[1] != "paper" and p_eval and p_bench and abs(p_eval - p_bench) > 0.01 * p_bench:
+        if a and a[1].startswith("eval") and p_eval and p_bench and abs(p_eval - p_bench) > 0.01 * p_bench:
             warnings.append(f"{row['name']}: the accuracy file's {row['model']} has {p_eval:g} M parameters, the "
                             f"measured one {p_bench:g} M (another configuration): its top-1 is not attached")
             a = None
         row["top1"], row["top1_source"], row["top1_data"] = (a if a else (None, None, None))
+        row["distilled"] = bool(a and not a[1].startswith("eval")
+                                and paper_by_model.get(row.get("model"), {}).get("distilled"))
         row["edgevit"] = _is_edgevit(row.get("model"))
         row["group"] = _group_label(row)
     seen: Dict[str, set] = defaultdict(set)
@@ -184,7 +194,8 @@ def _default_size(model: Optional[str]) -> Optional[tuple]:
 def _group_label(row: dict) -> str:
     """The Pareto group of a row: one runtime; every model at the input size it is made for (as the paper
     compares them: 224 px, MobileViT 256), or one other input size; accuracies on one data set."""
-    parts = [str(row.get("runtime") or row.get("energy_method") or "-")]
+    parts = [str(row.get("runtime") or row.get("energy_method") or "-")
+             + (f" {row['precision']}" if row.get("runtime") and row.get("precision") else "")]
     if row.get("img_size") is not None:
         size = row["img_size"]
         hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
@@ -245,11 +256,12 @@ def _table(rows: Sequence[dict]) -> List[str]:
            "| top-1 %/mJ | Pareto lat. | Pareto energy |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        name = f"**{r['name']}**" if r["edgevit"] else r["name"]
+        name = (f"**{r['name']}**" if r["edgevit"] else r["name"]) + (" †" if r.get("distilled") else "")
         src = f" ({r['top1_source']})" if r.get("top1_source") else ""
         mark = {True: "✔", False: "", None: "—", "uncertain": "? (intervals overlap)"}
         size = _size_label(r.get("img_size")) if r.get("img_size") is not None else "—"
-        out.append(f"| {name} | {r.get('runtime') or '—'} | {size} | {_fmt(r.get('top1'))}{src} | "
+        runtime = f"{r['runtime']} {r.get('precision') or ''}".strip() if r.get("runtime") else "—"
+        out.append(f"| {name} | {runtime} | {size} | {_fmt(r.get('top1'))}{src} | "
                    f"{r.get('top1_data') or '—'} | "
                    f"{_fmt(r.get('params_m'), digits=2)} | {_fmt(r.get('gmacs'), digits=3)} | "
                    f"{_fmt(r.get('latency_ms'), r.get('latency_std_ms'), 2)} | "
@@ -333,7 +345,9 @@ def _results_md(data: ReportData, plots: Sequence[Path]) -> List[str]:
         md += ["Energy measured with `edgevit energy` (" +
                ", ".join(sorted({str(e.get("method")) for e in data.energy})) + "); net of idle power.", ""]
     md += ["Top-1 accuracy: `eval` = measured here with `edgevit eval`; `paper` = published ImageNet-1K top-1 "
-           "(224 px) from the shipped paper data. Pareto sets are within one group: one runtime (latency) or "
+           "(224 px) from the shipped paper data; `published` = the model's own paper (the shipped peer and "
+           "paper data cite each; † = trained with distillation, which EdgeViT's top-1 is not). Pareto sets are "
+           "within one group: one runtime and precision (latency) or "
            "measurement method (energy), at one input size, with accuracies measured on one data set (a "
            "10-class accuracy and ImageNet top-1s are never compared); — means the numbers needed are "
            "missing; ? means the latencies' confidence intervals leave the membership open (the front drawn "
@@ -347,9 +361,39 @@ def _results_md(data: ReportData, plots: Sequence[Path]) -> List[str]:
                 md.append(f"  - not settled by this measurement (intervals overlap): {', '.join(unsure)}; "
                           "measure again with more runs on a quieter machine before drawing conclusions")
     md.append("")
+    words = front_words(data.rows)
+    if words:
+        md += ["Where each EdgeViT stands (accuracy–latency, per runtime and precision):", ""] + words + [""]
     for p in plots:
         md += [f"![{p.stem}]({p.name})", ""]
     return md
+
+
+def front_words(rows: Sequence[dict]) -> List[str]:
+    """In words, per latency group (one runtime and precision, at the models' own sizes): which EdgeViTs are on
+    the accuracy-latency front, which are not and which models dominate each (no slower and at least as accurate,
+    fastest first), and which the timing intervals leave open."""
+    from .pareto import dominated_by
+
+    out = []
+    for group, rs in sorted(_groups(rows, "latency_ms", "runtime").items()):
+        evs = [r for r in rs if r["edgevit"]]
+        if not evs:
+            continue
+        bits = []
+        for r in sorted(evs, key=lambda r: r["latency_ms"]):
+            if r["pareto_latency"] is True:
+                bits.append(f"**{r['name']}** is on the front ({r['latency_ms']:.2f} ms, {r['top1']:.1f}%)")
+            elif r["pareto_latency"] == "uncertain":
+                bits.append(f"**{r['name']}**: the intervals leave it open ({r['latency_ms']:.2f} ms)")
+            else:
+                by = {x["name"]: x for x in rs}
+                doms = sorted((by[n] for n in dominated_by(rs, r["name"], "latency_ms") or ()),
+                              key=lambda x: x["latency_ms"])
+                bits.append(f"**{r['name']}** ({r['latency_ms']:.2f} ms, {r['top1']:.1f}%) is dominated by "
+                            + ", ".join(f"{d['name']} ({d['latency_ms']:.2f} ms, {d['top1']:.1f}%)" for d in doms))
+        out.append(f"- {group}: " + "; ".join(bits) + ".")
+    return out
 
 
 def _vs_paper(data: ReportData) -> Tuple[dict, List[str]]:

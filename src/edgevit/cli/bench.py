@@ -12,7 +12,7 @@ from .outputs import check_output_file, emit_results
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..bench.bench import DEFAULT_MODELS, FORMS
+    from ..bench.bench import DEFAULT_MODELS, FORMS, GROUPS
     from ..bench.matrix import MATRIX_MODELS
     from ..deploy.runtimes import RUNTIMES, all_precisions, names
     p = sub.add_parser("bench", help="CPU latency of EdgeViTs and baselines, batch 1, fp32 or int8",
@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "deploy form; the paper's Table 2 params/FLOPs beside them. Default models: "
                                    + ", ".join(DEFAULT_MODELS))
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="MODEL",
-                   help="model names (EdgeViT variants or any timm model)")
+                   help="model names (EdgeViT variants or any timm model) or groups: "
+                        + "; ".join(f"{g} = {' '.join(ms)}" for g, ms in GROUPS.items()))
     p.add_argument("--runtime", default="eager", choices=(*names(), "all"),
                    help="runtime (default eager); all = the runtime x precision matrix: every runtime that writes a "
                         "file and is installed, each --precision it has (default models there: "
