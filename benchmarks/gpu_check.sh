@@ -8,6 +8,8 @@
 #
 # Each row: the run's last val top-1, its images/s and share of time waiting for data (metrics.jsonl), and
 # whether `--resume auto` continued it (epoch 3 present). A failing path prints FAILED and its log's tail.
+# Then (THROUGHPUT=1, the default) the training-speed report of benchmarks/train_throughput.py on the same device:
+# forward / backward / optimizer step per model x form (eager, bf16, channels_last+bf16, compile), 224 px.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 EV=${EV:-.venv/bin/edgevit}
@@ -17,6 +19,8 @@ DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-out/gpu_check}
 NGPU=${NGPU:-$($PY -c "import torch; print(max(torch.cuda.device_count(), 1))")}
 ONLY=${ONLY:-"fp32 fp16 bf16 channels_last compile nccl"}
+THROUGHPUT=${THROUGHPUT:-1}
+TT_BATCH=${TT_BATCH:-$([ "$DEVICE" = cuda ] && echo 256 || echo 8)}
 
 rm -rf "$OUT" && mkdir -p "$OUT"
 $EV data digits --out "$OUT/digits" >/dev/null || exit 1
@@ -71,3 +75,10 @@ echo "digits, EdgeViT-XXS, 64 px, batch 64 per process; device $DEVICE ($GPU), $
 echo "| path | status | val top-1 % (epoch 3) | img/s | data wait | resumed | seconds |"
 echo "|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
+
+if [ "$THROUGHPUT" = 1 ]; then
+  echo
+  $PY benchmarks/train_throughput.py --device "$DEVICE" --batch "$TT_BATCH" --rounds 5 --warmup 3 --no-pipeline \
+    --models edgevits deit_tiny_patch16_224 mobilenetv2_100 --forms eager bf16 channels_last+bf16 compile \
+    --json "$OUT/train_throughput.json" 2>"$OUT/train_throughput.log" || { echo "train_throughput FAILED:"; tail -n 15 "$OUT/train_throughput.log"; }
+fi

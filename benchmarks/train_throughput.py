@@ -1,26 +1,39 @@
-"""Where training time goes: the model's training step alone, and the input pipeline alone, per worker.
+"""Training speed in timm's benchmark.py manner: forward, backward and optimizer step timed apart, per model and form.
 
-    .venv/bin/python benchmarks/train_throughput.py [--models edgevit_xxs mobilenetv2_100 ...]
-        [--device cpu|cuda] [--batch 64] [--amp none|bfloat16|float16] [--channels-last] [--teacher MODEL]
-        [--json out.json]
+    .venv/bin/python benchmarks/train_throughput.py [--models edgevits deit_tiny_patch16_224 mobilenetv2_100 peers]
+        [--forms eager channels_last bf16 compile adamw-fused fused-attn-off] [--device cpu|cuda] [--batch 32]
+        [--rounds 5] [--warmup 2] [--profile MODEL ...] [--teacher MODEL] [--json out.json]
 
-(a) Training step (synthetic batch at 224 x 224: forward, loss, backward, AdamW step, EMA update) for each
-model, timed in interleaved rounds (`edgevit.bench.bench.time_runners`, CUDA synchronised per step):
-images/s and images/s x forward GMACs ("GMAC/s": how well the step turns multiply-adds into throughput,
-comparable across models of different size).
-(b) Input pipeline per worker process: JPEG decode (a 500 x 375 image, ImageNet's typical size) + the
-DeiT recipe's train transform (RandomResizedCrop, flip, RandAugment rand-m9-mstd0.5-inc1, random erasing)
-+ mixup/cutmix on the batch, in this one process: images/s per worker.
-From both: how many loader workers keep one device fed at each model's step rate (printed).
+(a) The training step of the paper's recipe (DeiT's: AdamW, 224 x 224, label smoothing 0.1, EMA; mixup off:
+synthetic batches) for every model x form, in interleaved rounds (every round runs every model x form once in a new
+random order: load on the machine lands on all alike), each step's forward (with the loss), backward and optimizer
+step (+ EMA update) timed apart (CUDA synchronised between phases). Per row: the median of each phase, the step's
+95% interval, images/s, and GMAC/s: forward MACs x images / forward time, and fwd+bwd MACs (3 x forward: the
+backward pass computes the gradients of the inputs and of the weights, each about one forward) x images / (forward +
+backward time): how well each model turns multiply-adds into training speed, across sizes.
+Forms: eager (fp32, NCHW), channels_last, bf16 (autocast; on a CPU only with AVX512-BF16 or AMX, else skipped with
+why), channels_last+bf16, compile (torch.compile, inductor; compile time reported apart, not in the medians),
+adamw-fused (torch's fused AdamW kernel instead of timm's foreach AdamW), fused-attn-off (timm's fused attention,
+on by default, turned off: what it gives).
+(b) --profile MODEL: one step of each named model under torch.profiler (eager form): the time by operator kind
+(depthwise / dense convolution, matmul, normalisation, activation, softmax-attention, elementwise, layout copies,
+optimizer) for forward+backward and the top operators: where the time goes.
+(c) The input pipeline per worker: JPEG decode (a 500 x 375 image, ImageNet's typical size) + the recipe's train
+transform (RandomResizedCrop, flip, RandAugment rand-m9-mstd0.5-inc1, random erasing) + mixup/cutmix, in this
+one process; how many loader workers keep one device fed at each row's step rate.
 """
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import random
 import statistics
 import sys
 import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
 import numpy as np
 import timm
@@ -30,16 +43,175 @@ from PIL import Image
 from timm.data import Mixup
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
+from tqdm import tqdm
 
 import edgevit  # noqa: F401  (registers the EdgeViTs)
-from edgevit.bench.bench import time_runners
+from edgevit.bench.bench import cpu_flags, cpu_name, expand_models, median_ci
 from edgevit.models.complexity import count_gmacs
 from edgevit.train.data import train_transform
 from edgevit.train.recipe import RECIPE
 from edgevit.utils.writes import write_text_atomic
 
-MODELS = ["edgevit_xxs", "edgevit_xs", "edgevit_s", "mobilenetv2_100", "pvt_v2_b0", "deit_tiny_patch16_224"]
-DTYPES = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODELS = ["edgevits", "deit_tiny_patch16_224", "mobilenetv2_100", "peers"]
+FORMS = {  # form -> (channels_last, autocast dtype, torch.compile, fused AdamW, timm fused attention)
+    "eager": (False, None, False, False, True),
+    "channels_last": (True, None, False, False, True),
+    "bf16": (False, torch.bfloat16, False, False, True),
+    "channels_last+bf16": (True, torch.bfloat16, False, False, True),
+    "compile": (False, None, True, False, True),
+    "adamw-fused": (False, None, False, True, True),
+    "fused-attn-off": (False, None, False, False, False),
+}
+PHASES = ("forward_ms", "backward_ms", "optimizer_ms")
+
+
+def form_lacks(form: str, device: torch.device) -> Optional[str]:
+    """Why this machine cannot run `form` as that form (None: it can): bf16 autocast on a CPU without bf16 matrix
+    instructions runs emulated, far slower than fp32, which times the emulation, not the form."""
+    if FORMS[form][1] is torch.bfloat16 and device.type == "cpu":
+        if not {"avx512_bf16", "amx_bf16"} & set(cpu_flags()):
+            return "this CPU has neither AVX512-BF16 nor AMX: bf16 would be emulated"
+    return None
+
+
+@dataclass
+class Trainee:
+    """One model x form, ready to take training steps on a fixed synthetic batch, each phase timed apart."""
+    name: str
+    form: str
+    model: torch.nn.Module
+    forward: object
+    opt: torch.optim.Optimizer
+    ema: ModelEmaV3
+    x: torch.Tensor
+    y: torch.Tensor
+    amp: Optional[torch.dtype]
+    device: torch.device
+    gmacs: float
+    distiller: object = None
+    compile_s: float = 0.0
+
+    def step(self) -> Dict[str, float]:
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        t0 = time.perf_counter()
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            out = self.forward(self.x)
+            loss = F.cross_entropy(out, self.y, label_smoothing=0.1) if self.distiller is None else \
+                self.distiller.loss(self.x, out, self.y, lambda o, t: F.cross_entropy(o, t, label_smoothing=0.1))
+        sync()
+        t1 = time.perf_counter()
+        loss.backward()
+        sync()
+        t2 = time.perf_counter()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.ema.update(self.model)
+        sync()
+        t3 = time.perf_counter()
+        return {"forward_ms": 1e3 * (t1 - t0), "backward_ms": 1e3 * (t2 - t1), "optimizer_ms": 1e3 * (t3 - t2)}
+
+
+def trainee(name: str, form: str, batch: int, device: torch.device, distiller=None, warmup: int = 2) -> Trainee:
+    """`name` in `form` with AdamW (lr 5e-4 x batch / 512, weight decay 0.05: DeiT's) and EMA, after `warmup` steps
+    (the first of which compiles, for the compile form: its time is `compile_s`)."""
+    channels_last, amp, compiled, fused_adamw, fused_attn = FORMS[form]
+    timm.layers.set_fused_attn(fused_attn)  # (read by each attention module as it is built)
+    try:
+        model = timm.create_model(name, num_classes=1000).to(device).train()
+    finally:
+        timm.layers.set_fused_attn(True)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    lr = 5e-4 * batch / 512
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, fused=True) if fused_adamw else \
+        create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=0.05)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, 224, 224, generator=g).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), generator=g).to(device)
+    gmacs = count_gmacs(timm.create_model(name, num_classes=1000).eval(), 224)
+    t = Trainee(name, form, model, torch.compile(model) if compiled else model, opt, ModelEmaV3(model, decay=0.99996),
+                x, y, amp, device, gmacs, distiller)
+    for i in range(warmup):
+        t0 = time.perf_counter()
+        t.step()
+        if i == 0 and compiled:
+            t.compile_s = time.perf_counter() - t0
+    return t
+
+
+def time_phases(trainees: List[Trainee], rounds: int, seed: int = 0, progress=None) -> List[List[Dict[str, float]]]:
+    """Each trainee's phase times over `rounds` interleaved rounds (every round runs every trainee once, in a new
+    random order)."""
+    rng = random.Random(seed)
+    out: List[List[Dict[str, float]]] = [[] for _ in trainees]
+    order = list(range(len(trainees)))
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for i in order:
+            out[i].append(trainees[i].step())
+            if progress is not None:
+                progress.update(1)
+    return out
+
+
+def summarize(t: Trainee, steps: List[Dict[str, float]], batch: int) -> dict:
+    med = {k: statistics.median(s[k] for s in steps) for k in PHASES}
+    totals = [sum(s[k] for k in PHASES) for s in steps]
+    step_ms = statistics.median(totals)
+    lo, hi = median_ci(totals)
+    return {"model": t.name, "form": t.form, **med, "step_ms": step_ms, "step_ci_ms": [lo, hi],
+            "images_per_s": batch / (step_ms / 1e3), "gmacs": t.gmacs,
+            "forward_gmac_per_s": t.gmacs * batch / (med["forward_ms"] / 1e3),
+            "fwd_bwd_gmac_per_s": 3 * t.gmacs * batch / ((med["forward_ms"] + med["backward_ms"]) / 1e3),
+            "compile_s": t.compile_s or None}
+
+
+# operator kinds of a training step's profile: (kind, test on the aten op name and its input shapes)
+def op_kind(name: str, shapes) -> str:
+    n = name.lower()
+    if "convolution" in n or "conv" in n:
+        # a weight [C, 1, k, k] (the 2nd input forward, the 3rd in convolution_backward): depthwise
+        groups_dw = any(len(s) == 4 and s[1] == 1 and s[0] > 1 for s in (shapes or [])[1:3])
+        return "depthwise conv" if groups_dw else "conv"
+    if any(k in n for k in ("addmm", "mm", "bmm", "linear", "matmul")):
+        return "matmul"
+    if any(k in n for k in ("scaled_dot_product", "softmax", "_flash", "attention")):
+        return "attention/softmax"
+    if any(k in n for k in ("norm", "batch_norm")):
+        return "normalisation"
+    if any(k in n for k in ("gelu", "relu", "silu", "hardswish", "sigmoid", "tanh")):
+        return "activation"
+    if any(k in n for k in ("copy_", "clone", "contiguous", "permute", "transpose", "cat", "pad", "_to_copy")):
+        return "layout copies"
+    if any(k in n for k in ("_foreach", "adam", "lerp", "sqrt", "addcdiv", "addcmul")):
+        return "optimizer/EMA"
+    return "elementwise/other"
+
+
+def profile_step(t: Trainee, top: int = 12) -> dict:
+    """One step under torch.profiler: self CPU time by operator kind and the top operators."""
+    import os
+
+    from torch.profiler import ProfilerActivity, profile
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # (its start/stop lines on stderr say nothing here)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        t.step()
+    kinds: Dict[str, float] = defaultdict(float)
+    ops = []
+    for e in prof.key_averages(group_by_input_shape=True):
+        if not e.key.startswith("aten::"):
+            continue
+        ms = e.self_cpu_time_total / 1e3
+        kinds[op_kind(e.key, e.input_shapes)] += ms
+        ops.append({"op": e.key, "shapes": str(e.input_shapes)[:80], "calls": e.count, "self_ms": ms})
+    total = sum(kinds.values())
+    ops.sort(key=lambda o: -o["self_ms"])
+    return {"model": t.name, "total_ms": total,
+            "kinds": {k: {"ms": v, "share": v / total} for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "top_ops": ops[:top]}
 
 
 def teacher_distiller(teacher: str, device: torch.device, channels_last: bool, kind: str = "hard"):
@@ -67,38 +239,6 @@ def teacher_ms(distiller, batch: int, device: torch.device, amp, channels_last: 
             distiller.teacher_logits(x)
         out.append(1e3 * distiller.take_seconds())
     return statistics.median(out[1:])
-
-
-def step_runner(name: str, batch: int, device: torch.device, amp, channels_last: bool, distiller=None):
-    """One training step of `name` on a fixed synthetic batch, as a callable (the loop's work, no data); with a
-    `distiller`, the distilled step (the teacher's forward pass and DeiT's loss added)."""
-    model = timm.create_model(name, num_classes=1000).to(device).train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = create_optimizer_v2(model, opt="adamw", lr=1e-4, weight_decay=0.05)
-    ema = ModelEmaV3(model, decay=0.99996)
-    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, 224, 224, generator=g).to(device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (batch,), generator=g).to(device)
-
-    def step():
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            out = model(x)
-            loss = F.cross_entropy(out, y) if distiller is None else distiller.loss(x, out, y, F.cross_entropy)
-        (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(model)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return step, count_gmacs(timm.create_model(name, num_classes=1000).eval(), 224)
 
 
 def pipeline_rate(images: int = 64, batch: int = 32) -> dict:
@@ -132,57 +272,86 @@ def pipeline_rate(images: int = 64, batch: int = 32) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=MODELS)
+    p.add_argument("--models", nargs="+", default=MODELS,
+                   help="model names or the bench's groups (edgevits, peers, peers-xxs ...); default: "
+                        + " ".join(MODELS))
+    p.add_argument("--forms", nargs="+", default=["eager"], choices=list(FORMS))
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--amp", default="none", choices=list(DTYPES))
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--steps", type=int, default=5, help="timed steps per model (interleaved rounds)")
+    p.add_argument("--rounds", type=int, default=5, help="timed steps per model x form (interleaved rounds)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--profile", nargs="*", default=[], metavar="MODEL",
+                   help="also profile one eager step of each (where the time goes, by operator kind)")
     p.add_argument("--teacher", default=None, metavar="MODEL",
                    help="also time each model's distilled step with this timm teacher (DeiT's hard distillation), "
                         "and the teacher's share of it")
+    p.add_argument("--no-pipeline", action="store_true", help="skip the input pipeline's rate")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("train_throughput: --device cuda but CUDA is not available")
-    if args.amp == "float16" and device.type != "cuda":
-        raise SystemExit("train_throughput: --amp float16 needs --device cuda (use bfloat16 on CPU)")
-    amp = DTYPES[args.amp]
-    built = [(m, *step_runner(m, args.batch, device, amp, args.channels_last), None) for m in args.models]
+    models = expand_models(args.models)
+    skipped = {f: why for f in args.forms if (why := form_lacks(f, device))}
+    forms = [f for f in args.forms if f not in skipped]
+    plan = [(m, f, None) for f in forms for m in models]
     if args.teacher:
-        for m in args.models:
-            d = teacher_distiller(args.teacher, device, args.channels_last)
-            built.append((f"{m} + teacher {args.teacher}", *step_runner(m, args.batch, device, amp,
-                                                                        args.channels_last, d), d))
-    times = time_runners([s for _, s, _, _ in built], args.steps, args.warmup)
-    rows = []
-    for (name, _, gmacs, d), ts in zip(built, times):
-        ms = statistics.median(ts)
-        ips = args.batch / (ms / 1e3)
-        row = {"model": name, "step_ms": ms, "images_per_s": ips, "gmacs": gmacs, "gmac_per_s": ips * gmacs}
-        if d is not None:  # the teacher's forward alone on the same batch, against the distilled step
-            row["teacher_ms"] = teacher_ms(d, args.batch, device, amp, args.channels_last, args.steps)
-            row["teacher_share"] = row["teacher_ms"] / ms
-            plain = next(r for r in rows if r["model"] == name.split(" + ")[0])
-            row["overhead_vs_plain"] = ms / plain["step_ms"]
-        rows.append(row)
-    pipe = pipeline_rate()
-    print(f"training step, {args.device}, batch {args.batch}, amp {args.amp}, channels_last {args.channels_last}, "
-          f"{args.threads} threads, {args.steps} interleaved rounds (median):")
+        plan += [(m, "eager", args.teacher) for m in models]
+    bar = tqdm(total=len(plan), desc="build + warm up", unit="model", file=sys.stderr)
+    trainees = []
+    for m, f, teacher in plan:
+        bar.set_postfix_str(f"{m} {f}" + (f" + teacher {teacher}" if teacher else ""))
+        d = teacher_distiller(teacher, device, FORMS[f][0]) if teacher else None
+        t = trainee(m, f, args.batch, device, d, args.warmup)
+        if teacher:
+            t.name = f"{m} + teacher {teacher}"
+        trainees.append(t)
+        bar.update(1)
+    bar.close()
+    bar = tqdm(total=len(trainees) * args.rounds, desc="interleaved rounds", unit="step", file=sys.stderr)
+    steps = time_phases(trainees, args.rounds, progress=bar)
+    bar.close()
+    rows = [summarize(t, s, args.batch) for t, s in zip(trainees, steps)]
+    for t, row in zip(trainees, rows):
+        if t.distiller is not None:  # the teacher's forward alone on the same batch, against the distilled step
+            row["teacher_ms"] = teacher_ms(t.distiller, args.batch, device, t.amp, False, args.rounds)
+            row["teacher_share"] = row["teacher_ms"] / row["step_ms"]
+            plain = next(r for r in rows if r["model"] == t.name.split(" + ")[0] and r["form"] == "eager")
+            row["overhead_vs_plain"] = row["step_ms"] / plain["step_ms"]
+    profiles = [profile_step(trainee(m, "eager", args.batch, device, warmup=1)) for m in expand_models(args.profile)]
+    pipe = None if args.no_pipeline else pipeline_rate()
+    flags = " ".join(cpu_flags())
+    print(f"training step (AdamW, 224 px, label smoothing 0.1, EMA; synthetic batch), {args.device} "
+          f"({cpu_name()}; {flags}), batch {args.batch}, {args.threads} threads, {args.rounds} interleaved rounds "
+          "(medians):")
+    print("| model | form | forward ms | backward ms | optimizer+EMA ms | step ms [95% CI] | img/s | GMACs/img | "
+          "fwd GMAC/s | fwd+bwd GMAC/s |" + (" workers to feed it |" if pipe else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if pipe else ""))
     for r in rows:
-        print(f"  {r['model']:<24} {r['step_ms']:9.1f} ms/step  {r['images_per_s']:8.1f} img/s  "
-              f"{r['gmacs']:.3f} GMACs/img  {r['gmac_per_s']:7.1f} forward GMAC/s  "
-              f"workers to feed it: {r['images_per_s'] / pipe['images_per_s']:.1f}"
-              + (f"  ({r['overhead_vs_plain']:.2f}x the plain step; teacher {r['teacher_share']:.0%} of it)"
+        print(f"| {r['model']} | {r['form']} | {r['forward_ms']:.0f} | {r['backward_ms']:.0f} | "
+              f"{r['optimizer_ms']:.0f} | {r['step_ms']:.0f} [{r['step_ci_ms'][0]:.0f}, {r['step_ci_ms'][1]:.0f}] | "
+              f"{r['images_per_s']:.1f} | {r['gmacs']:.3f} | {r['forward_gmac_per_s']:.1f} | "
+              f"{r['fwd_bwd_gmac_per_s']:.1f} |"
+              + (f" {r['images_per_s'] / pipe['images_per_s']:.2f} |" if pipe else "")
+              + (f" compiled in {r['compile_s']:.0f} s" if r["compile_s"] else "")
+              + (f" ({r['overhead_vs_plain']:.2f}x the plain step; teacher {r['teacher_share']:.0%} of it)"
                  if "teacher_share" in r else ""))
-    print(f"input pipeline, one worker: {pipe['images_per_s']:.1f} img/s (decode {pipe['decode_ms']:.1f} ms, "
-          f"transform {pipe['transform_ms']:.1f} ms, mixup/cutmix {pipe['mixup_ms_per_image']:.2f} ms per image)")
+    for f, why in skipped.items():
+        print(f"form {f}: not run ({why})")
+    for prof in profiles:
+        print(f"\nwhere {prof['model']}'s eager step goes (torch.profiler, self CPU time, {prof['total_ms']:.0f} ms):")
+        print("  " + ", ".join(f"{k} {v['share']:.0%}" for k, v in prof["kinds"].items()))
+        for o in prof["top_ops"][:8]:
+            print(f"  {o['self_ms']:8.1f} ms  x{o['calls']:<4} {o['op']} {o['shapes']}")
+    if pipe:
+        print(f"input pipeline, one worker: {pipe['images_per_s']:.1f} img/s (decode {pipe['decode_ms']:.1f} ms, "
+              f"transform {pipe['transform_ms']:.1f} ms, mixup/cutmix {pipe['mixup_ms_per_image']:.2f} ms per image)")
     if args.json:
-        write_text_atomic(args.json, json.dumps({"args": vars(args), "steps": rows, "pipeline": pipe}, indent=2) + "\n")
+        doc = {"args": vars(args), "cpu": cpu_name(), "cpu_flags": cpu_flags(), "torch": torch.__version__,
+               "steps": rows, "skipped_forms": skipped, "profiles": profiles, "pipeline": pipe}
+        write_text_atomic(args.json, json.dumps(doc, indent=2) + "\n")
     return 0
 
 

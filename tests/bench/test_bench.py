@@ -8,7 +8,7 @@ from edgevit.bench.bench import ABLATIONS, Entry, cpu_flags, format_table, plan,
 from edgevit.cli.main import main
 
 ROW = {"model", "label", "fused", "runtime", "img_size", "params_m", "gmacs", "mean_ms", "std_ms", "median_ms",
-       "ci_lo_ms", "ci_hi_ms", "runs", "paper_params_m", "paper_gflops", "paper_img_size", "precision"}
+       "ci_lo_ms", "ci_hi_ms", "runs", "paper_params_m", "paper_gflops", "paper_img_size", "precision", "status"}
 META = {"created", "machine", "cpu", "torch", "timm", "runtime_versions", "threads", "runs", "batch", "dtype",
         "timing", "ties"}
 
@@ -55,7 +55,11 @@ def test_bench_int8_beside_fp32_in_the_same_rounds(tmp_path, capsys):
     assert [(r["label"], r["precision"]) for r in rows] == [("mobilenetv2_100", "fp32"),
                                                             ("mobilenetv2_100 int8", "int8")]
     assert doc["meta"]["int8_calibration"] == "random inputs (timing only)"
-    assert "fp32/int8 (int8 calibrated on random inputs (timing only))" in capsys.readouterr().out
+    # a file's columns: its size, and a fresh process's load, first inference and memory
+    assert all(r["bytes"] > 10_000 and r["load_ms"] > 0 and r["peak_rss_mb"] > r["load_rss_mb"] >= 0 for r in rows)
+    assert rows[1]["bytes"] < rows[0]["bytes"] / 2  # (int8 weights)
+    out = capsys.readouterr().out
+    assert "fp32/int8 (int8 calibrated on random inputs (timing only))" in out and "+load MB" in out
 
 
 def test_bench_bad_input(tmp_path, capsys):

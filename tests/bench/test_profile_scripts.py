@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _load(name):
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # (as `python benchmarks/NAME.py` would: a dataclass looks its module up)
     spec.loader.exec_module(mod)
     return mod
 
@@ -121,17 +122,34 @@ def test_quant_targets_judges_each_reduced_precision_cell():
     assert "| c | int8 | – | – | – | – | – | miss: the quantizer died |" in table
 
 
-def test_train_throughput_rows_and_pipeline(tmp_path, monkeypatch):
+def test_train_throughput_phases_forms_and_profile(tmp_path, monkeypatch):
+    """Forward, backward and optimizer step timed apart per model x form; the GMAC/s from them; one step profiled by
+    operator kind; a bf16 form on a CPU without bf16 instructions said, not timed."""
+    tt = _load("train_throughput")
     out = tmp_path / "tt.json"
-    monkeypatch.setattr(sys, "argv", ["x", "--models", "edgevit_xxs", "--batch", "2", "--steps", "1", "--warmup", "0",
+    monkeypatch.setattr(sys, "argv", ["x", "--models", "edgevit_xxs", "--forms", "eager", "channels_last", "--batch",
+                                      "2", "--rounds", "1", "--warmup", "0", "--profile", "edgevit_xxs",
                                       "--json", str(out)])
-    assert _load("train_throughput").main() == 0
+    assert tt.main() == 0
     doc = json.loads(out.read_text())
-    (row,) = doc["steps"]
-    assert row["model"] == "edgevit_xxs" and row["images_per_s"] > 0
-    assert row["gmacs"] == pytest.approx(0.557, abs=0.01)  # the release XXS at 224, as fvcore counts it
-    assert row["gmac_per_s"] == pytest.approx(row["images_per_s"] * row["gmacs"])
+    assert [(r["model"], r["form"]) for r in doc["steps"]] == [("edgevit_xxs", f) for f in ("eager", "channels_last")]
+    for row in doc["steps"]:
+        assert all(row[k] > 0 for k in tt.PHASES)
+        assert row["step_ms"] == pytest.approx(sum(row[k] for k in tt.PHASES))  # (one round: its own sum)
+        assert row["gmacs"] == pytest.approx(0.557, abs=0.01)  # the release XXS at 224, as fvcore counts it
+        assert row["images_per_s"] == pytest.approx(2 / (row["step_ms"] / 1e3))
+        assert row["fwd_bwd_gmac_per_s"] == pytest.approx(3 * 0.557 * 2 / ((row["forward_ms"] + row["backward_ms"])
+                                                                           / 1e3), rel=0.02)
+    (prof,) = doc["profiles"]
+    assert sum(k["share"] for k in prof["kinds"].values()) == pytest.approx(1.0)
+    assert {"matmul", "depthwise conv", "conv", "normalisation"} <= set(prof["kinds"])
     assert doc["pipeline"]["images_per_s"] > 0 and doc["pipeline"]["decode_ms"] > 0
+    assert tt.op_kind("aten::convolution_backward", [[4, 144, 14, 14], [4, 144, 14, 14], [144, 1, 3, 3]]) == \
+        "depthwise conv"
+    assert tt.op_kind("aten::mkldnn_convolution", [[4, 3, 224, 224], [36, 3, 4, 4]]) == "conv"
+    monkeypatch.setattr(tt, "cpu_flags", lambda: ["avx2", "fma"])
+    assert "neither AVX512-BF16 nor AMX" in tt.form_lacks("bf16", __import__("torch").device("cpu"))
+    assert tt.form_lacks("channels_last", __import__("torch").device("cpu")) is None
 
 
 def test_dense_profile_prints_kinds_side_by_side(tmp_path, monkeypatch, capsys):
