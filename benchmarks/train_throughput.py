@@ -200,18 +200,46 @@ def profile_step(t: Trainee, top: int = 12) -> dict:
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         t.step()
     kinds: Dict[str, float] = defaultdict(float)
-    ops = []
+    ops, gemms = [], []
     for e in prof.key_averages(group_by_input_shape=True):
         if not e.key.startswith("aten::"):
             continue
         ms = e.self_cpu_time_total / 1e3
         kinds[op_kind(e.key, e.input_shapes)] += ms
         ops.append({"op": e.key, "shapes": str(e.input_shapes)[:80], "calls": e.count, "self_ms": ms})
+        mkn = gemm_shape(e.key, e.input_shapes)
+        if mkn and ms > 0:
+            gemms.append({"mkn": mkn, "calls": e.count, "ms": ms,
+                          "gmac_per_s": mkn[0] * mkn[1] * mkn[2] * e.count / (ms / 1e3) / 1e9})
     total = sum(kinds.values())
     ops.sort(key=lambda o: -o["self_ms"])
+    gemms.sort(key=lambda g: -g["ms"])
     return {"model": t.name, "total_ms": total,
             "kinds": {k: {"ms": v, "share": v / total} for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
-            "top_ops": ops[:top]}
+            "top_ops": ops[:top], "gemms": gemms[:top]}
+
+
+def gemm_shape(op: str, shapes) -> Optional[tuple]:
+    """(M, K, N) of a 2-D matrix product in the profile (aten::mm [[M, K], [K, N]], aten::addmm [[N], [M, K], [K,
+    N]]), else None."""
+    shapes = [s for s in (shapes or []) if s]
+    if op in ("aten::mm", "aten::addmm") and len(shapes) >= 2:
+        a, b = shapes[-2], shapes[-1]
+        if len(a) == 2 and len(b) == 2 and a[1] == b[0]:
+            return a[0], a[1], b[1]
+    return None
+
+
+def gemm_alone(mkn: tuple, reps: int = 5) -> float:
+    """GMAC/s of torch.mm at one (M, K, N) alone, on this machine's threads: what the kernel reaches at that shape
+    (the floor a model built of such products trains at)."""
+    m, k, n = mkn
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    torch.mm(a, b)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return m * k * n * reps / (time.perf_counter() - t0) / 1e9
 
 
 def teacher_distiller(teacher: str, device: torch.device, channels_last: bool, kind: str = "hard"):
@@ -345,6 +373,11 @@ def main() -> int:
         print("  " + ", ".join(f"{k} {v['share']:.0%}" for k, v in prof["kinds"].items()))
         for o in prof["top_ops"][:8]:
             print(f"  {o['self_ms']:8.1f} ms  x{o['calls']:<4} {o['op']} {o['shapes']}")
+        print("  its largest matrix products, GMAC/s in the step and alone (torch.mm at that shape):")
+        for g in prof["gemms"][:8]:
+            g["alone_gmac_per_s"] = gemm_alone(g["mkn"])
+            print(f"  {'x'.join(map(str, g['mkn'])):>18} (M x K x N) x{g['calls']:<3} {g['ms']:7.1f} ms  "
+                  f"{g['gmac_per_s']:6.1f} in the step, {g['alone_gmac_per_s']:6.1f} alone")
     if pipe:
         print(f"input pipeline, one worker: {pipe['images_per_s']:.1f} img/s (decode {pipe['decode_ms']:.1f} ms, "
               f"transform {pipe['transform_ms']:.1f} ms, mixup/cutmix {pipe['mixup_ms_per_image']:.2f} ms per image)")

@@ -108,3 +108,21 @@ def test_cpu_flags_from_x86_and_arm_cpuinfo():
     assert cpu_flags(x86) == ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"]
     assert cpu_flags(arm) == ["asimd", "asimddp", "i8mm", "asimdhp", "bf16"]
     assert cpu_flags("model name\t: no flags line\n") == []
+
+
+def test_bench_marks_a_file_below_its_rule_and_goes_on(tmp_path, capsys):
+    """--keep-going: an int8 file calibrated on black images fails its rule (SQNR under 10 dB): ❌ with the reason,
+    never timed; the fp32 file beside it is timed."""
+    from PIL import Image
+
+    (tmp_path / "black" / "c").mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (64, 64)).save(tmp_path / "black" / "c" / f"{i}.png")
+    assert main(["bench", "--models", "mobilenetv2_100", "--runtime", "onnxruntime", "--precision", "fp32", "int8",
+                 "--calib", str(tmp_path / "black"), "--runs", "2", "--warmup", "1", "--img-size", "64",
+                 "--keep-going", "--json", str(tmp_path / "r.json")]) == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert [r["label"] for r in doc["results"]] == ["mobilenetv2_100"]
+    assert doc["meta"]["failed"] == ["mobilenetv2_100 int8"]
+    assert "fails its rule (logits SQNR" in doc["meta"]["failed_why"]["mobilenetv2_100 int8"]
+    assert "❌ mobilenetv2_100 int8: FileRejected" in capsys.readouterr().out

@@ -143,6 +143,10 @@ def test_train_throughput_phases_forms_and_profile(tmp_path, monkeypatch):
     (prof,) = doc["profiles"]
     assert sum(k["share"] for k in prof["kinds"].values()) == pytest.approx(1.0)
     assert {"matmul", "depthwise conv", "conv", "normalisation"} <= set(prof["kinds"])
+    assert prof["gemms"] and all(g["gmac_per_s"] > 0 and g["alone_gmac_per_s"] > 0 for g in prof["gemms"])
+    assert tt.gemm_shape("aten::addmm", [[144], [6272, 576], [576, 144]]) == (6272, 576, 144)
+    assert tt.gemm_shape("aten::mm", [[6304, 192], [192, 768]]) == (6304, 192, 768)
+    assert tt.gemm_shape("aten::mm", [[4, 3], [5, 6]]) is None and tt.gemm_shape("aten::gelu", [[4, 3]]) is None
     assert doc["pipeline"]["images_per_s"] > 0 and doc["pipeline"]["decode_ms"] > 0
     assert tt.op_kind("aten::convolution_backward", [[4, 144, 14, 14], [4, 144, 14, 14], [144, 1, 3, 3]]) == \
         "depthwise conv"

@@ -31,6 +31,14 @@ def test_every_record_is_complete():
             assert callable(w.write) and w.how and w.rule.describe()
             assert w.calibrated == p.startswith("int8") == runtimes.calibrated(p)
             assert (w.rule.min_sqnr_db is not None) == (p != "fp32")
+    # the fp32 rule: 1e-3 absolute, or 2e-6 of the largest |output| past 500 (MobileOne at init: logits near 4e7,
+    # its ONNX file 32 away = 8e-7 of them), so that a correct file of an untrained model is not refused
+    rule = runtimes.get("onnxruntime").writers["fp32"].rule
+    assert rule.failures({"max_abs_diff": 9e-4, "max_abs_output": 20.0}) == []
+    assert rule.failures({"max_abs_diff": 2e-3, "max_abs_output": 20.0}) == ["max |diff| 0.002 > 0.001"]
+    assert rule.failures({"max_abs_diff": 32.0, "max_abs_output": 4.1e7}) == []
+    assert rule.failures({"max_abs_diff": 200.0, "max_abs_output": 4.1e7}) == [
+        "max |diff| 200 > 82 (2e-06 of its largest |output|, 4.1e+07)"]
     every = [p for r in runtimes.RUNTIMES.values() for p in r.precisions]
     assert set(runtimes.all_precisions()) == set(every) and runtimes.all_precisions()[0] == "fp32"
     assert all(runtimes.calibrated(p) for p in runtimes.reduced_precisions()[:1])  # (calibrated ones first)

@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..deploy import runtimes
+from ..deploy.export import FileRejected
 from ..errors import UserError
 from ..paper import peers_of
 from .runners import build_runner, file_measures, form_label
@@ -252,7 +253,7 @@ def run_bench(entries: Sequence[Entry], runtime: str = "eager", threads: int = 2
                                   calib=calib, calib_images=calib_images, **e.kwargs)
             runner()  # one pass: a model that cannot run fails here, not in the middle of the rounds
             built.append((e, runner, file_measures(runner)))
-        except _RUN_ERRORS as err:
+        except (*_RUN_ERRORS, FileRejected) as err:  # (a file below its precision's rule: ❌, never timed)
             _skip_or_raise(on_error, e, runtime, err, failures)
         bar.update(1)
     bar.close()

@@ -95,14 +95,17 @@ def file_measures(runner: "Runner") -> dict:
     """What a device lab reports beside a file's latency (none for eager, which has no file): its size with its
     companions, the load time, first inference and peak memory of a fresh process that loads it and runs it once
     (`edgevit.deploy.process.fresh_process`), the runtime's planned memory and how much of the graph its delegate
-    took, where the runtime says (`Runtime.planned_memory`, `Runtime.delegation`)."""
+    took, where the runtime says (`Runtime.planned_memory`, `Runtime.delegation`). A runtime the worker cannot load
+    has only the size."""
     from ..deploy.process import fresh_process
 
     if runner.path is None:
         return {}
     rt = runtimes.for_file(runner.path)
     delegation = rt.delegation(runner.path) if rt.delegation is not None else {}
-    return {"bytes": rt.size(runner.path), **fresh_process(runner.path, runner.threads),
+    fresh = fresh_process(runner.path, runner.threads) or dict.fromkeys(
+        ("load_ms", "first_inference_ms", "peak_rss_mb", "load_rss_mb", "runtime_memory_mb"))
+    return {"bytes": rt.size(runner.path), **fresh,
             "delegate_partitions": delegation.get("delegate_partitions"), "ops_outside": delegation.get("ops_outside")}
 
 

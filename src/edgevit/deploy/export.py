@@ -189,7 +189,8 @@ def classify_measures(reference: Sequence[Sequence[torch.Tensor]], got: Sequence
     have = torch.cat([torch.from_numpy(np.ascontiguousarray(g[0])).float() for g in got])
     if have.shape != want.shape:
         return {}, [f"output of shape {list(have.shape)} where PyTorch's is {list(want.shape)}"]
-    measures = {**agreement(want, have), "max_abs_diff": (have - want).abs().max().item()}
+    measures = {**agreement(want, have), "max_abs_diff": (have - want).abs().max().item(),
+                "max_abs_output": want.abs().max().item()}
     return measures, rule.failures(measures, trained=trained)
 
 

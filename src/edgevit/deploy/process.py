@@ -88,14 +88,17 @@ def file_input(path: Path, seed: int = 0) -> np.ndarray:
     return meta.file_input(x01) if meta is not None else x01
 
 
-def fresh_process(path: Path, threads: int = 2, timeout: float = 600) -> Dict[str, Optional[float]]:
+def fresh_process(path: Path, threads: int = 2, timeout: float = 600) -> Optional[Dict[str, Optional[float]]]:
     """What loading and first running `path` cost in a process of its own (this machine's Python running the worker
     with the package's settings, `Runtime.worker`): load_ms (open, parse, prepare, delegate/compile; the runtime's
     module already imported), first_inference_ms, peak_rss_mb (the process's resident high-water mark after load and
     one inference), load_rss_mb (that mark's rise over the one after the imports: what the file itself costs), and
-    runtime_memory_mb (what the runtime plans for the file's tensors, where it says: `Runtime.planned_memory`)."""
+    runtime_memory_mb (what the runtime plans for the file's tensors, where it says: `Runtime.planned_memory`).
+    None for a runtime whose files the worker cannot load (a record without `worker`)."""
     path = Path(path)
     rt = runtimes.for_file(path)
+    if rt.worker is None:
+        return None
     _, said = run_worker(path, [file_input(path)], rt.worker(path, "package"), [sys.executable], threads=threads,
                          timeout=timeout, where="a fresh process")
     planned = rt.planned_memory(path) if rt.planned_memory is not None else None

@@ -281,6 +281,7 @@ RUNTIME = Runtime(
         "fp16": half(lambda model, x, path: save_pte(Float16Graph(model, gelu="sigmoid"), x, path),
                      "the graph in fp16 on XNNPACK's fp16 kernels, GELU in its tanh form as x*sigmoid(...)")},
     load=load, input_size=input_size, planned_memory=planned_memory, delegation=delegation,
+    worker=lambda path, defaults: {},
     # (tried: PyPI's aarch64 torch 2.14.1 is a CUDA build that does not import without CUDA's libraries; with the
     # CPU-only torch 2.9.1 the runtime's _C module misses c10 symbols)
     aarch64_absent="ExecuTorch's aarch64 wheel runs a .pte through libtorch (its Python runtime links torch 2.14's "
