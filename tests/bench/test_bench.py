@@ -110,19 +110,22 @@ def test_cpu_flags_from_x86_and_arm_cpuinfo():
     assert cpu_flags("model name\t: no flags line\n") == []
 
 
-def test_bench_marks_a_file_below_its_rule_and_goes_on(tmp_path, capsys):
-    """--keep-going: an int8 file calibrated on black images fails its rule (SQNR under 10 dB): ❌ with the reason,
-    never timed; the fp32 file beside it is timed."""
-    from PIL import Image
+def test_bench_marks_a_file_below_its_rule_and_goes_on(tmp_path, capsys, monkeypatch):
+    """--keep-going: a file its precision's rule refuses (here an int8 rule asking 200 dB, which no int8 file meets)
+    is ❌ with the reason, never timed; the fp32 file beside it is timed."""
+    import dataclasses
 
-    (tmp_path / "black" / "c").mkdir(parents=True)
-    for i in range(4):
-        Image.new("RGB", (64, 64)).save(tmp_path / "black" / "c" / f"{i}.png")
+    from edgevit.deploy import runtimes
+    from edgevit.deploy.runtimes.base import Rule
+
+    ort = runtimes.get("onnxruntime")
+    monkeypatch.setitem(ort.writers, "int8", dataclasses.replace(ort.writers["int8"], rule=Rule(min_sqnr_db=200.0)))
     assert main(["bench", "--models", "mobilenetv2_100", "--runtime", "onnxruntime", "--precision", "fp32", "int8",
-                 "--calib", str(tmp_path / "black"), "--runs", "2", "--warmup", "1", "--img-size", "64",
-                 "--keep-going", "--json", str(tmp_path / "r.json")]) == 0
+                 "--calib", "random", "--runs", "2", "--warmup", "1", "--img-size", "64", "--keep-going",
+                 "--json", str(tmp_path / "r.json")]) == 0
     doc = json.loads((tmp_path / "r.json").read_text())
     assert [r["label"] for r in doc["results"]] == ["mobilenetv2_100"]
     assert doc["meta"]["failed"] == ["mobilenetv2_100 int8"]
     assert "fails its rule (logits SQNR" in doc["meta"]["failed_why"]["mobilenetv2_100 int8"]
+    assert "< 200 dB" in doc["meta"]["failed_why"]["mobilenetv2_100 int8"]
     assert "❌ mobilenetv2_100 int8: FileRejected" in capsys.readouterr().out

@@ -297,14 +297,15 @@ def _skip_or_raise(on_error: str, e: Entry, runtime: str, err: BaseException, fa
 
 def file_cells(r: dict, sep: str = " | ") -> str:
     """A result's file columns (`FILE_KEYS`) as table cells: size, load, first inference, peak memory and its rise
-    over the imports, delegate partitions (ops outside them)."""
+    over the imports, the runtime's planned memory, delegate partitions (ops outside them)."""
     def num(v, fmt, width):
         return format("–" if v is None else format(v, fmt), f">{width}")
     deleg = "–" if r.get("delegate_partitions") is None else str(r["delegate_partitions"]) + (
         f" ({r['ops_outside']})" if r.get("ops_outside") is not None else "")
     return sep.join([num(r["bytes"] / 1e6, ".2f", 7), num(r.get("load_ms"), ".0f", 7),
                      num(r.get("first_inference_ms"), ".1f", 7), num(r.get("peak_rss_mb"), ".0f", 7),
-                     num(r.get("load_rss_mb"), ".1f", 8), format(deleg, ">6")])
+                     num(r.get("load_rss_mb"), ".1f", 8), num(r.get("runtime_memory_mb"), ".2f", 7),
+                     format(deleg, ">6")])
 
 
 # what a device lab reports beside the latency of a file (`runners.file_measures`; none for eager)
@@ -392,7 +393,8 @@ def format_table(doc: dict) -> str:
            f"{'median ms':>9} {'95% CI':>15} {'mean ± std':>14}"
     files = any(r.get("load_ms") is not None for r in rows)
     if files:
-        head += f" {'file MB':>7} {'load ms':>7} {'1st ms':>7} {'RSS MB':>7} {'+load MB':>8} {'deleg.':>6}"
+        head += (f" {'file MB':>7} {'load ms':>7} {'1st ms':>7} {'RSS MB':>7} {'+load MB':>8} {'plan MB':>7} "
+                 f"{'deleg.':>6}")
     lines = [head, "-" * len(head)]
     tied = {label for pair in doc["meta"].get("ties", []) for label in pair}
     for r in rows:
@@ -413,8 +415,9 @@ def format_table(doc: dict) -> str:
         lines.append(f"❌ {label}: {why}")
     if files:
         lines.append("load ms / 1st ms / RSS MB: a fresh process (numpy and the runtime only) loading the file and "
-                     "running it once; +load MB: its peak resident memory over the one after the imports; deleg.: "
-                     "the delegate's partitions (ops left outside them)")
+                     "running it once; +load MB: its peak resident memory over the one after the imports; plan MB: "
+                     "the runtime's planned memory, where it says; deleg.: the delegate's partitions (ops left outside "
+                     "them)")
     if tied:
         lines.append(f"~ : its 95% interval overlaps another model's ({len(m['ties'])} pair(s)): this run does not "
                      "rank them; measure again with more runs on a quieter machine. paper M/G: Table 2's params/FLOPs.")

@@ -183,8 +183,8 @@ def format_matrix(doc: dict) -> str:
              f"PyTorch fp32 on {m['checked_on']}; int8 calibrated on {m['int8_calibration']}.", "",
              f"| | runtime | precision | model | export s | max \\|diff\\| | SQNR dB | top-1 agree % | top-1 % "
              f"| median ms [95% CI] | x {m['baseline']} | vs own fp32 | file MB | load ms | 1st ms | RSS MB "
-             "| +load MB | delegate partitions (ops outside) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| +load MB | planned MB | delegate partitions (ops outside) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["results"]:
         lines.append(f"| ✅ | {r['runtime']} | {r['precision']} | {r['label']} | "
                      f"{_num(r['export_s'], '.1f')} | {r['max_abs_diff']:.2g} | {_num(r['sqnr_db'], '.1f')} | "
