@@ -213,10 +213,12 @@ def profile_step(t: Trainee, top: int = 12) -> dict:
                           "gmac_per_s": mkn[0] * mkn[1] * mkn[2] * e.count / (ms / 1e3) / 1e9})
     total = sum(kinds.values())
     ops.sort(key=lambda o: -o["self_ms"])
-    gemms.sort(key=lambda g: -g["ms"])
+    gemms = sorted(gemms, key=lambda g: -g["ms"])[:8]
+    for g in gemms:  # (after the profiled step: the same kernel at the same shape, alone)
+        g["alone_gmac_per_s"] = gemm_alone(g["mkn"])
     return {"model": t.name, "total_ms": total,
             "kinds": {k: {"ms": v, "share": v / total} for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
-            "top_ops": ops[:top], "gemms": gemms[:top]}
+            "top_ops": ops[:top], "gemms": gemms}
 
 
 def gemm_shape(op: str, shapes) -> Optional[tuple]:
@@ -374,8 +376,7 @@ def main() -> int:
         for o in prof["top_ops"][:8]:
             print(f"  {o['self_ms']:8.1f} ms  x{o['calls']:<4} {o['op']} {o['shapes']}")
         print("  its largest matrix products, GMAC/s in the step and alone (torch.mm at that shape):")
-        for g in prof["gemms"][:8]:
-            g["alone_gmac_per_s"] = gemm_alone(g["mkn"])
+        for g in prof["gemms"]:
             print(f"  {'x'.join(map(str, g['mkn'])):>18} (M x K x N) x{g['calls']:<3} {g['ms']:7.1f} ms  "
                   f"{g['gmac_per_s']:6.1f} in the step, {g['alone_gmac_per_s']:6.1f} alone")
     if pipe:

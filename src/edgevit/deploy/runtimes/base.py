@@ -62,11 +62,13 @@ class Rule:
         out = []
         diff, sqnr, agree = (measured.get(k) for k in ("max_abs_diff", "sqnr_db", "top1_agreement"))
         if self.max_abs_diff is not None:
-            bound = max(self.max_abs_diff, (self.max_rel_diff or 0.0) * (measured.get("max_abs_output") or 0.0))
+            bound, relative = self.max_abs_diff, False
+            if self.max_rel_diff and self.max_rel_diff * (measured.get("max_abs_output") or 0.0) > bound:
+                bound, relative = self.max_rel_diff * measured["max_abs_output"], True
             if not (diff is not None and diff <= bound):
                 out.append(f"max |diff| {diff:.3g} > {bound:.3g}" + (
                     f" ({self.max_rel_diff:g} of its largest |output|, {measured['max_abs_output']:.3g})"
-                    if bound > self.max_abs_diff else ""))
+                    if relative else ""))
         if self.min_sqnr_db is not None and not (sqnr is not None and sqnr >= self.min_sqnr_db):
             out.append(f"logits SQNR {sqnr:.1f} dB < {self.min_sqnr_db:g} dB")
         if trained and self.min_top1_agreement is not None and not (agree is not None
