@@ -41,6 +41,7 @@ def run_worker(path: Path, inputs: Sequence[np.ndarray], settings: Dict[str, obj
     load time, first inference and peak memory). A worker that dies or fails: one `error` naming `where` it ran."""
     path = Path(path)
     rt = runtimes.for_file(path)
+    where = where or " ".join(command)
     with tempfile.TemporaryDirectory(prefix="edgevit-worker-") as tmp:
         tmp = Path(tmp)
         np.savez(tmp / "in.npz", *[np.ascontiguousarray(a) for a in inputs])
@@ -51,9 +52,9 @@ def run_worker(path: Path, inputs: Sequence[np.ndarray], settings: Dict[str, obj
             done = subprocess.run([*command, str(WORKER), str(tmp / "request.json")], capture_output=True, text=True,
                                   env={**os.environ, **(env or {})}, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise error(f"{path}: the {rt.name} run {where} took longer than {timeout:g} s") from None
+            raise error(f"{path}: the {rt.name} run on {where} took longer than {timeout:g} s") from None
         if done.returncode != 0:
-            raise error(f"{path}: {rt.name} on {where or ' '.join(command)} {_death(done)}")
+            raise error(f"{path}: {rt.name} on {where} {_death(done)}")
         with np.load(tmp / "out.npz") as z:
             outs = [[z[f"out_{i}_{j}"] for j in range(sum(k.startswith(f"out_{i}_") for k in z.files))]
                     for i in range(len(inputs))]
