@@ -346,7 +346,8 @@ def _results_md(data: ReportData, plots: Sequence[Path]) -> List[str]:
                ", ".join(sorted({str(e.get("method")) for e in data.energy})) + "); net of idle power.", ""]
     md += ["Top-1 accuracy: `eval` = measured here with `edgevit eval`; `paper` = published ImageNet-1K top-1 "
            "(224 px) from the shipped paper data; `published` = the model's own paper (the shipped peer and "
-           "paper data cite each; † = trained with distillation, which EdgeViT's top-1 is not). Pareto sets are "
+           "paper data cite each; † = trained with distillation, which EdgeViT's top-1 is not; a reduced-precision "
+           "row carries the model's published fp32 top-1: its own is not measured here). Pareto sets are "
            "within one group: one runtime and precision (latency) or "
            "measurement method (energy), at one input size, with accuracies measured on one data set (a "
            "10-class accuracy and ImageNet top-1s are never compared); — means the numbers needed are "
