@@ -117,7 +117,7 @@ def run_matrix(models: Sequence[str] = MATRIX_MODELS, runtime_names: Sequence[st
                                           calib_images=calib_images, trained=bool(ck and data),
                                           check=lambda net, size: _check_batch(net, data, check_images, size))
                     row = {"runtime": cell["runtime"], "precision": precision, "model": model, "status": "ok",
-                           "label": runner.label, "img_size": runner.img_size, "bytes": runner.info["bytes"],
+                           "label": runner.label, "img_size": runner.img_size,
                            "export_s": runner.export_s, "weights": "checkpoint" if ck else "random",
                            "rule": runner.info["rule"],
                            **{k: runner.info[k] for k in ("max_abs_diff", "sqnr_db", "top1_agreement")}}

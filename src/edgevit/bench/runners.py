@@ -97,14 +97,13 @@ def file_measures(runner: "Runner") -> dict:
     (`edgevit.deploy.process.fresh_process`), the runtime's planned memory and how much of the graph its delegate
     took, where the runtime says (`Runtime.planned_memory`, `Runtime.delegation`). A runtime the worker cannot load
     has only the size."""
-    from ..deploy.process import fresh_process
+    from ..deploy.process import FRESH_KEYS, fresh_process
 
     if runner.path is None:
         return {}
     rt = runtimes.for_file(runner.path)
     delegation = rt.delegation(runner.path) if rt.delegation is not None else {}
-    fresh = fresh_process(runner.path, runner.threads) or dict.fromkeys(
-        ("load_ms", "first_inference_ms", "peak_rss_mb", "load_rss_mb", "runtime_memory_mb"))
+    fresh = fresh_process(runner.path, runner.threads) or dict.fromkeys(FRESH_KEYS)
     return {"bytes": rt.size(runner.path), **fresh,
             "delegate_partitions": delegation.get("delegate_partitions"), "ops_outside": delegation.get("ops_outside")}
 

@@ -27,6 +27,8 @@ from ..errors import UserError
 from . import runtimes
 
 WORKER = Path(__file__).with_name("worker.py")
+# what `fresh_process` measures
+FRESH_KEYS = ("load_ms", "first_inference_ms", "peak_rss_mb", "load_rss_mb", "runtime_memory_mb")
 
 
 class WorkerError(UserError):
