@@ -262,3 +262,20 @@ def test_a_segmenter_and_a_detector_export_to_each(runtime, tmp_path):
     assert rep["outputs"] == ["cls_logits", "bbox_regression", "anchors"] and rep["max_abs_diff"] <= 1e-3
     found = load_dense_file(tmp_path / f"d{rt.suffix}", "detect").detect(torch.rand(3, 64, 64), score_thresh=0.0)
     assert found["boxes"].shape[1] == 4 and len(found["scores"]) == len(found["labels"]) > 0
+
+
+def test_executorch_files_loaded_with_other_thread_counts_run_side_by_side(exported):
+    """XNNPACK's threadpool is one per process, and resetting it freed the pool under every method loaded before
+    (`load_exported(..., threads=1)` then crashed or hung in `execute`: its metadata read reset the pool to 2): a
+    1-thread file, then a 2-thread one and a metadata read, then both in turns give the first outputs."""
+    from edgevit.deploy.runtimes import executorch as et
+
+    path, _ = exported("pte")
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    one = load_exported(path, threads=1)
+    want = np.asarray(one(x))
+    two = et.load(path, 2)
+    assert et.input_size(path) == (64, 64) and et._POOL["threads"] == 2
+    for _ in range(10):
+        np.testing.assert_allclose(np.asarray(one(x)), want, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(two(x)[0], want.reshape(two(x)[0].shape), rtol=0, atol=1e-6)

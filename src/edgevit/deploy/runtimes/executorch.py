@@ -65,23 +65,48 @@ def save_pte(model: nn.Module, x: torch.Tensor, path: Path) -> Dict[str, object]
     return write_program(ep, path)
 
 
-def executorch_program(path: Path, threads: int = 2, etdump: bool = False):
-    """The program at `path` loaded by ExecuTorch's public `Runtime` (with ETDump profiling if asked);
-    XNNPACK's threadpool set to `threads` (the runtime has no public setting for it yet)."""
+# ExecuTorch's XNNPACK threadpool is one per process, and a loaded method keeps the pool it was loaded under: a
+# reset (`_unsafe_reset_threadpool`, the only setting there is) frees that pool under every method loaded before
+# it, which then crashed or hung in `execute` some calls later (an `input_size` read after a 1-thread load did so).
+# So the pool is reset only when the count changes, and each `load`'s method is loaded again if the pool changed
+# since it was loaded.
+_POOL = {"threads": None, "generation": 0}
+
+
+def threadpool(threads: int) -> int:
+    """Set XNNPACK's threadpool to `threads` (only if it holds another count); the pool's generation."""
+    if _POOL["threads"] != threads:
+        from executorch.extension.pybindings import portable_lib
+
+        with filter_native_stderr():  # (the C++ runtime's CPU-probe lines, printed on first use)
+            portable_lib._unsafe_reset_threadpool(threads)
+        _POOL.update(threads=threads, generation=_POOL["generation"] + 1)
+    return _POOL["generation"]
+
+
+def executorch_program(path: Path, etdump: bool = False):
+    """The program at `path` loaded by ExecuTorch's public `Runtime` (with ETDump profiling if asked). It owns its
+    methods' memory-planned arenas and the file's data: keep it as long as a method of it runs."""
     PACKAGE.require()
-    from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime as ETRuntime
 
-    with filter_native_stderr():  # the C++ runtime's CPU-probe lines, printed on first use
-        portable_lib._unsafe_reset_threadpool(threads)
+    with filter_native_stderr():
         return ETRuntime.get().load_program(Path(path), enable_etdump=etdump)
 
 
 def load(path: Path, threads: int = 2):
-    method = executorch_program(path, threads).load_method("forward")
+    loaded: Dict[str, object] = {}
+
+    def method():
+        generation = threadpool(threads)
+        if loaded.get("generation") != generation:  # (first call, or another load changed the pool since)
+            program = executorch_program(path)
+            loaded.update(generation=generation, program=program, method=program.load_method("forward"))
+        return loaded["method"]
+    method()
 
     def run(*inputs) -> list:
-        outs = method.execute(tuple(torch.from_numpy(a) for a in inputs))
+        outs = method().execute(tuple(torch.from_numpy(a) for a in inputs))
         return [o.numpy().copy() for o in outs]
     return run
 
@@ -108,7 +133,7 @@ def delegation(path: Path) -> Dict[str, int]:
 
 
 def input_size(path: Path):
-    return image_size(executorch_program(path).load_method("forward").metadata.input_tensor_meta(0).sizes())
+    return image_size(executorch_program(path).metadata("forward").input_tensor_meta(0).sizes())
 
 
 def profile(path: Path, x: torch.Tensor, threads: int, runs: int, warmup: int, desc: str = "profiled") -> List[dict]:
@@ -117,7 +142,8 @@ def profile(path: Path, x: torch.Tensor, threads: int, runs: int, warmup: int, d
     from executorch.devtools import Inspector
     from tqdm import tqdm
 
-    program = executorch_program(path, threads, etdump=True)
+    threadpool(threads)
+    program = executorch_program(path, etdump=True)
     method = program.load_method("forward")
     for _ in tqdm(range(warmup + runs), desc=desc, file=sys.stderr):
         method.execute((x,))
@@ -282,10 +308,6 @@ RUNTIME = Runtime(
                      "the graph in fp16 on XNNPACK's fp16 kernels, GELU in its tanh form as x*sigmoid(...)")},
     load=load, input_size=input_size, planned_memory=planned_memory, delegation=delegation,
     worker=lambda path, defaults: {},
-    # (tried: PyPI's aarch64 torch 2.14.1 is a CUDA build that does not import without CUDA's libraries; with the
-    # CPU-only torch 2.9.1 the runtime's _C module misses c10 symbols)
-    aarch64_absent="ExecuTorch's aarch64 wheel runs a .pte through libtorch (its Python runtime links torch 2.14's "
-                   "libraries) and no aarch64 torch it can use is on PyPI; an app links ExecuTorch's own runtime",
     # (NHWC float: one delegate partition, nothing outside; uint8: its cast, and for NHWC the transpose, run on
     # the portable kernels beside the partition)
     input_layouts=("NCHW", "NHWC"), input_dtypes=("float32", "uint8"),
