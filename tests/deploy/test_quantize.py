@@ -43,6 +43,10 @@ def test_agreement_is_exact_for_the_same_logits_and_drops_with_noise():
     r = q.agreement(a, noisy)
     assert 19 < r["sqnr_db"] < 21  # noise at 1/10 of the signal's amplitude = 20 dB
     assert q.agreement(a, -a)["top1_agreement"] < 20
+    overflowed = a.clone()
+    overflowed[3, 2] = math.inf  # (an fp16 file whose logits passed 65504): no signal left, and no error
+    assert q.agreement(a, overflowed)["sqnr_db"] == -math.inf
+    assert q.agreement(a, torch.full_like(a, math.nan))["sqnr_db"] == -math.inf
 
 
 # ExecuTorch's lowering passes cost ~0.1 s per graph node on the 2-core VM, and an int8 graph has ~3x the

@@ -57,7 +57,10 @@ def agreement(reference: torch.Tensor, got: torch.Tensor) -> Dict[str, float]:
     reference, got = reference.double(), got.double()
     noise = (reference - got).pow(2).sum().item()
     signal = reference.pow(2).sum().item()
-    sqnr = math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-300) / noise)
+    if not math.isfinite(noise):  # outputs that overflowed (an fp16 file past 65504) or are not numbers
+        sqnr = -math.inf
+    else:
+        sqnr = math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-300) / noise)
     top1 = (reference.argmax(1) == got.argmax(1)).double().mean().item() * 100
     return {"top1_agreement": top1, "sqnr_db": sqnr}
 
