@@ -13,10 +13,12 @@ from edgevit.cli.main import main
 from edgevit.deploy.aarch64 import LANE_ENV, LaneError, lane_command, run_on_aarch64
 from edgevit.deploy.export import load_exported
 
-# (format, precision, file suffix): one file per runtime with an aarch64 wheel, the fp16 file ncnn computes in
-# fp16 on ARM, and MNN's int8 file, whose i8mm kernels need the head padded (`mnn.HeadInEights`)
+# (format, precision, file suffix): one file per runtime (TorchScript's and the lite interpreter's share their
+# runtime, torch: the lite file), the fp16 file ncnn computes in fp16 on ARM, MNN's int8 file, whose i8mm kernels
+# need the head padded (`mnn.HeadInEights`), and ExecuTorch's int8 file on XNNPACK's ARM int8 kernels
 FILES = [("tflite", "fp32", ".tflite"), ("ncnn", "fp32", ".ncnn.param"), ("ncnn", "fp16", ".ncnn.param"),
-         ("mnn", "fp32", ".mnn"), ("mnn", "int8", ".mnn"), ("onnx", "fp32", ".onnx"), ("openvino", "fp32", ".xml")]
+         ("mnn", "fp32", ".mnn"), ("mnn", "int8", ".mnn"), ("onnx", "fp32", ".onnx"), ("openvino", "fp32", ".xml"),
+         ("pte", "int8", ".pte"), ("ptl", "fp32", ".ptl")]
 
 
 @pytest.fixture(scope="module")
@@ -97,18 +99,21 @@ def test_shipped_file_on_aarch64_keeps_its_precision_under_the_phone_defaults(fm
 
 
 def test_what_the_lane_cannot_run_is_one_line(lane, exported, tmp_path, monkeypatch, capsys):
+    import dataclasses
+
     from edgevit.deploy import runtimes
 
-    pte = tmp_path / "m.pte"  # ExecuTorch's aarch64 wheel needs libtorch: named, nothing run
-    pte.write_bytes(b"")
-    with pytest.raises(LaneError, match="ExecuTorch's aarch64 wheel runs a .pte through libtorch"):
-        run_on_aarch64(pte, [np.zeros((1, 3, 64, 64), np.float32)])
     onnx, _ = exported("onnx")
+    # a runtime the worker cannot load (every runtime's can today): named, nothing run
+    unrunnable = dataclasses.replace(runtimes.for_file(onnx), worker=None)
+    monkeypatch.setattr(runtimes, "for_file", lambda path: unrunnable)
+    with pytest.raises(LaneError, match="onnxruntime files cannot run in the aarch64 lane"):
+        run_on_aarch64(onnx, [np.zeros((1, 3, 64, 64), np.float32)])
+    monkeypatch.undo()
     # an emulated runtime that crashes: its signal, named
     kill = f"import os, signal; os.kill(os.getpid(), signal.{signal.SIGSEGV.name})"
     with pytest.raises(LaneError, match="died on SIGSEGV"):
         run_on_aarch64(onnx, [np.zeros((1, 3, 64, 64), np.float32)], python=[sys.executable, "-c", kill])
-    assert runtimes.for_file(onnx).aarch64_absent is None
     # a lane that is not built: the one command that builds it
     monkeypatch.setenv(LANE_ENV, str(tmp_path / "no-lane"))
     assert main(["check", str(onnx), "--arch", "aarch64"]) == 2

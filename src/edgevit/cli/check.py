@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         if row.get("same_as_package"):
             print(f"  aarch64, {what}: the package's settings (the same results)")
             continue
-        print(f"  aarch64, {what} {row['options']}: {_line(row['vs_x86'])} against x86"
+        print(f"  aarch64 ({report['runtime']} {row['runtime_version']}), {what} {row['options']}: "
+              f"{_line(row['vs_x86'])} against x86"
               + (f"; {_line(row['vs_pytorch'])} against PyTorch" if "vs_pytorch" in row else "")
               + (f"; top-1 {row['top1']:.1f}%" if "top1" in row else ""))
     return 0

@@ -60,9 +60,8 @@ def lane_command(cpu: str = "max", root: Optional[Path] = None) -> List[str]:
 def lane_runtime(path: Path) -> runtimes.Runtime:
     """The runtime record of an exported file the lane can run (one LaneError saying why one cannot)."""
     rt = runtimes.for_file(path)
-    if rt.worker is None or rt.aarch64_absent:
-        raise LaneError(f"{path}: {rt.name} files cannot run in the aarch64 lane: "
-                        f"{rt.aarch64_absent or 'the worker cannot load them'}")
+    if rt.worker is None:
+        raise LaneError(f"{path}: {rt.name} files cannot run in the aarch64 lane: the worker cannot load them")
     return rt
 
 

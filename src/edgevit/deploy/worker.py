@@ -135,16 +135,30 @@ def load_openvino(path, s):
     return run, {"version": ov.__version__, "options": {**s["config"], "inference_precision": precision}}
 
 
+def executorch_pybindings():
+    """ExecuTorch's runtime module itself, its pybindings: `_C` in 1.5, `_portable_lib` in the lane's 1.1
+    (`executorch.runtime` wraps the same loader but imports the exporter's packages too: 60 s more under the lane's
+    emulation)."""
+    import torch  # noqa: F401  (first: the pybindings link its libraries)
+
+    try:
+        return importlib.import_module("executorch.extension.pybindings._C")
+    except ModuleNotFoundError:
+        return importlib.import_module("executorch.extension.pybindings._portable_lib")
+
+
 def load_executorch(path, s):
     import torch
-    from executorch.extension.pybindings import portable_lib
-    from executorch.runtime import Runtime
 
-    portable_lib._unsafe_reset_threadpool(s["threads"])  # (XNNPACK's threadpool: no public setting yet)
-    method = Runtime.get().load_program(path).load_method("forward")
+    pybindings = executorch_pybindings()
+    pybindings._unsafe_reset_threadpool(s["threads"])  # (XNNPACK's threadpool: no public setting yet)
+    # (what `executorch.runtime`'s load_program and load_method call: the method loaded now, its delegate built)
+    program = pybindings._load_program(str(path), program_verification=pybindings.Verification.InternalConsistency)
+    method = program.load_method("forward")
 
     def run(a):
-        return [o.numpy().copy() for o in method.execute((torch.from_numpy(a),))]
+        return [o.numpy().copy() for o in method((torch.from_numpy(a),))]
+    run.program = program  # (it owns the method's memory: kept as long as `run`)
     return run, {"version": _version("executorch"), "options": {"delegate": "XNNPACK (in the file)"}}
 
 
@@ -176,12 +190,16 @@ def _version(module):
     return "?"
 
 
-# runtime -> (how to load a file, the module an app imports to run it)
-LOAD = {"litert": (load_litert, "ai_edge_litert.interpreter"), "ncnn": (load_ncnn, "ncnn"),
-        "mnn": (load_mnn, "MNN.nn"), "onnxruntime": (load_onnxruntime, "onnxruntime"),
-        "openvino": (load_openvino, "openvino"), "executorch": (load_executorch, "executorch.runtime"),
-        "torchscript": (load_torchscript, "torch"),
-        "ptl": (lambda path, s: load_torchscript(path, {**s, "lite": True}), "torch")}
+def _imports(*modules):
+    return lambda: [importlib.import_module(m) for m in modules]
+
+
+# runtime -> (how to load a file, the imports an app makes before it)
+LOAD = {"litert": (load_litert, _imports("ai_edge_litert.interpreter")), "ncnn": (load_ncnn, _imports("ncnn")),
+        "mnn": (load_mnn, _imports("MNN.nn")), "onnxruntime": (load_onnxruntime, _imports("onnxruntime")),
+        "openvino": (load_openvino, _imports("openvino")), "executorch": (load_executorch, executorch_pybindings),
+        "torchscript": (load_torchscript, _imports("torch")),
+        "ptl": (lambda path, s: load_torchscript(path, {**s, "lite": True}), _imports("torch"))}
 
 
 def peak_rss_mb():
@@ -200,10 +218,10 @@ def peak_rss_mb():
 def main(request_path):
     with open(request_path) as f:
         req = json.load(f)
-    load, module = LOAD[req["runtime"]]
+    load, imports = LOAD[req["runtime"]]
     with np.load(req["inputs"]) as z:  # arr_0 ... : one input each (batch 1)
         inputs = [z[f"arr_{i}"] for i in range(len(z.files))]
-    importlib.import_module(module)
+    imports()
     rss_imports = peak_rss_mb()
     t0 = time.perf_counter()
     run, info = load(req["file"], {**req["settings"], "threads": req["threads"]})

@@ -195,8 +195,6 @@ class Runtime:
     # how much of a file's graph the runtime's delegate takes, read from the file as the runtime loads it:
     # delegation(path) -> {"delegate_partitions", "ops_outside"} (ops_outside None where the runtime does not say)
     delegation: Optional[Callable[[Path], Dict[str, Optional[int]]]] = None
-    # why the aarch64 lane cannot run its files (None: it can)
-    aarch64_absent: Optional[str] = None
 
     @property
     def suffix(self) -> str:

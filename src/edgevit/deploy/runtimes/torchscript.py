@@ -123,13 +123,12 @@ def misread(path: Path):
     return None
 
 
-_NO_TORCH = "TorchScript runs in libtorch and the lane holds no torch"
 TORCHSCRIPT = Runtime(name="torchscript", title="frozen TorchScript", format="torchscript",
                       suffixes=(".pt", ".pth", ".torchscript"), writers={"fp32": fp32(save_torchscript)},
-                      load=load_torchscript, misread=misread, write_metadata=write_metadata, aarch64_absent=_NO_TORCH,
+                      load=load_torchscript, misread=misread, write_metadata=write_metadata,
                       worker=lambda path, defaults: {},
                       read_metadata=read_metadata, input_layouts=("NCHW", "NHWC"), input_dtypes=("float32", "uint8"))
 PTL = Runtime(name="ptl", title="TorchScript lite interpreter (the paper's runtime)", format="ptl",
               suffixes=(".ptl",), writers={"fp32": fp32(save_ptl)}, load=load_ptl, write_metadata=write_metadata,
-              aarch64_absent=_NO_TORCH, worker=lambda path, defaults: {},
+              worker=lambda path, defaults: {},
               read_metadata=read_metadata)
