@@ -76,6 +76,7 @@ _POOL = {"threads": None, "generation": 0}
 def threadpool(threads: int) -> int:
     """Set XNNPACK's threadpool to `threads` (only if it holds another count); the pool's generation."""
     if _POOL["threads"] != threads:
+        PACKAGE.require()
         from executorch.extension.pybindings import portable_lib
 
         with filter_native_stderr():  # (the C++ runtime's CPU-probe lines, printed on first use)
