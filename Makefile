@@ -71,21 +71,23 @@ demo: setup
 
 # ruff first (lint and import order, pyproject.toml; zero findings), then two test processes (pytest-xdist,
 # whole files per process): most tests are single-threaded (exporters, converters, tiny models), so the suite
-# takes about half the wall time on 2 cores
+# takes about half the wall time on 2 cores; --durations: the slowest tests of each run in its log
 # The test files that run OpenVINO go second, in processes of their own: a process that has run OpenVINO's CPU
 # plugin and then trains with forked loader workers segfaults when SIGTERM arrives (tests/train/test_faults.py, found
 # by the suite; the commands themselves are separate processes). The first run refuses any test that imports
 # openvino (EDGEVIT_NO_OPENVINO, tests/conftest.py), so a new OpenVINO test cannot land among the others unnoticed.
-OPENVINO_TESTS := tests/bench/test_matrix.py tests/bench/test_profile_scripts.py tests/bench/test_runners.py \
-                  tests/deploy/test_edge_reference.py tests/deploy/test_edge_runtimes.py tests/deploy/test_export.py \
-                  tests/deploy/test_quantize.py tests/deploy/test_shipped_files.py tests/deploy/test_app_files.py \
-                  tests/deploy/test_aarch64.py
+# (the longest file first, the aarch64 lane's: the two processes take files in this order, so it does not start
+# last and leave one of them idle for minutes)
+OPENVINO_TESTS := tests/deploy/test_aarch64.py tests/bench/test_matrix.py tests/bench/test_profile_scripts.py \
+                  tests/bench/test_runners.py tests/deploy/test_edge_reference.py tests/deploy/test_edge_runtimes.py \
+                  tests/deploy/test_export.py tests/deploy/test_quantize.py tests/deploy/test_shipped_files.py \
+                  tests/deploy/test_app_files.py
 # (the aarch64 lane's tests may skip elsewhere, never here)
 test: export EDGEVIT_REQUIRE_AARCH64_LANE = 1
 test: setup arm-lane
 	$(VENV)/bin/ruff check .
-	EDGEVIT_NO_OPENVINO=1 $(PY) -m pytest -q -n 2 --dist loadfile tests $(addprefix --ignore=,$(OPENVINO_TESTS))
-	$(PY) -m pytest -q -n 2 --dist loadfile $(OPENVINO_TESTS)
+	EDGEVIT_NO_OPENVINO=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests $(addprefix --ignore=,$(OPENVINO_TESTS))
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 $(OPENVINO_TESTS)
 
 # timm's own generic model tests (tests/test_models.py from the sdist of the installed timm) on edgevit_*
 TIMM_TESTS := out/timm-tests
