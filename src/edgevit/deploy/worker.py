@@ -3,13 +3,13 @@ Two callers: the aarch64 lane (`edgevit.deploy.aarch64`: the lane's arm64 Python
 aarch64 wheel) and the fresh-process measures of the bench (`edgevit.deploy.fresh`: this machine's Python; what
 loading a file costs in time and memory without the package's torch and timm in the process).
 
-Standalone on purpose (no edgevit import): every edgevit module imports torch and timm, which the lane does not
-hold for the other runtimes (its torch, 2.10, is there for ExecuTorch's and TorchScript's files, which need it to run
-from Python, and only those import it). What to load and how (input and
-output names, the runtime's options: fp16 on or off, precision modes, threads) is decided by the runtime's record
-(`Runtime.worker`) and arrives as the request's `settings`; this file only applies them, so that the package's
-choices live in one place. `tests/deploy/test_aarch64.py` runs this worker on x86 too and asserts the package's own
-loader gives the same outputs bit for bit.
+Standalone on purpose (no edgevit import): every edgevit module imports torch and timm, and the lane holds neither
+for the other runtimes (its torch, 2.10, is there for ExecuTorch's and TorchScript's files, which need it to run
+from Python; only those import it). What to load and how (input and output names, the runtime's options: fp16 on
+or off, precision modes, threads) is decided by the runtime's record (`Runtime.worker`) and arrives as the
+request's `settings`; this file only applies them, so that the package's choices live in one place.
+`tests/deploy/test_aarch64.py` runs this worker on x86 too and asserts the package's own loader gives the same
+outputs bit for bit.
 
     python worker.py REQUEST.json
     (REQUEST: {runtime, file, threads, settings, inputs: an .npz of batch-1 inputs, outputs: the .npz to write})
