@@ -56,19 +56,21 @@ def _keep_fp32(model: nn.Module, kinds) -> None:
                 setattr(parent, name, Fp32(child))
 
 
+def _affine(norm, y):
+    return y if norm.weight is None else y * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+
+
 def _two_pass_norm(self, x):
     """The channel mean taken twice (the centred map centred again), the rest as `ChannelNorm`'s conv form."""
     d = x - F.conv2d(x, self.avg)
     d = d - F.conv2d(d, self.avg)
-    y = d * torch.rsqrt(F.conv2d(d * d, self.avg) + self.eps)
-    return y if self.weight is None else y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+    return _affine(self, d * torch.rsqrt(F.conv2d(d * d, self.avg) + self.eps))
 
 
 def _scaled_norm(self, x):
     """The variance of the centred map scaled by 1/16 (and eps by 1/256): the same value, smaller squares."""
     d = (x - F.conv2d(x, self.avg)) * 0.0625
-    y = d * torch.rsqrt(F.conv2d(d * d, self.avg) + self.eps * 0.00390625)
-    return y if self.weight is None else y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+    return _affine(self, d * torch.rsqrt(F.conv2d(d * d, self.avg) + self.eps * 0.00390625))
 
 
 @contextlib.contextmanager
