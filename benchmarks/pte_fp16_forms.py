@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import statistics
 import tempfile
@@ -87,14 +88,39 @@ def _fp32_attend(q, k, v, heads, real=fused.attend):
     return real(q.float(), k.float(), v.float(), heads).half()
 
 
-# form -> (module kinds kept fp32, (object, attribute, replacement) patched while the graph is written)
+class _Up(nn.Module):
+    def forward(self, w):
+        return w.float()
+
+
+def _fp16_weights(deploy: nn.Module) -> nn.Module:
+    """The fp32 graph with every convolution's and linear layer's weight stored fp16 and cast up where it is used
+    (LiteRT's fp16 file: fp16 storage, fp32 arithmetic). torch's own parametrization holds the fp16 tensor."""
+    from torch.nn.utils import parametrize
+
+    model = copy.deepcopy(deploy)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            parametrize.register_parametrization(m, "weight", _Up(), unsafe=True)
+            m.parametrizations.weight.original = nn.Parameter(m.parametrizations.weight.original.detach().half(),
+                                                              requires_grad=False)
+    return model
+
+
+def _half_graph(deploy: nn.Module) -> nn.Module:
+    return Float16Graph(deploy, gelu="sigmoid")
+
+
+# form -> (graph from the fp32 deploy model, module kinds kept fp32, (object, attribute, replacement) patched while
+# the graph is written)
 FORMS = {
-    "fp16 (the writer's)": ((), None),
-    "norms fp32": ((fused.ChannelNorm,), None),
-    "norms + attention fp32": ((fused.ChannelNorm,), (fused, "attend", _fp32_attend)),
-    "head fp32": ((fused.FusedHead,), None),
-    "mean taken twice": ((), (fused.ChannelNorm, "forward", _two_pass_norm)),
-    "variance scaled": ((), (fused.ChannelNorm, "forward", _scaled_norm)),
+    "fp16 (the writer's)": (_half_graph, (), None),
+    "norms fp32": (_half_graph, (fused.ChannelNorm,), None),
+    "norms + attention fp32": (_half_graph, (fused.ChannelNorm,), (fused, "attend", _fp32_attend)),
+    "head fp32": (_half_graph, (fused.FusedHead,), None),
+    "mean taken twice": (_half_graph, (), (fused.ChannelNorm, "forward", _two_pass_norm)),
+    "variance scaled": (_half_graph, (), (fused.ChannelNorm, "forward", _scaled_norm)),
+    "fp16 weights, fp32 compute": (_fp16_weights, (), None),
 }
 
 
@@ -119,10 +145,10 @@ def main() -> None:
     rows, runs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for form in args.forms:
-            kinds, patch = FORMS[form]
+            build, kinds, patch = FORMS[form]
             with _patched(*patch) if patch else contextlib.nullcontext():
-                graph = Float16Graph(deploy, gelu="sigmoid")
-                _keep_fp32(graph.model, kinds)
+                graph = build(deploy)
+                _keep_fp32(graph, kinds)
                 path = Path(tmp) / f"{len(rows)}.pte"
                 info = save_pte(graph, xs[0], path)
             runs[form] = load(path, 2)
@@ -131,7 +157,8 @@ def main() -> None:
             arm = torch.cat([torch.from_numpy(np.asarray(o[0])) for o in arm]).double()
             rows[form] = {"x86_sqnr_db": agreement(ref, x86)["sqnr_db"], **{
                 f"arm_{k}": v for k, v in agreement(ref, arm).items()},
-                "partitions": info.get("delegate_partitions"), "ops_outside": info.get("non_delegated_ops")}
+                "partitions": info.get("delegate_partitions"), "ops_outside": info.get("non_delegated_ops"),
+                "bytes": path.stat().st_size}
             print(f"written and run on aarch64: {form}", flush=True)
         times = {form: [] for form in runs}
         x = xs[0].numpy()
@@ -143,10 +170,10 @@ def main() -> None:
     for form, t in times.items():
         rows[form]["x86_ms"] = statistics.median(t[min(5, len(t) - 1):]) * 1e3
     print(f"\n{'form':24} {'x86 dB':>7} {'arm dB':>7} {'arm top-1':>9} {'partitions':>10} {'outside':>7} "
-          f"{'x86 ms':>7}")
+          f"{'x86 ms':>7} {'MB':>5}")
     for form, r in rows.items():
         print(f"{form:24} {r['x86_sqnr_db']:7.1f} {r['arm_sqnr_db']:7.1f} {r['arm_top1_agreement']:8.0f}% "
-              f"{r['partitions']!s:>10} {r['ops_outside']!s:>7} {r['x86_ms']:7.2f}")
+              f"{r['partitions']!s:>10} {r['ops_outside']!s:>7} {r['x86_ms']:7.2f} {r['bytes'] / 1e6:5.2f}")
     machine = {"x86": f"{cpu_name()} ({' '.join(cpu_flags())})", "aarch64": "qemu -cpu max"}
     print(f"{args.model} at {args.img_size} px, {args.images} seeded random inputs; x86: {machine['x86']}")
     if args.json:
