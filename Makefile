@@ -82,11 +82,13 @@ OPENVINO_TESTS := tests/deploy/test_aarch64.py tests/bench/test_matrix.py tests/
                   tests/bench/test_runners.py tests/deploy/test_edge_reference.py tests/deploy/test_edge_runtimes.py \
                   tests/deploy/test_export.py tests/deploy/test_quantize.py tests/deploy/test_shipped_files.py \
                   tests/deploy/test_app_files.py
-# (the aarch64 lane's tests may skip elsewhere, never here)
+# (the aarch64 lane's tests may skip elsewhere, never here; the two runs share one fresh folder of exported files and
+# trained checkpoints, EDGEVIT_TEST_CACHE in tests/conftest.py, removed when they end)
 test: export EDGEVIT_REQUIRE_AARCH64_LANE = 1
 test: setup arm-lane
 	$(VENV)/bin/ruff check .
-	EDGEVIT_NO_OPENVINO=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests $(addprefix --ignore=,$(OPENVINO_TESTS))
+	cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && export EDGEVIT_TEST_CACHE=$$cache && \
+	EDGEVIT_NO_OPENVINO=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests $(addprefix --ignore=,$(OPENVINO_TESTS)) && \
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 $(OPENVINO_TESTS)
 
 # timm's own generic model tests (tests/test_models.py from the sdist of the installed timm) on edgevit_*

@@ -82,11 +82,6 @@ class _Runs(dict):
 
 
 @pytest.fixture(scope="session")
-def trained(shapes_root, det_root, tmp_path_factory):
+def trained(shapes_root, det_root, shared_root):
     """arch -> its checkpoint (`_Runs`), the same for every test process of the run."""
-    import os
-
-    root = tmp_path_factory.getbasetemp()
-    root = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "dense_runs"
-    root.mkdir(exist_ok=True)
-    return _Runs(root, shapes_root, det_root)
+    return _Runs(shared_root("dense_runs"), shapes_root, det_root)
