@@ -166,6 +166,38 @@ def exported(shared_root):
     return get
 
 
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """A checkpoint of `tiny_model()` that carries its model options, as a training run's does."""
+    ck = tmp_path / "tiny.pth"
+    torch.save({"model": tiny_model().state_dict(), "config": {"model": "edgevit_xxs", "model_kwargs": TINY}}, ck)
+    return ck
+
+
+@pytest.fixture
+def shared_writer(exported, monkeypatch):
+    """shared_writer(runtime): the runtime's fp32 writer hands over the run's shared file of the tiny model
+    (`exported`) instead of converting it again; the rest of `build_runner` (the checked writer, the loader) runs
+    as it is."""
+    import dataclasses
+    import shutil
+
+    def use(runtime: str):
+        from edgevit.deploy import runtimes
+
+        rt = runtimes.get(runtime)
+        if rt.format is None:
+            return
+        src, report = exported(rt.format)
+
+        def copy(model, x, path):
+            for a, b in zip(rt.files(src), rt.files(path)):
+                shutil.copyfile(a, b)
+            return {k: report[k] for k in ("delegate_partitions", "non_delegated_ops") if k in report}
+        monkeypatch.setitem(rt.writers, "fp32", dataclasses.replace(rt.writers["fp32"], write=copy))
+    return use
+
+
 DIGITS_TINY = {"embed_dims": [16, 16, 16, 16], "depths": [1, 1, 1, 1], "head_dim": 16}
 
 

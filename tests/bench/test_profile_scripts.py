@@ -20,8 +20,10 @@ def _load(name):
 @pytest.mark.parametrize("runtime,gemm_kind", [("onnxruntime", "Conv"),
                                               ("executorch", "Fully Connected (NC, F32) GEMM"),
                                               ("openvino", "Convolution (brgconv_avx512_1x1_f32)")])
-def test_op_profile_reads_runtime_trace(runtime, gemm_kind):
-    prof = _load("op_profile").profile("edgevit_xxs", fused=True, runtime=runtime, runs=2, img_size=64)
+def test_op_profile_reads_runtime_trace(runtime, gemm_kind, tiny_checkpoint, shared_writer):
+    shared_writer(runtime)  # (the file the checked writer makes of these weights: the run's shared one)
+    prof = _load("op_profile").profile("edgevit_xxs", fused=True, runtime=runtime, runs=2, img_size=64,
+                                       checkpoint=str(tiny_checkpoint))
     kinds = {k["kind"]: k for k in prof["by_kind"]}
     if runtime == "openvino":  # the plugin names its kernel by the CPU's ISA: any 1x1 convolution kernel
         gemm_kind = next((k for k in kinds if k.startswith("Convolution (") and "1x1" in k), gemm_kind)

@@ -2,43 +2,18 @@
 import importlib.util
 
 import pytest
-import torch
 
 from edgevit.bench.runners import build_runner
 from edgevit.deploy import runtimes
 
-TINY = dict(embed_dims=(12, 24, 36, 48), depths=(1, 1, 2, 1), head_dim=12, num_classes=7)  # (conftest's tiny model)
-
-
-@pytest.fixture
-def shared_writer(exported, monkeypatch):
-    """shared_writer(runtime): the runtime's fp32 writer hands over the run's shared file of the tiny model
-    (`exported`) instead of converting it again; the rest of `build_runner` (the checked writer, the loader) runs
-    as it is."""
-    import dataclasses
-    import shutil
-
-    def use(runtime: str):
-        rt = runtimes.get(runtime)
-        if rt.format is None:
-            return
-        src, report = exported(rt.format)
-
-        def copy(model, x, path):
-            for a, b in zip(rt.files(src), rt.files(path)):
-                shutil.copyfile(a, b)
-            return {k: report[k] for k in ("delegate_partitions", "non_delegated_ops") if k in report}
-        monkeypatch.setitem(rt.writers, "fp32", dataclasses.replace(rt.writers["fp32"], write=copy))
-    return use
+TINY = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), head_dim=16, num_classes=5)
 
 
 @pytest.mark.parametrize("runtime", runtimes.names())
-def test_every_runtime_matches_eager(runtime, make_tiny, shared_writer, tmp_path):
+def test_every_runtime_matches_eager(runtime, tiny_checkpoint, shared_writer):
     """Each runtime's warm session computes the model's outputs; the file is the one `export` writes (here the
     run's shared file of the same weights: a different file would fail the writer's check)."""
-    ck = tmp_path / "tiny.pth"
-    torch.save(make_tiny().state_dict(), ck)
-    kw = dict(TINY, checkpoint=str(ck), img_size=64)
+    kw = dict(checkpoint=str(tiny_checkpoint), img_size=64)
     ref = build_runner("edgevit_xxs", "eager", fused=False, **kw)
     shared_writer(runtime)
     r = build_runner("edgevit_xxs", runtime, threads=2, fused=True, **kw)
