@@ -138,38 +138,41 @@ def test_litert_bad_input(monkeypatch, tmp_path, capsys):
     assert "ai-edge-litert" in capsys.readouterr().err
 
 
-def test_full_integer_int8_file_runs_on_float_and_prints_nothing(tmp_path, capfd):
+def test_full_integer_int8_file_runs_on_float_and_prints_nothing(tiny_checkpoint, exported, tmp_path, capfd):
     """export --format tflite --quantize int8: ai-edge-quantizer's static int8 file (int8 input and output
     tensors), run by the loader on float32 like every file; the quantizer's progress bars and notices stay out."""
     from edgevit.deploy import load_exported
     from edgevit.deploy.runtimes import litert
 
     out = tmp_path / "q.tflite"
-    assert main(["export", "--model", "edgevit_xxs", "--format", "tflite", "--img-size", "64", "--quantize", "int8",
-                 "--calib", "random", "-o", str(out), "--json"]) == 0
+    tiny = ["--checkpoint", str(tiny_checkpoint), "--format", "tflite", "--img-size", "64"]
+    assert main(["export", *tiny, "--quantize", "int8", "--calib", "random", "-o", str(out), "--json"]) == 0
     captured = capfd.readouterr()
     rep = json.loads(captured.out)
     assert captured.err == "" and rep["precision"] == "int8" and rep["sqnr_db"] > 10
     interp = litert.litert_interpreter(out, 1)
     assert interp.get_input_details()[0]["dtype"] == np.int8  # a full-integer file
     y = load_exported(out)(np.zeros((1, 3, 64, 64), np.float32))
-    assert y.dtype == np.float32 and y.shape == (1, 1000)
-    assert rep["bytes"] < 0.4 * 4 * 4.07e6  # int8 weights: under 40% of the fp32 file's 4 bytes per parameter
+    assert y.dtype == np.float32 and y.shape == (1, 7)
+    dtypes = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+    convs = [op for op in interp._get_ops_details() if op["op_name"] in litert.CONV_OPS]
+    assert convs and all(dtypes[op["inputs"][1]] == np.int8 for op in convs)  # int8 weights
+    assert rep["bytes"] < exported("tflite")[1]["bytes"]
     # (so an int8 file keeps NCHW, where LiteRT's float files are NHWC by default; asked for, refused by the
     # command's own flag)
-    assert main(["export", "--model", "edgevit_xxs", "--format", "tflite", "--img-size", "64", "--quantize", "int8",
-                 "--calib", "random", "--input-layout", "nhwc", "-o", str(tmp_path / "n.tflite")]) == 2
+    assert main(["export", *tiny, "--quantize", "int8", "--calib", "random", "--input-layout", "nhwc", "-o",
+                 str(tmp_path / "n.tflite")]) == 2
     assert "error: --quantize int8 files take the integer input" in capfd.readouterr().err
 
 
-def test_int8_conv_form_is_an_export_precision_of_its_own(tmp_path, capfd):
+def test_int8_conv_form_is_an_export_precision_of_its_own(tiny_checkpoint, tmp_path, capfd):
     """export --quantize int8-conv: the convolutions and fully connected layers int8, LayerNorm/GELU/softmax float,
     float input and output (not full-integer); the file checked like every int8 one; other formats refuse it."""
     from edgevit.deploy.runtimes import litert
 
     out = tmp_path / "c.tflite"
-    assert main(["export", "--model", "edgevit_xxs", "--format", "tflite", "--img-size", "64", "--quantize",
-                 "int8-conv", "--calib", "random", "-o", str(out), "--json"]) == 0
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "tflite", "--img-size", "64",
+                 "--quantize", "int8-conv", "--calib", "random", "-o", str(out), "--json"]) == 0
     captured = capfd.readouterr()
     rep = json.loads(captured.out)
     assert captured.err == "" and rep["precision"] == "int8-conv" and rep["sqnr_db"] > 10
