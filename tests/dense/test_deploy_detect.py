@@ -20,7 +20,7 @@ def _detect_eval(source, shapes_root, capsys):
     return _json(capsys)
 
 
-@pytest.mark.parametrize("arch,fmt", [("retinanet", "onnx"), ("retinanet", "tflite"), ("ssdlite", "pte"),
+@pytest.mark.parametrize("arch,fmt", [("retinanet", "onnx"), ("retinanet", "tflite"), ("retinanet", "pte"),
                                       ("maskrcnn", "onnx")])
 def test_detect_export_eval_predict(arch, fmt, trained, det_root, tmp_path, capsys):
     shapes_root = det_root
