@@ -39,6 +39,7 @@ def shared_root(tmp_path_factory):
         return base / name
     return folder
 
+
 def pytest_terminal_summary(terminalreporter):
     """The CPU and its int8/bf16/fp16 features, at the end of every run (`make test`'s -q prints no header):
     runtimes pick their kernels by them, so a failure's log says which machine it was."""
@@ -177,8 +178,8 @@ def tiny_checkpoint(tmp_path):
 @pytest.fixture
 def shared_writer(exported, monkeypatch):
     """shared_writer(runtime): the runtime's fp32 writer hands over the run's shared file of the tiny model
-    (`exported`) instead of converting it again; the rest of `build_runner` (the checked writer, the loader) runs
-    as it is."""
+    (`exported`) instead of converting it again; the rest (the checked writer's measures and rule, the loader, the
+    bench or profiler around them) runs as it is, so the model given must hold the tiny model's weights."""
     import dataclasses
     import shutil
 
