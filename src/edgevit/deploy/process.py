@@ -35,19 +35,21 @@ class WorkerError(UserError):
     """A file the worker process could not run: the process died (its signal named) or failed (its last line)."""
 
 
-def run_worker(path: Path, inputs: Sequence[np.ndarray], settings: Dict[str, object], command: Sequence[str],
-               threads: int = 1, timeout: float = 1800, env: Optional[Dict[str, str]] = None, where: str = "",
-               error: Type[UserError] = WorkerError) -> Tuple[List[List[np.ndarray]], Dict[str, object]]:
-    """Each batch-1 input through the file in a new worker process started by `command` (a Python): ([outputs of
-    each input], what the worker said: the runtime's version and options, the CPU features the process saw, its
-    load time, first inference and peak memory). A worker that dies or fails: one `error` naming `where` it ran."""
+def run_worker(path: Path, inputs: Sequence[np.ndarray], settings: Sequence[Dict[str, object]],
+               command: Sequence[str], threads: int = 1, timeout: float = 1800, env: Optional[Dict[str, str]] = None,
+               where: str = "", error: Type[UserError] = WorkerError
+               ) -> List[Tuple[List[List[np.ndarray]], Dict[str, object]]]:
+    """Each batch-1 input through the file in a new worker process started by `command` (a Python), loaded once per
+    entry of `settings` (`Runtime.worker`'s), in turn: per settings ([outputs of each input], what the worker said:
+    the runtime's version and options, the CPU features the process saw, its load time, first inference and peak
+    memory). A worker that dies or fails: one `error` naming `where` it ran."""
     path = Path(path)
     rt = runtimes.for_file(path)
     where = where or " ".join(command)
     with tempfile.TemporaryDirectory(prefix="edgevit-worker-") as tmp:
         tmp = Path(tmp)
         np.savez(tmp / "in.npz", *[np.ascontiguousarray(a) for a in inputs])
-        request = {"runtime": rt.name, "file": str(path.resolve()), "threads": threads, "settings": settings,
+        request = {"runtime": rt.name, "file": str(path.resolve()), "threads": threads, "settings": list(settings),
                    "inputs": str(tmp / "in.npz"), "outputs": str(tmp / "out.npz")}
         (tmp / "request.json").write_text(json.dumps(request))
         try:
@@ -58,10 +60,11 @@ def run_worker(path: Path, inputs: Sequence[np.ndarray], settings: Dict[str, obj
         if done.returncode != 0:
             raise error(f"{path}: {rt.name} on {where} {_death(done)}")
         with np.load(tmp / "out.npz") as z:
-            outs = [[z[f"out_{i}_{j}"] for j in range(sum(k.startswith(f"out_{i}_") for k in z.files))]
-                    for i in range(len(inputs))]
-    said = next((ln for ln in reversed(done.stdout.splitlines()) if ln.startswith("{")), "{}")
-    return outs, json.loads(said)
+            outs = [[[z[f"out_{k}_{i}_{j}"] for j in range(sum(n.startswith(f"out_{k}_{i}_") for n in z.files))]
+                     for i in range(len(inputs))] for k in range(len(settings))]
+    said = json.loads(next((ln for ln in reversed(done.stdout.splitlines()) if ln.startswith("{")), "{}"))
+    common = {k: v for k, v in said.items() if k != "runs"}
+    return [(o, {**common, **run}) for o, run in zip(outs, said.get("runs", [{}] * len(settings)))]
 
 
 def _death(done: subprocess.CompletedProcess) -> str:
@@ -102,8 +105,8 @@ def fresh_process(path: Path, threads: int = 2, timeout: float = 600) -> Optiona
     rt = runtimes.for_file(path)
     if rt.worker is None:
         return None
-    _, said = run_worker(path, [file_input(path)], rt.worker(path, "package"), [sys.executable], threads=threads,
-                         timeout=timeout, where="a fresh process")
+    (_, said), = run_worker(path, [file_input(path)], [rt.worker(path, "package")], [sys.executable],
+                            threads=threads, timeout=timeout, where="a fresh process")
     planned = rt.planned_memory(path) if rt.planned_memory is not None else None
     return {"load_ms": 1e3 * said["load_s"], "first_inference_ms": said["first_inference_ms"],
             "peak_rss_mb": said["peak_rss_mb"], "load_rss_mb": said["peak_rss_mb"] - said["peak_rss_imports_mb"],
