@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ from .export import ExportedModel, agreement, load_exported
 from .process import WorkerError, run_worker
 
 LANE_ENV = "EDGEVIT_AARCH64_LANE"
+# a file's run on aarch64: ([outputs of each input], what the worker said)
+Run = Tuple[List[List[np.ndarray]], Dict[str, object]]
 DEFAULTS = ("package", "runtime")  # the settings each file is run with (`Runtime.worker`)
 # qemu's aarch64 CPU models the lane offers: all features; phones' ARMv9 and ARMv8.2 big and little cores; ARMv8.0
 CPUS = ("max", "cortex-a710", "cortex-a76", "cortex-a55", "cortex-a72")
@@ -67,7 +69,7 @@ def lane_runtime(path: Path) -> runtimes.Runtime:
 
 def run_on_aarch64(path: Path, inputs: Sequence[np.ndarray], defaults: str | Sequence[str] = "package",
                    cpu: str = "max", threads: int = 1, timeout: float = 1800, python: Optional[Sequence[str]] = None
-                   ) -> tuple[List[List[np.ndarray]], Dict[str, object]]:
+                   ) -> Run | List[Run]:
     """Each batch-1 input through the file on aarch64: ([outputs of each input], what the worker said: the runtime's
     version and options, the CPU features the process saw). `defaults`: "package" or "runtime" (`DEFAULTS`), or a
     sequence of them, run in turn in one process (a list of those pairs, one per entry). `python`: the command that
@@ -119,7 +121,7 @@ def check_on_aarch64(path: Path, images01: torch.Tensor, labels: Optional[torch.
     if labels is not None:
         report["x86_top1"] = _top1(x86, labels)
     rows: Dict[str, Dict[str, object]] = {}
-    # (each settings the runtime distinguishes, in one emulated process: its start and imports are most of the time)
+    # (each settings the runtime distinguishes, in one emulated process: one start and one import of the runtime)
     distinct = [d for d in DEFAULTS if d == "package" or m.runtime.worker(path, d) != m.runtime.worker(path, "package")]
     progress(" and ".join(f"{d} settings" for d in distinct))
     for defaults, (outs, said) in zip(distinct, run_on_aarch64(path, inputs, distinct, cpu, threads)):
