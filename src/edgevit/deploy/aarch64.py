@@ -67,25 +67,27 @@ def lane_runtime(path: Path) -> runtimes.Runtime:
     return rt
 
 
-def run_on_aarch64(path: Path, inputs: Sequence[np.ndarray], defaults: str | Sequence[str] = "package",
-                   cpu: str = "max", threads: int = 1, timeout: float = 1800, python: Optional[Sequence[str]] = None
-                   ) -> Run | List[Run]:
-    """Each batch-1 input through the file on aarch64: ([outputs of each input], what the worker said: the runtime's
-    version and options, the CPU features the process saw). `defaults`: "package" or "runtime" (`DEFAULTS`), or a
-    sequence of them, run in turn in one process (a list of those pairs, one per entry). `python`: the command that
-    runs the worker instead of the lane's (a real arm64 board's Python with the runtime installed, or this
-    machine's own)."""
+def run_on_aarch64(path: Path, inputs: Sequence[np.ndarray], defaults: str = "package", cpu: str = "max",
+                   threads: int = 1, timeout: float = 1800, python: Optional[Sequence[str]] = None) -> Run:
+    """Each batch-1 input in `inputs` through the file on aarch64: ([outputs of each input], what the worker said:
+    the runtime's version and options, the CPU features the process saw). `python`: the command that runs the
+    worker instead of the lane's (a real arm64 board's Python with the runtime installed, or this machine's own)."""
+    return _runs_on_aarch64(path, inputs, [defaults], cpu, threads, timeout, python)[0]
+
+
+def _runs_on_aarch64(path: Path, inputs: Sequence[np.ndarray], each: Sequence[str], cpu: str = "max",
+                     threads: int = 1, timeout: float = 1800, python: Optional[Sequence[str]] = None) -> List[Run]:
+    """`run_on_aarch64` under each of the settings `each` ("package", "runtime": `DEFAULTS`) in turn, in one
+    process: one `Run` per entry."""
     path = Path(path)
     rt = lane_runtime(path)
-    each = [defaults] if isinstance(defaults, str) else list(defaults)
     for d in each:
         if d not in DEFAULTS:
             raise ValueError(f"defaults {d!r}: expected one of {DEFAULTS}")
     cmd = list(python) if python else lane_command(cpu)
     env = {} if python else {"PYTHONPATH": str(lane_root() / "site"), "PYTHONNOUSERSITE": "1"}
-    runs = run_worker(path, inputs, [rt.worker(path, d) for d in each], cmd, threads, timeout, env,
+    return run_worker(path, inputs, [rt.worker(path, d) for d in each], cmd, threads, timeout, env,
                       f"aarch64 (qemu -cpu {cpu})" if not python else " ".join(python), LaneError)
-    return runs[0] if isinstance(defaults, str) else runs
 
 
 def check_on_aarch64(path: Path, images01: torch.Tensor, labels: Optional[torch.Tensor] = None,
@@ -124,7 +126,7 @@ def check_on_aarch64(path: Path, images01: torch.Tensor, labels: Optional[torch.
     # (each settings the runtime distinguishes, in one emulated process: one start and one import of the runtime)
     distinct = [d for d in DEFAULTS if d == "package" or m.runtime.worker(path, d) != m.runtime.worker(path, "package")]
     progress(" and ".join(f"{d} settings" for d in distinct))
-    for defaults, (outs, said) in zip(distinct, run_on_aarch64(path, inputs, distinct, cpu, threads)):
+    for defaults, (outs, said) in zip(distinct, _runs_on_aarch64(path, inputs, distinct, cpu, threads)):
         arm = torch.cat([torch.as_tensor(np.asarray(o[0], np.float32)).reshape(1, -1) for o in outs]).double()
         row: Dict[str, object] = {"options": said.get("options"), "runtime_version": said.get("version"),
                                   "vs_x86": _measure(x86, arm)}
